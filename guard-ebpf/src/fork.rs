@@ -1,0 +1,35 @@
+//! `sched:sched_process_fork`: counts forks per container and streams them.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_log_ebpf::error;
+use guard_common::{Counter, EventKind, ForkEvent};
+
+use crate::{emit, maps::CONFIG, watch};
+
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    on_fork(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_fork(ctx: &TracePointContext) -> Option<()> {
+    let config = CONFIG.get(0)?;
+    if config.ready == 0 {
+        return None;
+    }
+    // The tracepoint runs in the parent: the child starts in the parent's cgroup.
+    let container = watch::current_container(config)?;
+    if !watch::bump(container.slot, Counter::Forks, 1) {
+        error!(ctx, "guard: counter slot {} out of range", container.slot);
+        return None;
+    }
+    let parent_pid: u32 = unsafe { ctx.read_at(config.fork_parent_pid_offset as usize) }.ok()?;
+    let child_pid: u32 = unsafe { ctx.read_at(config.fork_child_pid_offset as usize) }.ok()?;
+    let event = ForkEvent {
+        header: emit::header(EventKind::Fork, container.cgroup_id),
+        parent_pid,
+        child_pid,
+    };
+    emit::emit(config, EventKind::Fork, event);
+    Some(())
+}
