@@ -19,12 +19,17 @@ enum Cmd {
     Vm(vm_cli::VmArgs),
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
-        Cmd::Setup(args) => setup::run(args),
-        Cmd::Vm(args) => {
-            let code = vm_cli::run(args)?;
-            std::process::exit(code)
+fn main() {
+    let result: Result<i32> = match Cli::parse().command {
+        Cmd::Setup(args) => setup::run(args).map(|()| 0),
+        Cmd::Vm(args) => vm_cli::run(args),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(error) => {
+            // `{:#}` prints the context chain on one line, without a backtrace.
+            eprintln!("error: {error:#}");
+            std::process::exit(1)
         }
     }
 }

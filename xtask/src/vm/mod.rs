@@ -208,9 +208,18 @@ impl fmt::Display for VmResult {
 
 const TAIL_LINES: usize = 40;
 
+/// The last `lines` lines, preceded by the first "Kernel panic" line when that scrolled out
+/// (a long stack trace follows it), since it is the line that says why the guest died.
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let start = all.len().saturating_sub(lines);
+    let mut out = String::new();
+    if let Some(panic) = all[..start].iter().find(|l| l.contains("Kernel panic")) {
+        out.push_str(panic);
+        out.push_str("\n[...]\n");
+    }
+    out.push_str(&all[start..].join("\n"));
+    out
 }
 
 /// Kernels the setup cache holds, as (name, vmlinuz).
