@@ -119,7 +119,10 @@ pub fn run(args: VmArgs) -> Result<i32> {
 
     let outcome = vm::run(&config)?;
     if args.console {
-        eprintln!("----- console -----\n{}\n-------------------", outcome.console);
+        eprintln!(
+            "----- console -----\n{}\n-------------------",
+            outcome.console
+        );
     }
     let timing = format!(
         "boot {} | scenario {} | wall {:.2} s",
@@ -152,7 +155,11 @@ pub fn run(args: VmArgs) -> Result<i32> {
                     std::fs::write(&path, data)
                         .with_context(|| format!("writing {}", path.display()))?;
                 }
-                eprintln!("[vm] {} result file(s) in {}", done.files.len(), dir.display());
+                eprintln!(
+                    "[vm] {} result file(s) in {}",
+                    done.files.len(),
+                    dir.display()
+                );
             }
             eprintln!("[vm] exit code {} | {timing}", done.exit_code);
             Ok(done.exit_code)

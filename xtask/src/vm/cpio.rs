@@ -27,7 +27,10 @@ pub struct Archive {
 }
 
 fn normalize(path: &str) -> String {
-    let trimmed: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let trimmed: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
     trimmed.join("/")
 }
 
@@ -68,17 +71,19 @@ impl Archive {
     /// Serializes as newc. BTreeMap order puts every directory before its contents.
     pub fn to_newc(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut ino = 1u32;
-        for (path, node) in &self.nodes {
+        for (ino, (path, node)) in (1u32..).zip(&self.nodes) {
             let (mode, data, rdev): (u32, &[u8], (u32, u32)) = match node {
                 Node::Dir { mode } => (S_IFDIR | mode, &[], (0, 0)),
                 Node::File { mode, data } => (S_IFREG | mode, data, (0, 0)),
                 Node::Symlink { target } => (S_IFLNK | 0o777, target.as_bytes(), (0, 0)),
                 Node::CharDev { mode, major, minor } => (S_IFCHR | mode, &[], (*major, *minor)),
             };
-            let nlink = if matches!(node, Node::Dir { .. }) { 2 } else { 1 };
+            let nlink = if matches!(node, Node::Dir { .. }) {
+                2
+            } else {
+                1
+            };
             write_entry(&mut out, ino, mode, nlink, rdev, path, data);
-            ino += 1;
         }
         write_entry(&mut out, 0, 0, 1, (0, 0), "TRAILER!!!", &[]);
         out
@@ -86,7 +91,7 @@ impl Archive {
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -133,7 +138,13 @@ mod tests {
     #[test]
     fn parents_are_added_and_sorted_first() {
         let mut a = Archive::new();
-        a.insert("/usr/lib/x/libc.so", Node::File { mode: 0o644, data: b"x".to_vec() });
+        a.insert(
+            "/usr/lib/x/libc.so",
+            Node::File {
+                mode: 0o644,
+                data: b"x".to_vec(),
+            },
+        );
         let paths: Vec<&str> = a.paths().collect();
         assert_eq!(paths, ["usr", "usr/lib", "usr/lib/x", "usr/lib/x/libc.so"]);
     }
@@ -141,8 +152,19 @@ mod tests {
     #[test]
     fn newc_layout_is_aligned_and_terminated() {
         let mut a = Archive::new();
-        a.insert("/init", Node::File { mode: 0o755, data: b"#!/bin/sh\n".to_vec() });
-        a.insert("/bin/sh", Node::Symlink { target: "busybox".into() });
+        a.insert(
+            "/init",
+            Node::File {
+                mode: 0o755,
+                data: b"#!/bin/sh\n".to_vec(),
+            },
+        );
+        a.insert(
+            "/bin/sh",
+            Node::Symlink {
+                target: "busybox".into(),
+            },
+        );
         let bytes = a.to_newc();
         assert_eq!(bytes.len() % 4, 0);
         assert!(bytes.starts_with(b"070701"));
@@ -156,9 +178,27 @@ mod tests {
         use std::io::Write as _;
         use std::process::{Command, Stdio};
         let mut a = Archive::new();
-        a.insert("/init", Node::File { mode: 0o755, data: b"hello".to_vec() });
-        a.insert("/bin/sh", Node::Symlink { target: "busybox".into() });
-        a.insert("/dev/console", Node::CharDev { mode: 0o600, major: 5, minor: 1 });
+        a.insert(
+            "/init",
+            Node::File {
+                mode: 0o755,
+                data: b"hello".to_vec(),
+            },
+        );
+        a.insert(
+            "/bin/sh",
+            Node::Symlink {
+                target: "busybox".into(),
+            },
+        );
+        a.insert(
+            "/dev/console",
+            Node::CharDev {
+                mode: 0o600,
+                major: 5,
+                minor: 1,
+            },
+        );
         let Ok(mut child) = Command::new("cpio")
             .args(["-t", "-v"])
             .stdin(Stdio::piped())
@@ -174,7 +214,10 @@ mod tests {
         assert!(out.status.success());
         let listing = String::from_utf8_lossy(&out.stdout);
         for needle in ["init", "bin/sh -> busybox", "dev/console"] {
-            assert!(listing.contains(needle), "{needle} missing from:\n{listing}");
+            assert!(
+                listing.contains(needle),
+                "{needle} missing from:\n{listing}"
+            );
         }
     }
 }

@@ -42,8 +42,7 @@ pub fn parse(stream: &[u8]) -> Result<Frames> {
         let line = raw.trim_end_matches('\r');
         if let Some((name, len, body)) = current.as_mut() {
             if line.trim() == "GUARD-END" {
-                let data = decode_base64(body)
-                    .map_err(|e| anyhow!("frame {name}: {e}"))?;
+                let data = decode_base64(body).map_err(|e| anyhow!("frame {name}: {e}"))?;
                 if data.len() != *len {
                     bail!(
                         "frame {name}: announced {len} bytes, received {} (corrupted serial stream?)",
@@ -137,7 +136,8 @@ mod tests {
 
     #[test]
     fn truncated_stream_is_not_done_and_drops_partial_frame() {
-        let frames = parse(b"GUARD-FRAME 2 exit\nMAo=\nGUARD-END\nGUARD-FRAME 100 stdout\nZm9v").unwrap();
+        let frames =
+            parse(b"GUARD-FRAME 2 exit\nMAo=\nGUARD-END\nGUARD-FRAME 100 stdout\nZm9v").unwrap();
         assert!(!frames.done);
         assert_eq!(frames.frames.len(), 1);
     }

@@ -111,7 +111,11 @@ impl VmConfig {
     }
 
     pub fn file(mut self, path: &str, contents: impl Into<Vec<u8>>, mode: u32) -> Self {
-        self.files.push(GuestFile { path: path.to_string(), contents: contents.into(), mode });
+        self.files.push(GuestFile {
+            path: path.to_string(),
+            contents: contents.into(),
+            mode,
+        });
         self
     }
 
@@ -182,7 +186,10 @@ impl VmOutcome {
     pub fn expect_completed(&self) -> &Completed {
         match &self.result {
             VmResult::Completed(done) => done,
-            other => panic!("guest did not complete: {other}\n(run folder {})", self.run_dir.display()),
+            other => panic!(
+                "guest did not complete: {other}\n(run folder {})",
+                self.run_dir.display()
+            ),
         }
     }
 
@@ -226,7 +233,9 @@ fn tail(text: &str, lines: usize) -> String {
 pub fn available_kernels() -> Vec<(String, PathBuf)> {
     let mut found: BTreeMap<String, PathBuf> = BTreeMap::new();
     for dir in paths::kernel_search_dirs() {
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.filter_map(|e| e.ok()) {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') || found.contains_key(&name) {
@@ -297,7 +306,10 @@ pub fn resolve_kernel(kernel: &str) -> Result<PathBuf> {
 /// Boots a guest and runs `config.command` in it.
 pub fn run(config: &VmConfig) -> Result<VmOutcome> {
     if config.memory_mib < 32 {
-        bail!("memory {} MiB is too small for a guest (at least 32)", config.memory_mib);
+        bail!(
+            "memory {} MiB is too small for a guest (at least 32)",
+            config.memory_mib
+        );
     }
     if config.cpus == 0 {
         bail!("cpus must be at least 1");
@@ -339,7 +351,11 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome> {
         .with_context(|| format!("parsing results from {}", run_dir.display()))?;
     let console_tail = tail(&raw.console, TAIL_LINES);
     let result = if frames.done {
-        let text = |name: &str| frames.get(name).map(|d| String::from_utf8_lossy(d).into_owned());
+        let text = |name: &str| {
+            frames
+                .get(name)
+                .map(|d| String::from_utf8_lossy(d).into_owned())
+        };
         let exit_code = text("exit")
             .and_then(|s| s.trim().parse().ok())
             .ok_or_else(|| anyhow!("guest sent no exit code (run folder {})", run_dir.display()))?;
@@ -376,7 +392,13 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome> {
 fn sanitize(label: &str) -> String {
     label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -403,7 +425,9 @@ fn new_run_dir(label: &str) -> Result<PathBuf> {
 }
 
 fn prune_runs(root: &Path) {
-    let Ok(entries) = fs::read_dir(root) else { return };
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
     let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
     if dirs.len() < KEEP_RUNS {
         return;

@@ -261,7 +261,10 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
         } else {
             "died"
         };
-        eprintln!("{tag} {how} after {:.2} s wall time", wall_time.as_secs_f64());
+        eprintln!(
+            "{tag} {how} after {:.2} s wall time",
+            wall_time.as_secs_f64()
+        );
     }
     Ok(RawRun {
         console,
@@ -282,7 +285,8 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
 fn kvm_works(kernel: &Path) -> bool {
     static RESULT: OnceLock<bool> = OnceLock::new();
     *RESULT.get_or_init(|| {
-        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let boot_id =
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
         let cache = paths::target_dir().join("vm-runs").join("kvm-probe");
         if let Ok(text) = std::fs::read_to_string(&cache)
             && let Some((id, verdict)) = text.trim().rsplit_once(' ')
@@ -296,7 +300,14 @@ fn kvm_works(kernel: &Path) -> bool {
             &cache,
             format!("{} {}\n", boot_id.trim(), if works { "yes" } else { "no" }),
         );
-        eprintln!("[vm] KVM probe: {}", if works { "KVM works, using it" } else { "KVM does not boot a guest here, using TCG" });
+        eprintln!(
+            "[vm] KVM probe: {}",
+            if works {
+                "KVM works, using it"
+            } else {
+                "KVM does not boot a guest here, using TCG"
+            }
+        );
         works
     })
 }
