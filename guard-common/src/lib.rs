@@ -25,6 +25,16 @@ pub enum EventKind {
 pub const EVENT_KIND_SLOTS: u32 = 16;
 
 impl EventKind {
+    /// Every kind, in numeric order.
+    pub const ALL: [EventKind; 1] = [EventKind::Fork];
+
+    /// The kind's stable name in logs and reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Fork => "fork",
+        }
+    }
+
     pub const fn from_raw(raw: u16) -> Option<Self> {
         match raw {
             1 => Some(Self::Fork),

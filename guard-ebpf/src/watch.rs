@@ -14,7 +14,7 @@ pub struct Container {
 #[inline(always)]
 pub fn current_container(config: &ProbeConfig) -> Option<Container> {
     let own = unsafe { bpf_get_current_cgroup_id() };
-    if let Some(entry) = unsafe { WATCHED.get(&own) } {
+    if let Some(entry) = unsafe { WATCHED.get(own) } {
         return Some(Container {
             cgroup_id: own,
             slot: entry.slot,
@@ -31,7 +31,7 @@ pub fn current_container(config: &ProbeConfig) -> Option<Container> {
         if ancestor == 0 || ancestor == own {
             continue;
         }
-        if let Some(entry) = unsafe { WATCHED.get(&ancestor) } {
+        if let Some(entry) = unsafe { WATCHED.get(ancestor) } {
             return Some(Container {
                 cgroup_id: ancestor,
                 slot: entry.slot,
