@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use guard_common::{Counter, EventKind, MAX_CONTAINERS, WatchEntry};
+use guard_common::{COUNTER_SLOTS, Counter, EventKind, GLOBAL_SLOT, MAX_CONTAINERS, WatchEntry};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -18,7 +18,7 @@ use crate::{
     container_id::{ContainerId, ContainerIdError},
     events::GuardEvent,
     probes::{ProbeError, Probes, StreamOptions},
-    reader::{self, DrainRequest, ReaderLoss, ReaderState},
+    reader::{self, Delivered, DrainRequest, ReaderLoss, ReaderState},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -65,12 +65,37 @@ impl Default for GuardOptions {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct BpfCounters {
     pub forks: u64,
+    pub exits: u64,
+    /// Fork-family syscalls that failed with EAGAIN.
+    pub fork_denied: u64,
+    /// Of those, denials the `pids_can_fork` kretprobe saw (None below tier 2: not observed).
+    pub fork_denied_pids_max: Option<u64>,
+    pub oom_kills: u64,
+    pub reclaim_runs: u64,
+    pub reclaim_ns: u64,
+    pub reclaim_pages: u64,
+    /// Individual events not streamed because of the rate bound.
+    pub events_throttled: u64,
+    /// Tasks the task map could not hold (their OOM kills would be unattributed).
+    pub task_map_full: u64,
 }
 
-/// Events the reader actually received for a container.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct DeliveredEvents {
-    pub forks: u64,
+impl BpfCounters {
+    fn from_values(values: &[u64; COUNTER_SLOTS], kprobes: bool) -> Self {
+        let value = |counter: Counter| values[counter as usize];
+        Self {
+            forks: value(Counter::Forks),
+            exits: value(Counter::Exits),
+            fork_denied: value(Counter::ForkDenied),
+            fork_denied_pids_max: kprobes.then(|| value(Counter::ForkDeniedPidsMax)),
+            oom_kills: value(Counter::OomKills),
+            reclaim_runs: value(Counter::ReclaimRuns),
+            reclaim_ns: value(Counter::ReclaimNs),
+            reclaim_pages: value(Counter::ReclaimPages),
+            events_throttled: value(Counter::EventsThrottled),
+            task_map_full: value(Counter::TaskMapFull),
+        }
+    }
 }
 
 /// One container's counters.
@@ -80,7 +105,16 @@ pub struct ContainerCounters {
     pub cgroup_id: u64,
     /// None at tier 0, where no BPF program runs: the guard never pretends to detail it lacks.
     pub bpf: Option<BpfCounters>,
-    pub delivered: DeliveredEvents,
+    /// Events the reader received for this container.
+    pub delivered: Delivered,
+}
+
+/// Events that belong to no registered container: OOM kills of tasks outside every container
+/// (global OOM, or the agent itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GlobalCounters {
+    pub bpf: Option<BpfCounters>,
+    pub delivered: Delivered,
 }
 
 /// Everything lost anywhere between the kernel and the subscribers.
@@ -159,7 +193,8 @@ impl Guard {
         let mut tasks = Vec::new();
         let mut drain_requests = None;
         let probes = if tier >= Tier::Tracepoints {
-            let mut probes = Probes::load(options.stream)?;
+            let kprobes = tier >= Tier::TracepointsAndKprobes;
+            let mut probes = Probes::load(options.stream, kprobes)?;
             if let Some(ring) = probes.take_ring() {
                 let (sender, receiver) = mpsc::channel(16);
                 drain_requests = Some(sender);
@@ -299,15 +334,7 @@ impl Guard {
                 .ok_or_else(|| GuardError::NotWatched { id: id.to_string() })?;
             (watched.identity.id, watched.slot)
         };
-        let bpf = match &self.probes {
-            Some(probes) => {
-                let values = lock(probes).counters(slot)?;
-                Some(BpfCounters {
-                    forks: values[Counter::Forks as usize],
-                })
-            }
-            None => None,
-        };
+        let bpf = self.bpf_counters(slot)?;
         let delivered = lock(&self.reader_state)
             .delivered
             .get(&cgroup_id)
@@ -317,10 +344,30 @@ impl Guard {
             container: id.to_string(),
             cgroup_id,
             bpf,
-            delivered: DeliveredEvents {
-                forks: delivered.forks,
-            },
+            delivered,
         })
+    }
+
+    /// Counters of events outside every container, after draining pending events.
+    pub async fn global_counters(&self) -> Result<GlobalCounters, GuardError> {
+        self.drain().await?;
+        Ok(GlobalCounters {
+            bpf: self.bpf_counters(GLOBAL_SLOT)?,
+            delivered: lock(&self.reader_state)
+                .delivered
+                .get(&0)
+                .copied()
+                .unwrap_or_default(),
+        })
+    }
+
+    fn bpf_counters(&self, slot: u32) -> Result<Option<BpfCounters>, GuardError> {
+        let Some(probes) = &self.probes else {
+            return Ok(None);
+        };
+        let values = lock(probes).counters(slot)?;
+        let kprobes = self.tier >= Tier::TracepointsAndKprobes;
+        Ok(Some(BpfCounters::from_values(&values, kprobes)))
     }
 
     /// Losses so far, after draining pending events.

@@ -16,6 +16,7 @@ pub use capability::{CapabilityReport, Tier};
 pub use container_id::ContainerId;
 pub use events::{EventDetail, GuardEvent, KernelEvent};
 pub use guard::{
-    BpfCounters, ContainerCounters, DeliveredEvents, Guard, GuardError, GuardOptions, LossReport,
+    BpfCounters, ContainerCounters, GlobalCounters, Guard, GuardError, GuardOptions, LossReport,
 };
 pub use probes::StreamOptions;
+pub use reader::Delivered;

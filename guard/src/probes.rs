@@ -2,9 +2,12 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{KProbe, ProgramError, TracePoint},
 };
-use guard_common::{COUNTER_SLOTS, ContainerCounters, EVENT_KIND_SLOTS, ProbeConfig, WatchEntry};
+use guard_common::{
+    ABSENT, COUNTER_SLOTS, ContainerCounters, EVENT_KIND_SLOTS, ProbeConfig, TracepointOffsets,
+    WatchEntry,
+};
 use tracing::{debug, warn};
 
 use crate::tracefs::{self, Format, TracefsError};
@@ -28,7 +31,12 @@ pub enum ProbeError {
     },
     #[error("the eBPF object has no program {name}")]
     MissingProgram { name: &'static str },
-    #[error("eBPF program {name} on tracepoint {tracepoint}: {source}")]
+    #[error("tracepoint layout of {tracepoint}: {reason}")]
+    Layout {
+        tracepoint: String,
+        reason: &'static str,
+    },
+    #[error("eBPF program {name} on {tracepoint}: {source}")]
     Program {
         name: &'static str,
         tracepoint: String,
@@ -43,6 +51,9 @@ pub struct StreamOptions {
     pub ring_bytes: u32,
     /// Wake the reader once this many bytes wait; it polls for less (0 = wake on every record).
     pub wakeup_bytes: u64,
+    /// Individual events streamed per container per CPU per second (0 = unbounded); the rest
+    /// are counted and reported by throttle records. Counters stay exact.
+    pub max_events_per_sec: u32,
 }
 
 impl Default for StreamOptions {
@@ -50,6 +61,7 @@ impl Default for StreamOptions {
         Self {
             ring_bytes: 256 * 1024,
             wakeup_bytes: 32 * 1024,
+            max_events_per_sec: 2000,
         }
     }
 }
@@ -61,11 +73,91 @@ struct TracepointProgram {
     tracepoint: &'static str,
 }
 
-const TRACEPOINT_PROGRAMS: &[TracepointProgram] = &[TracepointProgram {
-    name: "sched_process_fork",
-    category: "sched",
-    tracepoint: "sched_process_fork",
-}];
+const fn tracepoint(category: &'static str, name: &'static str) -> TracepointProgram {
+    TracepointProgram {
+        name,
+        category,
+        tracepoint: name,
+    }
+}
+
+/// The baseline: tracepoints exist on every target kernel.
+const TRACEPOINT_PROGRAMS: &[TracepointProgram] = &[
+    tracepoint("sched", "sched_process_fork"),
+    tracepoint("sched", "sched_process_exit"),
+    tracepoint("cgroup", "cgroup_attach_task"),
+    tracepoint("syscalls", "sys_exit_clone"),
+    tracepoint("syscalls", "sys_exit_clone3"),
+    tracepoint("syscalls", "sys_exit_fork"),
+    tracepoint("syscalls", "sys_exit_vfork"),
+    tracepoint("oom", "mark_victim"),
+    tracepoint("vmscan", "mm_vmscan_memcg_reclaim_begin"),
+    tracepoint("vmscan", "mm_vmscan_memcg_reclaim_end"),
+];
+
+/// The tier-2 extra: a kretprobe naming pids.max as a fork denial's exact cause.
+const PIDS_KPROBE_PROGRAM: &str = "pids_can_fork_exit";
+const PIDS_KPROBE_FUNCTION: &str = "pids_can_fork";
+
+/// Reads every field offset the programs need from the tracepoints' `format` files.
+pub fn read_offsets(tracefs_root: &std::path::Path) -> Result<TracepointOffsets, ProbeError> {
+    let format = |category, name| Format::read(tracefs_root, category, name);
+    let fork = format("sched", "sched_process_fork")?;
+    let attach = format("cgroup", "cgroup_attach_task")?;
+    let oom = format("oom", "mark_victim")?;
+    let reclaim_end = format("vmscan", "mm_vmscan_memcg_reclaim_end")?;
+    // All four fork-family exits share one layout; check rather than assume.
+    let clone_exit = format("syscalls", "sys_exit_clone")?;
+    for name in ["sys_exit_clone3", "sys_exit_fork", "sys_exit_vfork"] {
+        let other = format("syscalls", name)?;
+        if other.offset_of("ret", 8)? != clone_exit.offset_of("ret", 8)?
+            || other.offset_of("__syscall_nr", 4)? != clone_exit.offset_of("__syscall_nr", 4)?
+        {
+            return Err(ProbeError::Layout {
+                tracepoint: format!("syscalls:{name}"),
+                reason: "its ret/__syscall_nr offsets differ from sys_exit_clone's",
+            });
+        }
+    }
+    let narrow = |format: &Format, field: &str, offset: u32| -> Result<u16, ProbeError> {
+        u16::try_from(offset).map_err(|_| ProbeError::Layout {
+            tracepoint: format!("{} field {field}", format.tracepoint),
+            reason: "offset beyond 64 KiB",
+        })
+    };
+    let required = |format: &Format, field: &str, size: u32| -> Result<u16, ProbeError> {
+        narrow(format, field, format.offset_of(field, size)?)
+    };
+    // Older kernels' mark_victim has only `pid`: the rest is optional.
+    let optional = |format: &Format, field: &str, size: u32| -> Result<u16, ProbeError> {
+        match format.field(field) {
+            None => Ok(ABSENT),
+            Some(_) => required(format, field, size),
+        }
+    };
+    let oom_comm = match oom.field("comm") {
+        Some(comm) if comm.is_data_loc() => narrow(&oom, "comm", comm.offset)?,
+        _ => ABSENT,
+    };
+    Ok(TracepointOffsets {
+        fork_parent_pid: required(&fork, "parent_pid", 4)?,
+        fork_child_pid: required(&fork, "child_pid", 4)?,
+        attach_dst_root: required(&attach, "dst_root", 4)?,
+        attach_dst_level: required(&attach, "dst_level", 4)?,
+        attach_dst_id: required(&attach, "dst_id", 8)?,
+        attach_pid: required(&attach, "pid", 4)?,
+        syscall_ret: required(&clone_exit, "ret", 8)?,
+        syscall_nr: required(&clone_exit, "__syscall_nr", 4)?,
+        oom_pid: required(&oom, "pid", 4)?,
+        oom_comm,
+        oom_total_vm: optional(&oom, "total_vm", 8)?,
+        oom_anon_rss: optional(&oom, "anon_rss", 8)?,
+        oom_file_rss: optional(&oom, "file_rss", 8)?,
+        oom_shmem_rss: optional(&oom, "shmem_rss", 8)?,
+        oom_score_adj: optional(&oom, "oom_score_adj", 2)?,
+        reclaim_nr_reclaimed: required(&reclaim_end, "nr_reclaimed", 8)?,
+    })
+}
 
 /// The loaded, attached programs and their maps.
 pub struct Probes {
@@ -92,7 +184,7 @@ where
 impl Probes {
     /// Mounts tracefs if needed, raises RLIMIT_MEMLOCK, loads the object, reads tracepoint
     /// layouts, attaches every program, and only then arms them (`ready = 1`).
-    pub fn load(options: StreamOptions) -> Result<Self, ProbeError> {
+    pub fn load(options: StreamOptions, with_kprobes: bool) -> Result<Self, ProbeError> {
         let tracefs_root = tracefs::ensure_mounted()?;
         raise_memlock_limit();
 
@@ -107,19 +199,18 @@ impl Probes {
             }
         };
 
-        let fork = Format::read(&tracefs_root, "sched", "sched_process_fork")?;
-        let config = ProbeConfig {
+        let mut config = ProbeConfig {
             ready: 0,
-            fork_parent_pid_offset: fork.offset_of("parent_pid", 4)?,
-            fork_child_pid_offset: fork.offset_of("child_pid", 4)?,
+            max_events_per_sec: options.max_events_per_sec,
             wakeup_bytes: options.wakeup_bytes,
+            offsets: read_offsets(&tracefs_root)?,
             ..Default::default()
         };
 
         for program in TRACEPOINT_PROGRAMS {
             let error = |source| ProbeError::Program {
                 name: program.name,
-                tracepoint: format!("{}:{}", program.category, program.tracepoint),
+                tracepoint: format!("tracepoint {}:{}", program.category, program.tracepoint),
                 source,
             };
             let tracepoint: &mut TracePoint = ebpf
@@ -132,6 +223,24 @@ impl Probes {
                 .attach(program.category, program.tracepoint)
                 .map_err(error)?;
             debug!(program = program.name, "attached");
+        }
+        if with_kprobes {
+            let error = |source| ProbeError::Program {
+                name: PIDS_KPROBE_PROGRAM,
+                tracepoint: format!("kretprobe {PIDS_KPROBE_FUNCTION}"),
+                source,
+            };
+            let kprobe: &mut KProbe = ebpf
+                .program_mut(PIDS_KPROBE_PROGRAM)
+                .ok_or(ProbeError::MissingProgram {
+                    name: PIDS_KPROBE_PROGRAM,
+                })?
+                .try_into()
+                .map_err(error)?;
+            kprobe.load().map_err(error)?;
+            kprobe.attach(PIDS_KPROBE_FUNCTION, 0).map_err(error)?;
+            config.pids_kprobe = 1;
+            debug!(program = PIDS_KPROBE_PROGRAM, "attached");
         }
 
         let mut probes = Self {

@@ -14,18 +14,33 @@ use tokio::{
 };
 use tracing::{error, warn};
 
-use crate::events::{self, GuardEvent, KernelEvent};
+use crate::events::{self, EventDetail, GuardEvent, KernelEvent};
 
-/// Per-container tallies of events the reader has seen, keyed by cgroup id.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Per-container tallies of events the reader has seen, keyed by cgroup id (0: events that
+/// belong to no container, such as a global OOM kill).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Delivered {
     pub forks: u64,
+    pub fork_denied: u64,
+    pub oom_victims: u64,
+    pub reclaims: u64,
+    /// Throttle records, and the individual events they say were suppressed.
+    pub throttle_records: u64,
+    pub suppressed: u64,
 }
 
 impl Delivered {
-    fn count(&mut self, event: &KernelEvent) {
-        match event.detail {
-            events::EventDetail::Fork { .. } => self.forks += 1,
+    fn count(&mut self, detail: &EventDetail) {
+        match detail {
+            EventDetail::Fork { .. } => self.forks += 1,
+            EventDetail::ForkDenied { .. } => self.fork_denied += 1,
+            EventDetail::OomVictim { .. } => self.oom_victims += 1,
+            EventDetail::Reclaim { .. } => self.reclaims += 1,
+            EventDetail::Throttle { suppressed, .. } => {
+                self.throttle_records += 1;
+                self.suppressed += suppressed;
+            }
+            EventDetail::Lost { .. } => {}
         }
     }
 }
@@ -74,24 +89,40 @@ impl ReaderState {
             };
             // Sequence numbers start at 1 on every CPU, so gaps before the first record count.
             let last = self.last_seq.entry(event.cpu).or_insert(0);
-            self.loss.sequence_gaps += event.seq.saturating_sub(*last + 1);
+            let gap = event.seq.saturating_sub(*last + 1);
             *last = (*last).max(event.seq);
+            if gap > 0 {
+                self.loss.sequence_gaps += gap;
+                let marker = KernelEvent {
+                    cpu: event.cpu,
+                    seq: event.seq - 1,
+                    ktime_ns: event.ktime_ns,
+                    cgroup_id: 0,
+                    detail: EventDetail::Lost { count: gap },
+                };
+                self.publish(marker);
+            }
             self.delivered
                 .entry(event.cgroup_id)
                 .or_default()
-                .count(&event);
-            if self.subscribers.is_empty() {
-                continue;
-            }
-            let attributed = GuardEvent {
-                container: self.names.get(&event.cgroup_id).cloned(),
-                event,
-            };
-            for subscriber in &self.subscribers {
-                // A slow subscriber never blocks the reader: it loses events, counted.
-                if subscriber.try_send(attributed.clone()).is_err() {
-                    self.loss.subscriber_drops += 1;
-                }
+                .count(&event.detail);
+            self.publish(event);
+        }
+    }
+
+    fn publish(&mut self, event: KernelEvent) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let container = match event.cgroup_id {
+            0 => None,
+            cgroup_id => self.names.get(&cgroup_id).cloned(),
+        };
+        let attributed = GuardEvent { container, event };
+        for subscriber in &self.subscribers {
+            // A slow subscriber never blocks the reader: it loses events, counted.
+            if subscriber.try_send(attributed.clone()).is_err() {
+                self.loss.subscriber_drops += 1;
             }
         }
     }
