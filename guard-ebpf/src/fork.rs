@@ -1,4 +1,4 @@
-//! `sched:sched_process_fork`: counts forks per container and streams them.
+//! `sched:sched_process_fork`: counts forks per container, tracks the child, streams the fork.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use aya_log_ebpf::error;
 use guard_common::{Counter, EventKind, ForkEvent};
@@ -23,8 +23,15 @@ fn on_fork(ctx: &TracePointContext) -> Option<()> {
         error!(ctx, "guard: counter slot {} out of range", container.slot);
         return None;
     }
-    let parent_pid: u32 = unsafe { ctx.read_at(config.fork_parent_pid_offset as usize) }.ok()?;
-    let child_pid: u32 = unsafe { ctx.read_at(config.fork_child_pid_offset as usize) }.ok()?;
+    let offsets = &config.offsets;
+    let parent_pid: u32 = unsafe { ctx.read_at(offsets.fork_parent_pid as usize) }.ok()?;
+    let child_pid: u32 = unsafe { ctx.read_at(offsets.fork_child_pid as usize) }.ok()?;
+    // Track both: the parent may predate registration (or have moved in from elsewhere).
+    watch::track_task(child_pid, &container);
+    watch::track_task(parent_pid, &container);
+    if !emit::admit(config, container.slot, container.cgroup_id) {
+        return None;
+    }
     let event = ForkEvent {
         header: emit::header(EventKind::Fork, container.cgroup_id),
         parent_pid,

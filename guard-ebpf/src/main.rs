@@ -2,9 +2,15 @@
 #![no_std]
 #![no_main]
 
+mod attach;
 mod emit;
+mod exit;
 mod fork;
+mod fork_denied;
 mod maps;
+mod oom;
+mod pids_kprobe;
+mod reclaim;
 mod watch;
 
 #[cfg(not(test))]

@@ -3,9 +3,12 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use guard_common::{ContainerCounters, EVENT_KIND_SLOTS, MAX_CONTAINERS, ProbeConfig, WatchEntry};
+use guard_common::{
+    COUNTER_ROWS, ContainerCounters, EVENT_KIND_SLOTS, MAX_CONTAINERS, MAX_TRACKED_TASKS,
+    ProbeConfig, TaskEntry, ThrottleWindow, WatchEntry,
+};
 
-/// Loader configuration (tracepoint offsets, watched levels, wakeup threshold).
+/// Loader configuration (tracepoint offsets, watched levels, wakeup threshold, rate bound).
 #[map]
 pub static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 
@@ -13,10 +16,29 @@ pub static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static WATCHED: HashMap<u64, WatchEntry> = HashMap::with_max_entries(MAX_CONTAINERS, 0);
 
-/// Exact per-container counters, one row per slot, per CPU (no atomics on the hot path).
+/// Tasks of watched containers: thread id → container. The OOM victim's container comes from
+/// here: `bpf_get_current_cgroup_id()` in `mark_victim` names the allocating task instead.
+#[map]
+pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(MAX_TRACKED_TASKS, 0);
+
+/// Exact per-container counters, one row per slot plus the global row, per CPU (no atomics
+/// on the hot path).
 #[map]
 pub static COUNTERS: PerCpuArray<ContainerCounters> =
-    PerCpuArray::with_max_entries(MAX_CONTAINERS, 0);
+    PerCpuArray::with_max_entries(COUNTER_ROWS, 0);
+
+/// Rate-bound windows, one per container slot, per CPU.
+#[map]
+pub static THROTTLE: PerCpuArray<ThrottleWindow> = PerCpuArray::with_max_entries(COUNTER_ROWS, 0);
+
+/// Start time of a memcg reclaim in progress, by thread id.
+#[map]
+pub static RECLAIM_START: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Threads whose last `pids_can_fork` refused them (set by the kretprobe, consumed at the
+/// syscall's exit).
+#[map]
+pub static PIDS_DENIED: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
 /// Individual events for the userspace reader. The loader may resize it.
 #[map]

@@ -1,12 +1,26 @@
-//! Which watched container, if any, the current task belongs to.
-use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id};
-use guard_common::{Counter, MAX_CGROUP_LEVEL, ProbeConfig};
+//! Which watched container, if any, a task belongs to; per-container counters.
+use aya_ebpf::helpers::{
+    bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+};
+use guard_common::{Counter, MAX_CGROUP_LEVEL, ProbeConfig, TaskEntry};
 
-use crate::maps::{COUNTERS, WATCHED};
+use crate::maps::{COUNTERS, TASKS, WATCHED};
 
+#[derive(Clone, Copy)]
 pub struct Container {
     pub cgroup_id: u64,
     pub slot: u32,
+    pub level: u32,
+}
+
+impl Container {
+    pub fn task_entry(&self) -> TaskEntry {
+        TaskEntry {
+            cgroup_id: self.cgroup_id,
+            slot: self.slot,
+            level: self.level,
+        }
+    }
 }
 
 /// The container of the current task: its own cgroup if registered, else its deepest registered
@@ -14,10 +28,11 @@ pub struct Container {
 #[inline(always)]
 pub fn current_container(config: &ProbeConfig) -> Option<Container> {
     let own = unsafe { bpf_get_current_cgroup_id() };
-    if let Some(entry) = unsafe { WATCHED.get(&own) } {
+    if let Some(entry) = unsafe { WATCHED.get(own) } {
         return Some(Container {
             cgroup_id: own,
             slot: entry.slot,
+            level: entry.level,
         });
     }
     let levels = config.watched_levels;
@@ -31,18 +46,33 @@ pub fn current_container(config: &ProbeConfig) -> Option<Container> {
         if ancestor == 0 || ancestor == own {
             continue;
         }
-        if let Some(entry) = unsafe { WATCHED.get(&ancestor) } {
+        if let Some(entry) = unsafe { WATCHED.get(ancestor) } {
             return Some(Container {
                 cgroup_id: ancestor,
                 slot: entry.slot,
+                level: entry.level,
             });
         }
     }
     None
 }
 
-/// Adds `by` to one of a container's counters on this CPU. Returns false when the slot is out
-/// of range (a loader bug, reported by the caller).
+/// Thread id of the current task.
+#[inline(always)]
+pub fn current_tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// Records `tid` as a task of `container`, counting a full map.
+#[inline(always)]
+pub fn track_task(tid: u32, container: &Container) {
+    if TASKS.insert(tid, container.task_entry(), 0).is_err() {
+        bump(container.slot, Counter::TaskMapFull, 1);
+    }
+}
+
+/// Adds `by` to one of a row's counters on this CPU. Returns false when the slot is out of
+/// range (a loader bug).
 #[inline(always)]
 pub fn bump(slot: u32, counter: Counter, by: u64) -> bool {
     match COUNTERS.get_ptr_mut(slot) {

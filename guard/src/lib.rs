@@ -1,1 +1,22 @@
-pub const EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
+//! guard: an eBPF-augmented resource guard for the guest side of micro-VM sandboxes.
+//!
+//! An agent starts a [`Guard`], registers each container's cgroup with [`Guard::watch`], and
+//! reads exact per-container counters ([`Guard::counters`]) or subscribes to live events
+//! ([`Guard::subscribe`]). See DESIGN.md for the architecture.
+pub mod capability;
+pub mod cgroup;
+pub mod container_id;
+pub mod events;
+mod guard;
+pub mod probes;
+pub mod reader;
+pub mod tracefs;
+
+pub use capability::{CapabilityReport, Tier};
+pub use container_id::ContainerId;
+pub use events::{EventDetail, GuardEvent, KernelEvent};
+pub use guard::{
+    BpfCounters, ContainerCounters, GlobalCounters, Guard, GuardError, GuardOptions, LossReport,
+};
+pub use probes::StreamOptions;
+pub use reader::Delivered;

@@ -1,3 +1,69 @@
-fn main() {
-    println!("{}", guard::EBPF_OBJECT.len());
+//! The `guard` command line.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli_watch;
+
+/// guard: prove that a micro-VM guest's per-container cgroup limits held.
+///
+/// guard loads eBPF programs on fork/exit/OOM/reclaim tracepoints, attributes every event to
+/// the container (cgroup) it happened in, keeps exact counters, and reconciles them with the
+/// kernel's own memory.events and pids.events.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Log filter for guard's own diagnostics (RUST_LOG syntax), e.g. `debug` or `guard=trace`.
+    #[arg(long, global = true, env = "GUARD_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report what this kernel offers (BPF, tracepoints, kprobes, cgroup v2 controllers, PSI)
+    /// and the tier guard can run at: 2 = tracepoints + kprobes, 1 = tracepoints only,
+    /// 0 = cgroup event files only.
+    Probe {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command in a fresh cgroup, watched: streams its events and prints its counters.
+    ///
+    /// Example: `guard watch --cgroup /sys/fs/cgroup/unified/demo -- sh -c 'for i in 1 2 3; do true; done'`
+    Watch(cli_watch::WatchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Probe { json } => probe(json),
+        Command::Watch(args) => cli_watch::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("guard: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(json: bool) -> anyhow::Result<ExitCode> {
+    let report = guard::CapabilityReport::probe();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(ExitCode::SUCCESS)
 }

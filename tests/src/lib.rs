@@ -1,1 +1,2 @@
-fn main() {}
+//! Helpers shared by guard's integration tests.
+pub mod host;

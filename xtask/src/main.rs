@@ -1,35 +1,42 @@
-//! `cargo xtask`: project chores that are not part of the build itself.
-
-use anyhow::Result;
+//! Project automation: `cargo xtask <command>` (see `cargo xtask --help`).
 use clap::{Parser, Subcommand};
 
+mod cmd;
+mod demo;
 mod setup;
+mod test;
 mod vm_cli;
 
-#[derive(Parser, Debug)]
-#[command(name = "cargo xtask", about = "guard's project chores", version)]
+/// guard's project tasks: set up a machine, run the demo, run the whole test suite, boot a
+/// guest VM.
+#[derive(Parser)]
+#[command(about, long_about)]
 struct Cli {
     #[command(subcommand)]
-    command: Cmd,
+    command: Command,
 }
 
-#[derive(Subcommand, Debug)]
-enum Cmd {
+#[derive(Subcommand)]
+enum Command {
+    /// The main job: what guard sees and proves, end to end.
+    Demo(demo::DemoArgs),
+    /// Everything CI checks: fmt, clippy (host crates and the eBPF crate), unit tests, host
+    /// BPF tests (as root) and the guest VM suite.
+    Test(test::TestArgs),
+    // No doc comments on these two: they would replace the long help their Args define.
     Setup(setup::SetupArgs),
     Vm(vm_cli::VmArgs),
 }
 
-fn main() {
-    let result: Result<i32> = match Cli::parse().command {
-        Cmd::Setup(args) => setup::run(args).map(|()| 0),
-        Cmd::Vm(args) => vm_cli::run(args),
-    };
-    match result {
-        Ok(code) => std::process::exit(code),
-        Err(error) => {
-            // `{:#}` prints the context chain on one line, without a backtrace.
-            eprintln!("error: {error:#}");
-            std::process::exit(1)
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Demo(args) => demo::run(&args),
+        Command::Test(args) => test::run(&args),
+        Command::Setup(args) => setup::run(args),
+        Command::Vm(args) => {
+            // The guest command's exit code, or 100 (VM died) / 101 (timed out).
+            let code = vm_cli::run(args)?;
+            std::process::exit(code)
         }
     }
 }

@@ -16,9 +16,10 @@ use xtask::paths;
 const APT_PACKAGES: &[&str] = &["qemu-system-x86", "cpio", "busybox-static", "bpftrace"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-#[derive(clap::Args, Debug)]
+/// `Default` is a full setup, for commands that call [`run`] before their own work.
+#[derive(clap::Args, Debug, Default)]
 #[command(
-    about = "Install the toolchain and test assets (idempotent)",
+    about = "Install the toolchain and test assets: apt packages, nightly rust-src, bpf-linker, Debian guest kernels (idempotent)",
     long_about = "Install everything the build and the tests need on a fresh Debian 12 machine, \
 idempotently:\n\
   1. apt packages: qemu-system-x86 cpio busybox-static bpftrace (apt-get update only if one is missing)\n\
@@ -35,19 +36,19 @@ GUARD_KERNELS_DIR (overrides the kernel folder)."
 pub struct SetupArgs {
     /// Skip the apt packages.
     #[arg(long)]
-    skip_apt: bool,
+    pub skip_apt: bool,
     /// Skip the nightly toolchain, rust-src and bpf-linker.
     #[arg(long)]
-    skip_rust: bool,
+    pub skip_rust: bool,
     /// Skip downloading guest kernels.
     #[arg(long)]
-    skip_kernels: bool,
+    pub skip_kernels: bool,
     /// Re-resolve the kernel packages and replace a cached kernel when apt offers a newer one.
     #[arg(long)]
-    refresh_kernels: bool,
+    pub refresh_kernels: bool,
     /// Rebuild bpf-linker even when `bpf-linker --version` works.
     #[arg(long)]
-    force_bpf_linker: bool,
+    pub force_bpf_linker: bool,
 }
 
 /// What a step did, for the summary.

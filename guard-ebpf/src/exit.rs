@@ -1,0 +1,28 @@
+//! `sched:sched_process_exit`: counts exits per container and forgets the task.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use guard_common::Counter;
+
+use crate::{
+    maps::{CONFIG, TASKS},
+    watch,
+};
+
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    on_exit();
+    0
+}
+
+#[inline(always)]
+fn on_exit() -> Option<()> {
+    let config = CONFIG.get(0)?;
+    if config.ready == 0 {
+        return None;
+    }
+    // Runs in the exiting task, still in its cgroup.
+    let tid = watch::current_tid();
+    let _ = TASKS.remove(tid);
+    let container = watch::current_container(config)?;
+    watch::bump(container.slot, Counter::Exits, 1);
+    Some(())
+}

@@ -1,0 +1,83 @@
+//! `syscalls:sys_exit_{clone,clone3,fork,vfork}`: forks refused with EAGAIN in a container.
+//!
+//! EAGAIN alone is ambiguous (pids.max, RLIMIT_NPROC and threads-max all give it): where the
+//! kretprobe on `pids_can_fork` runs, it tags the denial as pids.max exactly; elsewhere the
+//! cause is left `Inferred` and userspace reconciles with `pids.events`.
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
+use guard_common::{Counter, DenialCause, EventKind, ForkDeniedEvent};
+
+use crate::{
+    emit,
+    maps::{CONFIG, PIDS_DENIED},
+    watch,
+};
+
+const EAGAIN: i64 = 11;
+
+#[tracepoint]
+pub fn sys_exit_clone(ctx: TracePointContext) -> u32 {
+    on_fork_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_clone3(ctx: TracePointContext) -> u32 {
+    on_fork_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_fork(ctx: TracePointContext) -> u32 {
+    on_fork_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_vfork(ctx: TracePointContext) -> u32 {
+    on_fork_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_fork_exit(ctx: &TracePointContext) -> Option<()> {
+    let config = CONFIG.get(0)?;
+    if config.ready == 0 {
+        return None;
+    }
+    let offsets = &config.offsets;
+    let ret: i64 = unsafe { ctx.read_at(offsets.syscall_ret as usize) }.ok()?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // Consume the kretprobe's mark whatever the outcome, so it cannot leak to a later call.
+    let observed_pids_max = config.pids_kprobe != 0 && unsafe { PIDS_DENIED.get(tid) }.is_some();
+    if observed_pids_max {
+        let _ = PIDS_DENIED.remove(tid);
+    }
+    if ret != -EAGAIN {
+        return None;
+    }
+    let container = watch::current_container(config)?;
+    watch::bump(container.slot, Counter::ForkDenied, 1);
+    let cause = if observed_pids_max {
+        watch::bump(container.slot, Counter::ForkDeniedPidsMax, 1);
+        DenialCause::PidsMax
+    } else {
+        DenialCause::Inferred
+    };
+    if !emit::admit(config, container.slot, container.cgroup_id) {
+        return None;
+    }
+    let syscall_nr: i32 = unsafe { ctx.read_at(offsets.syscall_nr as usize) }.unwrap_or(-1);
+    let event = ForkDeniedEvent {
+        header: emit::header(EventKind::ForkDenied, container.cgroup_id),
+        tgid: (pid_tgid >> 32) as u32,
+        tid,
+        ret,
+        cause: cause as u32,
+        syscall_nr: syscall_nr as u32,
+    };
+    emit::emit(config, EventKind::ForkDenied, event);
+    Some(())
+}

@@ -1,0 +1,64 @@
+//! `vmscan:mm_vmscan_memcg_reclaim_{begin,end}`: memory pressure. Direct reclaim runs in the
+//! charging task's context, so the current task's container is the one under pressure.
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use guard_common::{Counter, EventKind, ReclaimEvent};
+
+use crate::{
+    emit,
+    maps::{CONFIG, RECLAIM_START},
+    watch,
+};
+
+#[tracepoint]
+pub fn mm_vmscan_memcg_reclaim_begin(_ctx: TracePointContext) -> u32 {
+    on_begin();
+    0
+}
+
+#[tracepoint]
+pub fn mm_vmscan_memcg_reclaim_end(ctx: TracePointContext) -> u32 {
+    on_end(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_begin() -> Option<()> {
+    let config = CONFIG.get(0)?;
+    if config.ready == 0 {
+        return None;
+    }
+    watch::current_container(config)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = RECLAIM_START.insert(watch::current_tid(), now, 0);
+    Some(())
+}
+
+#[inline(always)]
+fn on_end(ctx: &TracePointContext) -> Option<()> {
+    let config = CONFIG.get(0)?;
+    if config.ready == 0 {
+        return None;
+    }
+    let tid = watch::current_tid();
+    let started = unsafe { RECLAIM_START.get(tid) }.copied()?;
+    let _ = RECLAIM_START.remove(tid);
+    let container = watch::current_container(config)?;
+    let duration_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(started);
+    let offset = config.offsets.reclaim_nr_reclaimed as usize;
+    let nr_reclaimed: u64 = unsafe { ctx.read_at(offset) }.unwrap_or(0);
+    watch::bump(container.slot, Counter::ReclaimRuns, 1);
+    watch::bump(container.slot, Counter::ReclaimNs, duration_ns);
+    watch::bump(container.slot, Counter::ReclaimPages, nr_reclaimed);
+    if !emit::admit(config, container.slot, container.cgroup_id) {
+        return None;
+    }
+    let event = ReclaimEvent {
+        header: emit::header(EventKind::Reclaim, container.cgroup_id),
+        tid,
+        _pad0: 0,
+        duration_ns,
+        nr_reclaimed,
+    };
+    emit::emit(config, EventKind::Reclaim, event);
+    Some(())
+}

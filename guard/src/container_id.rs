@@ -1,0 +1,108 @@
+//! Container ids: validated before they name anything (a cgroup path, a log record, a map key).
+use std::fmt;
+
+/// Longest id accepted (container runtimes use 64-hex ids; leave room for readable names).
+pub const MAX_ID_LEN: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContainerIdError {
+    #[error("container id is empty")]
+    Empty,
+    #[error("container id {id:?} is {len} bytes long; at most {MAX_ID_LEN} are allowed")]
+    TooLong { id: String, len: usize },
+    #[error("container id {id:?} contains {what}, which could escape its cgroup path")]
+    Forbidden { id: String, what: &'static str },
+}
+
+/// A container id that is safe to use as one path component.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct ContainerId(String);
+
+impl ContainerId {
+    pub fn parse(id: &str) -> Result<Self, ContainerIdError> {
+        let forbidden = |what| ContainerIdError::Forbidden {
+            id: id.to_string(),
+            what,
+        };
+        if id.is_empty() {
+            return Err(ContainerIdError::Empty);
+        }
+        if id.len() > MAX_ID_LEN {
+            return Err(ContainerIdError::TooLong {
+                id: id.chars().take(MAX_ID_LEN).collect::<String>() + "…",
+                len: id.len(),
+            });
+        }
+        if id == "." || id == ".." {
+            return Err(forbidden("only dots"));
+        }
+        if id.contains('/') {
+            return Err(forbidden("a '/'"));
+        }
+        if id.contains('\0') {
+            return Err(forbidden("a NUL byte"));
+        }
+        if id.chars().any(char::is_control) {
+            return Err(forbidden("a control character"));
+        }
+        if id.chars().any(char::is_whitespace) {
+            return Err(forbidden("whitespace"));
+        }
+        Ok(Self(id.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ContainerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for ContainerId {
+    type Err = ContainerIdError;
+    fn from_str(id: &str) -> Result<Self, Self::Err> {
+        Self::parse(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_ids() {
+        for id in ["web-1", "a", "3f2a9c", "job_42.v2", &"x".repeat(MAX_ID_LEN)] {
+            assert_eq!(ContainerId::parse(id).unwrap().as_str(), id);
+        }
+    }
+
+    #[test]
+    fn rejects_hostile_ids_naming_them() {
+        let cases = [
+            ("", "empty"),
+            (".", "dots"),
+            ("..", "dots"),
+            ("../etc", "'/'"),
+            ("a/b", "'/'"),
+            ("a\0b", "NUL"),
+            ("a\nb", "control"),
+            ("a\x1bb", "control"),
+            ("a b", "whitespace"),
+        ];
+        for (id, expected) in cases {
+            let error = ContainerId::parse(id).unwrap_err().to_string();
+            assert!(error.contains(expected), "{id:?}: {error}");
+            if !id.is_empty() {
+                assert!(error.contains(&format!("{id:?}")), "{id:?}: {error}");
+            }
+        }
+        let long = "y".repeat(MAX_ID_LEN + 1);
+        let error = ContainerId::parse(&long).unwrap_err().to_string();
+        assert!(error.contains("129 bytes"), "{error}");
+    }
+}

@@ -1,0 +1,417 @@
+//! [`Guard`]: the handle an agent holds. It owns the probes and the reader task, keeps the
+//! registry of watched containers, and answers with exact counters.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use guard_common::{COUNTER_SLOTS, Counter, EventKind, GLOBAL_SLOT, MAX_CONTAINERS, WatchEntry};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::{
+    capability::{CapabilityReport, Tier},
+    cgroup::{CgroupError, CgroupIdentity, Hierarchy},
+    container_id::{ContainerId, ContainerIdError},
+    events::GuardEvent,
+    probes::{ProbeError, Probes, StreamOptions},
+    reader::{self, Delivered, DrainRequest, ReaderLoss, ReaderState},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    ContainerId(#[from] ContainerIdError),
+    #[error("container {id} is already watched (cgroup {cgroup})")]
+    AlreadyWatched { id: String, cgroup: PathBuf },
+    #[error("cgroup {cgroup} is already watched as container {id}")]
+    CgroupTaken { id: String, cgroup: PathBuf },
+    #[error("container {id} is not watched")]
+    NotWatched { id: String },
+    #[error("all {MAX_CONTAINERS} container slots are in use")]
+    SlotsExhausted,
+    #[error("the event reader has stopped")]
+    ReaderStopped,
+}
+
+/// How the guard runs.
+#[derive(Debug, Clone)]
+pub struct GuardOptions {
+    pub stream: StreamOptions,
+    /// How often the reader polls for records that did not wake it.
+    pub poll_interval: Duration,
+    /// Never run above this tier, even if the kernel allows it (tests exercise each tier).
+    pub max_tier: Tier,
+}
+
+impl Default for GuardOptions {
+    fn default() -> Self {
+        Self {
+            stream: StreamOptions::default(),
+            poll_interval: Duration::from_millis(10),
+            max_tier: Tier::TracepointsAndKprobes,
+        }
+    }
+}
+
+/// Counters the BPF programs keep in the kernel: exact, whatever happened to the stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BpfCounters {
+    pub forks: u64,
+    pub exits: u64,
+    /// Fork-family syscalls that failed with EAGAIN.
+    pub fork_denied: u64,
+    /// Of those, denials the `pids_can_fork` kretprobe saw (None below tier 2: not observed).
+    pub fork_denied_pids_max: Option<u64>,
+    pub oom_kills: u64,
+    pub reclaim_runs: u64,
+    pub reclaim_ns: u64,
+    pub reclaim_pages: u64,
+    /// Individual events not streamed because of the rate bound.
+    pub events_throttled: u64,
+    /// Tasks the task map could not hold (their OOM kills would be unattributed).
+    pub task_map_full: u64,
+}
+
+impl BpfCounters {
+    fn from_values(values: &[u64; COUNTER_SLOTS], kprobes: bool) -> Self {
+        let value = |counter: Counter| values[counter as usize];
+        Self {
+            forks: value(Counter::Forks),
+            exits: value(Counter::Exits),
+            fork_denied: value(Counter::ForkDenied),
+            fork_denied_pids_max: kprobes.then(|| value(Counter::ForkDeniedPidsMax)),
+            oom_kills: value(Counter::OomKills),
+            reclaim_runs: value(Counter::ReclaimRuns),
+            reclaim_ns: value(Counter::ReclaimNs),
+            reclaim_pages: value(Counter::ReclaimPages),
+            events_throttled: value(Counter::EventsThrottled),
+            task_map_full: value(Counter::TaskMapFull),
+        }
+    }
+}
+
+/// One container's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerCounters {
+    pub container: String,
+    pub cgroup_id: u64,
+    /// None at tier 0, where no BPF program runs: the guard never pretends to detail it lacks.
+    pub bpf: Option<BpfCounters>,
+    /// Events the reader received for this container.
+    pub delivered: Delivered,
+}
+
+/// Events that belong to no registered container: OOM kills of tasks outside every container
+/// (global OOM, or the agent itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GlobalCounters {
+    pub bpf: Option<BpfCounters>,
+    pub delivered: Delivered,
+}
+
+/// Everything lost anywhere between the kernel and the subscribers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LossReport {
+    /// Ring-buffer reserve failures in the kernel, by event kind name.
+    pub kernel_reserve_failures: BTreeMap<String, u64>,
+    pub reader: ReaderLoss,
+}
+
+struct Watched {
+    cgroup: PathBuf,
+    identity: CgroupIdentity,
+    slot: u32,
+}
+
+#[derive(Default)]
+struct Registry {
+    by_id: BTreeMap<ContainerId, Watched>,
+    free_slots: BTreeSet<u32>,
+    next_slot: u32,
+}
+
+impl Registry {
+    fn allocate_slot(&mut self) -> Result<u32, GuardError> {
+        if let Some(slot) = self.free_slots.pop_first() {
+            return Ok(slot);
+        }
+        if self.next_slot >= MAX_CONTAINERS {
+            return Err(GuardError::SlotsExhausted);
+        }
+        self.next_slot += 1;
+        Ok(self.next_slot - 1)
+    }
+
+    fn watched_levels(&self) -> u64 {
+        self.by_id
+            .values()
+            .fold(0, |levels, watched| levels | 1 << watched.identity.level)
+    }
+}
+
+/// The guard: load it once, watch containers, read their counters and events.
+pub struct Guard {
+    hierarchy: Option<Hierarchy>,
+    capabilities: CapabilityReport,
+    tier: Tier,
+    probes: Option<Mutex<Probes>>,
+    registry: Mutex<Registry>,
+    reader_state: Arc<Mutex<ReaderState>>,
+    drain_requests: Option<mpsc::Sender<DrainRequest>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves plain data behind: keep going.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Guard {
+    /// Probes the kernel, loads and attaches the programs the tier allows, and starts the
+    /// reader. Must be called inside a tokio runtime.
+    pub async fn start(options: GuardOptions) -> Result<Self, GuardError> {
+        let capabilities = CapabilityReport::probe();
+        let tier = capabilities.tier.min(options.max_tier);
+        let hierarchy = match Hierarchy::find() {
+            Ok(hierarchy) => Some(hierarchy),
+            Err(error) => {
+                warn!(%error, "no cgroup v2 hierarchy: containers cannot be watched");
+                None
+            }
+        };
+        let reader_state = Arc::new(Mutex::new(ReaderState::default()));
+        let mut tasks = Vec::new();
+        let mut drain_requests = None;
+        let probes = if tier >= Tier::Tracepoints {
+            let kprobes = tier >= Tier::TracepointsAndKprobes;
+            let mut probes = Probes::load(options.stream, kprobes)?;
+            if let Some(ring) = probes.take_ring() {
+                let (sender, receiver) = mpsc::channel(16);
+                drain_requests = Some(sender);
+                tasks.push(tokio::spawn(reader::run(
+                    ring,
+                    Arc::clone(&reader_state),
+                    receiver,
+                    options.poll_interval,
+                )));
+            }
+            if let Some(logger) = probes.take_logger() {
+                tasks.push(tokio::spawn(forward_program_logs(logger)));
+            }
+            Some(Mutex::new(probes))
+        } else {
+            None
+        };
+        info!(%tier, kernel = %capabilities.kernel_release, "guard started");
+        Ok(Self {
+            hierarchy,
+            capabilities,
+            tier,
+            probes,
+            registry: Mutex::new(Registry::default()),
+            reader_state,
+            drain_requests,
+            tasks,
+        })
+    }
+
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    pub fn capabilities(&self) -> &CapabilityReport {
+        &self.capabilities
+    }
+
+    /// Starts attributing everything that happens in `cgroup` (and its sub-cgroups) to `id`.
+    pub fn watch(&self, id: &str, cgroup: impl AsRef<Path>) -> Result<(), GuardError> {
+        let id = ContainerId::parse(id)?;
+        let cgroup = cgroup.as_ref();
+        let hierarchy = self.hierarchy.as_ref().ok_or(CgroupError::NotMounted {
+            mountinfo: PathBuf::from("/proc/self/mountinfo"),
+        })?;
+        let identity = hierarchy.identify(cgroup)?;
+        let mut registry = lock(&self.registry);
+        if let Some(existing) = registry.by_id.get(&id) {
+            return Err(GuardError::AlreadyWatched {
+                id: id.to_string(),
+                cgroup: existing.cgroup.clone(),
+            });
+        }
+        if let Some((other, _)) = registry
+            .by_id
+            .iter()
+            .find(|(_, watched)| watched.identity.id == identity.id)
+        {
+            return Err(GuardError::CgroupTaken {
+                id: other.to_string(),
+                cgroup: cgroup.to_path_buf(),
+            });
+        }
+        let slot = registry.allocate_slot()?;
+        if let Some(probes) = &self.probes {
+            let mut probes = lock(probes);
+            let entry = WatchEntry {
+                slot,
+                level: identity.level,
+            };
+            if let Err(error) = probes.watch(identity.id, entry) {
+                registry.free_slots.insert(slot);
+                return Err(error.into());
+            }
+        }
+        lock(&self.reader_state)
+            .names
+            .insert(identity.id, id.to_string());
+        registry.by_id.insert(
+            id.clone(),
+            Watched {
+                cgroup: cgroup.to_path_buf(),
+                identity,
+                slot,
+            },
+        );
+        if let Some(probes) = &self.probes {
+            lock(probes).set_watched_levels(registry.watched_levels())?;
+        }
+        info!(container = %id, cgroup = %cgroup.display(), cgroup_id = identity.id, level = identity.level, slot, "watching");
+        Ok(())
+    }
+
+    /// Stops watching `id`, returning its final counters (read after a full drain).
+    pub async fn unwatch(&self, id: &str) -> Result<ContainerCounters, GuardError> {
+        let counters = self.counters(id).await?;
+        let id = ContainerId::parse(id)?;
+        let mut registry = lock(&self.registry);
+        let watched = registry
+            .by_id
+            .remove(&id)
+            .ok_or_else(|| GuardError::NotWatched { id: id.to_string() })?;
+        if let Some(probes) = &self.probes {
+            let mut probes = lock(probes);
+            probes.unwatch(watched.identity.id)?;
+            probes.set_watched_levels(registry.watched_levels())?;
+        }
+        registry.free_slots.insert(watched.slot);
+        let mut state = lock(&self.reader_state);
+        state.names.remove(&watched.identity.id);
+        state.delivered.remove(&watched.identity.id);
+        Ok(counters)
+    }
+
+    /// Waits until the reader has consumed every record the kernel produced so far.
+    pub async fn drain(&self) -> Result<(), GuardError> {
+        let Some(requests) = &self.drain_requests else {
+            return Ok(()); // Tier 0: nothing streams.
+        };
+        let (reply, done) = oneshot::channel();
+        requests
+            .send(reply)
+            .await
+            .map_err(|_| GuardError::ReaderStopped)?;
+        done.await.map_err(|_| GuardError::ReaderStopped)
+    }
+
+    /// Exact counters for `id`, after draining pending events.
+    pub async fn counters(&self, id: &str) -> Result<ContainerCounters, GuardError> {
+        let id = ContainerId::parse(id)?;
+        self.drain().await?;
+        let (cgroup_id, slot) = {
+            let registry = lock(&self.registry);
+            let watched = registry
+                .by_id
+                .get(&id)
+                .ok_or_else(|| GuardError::NotWatched { id: id.to_string() })?;
+            (watched.identity.id, watched.slot)
+        };
+        let bpf = self.bpf_counters(slot)?;
+        let delivered = lock(&self.reader_state)
+            .delivered
+            .get(&cgroup_id)
+            .copied()
+            .unwrap_or_default();
+        Ok(ContainerCounters {
+            container: id.to_string(),
+            cgroup_id,
+            bpf,
+            delivered,
+        })
+    }
+
+    /// Counters of events outside every container, after draining pending events.
+    pub async fn global_counters(&self) -> Result<GlobalCounters, GuardError> {
+        self.drain().await?;
+        Ok(GlobalCounters {
+            bpf: self.bpf_counters(GLOBAL_SLOT)?,
+            delivered: lock(&self.reader_state)
+                .delivered
+                .get(&0)
+                .copied()
+                .unwrap_or_default(),
+        })
+    }
+
+    fn bpf_counters(&self, slot: u32) -> Result<Option<BpfCounters>, GuardError> {
+        let Some(probes) = &self.probes else {
+            return Ok(None);
+        };
+        let values = lock(probes).counters(slot)?;
+        let kprobes = self.tier >= Tier::TracepointsAndKprobes;
+        Ok(Some(BpfCounters::from_values(&values, kprobes)))
+    }
+
+    /// Losses so far, after draining pending events.
+    pub async fn loss(&self) -> Result<LossReport, GuardError> {
+        self.drain().await?;
+        let mut kernel_reserve_failures = BTreeMap::new();
+        if let Some(probes) = &self.probes {
+            let lost = lock(probes).lost()?;
+            for kind in EventKind::ALL {
+                kernel_reserve_failures.insert(kind.name().to_string(), lost[kind as usize]);
+            }
+        }
+        Ok(LossReport {
+            kernel_reserve_failures,
+            reader: lock(&self.reader_state).loss,
+        })
+    }
+
+    /// A live stream of attributed events. A subscriber that falls more than `capacity` events
+    /// behind loses the excess (counted in [`LossReport`]); it never slows the reader.
+    pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<GuardEvent> {
+        lock(&self.reader_state).subscribe(capacity)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Forwards the programs' own aya-log messages to our `log`/`tracing` subscriber.
+async fn forward_program_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer's fd for its lifetime, which the AsyncFd owns.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let Ok(mut logger) = registered else {
+        return;
+    };
+    while let Ok(mut ready) = logger.readable_mut().await {
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
+    }
+}

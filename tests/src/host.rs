@@ -1,0 +1,86 @@
+//! Host-kernel test fixtures: throwaway cgroups in the v2 hierarchy and the stress workload.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use guard::cgroup::Hierarchy;
+
+/// True when this process may load BPF programs and create cgroups. Outside CI a non-root run
+/// skips with a printed reason; in CI (`CI=true`) that is a failure, never a silent skip.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("{test}: host BPF tests must run as root in CI");
+    }
+    eprintln!("SKIP {test}: needs root (BPF programs and cgroups)");
+    false
+}
+
+/// A cgroup created for one test and removed when dropped.
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl TestCgroup {
+    /// Creates a fresh cgroup directly under the v2 root (or under `parent`).
+    pub fn create(name: &str) -> Self {
+        let hierarchy = Hierarchy::find().expect("a cgroup2 hierarchy is mounted");
+        let unique = format!(
+            "guard-test-{}-{}-{name}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        Self::create_at(hierarchy.mount.join(unique))
+    }
+
+    /// Creates a sub-cgroup of this one.
+    pub fn child(&self, name: &str) -> Self {
+        Self::create_at(self.path.join(name))
+    }
+
+    fn create_at(path: PathBuf) -> Self {
+        std::fs::create_dir(&path)
+            .unwrap_or_else(|error| panic!("creating cgroup {}: {error}", path.display()));
+        Self { path }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // A cgroup whose last task is still being torn down is briefly busy: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(error) = std::fs::remove_dir(&self.path) {
+            if Instant::now() > deadline || error.kind() == std::io::ErrorKind::NotFound {
+                eprintln!("warning: removing {}: {error}", self.path.display());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Runs `guard-stress [--cgroup DIR] ARGS…` to completion and returns its JSON tally line.
+pub fn run_stress(stress_bin: &str, cgroup: Option<&Path>, args: &[&str]) -> String {
+    let mut command = Command::new(stress_bin);
+    if let Some(cgroup) = cgroup {
+        command.arg("--cgroup").arg(cgroup);
+    }
+    let output = command
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("running {stress_bin}: {error}"));
+    assert!(
+        output.status.success(),
+        "guard-stress {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}

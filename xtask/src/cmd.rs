@@ -1,0 +1,35 @@
+//! Running commands with a visible trace of what runs and how long it took.
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+/// Runs `command`, echoing it first; fails with the command line when it fails.
+pub fn run(command: &mut Command) -> anyhow::Result<Duration> {
+    let line = describe(command);
+    println!("==> {line}");
+    let started = Instant::now();
+    let status = command
+        .status()
+        .with_context(|| format!("starting `{line}`"))?;
+    let elapsed = started.elapsed();
+    if !status.success() {
+        bail!("`{line}` failed ({status}) after {elapsed:.1?}");
+    }
+    Ok(elapsed)
+}
+
+/// `cargo` as invoked by the current cargo (respects rustup's toolchain selection).
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+pub fn describe(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| part.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,81 @@
+//! `cargo xtask test`: everything CI checks, in the order that fails fastest.
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::cmd::{self, cargo};
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Skip formatting and clippy (for a quick re-run of the tests alone).
+    #[arg(long)]
+    pub no_lint: bool,
+    /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+    #[arg(last = true)]
+    pub cargo_test_args: Vec<String>,
+}
+
+pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut steps: Vec<(&str, Duration)> = Vec::new();
+    if !args.no_lint {
+        steps.push((
+            "fmt",
+            cmd::run(cargo().args(["fmt", "--all", "--", "--check"]))?,
+        ));
+        // The eBPF crate only builds for the bpf target (on the host, feature unification
+        // would link std into it), so it gets its own clippy run on that target.
+        steps.push((
+            "clippy (host crates)",
+            cmd::run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "guard-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?,
+        ));
+        steps.push((
+            "clippy (eBPF crate)",
+            cmd::run(
+                std::process::Command::new("rustup")
+                    .args(["run", "nightly", "cargo", "clippy", "-p", "guard-ebpf"])
+                    .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+                    .args(["--", "-D", "warnings"]),
+            )?,
+        ));
+    }
+    // Host BPF tests need root: say so up front rather than failing deep inside a test.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("note: not root: host BPF tests will skip (CI runs them as root)");
+    }
+    steps.push((
+        "tests (unit, host, guest)",
+        cmd::run(
+            cargo()
+                .args(["test", "--workspace", "--exclude", "guard-ebpf"])
+                .args(test_args(args)),
+        )
+        .context("the test suite failed")?,
+    ));
+    println!("\nsummary:");
+    for (step, elapsed) in &steps {
+        println!("  {step:<28} {elapsed:>8.1?}");
+    }
+    println!("  {:<28} {:>8.1?}", "total", started.elapsed());
+    Ok(())
+}
+
+fn test_args(args: &TestArgs) -> Vec<String> {
+    if args.cargo_test_args.is_empty() {
+        Vec::new()
+    } else {
+        std::iter::once("--".to_string())
+            .chain(args.cargo_test_args.iter().cloned())
+            .collect()
+    }
+}
