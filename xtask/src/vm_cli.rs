@@ -22,7 +22,7 @@ Exit status: the guest command's exit code; 100 if the VM died (kernel panic, in
 stderr.\n\n\
 Examples:\n  cargo xtask vm --kernel 6.1 -- guard probe --json\n  \
 cargo xtask vm --kernel 6.12 --no-build -- sh -c 'cat /sys/fs/cgroup/cgroup.controllers'\n\n\
-Environment: GUARD_VM_ACCEL=tcg|kvm|auto (default tcg), GUARD_QEMU, GUARD_BUSYBOX, \
+Environment: GUARD_VM_ACCEL=tcg|kvm|auto (default auto: KVM only if a short probe boot works, cached per host boot), GUARD_QEMU, GUARD_BUSYBOX, \
 CARGO_TARGET_DIR, GUARD_KERNELS_DIR."
 )]
 pub struct VmArgs {

@@ -58,7 +58,8 @@ pub struct VmConfig {
     pub command: Vec<String>,
     /// The scenario's `oom_score_adj` (default Some(-1000), as a guest agent protects itself).
     pub oom_score_adj: Option<i32>,
-    /// Accelerator (default: `$GUARD_VM_ACCEL` = tcg|kvm|auto, else TCG).
+    /// Accelerator (default: `$GUARD_VM_ACCEL` = tcg|kvm|auto, else auto: KVM only where a
+    /// short probe boot works).
     pub accel: Accel,
     /// Extra kernel command-line words.
     pub extra_cmdline: Vec<String>,
@@ -168,6 +169,8 @@ pub struct VmOutcome {
     pub result: VmResult,
     /// The kernel image booted.
     pub kernel: PathBuf,
+    /// The accelerator QEMU used: "tcg" or "kvm".
+    pub accel: &'static str,
     /// QEMU start until init's first marker (kernel boot + initramfs unpack).
     pub boot_time: Option<Duration>,
     /// The scenario command's wall time as the host saw it (start/end markers).
@@ -381,6 +384,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome> {
     Ok(VmOutcome {
         result,
         kernel,
+        accel: raw.accel,
         boot_time: raw.boot_time,
         scenario_time: raw.scenario_time,
         wall_time: raw.wall_time,
