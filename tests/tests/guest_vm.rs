@@ -256,15 +256,25 @@ fn results_come_back_intact() {
 }
 
 /// The workspace's own dynamically linked binaries run in the guest (their glibc and loader
-/// are copied by the image builder).
+/// are copied by the image builder): guard-stress always, guard when one was built.
 #[test]
 fn workspace_binaries_run_in_both_guests() {
+    let guard = guard_binary();
+    if guard.is_none() {
+        eprintln!("no guard binary (set GUARD_BIN_DIR): checking guard-stress only");
+    }
     for k in KERNELS {
         let Some(k) = kernel(k) else { return };
-        let mut config = VmConfig::shell(k, "guard-stress && echo stress: ok; if [ -x /bin/guard ]; then guard > /dev/null && echo guard: ok; fi")
-            .binary(env!("CARGO_BIN_EXE_guard-stress"))
-            .label(format!("bins-{k}"));
-        if let Some(guard) = guard_binary() {
+        let mut config = VmConfig::shell(
+            k,
+            "set -e
+            guard-stress fork 10
+            echo stress: ok
+            if [ -x /bin/guard ]; then guard probe --json > /results/probe.json; fi",
+        )
+        .binary(env!("CARGO_BIN_EXE_guard-stress"))
+        .label(format!("bins-{k}"));
+        if let Some(guard) = &guard {
             config = config.binary(guard);
         }
         let done = run(config).expect_completed().clone();
@@ -276,6 +286,10 @@ fn workspace_binaries_run_in_both_guests() {
             done.stderr_str()
         );
         assert!(done.stdout_str().contains("stress: ok"));
+        if guard.is_some() {
+            let probe = done.file_str("probe.json").expect("probe.json returned");
+            assert!(probe.contains("\"tier\""), "{probe}");
+        }
     }
 }
 

@@ -14,16 +14,22 @@ if [ "$1" != stage2 ]; then
     mount -t devtmpfs devtmpfs /dev
     mkdir -p /newroot
     mount -t tmpfs -o mode=0755 tmpfs /newroot
+    # mv, not cp: file by file, so the image is not held twice in RAM. /init stays, since
+    # switch_root checks it is still there; /bin goes last and busybox is then called from
+    # its new place.
+    cp -a /init /newroot/init
     for entry in /*; do
-        case "$entry" in /newroot | /proc | /sys | /dev) continue ;; esac
-        cp -a "$entry" /newroot/
+        case "$entry" in /newroot | /proc | /sys | /dev | /init | /bin) continue ;; esac
+        mv "$entry" /newroot/
     done
-    mkdir -p /newroot/proc /newroot/sys /newroot/dev
-    mount --move /proc /newroot/proc
-    mount --move /sys /newroot/sys
-    mount --move /dev /newroot/dev
+    mv /bin /newroot/
+    bb=/newroot/bin/busybox
+    $bb mkdir -p /newroot/proc /newroot/sys /newroot/dev
+    $bb mount --move /proc /newroot/proc
+    $bb mount --move /sys /newroot/sys
+    $bb mount --move /dev /newroot/dev
     # switch_root empties the old root (frees its memory) and execs stage 2 as PID 1.
-    exec switch_root /newroot /init stage2
+    exec $bb switch_root /newroot /init stage2
 fi
 
 # Stage 2, on the tmpfs root.

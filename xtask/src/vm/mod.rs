@@ -331,14 +331,25 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome> {
         oom_score_adj: config.oom_score_adj,
     };
     let archive = image::build(&spec)?;
+    let image = archive.to_newc();
+    // The image sits in guest RAM twice while the kernel unpacks it, next to a ~40 MiB kernel;
+    // too big, and the guest dies with "Initramfs unpacking failed", which says nothing useful.
+    let image_mib = image.len() as u64 >> 20;
+    if 2 * image_mib + 48 > u64::from(config.memory_mib) {
+        bail!(
+            "the guest image is {image_mib} MiB, too large for a {} MiB guest (needs about \
+             {} MiB): use release or stripped binaries, or more memory",
+            config.memory_mib,
+            2 * image_mib + 48
+        );
+    }
     let label = config
         .label
         .clone()
         .unwrap_or_else(|| sanitize(&config.kernel));
     let run_dir = new_run_dir(&label)?;
     let initrd = run_dir.join("initramfs.cpio");
-    fs::write(&initrd, archive.to_newc())
-        .with_context(|| format!("writing {}", initrd.display()))?;
+    fs::write(&initrd, &image).with_context(|| format!("writing {}", initrd.display()))?;
 
     let raw = qemu::boot(&qemu::Boot {
         kernel: &kernel,
