@@ -8,9 +8,11 @@
 //! Elsewhere it skips with a printed reason.
 //!
 //! Binaries: `guard-stress` comes from this crate (`CARGO_BIN_EXE_guard-stress`, built by
-//! cargo for these tests). `guard` comes from `$GUARD_BIN_DIR` when set (`cargo xtask
-//! guest-tests` builds release binaries and sets it to `<target>/release`), else from the
-//! directory cargo put `guard-stress` in, if `guard` was built there too.
+//! cargo for these tests). `guard` comes from `$GUARD_BIN_DIR` when set (e.g.
+//! `<target>/release` after `cargo build --release -p guard`; a test runner that builds it
+//! sets the variable), else from the directory cargo put `guard-stress` in, if `guard` was
+//! built there too; tests that only can use guard skip that part without it. Debug binaries
+//! are fine: the image builder strips their debug info.
 //!
 //! Each guest boots in ~5–7 s of TCG here; timeouts are generous (300 s) because CI machines
 //! are noisy and TCG is 10–50× slower than hardware.
@@ -21,36 +23,9 @@ use xtask::vm::{self, Completed, VmConfig, VmResult};
 
 const KERNELS: [&str; 2] = ["6.1", "6.12"];
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// Checks the harness can boot `kernel`; skips (None) outside CI, fails under CI.
-fn kernel(kernel: &str) -> Option<&str> {
-    let problem = match vm::resolve_kernel(kernel) {
-        Err(e) => Some(format!("{e:#}")),
-        Ok(_) => match xtask::vm::image::find_busybox() {
-            Err(e) => Some(format!("{e:#}")),
-            Ok(_) => {
-                let qemu = std::env::var("GUARD_QEMU").unwrap_or("qemu-system-x86_64".into());
-                std::process::Command::new(&qemu)
-                    .arg("--version")
-                    .output()
-                    .is_err()
-                    .then(|| format!("{qemu} is not installed; run `cargo xtask setup`"))
-            }
-        },
-    };
-    match problem {
-        None => Some(kernel),
-        Some(reason) if in_ci() => {
-            panic!("guest VM test cannot run under CI: {reason}")
-        }
-        Some(reason) => {
-            eprintln!("SKIPPED (not CI): {reason}");
-            None
-        }
-    }
+/// Checks the harness can boot `k`: skips (None) outside CI, fails under CI.
+fn kernel(k: &str) -> Option<String> {
+    vm::kernel_or_skip(k)
 }
 
 fn run(config: VmConfig) -> vm::VmOutcome {
@@ -88,6 +63,7 @@ fn shell(kernel: &str, label: &str, script: &str) -> Completed {
 /// memory and pids delegated, tracefs, oom_score_adj -1000) and reports its kernel.
 fn boots_with_cgroups_and_tracefs(k: &str) {
     let Some(k) = kernel(k) else { return };
+    let k = k.as_str();
     let done = shell(
         k,
         "boot",
@@ -138,6 +114,7 @@ fn boots_with_cgroups_and_tracefs_6_12() {
 /// counter (`pids.events max`) says so. Pure busybox: no guard involved yet.
 fn pids_max_stops_a_fork_loop(k: &str) {
     let Some(k) = kernel(k) else { return };
+    let k = k.as_str();
     let done = shell(
         k,
         "pids",
@@ -187,6 +164,7 @@ fn pids_max_stops_a_fork_loop_6_12() {
 #[test]
 fn kernel_panic_is_reported_as_vm_death() {
     let Some(k) = kernel("6.12") else { return };
+    let k = k.as_str();
     let timeout = Duration::from_secs(300);
     let outcome = run(
         VmConfig::shell(k, "echo c > /proc/sysrq-trigger; sleep 600")
@@ -207,6 +185,7 @@ fn kernel_panic_is_reported_as_vm_death() {
 #[test]
 fn hung_guest_is_reported_as_timed_out() {
     let Some(k) = kernel("6.1") else { return };
+    let k = k.as_str();
     let outcome = run(VmConfig::shell(k, "sleep 100000")
         .timeout(Duration::from_secs(25))
         .label("hang"));
@@ -222,6 +201,7 @@ fn hung_guest_is_reported_as_timed_out() {
 #[test]
 fn results_come_back_intact() {
     let Some(k) = kernel("6.12") else { return };
+    let k = k.as_str();
     let outcome = run(VmConfig::shell(
         k,
         r#"
@@ -265,6 +245,7 @@ fn workspace_binaries_run_in_both_guests() {
     }
     for k in KERNELS {
         let Some(k) = kernel(k) else { return };
+        let k = k.as_str();
         let mut config = VmConfig::shell(
             k,
             "set -e

@@ -306,6 +306,38 @@ pub fn resolve_kernel(kernel: &str) -> Result<PathBuf> {
     )
 }
 
+/// Checks that a guest with `kernel` can be booted here: the kernel resolves, a static
+/// busybox and QEMU are installed. The error says what is missing and how to get it.
+pub fn check_prerequisites(kernel: &str) -> Result<PathBuf> {
+    let path = resolve_kernel(kernel)?;
+    image::find_busybox()?;
+    let qemu = qemu::qemu_binary();
+    std::process::Command::new(&qemu)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("{qemu} is not installed; run `cargo xtask setup`"))?;
+    Ok(path)
+}
+
+/// Whether we run under CI: `CI` set to anything but empty, `false` or `0`.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// For tests: `Some(kernel)` when a guest can boot; otherwise a printed skip (None) outside
+/// CI, and a panic naming what is missing under CI, where the guest suite must never skip.
+#[track_caller]
+pub fn kernel_or_skip(kernel: &str) -> Option<String> {
+    match check_prerequisites(kernel) {
+        Ok(_) => Some(kernel.to_string()),
+        Err(e) if in_ci() => panic!("guest VM test cannot run under CI: {e:#}"),
+        Err(e) => {
+            eprintln!("SKIPPED (not under CI): {e:#}");
+            None
+        }
+    }
+}
+
 /// Boots a guest and runs `config.command` in it.
 pub fn run(config: &VmConfig) -> Result<VmOutcome> {
     if config.memory_mib < 32 {

@@ -80,7 +80,7 @@ impl Drop for KillOnDrop {
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
-fn qemu_binary() -> String {
+pub(super) fn qemu_binary() -> String {
     std::env::var("GUARD_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".to_string())
 }
 
