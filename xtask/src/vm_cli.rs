@@ -60,6 +60,9 @@ pub struct VmArgs {
     /// (default: <run folder>/results).
     #[arg(long, value_name = "DIR")]
     results: Option<PathBuf>,
+    /// Extra kernel command-line words (e.g. "loglevel=7" to see boot messages); repeatable.
+    #[arg(long = "append", value_name = "WORDS")]
+    append: Vec<String>,
     /// Print the whole guest console after the run.
     #[arg(long)]
     console: bool,
@@ -76,6 +79,7 @@ pub fn run(args: VmArgs) -> Result<i32> {
     // Fail on a bad kernel name before spending a minute on cargo build.
     vm::resolve_kernel(&args.kernel)?;
     config.memory_mib = args.memory;
+    config.extra_cmdline = args.append.clone();
     config.cpus = args.cpus;
     config.timeout = Duration::from_secs(args.timeout);
     if let Some(accel) = args.accel {
