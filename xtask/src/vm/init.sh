@@ -1,8 +1,8 @@
 #!/bin/sh
 # Guest init of xtask's VM harness (xtask/src/vm/init.sh), PID 1 of every guest.
 # Markers on the console (ttyS0) let the host time the boot and the scenario; results go to
-# ttyS1 as frames: "GUARD-FRAME <byte length> <name>", base64 lines, "GUARD-END", and a final
-# "GUARD-DONE" once everything is sent.
+# ttyS1 as frames: "GUARD-FRAME <byte length> <name>" (or GUARD-GZFRAME for gzipped
+# contents), base64 lines, "GUARD-END", and a final "GUARD-DONE" once everything is sent.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/ TERM=dumb
 
 if [ "$1" != stage2 ]; then
@@ -53,8 +53,18 @@ echo "GUARD-RUN-END"
 printf 'boot_uptime=%s\nend_uptime=%s\n' "$boot_uptime" "$end_uptime" > /guard/out/times
 
 frame() {
-    echo "GUARD-FRAME $(wc -c < "$2") $1"
-    base64 "$2"
+    # The leading empty line separates the header from anything else written to the port.
+    echo
+    size=$(wc -c < "$2")
+    # The UART moves ~400 KB/s under TCG: compress anything big (logs shrink 5-10x).
+    if [ "$size" -gt 16384 ] && gzip -c "$2" > /guard/frame.gz; then
+        echo "GUARD-GZFRAME $(wc -c < /guard/frame.gz) $1"
+        base64 /guard/frame.gz
+        rm -f /guard/frame.gz
+    else
+        echo "GUARD-FRAME $size $1"
+        base64 "$2"
+    fi
     echo "GUARD-END"
 }
 # One open of ttyS1 for everything: its last close waits until the UART has sent all bytes,
@@ -66,6 +76,7 @@ frame() {
     find /results -type f | while read -r file; do
         frame "results/${file#/results/}" "$file"
     done
+    echo
     echo "GUARD-DONE"
 } > /dev/ttyS1
 echo "GUARD-DONE"
