@@ -183,6 +183,15 @@ pub struct ThrottleEvent {
 }
 const _: () = assert!(core::mem::size_of::<ThrottleEvent>() == 48);
 
+/// Ring-buffer reserve failures on one CPU, by event kind (the single entry of the per-CPU
+/// `LOST` array: one lookup reads them all).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LostCounts {
+    pub per_kind: [u64; EVENT_KIND_SLOTS as usize],
+}
+const _: () = assert!(core::mem::size_of::<LostCounts>() == 8 * EVENT_KIND_SLOTS as usize);
+
 /// A container registered for watching: the value of the `WATCHED` map, keyed by cgroup id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -310,6 +319,7 @@ mod pod {
     unsafe impl aya::Pod for OomVictimEvent {}
     unsafe impl aya::Pod for ReclaimEvent {}
     unsafe impl aya::Pod for ThrottleEvent {}
+    unsafe impl aya::Pod for LostCounts {}
     unsafe impl aya::Pod for WatchEntry {}
     unsafe impl aya::Pod for TaskEntry {}
     unsafe impl aya::Pod for ContainerCounters {}

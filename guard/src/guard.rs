@@ -195,11 +195,12 @@ impl Guard {
         let probes = if tier >= Tier::Tracepoints {
             let kprobes = tier >= Tier::TracepointsAndKprobes;
             let mut probes = Probes::load(options.stream, kprobes)?;
-            if let Some(ring) = probes.take_ring() {
+            if let (Some(ring), Some(lost)) = (probes.take_ring(), probes.take_lost()) {
                 let (sender, receiver) = mpsc::channel(16);
                 drain_requests = Some(sender);
                 tasks.push(tokio::spawn(reader::run(
                     ring,
+                    lost,
                     Arc::clone(&reader_state),
                     receiver,
                     options.poll_interval,
@@ -348,6 +349,18 @@ impl Guard {
         })
     }
 
+    /// The container the kernel-side task map attributes thread `tid` to (what an OOM kill of
+    /// it would be attributed to). None at tier 0 and for tasks in no container.
+    pub fn task_container(&self, tid: u32) -> Result<Option<String>, GuardError> {
+        let Some(probes) = &self.probes else {
+            return Ok(None);
+        };
+        let Some(cgroup_id) = lock(probes).task_cgroup(tid)? else {
+            return Ok(None);
+        };
+        Ok(lock(&self.reader_state).names.get(&cgroup_id).cloned())
+    }
+
     /// Counters of events outside every container, after draining pending events.
     pub async fn global_counters(&self) -> Result<GlobalCounters, GuardError> {
         self.drain().await?;
@@ -373,16 +386,17 @@ impl Guard {
     /// Losses so far, after draining pending events.
     pub async fn loss(&self) -> Result<LossReport, GuardError> {
         self.drain().await?;
-        let mut kernel_reserve_failures = BTreeMap::new();
-        if let Some(probes) = &self.probes {
-            let lost = lock(probes).lost()?;
-            for kind in EventKind::ALL {
-                kernel_reserve_failures.insert(kind.name().to_string(), lost[kind as usize]);
-            }
-        }
+        let state = lock(&self.reader_state);
+        let kernel_reserve_failures = match self.probes {
+            Some(_) => EventKind::ALL
+                .iter()
+                .map(|kind| (kind.name().to_string(), state.kernel_lost[*kind as usize]))
+                .collect(),
+            None => BTreeMap::new(),
+        };
         Ok(LossReport {
             kernel_reserve_failures,
-            reader: lock(&self.reader_state).loss,
+            reader: state.loss,
         })
     }
 

@@ -5,8 +5,8 @@ use aya::{
     programs::{KProbe, ProgramError, TracePoint},
 };
 use guard_common::{
-    ABSENT, COUNTER_SLOTS, ContainerCounters, EVENT_KIND_SLOTS, ProbeConfig, TracepointOffsets,
-    WatchEntry,
+    ABSENT, COUNTER_SLOTS, ContainerCounters, LostCounts, ProbeConfig, TaskEntry,
+    TracepointOffsets, WatchEntry,
 };
 use tracing::{debug, warn};
 
@@ -166,8 +166,9 @@ pub struct Probes {
     config_map: Array<MapData, ProbeConfig>,
     config: ProbeConfig,
     watched: HashMap<MapData, u64, WatchEntry>,
+    tasks: HashMap<MapData, u32, TaskEntry>,
     counters: PerCpuArray<MapData, ContainerCounters>,
-    lost: PerCpuArray<MapData, u64>,
+    lost: Option<PerCpuArray<MapData, LostCounts>>,
     ring: Option<RingBuf<MapData>>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     nr_cpus: usize,
@@ -246,8 +247,9 @@ impl Probes {
         let mut probes = Self {
             config_map: take_map(&mut ebpf, "CONFIG")?,
             watched: take_map(&mut ebpf, "WATCHED")?,
+            tasks: take_map(&mut ebpf, "TASKS")?,
             counters: take_map(&mut ebpf, "COUNTERS")?,
-            lost: take_map(&mut ebpf, "LOST")?,
+            lost: Some(take_map(&mut ebpf, "LOST")?),
             ring: Some(take_map(&mut ebpf, "EVENTS")?),
             _ebpf: ebpf,
             config,
@@ -277,6 +279,11 @@ impl Probes {
     /// The ring buffer, for the event reader (only once).
     pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
         self.ring.take()
+    }
+
+    /// The per-CPU counts of ring-buffer reserve failures, for the event reader (only once).
+    pub fn take_lost(&mut self) -> Option<PerCpuArray<MapData, LostCounts>> {
+        self.lost.take()
     }
 
     /// The logger of the programs' own messages, for a task that flushes it.
@@ -324,6 +331,18 @@ impl Probes {
         Ok(())
     }
 
+    /// The container the task map holds for thread `tid`, by cgroup id.
+    pub fn task_cgroup(&self, tid: u32) -> Result<Option<u64>, ProbeError> {
+        match self.tasks.get(&tid, 0) {
+            Ok(entry) => Ok(Some(entry.cgroup_id)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(ProbeError::Map {
+                name: "TASKS",
+                source,
+            }),
+        }
+    }
+
     /// One container's counters summed over every CPU.
     pub fn counters(&self, slot: u32) -> Result<[u64; COUNTER_SLOTS], ProbeError> {
         let per_cpu = self
@@ -338,22 +357,6 @@ impl Probes {
             for (sum, value) in total.iter_mut().zip(cpu.values) {
                 *sum = sum.wrapping_add(value);
             }
-        }
-        Ok(total)
-    }
-
-    /// Ring-buffer reserve failures per event kind, summed over every CPU.
-    pub fn lost(&self) -> Result<[u64; EVENT_KIND_SLOTS as usize], ProbeError> {
-        let mut total = [0u64; EVENT_KIND_SLOTS as usize];
-        for (kind, slot) in total.iter_mut().enumerate() {
-            let per_cpu = self
-                .lost
-                .get(&(kind as u32), 0)
-                .map_err(|source| ProbeError::Map {
-                    name: "LOST",
-                    source,
-                })?;
-            *slot = per_cpu.iter().sum();
         }
         Ok(total)
     }
