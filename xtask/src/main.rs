@@ -3,9 +3,12 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod demo;
+mod setup;
 mod test;
+mod vm_cli;
 
-/// guard's project tasks: set up a machine, run the demo, run the whole test suite.
+/// guard's project tasks: set up a machine, run the demo, run the whole test suite, boot a
+/// guest VM.
 #[derive(Parser)]
 #[command(about, long_about)]
 struct Cli {
@@ -20,11 +23,20 @@ enum Command {
     /// Everything CI checks: fmt, clippy (host crates and the eBPF crate), unit tests, host
     /// BPF tests (as root) and the guest VM suite.
     Test(test::TestArgs),
+    // No doc comments on these two: they would replace the long help their Args define.
+    Setup(setup::SetupArgs),
+    Vm(vm_cli::VmArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Demo(args) => demo::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Setup(args) => setup::run(args),
+        Command::Vm(args) => {
+            // The guest command's exit code, or 100 (VM died) / 101 (timed out).
+            let code = vm_cli::run(args)?;
+            std::process::exit(code)
+        }
     }
 }

@@ -1,0 +1,292 @@
+//! Guest VM tests: boot the Debian 6.1 and 6.12 guest kernels under QEMU with xtask's harness
+//! and assert from the host on what the guest sends back.
+//!
+//! Requirements: `cargo xtask setup` (QEMU, busybox-static, the kernels in
+//! `<target>/guest-kernels`, where `<target>` is `$CARGO_TARGET_DIR` or the workspace's
+//! `target/`; `GUARD_KERNELS_DIR` overrides). Under CI (`CI` set and not `false`/`0`) a missing
+//! requirement fails the test with the reason: the guest suite is never skipped there.
+//! Elsewhere it skips with a printed reason.
+//!
+//! Binaries: `guard-stress` comes from this crate (`CARGO_BIN_EXE_guard-stress`, built by
+//! cargo for these tests). `guard` comes from `$GUARD_BIN_DIR` when set (`cargo xtask
+//! guest-tests` builds release binaries and sets it to `<target>/release`), else from the
+//! directory cargo put `guard-stress` in, if `guard` was built there too.
+//!
+//! Each guest boots in ~5–7 s of TCG here; timeouts are generous (300 s) because CI machines
+//! are noisy and TCG is 10–50× slower than hardware.
+
+use std::path::PathBuf;
+use std::time::Duration;
+use xtask::vm::{self, Completed, VmConfig, VmResult};
+
+const KERNELS: [&str; 2] = ["6.1", "6.12"];
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Checks the harness can boot `kernel`; skips (None) outside CI, fails under CI.
+fn kernel(kernel: &str) -> Option<&str> {
+    let problem = match vm::resolve_kernel(kernel) {
+        Err(e) => Some(format!("{e:#}")),
+        Ok(_) => match xtask::vm::image::find_busybox() {
+            Err(e) => Some(format!("{e:#}")),
+            Ok(_) => {
+                let qemu = std::env::var("GUARD_QEMU").unwrap_or("qemu-system-x86_64".into());
+                std::process::Command::new(&qemu)
+                    .arg("--version")
+                    .output()
+                    .is_err()
+                    .then(|| format!("{qemu} is not installed; run `cargo xtask setup`"))
+            }
+        },
+    };
+    match problem {
+        None => Some(kernel),
+        Some(reason) if in_ci() => {
+            panic!("guest VM test cannot run under CI: {reason}")
+        }
+        Some(reason) => {
+            eprintln!("SKIPPED (not CI): {reason}");
+            None
+        }
+    }
+}
+
+fn run(config: VmConfig) -> vm::VmOutcome {
+    let outcome = vm::run(&config).expect("the harness itself failed");
+    eprintln!(
+        "{}: {} | boot {:?} | scenario {:?} | wall {:?}",
+        config.label.as_deref().unwrap_or(&config.kernel),
+        match &outcome.result {
+            VmResult::Completed(c) => format!("completed ({})", c.exit_code),
+            VmResult::Died { .. } => "died".into(),
+            VmResult::TimedOut { .. } => "timed out".into(),
+        },
+        outcome.boot_time,
+        outcome.scenario_time,
+        outcome.wall_time
+    );
+    outcome
+}
+
+/// Runs a shell scenario that must complete; returns its results.
+fn shell(kernel: &str, label: &str, script: &str) -> Completed {
+    let outcome = run(VmConfig::shell(kernel, script).label(format!("{label}-{kernel}")));
+    let done = outcome.expect_completed().clone();
+    assert_eq!(
+        done.exit_code,
+        0,
+        "scenario failed in the {kernel} guest\nstdout:\n{}\nstderr:\n{}",
+        done.stdout_str(),
+        done.stderr_str()
+    );
+    done
+}
+
+/// The guest boots, runs as the design says (tmpfs root that pivot_root accepts, cgroup2 with
+/// memory and pids delegated, tracefs, oom_score_adj -1000) and reports its kernel.
+fn boots_with_cgroups_and_tracefs(k: &str) {
+    let Some(k) = kernel(k) else { return };
+    let done = shell(
+        k,
+        "boot",
+        r#"
+        cat /proc/version
+        echo "controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+        echo "subtree: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
+        echo "oom_score_adj: $(cat /proc/self/oom_score_adj)"
+        echo "root: $(awk '$2 == "/" {print $3}' /proc/mounts)"
+        test -r /sys/kernel/tracing/events/sched/sched_process_fork/format && echo tracefs: ok
+        # A container runtime pivot_roots; that fails on an initramfs root.
+        unshare -m sh -c 'mkdir -p /tmp/nr && mount -t tmpfs nr /tmp/nr && mkdir /tmp/nr/old &&
+            cd /tmp/nr && pivot_root . old && echo pivot_root: ok'
+        "#,
+    );
+    let out = done.stdout_str();
+    let version = format!("Linux version {k}.");
+    assert!(out.contains(&version), "expected {version:?} in:\n{out}");
+    let controllers = out
+        .lines()
+        .find_map(|l| l.strip_prefix("controllers: "))
+        .unwrap_or_default();
+    for controller in ["memory", "pids"] {
+        assert!(controllers.split(' ').any(|c| c == controller), "{out}");
+    }
+    assert!(out.contains("subtree: memory pids"), "{out}");
+    assert!(out.contains("oom_score_adj: -1000"), "{out}");
+    assert!(out.contains("root: tmpfs"), "{out}");
+    assert!(out.contains("tracefs: ok"), "{out}");
+    assert!(
+        out.contains("pivot_root: ok"),
+        "{out}\nstderr:\n{}",
+        done.stderr_str()
+    );
+}
+
+#[test]
+fn boots_with_cgroups_and_tracefs_6_1() {
+    boots_with_cgroups_and_tracefs("6.1");
+}
+
+#[test]
+fn boots_with_cgroups_and_tracefs_6_12() {
+    boots_with_cgroups_and_tracefs("6.12");
+}
+
+/// A fork loop in a cgroup with pids.max=64 is stopped by the kernel, and the kernel's own
+/// counter (`pids.events max`) says so. Pure busybox: no guard involved yet.
+fn pids_max_stops_a_fork_loop(k: &str) {
+    let Some(k) = kernel(k) else { return };
+    let done = shell(
+        k,
+        "pids",
+        r#"
+        set -e
+        cg=/sys/fs/cgroup/t
+        mkdir $cg
+        echo 64 > $cg/pids.max
+        # The loop's shell joins the cgroup, then forks 200 sleepers; ash gives up at the
+        # first fork the kernel refuses, which is the point.
+        sh -c "echo \$\$ > $cg/cgroup.procs; for i in \$(seq 200); do sleep 600 & done" 2>/dev/null || true
+        echo "current $(cat $cg/pids.current)"
+        cp $cg/pids.events /results/pids.events
+        echo 1 > $cg/cgroup.kill
+        "#,
+    );
+    let events = done
+        .file_str("pids.events")
+        .expect("pids.events returned from the guest");
+    let max: u64 = events
+        .lines()
+        .find_map(|l| l.strip_prefix("max "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `max` line in pids.events: {events:?}"));
+    assert!(max >= 1, "pids.max was never hit: {events:?}");
+    let current: u64 = done
+        .stdout_str()
+        .lines()
+        .find_map(|l| l.strip_prefix("current "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("pids.current reported");
+    assert!(current <= 64, "pids.current {current} above pids.max 64");
+}
+
+#[test]
+fn pids_max_stops_a_fork_loop_6_1() {
+    pids_max_stops_a_fork_loop("6.1");
+}
+
+#[test]
+fn pids_max_stops_a_fork_loop_6_12() {
+    pids_max_stops_a_fork_loop("6.12");
+}
+
+/// A kernel panic is a result: reported as Died well before the timeout, with the panic in
+/// the console tail.
+#[test]
+fn kernel_panic_is_reported_as_vm_death() {
+    let Some(k) = kernel("6.12") else { return };
+    let timeout = Duration::from_secs(300);
+    let outcome = run(
+        VmConfig::shell(k, "echo c > /proc/sysrq-trigger; sleep 600")
+            .timeout(timeout)
+            .label("panic"),
+    );
+    match &outcome.result {
+        VmResult::Died { console_tail } => assert!(
+            console_tail.contains("Kernel panic") || console_tail.contains("sysrq"),
+            "no panic in the console tail:\n{console_tail}"
+        ),
+        other => panic!("expected VM death, got {other}"),
+    }
+    assert!(outcome.wall_time < timeout);
+}
+
+/// A guest that never finishes is killed at the timeout and reported as such.
+#[test]
+fn hung_guest_is_reported_as_timed_out() {
+    let Some(k) = kernel("6.1") else { return };
+    let outcome = run(VmConfig::shell(k, "sleep 100000")
+        .timeout(Duration::from_secs(25))
+        .label("hang"));
+    assert!(
+        matches!(outcome.result, VmResult::TimedOut { .. }),
+        "expected a timeout, got {}",
+        outcome.result
+    );
+}
+
+/// Exit code, stdout, stderr and nested result files come back intact; a 1 MiB file survives
+/// the serial line byte for byte.
+#[test]
+fn results_come_back_intact() {
+    let Some(k) = kernel("6.12") else { return };
+    let outcome = run(VmConfig::shell(
+        k,
+        r#"
+            head -c 1048576 /dev/urandom > /results/big.bin
+            sha256sum /results/big.bin | cut -d' ' -f1
+            mkdir -p /results/sub && printf 'a\nb' > /results/sub/x.txt
+            echo to-stderr >&2
+            exit 7
+            "#,
+    )
+    .label("results"));
+    let done = outcome.expect_completed();
+    assert_eq!(done.exit_code, 7);
+    assert_eq!(done.stderr_str(), "to-stderr\n");
+    assert_eq!(done.file_str("sub/x.txt").as_deref(), Some("a\nb"));
+    let big = &done.files["big.bin"];
+    assert_eq!(big.len(), 1 << 20);
+    let host_sum = {
+        let dir = outcome.run_dir.join("big.bin");
+        std::fs::write(&dir, big).unwrap();
+        let out = std::process::Command::new("sha256sum")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(done.stdout_str().trim(), host_sum);
+}
+
+/// The workspace's own dynamically linked binaries run in the guest (their glibc and loader
+/// are copied by the image builder).
+#[test]
+fn workspace_binaries_run_in_both_guests() {
+    for k in KERNELS {
+        let Some(k) = kernel(k) else { return };
+        let mut config = VmConfig::shell(k, "guard-stress && echo stress: ok; if [ -x /bin/guard ]; then guard > /dev/null && echo guard: ok; fi")
+            .binary(env!("CARGO_BIN_EXE_guard-stress"))
+            .label(format!("bins-{k}"));
+        if let Some(guard) = guard_binary() {
+            config = config.binary(guard);
+        }
+        let done = run(config).expect_completed().clone();
+        assert_eq!(
+            done.exit_code,
+            0,
+            "{}{}",
+            done.stdout_str(),
+            done.stderr_str()
+        );
+        assert!(done.stdout_str().contains("stress: ok"));
+    }
+}
+
+/// The `guard` binary, if one was built (see the module docs).
+fn guard_binary() -> Option<PathBuf> {
+    let dir = match std::env::var_os("GUARD_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_guard-stress"))
+            .parent()?
+            .to_path_buf(),
+    };
+    let guard = dir.join("guard");
+    guard.is_file().then_some(guard)
+}

@@ -1,0 +1,67 @@
+#!/bin/sh
+# Guest init of xtask's VM harness (xtask/src/vm/init.sh), PID 1 of every guest.
+# Markers on the console (ttyS0) let the host time the boot and the scenario; results go to
+# ttyS1 as frames: "GUARD-FRAME <byte length> <name>", base64 lines, "GUARD-END", and a final
+# "GUARD-DONE" once everything is sent.
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/ TERM=dumb
+
+if [ "$1" != stage2 ]; then
+    # Stage 1, in the initramfs: move to a tmpfs root. An initramfs (rootfs) cannot be
+    # pivot_root'ed, and a container runtime in the guest needs pivot_root.
+    echo "GUARD-BOOT"
+    mount -t proc proc /proc
+    mount -t sysfs sysfs /sys
+    mount -t devtmpfs devtmpfs /dev
+    mkdir -p /newroot
+    mount -t tmpfs -o mode=0755 tmpfs /newroot
+    for entry in /*; do
+        case "$entry" in /newroot | /proc | /sys | /dev) continue ;; esac
+        cp -a "$entry" /newroot/
+    done
+    mkdir -p /newroot/proc /newroot/sys /newroot/dev
+    mount --move /proc /newroot/proc
+    mount --move /sys /newroot/sys
+    mount --move /dev /newroot/dev
+    # switch_root empties the old root (frees its memory) and execs stage 2 as PID 1.
+    exec switch_root /newroot /init stage2
+fi
+
+# Stage 2, on the tmpfs root.
+mkdir -p /sys/fs/cgroup /tmp /run /results /guard/out
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+echo "+memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+# Frames must pass unaltered: no echo, no CR/LF translation on the results port.
+stty -F /dev/ttyS1 raw -echo
+# The scenario stands for the guest agent, which protects itself from the OOM killer; its
+# children inherit the score (see DESIGN.md on what that means for containers).
+if [ -f /guard/oom_score_adj ]; then
+    cat /guard/oom_score_adj > /proc/self/oom_score_adj
+fi
+read -r boot_uptime _ < /proc/uptime
+echo "GUARD-RUN-START"
+(cd / && exec sh /guard/scenario.sh) < /dev/null > /guard/out/stdout 2> /guard/out/stderr
+echo "$?" > /guard/out/exit
+read -r end_uptime _ < /proc/uptime
+echo "GUARD-RUN-END"
+printf 'boot_uptime=%s\nend_uptime=%s\n' "$boot_uptime" "$end_uptime" > /guard/out/times
+
+frame() {
+    echo "GUARD-FRAME $(wc -c < "$2") $1"
+    base64 "$2"
+    echo "GUARD-END"
+}
+# One open of ttyS1 for everything: its last close waits until the UART has sent all bytes,
+# so nothing is lost to the power-off below.
+{
+    for name in exit stdout stderr times; do
+        frame "$name" "/guard/out/$name"
+    done
+    find /results -type f | while read -r file; do
+        frame "results/${file#/results/}" "$file"
+    done
+    echo "GUARD-DONE"
+} > /dev/ttyS1
+echo "GUARD-DONE"
+sync
+poweroff -f

@@ -1,0 +1,339 @@
+//! Running QEMU: command line, console capture, markers, progress, timeout.
+
+use super::VmConfig;
+use crate::paths;
+use anyhow::{Context as _, Result, bail};
+use std::io::Read as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How QEMU executes the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// Software emulation: slow, works everywhere (the default).
+    Tcg,
+    /// KVM, unconditionally.
+    Kvm,
+    /// KVM if a short probe boot succeeds on this machine, else TCG. On some hosts /dev/kvm
+    /// exists but guests hang in the BIOS, hence a probe rather than a check for the device.
+    Auto,
+}
+
+impl Accel {
+    /// `$GUARD_VM_ACCEL` (tcg, kvm or auto), TCG when unset or unrecognized.
+    pub fn from_env() -> Self {
+        match std::env::var("GUARD_VM_ACCEL").as_deref() {
+            Ok("kvm") => Accel::Kvm,
+            Ok("auto") => Accel::Auto,
+            _ => Accel::Tcg,
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "tcg" => Ok(Accel::Tcg),
+            "kvm" => Ok(Accel::Kvm),
+            "auto" => Ok(Accel::Auto),
+            other => bail!("unknown accelerator {other:?}: use tcg, kvm or auto"),
+        }
+    }
+}
+
+pub(super) struct Boot<'a> {
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub run_dir: &'a Path,
+    pub config: &'a VmConfig,
+    pub label: &'a str,
+}
+
+pub(super) struct RawRun {
+    pub console: String,
+    pub results: Vec<u8>,
+    pub timed_out: bool,
+    pub boot_time: Option<Duration>,
+    pub scenario_time: Option<Duration>,
+    pub wall_time: Duration,
+}
+
+/// Kills QEMU if the harness unwinds or returns early.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+fn qemu_binary() -> String {
+    std::env::var("GUARD_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".to_string())
+}
+
+fn base_command(accel: &str, kernel: &Path, memory_mib: u32, cpus: u32) -> Command {
+    let mut cmd = Command::new(qemu_binary());
+    cmd.args(["-accel", accel])
+        .args(["-m", &memory_mib.to_string()])
+        .args(["-smp", &cpus.to_string()])
+        // No default NIC, VGA or monitor: less to emulate, faster boot.
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        // A guest reboot (panic=-1) ends QEMU instead of looping.
+        .arg("-no-reboot")
+        .arg("-kernel")
+        .arg(kernel);
+    cmd
+}
+
+pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
+    let config = boot.config;
+    let accel = match config.accel {
+        Accel::Tcg => "tcg",
+        Accel::Kvm => "kvm",
+        Accel::Auto => {
+            if kvm_works(boot.kernel) {
+                "kvm"
+            } else {
+                "tcg"
+            }
+        }
+    };
+    let results_path = boot.run_dir.join("results.raw");
+    let console_path = boot.run_dir.join("console.log");
+    let mut cmdline = vec![
+        "console=ttyS0",
+        // A panic reboots at once, and -no-reboot turns that into QEMU exiting: VM death is
+        // seen immediately instead of at the timeout. An oops is a death too.
+        "panic=-1",
+        "oops=panic",
+        "psi=1",
+        "quiet",
+        "rdinit=/init",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
+    cmdline.extend(config.extra_cmdline.iter().cloned());
+
+    let mut cmd = base_command(accel, boot.kernel, config.memory_mib, config.cpus);
+    cmd.arg("-initrd")
+        .arg(boot.initrd)
+        .args(["-append", &cmdline.join(" ")])
+        // ttyS0: the console, on QEMU's stdout; ttyS1: the results frames, into a file.
+        .args(["-serial", "stdio"])
+        .arg("-serial")
+        .arg(format!("file:{}", results_path.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+
+    let started = Instant::now();
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {} (run `cargo xtask setup`)", qemu_binary()))?;
+    let mut child = KillOnDrop(child);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let mut stdout = child.0.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut stderr = child.0.stderr.take().expect("piped stderr");
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+
+    let deadline = started + config.timeout;
+    let mut console: Vec<u8> = Vec::new();
+    let mut scanned = 0usize;
+    let mut boot_at: Option<Duration> = None;
+    let mut run_start: Option<Duration> = None;
+    let mut run_end: Option<Duration> = None;
+    let mut next_progress = started + PROGRESS_EVERY;
+    let mut timed_out = false;
+    let tag = format!("[vm {}]", boot.label);
+    if config.progress {
+        eprintln!(
+            "{tag} booting {} ({accel}, {} MiB, {} vCPU, timeout {} s)",
+            boot.kernel.display(),
+            config.memory_mib,
+            config.cpus,
+            config.timeout.as_secs()
+        );
+    }
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            timed_out = true;
+            break;
+        }
+        let wait = deadline.min(next_progress).saturating_duration_since(now);
+        match rx.recv_timeout(wait) {
+            Ok(chunk) => {
+                let at = started.elapsed();
+                console.extend_from_slice(&chunk);
+                // Markers are whole lines; scan only lines completed since the last chunk.
+                while let Some(pos) = console[scanned..].iter().position(|&b| b == b'\n') {
+                    let line = String::from_utf8_lossy(&console[scanned..scanned + pos]);
+                    if line.contains("GUARD-BOOT") && boot_at.is_none() {
+                        boot_at = Some(at);
+                        if config.progress {
+                            eprintln!("{tag} booted in {:.2} s", at.as_secs_f64());
+                        }
+                    } else if line.contains("GUARD-RUN-START") {
+                        run_start = Some(at);
+                    } else if line.contains("GUARD-RUN-END") {
+                        run_end = Some(at);
+                        if config.progress
+                            && let Some(start) = run_start
+                        {
+                            eprintln!(
+                                "{tag} scenario ran {:.2} s",
+                                at.saturating_sub(start).as_secs_f64()
+                            );
+                        }
+                    }
+                    scanned += pos + 1;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // QEMU closed its stdout: it exited.
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if config.progress && Instant::now() >= next_progress {
+            next_progress += PROGRESS_EVERY;
+            let text = String::from_utf8_lossy(&console);
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("(no console output yet)");
+            eprintln!(
+                "{tag} {:>4.0} s running; last console line: {}",
+                started.elapsed().as_secs_f64(),
+                last.trim()
+            );
+        }
+    }
+    if timed_out {
+        let _ = child.0.kill();
+    }
+    let status = child.0.wait().context("waiting for QEMU")?;
+    let wall_time = started.elapsed();
+    let _ = reader.join();
+    // Output that raced the exit.
+    while let Ok(chunk) = rx.try_recv() {
+        console.extend_from_slice(&chunk);
+    }
+    let qemu_stderr = stderr_reader.join().unwrap_or_default();
+    let console = String::from_utf8_lossy(&console).into_owned();
+    let _ = std::fs::write(&console_path, &console);
+    if !timed_out && !status.success() && console.is_empty() {
+        // QEMU refused to start (bad kernel file, missing accelerator): a harness error.
+        bail!(
+            "QEMU failed ({status}) before the guest printed anything:\n{}",
+            qemu_stderr.trim()
+        );
+    }
+    let results = std::fs::read(&results_path).unwrap_or_default();
+    if config.progress {
+        let how = if timed_out {
+            "timed out"
+        } else if String::from_utf8_lossy(&results).contains("GUARD-DONE") {
+            "completed"
+        } else {
+            "died"
+        };
+        eprintln!(
+            "{tag} {how} after {:.2} s wall time",
+            wall_time.as_secs_f64()
+        );
+    }
+    Ok(RawRun {
+        console,
+        results,
+        timed_out,
+        boot_time: boot_at,
+        scenario_time: match (run_start, run_end) {
+            (Some(start), Some(end)) => Some(end.saturating_sub(start)),
+            _ => None,
+        },
+        wall_time,
+    })
+}
+
+/// Whether KVM boots a guest here. Boots the kernel with no root file system: it either
+/// prints its banner and panics quickly (KVM works) or hangs (KVM broken). Cached per host
+/// boot in `<target>/vm-runs/kvm-probe`.
+fn kvm_works(kernel: &Path) -> bool {
+    static RESULT: OnceLock<bool> = OnceLock::new();
+    *RESULT.get_or_init(|| {
+        let boot_id =
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let cache = paths::target_dir().join("vm-runs").join("kvm-probe");
+        if let Ok(text) = std::fs::read_to_string(&cache)
+            && let Some((id, verdict)) = text.trim().rsplit_once(' ')
+            && id == boot_id.trim()
+        {
+            return verdict == "yes";
+        }
+        let works = probe_kvm(kernel);
+        let _ = std::fs::create_dir_all(cache.parent().unwrap_or(Path::new(".")));
+        let _ = std::fs::write(
+            &cache,
+            format!("{} {}\n", boot_id.trim(), if works { "yes" } else { "no" }),
+        );
+        eprintln!(
+            "[vm] KVM probe: {}",
+            if works {
+                "KVM works, using it"
+            } else {
+                "KVM does not boot a guest here, using TCG"
+            }
+        );
+        works
+    })
+}
+
+fn probe_kvm(kernel: &Path) -> bool {
+    if !Path::new("/dev/kvm").exists() {
+        return false;
+    }
+    let mut cmd = base_command("kvm", kernel, 128, 1);
+    cmd.args(["-append", "console=ttyS0 panic=-1"])
+        .args(["-serial", "stdio"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let Ok(child) = cmd.spawn() else { return false };
+    let mut child = KillOnDrop(child);
+    let mut stdout = child.0.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        let _ = tx.send(out);
+    });
+    // Under working KVM this takes a second or two; a hang means no.
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(out) => String::from_utf8_lossy(&out).contains("Linux version"),
+        Err(_) => false,
+    }
+}

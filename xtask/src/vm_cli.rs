@@ -1,0 +1,195 @@
+//! `cargo xtask vm`: boot a guest and run a command inside.
+
+use anyhow::{Context as _, Result, bail};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use xtask::paths;
+use xtask::vm::{self, Accel, VmConfig, VmResult};
+
+#[derive(clap::Args, Debug)]
+#[command(
+    about = "Boot a guest VM and run a command in it",
+    long_about = "Build an initramfs (static busybox, the init in xtask/src/vm/init.sh, the guard \
+binaries with their shared libraries), boot it with QEMU and a Debian kernel from the setup \
+cache, run CMD as the guest agent would (oom_score_adj -1000, cgroup2 with +memory +pids, \
+tracefs, a tmpfs root), and print its stdout, stderr and exit code. Files the command leaves \
+in the guest's /results are copied to a host folder that is printed.\n\n\
+By default `cargo build --release -p guard` and `cargo build --release -p guard-tests --bins` \
+run first and target/release/guard and guard-stress go into the guest's /bin.\n\n\
+Exit status: the guest command's exit code; 100 if the VM died (kernel panic, init died), \
+101 if it timed out. Boot time, scenario wall time and a progress line every 10 s go to \
+stderr.\n\n\
+Examples:\n  cargo xtask vm --kernel 6.1 -- guard probe --json\n  \
+cargo xtask vm --kernel 6.12 --no-build -- sh -c 'cat /sys/fs/cgroup/cgroup.controllers'\n\n\
+Environment: GUARD_VM_ACCEL=tcg|kvm|auto (default tcg), GUARD_QEMU, GUARD_BUSYBOX, \
+CARGO_TARGET_DIR, GUARD_KERNELS_DIR."
+)]
+pub struct VmArgs {
+    /// Kernel: 6.1 or 6.12 (installed by `cargo xtask setup`) or a path to a kernel image.
+    #[arg(long, default_value = "6.12")]
+    kernel: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    memory: u32,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Seconds before the VM is killed and reported as timed out.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Extra host binary to put in the guest's /bin (with its shared libraries); repeatable.
+    #[arg(long = "bin", value_name = "PATH")]
+    bins: Vec<PathBuf>,
+    /// Extra host file as HOST_PATH:GUEST_PATH (mode kept as executable or not); repeatable.
+    #[arg(long = "file", value_name = "HOST:GUEST")]
+    files: Vec<String>,
+    /// Do not run cargo build; use the guard binaries already in target/release.
+    #[arg(long)]
+    no_build: bool,
+    /// Leave the guard binaries out (busybox-only guest, nothing is built).
+    #[arg(long)]
+    no_guard: bool,
+    /// Accelerator: tcg, kvm, or auto (kvm only if a short probe boot works).
+    #[arg(long, value_parser = Accel::parse)]
+    accel: Option<Accel>,
+    /// oom_score_adj of the guest command ("none" leaves the kernel default).
+    #[arg(long, default_value = "-1000", allow_hyphen_values = true)]
+    oom_score_adj: String,
+    /// Host folder for the files the command leaves in the guest's /results
+    /// (default: <run folder>/results).
+    #[arg(long, value_name = "DIR")]
+    results: Option<PathBuf>,
+    /// Print the whole guest console after the run.
+    #[arg(long)]
+    console: bool,
+    /// The command to run in the guest, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+pub const EXIT_DIED: i32 = 100;
+pub const EXIT_TIMED_OUT: i32 = 101;
+
+pub fn run(args: VmArgs) -> Result<i32> {
+    let mut config = VmConfig::new(&args.kernel, args.command.clone());
+    // Fail on a bad kernel name before spending a minute on cargo build.
+    vm::resolve_kernel(&args.kernel)?;
+    config.memory_mib = args.memory;
+    config.cpus = args.cpus;
+    config.timeout = Duration::from_secs(args.timeout);
+    if let Some(accel) = args.accel {
+        config.accel = accel;
+    }
+    config.oom_score_adj = match args.oom_score_adj.as_str() {
+        "none" => None,
+        value => Some(value.parse().with_context(|| {
+            format!("--oom-score-adj {value:?} is not an integer (or \"none\")")
+        })?),
+    };
+    if !args.no_guard {
+        if !args.no_build {
+            cargo_build(&["build", "--release", "-p", "guard"])?;
+            cargo_build(&["build", "--release", "-p", "guard-tests", "--bins"])?;
+        }
+        let release = paths::target_dir().join("release");
+        for name in ["guard", "guard-stress"] {
+            let path = release.join(name);
+            if !path.is_file() {
+                bail!(
+                    "{} does not exist: build it (drop --no-build) or pass --no-guard",
+                    path.display()
+                );
+            }
+            config.binaries.push(path);
+        }
+    }
+    config.binaries.extend(args.bins.iter().cloned());
+    for spec in &args.files {
+        let (host, guest) = spec
+            .split_once(':')
+            .with_context(|| format!("--file {spec:?}: expected HOST_PATH:GUEST_PATH"))?;
+        let contents = std::fs::read(host).with_context(|| format!("--file: reading {host}"))?;
+        let executable = {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::metadata(host)?.permissions().mode() & 0o111 != 0
+        };
+        config = config.file(guest, contents, if executable { 0o755 } else { 0o644 });
+    }
+
+    let outcome = vm::run(&config)?;
+    if args.console {
+        eprintln!(
+            "----- console -----\n{}\n-------------------",
+            outcome.console
+        );
+    }
+    let timing = format!(
+        "boot {} | scenario {} | wall {:.2} s",
+        outcome
+            .boot_time
+            .map(|d| format!("{:.2} s", d.as_secs_f64()))
+            .unwrap_or_else(|| "?".into()),
+        outcome
+            .scenario_time
+            .map(|d| format!("{:.2} s", d.as_secs_f64()))
+            .unwrap_or_else(|| "?".into()),
+        outcome.wall_time.as_secs_f64()
+    );
+    match &outcome.result {
+        VmResult::Completed(done) => {
+            use std::io::Write as _;
+            std::io::stdout().write_all(&done.stdout)?;
+            std::io::stdout().flush()?;
+            std::io::stderr().write_all(&done.stderr)?;
+            if !done.files.is_empty() {
+                let dir = args
+                    .results
+                    .clone()
+                    .unwrap_or_else(|| outcome.run_dir.join("results"));
+                for (name, data) in &done.files {
+                    let path = dir.join(name);
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::write(&path, data)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                eprintln!(
+                    "[vm] {} result file(s) in {}",
+                    done.files.len(),
+                    dir.display()
+                );
+            }
+            eprintln!("[vm] exit code {} | {timing}", done.exit_code);
+            Ok(done.exit_code)
+        }
+        VmResult::Died { console_tail } => {
+            eprintln!("[vm] VM DIED | {timing}\n--- console tail ---\n{console_tail}");
+            eprintln!("[vm] run folder {}", outcome.run_dir.display());
+            Ok(EXIT_DIED)
+        }
+        VmResult::TimedOut { console_tail } => {
+            eprintln!(
+                "[vm] VM TIMED OUT after {} s | {timing}\n--- console tail ---\n{console_tail}",
+                args.timeout
+            );
+            eprintln!("[vm] run folder {}", outcome.run_dir.display());
+            Ok(EXIT_TIMED_OUT)
+        }
+    }
+}
+
+fn cargo_build(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("[vm] $ cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(paths::workspace_root())
+        .status()
+        .with_context(|| format!("running {cargo}"))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
