@@ -391,3 +391,81 @@ fn raise_memlock_limit() {
         "could not raise RLIMIT_MEMLOCK (kernels before 5.11 may refuse to load)"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    /// Lays the captured `format` files of one kernel out as tracefs does.
+    fn fake_tracefs(kernel: &str, test: &str) -> PathBuf {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/format")
+            .join(kernel);
+        let root =
+            std::env::temp_dir().join(format!("guard-tracefs-{kernel}-{}", std::process::id()));
+        for (category, name) in crate::capability::BASELINE_TRACEPOINTS {
+            let dir = root.join("events").join(category).join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(fixtures.join(format!("{name}.format")), dir.join("format")).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn reads_offsets_of_every_captured_kernel() {
+        // (kernel, fork parent_pid, fork child_pid)
+        for (kernel, parent, child) in [("6.1", 24, 44), ("6.12", 24, 44), ("6.18", 12, 20)] {
+            let root = fake_tracefs(kernel, "all");
+            let offsets = read_offsets(&root).unwrap();
+            assert_eq!(
+                (offsets.fork_parent_pid, offsets.fork_child_pid),
+                (parent, child),
+                "{kernel}"
+            );
+            assert_eq!(offsets.attach_dst_id, 16, "{kernel}");
+            assert_eq!(offsets.attach_pid, 24, "{kernel}");
+            assert_eq!(
+                (offsets.syscall_nr, offsets.syscall_ret),
+                (8, 16),
+                "{kernel}"
+            );
+            assert_eq!((offsets.oom_pid, offsets.oom_comm), (8, 12), "{kernel}");
+            assert_eq!(offsets.oom_anon_rss, 24, "{kernel}");
+            assert_eq!(offsets.oom_score_adj, 64, "{kernel}");
+            assert_eq!(offsets.reclaim_nr_reclaimed, 8, "{kernel}");
+            std::fs::remove_dir_all(&root).unwrap();
+        }
+    }
+
+    #[test]
+    fn old_mark_victim_with_only_pid_leaves_the_rest_absent() {
+        let root = fake_tracefs("6.1", "old");
+        let format = root.join("events/oom/mark_victim/format");
+        std::fs::write(
+            &format,
+            "name: mark_victim\nID: 1\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:int pid;\toffset:8;\tsize:4;\tsigned:1;\n",
+        )
+        .unwrap();
+        let offsets = read_offsets(&root).unwrap();
+        assert_eq!(offsets.oom_pid, 8);
+        assert_eq!(offsets.oom_comm, ABSENT);
+        assert_eq!(offsets.oom_anon_rss, ABSENT);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_missing_field_is_an_error_naming_the_tracepoint() {
+        let root = fake_tracefs("6.12", "missing");
+        let format = root.join("events/sched/sched_process_fork/format");
+        let text = std::fs::read_to_string(&format).unwrap();
+        std::fs::write(&format, text.replace("child_pid", "kid_pid")).unwrap();
+        let error = read_offsets(&root).unwrap_err().to_string();
+        assert!(
+            error.contains("sched_process_fork") && error.contains("child_pid"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
