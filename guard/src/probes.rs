@@ -403,8 +403,10 @@ mod tests {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/format")
             .join(kernel);
-        let root =
-            std::env::temp_dir().join(format!("guard-tracefs-{kernel}-{}", std::process::id()));
+        let root = std::env::temp_dir().join(format!(
+            "guard-tracefs-{kernel}-{test}-{}",
+            std::process::id()
+        ));
         for (category, name) in crate::capability::BASELINE_TRACEPOINTS {
             let dir = root.join("events").join(category).join(name);
             std::fs::create_dir_all(&dir).unwrap();
