@@ -96,35 +96,25 @@ async fn run_in_cgroup(
         .await?
         .with_context(|| format!("running {:?}", args.command))?;
     let elapsed = started.elapsed();
-    let counters = guard.unwatch(id).await?;
-    let loss = guard.loss().await?;
+    let report = guard.unwatch(id).await?;
+    let counters = &report.counters;
+    let loss = &report.loss;
     if let Some(printer) = printer {
         printer.abort();
     }
     if args.json {
         let report = serde_json::json!({
-            "tier": guard.tier(),
             "exit_status": status.code(),
             "elapsed_ms": elapsed.as_millis() as u64,
-            "counters": counters,
-            "loss": loss,
+            "report": report,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        println!("  command exited: {status} after {elapsed:.2?}");
+        print!("{}", report.to_text());
         println!(
-            "container {id}  (cgroup id {}, tier {})",
-            counters.cgroup_id,
-            guard.tier()
-        );
-        println!("  command exited: {status} after {:.2?}", elapsed);
-        match counters.bpf {
-            Some(bpf) => println!("  forks (BPF counter)      {}", bpf.forks),
-            None => println!("  forks (BPF counter)      unavailable at tier 0"),
-        }
-        println!("  fork events delivered    {}", counters.delivered.forks);
-        println!(
-            "  events lost              {:?} / reader {:?}",
-            loss.kernel_reserve_failures, loss.reader
+            "  delivered   {:?}\n  loss        {:?} / reader {:?}",
+            counters.delivered, loss.kernel_reserve_failures, loss.reader
         );
     }
     Ok(if status.success() {
