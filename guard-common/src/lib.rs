@@ -20,8 +20,10 @@ pub const COUNTER_ROWS: u32 = MAX_CONTAINERS + 1;
 /// cgroup v2 root, which is level 0).
 pub const MAX_CGROUP_LEVEL: u32 = 16;
 
-/// Most tasks tracked in the task → container map (tasks of watched containers only).
-pub const MAX_TRACKED_TASKS: u32 = 65536;
+/// Most tasks tracked in the task → container map (tasks of watched containers only). The map
+/// is preallocated (no allocation in the hot path), about 80 bytes an entry: sized for 32
+/// containers at the default pids.max of 512 without crowding a 128 MiB guest.
+pub const MAX_TRACKED_TASKS: u32 = 16384;
 
 /// Stable numeric event kinds, written in [`EventHeader::kind`].
 #[repr(u16)]
@@ -183,6 +185,15 @@ pub struct ThrottleEvent {
 }
 const _: () = assert!(core::mem::size_of::<ThrottleEvent>() == 48);
 
+/// Ring-buffer reserve failures on one CPU, by event kind (the single entry of the per-CPU
+/// `LOST` array: one lookup reads them all).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LostCounts {
+    pub per_kind: [u64; EVENT_KIND_SLOTS as usize],
+}
+const _: () = assert!(core::mem::size_of::<LostCounts>() == 8 * EVENT_KIND_SLOTS as usize);
+
 /// A container registered for watching: the value of the `WATCHED` map, keyed by cgroup id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -310,6 +321,7 @@ mod pod {
     unsafe impl aya::Pod for OomVictimEvent {}
     unsafe impl aya::Pod for ReclaimEvent {}
     unsafe impl aya::Pod for ThrottleEvent {}
+    unsafe impl aya::Pod for LostCounts {}
     unsafe impl aya::Pod for WatchEntry {}
     unsafe impl aya::Pod for TaskEntry {}
     unsafe impl aya::Pod for ContainerCounters {}

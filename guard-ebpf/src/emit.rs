@@ -3,7 +3,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
 };
-use guard_common::{Counter, EventHeader, EventKind, ProbeConfig, ThrottleEvent};
+use guard_common::{Counter, EVENT_KIND_SLOTS, EventHeader, EventKind, ProbeConfig, ThrottleEvent};
 
 use crate::{
     maps::{EVENTS, LOST, SEQ, THROTTLE},
@@ -49,8 +49,9 @@ pub fn emit<T: 'static>(config: &ProbeConfig, kind: EventKind, event: T) {
             entry.submit(flags.into());
         }
         None => {
-            if let Some(lost) = LOST.get_ptr_mut(kind as u32) {
-                unsafe { *lost += 1 };
+            if let Some(lost) = LOST.get_ptr_mut(0) {
+                let index = kind as usize % EVENT_KIND_SLOTS as usize;
+                unsafe { (*lost).per_kind[index] += 1 };
             }
         }
     }

@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use guard_common::{
-    COUNTER_ROWS, ContainerCounters, EVENT_KIND_SLOTS, MAX_CONTAINERS, MAX_TRACKED_TASKS,
-    ProbeConfig, TaskEntry, ThrottleWindow, WatchEntry,
+    COUNTER_ROWS, ContainerCounters, LostCounts, MAX_CONTAINERS, MAX_TRACKED_TASKS, ProbeConfig,
+    TaskEntry, ThrottleWindow, WatchEntry,
 };
 
 /// Loader configuration (tracepoint offsets, watched levels, wakeup threshold, rate bound).
@@ -44,9 +44,9 @@ pub static PIDS_DENIED: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// Ring-buffer reserve failures, per CPU, indexed by event kind.
+/// Ring-buffer reserve failures, per CPU, by event kind.
 #[map]
-pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KIND_SLOTS, 0);
+pub static LOST: PerCpuArray<LostCounts> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU sequence of records attempted.
 #[map]

@@ -1,12 +1,16 @@
-//! `guard watch`: run a command in a fresh cgroup under the guard's eye.
+//! `guard watch`: run a command in a fresh cgroup, with optional limits, under the guard's
+//! eye; print the reconciled report at the end.
 use std::{
-    os::unix::process::CommandExt,
+    ffi::CString,
+    io::Write as _,
+    os::unix::process::{CommandExt, ExitStatusExt},
     path::PathBuf,
     process::{Command, ExitCode},
     time::Instant,
 };
 
 use anyhow::{Context, bail};
+use guard::{Guard, GuardOptions, RequestedLimits, StreamOptions, Tier};
 
 #[derive(clap::Args)]
 pub struct WatchArgs {
@@ -16,10 +20,27 @@ pub struct WatchArgs {
     /// Container id to report under (default: the cgroup's directory name).
     #[arg(long)]
     id: Option<String>,
-    /// Print each event as a JSON line as it arrives.
-    #[arg(long)]
-    events: bool,
-    /// Print the final counters as JSON.
+    /// Write pids.max of the new cgroup (needs the pids controller).
+    #[arg(long, value_name = "N")]
+    pids_max: Option<u64>,
+    /// Write memory.max of the new cgroup, in bytes (needs the memory controller); also sets
+    /// memory.swap.max to 0 so swap cannot dodge it.
+    #[arg(long, value_name = "BYTES")]
+    memory_max: Option<u64>,
+    /// oom_score_adj for the command. A guest agent runs at -1000 and children inherit it:
+    /// at -1000 the memcg OOM killer finds no victim and the cgroup livelocks.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    oom_score_adj: i32,
+    /// Run at most at this tier (0 = cgroup event files only, 1 = tracepoints, 2 = + kprobes).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2), default_value_t = 2)]
+    max_tier: u8,
+    /// Individual events per container per CPU per second (0 = unbounded; counters stay exact).
+    #[arg(long, default_value_t = StreamOptions::default().max_events_per_sec)]
+    max_events_per_sec: u32,
+    /// Write each event as a JSON line to this file as it arrives.
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
+    /// Print the final report as JSON.
     #[arg(long)]
     json: bool,
     /// The command and its arguments.
@@ -34,6 +55,14 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(watch(args))
+}
+
+fn tier(value: u8) -> Tier {
+    match value {
+        0 => Tier::CgroupFilesOnly,
+        1 => Tier::Tracepoints,
+        _ => Tier::TracepointsAndKprobes,
+    }
 }
 
 async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
@@ -52,12 +81,20 @@ async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
             args.cgroup.display()
         );
     }
-    let guard = guard::Guard::start(guard::GuardOptions::default()).await?;
+    let options = GuardOptions {
+        max_tier: tier(args.max_tier),
+        stream: StreamOptions {
+            max_events_per_sec: args.max_events_per_sec,
+            ..StreamOptions::default()
+        },
+        ..GuardOptions::default()
+    };
+    let guard = Guard::start(options).await?;
     std::fs::create_dir(&args.cgroup)
         .with_context(|| format!("creating cgroup {}", args.cgroup.display()))?;
     let result = run_in_cgroup(&guard, &id, &args).await;
     // Leave no cgroup behind, whatever happened (it is empty once the command has exited).
-    if let Err(error) = std::fs::remove_dir(&args.cgroup) {
+    if let Err(error) = remove_cgroup(&args.cgroup) {
         eprintln!(
             "guard: warning: removing {}: {error}",
             args.cgroup.display()
@@ -66,66 +103,108 @@ async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     result
 }
 
-async fn run_in_cgroup(
-    guard: &guard::Guard,
-    id: &str,
-    args: &WatchArgs,
-) -> anyhow::Result<ExitCode> {
-    guard.watch(id, &args.cgroup)?;
-    let mut events = guard.subscribe(4096);
-    let printer = args.events.then(|| {
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                if let Ok(line) = serde_json::to_string(&event) {
-                    println!("{line}");
-                }
+/// rmdir, retried briefly: a cgroup whose last task is still being torn down is busy.
+fn remove_cgroup(cgroup: &std::path::Path) -> std::io::Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match std::fs::remove_dir(cgroup) {
+            Err(error)
+                if error.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
-        })
-    });
-    let procs = args.cgroup.join("cgroup.procs");
+            other => return other,
+        }
+    }
+}
+
+fn write_limit(cgroup: &std::path::Path, file: &str, value: &str) -> anyhow::Result<()> {
+    let path = cgroup.join(file);
+    std::fs::write(&path, value).with_context(|| format!("writing {value} to {}", path.display()))
+}
+
+async fn run_in_cgroup(guard: &Guard, id: &str, args: &WatchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(pids) = args.pids_max {
+        write_limit(&args.cgroup, "pids.max", &pids.to_string())?;
+    }
+    if let Some(bytes) = args.memory_max {
+        write_limit(&args.cgroup, "memory.max", &bytes.to_string())?;
+        if args.cgroup.join("memory.swap.max").exists() {
+            write_limit(&args.cgroup, "memory.swap.max", "0")?;
+        }
+    }
+    let requested = RequestedLimits {
+        memory_max: args.memory_max,
+        pids_max: args.pids_max,
+    };
+    guard.watch_limited(id, &args.cgroup, requested)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let writer = match &args.events {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating events file {}", path.display()))?;
+            Some(tokio::spawn(write_events(
+                guard.subscribe(65_536),
+                file,
+                stopped,
+            )))
+        }
+        None => None,
+    };
+
+    let procs = CString::new(
+        args.cgroup
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )?;
+    let score = CString::new(args.oom_score_adj.to_string())?;
     let started = Instant::now();
     let mut command = Command::new(&args.command[0]);
     command.args(&args.command[1..]);
-    // Join the cgroup between fork and exec so the command's first instruction is inside.
-    // SAFETY: the closure only calls async-signal-safe functions (open/write/close via libc).
+    // Join the cgroup and set the OOM score between fork and exec, so the command's first
+    // instruction already runs inside, with its own score.
+    // SAFETY: the closure only makes async-signal-safe syscalls on pre-built C strings.
     unsafe {
-        let procs_c = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes())?;
-        command.pre_exec(move || join_cgroup(&procs_c));
+        command.pre_exec(move || {
+            write_file(c"/proc/self/oom_score_adj", score.as_bytes())?;
+            write_file(&procs, b"0")
+        });
     }
-    let status = tokio::task::spawn_blocking(move || command.status())
-        .await?
+    let mut child = command
+        .spawn()
         .with_context(|| format!("running {:?}", args.command))?;
+    let pid = child.id();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await?
+        .context("waiting for the command")?;
     let elapsed = started.elapsed();
-    let counters = guard.unwatch(id).await?;
-    let loss = guard.loss().await?;
-    if let Some(printer) = printer {
-        printer.abort();
+    let report = guard.unwatch(id).await?;
+    let global = guard.global_counters().await?;
+    // Everything is drained now: let the writer finish what is queued.
+    let _ = stop.send(());
+    if let Some(writer) = writer {
+        writer.await.context("the events writer failed")??;
     }
     if args.json {
-        let report = serde_json::json!({
-            "tier": guard.tier(),
-            "exit_status": status.code(),
+        let output = serde_json::json!({
+            "command_pid": pid,
+            "exit_code": status.code(),
+            "signal": status.signal(),
             "elapsed_ms": elapsed.as_millis() as u64,
-            "counters": counters,
-            "loss": loss,
+            "report": report,
+            "global": global,
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(&output)?);
     } else {
-        println!(
-            "container {id}  (cgroup id {}, tier {})",
-            counters.cgroup_id,
-            guard.tier()
-        );
-        println!("  command exited: {status} after {:.2?}", elapsed);
-        match counters.bpf {
-            Some(bpf) => println!("  forks (BPF counter)      {}", bpf.forks),
-            None => println!("  forks (BPF counter)      unavailable at tier 0"),
+        println!("command (pid {pid}) exited: {status} after {elapsed:.2?}");
+        print!("{}", report.to_text());
+        if let Some(bpf) = global.bpf.filter(|bpf| bpf.oom_kills > 0) {
+            println!(
+                "  ! GLOBAL OOM: {} task(s) outside every container were OOM-killed",
+                bpf.oom_kills
+            );
         }
-        println!("  fork events delivered    {}", counters.delivered.forks);
-        println!(
-            "  events lost              {:?} / reader {:?}",
-            loss.kernel_reserve_failures, loss.reader
-        );
     }
     Ok(if status.success() {
         ExitCode::SUCCESS
@@ -134,18 +213,42 @@ async fn run_in_cgroup(
     })
 }
 
-/// Writes "0" (this process) to cgroup.procs. Runs between fork and exec: no allocation.
-fn join_cgroup(procs: &std::ffi::CStr) -> std::io::Result<()> {
-    // SAFETY: plain syscalls on a valid NUL-terminated path and a static buffer.
+/// Streams events to `file` as JSON lines until `stop` fires, then writes what is queued.
+async fn write_events(
+    mut events: tokio::sync::mpsc::Receiver<guard::GuardEvent>,
+    file: std::fs::File,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    let mut file = std::io::BufWriter::new(file);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => writeln!(file, "{}", serde_json::to_string(&event)?)?,
+                None => break,
+            },
+            _ = &mut stop => {
+                while let Ok(event) = events.try_recv() {
+                    writeln!(file, "{}", serde_json::to_string(&event)?)?;
+                }
+                break;
+            }
+        }
+    }
+    file.flush().context("writing the events file")
+}
+
+/// Writes `bytes` to the file at `path`. Runs between fork and exec: no allocation.
+fn write_file(path: &std::ffi::CStr, bytes: &[u8]) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on a valid NUL-terminated path and a live buffer.
     unsafe {
-        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let written = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
         let error = std::io::Error::last_os_error();
         libc::close(fd);
-        if written != 1 {
+        if written != bytes.len() as isize {
             return Err(error);
         }
     }

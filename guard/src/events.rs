@@ -65,9 +65,10 @@ pub enum EventDetail {
         suppressed: u64,
         window_ns: u64,
     },
-    /// Records this CPU produced that never reached the reader (ring buffer full). Made by the
-    /// reader from a gap in the CPU's sequence, so loss is in-band.
+    /// Records of one kind the programs could not deliver (ring buffer full). Made by the reader
+    /// from the kernel's loss counters, so loss is in-band.
     Lost {
+        event_kind: &'static str,
         count: u64,
     },
 }

@@ -14,11 +14,13 @@ use tracing::{info, warn};
 
 use crate::{
     capability::{CapabilityReport, Tier},
-    cgroup::{CgroupError, CgroupIdentity, Hierarchy},
+    cgroup::{CgroupError, CgroupIdentity, EventFiles, Hierarchy, read_limits},
     container_id::{ContainerId, ContainerIdError},
     events::GuardEvent,
     probes::{ProbeError, Probes, StreamOptions},
     reader::{self, Delivered, DrainRequest, ReaderLoss, ReaderState},
+    reconcile::{Evidence, reconcile},
+    report::{Report, RequestedLimits},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +131,9 @@ struct Watched {
     cgroup: PathBuf,
     identity: CgroupIdentity,
     slot: u32,
+    requested: RequestedLimits,
+    /// The kernel's event counters when watching began: reports count from here.
+    baseline: EventFiles,
 }
 
 #[derive(Default)]
@@ -195,11 +200,12 @@ impl Guard {
         let probes = if tier >= Tier::Tracepoints {
             let kprobes = tier >= Tier::TracepointsAndKprobes;
             let mut probes = Probes::load(options.stream, kprobes)?;
-            if let Some(ring) = probes.take_ring() {
+            if let (Some(ring), Some(lost)) = (probes.take_ring(), probes.take_lost()) {
                 let (sender, receiver) = mpsc::channel(16);
                 drain_requests = Some(sender);
                 tasks.push(tokio::spawn(reader::run(
                     ring,
+                    lost,
                     Arc::clone(&reader_state),
                     receiver,
                     options.poll_interval,
@@ -235,12 +241,24 @@ impl Guard {
 
     /// Starts attributing everything that happens in `cgroup` (and its sub-cgroups) to `id`.
     pub fn watch(&self, id: &str, cgroup: impl AsRef<Path>) -> Result<(), GuardError> {
+        self.watch_limited(id, cgroup, RequestedLimits::default())
+    }
+
+    /// Like [`Guard::watch`], remembering the limits the agent asked for: the report then checks
+    /// the kernel holds exactly those.
+    pub fn watch_limited(
+        &self,
+        id: &str,
+        cgroup: impl AsRef<Path>,
+        requested: RequestedLimits,
+    ) -> Result<(), GuardError> {
         let id = ContainerId::parse(id)?;
         let cgroup = cgroup.as_ref();
         let hierarchy = self.hierarchy.as_ref().ok_or(CgroupError::NotMounted {
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
         })?;
         let identity = hierarchy.identify(cgroup)?;
+        let baseline = EventFiles::read(cgroup)?;
         let mut registry = lock(&self.registry);
         if let Some(existing) = registry.by_id.get(&id) {
             return Err(GuardError::AlreadyWatched {
@@ -279,6 +297,8 @@ impl Guard {
                 cgroup: cgroup.to_path_buf(),
                 identity,
                 slot,
+                requested,
+                baseline,
             },
         );
         if let Some(probes) = &self.probes {
@@ -288,9 +308,10 @@ impl Guard {
         Ok(())
     }
 
-    /// Stops watching `id`, returning its final counters (read after a full drain).
-    pub async fn unwatch(&self, id: &str) -> Result<ContainerCounters, GuardError> {
-        let counters = self.counters(id).await?;
+    /// Stops watching `id`, returning its final report (read after a full drain). Call it
+    /// before the cgroup is removed: removal erases the kernel's event files.
+    pub async fn unwatch(&self, id: &str) -> Result<Report, GuardError> {
+        let report = self.report(id).await?;
         let id = ContainerId::parse(id)?;
         let mut registry = lock(&self.registry);
         let watched = registry
@@ -306,7 +327,49 @@ impl Guard {
         let mut state = lock(&self.reader_state);
         state.names.remove(&watched.identity.id);
         state.delivered.remove(&watched.identity.id);
-        Ok(counters)
+        Ok(report)
+    }
+
+    /// The container's report now: limits read back, counters, the kernel's event files since
+    /// watching began, and the reconciled verdict.
+    pub async fn report(&self, id: &str) -> Result<Report, GuardError> {
+        let counters = self.counters(id).await?;
+        let loss = self.loss().await?;
+        let (cgroup, requested, baseline) = {
+            let registry = lock(&self.registry);
+            let watched = registry
+                .by_id
+                .get(&ContainerId::parse(id)?)
+                .ok_or_else(|| GuardError::NotWatched { id: id.to_string() })?;
+            (
+                watched.cgroup.clone(),
+                watched.requested,
+                watched.baseline.clone(),
+            )
+        };
+        let applied = read_limits(&cgroup)?;
+        let kernel_since_watch = EventFiles::read(&cgroup)?.since(&baseline);
+        let reconciliation = reconcile(&Evidence {
+            tier: self.tier,
+            requested_memory_max: requested.memory_max,
+            requested_pids_max: requested.pids_max,
+            applied: &applied,
+            kernel: &kernel_since_watch,
+            bpf: counters.bpf.as_ref(),
+            events_lost: loss.kernel_reserve_failures.values().sum(),
+        });
+        Ok(Report {
+            container: counters.container.clone(),
+            cgroup,
+            cgroup_id: counters.cgroup_id,
+            tier: self.tier,
+            requested,
+            applied,
+            counters,
+            kernel_since_watch,
+            loss,
+            reconciliation,
+        })
     }
 
     /// Waits until the reader has consumed every record the kernel produced so far.
@@ -348,6 +411,18 @@ impl Guard {
         })
     }
 
+    /// The container the kernel-side task map attributes thread `tid` to (what an OOM kill of
+    /// it would be attributed to). None at tier 0 and for tasks in no container.
+    pub fn task_container(&self, tid: u32) -> Result<Option<String>, GuardError> {
+        let Some(probes) = &self.probes else {
+            return Ok(None);
+        };
+        let Some(cgroup_id) = lock(probes).task_cgroup(tid)? else {
+            return Ok(None);
+        };
+        Ok(lock(&self.reader_state).names.get(&cgroup_id).cloned())
+    }
+
     /// Counters of events outside every container, after draining pending events.
     pub async fn global_counters(&self) -> Result<GlobalCounters, GuardError> {
         self.drain().await?;
@@ -373,16 +448,17 @@ impl Guard {
     /// Losses so far, after draining pending events.
     pub async fn loss(&self) -> Result<LossReport, GuardError> {
         self.drain().await?;
-        let mut kernel_reserve_failures = BTreeMap::new();
-        if let Some(probes) = &self.probes {
-            let lost = lock(probes).lost()?;
-            for kind in EventKind::ALL {
-                kernel_reserve_failures.insert(kind.name().to_string(), lost[kind as usize]);
-            }
-        }
+        let state = lock(&self.reader_state);
+        let kernel_reserve_failures = match self.probes {
+            Some(_) => EventKind::ALL
+                .iter()
+                .map(|kind| (kind.name().to_string(), state.kernel_lost[*kind as usize]))
+                .collect(),
+            None => BTreeMap::new(),
+        };
         Ok(LossReport {
             kernel_reserve_failures,
-            reader: lock(&self.reader_state).loss,
+            reader: state.loss,
         })
     }
 

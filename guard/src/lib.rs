@@ -10,6 +10,8 @@ pub mod events;
 mod guard;
 pub mod probes;
 pub mod reader;
+pub mod reconcile;
+pub mod report;
 pub mod tracefs;
 
 pub use capability::{CapabilityReport, Tier};
@@ -20,3 +22,5 @@ pub use guard::{
 };
 pub use probes::StreamOptions;
 pub use reader::Delivered;
+pub use reconcile::Verdict;
+pub use report::{Report, RequestedLimits};

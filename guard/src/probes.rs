@@ -5,8 +5,8 @@ use aya::{
     programs::{KProbe, ProgramError, TracePoint},
 };
 use guard_common::{
-    ABSENT, COUNTER_SLOTS, ContainerCounters, EVENT_KIND_SLOTS, ProbeConfig, TracepointOffsets,
-    WatchEntry,
+    ABSENT, COUNTER_SLOTS, ContainerCounters, LostCounts, ProbeConfig, TaskEntry,
+    TracepointOffsets, WatchEntry,
 };
 use tracing::{debug, warn};
 
@@ -166,8 +166,9 @@ pub struct Probes {
     config_map: Array<MapData, ProbeConfig>,
     config: ProbeConfig,
     watched: HashMap<MapData, u64, WatchEntry>,
+    tasks: HashMap<MapData, u32, TaskEntry>,
     counters: PerCpuArray<MapData, ContainerCounters>,
-    lost: PerCpuArray<MapData, u64>,
+    lost: Option<PerCpuArray<MapData, LostCounts>>,
     ring: Option<RingBuf<MapData>>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     nr_cpus: usize,
@@ -246,8 +247,9 @@ impl Probes {
         let mut probes = Self {
             config_map: take_map(&mut ebpf, "CONFIG")?,
             watched: take_map(&mut ebpf, "WATCHED")?,
+            tasks: take_map(&mut ebpf, "TASKS")?,
             counters: take_map(&mut ebpf, "COUNTERS")?,
-            lost: take_map(&mut ebpf, "LOST")?,
+            lost: Some(take_map(&mut ebpf, "LOST")?),
             ring: Some(take_map(&mut ebpf, "EVENTS")?),
             _ebpf: ebpf,
             config,
@@ -277,6 +279,11 @@ impl Probes {
     /// The ring buffer, for the event reader (only once).
     pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
         self.ring.take()
+    }
+
+    /// The per-CPU counts of ring-buffer reserve failures, for the event reader (only once).
+    pub fn take_lost(&mut self) -> Option<PerCpuArray<MapData, LostCounts>> {
+        self.lost.take()
     }
 
     /// The logger of the programs' own messages, for a task that flushes it.
@@ -324,6 +331,18 @@ impl Probes {
         Ok(())
     }
 
+    /// The container the task map holds for thread `tid`, by cgroup id.
+    pub fn task_cgroup(&self, tid: u32) -> Result<Option<u64>, ProbeError> {
+        match self.tasks.get(&tid, 0) {
+            Ok(entry) => Ok(Some(entry.cgroup_id)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(ProbeError::Map {
+                name: "TASKS",
+                source,
+            }),
+        }
+    }
+
     /// One container's counters summed over every CPU.
     pub fn counters(&self, slot: u32) -> Result<[u64; COUNTER_SLOTS], ProbeError> {
         let per_cpu = self
@@ -338,22 +357,6 @@ impl Probes {
             for (sum, value) in total.iter_mut().zip(cpu.values) {
                 *sum = sum.wrapping_add(value);
             }
-        }
-        Ok(total)
-    }
-
-    /// Ring-buffer reserve failures per event kind, summed over every CPU.
-    pub fn lost(&self) -> Result<[u64; EVENT_KIND_SLOTS as usize], ProbeError> {
-        let mut total = [0u64; EVENT_KIND_SLOTS as usize];
-        for (kind, slot) in total.iter_mut().enumerate() {
-            let per_cpu = self
-                .lost
-                .get(&(kind as u32), 0)
-                .map_err(|source| ProbeError::Map {
-                    name: "LOST",
-                    source,
-                })?;
-            *slot = per_cpu.iter().sum();
         }
         Ok(total)
     }
@@ -387,4 +390,84 @@ fn raise_memlock_limit() {
         error = %std::io::Error::last_os_error(),
         "could not raise RLIMIT_MEMLOCK (kernels before 5.11 may refuse to load)"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    /// Lays the captured `format` files of one kernel out as tracefs does.
+    fn fake_tracefs(kernel: &str, test: &str) -> PathBuf {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/format")
+            .join(kernel);
+        let root = std::env::temp_dir().join(format!(
+            "guard-tracefs-{kernel}-{test}-{}",
+            std::process::id()
+        ));
+        for (category, name) in crate::capability::BASELINE_TRACEPOINTS {
+            let dir = root.join("events").join(category).join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(fixtures.join(format!("{name}.format")), dir.join("format")).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn reads_offsets_of_every_captured_kernel() {
+        // (kernel, fork parent_pid, fork child_pid)
+        for (kernel, parent, child) in [("6.1", 24, 44), ("6.12", 24, 44), ("6.18", 12, 20)] {
+            let root = fake_tracefs(kernel, "all");
+            let offsets = read_offsets(&root).unwrap();
+            assert_eq!(
+                (offsets.fork_parent_pid, offsets.fork_child_pid),
+                (parent, child),
+                "{kernel}"
+            );
+            assert_eq!(offsets.attach_dst_id, 16, "{kernel}");
+            assert_eq!(offsets.attach_pid, 24, "{kernel}");
+            assert_eq!(
+                (offsets.syscall_nr, offsets.syscall_ret),
+                (8, 16),
+                "{kernel}"
+            );
+            assert_eq!((offsets.oom_pid, offsets.oom_comm), (8, 12), "{kernel}");
+            assert_eq!(offsets.oom_anon_rss, 24, "{kernel}");
+            assert_eq!(offsets.oom_score_adj, 64, "{kernel}");
+            assert_eq!(offsets.reclaim_nr_reclaimed, 8, "{kernel}");
+            std::fs::remove_dir_all(&root).unwrap();
+        }
+    }
+
+    #[test]
+    fn old_mark_victim_with_only_pid_leaves_the_rest_absent() {
+        let root = fake_tracefs("6.1", "old");
+        let format = root.join("events/oom/mark_victim/format");
+        std::fs::write(
+            &format,
+            "name: mark_victim\nID: 1\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:int pid;\toffset:8;\tsize:4;\tsigned:1;\n",
+        )
+        .unwrap();
+        let offsets = read_offsets(&root).unwrap();
+        assert_eq!(offsets.oom_pid, 8);
+        assert_eq!(offsets.oom_comm, ABSENT);
+        assert_eq!(offsets.oom_anon_rss, ABSENT);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_missing_field_is_an_error_naming_the_tracepoint() {
+        let root = fake_tracefs("6.12", "missing");
+        let format = root.join("events/sched/sched_process_fork/format");
+        let text = std::fs::read_to_string(&format).unwrap();
+        std::fs::write(&format, text.replace("child_pid", "kid_pid")).unwrap();
+        let error = read_offsets(&root).unwrap_err().to_string();
+        assert!(
+            error.contains("sched_process_fork") && error.contains("child_pid"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

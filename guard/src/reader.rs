@@ -6,7 +6,8 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use guard_common::{EVENT_KIND_SLOTS, EventKind, LostCounts};
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, oneshot},
@@ -60,6 +61,8 @@ pub struct ReaderLoss {
 /// State the reader updates and the [`crate::Guard`] reads.
 #[derive(Default)]
 pub struct ReaderState {
+    /// Ring-buffer reserve failures in the kernel by event kind, as of the last drain.
+    pub kernel_lost: [u64; EVENT_KIND_SLOTS as usize],
     /// cgroup id → container id, for attribution.
     pub names: HashMap<u64, String>,
     pub delivered: HashMap<u64, Delivered>,
@@ -88,25 +91,37 @@ impl ReaderState {
                 }
             };
             // Sequence numbers start at 1 on every CPU, so gaps before the first record count.
+            // A cross-check of the kernel's own loss counts (which the in-band records use).
             let last = self.last_seq.entry(event.cpu).or_insert(0);
-            let gap = event.seq.saturating_sub(*last + 1);
+            self.loss.sequence_gaps += event.seq.saturating_sub(*last + 1);
             *last = (*last).max(event.seq);
-            if gap > 0 {
-                self.loss.sequence_gaps += gap;
-                let marker = KernelEvent {
-                    cpu: event.cpu,
-                    seq: event.seq - 1,
-                    ktime_ns: event.ktime_ns,
-                    cgroup_id: 0,
-                    detail: EventDetail::Lost { count: gap },
-                };
-                self.publish(marker);
-            }
             self.delivered
                 .entry(event.cgroup_id)
                 .or_default()
                 .count(&event.detail);
             self.publish(event);
+        }
+    }
+
+    /// Publishes an in-band `lost` record for every kind whose kernel loss count grew.
+    fn absorb_kernel_loss(&mut self, totals: [u64; EVENT_KIND_SLOTS as usize]) {
+        for kind in EventKind::ALL {
+            let index = kind as usize;
+            let grown = totals[index].saturating_sub(self.kernel_lost[index]);
+            if grown == 0 {
+                continue;
+            }
+            self.kernel_lost[index] = totals[index];
+            self.publish(KernelEvent {
+                cpu: 0,
+                seq: 0,
+                ktime_ns: 0,
+                cgroup_id: 0,
+                detail: EventDetail::Lost {
+                    event_kind: kind.name(),
+                    count: grown,
+                },
+            });
         }
     }
 
@@ -134,6 +149,7 @@ pub type DrainRequest = oneshot::Sender<()>;
 /// Runs until every [`DrainRequest`] sender is dropped (the guard went away).
 pub async fn run(
     ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, LostCounts>,
     state: Arc<Mutex<ReaderState>>,
     mut requests: mpsc::Receiver<DrainRequest>,
     poll_interval: Duration,
@@ -156,7 +172,7 @@ pub async fn run(
         tokio::select! {
             ready = ring.readable_mut() => match ready {
                 Ok(mut ready) => {
-                    drain(ready.get_inner_mut(), &state);
+                    drain(ready.get_inner_mut(), &lost, &state);
                     ready.clear_ready();
                 }
                 Err(error) => {
@@ -164,10 +180,10 @@ pub async fn run(
                     return;
                 }
             },
-            _ = tick.tick() => drain(ring.get_mut(), &state),
+            _ = tick.tick() => drain(ring.get_mut(), &lost, &state),
             request = requests.recv() => match request {
                 Some(reply) => {
-                    drain(ring.get_mut(), &state);
+                    drain(ring.get_mut(), &lost, &state);
                     let _ = reply.send(());
                 }
                 None => return,
@@ -176,17 +192,40 @@ pub async fn run(
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, state: &Mutex<ReaderState>) {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    lost: &PerCpuArray<MapData, LostCounts>,
+    state: &Mutex<ReaderState>,
+) {
     let mut records = Vec::new();
     while let Some(item) = ring.next() {
         records.push(events::decode(&item));
     }
-    if records.is_empty() {
-        return;
-    }
+    // One lookup of the per-CPU loss counts per drain: losses become in-band records even when
+    // nothing after them is ever delivered.
+    let kernel_lost = match lost.get(&0, 0) {
+        Ok(per_cpu) => {
+            let mut totals = [0u64; EVENT_KIND_SLOTS as usize];
+            for cpu in per_cpu.iter() {
+                for (total, count) in totals.iter_mut().zip(cpu.per_kind) {
+                    *total += count;
+                }
+            }
+            Some(totals)
+        }
+        Err(error) => {
+            warn!(%error, "cannot read the LOST map; losses are not reported in-band");
+            None
+        }
+    };
     // One lock per batch, not per record.
-    state
+    let mut state = state
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .absorb(records);
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !records.is_empty() {
+        state.absorb(records);
+    }
+    if let Some(totals) = kernel_lost {
+        state.absorb_kernel_loss(totals);
+    }
 }

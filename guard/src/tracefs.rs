@@ -223,6 +223,17 @@ mod tests {
     use super::*;
 
     const FORK_6_18: &str = include_str!("../tests/fixtures/format/6.18/sched_process_fork.format");
+    const FORK_6_1: &str = include_str!("../tests/fixtures/format/6.1/sched_process_fork.format");
+
+    #[test]
+    fn parses_inline_comm_fork_layout() {
+        let format = Format::parse("sched:sched_process_fork", FORK_6_1).unwrap();
+        assert_eq!(format.offset_of("parent_pid", 4).unwrap(), 24);
+        assert_eq!(format.offset_of("child_pid", 4).unwrap(), 44);
+        let comm = format.field("parent_comm").unwrap();
+        assert!(!comm.is_data_loc());
+        assert_eq!((comm.c_type.as_str(), comm.size), ("char[16]", 16));
+    }
 
     #[test]
     fn parses_data_loc_fork_layout() {

@@ -84,3 +84,24 @@ pub fn run_stress(stress_bin: &str, cgroup: Option<&Path>, args: &[&str]) -> Str
     );
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
+
+/// Writes `pid` into `cgroup`'s `cgroup.procs` (0 = the writer itself).
+pub fn move_to_cgroup(pid: u32, cgroup: &Path) {
+    std::fs::write(cgroup.join("cgroup.procs"), pid.to_string())
+        .unwrap_or_else(|error| panic!("moving {pid} into {}: {error}", cgroup.display()));
+}
+
+/// The value of `"key":N` in a guard-stress tally line.
+pub fn tally(line: &str, key: &str) -> u64 {
+    let needle = format!("\"{key}\":");
+    let start = line
+        .find(&needle)
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + needle.len();
+    line[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} in {line} is not a number"))
+}

@@ -1,10 +1,21 @@
 //! Host-kernel tests of the fork probe: exact per-container counts, attribution by cgroup
 //! (and ancestry), and the two-sided checks that show the counts come from the probe.
 //! The host's cgroup v2 hierarchy lacks memory/pids controllers; these tests need neither.
-use guard::{Guard, GuardOptions, Tier};
+use guard::{Guard, GuardOptions, StreamOptions, Tier};
 use guard_tests::host::{TestCgroup, root_or_skip, run_stress};
 
 const STRESS: &str = env!("CARGO_BIN_EXE_guard-stress");
+
+/// Exact-count tests stream every event (the default rate bound could suppress some).
+fn unbounded() -> GuardOptions {
+    GuardOptions {
+        stream: StreamOptions {
+            max_events_per_sec: 0,
+            ..StreamOptions::default()
+        },
+        ..GuardOptions::default()
+    }
+}
 const FORKS: u64 = 2000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,7 +25,7 @@ async fn counts_exactly_the_forks_of_each_registered_cgroup() {
     }
     let busy = TestCgroup::create("busy");
     let idle = TestCgroup::create("idle");
-    let guard = Guard::start(GuardOptions::default()).await.unwrap();
+    let guard = Guard::start(unbounded()).await.unwrap();
     guard.watch("busy", &busy.path).unwrap();
     guard.watch("idle", &idle.path).unwrap();
 
@@ -42,7 +53,7 @@ async fn sub_cgroups_stay_attributed_to_their_container() {
     let container = TestCgroup::create("nested");
     let inner = container.child("inner");
     let deeper = inner.child("deeper");
-    let guard = Guard::start(GuardOptions::default()).await.unwrap();
+    let guard = Guard::start(unbounded()).await.unwrap();
     guard.watch("nested", &container.path).unwrap();
 
     run_stress(STRESS, Some(&deeper.path), &["fork", "150"]);
@@ -63,7 +74,7 @@ async fn an_unregistered_cgroup_is_not_counted() {
     // about, leaves the registered container at zero and the other unknown.
     let registered = TestCgroup::create("registered");
     let unregistered = TestCgroup::create("unregistered");
-    let guard = Guard::start(GuardOptions::default()).await.unwrap();
+    let guard = Guard::start(unbounded()).await.unwrap();
     guard.watch("registered", &registered.path).unwrap();
 
     run_stress(STRESS, Some(&unregistered.path), &["fork", "500"]);
@@ -85,7 +96,7 @@ async fn without_programs_nothing_is_counted() {
     let cgroup = TestCgroup::create("unprobed");
     let options = GuardOptions {
         max_tier: Tier::CgroupFilesOnly,
-        ..GuardOptions::default()
+        ..unbounded()
     };
     let guard = Guard::start(options).await.unwrap();
     assert_eq!(guard.tier(), Tier::CgroupFilesOnly);
@@ -104,7 +115,7 @@ async fn subscribers_see_each_fork_with_its_container() {
         return;
     }
     let cgroup = TestCgroup::create("subscribed");
-    let guard = Guard::start(GuardOptions::default()).await.unwrap();
+    let guard = Guard::start(unbounded()).await.unwrap();
     guard.watch("subscribed", &cgroup.path).unwrap();
     let mut events = guard.subscribe(1000);
 

@@ -16,6 +16,12 @@ pub enum CgroupError {
     NotMounted { mountinfo: PathBuf },
     #[error("{path} is not a cgroup directory under the cgroup2 mount {mount}")]
     NotUnderMount { path: PathBuf, mount: PathBuf },
+    #[error("{path}, line {line}: cannot parse {text:?}")]
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
     #[error("{path} is {level} levels deep; at most {max} are supported")]
     TooDeep { path: PathBuf, level: u32, max: u32 },
 }
