@@ -386,10 +386,17 @@ fn guest_kernel(apt: &mut Apt, series: &str, refresh: bool, report: &mut Report)
         && manifest.get("package") == Some(&package)
         && manifest.get("version") == Some(&version)
     {
-        report.add(
-            &step,
-            Outcome::Present(format!("{package} {version} (newest)")),
-        );
+        if !manifest.contains_key("vmlinux") && add_vmlinux(&dir, manifest)? {
+            report.add(
+                &step,
+                Outcome::Installed(format!("a PVH vmlinux for {package} {version}")),
+            );
+        } else {
+            report.add(
+                &step,
+                Outcome::Present(format!("{package} {version} (newest)")),
+            );
+        }
         return Ok(());
     }
     let debs = root.join(".debs");
