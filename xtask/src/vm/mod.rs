@@ -385,10 +385,8 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome> {
             2 * image_mib + 48
         );
     }
-    let label = config
-        .label
-        .clone()
-        .unwrap_or_else(|| sanitize(&config.kernel));
+    // The label names the run folder, which QEMU options embed: keep it to [A-Za-z0-9.-_].
+    let label = sanitize(config.label.as_deref().unwrap_or(&config.kernel));
     let run_dir = new_run_dir(&label)?;
     let initrd = run_dir.join("initramfs.cpio");
     fs::write(&initrd, &image).with_context(|| format!("writing {}", initrd.display()))?;
@@ -403,8 +401,14 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome> {
     // The image is the bulk of a run folder and can be rebuilt: drop it.
     let _ = fs::remove_file(&initrd);
 
-    let frames = frames::parse(&raw.results)
-        .with_context(|| format!("parsing results from {}", run_dir.display()))?;
+    let frames = match frames::parse(&raw.results) {
+        Ok(frames) => frames,
+        // A guest that died mid-send leaves a damaged stream: its death is the result.
+        Err(_) if !raw.results.windows(10).any(|w| w == b"GUARD-DONE") => frames::Frames::default(),
+        Err(e) => {
+            return Err(e).with_context(|| format!("parsing results from {}", run_dir.display()));
+        }
+    };
     let console_tail = tail(&raw.console, TAIL_LINES);
     let result = if frames.done {
         let text = |name: &str| {
