@@ -187,12 +187,18 @@ fn hung_guest_is_reported_as_timed_out() {
     let Some(k) = kernel("6.1") else { return };
     let k = k.as_str();
     let outcome = run(VmConfig::shell(k, "sleep 100000")
-        .timeout(Duration::from_secs(25))
+        .timeout(Duration::from_secs(15))
         .label("hang"));
     assert!(
         matches!(outcome.result, VmResult::TimedOut { .. }),
         "expected a timeout, got {}",
         outcome.result
+    );
+    // Killed at the deadline, not long after it.
+    let wall = outcome.wall_time;
+    assert!(
+        wall >= Duration::from_secs(15) && wall < Duration::from_secs(45),
+        "{wall:?}"
     );
 }
 
