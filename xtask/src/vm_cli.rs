@@ -152,7 +152,16 @@ pub fn run(args: VmArgs) -> Result<i32> {
                     .clone()
                     .unwrap_or_else(|| outcome.run_dir.join("results"));
                 for (name, data) in &done.files {
-                    let path = dir.join(name);
+                    // Names come from the guest: never let one climb out of the folder.
+                    let relative = std::path::Path::new(name);
+                    if !relative
+                        .components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)))
+                    {
+                        eprintln!("[vm] ignoring result file with an unsafe name {name:?}");
+                        continue;
+                    }
+                    let path = dir.join(relative);
                     if let Some(parent) = path.parent() {
                         std::fs::create_dir_all(parent)?;
                     }
