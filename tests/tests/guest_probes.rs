@@ -240,6 +240,16 @@ fn tier_0_still_gives_a_verdict(kernel: &'static str) {
     assert_eq!(bomb.verdict("pids"), "enforced");
     let flags = bomb.report()["flags"].to_string();
     assert!(flags.contains("tier 0"), "{flags}");
+    // Live evidence at tier 0 is the kernel's own file, streamed via inotify as it changes.
+    let snapshots = bomb.events_of("kernel_file");
+    assert!(
+        snapshots
+            .iter()
+            .any(|e| e["detail"]["file"] == "pids.events"
+                && e["detail"]["counts"]["max"].as_u64() > Some(0)),
+        "{:?}",
+        bomb.events
+    );
 }
 
 #[test]
