@@ -13,9 +13,9 @@ use serde_json::Value;
 use xtask::vm::Completed;
 
 /// Each scenario writes `/results/<name>.out`: the workload's tally line (if it lived to print
-/// it), then `guard watch --json`'s report.
+/// it), then `guard exec --json`'s report.
 const SCENARIOS: &str = r#"
-watch() { name=$1; shift; guard watch --cgroup /sys/fs/cgroup/$name --json --events /results/$name.events "$@" > /results/$name.out 2> /results/$name.err; }
+watch() { name=$1; shift; guard exec --cgroup /sys/fs/cgroup/$name --json --events /results/$name.events "$@" > /results/$name.out 2> /results/$name.err; }
 watch pids --pids-max 64 -- guard-stress hold 200
 watch pids-unlimited -- guard-stress hold 200
 watch memory --memory-max 16777216 -- guard-stress alloc 100
