@@ -17,6 +17,7 @@ use crate::{
     cgroup::{CgroupError, CgroupIdentity, EventFiles, Hierarchy, read_limits},
     container_id::{ContainerId, ContainerIdError},
     events::GuardEvent,
+    file_watch::FileWatcher,
     probes::{ProbeError, Probes, StreamOptions},
     reader::{self, Delivered, DrainRequest, ReaderLoss, ReaderState},
     reconcile::{Evidence, reconcile},
@@ -39,6 +40,8 @@ pub enum GuardError {
     NotWatched { id: String },
     #[error("all {MAX_CONTAINERS} container slots are in use")]
     SlotsExhausted,
+    #[error(transparent)]
+    FileWatch(#[from] crate::file_watch::FileWatchError),
     #[error("the event reader has stopped")]
     ReaderStopped,
 }
@@ -171,6 +174,7 @@ pub struct Guard {
     registry: Mutex<Registry>,
     reader_state: Arc<Mutex<ReaderState>>,
     drain_requests: Option<mpsc::Sender<DrainRequest>>,
+    file_watcher: FileWatcher,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -218,6 +222,8 @@ impl Guard {
         } else {
             None
         };
+        let (file_watcher, file_task) = FileWatcher::start(Arc::clone(&reader_state))?;
+        tasks.push(file_task);
         info!(%tier, kernel = %capabilities.kernel_release, "guard started");
         Ok(Self {
             hierarchy,
@@ -227,6 +233,7 @@ impl Guard {
             registry: Mutex::new(Registry::default()),
             reader_state,
             drain_requests,
+            file_watcher,
             tasks,
         })
     }
@@ -304,6 +311,7 @@ impl Guard {
         if let Some(probes) = &self.probes {
             lock(probes).set_watched_levels(registry.watched_levels())?;
         }
+        self.file_watcher.add(identity.id, cgroup)?;
         info!(container = %id, cgroup = %cgroup.display(), cgroup_id = identity.id, level = identity.level, slot, "watching");
         Ok(())
     }
@@ -324,6 +332,7 @@ impl Guard {
             probes.set_watched_levels(registry.watched_levels())?;
         }
         registry.free_slots.insert(watched.slot);
+        self.file_watcher.remove(watched.identity.id);
         let mut state = lock(&self.reader_state);
         state.names.remove(&watched.identity.id);
         state.delivered.remove(&watched.identity.id);

@@ -7,6 +7,7 @@ pub mod capability;
 pub mod cgroup;
 pub mod container_id;
 pub mod events;
+pub mod file_watch;
 mod guard;
 pub mod probes;
 pub mod reader;

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cli_exec;
 mod cli_watch;
 
 /// guard: prove that a micro-VM guest's per-container cgroup limits held.
@@ -30,9 +31,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a command in a fresh cgroup, watched: streams its events and prints its counters.
+    /// Run a command in a fresh cgroup (optionally with pids.max / memory.max), watched; print
+    /// its reconciled report when it exits.
     ///
-    /// Example: `guard watch --cgroup /sys/fs/cgroup/unified/demo -- sh -c 'for i in 1 2 3; do true; done'`
+    /// Example: `guard exec --cgroup /sys/fs/cgroup/demo --pids-max 64 -- sh -c 'for i in 1 2 3; do true; done'`
+    Exec(cli_exec::ExecArgs),
+    /// Watch existing cgroups (any cgroup v2 host: beside Docker, systemd or Kubernetes):
+    /// stream their events and print their reports on Ctrl-C (or after --duration).
+    ///
+    /// Example: `guard watch --cgroup /sys/fs/cgroup/system.slice/docker-abc.scope --events -`
     Watch(cli_watch::WatchArgs),
 }
 
@@ -47,6 +54,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Probe { json } => probe(json),
+        Command::Exec(args) => cli_exec::run(args),
         Command::Watch(args) => cli_watch::run(args),
     };
     match result {

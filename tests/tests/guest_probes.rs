@@ -13,9 +13,9 @@ use serde_json::Value;
 use xtask::vm::Completed;
 
 /// Each scenario writes `/results/<name>.out`: the workload's tally line (if it lived to print
-/// it), then `guard watch --json`'s report.
+/// it), then `guard exec --json`'s report.
 const SCENARIOS: &str = r#"
-watch() { name=$1; shift; guard watch --cgroup /sys/fs/cgroup/$name --json --events /results/$name.events "$@" > /results/$name.out 2> /results/$name.err; }
+watch() { name=$1; shift; guard exec --cgroup /sys/fs/cgroup/$name --json --events /results/$name.events "$@" > /results/$name.out 2> /results/$name.err; }
 watch pids --pids-max 64 -- guard-stress hold 200
 watch pids-unlimited -- guard-stress hold 200
 watch memory --memory-max 16777216 -- guard-stress alloc 100
@@ -240,6 +240,16 @@ fn tier_0_still_gives_a_verdict(kernel: &'static str) {
     assert_eq!(bomb.verdict("pids"), "enforced");
     let flags = bomb.report()["flags"].to_string();
     assert!(flags.contains("tier 0"), "{flags}");
+    // Live evidence at tier 0 is the kernel's own file, streamed via inotify as it changes.
+    let snapshots = bomb.events_of("kernel_file");
+    assert!(
+        snapshots
+            .iter()
+            .any(|e| e["detail"]["file"] == "pids.events"
+                && e["detail"]["counts"]["max"].as_u64() > Some(0)),
+        "{:?}",
+        bomb.events
+    );
 }
 
 #[test]

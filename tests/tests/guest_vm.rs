@@ -8,11 +8,9 @@
 //! Elsewhere it skips with a printed reason.
 //!
 //! Binaries: `guard-stress` comes from this crate (`CARGO_BIN_EXE_guard-stress`, built by
-//! cargo for these tests). `guard` comes from `$GUARD_BIN_DIR` when set (e.g.
-//! `<target>/release` after `cargo build --release -p guard`; a test runner that builds it
-//! sets the variable), else from the directory cargo put `guard-stress` in, if `guard` was
-//! built there too; tests that only can use guard skip that part without it. Debug binaries
-//! are fine: the image builder strips their debug info.
+//! cargo for these tests). `guard` comes from `$GUARD_BIN_DIR` when set (`cargo xtask test`
+//! builds release binaries and sets it), else from `<target>/release` if built there; the
+//! one test that uses it checks guard-stress alone without it.
 //!
 //! Each guest boots in ~5–7 s of TCG here; timeouts are generous (300 s) because CI machines
 //! are noisy and TCG is 10–50× slower than hardware.
@@ -280,13 +278,12 @@ fn workspace_binaries_run_in_both_guests() {
     }
 }
 
-/// The `guard` binary, if one was built (see the module docs).
+/// The release `guard` binary, if one was built (see the module docs). A debug build would
+/// do too (the image builder strips debug info), but release is what the guest suites use.
 fn guard_binary() -> Option<PathBuf> {
     let dir = match std::env::var_os("GUARD_BIN_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_BIN_EXE_guard-stress"))
-            .parent()?
-            .to_path_buf(),
+        None => xtask::paths::target_dir().join("release"),
     };
     let guard = dir.join("guard");
     guard.is_file().then_some(guard)

@@ -16,6 +16,8 @@ pub struct DemoArgs {
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    // A fresh machine has nothing: install first (a second run only checks, in seconds).
+    crate::setup::run(crate::setup::SetupArgs::default())?;
     cmd::run(cargo().args([
         "build",
         "--release",
@@ -37,7 +39,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let cgroup = mount.join(format!("guard-demo-{}", std::process::id()));
     cmd::run(
         Command::new(&guard)
-            .args(["watch", "--id", "demo", "--cgroup"])
+            .args(["exec", "--id", "demo", "--cgroup"])
             .arg(&cgroup)
             .arg("--")
             .arg(&stress)
