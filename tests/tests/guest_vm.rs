@@ -12,7 +12,7 @@
 //! builds release binaries and sets it), else from `<target>/release` if built there; the
 //! one test that uses it checks guard-stress alone without it.
 //!
-//! Each guest boots in ~5–7 s of TCG here; timeouts are generous (300 s) because CI machines
+//! Each guest boots in ~3–5 s of TCG here (PVH vmlinux); timeouts are generous (300 s): CI machines
 //! are noisy and TCG is 10–50× slower than hardware.
 
 use std::path::PathBuf;
