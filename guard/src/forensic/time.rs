@@ -33,7 +33,7 @@ fn clock_ns(clock: libc::clockid_t, name: &'static str) -> Result<i64, TimeError
             source: std::io::Error::last_os_error(),
         });
     }
-    Ok(ts.tv_sec as i64 * NANOS_PER_SEC + ts.tv_nsec as i64)
+    Ok(ts.tv_sec * NANOS_PER_SEC + ts.tv_nsec)
 }
 
 /// Wall-clock time, nanoseconds since the Unix epoch (CLOCK_REALTIME).
@@ -92,8 +92,14 @@ pub fn parse_rfc3339(input: &str) -> Result<i64, TimeError> {
         return Err(bad("no such date"));
     }
     let days = days_from_civil(year, month as u32, day as u32);
+    // i64 nanoseconds cover 1677-09-21 to 2262-04-11.
+    let to_nanos = |secs: i64, nanos: i64| {
+        secs.checked_mul(NANOS_PER_SEC)
+            .and_then(|ns| ns.checked_add(nanos))
+            .ok_or_else(|| bad("outside the years 1678 to 2261"))
+    };
     if b.len() == 10 {
-        return Ok(days * 86_400 * NANOS_PER_SEC);
+        return to_nanos(days * 86_400, 0);
     }
     sep(10, b"Tt ")?;
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -134,8 +140,10 @@ pub fn parse_rfc3339(input: &str) -> Result<i64, TimeError> {
         }
         _ => return Err(bad("expected Z or a ±HH:MM offset at the end")),
     };
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
-    Ok(secs * NANOS_PER_SEC + nanos)
+    to_nanos(
+        days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs,
+        nanos,
+    )
 }
 
 /// Parses a relative duration: one or more `<number><unit>` with units ms, s, m, h, d.

@@ -114,7 +114,7 @@ impl fmt::Display for Defect {
             Self::Schema { error } => write!(f, "not a log record: {error}"),
             Self::SeqMismatch { found, expected } if found > expected => write!(
                 f,
-                "seq {found}, expected {expected}: {} record(s) missing before this line",
+                "seq {found}, expected {expected}: {} record(s) missing, or records reordered, before this line",
                 found - expected
             ),
             Self::SeqMismatch { found, expected } => write!(

@@ -140,9 +140,10 @@ pub struct LogOptions {
     pub boot_id: Option<String>,
     /// On reopen, truncate a torn final line (and record that in-band) instead of refusing.
     pub repair_torn_tail: bool,
-    /// Caps the bytes per write(2) call. Only for crash tests: small values make torn lines
-    /// likely when the process is killed.
-    pub max_write_bytes: Option<NonZeroUsize>,
+    /// For crash tests only: split every write(2) into chunks of at most this many bytes, each
+    /// fdatasync'ed, as a disk that persists part of a line before power loss would. A kill
+    /// then often lands mid-line and leaves a torn tail. None in production.
+    pub test_split_writes: Option<NonZeroUsize>,
 }
 
 impl Default for LogOptions {
@@ -153,7 +154,7 @@ impl Default for LogOptions {
             checkpoint_every: 10_000,
             boot_id: None,
             repair_torn_tail: false,
-            max_write_bytes: None,
+            test_split_writes: None,
         }
     }
 }
@@ -237,7 +238,7 @@ impl LogWriter {
             BUFFER_BYTES,
             ChunkedFile {
                 file,
-                max_write: options.max_write_bytes,
+                split: options.test_split_writes,
             },
         );
         let mut writer = Self {
@@ -262,11 +263,11 @@ impl LogWriter {
             layout::sync_dir(&dir).map_err(|e| writer.poison_sync(e))?;
         }
         if let Some(rotate) = &resume.rotate {
-            writer.write_record(kinds::ROTATE, None, rotate)?;
+            writer.write_record(kinds::ROTATE, None, rotate, false)?;
         }
-        writer.write_record(kinds::START, None, start)?;
+        writer.write_record(kinds::START, None, start, true)?;
         if let Some(repair) = &resume.repaired {
-            writer.write_record(kinds::REPAIR, None, repair)?;
+            writer.write_record(kinds::REPAIR, None, repair, true)?;
         }
         tracing::info!(
             dir = %writer.dir.display(),
@@ -300,7 +301,7 @@ impl LogWriter {
         if container == Some("") {
             return Err(WriterError::EmptyContainer);
         }
-        let seq = self.write_record(kind, container, payload)?;
+        let seq = self.write_record(kind, container, payload, true)?;
         self.since_checkpoint += 1;
         if self.options.checkpoint_every > 0
             && self.since_checkpoint >= self.options.checkpoint_every
@@ -363,13 +364,30 @@ impl LogWriter {
         &self.dir
     }
 
+    /// Checkpoint and stop payloads describe the chain right before them, so any rotation must
+    /// happen before the payload is built, not in the middle of writing it.
     fn write_checkpoint(&mut self, kind: &str) -> Result<u64, WriterError> {
-        let payload = Checkpoint {
-            count: self.next_seq,
-            head: record::to_hex(&self.head),
+        let payload = |w: &Self| Checkpoint {
+            count: w.next_seq,
+            head: record::to_hex(&w.head),
         };
+        let mut line = std::mem::take(&mut self.line);
+        let encoded = self.encode(&mut line, kind, None, &payload(self));
+        self.line = line;
+        encoded?;
+        if self.exceeds_rotate_bound(self.line.len()) {
+            self.rotate()?;
+        }
         self.since_checkpoint = 0;
-        self.write_record(kind, None, &payload)
+        self.write_record(kind, None, &payload(self), false)
+    }
+
+    fn exceeds_rotate_bound(&self, line_len: usize) -> bool {
+        self.file_records > 0
+            && self
+                .options
+                .rotate_bytes
+                .is_some_and(|limit| self.file_bytes + line_len as u64 > limit)
     }
 
     fn write_record<P: Serialize + ?Sized>(
@@ -377,6 +395,7 @@ impl LogWriter {
         kind: &str,
         container: Option<&str>,
         payload: &P,
+        may_rotate: bool,
     ) -> Result<u64, WriterError> {
         if let Some(cause) = &self.failed {
             return Err(WriterError::Poisoned {
@@ -385,7 +404,7 @@ impl LogWriter {
             });
         }
         let mut line = std::mem::take(&mut self.line);
-        let result = self.encode_and_write(&mut line, kind, container, payload);
+        let result = self.encode_and_write(&mut line, kind, container, payload, may_rotate);
         self.line = line;
         result
     }
@@ -396,13 +415,10 @@ impl LogWriter {
         kind: &str,
         container: Option<&str>,
         payload: &P,
+        may_rotate: bool,
     ) -> Result<u64, WriterError> {
         let mut digest = self.encode(line, kind, container, payload)?;
-        let would_exceed = self
-            .options
-            .rotate_bytes
-            .is_some_and(|limit| self.file_bytes + line.len() as u64 > limit);
-        if would_exceed && self.file_records > 0 && kind != kinds::ROTATE {
+        if may_rotate && self.exceeds_rotate_bound(line.len()) {
             self.rotate()?;
             digest = self.encode(line, kind, container, payload)?;
         }
@@ -468,7 +484,7 @@ impl LogWriter {
                 BUFFER_BYTES,
                 ChunkedFile {
                     file,
-                    max_write: self.options.max_write_bytes,
+                    split: self.options.test_split_writes,
                 },
             ),
         );
@@ -482,7 +498,7 @@ impl LogWriter {
             let dir = self.dir.clone();
             layout::sync_dir(&dir).map_err(|e| self.poison_sync(e))?;
         }
-        self.write_record(kinds::ROTATE, None, &rotate)?;
+        self.write_record(kinds::ROTATE, None, &rotate, false)?;
         Ok(())
     }
 
@@ -548,18 +564,20 @@ impl Drop for LogWriter {
     }
 }
 
-/// A file whose writes can be capped in size (see `LogOptions::max_write_bytes`).
+/// The log file, with optional torn-write simulation (see `LogOptions::test_split_writes`).
 struct ChunkedFile {
     file: File,
-    max_write: Option<NonZeroUsize>,
+    split: Option<NonZeroUsize>,
 }
 
 impl Write for ChunkedFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let len = self
-            .max_write
-            .map_or(buf.len(), |max| buf.len().min(max.get()));
-        self.file.write(&buf[..len])
+        let Some(split) = self.split else {
+            return self.file.write(buf);
+        };
+        let written = self.file.write(&buf[..buf.len().min(split.get())])?;
+        self.file.sync_data()?;
+        Ok(written)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

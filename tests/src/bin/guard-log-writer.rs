@@ -3,7 +3,7 @@
 //! test knows which records the writer considered written (durable with --fsync always).
 //!
 //! guard-log-writer DIR [--count N] [--fsync always|never|interval=MS] [--rotate-bytes B]
-//!     [--checkpoint-every N] [--max-write-bytes B] [--containers N] [--print-seq] [--repair]
+//!     [--checkpoint-every N] [--test-split-writes B] [--containers N] [--print-seq] [--repair]
 use std::io::Write as _;
 use std::num::NonZeroUsize;
 use std::time::Instant;
@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
         checkpoint_every: 100,
         boot_id: None,
         repair_torn_tail: false,
-        max_write_bytes: None,
+        test_split_writes: None,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
@@ -35,8 +35,8 @@ fn main() -> anyhow::Result<()> {
             "--fsync" => options.fsync = value()?.parse()?,
             "--rotate-bytes" => options.rotate_bytes = Some(value()?.parse()?),
             "--checkpoint-every" => options.checkpoint_every = value()?.parse()?,
-            "--max-write-bytes" => {
-                options.max_write_bytes = Some(value()?.parse::<NonZeroUsize>()?)
+            "--test-split-writes" => {
+                options.test_split_writes = Some(value()?.parse::<NonZeroUsize>()?)
             }
             "--containers" => containers = value()?.parse()?,
             "--print-seq" => print_seq = true,
