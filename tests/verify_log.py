@@ -10,25 +10,24 @@ def verify(log_dir):
         return "files missing: need guard-000000.jsonl onward without gaps"
     seq, prev = 0, "0" * 64
     for name in names:
-        with open(os.path.join(log_dir, name), "rb") as f:
-            data = f.read()
-        if data and not data.endswith(b"\n"):
-            return f"{name}: torn final line (no newline)"
-        for no, line in enumerate(data.split(b"\n")[:-1], 1):
-            body, seal = line[:-75], line[-75:]
-            if seal != b',"hash":"' + hashlib.sha256(body).hexdigest().encode() + b'"}':
-                return f"{name}:{no}: hash does not match the line"
-            try:
-                rec = json.loads(line)
-            except ValueError as e:
-                return f"{name}:{no}: not JSON: {e}"
-            if type(rec.get("seq")) is not int or rec["seq"] != seq:
-                return f"{name}:{no}: seq {rec.get('seq')!r}, expected {seq}"
-            if rec.get("prev") != prev:
-                return f"{name}:{no}: prev is not the SHA-256 of the previous line"
-            if no == 1 and rec.get("kind") != ("start" if seq == 0 else "rotate"):
-                return f"{name}:1: a file must begin with start (first file) or rotate"
-            seq, prev = seq + 1, hashlib.sha256(line).hexdigest()
+        with open(os.path.join(log_dir, name), "rb") as f:  # streams: one line in memory
+            for no, line in enumerate(f, 1):
+                if not line.endswith(b"\n"):
+                    return f"{name}:{no}: torn final line (no newline)"
+                line = line[:-1]
+                if line[-75:] != b',"hash":"' + hashlib.sha256(line[:-75]).hexdigest().encode() + b'"}':
+                    return f"{name}:{no}: hash does not match the line"
+                try:
+                    rec = json.loads(line)
+                except ValueError as e:
+                    return f"{name}:{no}: not JSON: {e}"
+                if type(rec.get("seq")) is not int or rec["seq"] != seq:
+                    return f"{name}:{no}: seq {rec.get('seq')!r}, expected {seq}"
+                if rec.get("prev") != prev:
+                    return f"{name}:{no}: prev is not the SHA-256 of the previous line"
+                if no == 1 and rec.get("kind") != ("start" if seq == 0 else "rotate"):
+                    return f"{name}:1: a file must begin with start (first file) or rotate"
+                seq, prev = seq + 1, hashlib.sha256(line).hexdigest()
     return None if seq else "no records"
 
 bad = 0
