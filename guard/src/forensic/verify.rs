@@ -227,6 +227,8 @@ struct Fields {
     wall: String,
     mono_ns: u64,
     kind: String,
+    // Required even though nullable: a missing key is a schema error, not `null`.
+    #[serde(deserialize_with = "Option::deserialize")]
     container: Option<String>,
     payload: IgnoredAny,
     prev: String,
