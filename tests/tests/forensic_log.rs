@@ -236,7 +236,7 @@ fn sigkill_at_random_moments_never_loses_a_complete_record() {
     let started = Instant::now();
     let mut repair_by_writer = false;
     for iteration in 0..100 {
-        let target = log_bytes(&dir) + rng.below(12_000);
+        let target = log_bytes(&dir) + rng.below(8_000);
         let split = 16 + rng.below(112);
         let mut command = Command::new(env!("CARGO_BIN_EXE_guard-log-writer"));
         command
