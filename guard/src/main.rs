@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cli_exec;
+mod cli_log;
 mod cli_watch;
 
 /// guard: prove that a micro-VM guest's per-container cgroup limits held.
@@ -41,6 +42,8 @@ enum Command {
     ///
     /// Example: `guard watch --cgroup /sys/fs/cgroup/system.slice/docker-abc.scope --events -`
     Watch(cli_watch::WatchArgs),
+    /// Read, follow, verify and repair the hash-chained forensic log (see docs/LOG-FORMAT.md).
+    Log(cli_log::LogArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Probe { json } => probe(json),
         Command::Exec(args) => cli_exec::run(args),
         Command::Watch(args) => cli_watch::run(args),
+        Command::Log(args) => cli_log::run(args),
     };
     match result {
         Ok(code) => code,
