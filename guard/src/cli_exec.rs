@@ -43,6 +43,8 @@ pub struct ExecArgs {
     /// Print the final report as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    log: crate::log_args::LogArgs,
     /// The command and its arguments.
     #[arg(required = true, last = true)]
     command: Vec<String>,
@@ -138,6 +140,7 @@ async fn run_in_cgroup(guard: &Guard, id: &str, args: &ExecArgs) -> anyhow::Resu
         pids_max: args.pids_max,
     };
     guard.watch_limited(id, &args.cgroup, requested)?;
+    let log = args.log.start(guard, serde_json::to_value(requested)?)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let writer = match &args.events {
         Some(path) => {
@@ -181,6 +184,16 @@ async fn run_in_cgroup(guard: &Guard, id: &str, args: &ExecArgs) -> anyhow::Resu
     let elapsed = started.elapsed();
     let report = guard.unwatch(id).await?;
     let global = guard.global_counters().await?;
+    if let Some(log) = log {
+        log.record("report", Some(id), &report).await?;
+        let head = log.close().await?;
+        eprintln!(
+            "guard: forensic log in {}: {} records, head {}",
+            head.file.display(),
+            head.next_seq,
+            head.prev
+        );
+    }
     // Everything is drained now: let the writer finish what is queued.
     let _ = stop.send(());
     if let Some(writer) = writer {

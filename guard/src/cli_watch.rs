@@ -24,6 +24,8 @@ pub struct WatchArgs {
     /// Print the final reports as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    log: crate::log_args::LogArgs,
 }
 
 /// `ID=PATH` or `PATH` (the id is then the directory name).
@@ -78,6 +80,7 @@ async fn watch(args: WatchArgs, targets: Vec<(String, PathBuf)>) -> anyhow::Resu
             guard.tier()
         );
     }
+    let log = args.log.start(&guard, serde_json::Value::Null)?;
     let writer = args.events.as_ref().map(|path| {
         let events = guard.subscribe(65_536);
         tokio::spawn(write_events(events, path.clone()))
@@ -100,6 +103,19 @@ async fn watch(args: WatchArgs, targets: Vec<(String, PathBuf)>) -> anyhow::Resu
     let mut reports = Vec::new();
     for (id, _) in &targets {
         reports.push(guard.unwatch(id).await?);
+    }
+    if let Some(log) = log {
+        for report in &reports {
+            log.record("report", Some(&report.container), report)
+                .await?;
+        }
+        let head = log.close().await?;
+        eprintln!(
+            "guard: forensic log in {}: {} records, head {}",
+            head.file.display(),
+            head.next_seq,
+            head.prev
+        );
     }
     // Dropping the guard closes the event stream: the writer then finishes what is queued.
     drop(guard);

@@ -474,6 +474,18 @@ impl Guard {
     /// A live stream of attributed events. A subscriber that falls more than `capacity` events
     /// behind loses the excess (counted in [`LossReport`]); it never slows the reader.
     pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<GuardEvent> {
+        self.subscribe_counted(capacity).0
+    }
+
+    /// Like [`Guard::subscribe`], with this subscription's own count of dropped events (for a
+    /// consumer that must report its losses in-band, like the forensic log).
+    pub fn subscribe_counted(
+        &self,
+        capacity: usize,
+    ) -> (
+        mpsc::Receiver<GuardEvent>,
+        Arc<std::sync::atomic::AtomicU64>,
+    ) {
         lock(&self.reader_state).subscribe(capacity)
     }
 }

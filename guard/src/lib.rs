@@ -6,6 +6,7 @@
 pub mod capability;
 pub mod cgroup;
 pub mod container_id;
+pub mod event_log;
 pub mod events;
 pub mod file_watch;
 pub mod forensic;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod cli_exec;
 mod cli_log;
 mod cli_watch;
+mod log_args;
 
 /// guard: prove that a micro-VM guest's per-container cgroup limits held.
 ///
@@ -17,7 +18,7 @@ mod cli_watch;
 struct Cli {
     /// Log filter for guard's own diagnostics (RUST_LOG syntax), e.g. `debug` or `guard=trace`.
     #[arg(long, global = true, env = "GUARD_LOG", default_value = "warn")]
-    log: String,
+    log_level: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log)
+            tracing_subscriber::EnvFilter::try_new(&cli.log_level)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)

@@ -2,7 +2,10 @@
 //! to containers, detects losses, and fans events out to subscribers.
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -68,19 +71,30 @@ pub struct ReaderState {
     pub delivered: HashMap<u64, Delivered>,
     pub loss: ReaderLoss,
     last_seq: HashMap<u32, u64>,
-    subscribers: Vec<mpsc::Sender<GuardEvent>>,
+    subscribers: Vec<Subscriber>,
+}
+
+struct Subscriber {
+    sender: mpsc::Sender<GuardEvent>,
+    /// Events this subscriber lost because its buffer was full.
+    dropped: Arc<AtomicU64>,
 }
 
 impl ReaderState {
-    pub fn subscribe(&mut self, capacity: usize) -> mpsc::Receiver<GuardEvent> {
+    /// A new subscription and its own count of dropped events.
+    pub fn subscribe(&mut self, capacity: usize) -> (mpsc::Receiver<GuardEvent>, Arc<AtomicU64>) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
-        self.subscribers.push(sender);
-        receiver
+        let dropped = Arc::new(AtomicU64::new(0));
+        self.subscribers.push(Subscriber {
+            sender,
+            dropped: Arc::clone(&dropped),
+        });
+        (receiver, dropped)
     }
 
     fn absorb(&mut self, records: Vec<Result<KernelEvent, events::DecodeError>>) {
         self.subscribers
-            .retain(|subscriber| !subscriber.is_closed());
+            .retain(|subscriber| !subscriber.sender.is_closed());
         for record in records {
             let event = match record {
                 Ok(event) => event,
@@ -128,7 +142,7 @@ impl ReaderState {
     /// Publishes an event that did not come through the ring buffer (kernel file snapshots).
     pub fn publish_external(&mut self, event: KernelEvent) {
         self.subscribers
-            .retain(|subscriber| !subscriber.is_closed());
+            .retain(|subscriber| !subscriber.sender.is_closed());
         self.publish(event);
     }
 
@@ -143,8 +157,9 @@ impl ReaderState {
         let attributed = GuardEvent { container, event };
         for subscriber in &self.subscribers {
             // A slow subscriber never blocks the reader: it loses events, counted.
-            if subscriber.try_send(attributed.clone()).is_err() {
+            if subscriber.sender.try_send(attributed.clone()).is_err() {
                 self.loss.subscriber_drops += 1;
+                subscriber.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -16,7 +16,7 @@ use xtask::vm::Completed;
 /// it), then `guard exec --json`'s report.
 const SCENARIOS: &str = r#"
 watch() { name=$1; shift; guard exec --cgroup /sys/fs/cgroup/$name --json --events /results/$name.events "$@" > /results/$name.out 2> /results/$name.err; }
-watch pids --pids-max 64 -- guard-stress hold 200
+watch pids --pids-max 64 --log /results/pids-log -- guard-stress hold 200
 watch pids-unlimited -- guard-stress hold 200
 watch memory --memory-max 16777216 -- guard-stress alloc 100
 watch memory-unprobed --memory-max 16777216 --max-tier 0 -- guard-stress alloc 100
@@ -107,6 +107,28 @@ fn scenario(done: &Completed, name: &str) -> Scenario {
     }
 }
 
+/// Writes the log files the guest left under /results/<name>/ into a host folder.
+fn unpack_log(done: &Completed, name: &str, kernel: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "guard-guest-{name}-{kernel}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = format!("{name}/");
+    for (path, bytes) in &done.files {
+        if let Some(file) = path.strip_prefix(&prefix) {
+            std::fs::write(dir.join(file), bytes).unwrap();
+        }
+    }
+    assert!(
+        dir.join("guard-000000.jsonl").is_file(),
+        "no log in {:?}",
+        done.files.keys()
+    );
+    dir
+}
+
 fn pids_bomb_is_denied_and_reconciled(kernel: &'static str) {
     let Some(done) = results(kernel) else { return };
     let bomb = scenario(done, "pids");
@@ -126,6 +148,28 @@ fn pids_bomb_is_denied_and_reconciled(kernel: &'static str) {
             .all(|e| e["detail"]["cause"] == "pids_max" && e["container"] == "pids")
     );
     assert_eq!(bomb.verdict("pids"), "enforced");
+
+    // The guest's forensic log comes back verifiable by the independent verifier, and holds
+    // every denial the counters saw.
+    let log = unpack_log(done, "pids-log", kernel);
+    let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/verify_log.py");
+    let status = std::process::Command::new("python3")
+        .arg(verifier)
+        .arg(&log)
+        .status()
+        .expect("python3 runs");
+    assert!(status.success(), "the guest's log must verify");
+    let logged = std::fs::read_to_string(log.join("guard-000000.jsonl")).unwrap();
+    let logged_denials = logged
+        .lines()
+        .filter(|line| line.contains(r#""kind":"fork_denied""#))
+        .count();
+    assert_eq!(logged_denials as u64, denied);
+    assert!(
+        logged
+            .lines()
+            .any(|line| line.contains(r#""kind":"report""#))
+    );
 
     // Two-sided: without pids.max the same bomb is never denied and nothing is "enforced".
     let unlimited = scenario(done, "pids-unlimited");

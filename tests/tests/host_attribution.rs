@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use guard::{EventDetail, Guard, GuardOptions, StreamOptions, events::Cause};
+use guard::{
+    EventDetail, Guard, GuardOptions, StreamOptions, event_log::EventLog, events::Cause,
+    forensic::LogOptions,
+};
 use guard_tests::host::{TestCgroup, move_to_cgroup, root_or_skip, run_stress, tally};
 
 const STRESS: &str = env!("CARGO_BIN_EXE_guard-stress");
@@ -134,6 +137,15 @@ async fn forced_overflow_is_accounted_exactly_and_in_band() {
     let guard = Guard::start(options).await.unwrap();
     guard.watch("overflow", &cgroup.path).unwrap();
     let mut events = guard.subscribe(100_000);
+    let log_dir = std::env::temp_dir().join(format!("guard-overflow-log-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&log_dir);
+    let log = EventLog::start(
+        &guard,
+        &log_dir,
+        LogOptions::default(),
+        serde_json::Value::Null,
+    )
+    .unwrap();
 
     run_stress(STRESS, Some(&cgroup.path), &["fork", "3000"]);
 
@@ -163,6 +175,26 @@ async fn forced_overflow_is_accounted_exactly_and_in_band() {
     }
     assert_eq!(in_band_forks, counters.delivered.forks);
     assert_eq!(in_band_lost, lost, "every loss must appear in-band");
+
+    // The forensic log holds the same: every delivered fork, and the losses as `lost` records.
+    log.close().await.unwrap();
+    let report = guard::forensic::verify(&log_dir).unwrap();
+    assert!(
+        report.problem.is_none() && report.torn_tail.is_none(),
+        "{report:?}"
+    );
+    let (mut logged_forks, mut logged_lost) = (0, 0);
+    for entry in guard::forensic::LogReader::open(&log_dir).unwrap() {
+        let entry = entry.unwrap();
+        match entry.record.kind.as_str() {
+            "fork" => logged_forks += 1,
+            "lost" => logged_lost += entry.record.payload["count"].as_u64().unwrap(),
+            _ => {}
+        }
+    }
+    assert_eq!(logged_forks, counters.delivered.forks);
+    assert_eq!(logged_lost, lost);
+    std::fs::remove_dir_all(&log_dir).unwrap();
     // The per-CPU sequence gaps see the same losses, except those after a CPU's last delivered
     // record.
     assert!(loss.reader.sequence_gaps <= lost, "{loss:?}");

@@ -1,0 +1,40 @@
+//! The `--log DIR` / `--fsync` options shared by the commands that write a forensic log.
+use std::path::PathBuf;
+
+use anyhow::Context;
+use guard::{
+    Guard,
+    event_log::EventLog,
+    forensic::{FsyncPolicy, LogOptions},
+};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Write the hash-chained forensic log (every event, the limits, the final report) into
+    /// this directory; keep it outside every container's root filesystem.
+    #[arg(long = "log", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// When the log reaches the disk: `always` (every record), `interval=<ms>`, or `never`.
+    #[arg(long, value_name = "POLICY", default_value = "interval=100")]
+    pub fsync: FsyncPolicy,
+}
+
+impl LogArgs {
+    /// Starts the log if one was asked for.
+    pub fn start(
+        &self,
+        guard: &Guard,
+        limits: serde_json::Value,
+    ) -> anyhow::Result<Option<EventLog>> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let options = LogOptions {
+            fsync: self.fsync,
+            ..LogOptions::default()
+        };
+        EventLog::start(guard, dir, options, limits)
+            .map(Some)
+            .with_context(|| format!("starting the forensic log in {}", dir.display()))
+    }
+}
