@@ -8,8 +8,11 @@ pub mod cgroup;
 pub mod container_id;
 pub mod events;
 mod guard;
+pub mod limits;
 pub mod probes;
 pub mod reader;
+pub mod runtime;
+pub mod spec;
 pub mod tracefs;
 
 pub use capability::{CapabilityReport, Tier};

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cli_run;
 mod cli_watch;
 
 /// guard: prove that a micro-VM guest's per-container cgroup limits held.
@@ -34,6 +35,11 @@ enum Command {
     ///
     /// Example: `guard watch --cgroup /sys/fs/cgroup/unified/demo -- sh -c 'for i in 1 2 3; do true; done'`
     Watch(cli_watch::WatchArgs),
+    /// Run one guarded container to completion (libcontainer): limits at /guard/<id>, events
+    /// streamed to stderr, a report at the end.
+    ///
+    /// Example: `guard run --memory 64M --pids 128 --rootfs /tmp/rootfs -- sh -c 'echo hi'`
+    Run(cli_run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Probe { json } => probe(json),
         Command::Watch(args) => cli_watch::run(args),
+        Command::Run(args) => cli_run::run(args),
     };
     match result {
         Ok(code) => code,
