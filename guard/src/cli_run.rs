@@ -315,10 +315,13 @@ async fn run_guarded(
     } else {
         print_human(&report);
     }
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(code) => ExitCode::from(code.clamp(1, 255) as u8),
-        None => ExitCode::from(128 + 9),
+    // The shell convention: the container's exit code, or 128 + the signal that ended it.
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(0), _) => ExitCode::SUCCESS,
+        (Some(code), _) => ExitCode::from(code.clamp(1, 255) as u8),
+        (None, Some(signal)) => ExitCode::from((128 + signal).clamp(1, 255) as u8),
+        (None, None) => ExitCode::FAILURE,
     })
 }
 
