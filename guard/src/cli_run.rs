@@ -11,8 +11,9 @@ use std::{
 
 use anyhow::{Context, bail};
 use guard::{
-    ContainerCounters, Guard, GuardOptions, LossReport, Tier,
+    Guard, GuardOptions, Tier,
     limits::{LimitRequest, Limits, MemInfo, MemorySetting, PidsSetting, SwapSetting},
+    report::{Report as GuardReport, RequestedLimits},
     runtime::{
         Container, Created, LimitsApplied, Removed, Runtime, RuntimeOptions, Source, Timings,
         oom_score,
@@ -60,7 +61,8 @@ pub struct RunArgs {
     /// Also write the JSON report to this file.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Write the container init's pid (as the guest sees it) here once it is started.
+    /// Write the container init's pid (as the guest sees it) here once it is started and the
+    /// `--exec` commands have finished.
     #[arg(long)]
     pid_file: Option<PathBuf>,
     /// Do not stream events to stderr.
@@ -69,6 +71,10 @@ pub struct RunArgs {
     /// Use libcontainer's no-pivot mode (for roots that cannot be pivot_root'ed).
     #[arg(long)]
     no_pivot: bool,
+    /// After the start, run this shell command inside the container (`exec` into it, as
+    /// `sh -c`) and wait for it; repeatable, in order. Exit codes go into the report.
+    #[arg(long = "exec", value_name = "SHELL_CMD")]
+    exec: Vec<String>,
     /// Tests only: leave cgroupsPath out of the spec (the runtime picks its own cgroup).
     #[arg(long, hide = true)]
     omit_cgroups_path: bool,
@@ -131,118 +137,117 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// Everything `guard run` reports about one container.
 #[derive(Serialize)]
 struct Report {
-    container: String,
-    tier: Tier,
     exit_code: Option<i32>,
     exit_signal: Option<i32>,
     limits_requested: LimitRequest,
     limits_resolved: Limits,
+    /// What the kernel held right after creation (the runtime's read-back).
     limits_applied: LimitsApplied,
-    counters: ContainerCounters,
+    /// The guard's reconciled report, taken after the container exited, before deletion.
+    guard: GuardReport,
     /// memory.events, memory.events.local, pids.events read just before the cgroup went.
-    kernel_events: guard::cgroup::EventFiles,
-    loss: LossReport,
+    final_kernel_events: guard::cgroup::EventFiles,
     /// The agent's (this process's) oom_score_adj right after the container started.
     agent_oom_score_adj_after_start: i32,
+    /// Commands exec'd into the container (`--exec`).
+    execs: Vec<Exec>,
+    /// The agent's oom_score_adj after the last exec (None without `--exec`).
+    agent_oom_score_adj_after_execs: Option<i32>,
     timings: Timings,
     wall_ms: u64,
 }
 
-/// The one place the report is put together (to be replaced by the reconciled verdict).
+/// A command exec'd into the running container.
+#[derive(Serialize)]
+struct Exec {
+    command: String,
+    pid: i32,
+    exit_code: Option<i32>,
+}
+
+/// What `supervise` found out.
+struct Supervised {
+    status: ExitStatus,
+    guard_report: GuardReport,
+    agent_score: i32,
+    execs: Vec<Exec>,
+    agent_score_after_execs: Option<i32>,
+}
+
+/// The one place the report is put together.
 #[allow(clippy::too_many_arguments)]
 fn assemble_report(
-    guard: &Guard,
     request: LimitRequest,
     limits: Limits,
     applied: LimitsApplied,
-    status: ExitStatus,
-    counters: ContainerCounters,
+    supervised: Supervised,
     removed: Removed,
-    loss: LossReport,
-    agent_score: i32,
     timings: Timings,
     started: Instant,
 ) -> Report {
     use std::os::unix::process::ExitStatusExt;
     Report {
-        container: removed.container.to_string(),
-        tier: guard.tier(),
-        exit_code: status.code(),
-        exit_signal: status.signal(),
+        exit_code: supervised.status.code(),
+        exit_signal: supervised.status.signal(),
         limits_requested: request,
         limits_resolved: limits,
         limits_applied: applied,
-        counters,
-        kernel_events: removed.final_events,
-        loss,
-        agent_oom_score_adj_after_start: agent_score,
+        guard: supervised.guard_report,
+        final_kernel_events: removed.final_events,
+        agent_oom_score_adj_after_start: supervised.agent_score,
+        execs: supervised.execs,
+        agent_oom_score_adj_after_execs: supervised.agent_score_after_execs,
         timings,
         wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     }
 }
 
 fn print_human(report: &Report) {
+    print!("{}", report.guard.to_text());
     let show = |value: Option<u64>| value.map_or("max".to_string(), |v| v.to_string());
     let limit = |value: Option<guard::cgroup::Limit>| {
         value.map_or("absent".to_string(), |limit| limit.to_string())
     };
     let applied = &report.limits_applied;
-    println!(
-        "container {}  (cgroup {} id {}, tier {})",
-        report.container,
-        applied.cgroup.display(),
-        applied.cgroup_id,
-        report.tier as u8
-    );
     match (report.exit_code, report.exit_signal) {
         (Some(code), _) => println!("  exited with code {code}"),
         (_, Some(signal)) => println!("  killed by signal {signal}"),
         _ => println!("  ended"),
     }
     println!(
-        "  memory.max       asked {:>12}  kernel {}",
+        "  at creation: memory.max asked {} kernel {}; memory.swap.max asked {} kernel {}; \
+         pids.max asked {} kernel {}",
         show(report.limits_resolved.memory_max),
-        limit(applied.read_back.memory_max)
-    );
-    println!(
-        "  memory.swap.max  asked {:>12}  kernel {}",
+        limit(applied.read_back.memory_max),
         show(report.limits_resolved.swap_max),
-        limit(applied.read_back.memory_swap_max)
-    );
-    println!(
-        "  pids.max         asked {:>12}  kernel {}",
+        limit(applied.read_back.memory_swap_max),
         show(report.limits_resolved.pids_max),
         limit(applied.read_back.pids_max)
     );
     println!(
-        "  oom_score_adj    container {}  agent after start {}",
+        "  oom_score_adj: container {}, agent after start {}",
         applied.oom_score_adj, report.agent_oom_score_adj_after_start
     );
-    match &report.counters.bpf {
-        Some(bpf) => println!(
-            "  BPF counters     forks {} exits {} fork_denied {} oom_kills {}",
-            bpf.forks, bpf.exits, bpf.fork_denied, bpf.oom_kills
-        ),
-        None => println!("  BPF counters     unavailable at tier 0"),
+    for exec in &report.execs {
+        println!(
+            "  exec {:?} (pid {}): exit code {:?}",
+            exec.command, exec.pid, exec.exit_code
+        );
     }
-    let events = &report.kernel_events;
+    let events = &report.final_kernel_events;
     let line = |name: &str, counts: &Option<guard::cgroup::KeyedCounts>| match counts {
         Some(counts) => {
             let pairs: Vec<String> = counts.0.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            println!("  {name:<20} {}", pairs.join(", "));
+            println!("  final {name:<20} {}", pairs.join(", "));
         }
-        None => println!("  {name:<20} absent"),
+        None => println!("  final {name:<20} absent"),
     };
     line("memory.events", &events.memory_events);
     line("memory.events.local", &events.memory_events_local);
     line("pids.events", &events.pids_events);
-    println!(
-        "  events lost      kernel {:?} reader {:?}",
-        report.loss.kernel_reserve_failures, report.loss.reader
-    );
     let t = report.timings;
     println!(
-        "  times            create {} µs, start {} µs, delete {} µs, wall {} ms",
+        "  times: create {} µs, start {} µs, delete {} µs, wall {} ms",
         t.create_us, t.start_us, t.delete_us, report.wall_ms
     );
 }
@@ -287,22 +292,18 @@ async fn run_guarded(
     if !args.quiet {
         eprintln!("{}", serde_json::to_string(&applied)?);
     }
-    let result = supervise(&guard, &mut container, &args).await;
+    let result = supervise(&guard, &mut container, &limits, &args).await;
     // Whatever happened, remove the container (snapshotting its event files first).
     let removed = container.delete();
-    let (status, counters, agent_score) = result?;
+    let supervised = result?;
+    let status = supervised.status;
     let removed = removed.with_context(|| format!("deleting container {id}"))?;
-    let loss = guard.loss().await?;
     let report = assemble_report(
-        &guard,
         request,
         limits,
         applied,
-        status,
-        counters,
+        supervised,
         removed,
-        loss,
-        agent_score,
         container.timings(),
         started,
     );
@@ -325,16 +326,21 @@ async fn run_guarded(
     })
 }
 
-/// Watch, start, wait: returns the exit status, the final counters and the agent's score
-/// right after the start.
+/// Watch, start, wait: returns the exit status, the guard's report (taken before the cgroup
+/// is deleted) and the agent's score right after the start.
 async fn supervise(
     guard: &Guard,
     container: &mut Container,
+    limits: &Limits,
     args: &RunArgs,
-) -> anyhow::Result<(ExitStatus, ContainerCounters, i32)> {
+) -> anyhow::Result<Supervised> {
     let id = container.id().to_string();
+    let requested = RequestedLimits {
+        memory_max: limits.memory_max,
+        pids_max: limits.pids_max,
+    };
     guard
-        .watch(&id, container.cgroup())
+        .watch_limited(&id, container.cgroup(), requested)
         .with_context(|| format!("watching {}", container.cgroup().display()))?;
     let printer = (!args.quiet).then(|| {
         let mut events = guard.subscribe(4096);
@@ -348,15 +354,41 @@ async fn supervise(
     });
     container.start()?;
     let agent_score = oom_score::own_oom_score_adj()?;
+    let mut execs = Vec::new();
+    for command in &args.exec {
+        let mut env = vec![guard::spec::DEFAULT_PATH.to_string()];
+        env.extend(args.env.iter().cloned());
+        let pid = container
+            .exec(&["sh".to_string(), "-c".to_string(), command.clone()], &env)
+            .with_context(|| format!("exec {command:?} into {id}"))?;
+        let status = tokio::task::spawn_blocking(move || guard::runtime::wait_pid(pid)).await??;
+        execs.push(Exec {
+            command: command.clone(),
+            pid,
+            exit_code: status.code(),
+        });
+    }
+    let agent_score_after_execs = if execs.is_empty() {
+        None
+    } else {
+        Some(oom_score::own_oom_score_adj()?)
+    };
+    // Written last, so whoever waits for it can rely on the start and the execs being done.
     if let Some(path) = &args.pid_file {
         std::fs::write(path, container.init_pid().to_string())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let pid = container.init_pid();
     let status = tokio::task::spawn_blocking(move || guard::runtime::wait_pid(pid)).await??;
-    let counters = guard.unwatch(&id).await?;
+    let guard_report = guard.unwatch(&id).await?;
     if let Some(printer) = printer {
         printer.abort();
     }
-    Ok((status, counters, agent_score))
+    Ok(Supervised {
+        status,
+        guard_report,
+        agent_score,
+        execs,
+        agent_score_after_execs,
+    })
 }

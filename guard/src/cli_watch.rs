@@ -1,153 +1,149 @@
-//! `guard watch`: run a command in a fresh cgroup under the guard's eye.
-use std::{
-    os::unix::process::CommandExt,
-    path::PathBuf,
-    process::{Command, ExitCode},
-    time::Instant,
-};
+//! `guard watch`: attach to existing cgroups, stream their events, print their reports when
+//! stopped (Ctrl-C, SIGTERM or --duration).
+use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, bail};
+use guard::{Guard, GuardEvent, GuardOptions, StreamOptions};
+use tokio::sync::mpsc::Receiver;
 
 #[derive(clap::Args)]
 pub struct WatchArgs {
-    /// Cgroup directory to create (must not exist) inside the cgroup v2 hierarchy.
-    #[arg(long)]
-    cgroup: PathBuf,
-    /// Container id to report under (default: the cgroup's directory name).
-    #[arg(long)]
-    id: Option<String>,
-    /// Print each event as a JSON line as it arrives.
-    #[arg(long)]
-    events: bool,
-    /// Print the final counters as JSON.
+    /// An existing cgroup v2 directory to watch; repeat for several. Its id is the directory
+    /// name unless given as ID=PATH.
+    #[arg(long = "cgroup", value_name = "[ID=]PATH", required = true)]
+    cgroups: Vec<String>,
+    /// Stop after this many seconds instead of waiting for Ctrl-C.
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Write each event as a JSON line to FILE ("-" for standard output).
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
+    /// Individual events per container per CPU per second (0 = unbounded; counters stay exact).
+    #[arg(long, default_value_t = StreamOptions::default().max_events_per_sec)]
+    max_events_per_sec: u32,
+    /// Print the final reports as JSON.
     #[arg(long)]
     json: bool,
-    /// The command and its arguments.
-    #[arg(required = true, last = true)]
-    command: Vec<String>,
+}
+
+/// `ID=PATH` or `PATH` (the id is then the directory name).
+fn parse_target(text: &str) -> anyhow::Result<(String, PathBuf)> {
+    if let Some((id, path)) = text.split_once('=') {
+        return Ok((id.to_string(), PathBuf::from(path)));
+    }
+    let path = PathBuf::from(text);
+    let id = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .with_context(|| format!("{text}: no directory name to use as the id; give ID=PATH"))?
+        .to_string();
+    Ok((id, path))
 }
 
 pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    let targets = args
+        .cgroups
+        .iter()
+        .map(|text| parse_target(text))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(duration) = args.duration
+        && !(duration.is_finite() && duration > 0.0)
+    {
+        bail!("--duration must be a positive number of seconds, got {duration}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(watch(args))
+    runtime.block_on(watch(args, targets))
 }
 
-async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let id = match &args.id {
-        Some(id) => id.clone(),
-        None => args
-            .cgroup
-            .file_name()
-            .and_then(|name| name.to_str())
-            .with_context(|| format!("{} has no usable directory name", args.cgroup.display()))?
-            .to_string(),
+async fn watch(args: WatchArgs, targets: Vec<(String, PathBuf)>) -> anyhow::Result<ExitCode> {
+    let options = GuardOptions {
+        stream: StreamOptions {
+            max_events_per_sec: args.max_events_per_sec,
+            ..StreamOptions::default()
+        },
+        ..GuardOptions::default()
     };
-    if args.cgroup.exists() {
-        bail!(
-            "{} already exists: give a fresh cgroup path",
-            args.cgroup.display()
-        );
-    }
-    let guard = guard::Guard::start(guard::GuardOptions::default()).await?;
-    std::fs::create_dir(&args.cgroup)
-        .with_context(|| format!("creating cgroup {}", args.cgroup.display()))?;
-    let result = run_in_cgroup(&guard, &id, &args).await;
-    // Leave no cgroup behind, whatever happened (it is empty once the command has exited).
-    if let Err(error) = std::fs::remove_dir(&args.cgroup) {
+    let guard = Guard::start(options).await?;
+    for (id, path) in &targets {
+        guard
+            .watch(id, path)
+            .with_context(|| format!("watching {id} at {}", path.display()))?;
         eprintln!(
-            "guard: warning: removing {}: {error}",
-            args.cgroup.display()
-        );
-    }
-    result
-}
-
-async fn run_in_cgroup(
-    guard: &guard::Guard,
-    id: &str,
-    args: &WatchArgs,
-) -> anyhow::Result<ExitCode> {
-    guard.watch(id, &args.cgroup)?;
-    let mut events = guard.subscribe(4096);
-    let printer = args.events.then(|| {
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                if let Ok(line) = serde_json::to_string(&event) {
-                    println!("{line}");
-                }
-            }
-        })
-    });
-    let procs = args.cgroup.join("cgroup.procs");
-    let started = Instant::now();
-    let mut command = Command::new(&args.command[0]);
-    command.args(&args.command[1..]);
-    // Join the cgroup between fork and exec so the command's first instruction is inside.
-    // SAFETY: the closure only calls async-signal-safe functions (open/write/close via libc).
-    unsafe {
-        let procs_c = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes())?;
-        command.pre_exec(move || join_cgroup(&procs_c));
-    }
-    let status = tokio::task::spawn_blocking(move || command.status())
-        .await?
-        .with_context(|| format!("running {:?}", args.command))?;
-    let elapsed = started.elapsed();
-    let counters = guard.unwatch(id).await?;
-    let loss = guard.loss().await?;
-    if let Some(printer) = printer {
-        printer.abort();
-    }
-    if args.json {
-        let report = serde_json::json!({
-            "tier": guard.tier(),
-            "exit_status": status.code(),
-            "elapsed_ms": elapsed.as_millis() as u64,
-            "counters": counters,
-            "loss": loss,
-        });
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "container {id}  (cgroup id {}, tier {})",
-            counters.cgroup_id,
+            "guard: watching {id} ({}), tier {}",
+            path.display(),
             guard.tier()
         );
-        println!("  command exited: {status} after {:.2?}", elapsed);
-        match counters.bpf {
-            Some(bpf) => println!("  forks (BPF counter)      {}", bpf.forks),
-            None => println!("  forks (BPF counter)      unavailable at tier 0"),
-        }
-        println!("  fork events delivered    {}", counters.delivered.forks);
-        println!(
-            "  events lost              {:?} / reader {:?}",
-            loss.kernel_reserve_failures, loss.reader
-        );
     }
-    Ok(if status.success() {
-        ExitCode::SUCCESS
+    let writer = args.events.as_ref().map(|path| {
+        let events = guard.subscribe(65_536);
+        tokio::spawn(write_events(events, path.clone()))
+    });
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
+    let deadline = async {
+        match args.duration {
+            Some(seconds) => tokio::time::sleep(Duration::from_secs_f64(seconds)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => eprintln!("guard: interrupted, reporting"),
+        _ = terminate.recv() => eprintln!("guard: terminated, reporting"),
+        _ = deadline => {}
+    }
+
+    let mut reports = Vec::new();
+    for (id, _) in &targets {
+        reports.push(guard.unwatch(id).await?);
+    }
+    // Dropping the guard closes the event stream: the writer then finishes what is queued.
+    drop(guard);
+    if let Some(writer) = writer {
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
-        ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8)
-    })
+        for report in &reports {
+            print!("{}", report.to_text());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Writes "0" (this process) to cgroup.procs. Runs between fork and exec: no allocation.
-fn join_cgroup(procs: &std::ffi::CStr) -> std::io::Result<()> {
-    // SAFETY: plain syscalls on a valid NUL-terminated path and a static buffer.
-    unsafe {
-        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
+async fn write_events(mut events: Receiver<GuardEvent>, path: PathBuf) {
+    let mut out: Box<dyn std::io::Write + Send> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        match std::fs::File::create(&path) {
+            Ok(file) => Box::new(std::io::BufWriter::new(file)),
+            Err(error) => {
+                eprintln!("guard: creating events file {}: {error}", path.display());
+                return;
+            }
         }
-        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-        let error = std::io::Error::last_os_error();
-        libc::close(fd);
-        if written != 1 {
-            return Err(error);
+    };
+    while let Some(event) = events.recv().await {
+        let written = serde_json::to_string(&event)
+            .map_err(std::io::Error::other)
+            .and_then(|line| writeln!(out, "{line}"))
+            // Flush when caught up: one write per burst, not per event.
+            .and_then(|()| {
+                if events.is_empty() {
+                    out.flush()
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(error) = written {
+            eprintln!("guard: writing events to {}: {error}", path.display());
+            return;
         }
     }
-    Ok(())
+    let _ = out.flush();
 }

@@ -65,6 +65,11 @@ pub enum EventDetail {
         suppressed: u64,
         window_ns: u64,
     },
+    /// A kernel event file of the container changed (inotify): its new counts.
+    KernelFile {
+        file: &'static str,
+        counts: crate::cgroup::KeyedCounts,
+    },
     /// Records of one kind the programs could not deliver (ring buffer full). Made by the reader
     /// from the kernel's loss counters, so loss is in-band.
     Lost {
@@ -90,6 +95,7 @@ impl EventDetail {
             EventDetail::OomVictim { .. } => EventKind::OomVictim.name(),
             EventDetail::Reclaim { .. } => EventKind::Reclaim.name(),
             EventDetail::Throttle { .. } => EventKind::Throttle.name(),
+            EventDetail::KernelFile { .. } => "kernel_file",
             EventDetail::Lost { .. } => "lost",
         }
     }

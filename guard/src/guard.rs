@@ -14,11 +14,14 @@ use tracing::{info, warn};
 
 use crate::{
     capability::{CapabilityReport, Tier},
-    cgroup::{CgroupError, CgroupIdentity, Hierarchy},
+    cgroup::{CgroupError, CgroupIdentity, EventFiles, Hierarchy, read_limits},
     container_id::{ContainerId, ContainerIdError},
     events::GuardEvent,
+    file_watch::FileWatcher,
     probes::{ProbeError, Probes, StreamOptions},
     reader::{self, Delivered, DrainRequest, ReaderLoss, ReaderState},
+    reconcile::{Evidence, reconcile},
+    report::{Report, RequestedLimits},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,8 @@ pub enum GuardError {
     NotWatched { id: String },
     #[error("all {MAX_CONTAINERS} container slots are in use")]
     SlotsExhausted,
+    #[error(transparent)]
+    FileWatch(#[from] crate::file_watch::FileWatchError),
     #[error("the event reader has stopped")]
     ReaderStopped,
 }
@@ -129,6 +134,9 @@ struct Watched {
     cgroup: PathBuf,
     identity: CgroupIdentity,
     slot: u32,
+    requested: RequestedLimits,
+    /// The kernel's event counters when watching began: reports count from here.
+    baseline: EventFiles,
 }
 
 #[derive(Default)]
@@ -166,6 +174,7 @@ pub struct Guard {
     registry: Mutex<Registry>,
     reader_state: Arc<Mutex<ReaderState>>,
     drain_requests: Option<mpsc::Sender<DrainRequest>>,
+    file_watcher: FileWatcher,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -213,6 +222,8 @@ impl Guard {
         } else {
             None
         };
+        let (file_watcher, file_task) = FileWatcher::start(Arc::clone(&reader_state))?;
+        tasks.push(file_task);
         info!(%tier, kernel = %capabilities.kernel_release, "guard started");
         Ok(Self {
             hierarchy,
@@ -222,6 +233,7 @@ impl Guard {
             registry: Mutex::new(Registry::default()),
             reader_state,
             drain_requests,
+            file_watcher,
             tasks,
         })
     }
@@ -236,12 +248,24 @@ impl Guard {
 
     /// Starts attributing everything that happens in `cgroup` (and its sub-cgroups) to `id`.
     pub fn watch(&self, id: &str, cgroup: impl AsRef<Path>) -> Result<(), GuardError> {
+        self.watch_limited(id, cgroup, RequestedLimits::default())
+    }
+
+    /// Like [`Guard::watch`], remembering the limits the agent asked for: the report then checks
+    /// the kernel holds exactly those.
+    pub fn watch_limited(
+        &self,
+        id: &str,
+        cgroup: impl AsRef<Path>,
+        requested: RequestedLimits,
+    ) -> Result<(), GuardError> {
         let id = ContainerId::parse(id)?;
         let cgroup = cgroup.as_ref();
         let hierarchy = self.hierarchy.as_ref().ok_or(CgroupError::NotMounted {
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
         })?;
         let identity = hierarchy.identify(cgroup)?;
+        let baseline = EventFiles::read(cgroup)?;
         let mut registry = lock(&self.registry);
         if let Some(existing) = registry.by_id.get(&id) {
             return Err(GuardError::AlreadyWatched {
@@ -280,18 +304,22 @@ impl Guard {
                 cgroup: cgroup.to_path_buf(),
                 identity,
                 slot,
+                requested,
+                baseline,
             },
         );
         if let Some(probes) = &self.probes {
             lock(probes).set_watched_levels(registry.watched_levels())?;
         }
+        self.file_watcher.add(identity.id, cgroup)?;
         info!(container = %id, cgroup = %cgroup.display(), cgroup_id = identity.id, level = identity.level, slot, "watching");
         Ok(())
     }
 
-    /// Stops watching `id`, returning its final counters (read after a full drain).
-    pub async fn unwatch(&self, id: &str) -> Result<ContainerCounters, GuardError> {
-        let counters = self.counters(id).await?;
+    /// Stops watching `id`, returning its final report (read after a full drain). Call it
+    /// before the cgroup is removed: removal erases the kernel's event files.
+    pub async fn unwatch(&self, id: &str) -> Result<Report, GuardError> {
+        let report = self.report(id).await?;
         let id = ContainerId::parse(id)?;
         let mut registry = lock(&self.registry);
         let watched = registry
@@ -304,10 +332,53 @@ impl Guard {
             probes.set_watched_levels(registry.watched_levels())?;
         }
         registry.free_slots.insert(watched.slot);
+        self.file_watcher.remove(watched.identity.id);
         let mut state = lock(&self.reader_state);
         state.names.remove(&watched.identity.id);
         state.delivered.remove(&watched.identity.id);
-        Ok(counters)
+        Ok(report)
+    }
+
+    /// The container's report now: limits read back, counters, the kernel's event files since
+    /// watching began, and the reconciled verdict.
+    pub async fn report(&self, id: &str) -> Result<Report, GuardError> {
+        let counters = self.counters(id).await?;
+        let loss = self.loss().await?;
+        let (cgroup, requested, baseline) = {
+            let registry = lock(&self.registry);
+            let watched = registry
+                .by_id
+                .get(&ContainerId::parse(id)?)
+                .ok_or_else(|| GuardError::NotWatched { id: id.to_string() })?;
+            (
+                watched.cgroup.clone(),
+                watched.requested,
+                watched.baseline.clone(),
+            )
+        };
+        let applied = read_limits(&cgroup)?;
+        let kernel_since_watch = EventFiles::read(&cgroup)?.since(&baseline);
+        let reconciliation = reconcile(&Evidence {
+            tier: self.tier,
+            requested_memory_max: requested.memory_max,
+            requested_pids_max: requested.pids_max,
+            applied: &applied,
+            kernel: &kernel_since_watch,
+            bpf: counters.bpf.as_ref(),
+            events_lost: loss.kernel_reserve_failures.values().sum(),
+        });
+        Ok(Report {
+            container: counters.container.clone(),
+            cgroup,
+            cgroup_id: counters.cgroup_id,
+            tier: self.tier,
+            requested,
+            applied,
+            counters,
+            kernel_since_watch,
+            loss,
+            reconciliation,
+        })
     }
 
     /// Waits until the reader has consumed every record the kernel produced so far.

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cli_exec;
 mod cli_run;
 mod cli_watch;
 
@@ -31,9 +32,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a command in a fresh cgroup, watched: streams its events and prints its counters.
+    /// Run a command in a fresh cgroup (optionally with pids.max / memory.max), watched; print
+    /// its reconciled report when it exits.
     ///
-    /// Example: `guard watch --cgroup /sys/fs/cgroup/unified/demo -- sh -c 'for i in 1 2 3; do true; done'`
+    /// Example: `guard exec --cgroup /sys/fs/cgroup/demo --pids-max 64 -- sh -c 'for i in 1 2 3; do true; done'`
+    Exec(cli_exec::ExecArgs),
+    /// Watch existing cgroups (any cgroup v2 host: beside Docker, systemd or Kubernetes):
+    /// stream their events and print their reports on Ctrl-C (or after --duration).
+    ///
+    /// Example: `guard watch --cgroup /sys/fs/cgroup/system.slice/docker-abc.scope --events -`
     Watch(cli_watch::WatchArgs),
     /// Run one guarded container to completion (libcontainer): limits at /guard/<id>, events
     /// streamed to stderr, a report at the end.
@@ -53,6 +60,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Probe { json } => probe(json),
+        Command::Exec(args) => cli_exec::run(args),
         Command::Watch(args) => cli_watch::run(args),
         Command::Run(args) => cli_run::run(args),
     };

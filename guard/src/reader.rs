@@ -41,7 +41,7 @@ impl Delivered {
                 self.throttle_records += 1;
                 self.suppressed += suppressed;
             }
-            EventDetail::Lost { .. } => {}
+            EventDetail::KernelFile { .. } | EventDetail::Lost { .. } => {}
         }
     }
 }
@@ -123,6 +123,13 @@ impl ReaderState {
                 },
             });
         }
+    }
+
+    /// Publishes an event that did not come through the ring buffer (kernel file snapshots).
+    pub fn publish_external(&mut self, event: KernelEvent) {
+        self.subscribers
+            .retain(|subscriber| !subscriber.is_closed());
+        self.publish(event);
     }
 
     fn publish(&mut self, event: KernelEvent) {

@@ -280,7 +280,9 @@ fn lifecycle_and_concurrency(kernel: &str) {
         echo "after-stop cgroup=$(test -e /sys/fs/cgroup/guard/r1 && echo left || echo gone) state=$(ls /run/guard/containers | wc -l)"
         mv /results/r1.json /results/r1-first.json
         rm -f /tmp/r1.pid
-        start r1 --memory 24M --pids 40
+        # Restarted, with a command exec'd into it (libcontainer's tenant path rewrites the
+        # caller's score too).
+        start r1 --memory 24M --pids 40 --exec 'echo "exec cgroup=$(cat /proc/self/cgroup) score=$(cat /proc/self/oom_score_adj) pids.max=$(cat /sys/fs/cgroup/pids.max)"'
         echo "r1 again=$(cat /sys/fs/cgroup/guard/r1/pids.max)"
         release r1
         echo "after-restart cgroup=$(test -e /sys/fs/cgroup/guard/r1 && echo left || echo gone) state=$(ls /run/guard/containers | wc -l)"
@@ -304,6 +306,18 @@ fn lifecycle_and_concurrency(kernel: &str) {
     let first = file(&done, "r1-first.json");
     assert!(first.contains(r#""exit_signal": 9"#), "{first}");
     assert!(out.contains("r1 again=40"), "{out}");
+    // The exec'd process: inside the container's cgroup namespace and limits, with the
+    // container's score; the agent is still at -1000 afterwards.
+    let exec = fields(&file(&done, "r1.out"), "exec ");
+    assert_eq!(exec["cgroup"], "0::/");
+    assert_eq!(exec["score"], "0");
+    assert_eq!(exec["pids.max"], "40");
+    let second = file(&done, "r1.json");
+    assert!(second.contains(r#""exit_code": 0"#), "{second}");
+    assert!(
+        second.contains(r#""agent_oom_score_adj_after_execs": -1000"#),
+        "{second}"
+    );
     assert!(out.contains("r1 exit=0"), "{out}");
     assert!(out.contains("after-restart cgroup=gone state=0"), "{out}");
 

@@ -132,3 +132,32 @@ async fn subscribers_see_each_fork_with_its_container() {
     }
     assert_eq!(seen, 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_loses_events_counted_without_slowing_counts() {
+    if !root_or_skip("a_slow_subscriber_loses_events_counted_without_slowing_counts") {
+        return;
+    }
+    let cgroup = TestCgroup::create("slow");
+    let guard = Guard::start(unbounded()).await.unwrap();
+    guard.watch("slow", &cgroup.path).unwrap();
+    // Never read: 10 events fit, the rest are dropped for this subscriber only.
+    let _stalled = guard.subscribe(10);
+    let mut live = guard.subscribe(10_000);
+
+    run_stress(STRESS, Some(&cgroup.path), &["fork", "500"]);
+
+    let counters = guard.counters("slow").await.unwrap();
+    assert_eq!(counters.bpf.unwrap().forks, 500);
+    assert_eq!(counters.delivered.forks, 500);
+    let loss = guard.loss().await.unwrap();
+    assert_eq!(loss.reader.subscriber_drops, 490, "{loss:?}");
+    let mut seen = 0;
+    while live.try_recv().is_ok() {
+        seen += 1;
+    }
+    assert_eq!(
+        seen, 500,
+        "the live subscriber is not held back by the stalled one"
+    );
+}

@@ -37,7 +37,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let cgroup = mount.join(format!("guard-demo-{}", std::process::id()));
     cmd::run(
         Command::new(&guard)
-            .args(["watch", "--id", "demo", "--cgroup"])
+            .args(["exec", "--id", "demo", "--cgroup"])
             .arg(&cgroup)
             .arg("--")
             .arg(&stress)

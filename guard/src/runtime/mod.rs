@@ -306,6 +306,7 @@ impl Runtime {
             cgroup: expected_cgroup,
             bundle,
             init_pid: 0,
+            oom_score_adj: self.options.spec.oom_score_adj,
             timings: Timings {
                 create_us: micros(create_time),
                 ..Default::default()
@@ -466,6 +467,8 @@ pub struct Container {
     cgroup: PathBuf,
     bundle: PathBuf,
     init_pid: i32,
+    /// The score its processes get (exec'd ones included).
+    oom_score_adj: i32,
     timings: Timings,
     deleted: bool,
 }
@@ -512,8 +515,9 @@ impl Container {
         Ok(())
     }
 
-    /// Runs another process in the running container (`exec`). Returns its pid; it is a child
-    /// of the caller, so [`wait_pid`] can reap it.
+    /// Runs another process in the running container (`exec`), with the container's
+    /// `oom_score_adj`. Returns its pid; it is a child of the caller, so [`wait_pid`] can reap
+    /// it.
     pub fn exec(&self, args: &[String], env: &[String]) -> Result<i32, RuntimeError> {
         let env: HashMap<String, String> = env
             .iter()
@@ -528,16 +532,22 @@ impl Container {
             .unwrap_or_default();
         let id = self.id.to_string();
         let args = args.to_vec();
+        let score = self.oom_score_adj;
         let pid = oom_score::preserving_caller(|| {
+            // libcontainer's exec builds a process spec without oomScoreAdj, so the process
+            // would inherit the caller's score (-1000 for an agent: the memcg OOM livelock).
+            // Give the caller the container's score for the clone; preserving_caller restores.
+            oom_score::set_own_oom_score_adj(score)?;
             ContainerBuilder::new(id, SyscallType::default())
-                .with_root_path(state_root)?
+                .with_root_path(state_root)
+                .map_err(youki_error("exec into", &self.id))?
                 .as_tenant()
                 .with_container_args(args)
                 .with_env(env)
                 .with_detach(true)
                 .build()
-        })?
-        .map_err(youki_error("exec into", &self.id))?;
+                .map_err(youki_error("exec into", &self.id))
+        })??;
         Ok(pid.as_raw())
     }
 

@@ -40,9 +40,15 @@ fn read_score(path: &str) -> Result<i32, RuntimeError> {
 
 fn write_own_score(score: i32) -> Result<(), RuntimeError> {
     fs::write(OWN_SCORE, score.to_string()).map_err(|source| RuntimeError::Io {
-        what: format!("restoring {OWN_SCORE} to {score}"),
+        what: format!("writing {score} to {OWN_SCORE}"),
         source,
     })
+}
+
+/// Sets the caller's score, for children to inherit. Only inside [`preserving_caller`], which
+/// puts the caller's own score back.
+pub(crate) fn set_own_oom_score_adj(score: i32) -> Result<(), RuntimeError> {
+    write_own_score(score)
 }
 
 fn dumpable() -> bool {

@@ -136,7 +136,9 @@ fn allocate_and_touch(mib: u64) -> u64 {
             std::ptr::null_mut(),
             bytes,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            // NORESERVE: the kernel's overcommit heuristic refuses a single mapping near the
+            // guest's RAM size up front; a bomb must reach the OOM killer instead.
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
             0,
         );

@@ -1,0 +1,264 @@
+//! Live snapshots of the kernel's own event files (`memory.events`, `pids.events`) via
+//! inotify: the kernel notifies on every change (at most every 10 ms per file), and each
+//! change becomes an in-band `kernel_file` event. At tier 0 this is all the live evidence
+//! there is.
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use tokio::io::unix::AsyncFd;
+use tracing::{debug, warn};
+
+use crate::{
+    cgroup::KeyedCounts,
+    events::{EventDetail, KernelEvent},
+    reader::ReaderState,
+};
+
+/// The files whose changes are streamed.
+pub const WATCHED_FILES: [&str; 2] = ["memory.events", "pids.events"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileWatchError {
+    #[error("creating an inotify instance: {0}")]
+    Init(std::io::Error),
+    #[error("watching {path} with inotify: {source}")]
+    AddWatch {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+struct Target {
+    cgroup_id: u64,
+    path: PathBuf,
+    file: &'static str,
+}
+
+/// The inotify instance and what each watch descriptor stands for.
+pub struct FileWatcher {
+    fd: Arc<OwnedFd>,
+    targets: Arc<Mutex<HashMap<i32, Target>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl FileWatcher {
+    /// Creates the instance and spawns the task that turns notifications into events.
+    pub fn start(
+        state: Arc<Mutex<ReaderState>>,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), FileWatchError> {
+        // SAFETY: inotify_init1 takes flags only; a non-negative result is a new fd we own.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return Err(FileWatchError::Init(std::io::Error::last_os_error()));
+        }
+        let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+        let targets = Arc::new(Mutex::new(HashMap::new()));
+        let task = tokio::spawn(run(Arc::clone(&fd), Arc::clone(&targets), state));
+        Ok((Self { fd, targets }, task))
+    }
+
+    /// Watches a container's event files (those that exist: a controller may be disabled).
+    pub fn add(&self, cgroup_id: u64, cgroup: &Path) -> Result<(), FileWatchError> {
+        for file in WATCHED_FILES {
+            let path = cgroup.join(file);
+            if !path.exists() {
+                continue;
+            }
+            let error = |source| FileWatchError::AddWatch {
+                path: path.clone(),
+                source,
+            };
+            let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+                .map_err(|_| error(std::io::ErrorKind::InvalidInput.into()))?;
+            // SAFETY: a valid fd and NUL-terminated path.
+            let wd = unsafe {
+                libc::inotify_add_watch(self.fd.as_raw_fd(), c_path.as_ptr(), libc::IN_MODIFY)
+            };
+            if wd < 0 {
+                return Err(error(std::io::Error::last_os_error()));
+            }
+            lock(&self.targets).insert(
+                wd,
+                Target {
+                    cgroup_id,
+                    path,
+                    file,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops watching a container's files.
+    pub fn remove(&self, cgroup_id: u64) {
+        let mut targets = lock(&self.targets);
+        targets.retain(|wd, target| {
+            if target.cgroup_id != cgroup_id {
+                return true;
+            }
+            // SAFETY: a valid fd and a watch descriptor it returned.
+            unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), *wd) };
+            false
+        });
+    }
+}
+
+/// Borrows the shared fd for AsyncFd without taking ownership.
+struct SharedFd(Arc<OwnedFd>);
+
+impl AsRawFd for SharedFd {
+    fn as_raw_fd(&self) -> i32 {
+        self.0.as_raw_fd()
+    }
+}
+
+async fn run(
+    fd: Arc<OwnedFd>,
+    targets: Arc<Mutex<HashMap<i32, Target>>>,
+    state: Arc<Mutex<ReaderState>>,
+) {
+    // SAFETY: the Arc keeps the fd open and unchanged for as long as the AsyncFd lives.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(SharedFd(fd), tokio::io::Interest::READABLE) };
+    let fd = match registered {
+        Ok(fd) => fd,
+        Err(error) => {
+            warn!(%error, "cannot poll inotify; kernel event files are not streamed");
+            return;
+        }
+    };
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let mut ready = match fd.readable().await {
+            Ok(ready) => ready,
+            Err(error) => {
+                warn!(%error, "polling inotify failed; kernel event files are not streamed");
+                return;
+            }
+        };
+        // SAFETY: reading into a live buffer of the given length.
+        let read = unsafe {
+            libc::read(
+                fd.get_ref().as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+            )
+        };
+        if read < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::WouldBlock {
+                ready.clear_ready();
+                continue;
+            }
+            warn!(%error, "reading inotify failed; kernel event files are not streamed");
+            return;
+        }
+        let changed = changed_descriptors(&buffer[..read as usize]);
+        let snapshots: Vec<KernelEvent> = {
+            let targets = lock(&targets);
+            changed
+                .iter()
+                .filter_map(|wd| targets.get(wd))
+                .filter_map(snapshot)
+                .collect()
+        };
+        let mut state = lock(&state);
+        for event in snapshots {
+            state.publish_external(event);
+        }
+    }
+}
+
+/// Watch descriptors of the MODIFY notifications in a buffer of `inotify_event`s, each once.
+fn changed_descriptors(buffer: &[u8]) -> Vec<i32> {
+    const HEADER: usize = size_of::<libc::inotify_event>();
+    let mut changed = Vec::new();
+    let mut offset = 0;
+    while offset + HEADER <= buffer.len() {
+        // SAFETY: bounds checked above; read_unaligned needs no alignment.
+        let event: libc::inotify_event =
+            unsafe { std::ptr::read_unaligned(buffer[offset..].as_ptr().cast()) };
+        if event.mask & libc::IN_MODIFY != 0 && !changed.contains(&event.wd) {
+            changed.push(event.wd);
+        }
+        offset += HEADER + event.len as usize;
+    }
+    changed
+}
+
+fn snapshot(target: &Target) -> Option<KernelEvent> {
+    let text = match std::fs::read_to_string(&target.path) {
+        Ok(text) => text,
+        Err(error) => {
+            debug!(path = %target.path.display(), %error, "event file gone");
+            return None;
+        }
+    };
+    let counts = KeyedCounts::parse(&target.path, &text)
+        .inspect_err(|error| warn!(%error, "unreadable kernel event file"))
+        .ok()?;
+    Some(KernelEvent {
+        cpu: 0,
+        seq: 0,
+        ktime_ns: monotonic_ns(),
+        cgroup_id: target.cgroup_id,
+        detail: EventDetail::KernelFile {
+            file: target.file,
+            counts,
+        },
+    })
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` uses, so events order across sources.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_notifications_once_per_descriptor() {
+        let mut buffer = Vec::new();
+        for (wd, mask, name_len) in [
+            (1, libc::IN_MODIFY, 0u32),
+            (2, libc::IN_IGNORED, 16),
+            (1, libc::IN_MODIFY, 0),
+        ] {
+            let event = libc::inotify_event {
+                wd,
+                mask,
+                cookie: 0,
+                len: name_len,
+            };
+            // SAFETY: viewing a plain C struct as bytes.
+            buffer.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(
+                    (&event as *const libc::inotify_event).cast::<u8>(),
+                    size_of::<libc::inotify_event>(),
+                )
+            });
+            buffer.extend(std::iter::repeat_n(0u8, name_len as usize));
+        }
+        assert_eq!(changed_descriptors(&buffer), vec![1]);
+        // A truncated trailing header is ignored, not read past the end.
+        assert_eq!(changed_descriptors(&buffer[..buffer.len() - 3]), vec![1]);
+    }
+}

@@ -1,0 +1,103 @@
+//! A container's report: what was asked, what the kernel holds, what was counted, and the
+//! reconciled verdict, as JSON (serde) or as text for a terminal.
+use std::{fmt::Write as _, path::PathBuf};
+
+use serde::Serialize;
+
+use crate::{
+    Tier,
+    cgroup::{EventFiles, LimitsReadBack},
+    guard::{ContainerCounters, LossReport},
+    reconcile::Reconciliation,
+};
+
+/// The limits the agent asked for, so the report can say whether the kernel holds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RequestedLimits {
+    pub memory_max: Option<u64>,
+    pub pids_max: Option<u64>,
+}
+
+/// A container's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub container: String,
+    pub cgroup: PathBuf,
+    pub cgroup_id: u64,
+    pub tier: Tier,
+    pub requested: RequestedLimits,
+    pub applied: LimitsReadBack,
+    pub counters: ContainerCounters,
+    /// The kernel's event counters since watching began.
+    pub kernel_since_watch: EventFiles,
+    pub loss: LossReport,
+    #[serde(flatten)]
+    pub reconciliation: Reconciliation,
+}
+
+impl Report {
+    /// A compact human-readable rendering.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let r = &self.reconciliation;
+        let _ = writeln!(
+            out,
+            "container {}  cgroup {} (id {})  tier {}",
+            self.container,
+            self.cgroup.display(),
+            self.cgroup_id,
+            self.tier
+        );
+        let show = |limit: Option<crate::cgroup::Limit>| {
+            limit.map_or("-".to_string(), |limit| limit.to_string())
+        };
+        let _ = writeln!(
+            out,
+            "  limits      memory.max {} (asked {})  memory.swap.max {}  pids.max {} (asked {})",
+            show(self.applied.memory_max),
+            self.requested
+                .memory_max
+                .map_or("-".to_string(), |v| v.to_string()),
+            show(self.applied.memory_swap_max),
+            show(self.applied.pids_max),
+            self.requested
+                .pids_max
+                .map_or("-".to_string(), |v| v.to_string()),
+        );
+        match &self.counters.bpf {
+            Some(bpf) => {
+                let _ = writeln!(
+                    out,
+                    "  BPF         forks {}  exits {}  fork denied {}  OOM kills {}  reclaims {} ({} pages)  throttled {}",
+                    bpf.forks,
+                    bpf.exits,
+                    bpf.fork_denied,
+                    bpf.oom_kills,
+                    bpf.reclaim_runs,
+                    bpf.reclaim_pages,
+                    bpf.events_throttled
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  BPF         unavailable (tier 0)");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  pids        {:<14} {}",
+            r.pids.verdict.to_string(),
+            r.pids.evidence
+        );
+        let _ = writeln!(
+            out,
+            "  memory      {:<14} {}",
+            r.memory.verdict.to_string(),
+            r.memory.evidence
+        );
+        for flag in &r.flags {
+            let _ = writeln!(out, "  ! {flag}");
+        }
+        let _ = writeln!(out, "  verdict     {}", r.verdict);
+        out
+    }
+}

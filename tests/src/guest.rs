@@ -1,0 +1,105 @@
+//! Guest-VM test fixtures: which kernels can boot, where the guest's binaries come from, and
+//! running a scenario with the guard inside.
+//!
+//! The guest gets the release `guard` and `guard-stress` from `$GUARD_BIN_DIR` (set by
+//! `cargo xtask test`, which builds them first), else from the workspace's `target/release`.
+//! Under CI a missing kernel, QEMU or binary fails the test: the guest suite is never skipped
+//! there. Elsewhere it skips with a printed reason.
+use std::{path::PathBuf, time::Duration};
+
+use xtask::vm::{self, Completed, VmConfig, VmResult};
+
+/// The guest kernels every guest test runs on.
+pub const KERNELS: [&str; 2] = ["6.1", "6.12"];
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| !value.is_empty() && value != "false" && value != "0")
+}
+
+fn unavailable(reason: String) -> Option<Guest> {
+    if in_ci() {
+        panic!("guest VM test cannot run under CI: {reason}");
+    }
+    eprintln!("SKIPPED (not CI): {reason}");
+    None
+}
+
+/// What a guest test needs, checked up front.
+pub struct Guest {
+    pub kernel: String,
+    pub bin_dir: PathBuf,
+}
+
+/// The guest for `kernel`, or None (skip) outside CI when something is missing.
+pub fn guest(kernel: &str) -> Option<Guest> {
+    if let Err(error) = vm::resolve_kernel(kernel) {
+        return unavailable(format!("{error:#}"));
+    }
+    if let Err(error) = vm::image::find_busybox() {
+        return unavailable(format!("{error:#}"));
+    }
+    let bin_dir = std::env::var_os("GUARD_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| xtask::paths::target_dir().join("release"));
+    for binary in ["guard", "guard-stress"] {
+        if !bin_dir.join(binary).is_file() {
+            return unavailable(format!(
+                "{} is missing: run `cargo build --release -p guard -p guard-tests --bins` \
+                 (cargo xtask test does)",
+                bin_dir.join(binary).display()
+            ));
+        }
+    }
+    Some(Guest {
+        kernel: kernel.to_string(),
+        bin_dir,
+    })
+}
+
+impl Guest {
+    /// Runs a shell script in a 128 MiB guest with `guard` and `guard-stress` in /bin; the
+    /// guest must complete (a VM death or a timeout fails the test with the console tail).
+    pub fn run(&self, label: &str, script: &str) -> Completed {
+        let config = VmConfig::shell(&self.kernel, script)
+            .binary(self.bin_dir.join("guard"))
+            .binary(self.bin_dir.join("guard-stress"))
+            .timeout(Duration::from_secs(600))
+            .label(format!("{label}-{}", self.kernel));
+        let outcome = vm::run(&config).expect("the VM harness itself failed");
+        eprintln!(
+            "{label}-{}: boot {:?}, scenario {:?}, wall {:?}",
+            self.kernel, outcome.boot_time, outcome.scenario_time, outcome.wall_time
+        );
+        match &outcome.result {
+            VmResult::Completed(done) => done.clone(),
+            _ => panic!(
+                "the {} guest did not complete {label}:\n{}",
+                self.kernel,
+                outcome.console_tail()
+            ),
+        }
+    }
+}
+
+/// A scenario's JSON output file, parsed.
+pub fn json_file(done: &Completed, name: &str) -> serde_json::Value {
+    let text = done.file_str(name).unwrap_or_else(|| {
+        panic!(
+            "the guest left no /results/{name}\nstdout:\n{}\nstderr:\n{}",
+            done.stdout_str(),
+            done.stderr_str()
+        )
+    });
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("/results/{name}: {error}\n{text}"))
+}
+
+/// A JSON-lines file the guest left, parsed (empty when absent).
+pub fn json_lines(done: &Completed, name: &str) -> Vec<serde_json::Value> {
+    done.file_str(name)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("{name}: {error}: {line}"))
+        })
+        .collect()
+}
