@@ -379,7 +379,16 @@ async fn supervise(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let pid = container.init_pid();
-    let status = tokio::task::spawn_blocking(move || guard::runtime::wait_pid(pid)).await??;
+    let mut waiter = tokio::task::spawn_blocking(move || guard::runtime::wait_pid(pid));
+    // SIGTERM or SIGINT to `guard run` stops the container (SIGKILL to all its processes)
+    // and still reports and removes it.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    let status = tokio::select! {
+        status = &mut waiter => status??,
+        _ = terminate.recv() => stop(container, waiter).await?,
+        _ = tokio::signal::ctrl_c() => stop(container, waiter).await?,
+    };
     let guard_report = guard.unwatch(&id).await?;
     if let Some(printer) = printer {
         printer.abort();
@@ -391,4 +400,14 @@ async fn supervise(
         execs,
         agent_score_after_execs,
     })
+}
+
+/// Kills every process of the container and waits for its init.
+async fn stop(
+    container: &mut Container,
+    waiter: tokio::task::JoinHandle<Result<ExitStatus, guard::runtime::RuntimeError>>,
+) -> anyhow::Result<ExitStatus> {
+    eprintln!("guard: stopping container {}", container.id());
+    container.kill(libc::SIGKILL, true)?;
+    Ok(waiter.await??)
 }

@@ -203,6 +203,18 @@ fn cgroup_limits_and_scores(kernel: &str) {
         start c2 --omit-cgroups-path
         cat /proc/$(cat /tmp/c2.pid)/cgroup > /results/c2.cgroup
         release c2
+        # From an OCI bundle (relative rootfs, no cgroup namespace or cgroupfs of its own: the
+        # guard adds both).
+        mkdir -p /tmp/bundle && ln -s /tmp/rootfs /tmp/bundle/rootfs
+        cat > /tmp/bundle/config.json <<'JSON'
+{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+ "process": {"args": ["sh", "-c", "echo \"bundle cgroup=$(cat /proc/self/cgroup) pids.max=$(cat /sys/fs/cgroup/pids.max) score=$(cat /proc/self/oom_score_adj)\""],
+             "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+ "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+ "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}}
+JSON
+        guard run --id bun --bundle /tmp/bundle --pids 77 --quiet > /results/bun.out 2> /results/bun.err
+        echo "bundle exit=$?"
         echo "left=$(ls /sys/fs/cgroup/guard 2>/dev/null | grep -c -v '\.' ) end"
         "#,
     );
@@ -249,6 +261,17 @@ fn cgroup_limits_and_scores(kernel: &str) {
     );
     assert!(c2_cgroup.contains("c2"), "{c2_cgroup}");
     assert!(out.contains("c2 exit=0"), "{out}");
+    // The bundle's container: same secure defaults.
+    assert!(
+        out.contains("bundle exit=0"),
+        "{out}\n{}",
+        file(&done, "bun.err")
+    );
+    let bundle = fields(&file(&done, "bun.out"), "bundle ");
+    assert_eq!(bundle["cgroup"], "0::/", "{out}");
+    assert_eq!(bundle["pids.max"], "77", "{out}");
+    assert_eq!(bundle["score"], "0", "{out}");
+    assert!(out.contains("bundle exit=0"), "{out}");
     assert!(out.contains("left=0 end"), "{out}");
 }
 
@@ -262,7 +285,7 @@ fn cgroup_limits_and_scores_6_12() {
     cgroup_limits_and_scores("6.12");
 }
 
-/// Start, stop (SIGKILL from outside), restart under the same id, normal exit: no cgroup and
+/// Start, stop (the runtime's kill), restart under the same id, normal exit: no cgroup and
 /// no runtime state left. Two concurrent containers: independent cgroups and limits.
 fn lifecycle_and_concurrency(kernel: &str) {
     let Some(guard) = requirements(kernel) else {
@@ -275,7 +298,8 @@ fn lifecycle_and_concurrency(kernel: &str) {
         r#"
         start r1 --memory 24M --pids 40
         test -d /sys/fs/cgroup/guard/r1 && echo "r1 first=present"
-        kill -KILL "$(cat /tmp/r1.pid)"
+        # Stop: SIGTERM to the agent (guard run), which kills the container through the runtime.
+        kill -TERM "$(cat /tmp/r1.guard)"
         wait "$(cat /tmp/r1.guard)"; echo "r1 stopped=$?"
         echo "after-stop cgroup=$(test -e /sys/fs/cgroup/guard/r1 && echo left || echo gone) state=$(ls /run/guard/containers | wc -l)"
         mv /results/r1.json /results/r1-first.json
@@ -300,7 +324,7 @@ fn lifecycle_and_concurrency(kernel: &str) {
     );
     let out = done.stdout_str();
     assert!(out.contains("r1 first=present"), "{out}");
-    // Killed from outside: guard run reports the signal (128+9) and still cleans up.
+    // Stopped: guard run killed it (SIGKILL), reports the signal (128+9) and cleans up.
     assert!(out.contains("r1 stopped=137"), "{out}");
     assert!(out.contains("after-stop cgroup=gone state=0"), "{out}");
     let first = file(&done, "r1-first.json");

@@ -370,6 +370,12 @@ impl Runtime {
         let swap_value = limits
             .swap_max
             .map_or("max".to_string(), |bytes| bytes.to_string());
+        debug!(
+            container = %id,
+            left_by_libcontainer = ?fs::read_to_string(&swap_file).map(|text| text.trim().to_string()),
+            writing = %swap_value,
+            "memory.swap.max"
+        );
         match fs::write(&swap_file, &swap_value) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
