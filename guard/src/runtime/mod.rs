@@ -401,32 +401,7 @@ impl Runtime {
 
         let identity = self.hierarchy.identify(&cgroup)?;
         let read_back = read_limits(&cgroup)?;
-        let check = |file: &'static str,
-                     asked: Option<u64>,
-                     found: Option<Limit>,
-                     optional: bool|
-         -> Result<(), RuntimeError> {
-            let asked_limit = asked.map_or(Limit::Max, Limit::Value);
-            match found {
-                Some(found) if found == asked_limit => Ok(()),
-                None if optional => Ok(()),
-                found => Err(RuntimeError::LimitMismatch {
-                    id: id.to_string(),
-                    file,
-                    asked: asked_limit.to_string(),
-                    found: found.map_or("missing".to_string(), |limit| limit.to_string()),
-                }),
-            }
-        };
-        check("memory.max", limits.memory_max, read_back.memory_max, false)?;
-        check("pids.max", limits.pids_max, read_back.pids_max, false)?;
-        // Absent only where the kernel has no swap accounting and the guest no swap (above).
-        check(
-            "memory.swap.max",
-            limits.swap_max,
-            read_back.memory_swap_max,
-            true,
-        )?;
+        check_read_back(&id, limits, &read_back)?;
 
         let score = oom_score::oom_score_adj_of(pid)?;
         if score != self.options.spec.oom_score_adj {
@@ -600,6 +575,37 @@ impl Container {
     }
 }
 
+/// Compares what the kernel holds with what was asked: any difference is an error naming the
+/// file and both values. `memory.swap.max` may be absent (no swap accounting; the caller has
+/// checked the guest has no swap).
+pub fn check_read_back(
+    id: &ContainerId,
+    limits: &Limits,
+    read_back: &LimitsReadBack,
+) -> Result<(), RuntimeError> {
+    let check = |file: &'static str, asked: Option<u64>, found: Option<Limit>, optional: bool| {
+        let asked_limit = asked.map_or(Limit::Max, Limit::Value);
+        match found {
+            Some(found) if found == asked_limit => Ok(()),
+            None if optional => Ok(()),
+            found => Err(RuntimeError::LimitMismatch {
+                id: id.to_string(),
+                file,
+                asked: asked_limit.to_string(),
+                found: found.map_or("missing".to_string(), |limit| limit.to_string()),
+            }),
+        }
+    };
+    check("memory.max", limits.memory_max, read_back.memory_max, false)?;
+    check("pids.max", limits.pids_max, read_back.pids_max, false)?;
+    check(
+        "memory.swap.max",
+        limits.swap_max,
+        read_back.memory_swap_max,
+        true,
+    )
+}
+
 /// Waits for process `pid` (a child of the caller) and returns its status.
 pub fn wait_pid(pid: i32) -> Result<ExitStatus, RuntimeError> {
     let mut status = 0;
@@ -616,5 +622,88 @@ pub fn wait_pid(pid: i32) -> Result<ExitStatus, RuntimeError> {
                 source: error,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asked() -> Limits {
+        Limits {
+            memory_max: Some(32 << 20),
+            swap_max: Some(0),
+            pids_max: Some(512),
+        }
+    }
+
+    fn held(memory: Limit, swap: Option<Limit>, pids: Limit) -> LimitsReadBack {
+        LimitsReadBack {
+            cgroup: PathBuf::from("/sys/fs/cgroup/guard/c"),
+            memory_max: Some(memory),
+            memory_swap_max: swap,
+            pids_max: Some(pids),
+            memory_peak: None,
+            pids_peak: None,
+        }
+    }
+
+    #[test]
+    fn read_back_matching_is_accepted() {
+        let id = ContainerId::parse("c").unwrap();
+        let exact = held(
+            Limit::Value(32 << 20),
+            Some(Limit::Value(0)),
+            Limit::Value(512),
+        );
+        check_read_back(&id, &asked(), &exact).unwrap();
+        // No swap accounting at all: accepted here (the runtime checked there is no swap).
+        let no_swap_file = held(Limit::Value(32 << 20), None, Limit::Value(512));
+        check_read_back(&id, &asked(), &no_swap_file).unwrap();
+        let unlimited = Limits {
+            memory_max: None,
+            swap_max: None,
+            pids_max: None,
+        };
+        let max = held(Limit::Max, Some(Limit::Max), Limit::Max);
+        check_read_back(&id, &unlimited, &max).unwrap();
+    }
+
+    /// Each mismatch is an error naming the file, what was asked and what the kernel holds.
+    #[test]
+    fn read_back_mismatch_is_an_error_naming_both_values() {
+        let id = ContainerId::parse("c").unwrap();
+        let cases = [
+            (
+                held(Limit::Max, Some(Limit::Value(0)), Limit::Value(512)),
+                "memory.max is max, but 33554432",
+            ),
+            (
+                held(
+                    Limit::Value(32 << 20),
+                    Some(Limit::Value(0)),
+                    Limit::Value(64),
+                ),
+                "pids.max is 64, but 512",
+            ),
+            (
+                // libcgroups 0.7 leaves "max" when asked for no swap.
+                held(Limit::Value(32 << 20), Some(Limit::Max), Limit::Value(512)),
+                "memory.swap.max is max, but 0",
+            ),
+        ];
+        for (read_back, expected) in cases {
+            let error = check_read_back(&id, &asked(), &read_back)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{error}");
+            assert!(error.contains("container c"), "{error}");
+        }
+        let mut missing = held(Limit::Value(32 << 20), None, Limit::Value(512));
+        missing.pids_max = None;
+        let error = check_read_back(&id, &asked(), &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("pids.max is missing, but 512"), "{error}");
     }
 }
