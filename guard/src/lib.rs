@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod container_id;
 pub mod events;
 pub mod file_watch;
+pub mod forensic;
 mod guard;
 pub mod limits;
 pub mod probes;

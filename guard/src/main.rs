@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cli_exec;
 mod cli_run;
+mod cli_log;
 mod cli_watch;
 
 /// guard: prove that a micro-VM guest's per-container cgroup limits held.
@@ -47,6 +48,8 @@ enum Command {
     ///
     /// Example: `guard run --memory 64M --pids 128 --rootfs /tmp/rootfs -- sh -c 'echo hi'`
     Run(cli_run::RunArgs),
+    /// Read, follow, verify and repair the hash-chained forensic log (see docs/LOG-FORMAT.md).
+    Log(cli_log::LogArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => cli_exec::run(args),
         Command::Watch(args) => cli_watch::run(args),
         Command::Run(args) => cli_run::run(args),
+        Command::Log(args) => cli_log::run(args),
     };
     match result {
         Ok(code) => code,

@@ -189,7 +189,11 @@ impl Probes {
         let tracefs_root = tracefs::ensure_mounted()?;
         raise_memlock_limit();
 
+        // No kernel BTF: the programs read tracepoint records at offsets from tracefs and need
+        // no CO-RE relocation, and parsing vmlinux BTF would triple the guard's peak memory
+        // and double its attach time.
         let mut ebpf = EbpfLoader::new()
+            .btf(None)
             .map_max_entries("EVENTS", options.ring_bytes)
             .load(EBPF_OBJECT)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {

@@ -12,15 +12,11 @@ use xtask::vm::{self, Completed, VmConfig, VmResult};
 /// The guest kernels every guest test runs on.
 pub const KERNELS: [&str; 2] = ["6.1", "6.12"];
 
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| !value.is_empty() && value != "false" && value != "0")
-}
-
 fn unavailable(reason: String) -> Option<Guest> {
-    if in_ci() {
+    if vm::in_ci() {
         panic!("guest VM test cannot run under CI: {reason}");
     }
-    eprintln!("SKIPPED (not CI): {reason}");
+    eprintln!("SKIPPED (not under CI): {reason}");
     None
 }
 
@@ -32,12 +28,7 @@ pub struct Guest {
 
 /// The guest for `kernel`, or None (skip) outside CI when something is missing.
 pub fn guest(kernel: &str) -> Option<Guest> {
-    if let Err(error) = vm::resolve_kernel(kernel) {
-        return unavailable(format!("{error:#}"));
-    }
-    if let Err(error) = vm::image::find_busybox() {
-        return unavailable(format!("{error:#}"));
-    }
+    let kernel = vm::kernel_or_skip(kernel)?;
     let bin_dir = std::env::var_os("GUARD_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| xtask::paths::target_dir().join("release"));
@@ -50,10 +41,7 @@ pub fn guest(kernel: &str) -> Option<Guest> {
             ));
         }
     }
-    Some(Guest {
-        kernel: kernel.to_string(),
-        bin_dir,
-    })
+    Some(Guest { kernel, bin_dir })
 }
 
 impl Guest {

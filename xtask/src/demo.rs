@@ -16,6 +16,8 @@ pub struct DemoArgs {
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    // A fresh machine has nothing: install first (a second run only checks, in seconds).
+    crate::setup::run(crate::setup::SetupArgs::default())?;
     cmd::run(cargo().args([
         "build",
         "--release",

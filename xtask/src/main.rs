@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask <command>` (see `cargo xtask --help`).
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -18,6 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Measure what the guard costs (fork storm vs no BPF and vs bpftrace, attach time,
+    /// memory) and write docs/BENCHMARKS.md.
+    Bench(bench::BenchArgs),
     /// The main job: what guard sees and proves, end to end.
     Demo(demo::DemoArgs),
     /// Everything CI checks: fmt, clippy (host crates and the eBPF crate), unit tests, host
@@ -30,6 +34,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Bench(args) => bench::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Setup(args) => setup::run(args),

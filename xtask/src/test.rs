@@ -18,6 +18,10 @@ pub struct TestArgs {
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut steps: Vec<(&str, Duration)> = Vec::new();
+    // A fresh machine has nothing: install first (a second run only checks, in seconds).
+    let setup_started = Instant::now();
+    crate::setup::run(crate::setup::SetupArgs::default())?;
+    steps.push(("setup", setup_started.elapsed()));
     if !args.no_lint {
         steps.push((
             "fmt",
@@ -53,12 +57,27 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         println!("note: not root: host BPF tests will skip (CI runs them as root)");
     }
+    // The guests get small release binaries (a debug guard would crowd a 128 MiB guest).
+    steps.push((
+        "release binaries for guests",
+        cmd::run(cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "guard",
+            "-p",
+            "guard-tests",
+            "--bins",
+        ]))?,
+    ));
+    let bin_dir = xtask::paths::target_dir().join("release");
     steps.push((
         "tests (unit, host, guest)",
         cmd::run(
             cargo()
                 .args(["test", "--workspace", "--exclude", "guard-ebpf"])
-                .args(test_args(args)),
+                .args(test_args(args))
+                .env("GUARD_BIN_DIR", &bin_dir),
         )
         .context("the test suite failed")?,
     ));

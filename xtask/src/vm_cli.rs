@@ -22,7 +22,7 @@ Exit status: the guest command's exit code; 100 if the VM died (kernel panic, in
 stderr.\n\n\
 Examples:\n  cargo xtask vm --kernel 6.1 -- guard probe --json\n  \
 cargo xtask vm --kernel 6.12 --no-build -- sh -c 'cat /sys/fs/cgroup/cgroup.controllers'\n\n\
-Environment: GUARD_VM_ACCEL=tcg|kvm|auto (default tcg), GUARD_QEMU, GUARD_BUSYBOX, \
+Environment: GUARD_VM_ACCEL=tcg|kvm|auto (default auto: KVM only if a short probe boot works, cached per host boot), GUARD_QEMU, GUARD_BUSYBOX, \
 CARGO_TARGET_DIR, GUARD_KERNELS_DIR."
 )]
 pub struct VmArgs {
@@ -60,6 +60,14 @@ pub struct VmArgs {
     /// (default: <run folder>/results).
     #[arg(long, value_name = "DIR")]
     results: Option<PathBuf>,
+    /// Extra kernel command-line words (e.g. "loglevel=7" to see boot messages); repeatable.
+    #[arg(long = "append", value_name = "WORDS")]
+    append: Vec<String>,
+    /// Print one JSON object on stdout instead of the command's raw output: result
+    /// ("completed", "died", "timed_out"), exit_code, stdout, stderr, files (name → size),
+    /// results_dir, boot_s, scenario_s, wall_s, accel, kernel, run_dir, console_tail.
+    #[arg(long)]
+    json: bool,
     /// Print the whole guest console after the run.
     #[arg(long)]
     console: bool,
@@ -76,6 +84,7 @@ pub fn run(args: VmArgs) -> Result<i32> {
     // Fail on a bad kernel name before spending a minute on cargo build.
     vm::resolve_kernel(&args.kernel)?;
     config.memory_mib = args.memory;
+    config.extra_cmdline = args.append.clone();
     config.cpus = args.cpus;
     config.timeout = Duration::from_secs(args.timeout);
     if let Some(accel) = args.accel {
@@ -139,16 +148,27 @@ pub fn run(args: VmArgs) -> Result<i32> {
     match &outcome.result {
         VmResult::Completed(done) => {
             use std::io::Write as _;
-            std::io::stdout().write_all(&done.stdout)?;
-            std::io::stdout().flush()?;
-            std::io::stderr().write_all(&done.stderr)?;
+            if !args.json {
+                std::io::stdout().write_all(&done.stdout)?;
+                std::io::stdout().flush()?;
+                std::io::stderr().write_all(&done.stderr)?;
+            }
+            let dir = args
+                .results
+                .clone()
+                .unwrap_or_else(|| outcome.run_dir.join("results"));
             if !done.files.is_empty() {
-                let dir = args
-                    .results
-                    .clone()
-                    .unwrap_or_else(|| outcome.run_dir.join("results"));
                 for (name, data) in &done.files {
-                    let path = dir.join(name);
+                    // Names come from the guest: never let one climb out of the folder.
+                    let relative = std::path::Path::new(name);
+                    if !relative
+                        .components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)))
+                    {
+                        eprintln!("[vm] ignoring result file with an unsafe name {name:?}");
+                        continue;
+                    }
+                    let path = dir.join(relative);
                     if let Some(parent) = path.parent() {
                         std::fs::create_dir_all(parent)?;
                     }
@@ -161,15 +181,24 @@ pub fn run(args: VmArgs) -> Result<i32> {
                     dir.display()
                 );
             }
+            if args.json {
+                println!("{}", json_summary(&outcome, Some(&dir)));
+            }
             eprintln!("[vm] exit code {} | {timing}", done.exit_code);
             Ok(done.exit_code)
         }
         VmResult::Died { console_tail } => {
+            if args.json {
+                println!("{}", json_summary(&outcome, None));
+            }
             eprintln!("[vm] VM DIED | {timing}\n--- console tail ---\n{console_tail}");
             eprintln!("[vm] run folder {}", outcome.run_dir.display());
             Ok(EXIT_DIED)
         }
         VmResult::TimedOut { console_tail } => {
+            if args.json {
+                println!("{}", json_summary(&outcome, None));
+            }
             eprintln!(
                 "[vm] VM TIMED OUT after {} s | {timing}\n--- console tail ---\n{console_tail}",
                 args.timeout
@@ -178,6 +207,74 @@ pub fn run(args: VmArgs) -> Result<i32> {
             Ok(EXIT_TIMED_OUT)
         }
     }
+}
+
+/// A JSON string literal (hand-rolled: xtask stays free of serde).
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_summary(outcome: &vm::VmOutcome, results_dir: Option<&std::path::Path>) -> String {
+    let seconds = |d: Option<Duration>| {
+        d.map(|d| format!("{:.3}", d.as_secs_f64()))
+            .unwrap_or_else(|| "null".into())
+    };
+    let path = |p: &std::path::Path| json_string(&p.display().to_string());
+    let (result, exit_code, stdout, stderr, files, tail) = match &outcome.result {
+        VmResult::Completed(done) => (
+            "completed",
+            done.exit_code.to_string(),
+            json_string(&done.stdout_str()),
+            json_string(&done.stderr_str()),
+            format!(
+                "{{{}}}",
+                done.files
+                    .iter()
+                    .map(|(name, data)| format!("{}:{}", json_string(name), data.len()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            "null".to_string(),
+        ),
+        VmResult::Died { console_tail } | VmResult::TimedOut { console_tail } => (
+            if matches!(outcome.result, VmResult::Died { .. }) {
+                "died"
+            } else {
+                "timed_out"
+            },
+            "null".into(),
+            "null".into(),
+            "null".into(),
+            "{}".into(),
+            json_string(console_tail),
+        ),
+    };
+    format!(
+        "{{\"result\":\"{result}\",\"exit_code\":{exit_code},\"stdout\":{stdout},\"stderr\":{stderr},\
+         \"files\":{files},\"results_dir\":{},\"boot_s\":{},\"scenario_s\":{},\"wall_s\":{},\
+         \"accel\":\"{}\",\"kernel\":{},\"run_dir\":{},\"console_tail\":{tail}}}",
+        results_dir.map(path).unwrap_or_else(|| "null".into()),
+        seconds(outcome.boot_time),
+        seconds(outcome.scenario_time),
+        seconds(Some(outcome.wall_time)),
+        outcome.accel,
+        path(&outcome.kernel),
+        path(&outcome.run_dir),
+    )
 }
 
 fn cargo_build(args: &[&str]) -> Result<()> {

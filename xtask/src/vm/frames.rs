@@ -8,7 +8,8 @@
 //! GUARD-DONE
 //! ```
 //! base64 keeps the stream line-oriented and immune to tty translation; the length catches
-//! truncation. `GUARD-DONE` means the guest sent everything: without it the guest died (or
+//! truncation. `GUARD-GZFRAME` instead of `GUARD-FRAME` means the bytes (and the length) are
+//! gzip's: the guest compresses big files because the emulated UART moves only ~400 KB/s. `GUARD-DONE` means the guest sent everything: without it the guest died (or
 //! timed out) before it finished.
 
 use anyhow::{Result, anyhow, bail};
@@ -37,10 +38,11 @@ impl Frames {
 pub fn parse(stream: &[u8]) -> Result<Frames> {
     let text = String::from_utf8_lossy(stream);
     let mut frames = Frames::default();
-    let mut current: Option<(String, usize, String)> = None;
+    // (name, announced length, gzipped, base64 so far)
+    let mut current: Option<(String, usize, bool, String)> = None;
     for raw in text.split('\n') {
         let line = raw.trim_end_matches('\r');
-        if let Some((name, len, body)) = current.as_mut() {
+        if let Some((name, len, gzipped, body)) = current.as_mut() {
             if line.trim() == "GUARD-END" {
                 let data = decode_base64(body).map_err(|e| anyhow!("frame {name}: {e}"))?;
                 if data.len() != *len {
@@ -49,6 +51,11 @@ pub fn parse(stream: &[u8]) -> Result<Frames> {
                         data.len()
                     );
                 }
+                let data = if *gzipped {
+                    gunzip(&data).map_err(|e| anyhow!("frame {name}: {e:#}"))?
+                } else {
+                    data
+                };
                 frames.frames.push((std::mem::take(name), data));
                 current = None;
             } else {
@@ -56,7 +63,14 @@ pub fn parse(stream: &[u8]) -> Result<Frames> {
             }
             continue;
         }
-        if let Some(rest) = line.trim_start().strip_prefix("GUARD-FRAME ") {
+        // Anything else written to the port may precede a header without a line break.
+        let header = ["GUARD-FRAME ", "GUARD-GZFRAME "]
+            .into_iter()
+            .find_map(|tag| {
+                line.find(tag)
+                    .map(|at| (&line[at + tag.len()..], tag == "GUARD-GZFRAME "))
+            });
+        if let Some((rest, gzipped)) = header {
             let (len, name) = rest
                 .split_once(' ')
                 .ok_or_else(|| anyhow!("malformed frame header {line:?}"))?;
@@ -64,12 +78,38 @@ pub fn parse(stream: &[u8]) -> Result<Frames> {
                 .trim()
                 .parse()
                 .map_err(|_| anyhow!("malformed frame length in {line:?}"))?;
-            current = Some((name.to_string(), len, String::new()));
-        } else if line.trim() == "GUARD-DONE" {
+            current = Some((name.to_string(), len, gzipped, String::new()));
+        } else if line.trim_end().ends_with("GUARD-DONE") {
             frames.done = true;
         }
     }
     Ok(frames)
+}
+
+/// Decompresses with the system's gzip (Essential on Debian), which keeps xtask free of a
+/// compression crate.
+fn gunzip(data: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("gzip")
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow!("running gzip -dc: {e}"))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output()?;
+    let _ = writer.join();
+    if !out.status.success() {
+        bail!(
+            "gzip -dc failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
 }
 
 /// Standard base64 (RFC 4648, padded), whitespace ignored.
@@ -132,6 +172,35 @@ mod tests {
         assert!(frames.done);
         assert_eq!(frames.get("exit").unwrap(), b"0\n");
         assert_eq!(frames.get("results/a b").unwrap(), b"foobar");
+    }
+
+    #[test]
+    fn garbage_before_a_header_without_newline_is_tolerated() {
+        let frames =
+            parse(b"\x00\xffrandomGUARD-FRAME 2 exit\nMAo=\nGUARD-END\nxyGUARD-DONE\n").unwrap();
+        assert!(frames.done);
+        assert_eq!(frames.get("exit").unwrap(), b"0\n");
+    }
+
+    #[test]
+    fn gzipped_frames_are_inflated() {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+        let pipe = |cmd: &str, arg: Option<&str>, input: &[u8]| {
+            let mut c = Command::new(cmd);
+            c.args(arg).stdin(Stdio::piped()).stdout(Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            child.stdin.take().unwrap().write_all(input).unwrap();
+            child.wait_with_output().unwrap().stdout
+        };
+        let gz = pipe("gzip", Some("-c"), b"hello hello hello");
+        let b64 = String::from_utf8(pipe("base64", None, &gz)).unwrap();
+        let stream = format!(
+            "GUARD-GZFRAME {} log\n{b64}GUARD-END\nGUARD-DONE\n",
+            gz.len()
+        );
+        let frames = parse(stream.as_bytes()).unwrap();
+        assert_eq!(frames.get("log").unwrap(), b"hello hello hello");
     }
 
     #[test]

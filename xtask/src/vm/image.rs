@@ -247,8 +247,7 @@ pub fn host_binaries(binaries: &[PathBuf]) -> Result<Vec<GuestFile>> {
             .ok_or_else(|| anyhow!("binary path {} has no file name", binary.display()))?
             .to_string_lossy()
             .into_owned();
-        let contents =
-            fs::read(binary).with_context(|| format!("reading binary {}", binary.display()))?;
+        let contents = read_stripped(binary)?;
         files.push(GuestFile {
             path: format!("/bin/{name}"),
             contents,
@@ -267,6 +266,33 @@ pub fn host_binaries(binaries: &[PathBuf]) -> Result<Vec<GuestFile>> {
         });
     }
     Ok(files)
+}
+
+/// Reads a binary without its debug info when `strip` is available: a debug build of guard
+/// is ~65 MB, half a 128 MiB guest, and the image exists twice in guest RAM while init moves
+/// it to the tmpfs root. Falls back to the file as it is.
+fn read_stripped(binary: &Path) -> Result<Vec<u8>> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let tmp = std::env::temp_dir().join(format!(
+        "guard-vm-strip-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let stripped = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&tmp)
+        .arg(binary)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let contents = if stripped { fs::read(&tmp).ok() } else { None };
+    let _ = fs::remove_file(&tmp);
+    match contents {
+        Some(contents) => Ok(contents),
+        None => fs::read(binary).with_context(|| format!("reading binary {}", binary.display())),
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Guest init of xtask's VM harness (xtask/src/vm/init.sh), PID 1 of every guest.
 # Markers on the console (ttyS0) let the host time the boot and the scenario; results go to
-# ttyS1 as frames: "GUARD-FRAME <byte length> <name>", base64 lines, "GUARD-END", and a final
-# "GUARD-DONE" once everything is sent.
+# ttyS1 as frames: "GUARD-FRAME <byte length> <name>" (or GUARD-GZFRAME for gzipped
+# contents), base64 lines, "GUARD-END", and a final "GUARD-DONE" once everything is sent.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/ TERM=dumb
 
 if [ "$1" != stage2 ]; then
@@ -14,16 +14,22 @@ if [ "$1" != stage2 ]; then
     mount -t devtmpfs devtmpfs /dev
     mkdir -p /newroot
     mount -t tmpfs -o mode=0755 tmpfs /newroot
+    # mv, not cp: file by file, so the image is not held twice in RAM. /init stays, since
+    # switch_root checks it is still there; /bin goes last and busybox is then called from
+    # its new place.
+    cp -a /init /newroot/init
     for entry in /*; do
-        case "$entry" in /newroot | /proc | /sys | /dev) continue ;; esac
-        cp -a "$entry" /newroot/
+        case "$entry" in /newroot | /proc | /sys | /dev | /init | /bin) continue ;; esac
+        mv "$entry" /newroot/
     done
-    mkdir -p /newroot/proc /newroot/sys /newroot/dev
-    mount --move /proc /newroot/proc
-    mount --move /sys /newroot/sys
-    mount --move /dev /newroot/dev
+    mv /bin /newroot/
+    bb=/newroot/bin/busybox
+    $bb mkdir -p /newroot/proc /newroot/sys /newroot/dev
+    $bb mount --move /proc /newroot/proc
+    $bb mount --move /sys /newroot/sys
+    $bb mount --move /dev /newroot/dev
     # switch_root empties the old root (frees its memory) and execs stage 2 as PID 1.
-    exec switch_root /newroot /init stage2
+    exec $bb switch_root /newroot /init stage2
 fi
 
 # Stage 2, on the tmpfs root.
@@ -47,8 +53,18 @@ echo "GUARD-RUN-END"
 printf 'boot_uptime=%s\nend_uptime=%s\n' "$boot_uptime" "$end_uptime" > /guard/out/times
 
 frame() {
-    echo "GUARD-FRAME $(wc -c < "$2") $1"
-    base64 "$2"
+    # The leading empty line separates the header from anything else written to the port.
+    echo
+    size=$(wc -c < "$2")
+    # The UART moves ~400 KB/s under TCG: compress anything big (logs shrink 5-10x).
+    if [ "$size" -gt 16384 ] && gzip -c "$2" > /guard/frame.gz; then
+        echo "GUARD-GZFRAME $(wc -c < /guard/frame.gz) $1"
+        base64 /guard/frame.gz
+        rm -f /guard/frame.gz
+    else
+        echo "GUARD-FRAME $size $1"
+        base64 "$2"
+    fi
     echo "GUARD-END"
 }
 # One open of ttyS1 for everything: its last close waits until the UART has sent all bytes,
@@ -60,6 +76,7 @@ frame() {
     find /results -type f | while read -r file; do
         frame "results/${file#/results/}" "$file"
     done
+    echo
     echo "GUARD-DONE"
 } > /dev/ttyS1
 echo "GUARD-DONE"

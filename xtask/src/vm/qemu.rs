@@ -13,22 +13,28 @@ use std::time::{Duration, Instant};
 /// How QEMU executes the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accel {
-    /// Software emulation: slow, works everywhere (the default).
+    /// Software emulation: slow (10–50× hardware), works everywhere.
     Tcg,
     /// KVM, unconditionally.
     Kvm,
-    /// KVM if a short probe boot succeeds on this machine, else TCG. On some hosts /dev/kvm
-    /// exists but guests hang in the BIOS, hence a probe rather than a check for the device.
+    /// KVM if a short probe boot succeeds on this machine, else TCG (the default). On some
+    /// hosts /dev/kvm exists but guests hang in the BIOS, hence a probe rather than a check
+    /// for the device. The probe costs up to 10 s once per host boot (cached in
+    /// `<target>/vm-runs/kvm-probe`).
     Auto,
 }
 
 impl Accel {
-    /// `$GUARD_VM_ACCEL` (tcg, kvm or auto), TCG when unset or unrecognized.
+    /// `$GUARD_VM_ACCEL` (tcg, kvm or auto), Auto when unset or unrecognized.
     pub fn from_env() -> Self {
         match std::env::var("GUARD_VM_ACCEL").as_deref() {
             Ok("kvm") => Accel::Kvm,
-            Ok("auto") => Accel::Auto,
-            _ => Accel::Tcg,
+            Ok("tcg") => Accel::Tcg,
+            Ok("auto") | Err(_) => Accel::Auto,
+            Ok(other) => {
+                eprintln!("[vm] ignoring GUARD_VM_ACCEL={other:?} (use tcg, kvm or auto)");
+                Accel::Auto
+            }
         }
     }
 
@@ -51,6 +57,7 @@ pub(super) struct Boot<'a> {
 }
 
 pub(super) struct RawRun {
+    pub accel: &'static str,
     pub console: String,
     pub results: Vec<u8>,
     pub timed_out: bool,
@@ -73,7 +80,7 @@ impl Drop for KillOnDrop {
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
-fn qemu_binary() -> String {
+pub(super) fn qemu_binary() -> String {
     std::env::var("GUARD_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".to_string())
 }
 
@@ -267,6 +274,7 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
         );
     }
     Ok(RawRun {
+        accel,
         console,
         results,
         timed_out,
@@ -327,13 +335,22 @@ fn probe_kvm(kernel: &Path) -> bool {
     let mut stdout = child.0.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = stdout.read_to_end(&mut out);
-        let _ = tx.send(out);
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("Linux version") {
+                let _ = tx.send(());
+                break;
+            }
+        }
     });
-    // Under working KVM this takes a second or two; a hang means no.
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(out) => String::from_utf8_lossy(&out).contains("Linux version"),
-        Err(_) => false,
-    }
+    // Under working KVM the kernel banner appears within a second; a broken KVM hangs in the
+    // BIOS and never gets there. KillOnDrop stops the probe guest either way.
+    rx.recv_timeout(KVM_PROBE_TIMEOUT).is_ok()
 }
+
+const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,326 @@
+//! Reading records back for display: a streaming iterator over all files, filters, and a
+//! follower that polls for appended lines across rotations. Readers are tolerant (a bad line is
+//! reported and skipped); judging the log is `verify`'s job.
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::layout::{self, LayoutError, LogFile};
+use super::record::{MAX_LINE_BYTES, Record};
+use super::time;
+
+#[derive(Debug, Error)]
+pub enum ReaderError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: unreadable record: {reason}")]
+    BadLine {
+        path: PathBuf,
+        line: u64,
+        reason: String,
+    },
+    #[error("{path}:{line}: torn final line ({bytes} bytes without a newline)")]
+    TornTail {
+        path: PathBuf,
+        line: u64,
+        bytes: u64,
+    },
+}
+
+impl ReaderError {
+    /// Whether reading can go on after this error (it concerns one line only).
+    pub fn is_line_error(&self) -> bool {
+        matches!(self, Self::BadLine { .. } | Self::TornTail { .. })
+    }
+}
+
+/// A record and where it was read.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub file: Arc<Path>,
+    pub line: u64,
+    pub record: Record,
+    /// The line's exact bytes (without the newline).
+    pub raw: Vec<u8>,
+}
+
+/// Which records to show.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub container: Option<String>,
+    pub kind: Option<String>,
+    /// Only records whose wall time is at or after this (Unix nanoseconds).
+    pub since_ns: Option<i64>,
+}
+
+impl Filter {
+    pub fn matches(&self, record: &Record) -> bool {
+        if let Some(kind) = &self.kind
+            && *kind != record.kind
+        {
+            return false;
+        }
+        if let Some(container) = &self.container
+            && record.container.as_ref() != Some(container)
+        {
+            return false;
+        }
+        if let Some(since) = self.since_ns {
+            // A record whose time cannot be read is shown rather than hidden.
+            return time::parse_rfc3339(&record.wall).map_or(true, |t| t >= since);
+        }
+        true
+    }
+}
+
+/// Streams every record of a log, file after file.
+pub struct LogReader {
+    files: std::vec::IntoIter<LogFile>,
+    current: Option<OpenFile>,
+    buf: Vec<u8>,
+    failed: bool,
+}
+
+struct OpenFile {
+    path: Arc<Path>,
+    reader: BufReader<File>,
+    line: u64,
+}
+
+impl LogReader {
+    pub fn open(dir: &Path) -> Result<Self, ReaderError> {
+        Ok(Self::from_files(layout::list_files(dir)?))
+    }
+
+    pub fn from_files(files: Vec<LogFile>) -> Self {
+        Self {
+            files: files.into_iter(),
+            current: None,
+            buf: Vec::with_capacity(1024),
+            failed: false,
+        }
+    }
+
+    fn next_entry(&mut self) -> Option<Result<Entry, ReaderError>> {
+        loop {
+            if self.current.is_none() {
+                let file = self.files.next()?;
+                let handle = match File::open(&file.path) {
+                    Ok(handle) => handle,
+                    Err(source) => {
+                        return Some(Err(ReaderError::Open {
+                            path: file.path,
+                            source,
+                        }));
+                    }
+                };
+                self.current = Some(OpenFile {
+                    path: file.path.into(),
+                    reader: BufReader::with_capacity(256 << 10, handle),
+                    line: 0,
+                });
+            }
+            let current = self.current.as_mut()?;
+            self.buf.clear();
+            let read = (&mut current.reader)
+                .take(MAX_LINE_BYTES as u64 + 2)
+                .read_until(b'\n', &mut self.buf);
+            let n = match read {
+                Ok(n) => n,
+                Err(source) => {
+                    return Some(Err(ReaderError::Read {
+                        path: current.path.to_path_buf(),
+                        source,
+                    }));
+                }
+            };
+            if n == 0 {
+                self.current = None;
+                continue;
+            }
+            current.line += 1;
+            if self.buf.last() != Some(&b'\n') {
+                let error = if n > MAX_LINE_BYTES {
+                    // Skip the rest of an overlong line so reading can resume at the next one.
+                    let mut sink = Vec::new();
+                    let _ = current.reader.read_until(b'\n', &mut sink);
+                    line_error(
+                        &current.path,
+                        current.line,
+                        format!("longer than {MAX_LINE_BYTES} bytes"),
+                    )
+                } else {
+                    ReaderError::TornTail {
+                        path: current.path.to_path_buf(),
+                        line: current.line,
+                        bytes: n as u64,
+                    }
+                };
+                return Some(Err(error));
+            }
+            self.buf.pop();
+            return Some(parse_entry(&current.path, current.line, &self.buf));
+        }
+    }
+}
+
+impl Iterator for LogReader {
+    type Item = Result<Entry, ReaderError>;
+
+    /// Line errors are yielded and reading goes on; an I/O error ends the iteration.
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let item = self.next_entry();
+        if matches!(&item, Some(Err(e)) if !e.is_line_error()) {
+            self.failed = true;
+        }
+        item
+    }
+}
+
+fn line_error(path: &Path, line: u64, reason: String) -> ReaderError {
+    ReaderError::BadLine {
+        path: path.to_path_buf(),
+        line,
+        reason,
+    }
+}
+
+fn parse_entry(path: &Arc<Path>, line: u64, bytes: &[u8]) -> Result<Entry, ReaderError> {
+    match serde_json::from_slice::<Record>(bytes) {
+        Ok(record) => Ok(Entry {
+            file: Arc::clone(path),
+            line,
+            record,
+            raw: bytes.to_vec(),
+        }),
+        Err(e) => Err(line_error(path, line, e.to_string())),
+    }
+}
+
+/// Follows a log like `tail -f`: each `poll` returns what was appended since the last one,
+/// moving on to the next file when the writer rotates.
+pub struct Follower {
+    dir: PathBuf,
+    index: u64,
+    path: Arc<Path>,
+    offset: u64,
+    line: u64,
+    partial: Vec<u8>,
+}
+
+impl Follower {
+    /// Starts at the beginning of the newest file (the caller keeps the tail it wants).
+    pub fn newest_file(dir: &Path) -> Result<Self, ReaderError> {
+        let index = layout::list_files(dir)?.last().map_or(0, |f| f.index);
+        Ok(Self::at(dir, index))
+    }
+
+    fn at(dir: &Path, index: u64) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            index,
+            path: dir.join(layout::file_name(index)).into(),
+            offset: 0,
+            line: 0,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Calls `sink` for every line completed since the last poll. Line errors go to `sink` too;
+    /// I/O errors end the poll.
+    pub fn poll(
+        &mut self,
+        sink: &mut dyn FnMut(Result<Entry, ReaderError>),
+    ) -> Result<(), ReaderError> {
+        loop {
+            self.read_new(sink)?;
+            let next = self.dir.join(layout::file_name(self.index + 1));
+            if !next.exists() {
+                return Ok(());
+            }
+            // The writer finishes a file before creating the next: read what is left once more.
+            self.read_new(sink)?;
+            if !self.partial.is_empty() {
+                sink(Err(ReaderError::TornTail {
+                    path: self.path.to_path_buf(),
+                    line: self.line + 1,
+                    bytes: self.partial.len() as u64,
+                }));
+            }
+            *self = Self::at(&self.dir, self.index + 1);
+        }
+    }
+
+    fn read_new(
+        &mut self,
+        sink: &mut dyn FnMut(Result<Entry, ReaderError>),
+    ) -> Result<(), ReaderError> {
+        let mut file = match File::open(&self.path) {
+            Ok(file) => file,
+            // Not created yet (empty log directory): nothing to read.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(ReaderError::Open {
+                    path: self.path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let read_err = |source| ReaderError::Read {
+            path: self.path.to_path_buf(),
+            source,
+        };
+        let len = file.metadata().map_err(read_err)?.len();
+        let consumed = self.offset + self.partial.len() as u64;
+        if len < consumed {
+            // Truncated under us (verify --repair removed a torn tail): resume at the new end.
+            tracing::warn!(path = %self.path.display(), "log file shrank; following from its new end");
+            self.offset = len;
+            self.partial.clear();
+            return Ok(());
+        }
+        file.seek(SeekFrom::Start(consumed)).map_err(read_err)?;
+        let mut chunk = vec![0u8; 256 << 10];
+        loop {
+            let n = file.read(&mut chunk).map_err(read_err)?;
+            if n == 0 {
+                return Ok(());
+            }
+            let mut rest = &chunk[..n];
+            while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+                self.partial.extend_from_slice(&rest[..end]);
+                rest = &rest[end + 1..];
+                self.line += 1;
+                self.offset += self.partial.len() as u64 + 1;
+                sink(parse_entry(&self.path, self.line, &self.partial));
+                self.partial.clear();
+            }
+            self.partial.extend_from_slice(rest);
+            if self.partial.len() > MAX_LINE_BYTES {
+                sink(Err(line_error(
+                    &self.path,
+                    self.line + 1,
+                    format!("longer than {MAX_LINE_BYTES} bytes"),
+                )));
+                self.offset += self.partial.len() as u64;
+                self.partial.clear();
+            }
+        }
+    }
+}

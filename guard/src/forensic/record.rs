@@ -1,0 +1,314 @@
+//! The record format: one JSON object per line with a fixed key order, chained by SHA-256 of
+//! the previous line's raw bytes and sealed by a hash of its own bytes. docs/LOG-FORMAT.md is
+//! the normative description; this file is its implementation.
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use thiserror::Error;
+
+/// SHA-256 output.
+pub type Digest = [u8; 32];
+
+/// `prev` of the very first record of a log: 64 zeros.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub const GENESIS_DIGEST: Digest = [0; 32];
+
+/// Every line ends with exactly `,"hash":"<64 lowercase hex>"}`; `hash` is the SHA-256 of the
+/// bytes before this suffix. Fixed length, so a verifier can split without parsing.
+pub const HASH_MARKER: &[u8] = b",\"hash\":\"";
+pub const HASH_SUFFIX_LEN: usize = HASH_MARKER.len() + 64 + 2;
+
+/// Upper bound for one line; longer lines are refused by the writer and reported by readers
+/// (this keeps readers' memory bounded on garbage input).
+pub const MAX_LINE_BYTES: usize = 4 << 20;
+
+/// Record kinds the log itself writes. Event kinds from the pipeline are free-form
+/// (`[a-z][a-z0-9_]*`), but these have rules the verifier checks, so `append` refuses them,
+/// except `lost` and `throttle` which have no structural rules.
+pub mod kinds {
+    pub const START: &str = "start";
+    pub const ROTATE: &str = "rotate";
+    pub const CHECKPOINT: &str = "checkpoint";
+    pub const STOP: &str = "stop";
+    pub const REPAIR: &str = "repair";
+    pub const LOST: &str = "lost";
+    pub const THROTTLE: &str = "throttle";
+
+    /// Kinds only the writer itself may emit.
+    pub const RESERVED: &[&str] = &[START, ROTATE, CHECKPOINT, STOP, REPAIR];
+}
+
+#[derive(Debug, Error)]
+pub enum RecordError {
+    #[error("cannot serialize the payload of a {kind:?} record: {source}")]
+    Payload {
+        kind: String,
+        source: serde_json::Error,
+    },
+    #[error("invalid kind {kind:?}: kinds are [a-z][a-z0-9_]*")]
+    BadKind { kind: String },
+    #[error("a {kind:?} record is {bytes} bytes, more than the limit of {MAX_LINE_BYTES}")]
+    TooLarge { kind: String, bytes: usize },
+}
+
+/// A record as read back from a log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub seq: u64,
+    pub boot_id: String,
+    /// RFC 3339 UTC, nanoseconds, `Z`: `2026-11-29T20:03:15.123456789Z`.
+    pub wall: String,
+    /// CLOCK_MONOTONIC nanoseconds (per boot, see `boot_id`).
+    pub mono_ns: u64,
+    pub kind: String,
+    pub container: Option<String>,
+    pub payload: serde_json::Value,
+    pub prev: String,
+    pub hash: String,
+}
+
+/// First record of every writer session (and of the log).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartInfo {
+    pub guard_version: String,
+    /// `uname -r`.
+    pub kernel: String,
+    /// Capability tier found by the probe (0, 1 or 2; see DESIGN.md).
+    pub tier: u8,
+    /// The limits in force, as the caller describes them.
+    pub limits: serde_json::Value,
+    /// Anything else the caller wants on record (agent version, config path…).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl StartInfo {
+    /// Fills in this crate's version and the running kernel's release.
+    pub fn new(tier: u8, limits: serde_json::Value) -> Self {
+        Self {
+            guard_version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel: kernel_release(),
+            tier,
+            limits,
+            extra: serde_json::Map::new(),
+        }
+    }
+}
+
+/// First record of every file after the first: names the file it continues.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rotate {
+    pub prev_file: String,
+    /// Complete lines in `prev_file`.
+    pub prev_records: u64,
+    /// Size of `prev_file` in bytes.
+    pub prev_bytes: u64,
+}
+
+/// Payload of `checkpoint` and `stop`: records before this one and the hash of the last of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub count: u64,
+    pub head: String,
+}
+
+/// Written by a writer that truncated a torn tail when it reopened the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repair {
+    pub file: String,
+    pub line: u64,
+    pub removed_bytes: u64,
+}
+
+/// Events that happened but were not recorded individually.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lost {
+    /// Where they were dropped: `"bpf_ringbuf"` (reserve failed), `"user_queue"`, …
+    pub source: String,
+    /// The kind of the lost events, when known.
+    pub event_kind: Option<String>,
+    pub cpu: Option<u32>,
+    pub count: u64,
+}
+
+/// Events deliberately sampled away under a storm (per-container counters stay exact).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Throttle {
+    pub event_kind: String,
+    pub suppressed: u64,
+    pub window_ms: u64,
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+pub fn is_valid_kind(kind: &str) -> bool {
+    let mut bytes = kind.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
+}
+
+pub fn sha256(bytes: &[u8]) -> Digest {
+    Sha256::digest(bytes).into()
+}
+
+/// What a line's own bytes say about it, before any JSON parsing.
+pub struct LineDigest {
+    /// SHA-256 of the whole line: the next record's `prev`.
+    pub line: Digest,
+    /// Whether the line ends with a `hash` suffix matching the bytes before it.
+    pub seal: Seal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seal {
+    Valid,
+    /// The suffix is there but the hash does not match: the line was altered.
+    Mismatch,
+    /// No `,"hash":"<64 lowercase hex>"}` suffix.
+    Missing,
+}
+
+/// Hashes a line (without its newline) once for both the chain and its seal.
+pub fn digest_line(line: &[u8]) -> LineDigest {
+    let Some(split) = line.len().checked_sub(HASH_SUFFIX_LEN) else {
+        return LineDigest {
+            line: sha256(line),
+            seal: Seal::Missing,
+        };
+    };
+    let (body, suffix) = line.split_at(split);
+    let mut hasher = Sha256::new();
+    hasher.update(body);
+    let whole = hasher.clone().chain_update(suffix).finalize().into();
+    let hex = &suffix[HASH_MARKER.len()..HASH_MARKER.len() + 64];
+    let well_formed = suffix.starts_with(HASH_MARKER)
+        && suffix.ends_with(b"\"}")
+        && hex
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    let seal = if !well_formed {
+        Seal::Missing
+    } else if to_hex(&hasher.finalize()).as_bytes() == hex {
+        Seal::Valid
+    } else {
+        Seal::Mismatch
+    };
+    LineDigest { line: whole, seal }
+}
+
+/// The fields of a record the writer fills in around the payload.
+pub(crate) struct LineHead<'a> {
+    pub seq: u64,
+    pub boot_id: &'a str,
+    pub wall: &'a str,
+    pub mono_ns: u64,
+    pub kind: &'a str,
+    pub container: Option<&'a str>,
+    pub prev: &'a Digest,
+}
+
+/// Writes one complete line including its trailing newline into `out` (cleared first) in the
+/// canonical layout and returns the SHA-256 of the line without the newline.
+pub(crate) fn encode_line<P: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    head: &LineHead<'_>,
+    payload: &P,
+) -> Result<Digest, RecordError> {
+    use std::io::Write as _;
+    let payload_err = |source| RecordError::Payload {
+        kind: head.kind.to_owned(),
+        source,
+    };
+    out.clear();
+    // Writes into a Vec cannot fail; serde_json errors can only come from the payload.
+    let _ = write!(out, "{{\"seq\":{},\"boot_id\":", head.seq);
+    serde_json::to_writer(&mut *out, head.boot_id).map_err(payload_err)?;
+    let _ = write!(
+        out,
+        ",\"wall\":\"{}\",\"mono_ns\":{},\"kind\":",
+        head.wall, head.mono_ns
+    );
+    serde_json::to_writer(&mut *out, head.kind).map_err(payload_err)?;
+    out.extend_from_slice(b",\"container\":");
+    serde_json::to_writer(&mut *out, &head.container).map_err(payload_err)?;
+    out.extend_from_slice(b",\"payload\":");
+    serde_json::to_writer(&mut *out, payload).map_err(payload_err)?;
+    out.extend_from_slice(b",\"prev\":\"");
+    out.extend_from_slice(to_hex(head.prev).as_bytes());
+    out.push(b'"');
+    let mut hasher = Sha256::new();
+    hasher.update(&out[..]);
+    let seal = to_hex(&hasher.finalize());
+    out.extend_from_slice(HASH_MARKER);
+    out.extend_from_slice(seal.as_bytes());
+    out.extend_from_slice(b"\"}");
+    if out.len() > MAX_LINE_BYTES {
+        return Err(RecordError::TooLarge {
+            kind: head.kind.to_owned(),
+            bytes: out.len(),
+        });
+    }
+    let digest = sha256(out);
+    out.push(b'\n');
+    Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_line_is_sealed_and_parses() {
+        let mut out = Vec::new();
+        let head = LineHead {
+            seq: 7,
+            boot_id: "b",
+            wall: "2026-11-29T20:03:15.000000000Z",
+            mono_ns: 5,
+            kind: "fork",
+            container: Some("c\n1"),
+            prev: &GENESIS_DIGEST,
+        };
+        let digest = encode_line(&mut out, &head, &serde_json::json!({"pid": 1})).unwrap();
+        assert_eq!(out.last(), Some(&b'\n'));
+        let line = &out[..out.len() - 1];
+        assert!(!line.contains(&b'\n'));
+        let d = digest_line(line);
+        assert_eq!(d.seal, Seal::Valid);
+        assert_eq!(d.line, digest);
+        let record: Record = serde_json::from_slice(line).unwrap();
+        assert_eq!(record.seq, 7);
+        assert_eq!(record.container.as_deref(), Some("c\n1"));
+        assert_eq!(record.prev, GENESIS);
+        let mut edited = line.to_vec();
+        edited[1] ^= 1;
+        assert_eq!(digest_line(&edited).seal, Seal::Mismatch);
+        assert_eq!(digest_line(b"{}").seal, Seal::Missing);
+    }
+
+    #[test]
+    fn kinds_are_checked() {
+        assert!(is_valid_kind("oom_kill"));
+        assert!(is_valid_kind("fork2"));
+        for bad in ["", "Fork", "2fork", "fork-denied", "a b"] {
+            assert!(!is_valid_kind(bad), "{bad}");
+        }
+    }
+}

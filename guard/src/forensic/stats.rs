@@ -1,0 +1,59 @@
+//! Counts per kind and per container, in one streaming pass.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::reader::{LogReader, ReaderError};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub files: u64,
+    pub records: u64,
+    pub first_wall: Option<String>,
+    pub last_wall: Option<String>,
+    pub per_kind: BTreeMap<String, u64>,
+    /// Container id → kind → count (records without a container are not listed here).
+    pub per_container: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Lines that could not be read as records (see `guard log verify`).
+    pub unreadable_lines: u64,
+    pub torn_tail: bool,
+}
+
+pub fn stats(dir: &Path) -> Result<Stats, ReaderError> {
+    let files = super::layout::list_files(dir)?;
+    let mut stats = Stats {
+        files: files.len() as u64,
+        ..Stats::default()
+    };
+    for item in LogReader::from_files(files) {
+        let entry = match item {
+            Ok(entry) => entry,
+            Err(ReaderError::TornTail { .. }) => {
+                stats.torn_tail = true;
+                continue;
+            }
+            Err(e) if e.is_line_error() => {
+                stats.unreadable_lines += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let record = entry.record;
+        stats.records += 1;
+        if stats.first_wall.is_none() {
+            stats.first_wall = Some(record.wall.clone());
+        }
+        *stats.per_kind.entry(record.kind.clone()).or_default() += 1;
+        if let Some(container) = record.container {
+            *stats
+                .per_container
+                .entry(container)
+                .or_default()
+                .entry(record.kind)
+                .or_default() += 1;
+        }
+        stats.last_wall = Some(record.wall);
+    }
+    Ok(stats)
+}

@@ -1,0 +1,535 @@
+//! Streaming verification of a whole log (every file, in order, constant memory) and the one
+//! repair it allows: truncating a torn final line.
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use thiserror::Error;
+
+use super::layout::{self, LayoutError, LogFile};
+use super::record::{
+    self, Checkpoint, Digest, GENESIS_DIGEST, MAX_LINE_BYTES, Rotate, Seal, kinds,
+};
+use super::time;
+
+#[derive(Debug, Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot truncate {path}: {source}")]
+    Truncate {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why a line (or file) breaks the log's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Defect {
+    NoFiles,
+    /// Files are numbered from 0 without gaps.
+    MissingFile {
+        name: String,
+    },
+    LineTooLong,
+    EmptyLine,
+    NotJson {
+        error: String,
+    },
+    /// The line lacks the `,"hash":"<hex>"}` ending.
+    Unsealed,
+    /// The line's bytes do not match its own hash: it was edited or corrupted.
+    SealMismatch,
+    /// Valid JSON but not a record.
+    Schema {
+        error: String,
+    },
+    SeqMismatch {
+        found: u64,
+        expected: u64,
+    },
+    /// `prev` is not the SHA-256 of the line before.
+    PrevMismatch {
+        previous: Option<(String, u64)>,
+    },
+    FirstNotStart {
+        kind: String,
+    },
+    FileNotStartingWithRotate {
+        kind: String,
+    },
+    RotateInsideFile,
+    /// The rotate record disagrees with the file it continues.
+    RotateMismatch {
+        detail: String,
+    },
+    CheckpointMismatch {
+        detail: String,
+    },
+    MonotonicBackwards {
+        previous: u64,
+        found: u64,
+    },
+    BadWallClock {
+        wall: String,
+    },
+    /// A file other than the newest ends in a partial line.
+    TornInnerFile {
+        bytes: u64,
+    },
+}
+
+impl fmt::Display for Defect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoFiles => write!(f, "no guard-NNNNNN.jsonl files"),
+            Self::MissingFile { name } => write!(
+                f,
+                "{name} is missing (files must be numbered without gaps from 0)"
+            ),
+            Self::LineTooLong => write!(f, "line longer than {MAX_LINE_BYTES} bytes"),
+            Self::EmptyLine => write!(f, "empty line"),
+            Self::NotJson { error } => write!(f, "not valid JSON: {error}"),
+            Self::Unsealed => write!(
+                f,
+                "line does not end with ,\"hash\":\"<64 lowercase hex>\"}}"
+            ),
+            Self::SealMismatch => write!(
+                f,
+                "line bytes do not match its hash field: the line was altered"
+            ),
+            Self::Schema { error } => write!(f, "not a log record: {error}"),
+            Self::SeqMismatch { found, expected } if found > expected => write!(
+                f,
+                "seq {found}, expected {expected}: {} record(s) missing, or records reordered, before this line",
+                found - expected
+            ),
+            Self::SeqMismatch { found, expected } => write!(
+                f,
+                "seq {found}, expected {expected}: records reordered or duplicated"
+            ),
+            Self::PrevMismatch {
+                previous: Some((file, line)),
+            } => write!(
+                f,
+                "prev is not the SHA-256 of {file} line {line}: that line was altered, or lines were removed or reordered"
+            ),
+            Self::PrevMismatch { previous: None } => {
+                write!(f, "first record's prev is not the genesis value (64 zeros)")
+            }
+            Self::FirstNotStart { kind } => {
+                write!(f, "the log must begin with a start record, found {kind:?}")
+            }
+            Self::FileNotStartingWithRotate { kind } => write!(
+                f,
+                "a rotated-to file must begin with a rotate record, found {kind:?}"
+            ),
+            Self::RotateInsideFile => {
+                write!(f, "rotate record that is not the first line of its file")
+            }
+            Self::RotateMismatch { detail } => write!(
+                f,
+                "rotate record disagrees with the previous file: {detail}"
+            ),
+            Self::CheckpointMismatch { detail } => {
+                write!(f, "checkpoint disagrees with the log: {detail}")
+            }
+            Self::MonotonicBackwards { previous, found } => write!(
+                f,
+                "mono_ns {found} is before the previous record's {previous} within the same boot"
+            ),
+            Self::BadWallClock { wall } => write!(f, "wall {wall:?} is not an RFC 3339 timestamp"),
+            Self::TornInnerFile { bytes } => write!(
+                f,
+                "file ends with a partial line ({bytes} bytes without a newline) but is not the newest file: truncated"
+            ),
+        }
+    }
+}
+
+/// The first defect found: where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: PathBuf,
+    /// 1-based; 0 when the defect concerns the file as a whole.
+    pub line: u64,
+    pub defect: Defect,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.defect)
+    }
+}
+
+/// A partial final line in the newest file: what a crash mid-append leaves behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    pub path: PathBuf,
+    pub line: u64,
+    /// Where the partial line starts (the size the file has after repair).
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+impl fmt::Display for TornTail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: torn final line: {} bytes without a newline (an interrupted append); \
+             `guard log verify --repair` removes it",
+            self.path.display(),
+            self.line,
+            self.bytes
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub files: u64,
+    /// Complete records checked (up to the first problem, if any).
+    pub records: u64,
+    /// Lowercase hex SHA-256 of the last good line.
+    pub head: Option<String>,
+    pub last_seq: Option<u64>,
+    pub torn_tail: Option<TornTail>,
+    pub problem: Option<Problem>,
+}
+
+impl VerifyReport {
+    /// Every line is a sealed record and the chain holds, with no torn tail.
+    pub fn is_clean(&self) -> bool {
+        self.problem.is_none() && self.torn_tail.is_none()
+    }
+}
+
+/// Record fields the verifier checks; the payload is parsed only for structural kinds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // fields are parsed for schema checking, not all read
+struct Fields {
+    seq: u64,
+    boot_id: String,
+    wall: String,
+    mono_ns: u64,
+    kind: String,
+    // Required even though nullable: a missing key is a schema error, not `null`.
+    #[serde(deserialize_with = "Option::deserialize")]
+    container: Option<String>,
+    payload: IgnoredAny,
+    prev: String,
+    hash: String,
+}
+
+#[derive(Deserialize)]
+struct PayloadOf<T> {
+    payload: T,
+}
+
+/// Chain state carried from line to line and file to file.
+struct Chain {
+    next_seq: u64,
+    prev: Digest,
+    prev_line: Option<(String, u64)>,
+    boot_mono: Option<(String, u64)>,
+    /// The previous file's name, complete records and bytes, for the next rotate record.
+    finished_file: Option<(String, u64, u64)>,
+}
+
+/// Verifies the log in `dir` end to end. I/O errors are errors; everything about the content
+/// is in the report.
+pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
+    let files = layout::list_files(dir)?;
+    let mut report = VerifyReport::default();
+    if files.is_empty() {
+        report.problem = Some(Problem {
+            path: dir.to_owned(),
+            line: 0,
+            defect: Defect::NoFiles,
+        });
+        return Ok(report);
+    }
+    let mut chain = Chain {
+        next_seq: 0,
+        prev: GENESIS_DIGEST,
+        prev_line: None,
+        boot_mono: None,
+        finished_file: None,
+    };
+    for (position, file) in files.iter().enumerate() {
+        if file.index != position as u64 {
+            report.problem = Some(Problem {
+                path: dir.join(layout::file_name(position as u64)),
+                line: 0,
+                defect: Defect::MissingFile {
+                    name: layout::file_name(position as u64),
+                },
+            });
+            return Ok(report);
+        }
+        report.files += 1;
+        let is_newest = position + 1 == files.len();
+        if let Err(problem) = verify_file(file, is_newest, &mut chain, &mut report)? {
+            report.problem = Some(problem);
+            return Ok(report);
+        }
+    }
+    Ok(report)
+}
+
+fn verify_file(
+    file: &LogFile,
+    is_newest: bool,
+    chain: &mut Chain,
+    report: &mut VerifyReport,
+) -> Result<Result<(), Problem>, VerifyError> {
+    let path = &file.path;
+    let read_err = |source| VerifyError::Read {
+        path: path.clone(),
+        source,
+    };
+    let handle = File::open(path).map_err(|source| VerifyError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    let mut reader = BufReader::with_capacity(256 << 10, handle);
+    let name = file.name();
+    let mut buf = Vec::with_capacity(1024);
+    let mut line_no = 0u64;
+    let mut offset = 0u64;
+    loop {
+        buf.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 2)
+            .read_until(b'\n', &mut buf)
+            .map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let problem = |defect| Problem {
+            path: path.clone(),
+            line: line_no,
+            defect,
+        };
+        if buf.last() != Some(&b'\n') {
+            if n > MAX_LINE_BYTES {
+                return Ok(Err(problem(Defect::LineTooLong)));
+            }
+            if !is_newest {
+                return Ok(Err(problem(Defect::TornInnerFile { bytes: n as u64 })));
+            }
+            report.torn_tail = Some(TornTail {
+                path: path.clone(),
+                line: line_no,
+                offset,
+                bytes: n as u64,
+            });
+            break;
+        }
+        buf.pop();
+        if let Err(defect) = check_line(&buf, line_no, &name, chain) {
+            return Ok(Err(problem(defect)));
+        }
+        offset += n as u64;
+        report.records += 1;
+        report.last_seq = Some(chain.next_seq - 1);
+        report.head = Some(record::to_hex(&chain.prev));
+    }
+    chain.finished_file = Some((
+        name,
+        line_no - u64::from(report.torn_tail.is_some()),
+        offset,
+    ));
+    Ok(Ok(()))
+}
+
+fn check_line(line: &[u8], line_no: u64, file_name: &str, chain: &mut Chain) -> Result<(), Defect> {
+    if line.is_empty() {
+        return Err(Defect::EmptyLine);
+    }
+    let fields: Fields = match serde_json::from_slice(line) {
+        Ok(fields) => fields,
+        // Tell "not JSON at all" from "JSON, wrong shape".
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return Err(Defect::NotJson {
+                error: e.to_string(),
+            });
+        }
+        Err(e) => {
+            return Err(Defect::Schema {
+                error: e.to_string(),
+            });
+        }
+    };
+    let digest = record::digest_line(line);
+    match digest.seal {
+        Seal::Valid => {}
+        Seal::Mismatch => return Err(Defect::SealMismatch),
+        Seal::Missing => return Err(Defect::Unsealed),
+    }
+    if line_no == 1 {
+        check_file_start(line, &fields, chain)?;
+    } else if fields.kind == kinds::ROTATE {
+        return Err(Defect::RotateInsideFile);
+    }
+    if fields.seq != chain.next_seq {
+        return Err(Defect::SeqMismatch {
+            found: fields.seq,
+            expected: chain.next_seq,
+        });
+    }
+    if fields.prev != record::to_hex(&chain.prev) {
+        return Err(Defect::PrevMismatch {
+            previous: chain.prev_line.clone(),
+        });
+    }
+    if fields.kind == kinds::CHECKPOINT || fields.kind == kinds::STOP {
+        let checkpoint = payload_of::<Checkpoint>(line)?;
+        if checkpoint.count != fields.seq || checkpoint.head != fields.prev {
+            return Err(Defect::CheckpointMismatch {
+                detail: format!(
+                    "count {} / head {} where the log has {} records / head {}",
+                    checkpoint.count, checkpoint.head, fields.seq, fields.prev
+                ),
+            });
+        }
+    }
+    if time::parse_rfc3339(&fields.wall).is_err() {
+        return Err(Defect::BadWallClock { wall: fields.wall });
+    }
+    if let Some((boot, mono)) = &chain.boot_mono
+        && *boot == fields.boot_id
+        && fields.mono_ns < *mono
+    {
+        return Err(Defect::MonotonicBackwards {
+            previous: *mono,
+            found: fields.mono_ns,
+        });
+    }
+    chain.next_seq += 1;
+    chain.prev = digest.line;
+    chain.prev_line = Some((file_name.to_owned(), line_no));
+    chain.boot_mono = Some((fields.boot_id, fields.mono_ns));
+    Ok(())
+}
+
+/// The first line of the log is `start`; the first line of every later file is a `rotate`
+/// that must describe the previous file exactly (this is what exposes a truncated file).
+fn check_file_start(line: &[u8], fields: &Fields, chain: &Chain) -> Result<(), Defect> {
+    let Some((prev_name, prev_records, prev_bytes)) = &chain.finished_file else {
+        return if fields.kind == kinds::START {
+            Ok(())
+        } else {
+            Err(Defect::FirstNotStart {
+                kind: fields.kind.clone(),
+            })
+        };
+    };
+    if fields.kind != kinds::ROTATE {
+        return Err(Defect::FileNotStartingWithRotate {
+            kind: fields.kind.clone(),
+        });
+    }
+    let rotate = payload_of::<Rotate>(line)?;
+    let mut detail = Vec::new();
+    if rotate.prev_file != *prev_name {
+        detail.push(format!(
+            "it continues {}, not {prev_name}",
+            rotate.prev_file
+        ));
+    }
+    if rotate.prev_records != *prev_records || rotate.prev_bytes != *prev_bytes {
+        let verb = if rotate.prev_bytes > *prev_bytes {
+            "was truncated"
+        } else {
+            "was changed"
+        };
+        detail.push(format!(
+            "{prev_name} {verb}: it has {prev_records} records ({prev_bytes} bytes), the rotate \
+             record says {} ({} bytes)",
+            rotate.prev_records, rotate.prev_bytes
+        ));
+    }
+    if detail.is_empty() {
+        Ok(())
+    } else {
+        Err(Defect::RotateMismatch {
+            detail: detail.join("; "),
+        })
+    }
+}
+
+fn payload_of<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<T, Defect> {
+    serde_json::from_slice::<PayloadOf<T>>(line)
+        .map(|p| p.payload)
+        .map_err(|e| Defect::Schema {
+            error: format!("payload: {e}"),
+        })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepairOutcome {
+    /// Nothing to repair.
+    Clean(VerifyReport),
+    /// The torn tail was removed; `report` is the verification afterwards.
+    Repaired {
+        torn: TornTail,
+        /// The removed bytes (at most one partial record).
+        removed: Vec<u8>,
+        report: VerifyReport,
+    },
+    /// The log has a defect other than a torn tail: nothing was changed.
+    Refused(VerifyReport),
+}
+
+/// Truncates a torn final line, and only that: any other defect leaves the log untouched.
+/// Takes the writer lock so it never truncates under a live writer.
+pub fn repair(dir: &Path) -> Result<RepairOutcome, VerifyError> {
+    let _lock = layout::lock_dir(dir)?;
+    let report = verify(dir)?;
+    if report.problem.is_some() {
+        return Ok(RepairOutcome::Refused(report));
+    }
+    let Some(torn) = report.torn_tail.clone() else {
+        return Ok(RepairOutcome::Clean(report));
+    };
+    let err = |source| VerifyError::Truncate {
+        path: torn.path.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&torn.path)
+        .map_err(err)?;
+    let mut removed = Vec::new();
+    file.seek(SeekFrom::Start(torn.offset)).map_err(err)?;
+    (&mut file)
+        .take(torn.bytes)
+        .read_to_end(&mut removed)
+        .map_err(err)?;
+    file.set_len(torn.offset).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    tracing::warn!(path = %torn.path.display(), line = torn.line, bytes = torn.bytes, "truncated torn final line");
+    let report = verify(dir)?;
+    Ok(RepairOutcome::Repaired {
+        torn,
+        removed,
+        report,
+    })
+}

@@ -1,0 +1,419 @@
+//! `cargo xtask bench`: what the guard costs, as ratios within one run.
+//!
+//! Interleaved rounds (none, guard, bpftrace, in rotating order) of a fork storm in a
+//! registered cgroup, after a warm-up round; medians and spreads; attach time over cold
+//! starts; the guard's memory idle and under the storm. The results are written to
+//! docs/BENCHMARKS.md by the bench itself, so re-running it refreshes them.
+use std::{
+    fmt::Write as _,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::cmd::{self, cargo};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Forks per storm.
+    #[arg(long, default_value_t = 20_000)]
+    pub forks: u64,
+    /// Measured rounds (after one warm-up round).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Cold starts measured for the attach time.
+    #[arg(long, default_value_t = 10)]
+    pub starts: usize,
+    /// Where to write the results table (relative to the workspace root).
+    #[arg(long, default_value = "docs/BENCHMARKS.md")]
+    pub output: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Observer {
+    None,
+    Guard,
+    Bpftrace,
+}
+
+impl Observer {
+    fn name(self) -> &'static str {
+        match self {
+            Observer::None => "none",
+            Observer::Guard => "guard",
+            Observer::Bpftrace => "bpftrace",
+        }
+    }
+}
+
+/// A running observer process and the lines it prints (stdout and stderr, interleaved).
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+fn forward_lines(stream: impl std::io::Read + Send + 'static, sender: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// Spawns `command` and waits until it prints a line containing `ready` (it attached).
+fn spawn_ready(command: &mut Command, ready: &str, timeout: Duration) -> anyhow::Result<Running> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", cmd::describe(command)))?;
+    let (sender, lines) = mpsc::channel();
+    forward_lines(
+        child.stdout.take().context("no stdout pipe")?,
+        sender.clone(),
+    );
+    forward_lines(child.stderr.take().context("no stderr pipe")?, sender);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(ready) => return Ok(Running { child, lines }),
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                bail!(
+                    "{} did not say {ready:?} within {timeout:?}",
+                    cmd::describe(command)
+                );
+            }
+        }
+    }
+}
+
+/// Peak and current RSS of a process, in KiB, from /proc.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Stops the observer with SIGINT (both print their counts on it) and returns its output.
+fn interrupt(running: &mut Running) -> anyhow::Result<String> {
+    // SAFETY: kill(2) on a child we own.
+    unsafe { libc::kill(running.child.id() as i32, libc::SIGINT) };
+    running.child.wait()?;
+    // The forwarding threads end at EOF, closing the channel.
+    Ok(running.lines.iter().collect::<Vec<_>>().join("\n"))
+}
+
+struct Storm {
+    wall: Duration,
+    /// Forks the observer counted (None for no observer).
+    counted: Option<u64>,
+    /// Peak RSS of the observer during the storm, KiB.
+    peak_kib: Option<u64>,
+}
+
+fn bpftrace_script(cgroup: &Path) -> String {
+    let filter = format!("cgroup == cgroupid(\"{}\")", cgroup.display());
+    format!(
+        "tracepoint:sched:sched_process_fork /{filter}/ {{ @forks[cgroup] = count(); }} \
+         tracepoint:sched:sched_process_exit /{filter}/ {{ @exits[cgroup] = count(); }} \
+         tracepoint:syscalls:sys_exit_clone /{filter} && args->ret == -11/ {{ @denied[cgroup] = count(); }}"
+    )
+}
+
+fn storm(
+    observer: Observer,
+    guard: &Path,
+    stress: &Path,
+    cgroup: &Path,
+    forks: u64,
+) -> anyhow::Result<Storm> {
+    let mut running = match observer {
+        Observer::None => None,
+        Observer::Guard => Some(spawn_ready(
+            Command::new(guard)
+                .args(["watch", "--json", "--cgroup"])
+                .arg(format!("bench={}", cgroup.display())),
+            "guard: watching",
+            Duration::from_secs(60),
+        )?),
+        Observer::Bpftrace => Some(spawn_ready(
+            Command::new("bpftrace")
+                .arg("-e")
+                .arg(bpftrace_script(cgroup)),
+            "Attaching",
+            Duration::from_secs(60),
+        )?),
+    };
+    if observer == Observer::Bpftrace {
+        // bpftrace prints "Attaching" just before attaching: let it finish (its probes are
+        // attached once it prints nothing more for a moment).
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let started = Instant::now();
+    let output = Command::new(stress)
+        .arg("--cgroup")
+        .arg(cgroup)
+        .args(["fork", &forks.to_string()])
+        .output()
+        .context("running guard-stress")?;
+    let wall = started.elapsed();
+    if !output.status.success() {
+        bail!(
+            "guard-stress failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let Some(running) = running.as_mut() else {
+        return Ok(Storm {
+            wall,
+            counted: None,
+            peak_kib: None,
+        });
+    };
+    let (peak, _) = rss_kib(running.child.id());
+    let stdout = interrupt(running)?;
+    let counted = match observer {
+        Observer::Guard => serde_forks(&stdout),
+        Observer::Bpftrace => stdout
+            .lines()
+            .find(|line| line.starts_with("@forks"))
+            .and_then(|line| line.rsplit(' ').next()?.trim().parse().ok()),
+        Observer::None => None,
+    };
+    Ok(Storm {
+        wall,
+        counted,
+        peak_kib: Some(peak),
+    })
+}
+
+/// The `"forks": N` of the first report in `guard watch --json` output.
+fn serde_forks(json: &str) -> Option<u64> {
+    let start = json.find("\"forks\":")? + "\"forks\":".len();
+    json[start..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
+}
+
+fn spread(values: &[f64]) -> (f64, f64) {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (min, max)
+}
+
+fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let mount = before.split_whitespace().nth(4)?;
+            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
+        })
+        .context("no cgroup2 filesystem is mounted")
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.rounds == 0 || args.forks == 0 || args.starts == 0 {
+        bail!("--rounds, --forks and --starts must be at least 1");
+    }
+    crate::setup::run(crate::setup::SetupArgs::default())?;
+    cmd::run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "guard",
+        "-p",
+        "guard-tests",
+        "--bins",
+    ]))?;
+    let bin = xtask::paths::target_dir().join("release");
+    let (guard, stress) = (bin.join("guard"), bin.join("guard-stress"));
+    let cgroup = cgroup2_mount()?.join(format!("guard-bench-{}", std::process::id()));
+    std::fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
+    let result = measure(args, &guard, &stress, &cgroup);
+    let _ = std::fs::remove_dir(&cgroup);
+    let table = result?;
+    let output = xtask::paths::workspace_root().join(&args.output);
+    if let Some(parent) = output.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&output, &table).with_context(|| format!("writing {}", output.display()))?;
+    println!("\n{table}\nwritten to {}", output.display());
+    Ok(())
+}
+
+fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyhow::Result<String> {
+    let observers = [Observer::None, Observer::Guard, Observer::Bpftrace];
+    let mut walls: [Vec<f64>; 3] = Default::default();
+    let mut guard_peaks = Vec::new();
+    let mut miscounts = Vec::new();
+    for round in 0..=args.rounds {
+        let warmup = round == 0;
+        // Rotate the order so no observer always runs first (caches, frequency, noise).
+        for offset in 0..observers.len() {
+            let index = (offset + round) % observers.len();
+            let observer = observers[index];
+            let result = storm(observer, guard, stress, cgroup, args.forks)?;
+            let rate = args.forks as f64 / result.wall.as_secs_f64();
+            println!(
+                "round {round}{} {:<9} {:>8.0} forks/s{}",
+                if warmup { " (warm-up)" } else { "" },
+                observer.name(),
+                rate,
+                result
+                    .counted
+                    .map_or(String::new(), |n| format!("  counted {n}"))
+            );
+            if warmup {
+                continue;
+            }
+            walls[index].push(result.wall.as_secs_f64());
+            if let Some(counted) = result.counted.filter(|&n| n != args.forks) {
+                miscounts.push(format!(
+                    "{} counted {counted} of {}",
+                    observer.name(),
+                    args.forks
+                ));
+            }
+            if observer == Observer::Guard {
+                guard_peaks.extend(result.peak_kib);
+            }
+        }
+    }
+
+    // Attach time: process start to every program attached and the cgroup registered.
+    let mut attach = Vec::new();
+    let mut idle_rss = Vec::new();
+    for _ in 0..args.starts {
+        let started = Instant::now();
+        let mut running = spawn_ready(
+            Command::new(guard)
+                .args(["watch", "--cgroup"])
+                .arg(format!("bench={}", cgroup.display())),
+            "guard: watching",
+            Duration::from_secs(60),
+        )?;
+        attach.push(started.elapsed().as_secs_f64() * 1000.0);
+        idle_rss.push(rss_kib(running.child.id()).1 as f64);
+        interrupt(&mut running)?;
+    }
+
+    let mut medians = [0.0; 3];
+    for (index, values) in walls.iter_mut().enumerate() {
+        medians[index] = median(values);
+    }
+    let rate = |index: usize| args.forks as f64 / medians[index];
+    let mut table = String::new();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_default();
+    writeln!(table, "# Benchmarks\n")?;
+    writeln!(
+        table,
+        "Written by `cargo xtask bench` on {date}: kernel {}, {cpus} CPUs. Fork storm: \
+         {} forks + exit + waitpid in a registered cgroup, {} interleaved rounds after a \
+         warm-up; medians, with min–max in brackets. Ratios compare runs of the same round \
+         set on the same machine; single figures on these noisy machines mean little.\n",
+        kernel.trim(),
+        args.forks,
+        args.rounds
+    )?;
+    writeln!(
+        table,
+        "| observer | forks/s (median) | wall s [min–max] | vs none |"
+    )?;
+    writeln!(table, "| --- | --- | --- | --- |")?;
+    for (index, observer) in observers.iter().enumerate() {
+        let (min, max) = spread(&walls[index]);
+        writeln!(
+            table,
+            "| {} | {:.0} | {:.3} [{:.3}–{:.3}] | {:.3} |",
+            observer.name(),
+            rate(index),
+            medians[index],
+            min,
+            max,
+            medians[index] / medians[0]
+        )?;
+    }
+    let (attach_min, attach_max) = spread(&attach);
+    let mut peaks: Vec<f64> = guard_peaks.iter().map(|&kib| kib as f64).collect();
+    writeln!(table)?;
+    writeln!(table, "| measure | value |")?;
+    writeln!(table, "| --- | --- |")?;
+    writeln!(
+        table,
+        "| guard / none (fork-storm wall time) | {:.3} |",
+        medians[1] / medians[0]
+    )?;
+    writeln!(
+        table,
+        "| guard / bpftrace (fork-storm wall time) | {:.3} |",
+        medians[1] / medians[2]
+    )?;
+    writeln!(
+        table,
+        "| attach: start to all programs attached and one cgroup registered (median of {}) | {:.1} ms [{:.1}–{:.1}] |",
+        args.starts,
+        median(&mut attach),
+        attach_min,
+        attach_max
+    )?;
+    writeln!(
+        table,
+        "| guard RSS idle (median) | {:.1} MiB |",
+        median(&mut idle_rss) / 1024.0
+    )?;
+    if !peaks.is_empty() {
+        writeln!(
+            table,
+            "| guard peak RSS under the storm (median) | {:.1} MiB |",
+            median(&mut peaks) / 1024.0
+        )?;
+    }
+    writeln!(
+        table,
+        "| counting errors | {} |",
+        if miscounts.is_empty() {
+            "none: guard and bpftrace counted every fork".to_string()
+        } else {
+            miscounts.join("; ")
+        }
+    )?;
+    Ok(table)
+}
