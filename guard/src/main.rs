@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cli_exec;
-mod cli_run;
 mod cli_log;
+mod cli_run;
 mod cli_watch;
 
 /// guard: prove that a micro-VM guest's per-container cgroup limits held.
