@@ -11,10 +11,13 @@ pub mod events;
 pub mod file_watch;
 pub mod forensic;
 mod guard;
+pub mod limits;
 pub mod probes;
 pub mod reader;
 pub mod reconcile;
 pub mod report;
+pub mod runtime;
+pub mod spec;
 pub mod tracefs;
 
 pub use capability::{CapabilityReport, Tier};

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cli_exec;
 mod cli_log;
+mod cli_run;
 mod cli_watch;
 mod log_args;
 
@@ -43,6 +44,11 @@ enum Command {
     ///
     /// Example: `guard watch --cgroup /sys/fs/cgroup/system.slice/docker-abc.scope --events -`
     Watch(cli_watch::WatchArgs),
+    /// Run one guarded container to completion (libcontainer): limits at /guard/<id>, events
+    /// streamed to stderr, a report at the end.
+    ///
+    /// Example: `guard run --memory 64M --pids 128 --rootfs /tmp/rootfs -- sh -c 'echo hi'`
+    Run(cli_run::RunArgs),
     /// Read, follow, verify and repair the hash-chained forensic log (see docs/LOG-FORMAT.md).
     Log(cli_log::LogArgs),
 }
@@ -60,6 +66,7 @@ fn main() -> ExitCode {
         Command::Probe { json } => probe(json),
         Command::Exec(args) => cli_exec::run(args),
         Command::Watch(args) => cli_watch::run(args),
+        Command::Run(args) => cli_run::run(args),
         Command::Log(args) => cli_log::run(args),
     };
     match result {
