@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod cli_exec;
 mod cli_log;
 mod cli_run;
+mod cli_selftest;
 mod cli_watch;
 mod log_args;
 
@@ -49,6 +50,10 @@ enum Command {
     ///
     /// Example: `guard run --memory 64M --pids 128 --rootfs /tmp/rootfs -- sh -c 'echo hi'`
     Run(cli_run::RunArgs),
+    /// Prove the limits hold on this machine: one guarded container with the default limits,
+    /// three bomb waves inside it (a pids bomb, a 512 MiB allocation, 200 × 2 MiB children),
+    /// per-wave evidence, a forensic log. Meant for a disposable guest: it is hostile on purpose.
+    Selftest(cli_selftest::SelftestArgs),
     /// Read, follow, verify and repair the hash-chained forensic log (see docs/LOG-FORMAT.md).
     Log(cli_log::LogArgs),
 }
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
         Command::Watch(args) => cli_watch::run(args),
         Command::Run(args) => cli_run::run(args),
         Command::Log(args) => cli_log::run(args),
+        Command::Selftest(args) => cli_selftest::run(args),
     };
     match result {
         Ok(code) => code,

@@ -204,6 +204,12 @@ fn pids_verdict(evidence: &Evidence<'_>, flags: &mut Vec<String>) -> LimitVerdic
     }
 }
 
+/// How far the kernel may push memory usage past memory.max by itself: it force-charges some
+/// allocations (an OOM victim exiting, __GFP_NOFAIL) and charges in batches of 64 pages
+/// (MEMCG_CHARGE_BATCH). Overage within this is the kernel's documented behaviour, not a
+/// violation.
+pub const MEMORY_OVERCHARGE_SLACK: u64 = 64 * 4096;
+
 fn memory_verdict(evidence: &Evidence<'_>, flags: &mut Vec<String>) -> (LimitVerdict, OomSummary) {
     let events = evidence.kernel.memory_events.clone().unwrap_or_default();
     let kernel_kills = events.get("oom_kill");
@@ -239,13 +245,21 @@ fn memory_verdict(evidence: &Evidence<'_>, flags: &mut Vec<String>) -> (LimitVer
         Err(verdict) => return (verdict, oom),
     };
     if let Some(peak) = evidence.applied.memory_peak.filter(|&peak| peak > limit) {
-        return (
-            LimitVerdict {
-                verdict: Verdict::Violated,
-                evidence: format!("memory.peak {peak} exceeds memory.max {limit}"),
-            },
-            oom,
-        );
+        if peak - limit > MEMORY_OVERCHARGE_SLACK {
+            return (
+                LimitVerdict {
+                    verdict: Verdict::Violated,
+                    evidence: format!("memory.peak {peak} exceeds memory.max {limit}"),
+                },
+                oom,
+            );
+        }
+        flags.push(format!(
+            "memory.peak exceeded memory.max by {} bytes: the kernel's forced charges (an OOM \
+             victim's last pages, __GFP_NOFAIL), within its {MEMORY_OVERCHARGE_SLACK}-byte \
+             charge batch",
+            peak - limit
+        ));
     }
     if evidence.kernel.memory_events.is_none() {
         return (
@@ -448,6 +462,24 @@ mod tests {
         // And no limit at all, none requested: nothing to enforce.
         evidence.requested_pids_max = None;
         assert_eq!(reconcile(&evidence).pids.verdict, Verdict::NotExercised);
+    }
+
+    #[test]
+    fn a_page_of_forced_overcharge_is_flagged_not_violated() {
+        let mut applied = applied(Some(32 << 20), Some(64));
+        applied.memory_peak = Some((32 << 20) + 4096);
+        let kernel = files("max 5\noom 1\noom_kill 1\n", "max 0\n");
+        let result = reconcile(&evidence(&applied, &kernel, None));
+        assert_eq!(result.memory.verdict, Verdict::Enforced, "{result:?}");
+        assert!(
+            result
+                .flags
+                .iter()
+                .any(|flag| flag.contains("by 4096 bytes"))
+        );
+        applied.memory_peak = Some((32 << 20) + MEMORY_OVERCHARGE_SLACK + 1);
+        let result = reconcile(&evidence(&applied, &kernel, None));
+        assert_eq!(result.memory.verdict, Verdict::Violated);
     }
 
     #[test]

@@ -10,10 +10,13 @@ usage: guard-stress [--cgroup DIR] MODE ARGS
 
 Modes (each prints one JSON line of tallies):
   fork N           fork N children one at a time; each exits at once and is reaped
-  hold N           fork up to N children that all stay alive until the last fork was tried
-                   (a pids bomb: forks past pids.max fail with EAGAIN)
+  hold N           create up to N processes that all stay alive until the last one was tried
+                   (a pids bomb: creations past pids.max fail with EAGAIN); they share this
+                   process's memory (clone with CLONE_VM), so 1000 fit in a 128 MiB guest
   alloc MIB        allocate MIB MiB and touch every page (a memory bomb)
-  forkalloc N MIB  fork N children that each allocate and touch MIB MiB, then wait
+  forkalloc N MIB  fork N children that each allocate and touch MIB MiB and hold it until
+                   the last fork was tried, then wait for them
+  reap             a container init: reap every child (orphans too, as PID 1), forever
 
 --cgroup DIR moves this process into the cgroup DIR (writes to DIR/cgroup.procs) first.";
 
@@ -35,8 +38,8 @@ fn main() -> ExitCode {
             .map_err(|_| format!("{what} must be a whole number, got {text:?}"))
     };
     let result = match args.first().map(String::as_str) {
-        Some("fork") => number(1, "N").and_then(|n| fork_and_reap(n, false)),
-        Some("hold") => number(1, "N").and_then(|n| fork_and_reap(n, true)),
+        Some("fork") => number(1, "N").and_then(fork_and_reap),
+        Some("hold") => number(1, "N").and_then(hold),
         Some("alloc") => number(1, "MIB").map(|mib| {
             let touched = allocate_and_touch(mib);
             format!("{{\"mode\":\"alloc\",\"mib\":{mib},\"touched_pages\":{touched}}}")
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Some("forkalloc") => number(1, "N")
             .and_then(|n| number(2, "MIB").map(|mib| (n, mib)))
             .map(|(n, mib)| fork_alloc(n, mib)),
+        Some("reap") => reap_forever(),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -65,57 +69,137 @@ fn usage(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Forks `n` children. With `hold`, children block on a pipe until every fork was tried, so
-/// they accumulate (as a fork bomb's do); without, each exits at once and is reaped.
-fn fork_and_reap(n: u64, hold: bool) -> Result<String, String> {
-    let mut pipe = [0i32; 2];
-    // SAFETY: pipe() writes two fds into the array.
-    if hold && unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
-        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
-    }
-    let mut succeeded = 0u64;
-    let mut eagain = 0u64;
-    let mut other_errors = 0u64;
-    let mut children = Vec::with_capacity(if hold { n as usize } else { 0 });
+/// Forks `n` children one at a time; each exits at once and is reaped.
+fn fork_and_reap(n: u64) -> Result<String, String> {
+    let mut tally = Tally::default();
     for _ in 0..n {
-        // SAFETY: the child only calls read/_exit, which are async-signal-safe.
+        // SAFETY: the child only calls _exit, which is async-signal-safe.
         match unsafe { libc::fork() } {
-            0 => unsafe {
-                if hold {
-                    libc::close(pipe[1]);
-                    let mut byte = 0u8;
-                    libc::read(pipe[0], (&mut byte as *mut u8).cast(), 1);
-                }
-                libc::_exit(0)
-            },
-            -1 => match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EAGAIN) => eagain += 1,
-                _ => other_errors += 1,
-            },
+            0 => unsafe { libc::_exit(0) },
+            -1 => tally.failed(),
             pid => {
-                succeeded += 1;
-                if hold {
-                    children.push(pid);
-                } else {
-                    wait_for(pid);
-                }
+                tally.succeeded += 1;
+                wait_for(pid);
             }
         }
     }
-    if hold {
-        // Closing the write end gives every child EOF: they all exit.
-        unsafe {
-            libc::close(pipe[1]);
-            libc::close(pipe[0]);
-        }
-        for pid in children {
-            wait_for(pid);
+    Ok(tally.line("fork", n))
+}
+
+#[derive(Default)]
+struct Tally {
+    succeeded: u64,
+    eagain: u64,
+    other_errors: u64,
+}
+
+impl Tally {
+    fn failed(&mut self) {
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => self.eagain += 1,
+            _ => self.other_errors += 1,
         }
     }
-    let mode = if hold { "hold" } else { "fork" };
-    Ok(format!(
-        "{{\"mode\":\"{mode}\",\"requested\":{n},\"succeeded\":{succeeded},\"eagain\":{eagain},\"other_errors\":{other_errors}}}"
-    ))
+
+    fn line(&self, mode: &str, requested: u64) -> String {
+        format!(
+            "{{\"mode\":\"{mode}\",\"requested\":{requested},\"succeeded\":{},\"eagain\":{},\"other_errors\":{}}}",
+            self.succeeded, self.eagain, self.other_errors
+        )
+    }
+}
+
+/// Stack reserved for each held process (only the pages it touches are charged).
+const HOLD_STACK: usize = 64 * 1024;
+
+/// A held process: closes its copy of the write end, blocks until EOF, exits.
+extern "C" fn held(pipe: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `pipe` points to the parent's two fds, alive (shared memory) until every held
+    // process was reaped; only raw syscalls run here, on this process's own stack.
+    unsafe {
+        let fds = pipe.cast::<[libc::c_int; 2]>();
+        libc::close((*fds)[1]);
+        let mut byte = 0u8;
+        libc::read((*fds)[0], (&mut byte as *mut u8).cast(), 1);
+        libc::syscall(libc::SYS_exit, 0);
+    }
+    0
+}
+
+/// Creates up to `n` processes that all stay alive until every creation was tried, as a fork
+/// bomb's do. They share this process's memory (CLONE_VM, no CLONE_THREAD: each is its own
+/// process, counted by the pids controller like a forked one) so that page-table and
+/// copy-on-write costs (~130 KiB a forked child) do not hit memory.max before pids.max.
+fn hold(n: u64) -> Result<String, String> {
+    let mut pipe = [0 as libc::c_int; 2];
+    // SAFETY: pipe() writes two fds into the array.
+    if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    let bytes = HOLD_STACK * n as usize;
+    // SAFETY: an anonymous mapping, used only as the held processes' stacks.
+    let stacks = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes.max(HOLD_STACK),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stacks == libc::MAP_FAILED {
+        return Err(format!("mmap stacks: {}", std::io::Error::last_os_error()));
+    }
+    let mut tally = Tally::default();
+    let mut children = Vec::with_capacity(n as usize);
+    for index in 0..n as usize {
+        // SAFETY: each process gets the top of its own stack slot; `held` only makes syscalls.
+        let pid = unsafe {
+            let top = stacks.cast::<u8>().add((index + 1) * HOLD_STACK);
+            libc::clone(
+                held,
+                top.cast(),
+                libc::CLONE_VM | libc::SIGCHLD,
+                pipe.as_mut_ptr().cast(),
+            )
+        };
+        if pid == -1 {
+            tally.failed();
+        } else {
+            tally.succeeded += 1;
+            children.push(pid);
+        }
+    }
+    // Closing the write end gives every held process EOF: they all exit.
+    unsafe {
+        libc::close(pipe[1]);
+    }
+    for pid in children {
+        wait_for(pid);
+    }
+    unsafe {
+        libc::close(pipe[0]);
+        libc::munmap(stacks, bytes.max(HOLD_STACK));
+    }
+    Ok(tally.line("hold", n))
+}
+
+/// PID 1 of a container: orphans are reparented here and must be reaped, or their zombies
+/// keep counting against pids.max.
+fn reap_forever() -> ! {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a valid int; sleep has no preconditions.
+        unsafe {
+            if libc::waitpid(-1, &mut status, 0) == -1
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+            {
+                // No children right now: wait for some to be reparented to us.
+                libc::sleep(1);
+            }
+        }
+    }
 }
 
 fn wait_for(pid: libc::pid_t) {
@@ -158,20 +242,35 @@ fn allocate_and_touch(mib: u64) -> u64 {
     }
 }
 
-/// Forks `n` children that each allocate and touch `mib` MiB, then waits for all of them and
-/// tallies how they ended (exit 0, killed by a signal, or fork refused).
+/// Forks `n` children that each allocate and touch `mib` MiB and hold it until every fork was
+/// tried (so their memory adds up, as a bomb's does), then waits for all of them and tallies
+/// how they ended (exit 0, killed by a signal, or fork refused).
 fn fork_alloc(n: u64, mib: u64) -> String {
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe() writes two fds into the array.
+    let piped = unsafe { libc::pipe(pipe.as_mut_ptr()) } == 0;
     let mut children = Vec::new();
     let mut fork_failed = 0u64;
     for _ in 0..n {
-        // SAFETY: the child touches memory and calls _exit only.
+        // SAFETY: the child touches memory and calls read/_exit only.
         match unsafe { libc::fork() } {
-            0 => {
+            0 => unsafe {
                 allocate_and_touch(mib);
-                unsafe { libc::_exit(0) }
-            }
+                if piped {
+                    libc::close(pipe[1]);
+                    let mut byte = 0u8;
+                    libc::read(pipe[0], (&mut byte as *mut u8).cast(), 1);
+                }
+                libc::_exit(0)
+            },
             -1 => fork_failed += 1,
             pid => children.push(pid),
+        }
+    }
+    if piped {
+        unsafe {
+            libc::close(pipe[1]);
+            libc::close(pipe[0]);
         }
     }
     let (mut exited, mut killed) = (0u64, 0u64);
