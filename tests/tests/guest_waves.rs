@@ -1,0 +1,242 @@
+//! The enforcement suite: `guard selftest` in a 128 MiB guest on Debian 6.1 and 6.12, three
+//! escalating bomb waves in one guarded container, each asserted on evidence (BPF counters
+//! reconciled with the kernel's event files), not on survival. Two-sided: the same waves with
+//! `--no-limits` (probes on, limits off) must fail the same assertions.
+use std::path::PathBuf;
+
+use guard_tests::guest::{guest, json_file};
+use serde_json::Value;
+use xtask::vm::{self, Completed, VmConfig, VmResult};
+
+/// Boots a guest running the selftest; None when skipped, Err(console) when the VM died.
+fn selftest(kernel: &str, extra: &str) -> Option<Result<Completed, String>> {
+    let guest = guest(kernel)?;
+    let config = VmConfig::shell(kernel, &format!("guard selftest {extra}"))
+        .binary(guest.bin_dir.join("guard"))
+        .binary(guest.bin_dir.join("guard-stress"))
+        .timeout(std::time::Duration::from_secs(600))
+        .label(format!("waves{}-{kernel}", extra.replace(' ', "")));
+    let outcome = vm::run(&config).expect("the VM harness itself failed");
+    eprintln!(
+        "waves {extra} on {kernel}: boot {:?}, scenario {:?}, wall {:?}",
+        outcome.boot_time, outcome.scenario_time, outcome.wall_time
+    );
+    Some(match outcome.result {
+        VmResult::Completed(done) => Ok(done),
+        VmResult::Died { console_tail } => Err(format!("VM died:\n{console_tail}")),
+        VmResult::TimedOut { console_tail } => Err(format!("VM timed out:\n{console_tail}")),
+    })
+}
+
+fn number(value: &Value) -> u64 {
+    value.as_u64().unwrap_or(0)
+}
+
+/// Every enforcement assertion of the suite; the first that fails, with its numbers.
+fn enforced(summary: &Value) -> Result<(), String> {
+    let check = |ok: bool, what: String| if ok { Ok(()) } else { Err(what) };
+    let waves = summary["waves"].as_array().ok_or("no waves")?;
+    check(waves.len() == 3, format!("{} waves ran", waves.len()))?;
+    for wave in waves {
+        let name = wave["wave"].as_str().unwrap_or("?");
+        check(
+            wave["fresh_exec_ok"] == true,
+            format!("{name}: a fresh exec failed"),
+        )?;
+        check(
+            number(&wave["leftover_processes"]) == 0,
+            format!("{name}: {} processes left over", wave["leftover_processes"]),
+        )?;
+        check(
+            wave["agent_oom_score_adj"] == -1000,
+            format!(
+                "{name}: the agent's oom_score_adj is {}",
+                wave["agent_oom_score_adj"]
+            ),
+        )?;
+    }
+    let (pids, memory, mixed) = (&waves[0], &waves[1], &waves[2]);
+
+    // Wave 1: the pids bomb is stopped by pids.max, and the probes saw every denial.
+    let denied = number(&pids["bpf"]["fork_denied"]);
+    let kernel_denied = number(&pids["kernel"]["pids_events"]["max"]);
+    check(
+        denied > 0,
+        format!("pids bomb: no fork was denied ({})", pids["bpf"]),
+    )?;
+    check(
+        denied == kernel_denied,
+        format!("pids bomb: BPF denials {denied} != pids.events max {kernel_denied}"),
+    )?;
+    check(
+        number(&pids["bpf"]["fork_denied_pids_max"]) == denied,
+        format!(
+            "pids bomb: the kretprobe saw {} pids.max denials",
+            pids["bpf"]["fork_denied_pids_max"]
+        ),
+    )?;
+    let forks = number(&pids["bpf"]["forks"]);
+    check(
+        forks <= 512 && forks < 1000,
+        format!("pids bomb: {forks} forks succeeded"),
+    )?;
+
+    // Wave 2: the 512 MiB allocation is OOM-killed by its own memcg, nothing global.
+    let kills = number(&memory["bpf"]["oom_kills"]);
+    check(
+        kills >= 1,
+        format!(
+            "memory bomb: no OOM kill in the container ({})",
+            memory["bpf"]
+        ),
+    )?;
+    check(
+        kills == number(&memory["kernel"]["memory_events"]["oom_kill"]),
+        format!(
+            "memory bomb: BPF kills {kills} != oom_kill {}",
+            memory["kernel"]["memory_events"]
+        ),
+    )?;
+    check(
+        number(&memory["kernel"]["memory_events_local"]["oom"]) >= 1,
+        format!(
+            "memory bomb: no memcg OOM (scope global): {}",
+            memory["kernel"]
+        ),
+    )?;
+
+    // Wave 3: kills and/or denials inside the container only, after memory pressure.
+    let mixed_kills = number(&mixed["bpf"]["oom_kills"]);
+    check(
+        mixed_kills + number(&mixed["bpf"]["fork_denied"]) >= 1,
+        format!("fork+alloc bomb: nothing was stopped ({})", mixed["bpf"]),
+    )?;
+    check(
+        mixed_kills == number(&mixed["kernel"]["memory_events"]["oom_kill"]),
+        format!(
+            "fork+alloc bomb: BPF kills {mixed_kills} != {}",
+            mixed["kernel"]["memory_events"]
+        ),
+    )?;
+    check(
+        mixed_kills == 0 || number(&mixed["kernel"]["memory_events_local"]["oom"]) >= 1,
+        format!(
+            "fork+alloc bomb: kills without a memcg OOM (global): {}",
+            mixed["kernel"]
+        ),
+    )?;
+    check(
+        number(&mixed["bpf"]["reclaim_runs"]) > 0,
+        "fork+alloc bomb: no memcg reclaim recorded".to_string(),
+    )?;
+
+    check(
+        number(&summary["global"]["bpf"]["oom_kills"]) == 0,
+        format!(
+            "{} OOM kills outside the container (global OOM)",
+            summary["global"]["bpf"]["oom_kills"]
+        ),
+    )?;
+    for limit in ["pids", "memory"] {
+        check(
+            summary["report"][limit]["verdict"] == "enforced",
+            format!(
+                "{limit}: verdict {} ({})",
+                summary["report"][limit]["verdict"], summary["report"][limit]["evidence"]
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// The guest's forensic log, written to a host folder.
+fn unpack_log(done: &Completed, kernel: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("guard-waves-log-{kernel}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (path, bytes) in &done.files {
+        if let Some(file) = path.strip_prefix("log/") {
+            std::fs::write(dir.join(file), bytes).unwrap();
+        }
+    }
+    dir
+}
+
+fn limits_hold(kernel: &str) {
+    let Some(result) = selftest(kernel, "") else {
+        return;
+    };
+    let done =
+        result.unwrap_or_else(|console| panic!("the {kernel} guest must survive: {console}"));
+    assert_eq!(
+        done.exit_code,
+        0,
+        "{}\n{}",
+        done.stdout_str(),
+        done.stderr_str()
+    );
+    let summary = json_file(&done, "waves.json");
+    if let Err(failure) = enforced(&summary) {
+        panic!(
+            "{kernel}: {failure}\n{}",
+            serde_json::to_string_pretty(&summary["waves"]).unwrap()
+        );
+    }
+    // The forensic log verifies with the independent verifier and holds the three waves.
+    let log = unpack_log(&done, kernel);
+    let status = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/verify_log.py"))
+        .arg(&log)
+        .status()
+        .expect("python3 runs");
+    assert!(status.success(), "the guest's forensic log must verify");
+    let kinds: Vec<String> = std::fs::read_dir(&log)
+        .unwrap()
+        .filter_map(|entry| std::fs::read_to_string(entry.unwrap().path()).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .map(|record| record["kind"].as_str().unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let count = |kind: &str| kinds.iter().filter(|k| *k == kind).count();
+    assert_eq!(count("wave"), 3);
+    assert_eq!(count("limits_applied"), 1);
+    assert_eq!(count("report"), 1);
+}
+
+#[test]
+fn limits_hold_against_three_waves_6_1() {
+    limits_hold("6.1");
+}
+
+#[test]
+fn limits_hold_against_three_waves_6_12() {
+    limits_hold("6.12");
+}
+
+fn without_limits_the_assertions_fail(kernel: &str) {
+    let Some(result) = selftest(kernel, "--no-limits") else {
+        return;
+    };
+    // A dead VM fails enforcement by itself; a surviving one must fail the same checks.
+    let failure = match result {
+        Err(console) => console,
+        Ok(done) => match enforced(&json_file(&done, "waves.json")) {
+            Ok(()) => panic!("{kernel}: with limits off the enforcement assertions must fail"),
+            Err(failure) => failure,
+        },
+    };
+    eprintln!("{kernel} without limits fails as it must: {failure}");
+}
+
+#[test]
+fn without_limits_the_assertions_fail_6_1() {
+    without_limits_the_assertions_fail("6.1");
+}
+
+#[test]
+fn without_limits_the_assertions_fail_6_12() {
+    without_limits_the_assertions_fail("6.12");
+}
