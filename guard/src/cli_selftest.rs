@@ -180,41 +180,77 @@ async fn leftovers_gone(cgroup: &Path, timeout: Duration) -> anyhow::Result<usiz
     }
 }
 
-/// Prints each event compactly on the console as it arrives.
+/// Prints the events on the console as they happen: every OOM kill and loss at once, the
+/// storms (denials, reclaims, throttling) summed once a second, so a bomb stays readable.
 async fn print_live(mut events: tokio::sync::mpsc::Receiver<GuardEvent>) {
     let mut out = console();
-    while let Some(event) = events.recv().await {
-        let line = match &event.event.detail {
-            EventDetail::Fork { .. } | EventDetail::KernelFile { .. } => continue,
-            EventDetail::ForkDenied { cause, .. } => format!("fork denied ({cause:?})"),
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut denied = std::collections::BTreeMap::<String, u64>::new();
+    let (mut reclaims, mut reclaim_us, mut throttled) = (0u64, 0u64, 0u64);
+    // OOM kills shown one by one per tick, the rest of a storm summed.
+    const KILLS_SHOWN: u64 = 3;
+    let (mut kills_in_tick, mut kills_unshown) = (0u64, 0u64);
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            _ = tick.tick() => {
+                for (cause, count) in std::mem::take(&mut denied) {
+                    let _ = writeln!(out, "[guard] fork denied x{count} (cause: {cause})");
+                }
+                if reclaims > 0 {
+                    let _ = writeln!(out, "[guard] memcg reclaim x{reclaims} ({reclaim_us} µs stalled)");
+                    (reclaims, reclaim_us) = (0, 0);
+                }
+                if throttled > 0 {
+                    let _ = writeln!(out, "[guard] {throttled} events throttled (counters stay exact)");
+                    throttled = 0;
+                }
+                if kills_unshown > 0 {
+                    let _ = writeln!(out, "[guard] ... and {kills_unshown} more OOM kills");
+                }
+                (kills_in_tick, kills_unshown) = (0, 0);
+                continue;
+            }
+        };
+        let container = event.container.as_deref().unwrap_or("-");
+        match &event.event.detail {
+            EventDetail::ForkDenied { cause, .. } => {
+                *denied.entry(format!("{cause:?}")).or_default() += 1;
+            }
+            EventDetail::Reclaim { duration_ns, .. } => {
+                reclaims += 1;
+                reclaim_us += duration_ns / 1000;
+            }
+            EventDetail::Throttle { suppressed, .. } => throttled += suppressed,
             EventDetail::OomVictim {
                 victim_pid,
                 comm,
                 outside_containers,
                 ..
-            } => format!(
-                "OOM kill: pid {victim_pid} ({comm}){}",
-                if *outside_containers {
-                    " OUTSIDE every container: GLOBAL OOM"
-                } else {
-                    ""
+            } => {
+                kills_in_tick += 1;
+                if kills_in_tick > KILLS_SHOWN && !*outside_containers {
+                    kills_unshown += 1;
+                    continue;
                 }
-            ),
-            EventDetail::Reclaim {
-                duration_ns,
-                nr_reclaimed,
-                ..
-            } => format!(
-                "memcg reclaim {} µs, {nr_reclaimed} pages",
-                duration_ns / 1000
-            ),
-            EventDetail::Throttle { suppressed, .. } => {
-                format!("{suppressed} events throttled (counters stay exact)")
+                let scope = if *outside_containers {
+                    "OUTSIDE every container: GLOBAL OOM"
+                } else {
+                    "in its container"
+                };
+                let _ = writeln!(
+                    out,
+                    "[guard] {container}: OOM kill of pid {victim_pid} ({comm}) {scope}"
+                );
             }
-            EventDetail::Lost { event_kind, count } => format!("LOST {count} {event_kind} events"),
-        };
-        let container = event.container.as_deref().unwrap_or("-");
-        let _ = writeln!(out, "[guard] {container}: {line}");
+            EventDetail::Lost { event_kind, count } => {
+                let _ = writeln!(out, "[guard] LOST {count} {event_kind} events");
+            }
+            EventDetail::Fork { .. } | EventDetail::KernelFile { .. } => {}
+        }
     }
 }
 
@@ -331,12 +367,17 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
             "delivered": delta(&after["counters"]["delivered"], &before["counters"]["delivered"]),
             "verdict_after": {"pids": after["pids"]["verdict"], "memory": after["memory"]["verdict"]},
         });
+        let count = |key: &str| record["bpf"][key].as_u64().unwrap_or(0);
         writeln!(
             console,
-            "[guard] wave {} done in {:.1} s: {}",
+            "[guard] wave {} done in {:.1} s: forks {}, denied {}, OOM kills {}, memcg reclaims {}; fresh exec {}",
             wave.name,
             elapsed.as_secs_f64(),
-            record["bpf"]
+            count("forks"),
+            count("fork_denied"),
+            count("oom_kills"),
+            count("reclaim_runs"),
+            if fresh_exec.success() { "ok" } else { "FAILED" }
         )?;
         log.record("wave", Some(id), &record).await?;
         waves.push(record);

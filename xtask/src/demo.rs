@@ -1,18 +1,25 @@
-//! `cargo xtask demo`: the README's main job.
-//!
-//! Until the guest suite lands this shows the host half of the story: the capability report,
-//! then a fork storm in a fresh cgroup, counted exactly by the BPF probe.
-use std::{path::PathBuf, process::Command};
+//! `cargo xtask demo`: the README's main job. A 128 MiB guest runs `guard selftest`: one
+//! guarded container, three bomb waves, live events as they happen, a per-wave table, the
+//! final report, and the forensic log copied to the host.
+use std::path::Path;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use serde_json::Value;
+use xtask::vm::{self, VmConfig, VmResult};
 
 use crate::cmd::{self, cargo};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Forks the demo workload makes inside its cgroup.
-    #[arg(long, default_value_t = 1000)]
-    pub forks: u64,
+    /// Guest kernel(s): 6.1, 6.12, or both (repeat the flag).
+    #[arg(long = "kernel", default_values_t = vec!["6.12".to_string()])]
+    pub kernels: Vec<String>,
+    /// Run the waves with limits off (probes on): what happens without guard's limits.
+    #[arg(long)]
+    pub no_limits: bool,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub memory: u32,
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
@@ -27,49 +34,133 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "guard-tests",
         "--bins",
     ]))?;
-    let bin_dir = workspace_root()?.join("target/release");
-    let guard = bin_dir.join("guard");
-    let stress = bin_dir.join("guard-stress");
+    let bin = xtask::paths::target_dir().join("release");
+    for kernel in &args.kernels {
+        demo(args, kernel, &bin)?;
+    }
+    Ok(())
+}
 
-    println!("\n## 1. What this kernel offers\n");
-    cmd::run(Command::new(&guard).arg("probe"))?;
-
-    println!("\n## 2. A fork storm in a fresh cgroup, counted by the eBPF probe\n");
-    let mount = cgroup2_mount()?;
-    let cgroup = mount.join(format!("guard-demo-{}", std::process::id()));
-    cmd::run(
-        Command::new(&guard)
-            .args(["exec", "--id", "demo", "--cgroup"])
-            .arg(&cgroup)
-            .arg("--")
-            .arg(&stress)
-            .args(["fork", &args.forks.to_string()]),
-    )?;
+fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
     println!(
-        "\nThe workload reported its own tally (first JSON line); the guard's BPF counter and \
-         the events delivered must both equal the successful forks."
+        "\n## {} MiB guest, Debian {kernel} kernel: one container, three bomb waves{}\n",
+        args.memory,
+        if args.no_limits { ", LIMITS OFF" } else { "" }
+    );
+    println!(
+        "guard runs as the guest agent (oom_score_adj -1000); the container gets memory.max and \
+         pids.max=512; each wave runs inside it. Live events:\n"
+    );
+    let command = if args.no_limits {
+        "guard selftest --no-limits"
+    } else {
+        "guard selftest"
+    };
+    let mut config = VmConfig::shell(kernel, command)
+        .memory_mib(args.memory)
+        .binary(bin.join("guard"))
+        .binary(bin.join("guard-stress"))
+        .timeout(std::time::Duration::from_secs(600))
+        .label(format!("demo-{kernel}"));
+    config.echo_console = Some("[guard]".to_string());
+    let outcome = vm::run(&config)?;
+    let done = match outcome.result {
+        VmResult::Completed(done) => done,
+        VmResult::Died { console_tail } => {
+            println!("\nTHE VM DIED. Console tail:\n{console_tail}");
+            return if args.no_limits {
+                Ok(())
+            } else {
+                bail!("the guest died with limits on")
+            };
+        }
+        VmResult::TimedOut { console_tail } => {
+            println!("\nTHE VM HUNG (timed out). Console tail:\n{console_tail}");
+            return if args.no_limits {
+                Ok(())
+            } else {
+                bail!("the guest hung with limits on")
+            };
+        }
+    };
+    let summary: Value = serde_json::from_str(
+        &done
+            .file_str("waves.json")
+            .with_context(|| format!("the guest wrote no waves.json:\n{}", done.stderr_str()))?,
+    )?;
+    print_waves(&summary);
+    println!("\nFinal report (the container's limits, counters and verdicts):\n");
+    println!("{}", done.stdout_str().trim_end());
+
+    let log_dir = outcome.run_dir.join("forensic-log");
+    std::fs::create_dir_all(&log_dir)?;
+    for (path, bytes) in &done.files {
+        if let Some(file) = path.strip_prefix("log/") {
+            std::fs::write(log_dir.join(file), bytes)?;
+        }
+    }
+    println!(
+        "\nForensic log on the host: {}\n  verify it:  target/release/guard log --dir {0} verify\n  \
+         or without guard:  python3 tests/verify_log.py {0}\n  read it:    target/release/guard log --dir {0} show --kind wave",
+        log_dir.display()
+    );
+    let status = std::process::Command::new(bin.join("guard"))
+        .args(["log", "--dir"])
+        .arg(&log_dir)
+        .arg("verify")
+        .status()?;
+    if !status.success() {
+        bail!("the forensic log from the guest does not verify");
+    }
+    println!(
+        "\nboot {:.1} s, scenario {:.1} s, wall {:.1} s",
+        outcome.boot_time.unwrap_or_default().as_secs_f64(),
+        outcome.scenario_time.unwrap_or_default().as_secs_f64(),
+        outcome.wall_time.as_secs_f64()
     );
     Ok(())
 }
 
-pub fn workspace_root() -> anyhow::Result<PathBuf> {
-    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .parent()
-        .map(PathBuf::from)
-        .context("xtask has no parent directory")
-}
-
-/// The cgroup2 mount point from /proc/self/mountinfo.
-fn cgroup2_mount() -> anyhow::Result<PathBuf> {
-    let mountinfo =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let mount_point = before.split_whitespace().nth(4)?;
-            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .context("no cgroup2 filesystem is mounted")
+fn print_waves(summary: &Value) {
+    let number = |value: &Value| value.as_u64().unwrap_or(0);
+    println!("\nPer wave (BPF counters and the kernel's own files, counted during the wave):\n");
+    println!(
+        "{:<16} {:>6} {:>7} {:>10} {:>9} {:>9} {:>9} {:>8} {:>9} {:>6}",
+        "wave",
+        "forks",
+        "denied",
+        "pids.max*",
+        "OOM kills",
+        "oom_kill*",
+        "memcg oom*",
+        "reclaims",
+        "fresh exec",
+        "agent"
+    );
+    for wave in summary["waves"].as_array().into_iter().flatten() {
+        println!(
+            "{:<16} {:>6} {:>7} {:>10} {:>9} {:>9} {:>9} {:>8} {:>9} {:>6}",
+            wave["wave"].as_str().unwrap_or("?"),
+            number(&wave["bpf"]["forks"]),
+            number(&wave["bpf"]["fork_denied"]),
+            number(&wave["kernel"]["pids_events"]["max"]),
+            number(&wave["bpf"]["oom_kills"]),
+            number(&wave["kernel"]["memory_events"]["oom_kill"]),
+            number(&wave["kernel"]["memory_events_local"]["oom"]),
+            number(&wave["bpf"]["reclaim_runs"]),
+            if wave["fresh_exec_ok"] == true {
+                "ok"
+            } else {
+                "FAILED"
+            },
+            wave["agent_oom_score_adj"]
+        );
+    }
+    println!(
+        "(* from the kernel's pids.events / memory.events: the probes' counts must match them)"
+    );
+    let global = number(&summary["global"]["bpf"]["oom_kills"]);
+    if global > 0 {
+        println!("GLOBAL OOM: {global} task(s) outside every container were killed");
+    }
 }

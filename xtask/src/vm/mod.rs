@@ -73,6 +73,9 @@ pub struct VmConfig {
     pub progress: bool,
     /// A label for progress lines and the run folder (default: the kernel name).
     pub label: Option<String>,
+    /// Console lines containing this text are printed to stdout as they arrive (live events
+    /// of a demo).
+    pub echo_console: Option<String>,
 }
 
 impl VmConfig {
@@ -94,6 +97,7 @@ impl VmConfig {
             extra_cmdline: Vec::new(),
             progress: true,
             label: None,
+            echo_console: None,
         }
     }
 

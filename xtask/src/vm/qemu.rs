@@ -199,6 +199,11 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
                 // Markers are whole lines; scan only lines completed since the last chunk.
                 while let Some(pos) = console[scanned..].iter().position(|&b| b == b'\n') {
                     let line = String::from_utf8_lossy(&console[scanned..scanned + pos]);
+                    if let Some(echo) = &config.echo_console
+                        && line.contains(echo.as_str())
+                    {
+                        println!("{}", line.trim_end());
+                    }
                     if line.contains("GUARD-BOOT") && boot_at.is_none() {
                         boot_at = Some(at);
                         if config.progress {
