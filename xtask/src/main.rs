@@ -5,6 +5,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod setup;
+mod soak;
 mod test;
 mod vm_cli;
 
@@ -22,6 +23,9 @@ enum Command {
     /// Measure what the guard costs (fork storm vs no BPF and vs bpftrace, attach time,
     /// memory) and write docs/BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Repeat the bomb scenario N times per kernel, with and without limits, and print a
+    /// survival table (runs, survived, global OOMs, verdicts).
+    Soak(soak::SoakArgs),
     /// The main job: what guard sees and proves, end to end.
     Demo(demo::DemoArgs),
     /// Everything CI checks: fmt, clippy (host crates and the eBPF crate), unit tests, host
@@ -36,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Bench(args) => bench::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Soak(args) => soak::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Setup(args) => setup::run(args),
         Command::Vm(args) => {
