@@ -2,7 +2,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
-    maps::{CONFIG, TASKS, WATCHED},
+    maps::{self, TASKS, WATCHED},
     watch::{self, Container},
 };
 
@@ -18,10 +18,7 @@ pub fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_attach(ctx: &TracePointContext) -> Option<()> {
-    let config = CONFIG.get(0)?;
-    if config.ready == 0 {
-        return None;
-    }
+    let config = maps::active_config()?;
     let offsets = &config.offsets;
     let root: i32 = unsafe { ctx.read_at(offsets.attach_dst_root as usize) }.ok()?;
     if root != DEFAULT_HIERARCHY {

@@ -3,7 +3,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use guard_common::Counter;
 
 use crate::{
-    maps::{CONFIG, TASKS},
+    maps::{self, TASKS},
     watch,
 };
 
@@ -15,10 +15,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_exit() -> Option<()> {
-    let config = CONFIG.get(0)?;
-    if config.ready == 0 {
-        return None;
-    }
+    let config = maps::active_config()?;
     // Runs in the exiting task, still in its cgroup.
     let tid = watch::current_tid();
     let _ = TASKS.remove(tid);

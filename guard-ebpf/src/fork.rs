@@ -3,7 +3,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use aya_log_ebpf::error;
 use guard_common::{Counter, EventKind, ForkEvent};
 
-use crate::{emit, maps::CONFIG, watch};
+use crate::{emit, maps, watch};
 
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
@@ -13,10 +13,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_fork(ctx: &TracePointContext) -> Option<()> {
-    let config = CONFIG.get(0)?;
-    if config.ready == 0 {
-        return None;
-    }
+    let config = maps::active_config()?;
     // The tracepoint runs in the parent: the child starts in the parent's cgroup.
     let container = watch::current_container(config)?;
     if !watch::bump(container.slot, Counter::Forks, 1) {

@@ -10,7 +10,7 @@ use guard_common::{Counter, DenialCause, EventKind, ForkDeniedEvent};
 
 use crate::{
     emit,
-    maps::{CONFIG, PIDS_DENIED},
+    maps::{self, PIDS_DENIED},
     watch,
 };
 
@@ -42,10 +42,7 @@ pub fn sys_exit_vfork(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_fork_exit(ctx: &TracePointContext) -> Option<()> {
-    let config = CONFIG.get(0)?;
-    if config.ready == 0 {
-        return None;
-    }
+    let config = maps::active_config()?;
     let offsets = &config.offsets;
     let ret: i64 = unsafe { ctx.read_at(offsets.syscall_ret as usize) }.ok()?;
     let pid_tgid = bpf_get_current_pid_tgid();

@@ -12,6 +12,12 @@ use guard_common::{
 #[map]
 pub static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 
+/// The configuration, once the loader has armed the programs (None before: do nothing).
+#[inline(always)]
+pub fn active_config() -> Option<&'static ProbeConfig> {
+    CONFIG.get(0).filter(|config| config.ready != 0)
+}
+
 /// Registered containers: cgroup id → slot and level.
 #[map]
 pub static WATCHED: HashMap<u64, WatchEntry> = HashMap::with_max_entries(MAX_CONTAINERS, 0);

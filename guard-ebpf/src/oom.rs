@@ -12,7 +12,7 @@ use guard_common::{ABSENT, COMM_LEN, Counter, EventKind, GLOBAL_SLOT, OomVictimE
 
 use crate::{
     emit,
-    maps::{CONFIG, TASKS},
+    maps::{self, TASKS},
     watch,
 };
 
@@ -32,10 +32,7 @@ fn read_optional<T: Default>(ctx: &TracePointContext, offset: u16) -> T {
 
 #[inline(always)]
 fn on_mark_victim(ctx: &TracePointContext) -> Option<()> {
-    let config = CONFIG.get(0)?;
-    if config.ready == 0 {
-        return None;
-    }
+    let config = maps::active_config()?;
     let offsets = &config.offsets;
     let victim_pid: u32 = unsafe { ctx.read_at(offsets.oom_pid as usize) }.ok()?;
     let (slot, cgroup_id) = match unsafe { TASKS.get(victim_pid) } {

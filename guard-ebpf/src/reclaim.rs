@@ -5,7 +5,7 @@ use guard_common::{Counter, EventKind, ReclaimEvent};
 
 use crate::{
     emit,
-    maps::{CONFIG, RECLAIM_START},
+    maps::{self, RECLAIM_START},
     watch,
 };
 
@@ -23,10 +23,7 @@ pub fn mm_vmscan_memcg_reclaim_end(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_begin() -> Option<()> {
-    let config = CONFIG.get(0)?;
-    if config.ready == 0 {
-        return None;
-    }
+    let config = maps::active_config()?;
     watch::current_container(config)?;
     let now = unsafe { bpf_ktime_get_ns() };
     let _ = RECLAIM_START.insert(watch::current_tid(), now, 0);
@@ -35,10 +32,7 @@ fn on_begin() -> Option<()> {
 
 #[inline(always)]
 fn on_end(ctx: &TracePointContext) -> Option<()> {
-    let config = CONFIG.get(0)?;
-    if config.ready == 0 {
-        return None;
-    }
+    let config = maps::active_config()?;
     let tid = watch::current_tid();
     let started = unsafe { RECLAIM_START.get(tid) }.copied()?;
     let _ = RECLAIM_START.remove(tid);

@@ -184,16 +184,7 @@ async fn run_in_cgroup(guard: &Guard, id: &str, args: &ExecArgs) -> anyhow::Resu
     let elapsed = started.elapsed();
     let report = guard.unwatch(id).await?;
     let global = guard.global_counters().await?;
-    if let Some(log) = log {
-        log.record("report", Some(id), &report).await?;
-        let head = log.close().await?;
-        eprintln!(
-            "guard: forensic log in {}: {} records, head {}",
-            head.file.display(),
-            head.next_seq,
-            head.prev
-        );
-    }
+    crate::log_args::finish(log, std::slice::from_ref(&report)).await?;
     // Everything is drained now: let the writer finish what is queued.
     let _ = stop.send(());
     if let Some(writer) = writer {

@@ -104,19 +104,7 @@ async fn watch(args: WatchArgs, targets: Vec<(String, PathBuf)>) -> anyhow::Resu
     for (id, _) in &targets {
         reports.push(guard.unwatch(id).await?);
     }
-    if let Some(log) = log {
-        for report in &reports {
-            log.record("report", Some(&report.container), report)
-                .await?;
-        }
-        let head = log.close().await?;
-        eprintln!(
-            "guard: forensic log in {}: {} records, head {}",
-            head.file.display(),
-            head.next_seq,
-            head.prev
-        );
-    }
+    crate::log_args::finish(log, &reports).await?;
     // Dropping the guard closes the event stream: the writer then finishes what is queued.
     drop(guard);
     if let Some(writer) = writer {

@@ -38,3 +38,22 @@ impl LogArgs {
             .with_context(|| format!("starting the forensic log in {}", dir.display()))
     }
 }
+
+/// Records the final reports, closes the log and says where it is and its head.
+pub async fn finish(log: Option<EventLog>, reports: &[guard::Report]) -> anyhow::Result<()> {
+    let Some(log) = log else {
+        return Ok(());
+    };
+    for report in reports {
+        log.record("report", Some(&report.container), report)
+            .await?;
+    }
+    let head = log.close().await?;
+    eprintln!(
+        "guard: forensic log in {}: {} records, head {}",
+        head.file.display(),
+        head.next_seq,
+        head.prev
+    );
+    Ok(())
+}

@@ -6,7 +6,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard::cgroup::Hierarchy;
+use guard::{GuardOptions, StreamOptions, cgroup::Hierarchy};
+
+/// Options for exact-count tests: every event streamed (the default rate bound could suppress
+/// some).
+pub fn unbounded() -> GuardOptions {
+    GuardOptions {
+        stream: StreamOptions {
+            max_events_per_sec: 0,
+            ..StreamOptions::default()
+        },
+        ..GuardOptions::default()
+    }
+}
 
 /// True when this process may load BPF programs and create cgroups. Outside CI a non-root run
 /// skips with a printed reason; in CI (`CI=true`) that is a failure, never a silent skip.

@@ -77,7 +77,7 @@ fn enforced(summary: &Value) -> Result<(), String> {
     )?;
     let forks = number(&pids["bpf"]["forks"]);
     check(
-        forks <= 512 && forks < 1000,
+        forks <= 512, // and so well below the 1000 asked for
         format!("pids bomb: {forks} forks succeeded"),
     )?;
 

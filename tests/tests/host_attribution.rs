@@ -12,19 +12,9 @@ use guard::{
     EventDetail, Guard, GuardOptions, StreamOptions, event_log::EventLog, events::Cause,
     forensic::LogOptions,
 };
-use guard_tests::host::{TestCgroup, move_to_cgroup, root_or_skip, run_stress, tally};
+use guard_tests::host::{TestCgroup, move_to_cgroup, root_or_skip, run_stress, tally, unbounded};
 
 const STRESS: &str = env!("CARGO_BIN_EXE_guard-stress");
-
-fn unbounded() -> GuardOptions {
-    GuardOptions {
-        stream: StreamOptions {
-            max_events_per_sec: 0,
-            ..StreamOptions::default()
-        },
-        ..GuardOptions::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_map_follows_moves_between_containers_and_exit() {

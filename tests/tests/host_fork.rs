@@ -1,21 +1,11 @@
 //! Host-kernel tests of the fork probe: exact per-container counts, attribution by cgroup
 //! (and ancestry), and the two-sided checks that show the counts come from the probe.
 //! The host's cgroup v2 hierarchy lacks memory/pids controllers; these tests need neither.
-use guard::{Guard, GuardOptions, StreamOptions, Tier};
-use guard_tests::host::{TestCgroup, root_or_skip, run_stress};
+use guard::{Guard, GuardOptions, Tier};
+use guard_tests::host::{TestCgroup, root_or_skip, run_stress, unbounded};
 
 const STRESS: &str = env!("CARGO_BIN_EXE_guard-stress");
 
-/// Exact-count tests stream every event (the default rate bound could suppress some).
-fn unbounded() -> GuardOptions {
-    GuardOptions {
-        stream: StreamOptions {
-            max_events_per_sec: 0,
-            ..StreamOptions::default()
-        },
-        ..GuardOptions::default()
-    }
-}
 const FORKS: u64 = 2000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::cmd::{self, cargo};
+use crate::cmd;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -247,17 +247,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.rounds == 0 || args.forks == 0 || args.starts == 0 {
         bail!("--rounds, --forks and --starts must be at least 1");
     }
-    crate::setup::run(crate::setup::SetupArgs::default())?;
-    cmd::run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "guard",
-        "-p",
-        "guard-tests",
-        "--bins",
-    ]))?;
-    let bin = xtask::paths::target_dir().join("release");
+    let bin = cmd::prepare_guest_binaries()?;
     let (guard, stress) = (bin.join("guard"), bin.join("guard-stress"));
     let cgroup = cgroup2_mount()?.join(format!("guard-bench-{}", std::process::id()));
     std::fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;

@@ -21,6 +21,28 @@ pub fn run(command: &mut Command) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
+/// Builds the release `guard` and `guard-stress` that guests run (a debug guard would crowd a
+/// 128 MiB guest) and returns their folder.
+pub fn build_guest_binaries() -> anyhow::Result<std::path::PathBuf> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "guard",
+        "-p",
+        "guard-tests",
+        "--bins",
+    ]))?;
+    Ok(xtask::paths::target_dir().join("release"))
+}
+
+/// Installs what a fresh machine lacks (a second run only checks), then builds the guests'
+/// binaries.
+pub fn prepare_guest_binaries() -> anyhow::Result<std::path::PathBuf> {
+    crate::setup::run(crate::setup::SetupArgs::default())?;
+    build_guest_binaries()
+}
+
 /// `cargo` as invoked by the current cargo (respects rustup's toolchain selection).
 pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use xtask::vm::{self, VmConfig, VmResult};
 
-use crate::cmd::{self, cargo};
+use crate::cmd;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -23,18 +23,7 @@ pub struct DemoArgs {
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    // A fresh machine has nothing: install first (a second run only checks, in seconds).
-    crate::setup::run(crate::setup::SetupArgs::default())?;
-    cmd::run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "guard",
-        "-p",
-        "guard-tests",
-        "--bins",
-    ]))?;
-    let bin = xtask::paths::target_dir().join("release");
+    let bin = cmd::prepare_guest_binaries()?;
     for kernel in &args.kernels {
         demo(args, kernel, &bin)?;
     }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::Value;
 use xtask::vm::{self, VmConfig, VmResult};
 
-use crate::cmd::{self, cargo};
+use crate::cmd;
 
 #[derive(clap::Args)]
 pub struct SoakArgs {
@@ -34,17 +34,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     if args.runs == 0 {
         anyhow::bail!("--runs must be at least 1");
     }
-    crate::setup::run(crate::setup::SetupArgs::default())?;
-    cmd::run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "guard",
-        "-p",
-        "guard-tests",
-        "--bins",
-    ]))?;
-    let bin = xtask::paths::target_dir().join("release");
+    let bin = cmd::prepare_guest_binaries()?;
     let mut rows: BTreeMap<(String, bool), Row> = BTreeMap::new();
     for round in 1..=args.runs {
         for kernel in &args.kernels {

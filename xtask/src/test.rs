@@ -58,19 +58,9 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         println!("note: not root: host BPF tests will skip (CI runs them as root)");
     }
     // The guests get small release binaries (a debug guard would crowd a 128 MiB guest).
-    steps.push((
-        "release binaries for guests",
-        cmd::run(cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "guard",
-            "-p",
-            "guard-tests",
-            "--bins",
-        ]))?,
-    ));
-    let bin_dir = xtask::paths::target_dir().join("release");
+    let build_started = Instant::now();
+    let bin_dir = cmd::build_guest_binaries()?;
+    steps.push(("release binaries for guests", build_started.elapsed()));
     steps.push((
         "tests (unit, host, guest)",
         cmd::run(
