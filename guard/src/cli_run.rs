@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context, bail};
 use guard::{
     Guard, GuardOptions, Tier,
+    event_log::EventLog,
     limits::{LimitRequest, Limits, MemInfo, MemorySetting, PidsSetting, SwapSetting},
     report::{Report as GuardReport, RequestedLimits},
     runtime::{
@@ -78,6 +79,8 @@ pub struct RunArgs {
     /// Tests only: leave cgroupsPath out of the spec (the runtime picks its own cgroup).
     #[arg(long, hide = true)]
     omit_cgroups_path: bool,
+    #[command(flatten)]
+    log: crate::log_args::LogArgs,
     /// The command and its arguments (required with --rootfs).
     #[arg(last = true)]
     command: Vec<String>,
@@ -274,6 +277,58 @@ async fn run_guarded(
     })
     .await
     .context("starting the guard")?;
+    let log = args.log.start(&guard, serde_json::to_value(limits)?)?;
+    let result = run_logged(
+        &args,
+        &id,
+        &guard,
+        log.as_ref(),
+        request,
+        limits,
+        source,
+        started,
+    )
+    .await;
+    // Close the log whatever happened, so it ends with its `stop` record; a log error is
+    // reported (after the container's own error, if there was one), never swallowed.
+    let closed = match log {
+        Some(log) => log.close().await.map(Some),
+        None => Ok(None),
+    };
+    match (result, closed) {
+        (Ok(code), Ok(head)) => {
+            if let Some(head) = head {
+                eprintln!(
+                    "guard: forensic log in {}: {} records, head {}",
+                    head.file.display(),
+                    head.next_seq,
+                    head.prev
+                );
+            }
+            Ok(code)
+        }
+        (Ok(_), Err(error)) => Err(anyhow::Error::new(error).context("closing the forensic log")),
+        (Err(error), Ok(_)) => Err(error),
+        (Err(error), Err(log_error)) => {
+            eprintln!("guard: error: closing the forensic log: {log_error}");
+            Err(error)
+        }
+    }
+}
+
+/// Create, supervise, delete and report one container; every step that matters goes into
+/// the forensic log when there is one.
+#[allow(clippy::too_many_arguments)]
+async fn run_logged(
+    args: &RunArgs,
+    id: &str,
+    guard: &Guard,
+    log: Option<&EventLog>,
+    request: LimitRequest,
+    limits: Limits,
+    source: Source,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::new(RuntimeOptions {
         spec: SpecOptions {
             cgroup_root: args.cgroup_root.clone(),
@@ -287,12 +342,21 @@ async fn run_guarded(
         mut container,
         applied,
     } = runtime
-        .create(&id, &source, &limits)
+        .create(id, &source, &limits)
         .with_context(|| format!("creating container {id}"))?;
     if !args.quiet {
         eprintln!("{}", serde_json::to_string(&applied)?);
     }
-    let result = supervise(&guard, &mut container, &limits, &args).await;
+    let result = async {
+        // Logged before the start: the record of what the kernel holds precedes every event.
+        if let Some(log) = log {
+            log.record("limits_applied", Some(id), &applied)
+                .await
+                .context("logging limits_applied")?;
+        }
+        supervise(guard, &mut container, &limits, args).await
+    }
+    .await;
     // Whatever happened, remove the container (snapshotting its event files first).
     let removed = container.delete();
     let supervised = result?;
@@ -307,6 +371,15 @@ async fn run_guarded(
         container.timings(),
         started,
     );
+    // Logged before anything is printed or written: what the log says is what was reported.
+    let logged = match log {
+        Some(log) => log
+            .record("report", Some(id), &report)
+            .await
+            .context("logging the report")
+            .map(|_| ()),
+        None => Ok(()),
+    };
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.report {
         std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
@@ -316,6 +389,8 @@ async fn run_guarded(
     } else {
         print_human(&report);
     }
+    // The report is out either way; a logging failure still fails the command.
+    logged?;
     // The shell convention: the container's exit code, or 128 + the signal that ended it.
     use std::os::unix::process::ExitStatusExt;
     Ok(match (status.code(), status.signal()) {

@@ -213,7 +213,7 @@ fn cgroup_limits_and_scores(kernel: &str) {
  "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
  "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}}
 JSON
-        guard run --id bun --bundle /tmp/bundle --pids 77 --quiet > /results/bun.out 2> /results/bun.err
+        guard run --id bun --bundle /tmp/bundle --pids 77 --quiet --log /results/run-log > /results/bun.out 2> /results/bun.err
         echo "bundle exit=$?"
         echo "left=$(ls /sys/fs/cgroup/guard 2>/dev/null | grep -c -v '\.' ) end"
         "#,
@@ -273,6 +273,93 @@ JSON
     assert_eq!(bundle["score"], "0", "{out}");
     assert!(out.contains("bundle exit=0"), "{out}");
     assert!(out.contains("left=0 end"), "{out}");
+    // The bundle's run wrote the forensic log: it verifies independently, and its one
+    // limits_applied record holds the kernel's read-back of the requested pids.max.
+    let bun_err = file(&done, "bun.err");
+    assert!(bun_err.contains("guard: forensic log in "), "{bun_err}");
+    let log = unpack_log(&done, "run-log", kernel);
+    let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/verify_log.py");
+    let verdict = std::process::Command::new("python3")
+        .arg(verifier)
+        .arg(&log)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        verdict.status.success(),
+        "the guest's log must verify: {}{}",
+        String::from_utf8_lossy(&verdict.stdout),
+        String::from_utf8_lossy(&verdict.stderr)
+    );
+    let records = log_records(&log);
+    let applied: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "limits_applied")
+        .collect();
+    assert_eq!(applied.len(), 1, "{records:#?}");
+    assert_eq!(applied[0]["container"], "bun", "{:#}", applied[0]);
+    assert_eq!(
+        applied[0]["payload"]["read_back"]["pids_max"],
+        serde_json::json!({"value": 77}),
+        "{:#}",
+        applied[0]
+    );
+    let kinds: Vec<&str> = records.iter().filter_map(|r| r["kind"].as_str()).collect();
+    let position = |kind: &str| kinds.iter().position(|k| *k == kind);
+    assert_eq!(kinds.first(), Some(&"start"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"stop"), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "report").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(position("limits_applied") < position("report"), "{kinds:?}");
+    let _ = std::fs::remove_dir_all(&log);
+}
+
+/// Writes the log files the guest left under /results/<name>/ into a host folder.
+fn unpack_log(done: &Completed, name: &str, kernel: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "guard-guest-{name}-{kernel}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = format!("{name}/");
+    for (path, bytes) in &done.files {
+        if let Some(file) = path.strip_prefix(&prefix) {
+            std::fs::write(dir.join(file), bytes).unwrap();
+        }
+    }
+    assert!(
+        dir.join("guard-000000.jsonl").is_file(),
+        "no log in {:?}",
+        done.files.keys()
+    );
+    dir
+}
+
+/// Every record of the log in `dir`, in order (files guard-NNNNNN.jsonl by number).
+fn log_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("guard-") && name.ends_with(".jsonl"))
+        })
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|path| {
+            std::fs::read_to_string(path)
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect::<Vec<serde_json::Value>>()
+        })
+        .collect()
 }
 
 #[test]
