@@ -343,7 +343,8 @@ impl Guard {
     /// watching began, and the reconciled verdict.
     pub async fn report(&self, id: &str) -> Result<Report, GuardError> {
         let counters = self.counters(id).await?;
-        let loss = self.loss().await?;
+        // counters() has just drained: no second round trip to the reader.
+        let loss = self.loss_as_of_last_drain();
         let (cgroup, requested, baseline) = {
             let registry = lock(&self.registry);
             let watched = registry
@@ -457,6 +458,10 @@ impl Guard {
     /// Losses so far, after draining pending events.
     pub async fn loss(&self) -> Result<LossReport, GuardError> {
         self.drain().await?;
+        Ok(self.loss_as_of_last_drain())
+    }
+
+    fn loss_as_of_last_drain(&self) -> LossReport {
         let state = lock(&self.reader_state);
         let kernel_reserve_failures = match self.probes {
             Some(_) => EventKind::ALL
@@ -465,10 +470,10 @@ impl Guard {
                 .collect(),
             None => BTreeMap::new(),
         };
-        Ok(LossReport {
+        LossReport {
             kernel_reserve_failures,
             reader: state.loss,
-        })
+        }
     }
 
     /// A live stream of attributed events. A subscriber that falls more than `capacity` events
