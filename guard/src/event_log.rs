@@ -192,7 +192,8 @@ struct EventPayload<'a> {
     detail: &'a EventDetail,
 }
 
-fn append_event(writer: &mut LogWriter, event: &GuardEvent) -> Result<(), EventLogError> {
+/// Appends one streamed event as its log record (`lost` and `throttle` in their own forms).
+pub fn append_event(writer: &mut LogWriter, event: &GuardEvent) -> Result<(), EventLogError> {
     let container = event.container.as_deref();
     match &event.event.detail {
         EventDetail::Lost { event_kind, count } => {

@@ -37,6 +37,8 @@ pub struct BenchArgs {
 enum Observer {
     None,
     Guard,
+    /// guard writing every event to its hash-chained log: the kernel-fed pipeline.
+    GuardLogged,
     Bpftrace,
 }
 
@@ -45,6 +47,7 @@ impl Observer {
         match self {
             Observer::None => "none",
             Observer::Guard => "guard",
+            Observer::GuardLogged => "guard+log",
             Observer::Bpftrace => "bpftrace",
         }
     }
@@ -123,6 +126,8 @@ struct Storm {
     wall: Duration,
     /// Forks the observer counted (None for no observer).
     counted: Option<u64>,
+    /// Events guard lost on the way (ring buffer and queues), from its report.
+    lost: Option<u64>,
     /// Peak RSS of the observer during the storm, KiB.
     peak_kib: Option<u64>,
 }
@@ -152,6 +157,19 @@ fn storm(
             "guard: watching",
             Duration::from_secs(60),
         )?),
+        Observer::GuardLogged => {
+            let log = std::env::temp_dir().join(format!("guard-bench-log-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&log);
+            Some(spawn_ready(
+                Command::new(guard)
+                    .args(["watch", "--json", "--log"])
+                    .arg(&log)
+                    .arg("--cgroup")
+                    .arg(format!("bench={}", cgroup.display())),
+                "guard: watching",
+                Duration::from_secs(60),
+            )?)
+        }
         Observer::Bpftrace => Some(spawn_ready(
             Command::new("bpftrace")
                 .arg("-e")
@@ -183,24 +201,46 @@ fn storm(
         return Ok(Storm {
             wall,
             counted: None,
+            lost: None,
             peak_kib: None,
         });
     };
     let (peak, _) = rss_kib(running.child.id());
     let stdout = interrupt(running)?;
     let counted = match observer {
-        Observer::Guard => serde_forks(&stdout),
+        Observer::Guard | Observer::GuardLogged => serde_forks(&stdout),
         Observer::Bpftrace => stdout
             .lines()
             .find(|line| line.starts_with("@forks"))
             .and_then(|line| line.rsplit(' ').next()?.trim().parse().ok()),
         Observer::None => None,
     };
+    let lost = matches!(observer, Observer::Guard | Observer::GuardLogged)
+        .then(|| reported_losses(&stdout));
     Ok(Storm {
         wall,
         counted,
+        lost,
         peak_kib: Some(peak),
     })
+}
+
+/// Everything the first report of `guard watch --json` says was lost: ring-buffer reserve
+/// failures of every kind plus the reader's drops.
+fn reported_losses(output: &str) -> u64 {
+    let Some(start) = output.find('[') else {
+        return 0;
+    };
+    let Ok(reports) = serde_json::from_str::<serde_json::Value>(&output[start..]) else {
+        return 0;
+    };
+    let loss = &reports[0]["loss"];
+    let kernel: u64 = loss["kernel_reserve_failures"]
+        .as_object()
+        .map_or(0, |kinds| kinds.values().filter_map(|v| v.as_u64()).sum());
+    kernel
+        + loss["reader"]["subscriber_drops"].as_u64().unwrap_or(0)
+        + loss["reader"]["undecodable"].as_u64().unwrap_or(0)
 }
 
 /// The `"forks": N` of the first report in `guard watch --json` output.
@@ -264,8 +304,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyhow::Result<String> {
-    let observers = [Observer::None, Observer::Guard, Observer::Bpftrace];
-    let mut walls: [Vec<f64>; 3] = Default::default();
+    let observers = [
+        Observer::None,
+        Observer::Guard,
+        Observer::GuardLogged,
+        Observer::Bpftrace,
+    ];
+    let mut walls: [Vec<f64>; 4] = Default::default();
+    let mut logged_losses = Vec::new();
     let mut guard_peaks = Vec::new();
     let mut miscounts = Vec::new();
     for round in 0..=args.rounds {
@@ -299,6 +345,9 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
             if observer == Observer::Guard {
                 guard_peaks.extend(result.peak_kib);
             }
+            if observer == Observer::GuardLogged {
+                logged_losses.extend(result.lost);
+            }
         }
     }
 
@@ -319,7 +368,29 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
         interrupt(&mut running)?;
     }
 
-    let mut medians = [0.0; 3];
+    // The pipeline's userspace ceiling: synthetic records through decode and the log.
+    let pipeline = |fsync: &str| -> anyhow::Result<String> {
+        let dir = std::env::temp_dir().join(format!("guard-bench-pipeline-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let output = Command::new(guard.with_file_name("guard-pipeline"))
+            .arg("1000000")
+            .arg(&dir)
+            .arg(fsync)
+            .output()
+            .context("running guard-pipeline")?;
+        let _ = std::fs::remove_dir_all(&dir);
+        let line = String::from_utf8_lossy(&output.stdout).to_string();
+        let value: serde_json::Value = serde_json::from_str(line.trim())
+            .with_context(|| format!("guard-pipeline said {line:?}"))?;
+        Ok(format!(
+            "{:.0}",
+            value["events_per_second"].as_f64().unwrap_or(0.0)
+        ))
+    };
+    let synthetic_never = pipeline("never")?;
+    let synthetic_interval = pipeline("interval=100")?;
+
+    let mut medians = [0.0; 4];
     for (index, values) in walls.iter_mut().enumerate() {
         medians[index] = median(values);
     }
@@ -374,7 +445,7 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
     writeln!(
         table,
         "| guard / bpftrace (fork-storm wall time) | {:.3} |",
-        medians[1] / medians[2]
+        medians[1] / medians[3]
     )?;
     writeln!(
         table,
@@ -383,6 +454,21 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
         median(&mut attach),
         attach_min,
         attach_max
+    )?;
+    writeln!(
+        table,
+        "| pipeline, synthetic (1,000,000 fork records → decode → hash-chained log), fsync never | {synthetic_never} events/s |"
+    )?;
+    writeln!(
+        table,
+        "| pipeline, synthetic, fsync interval=100 | {synthetic_interval} events/s |"
+    )?;
+    writeln!(
+        table,
+        "| pipeline fed by the kernel (guard+log under the storm) | {:.0} events/s, {} lost over {} runs |",
+        rate(2),
+        logged_losses.iter().sum::<u64>(),
+        logged_losses.len()
     )?;
     writeln!(
         table,
