@@ -114,6 +114,32 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 }
 
 /// Stops the observer with SIGINT (both print their counts on it) and returns its output.
+/// Kernel memory of a process's BPF maps: the `memlock` of every bpf-map fd, in KiB.
+fn bpf_map_memlock_kib(pid: u32) -> u64 {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    let mut bytes = 0u64;
+    for fd in fds.flatten() {
+        let is_map = std::fs::read_link(fd.path())
+            .is_ok_and(|target| target.to_string_lossy().contains("bpf-map"));
+        if !is_map {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        bytes += info
+            .lines()
+            .find_map(|line| line.strip_prefix("memlock:"))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    bytes / 1024
+}
+
 fn interrupt(running: &mut Running) -> anyhow::Result<String> {
     // SAFETY: kill(2) on a child we own.
     unsafe { libc::kill(running.child.id() as i32, libc::SIGINT) };
@@ -354,6 +380,7 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
     // Attach time: process start to every program attached and the cgroup registered.
     let mut attach = Vec::new();
     let mut idle_rss = Vec::new();
+    let mut map_kib = 0;
     for _ in 0..args.starts {
         let started = Instant::now();
         let mut running = spawn_ready(
@@ -365,6 +392,7 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
         )?;
         attach.push(started.elapsed().as_secs_f64() * 1000.0);
         idle_rss.push(rss_kib(running.child.id()).1 as f64);
+        map_kib = bpf_map_memlock_kib(running.child.id());
         interrupt(&mut running)?;
     }
 
@@ -386,6 +414,13 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
             "{:.0}",
             value["events_per_second"].as_f64().unwrap_or(0.0)
         ))
+    };
+    let micro: serde_json::Value = {
+        let output = Command::new(guard.with_file_name("guard-pipeline"))
+            .args(["--micro", "2000000"])
+            .output()
+            .context("running guard-pipeline --micro")?;
+        serde_json::from_slice(&output.stdout).context("guard-pipeline --micro output")?
     };
     let synthetic_never = pipeline("never")?;
     let synthetic_interval = pipeline("interval=100")?;
@@ -462,6 +497,16 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
     writeln!(
         table,
         "| pipeline, synthetic, fsync interval=100 | {synthetic_interval} events/s |"
+    )?;
+    writeln!(
+        table,
+        "| micro: decode one ring-buffer record / SHA-256 of a 330-byte log line | {} ns / {} ns |",
+        micro["decode_ns"], micro["sha256_330_bytes_ns"]
+    )?;
+    writeln!(
+        table,
+        "| BPF map memory (memlock of guard's maps, ring buffer included) | {:.1} MiB |",
+        map_kib as f64 / 1024.0
     )?;
     writeln!(
         table,
