@@ -425,6 +425,40 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
     let synthetic_never = pipeline("never")?;
     let synthetic_interval = pipeline("interval=100")?;
 
+    // The cost of registering one container: attach with many cgroups versus with one.
+    const REGISTERED: usize = 100;
+    let parent = cgroup.parent().context("the bench cgroup has a parent")?;
+    let many: Vec<PathBuf> = (0..REGISTERED)
+        .map(|index| parent.join(format!("guard-bench-reg-{}-{index}", std::process::id())))
+        .collect();
+    for dir in &many {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut with_many = Vec::new();
+    for _ in 0..args.starts.min(5) {
+        let mut command = Command::new(guard);
+        command.arg("watch");
+        for (index, dir) in many.iter().enumerate() {
+            command
+                .arg("--cgroup")
+                .arg(format!("r{index}={}", dir.display()));
+        }
+        let started = Instant::now();
+        let mut running = spawn_ready(
+            &mut command,
+            &format!("guard: watching r{} ", REGISTERED - 1),
+            Duration::from_secs(60),
+        )?;
+        with_many.push(started.elapsed().as_secs_f64() * 1000.0);
+        interrupt(&mut running)?;
+    }
+    for dir in &many {
+        let _ = std::fs::remove_dir(dir);
+    }
+    let attach_median = median(&mut attach.clone());
+    let per_registration_ms =
+        (median(&mut with_many) - attach_median).max(0.0) / (REGISTERED - 1) as f64;
+
     let mut medians = [0.0; 4];
     for (index, values) in walls.iter_mut().enumerate() {
         medians[index] = median(values);
@@ -514,6 +548,11 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
         rate(2),
         logged_losses.iter().sum::<u64>(),
         logged_losses.len()
+    )?;
+    writeln!(
+        table,
+        "| registering one container (attach with {REGISTERED} cgroups vs 1, per cgroup) | {:.3} ms |",
+        per_registration_ms
     )?;
     writeln!(
         table,
