@@ -50,8 +50,8 @@ enum Command {
     ///
     /// Example: `guard run --memory 64M --pids 128 --rootfs /tmp/rootfs -- sh -c 'echo hi'`
     Run(cli_run::RunArgs),
-    /// Prove the limits hold on this machine: one guarded container with the default limits,
-    /// three bomb waves inside it (a pids bomb, a 512 MiB allocation, 200 × 2 MiB children),
+    /// Prove the limits hold on this machine: one guarded container (pids.max 512, memory.max
+    /// 60% of MemAvailable), three bomb waves inside it (a pids bomb, a 512 MiB allocation, 200 × 2 MiB children),
     /// per-wave evidence, a forensic log. Meant for a disposable guest: it is hostile on purpose.
     Selftest(cli_selftest::SelftestArgs),
     /// Read, follow, verify and repair the hash-chained forensic log (see docs/LOG-FORMAT.md).

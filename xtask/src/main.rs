@@ -26,7 +26,8 @@ enum Command {
     /// Repeat the bomb scenario N times per kernel, with and without limits, and print a
     /// survival table (runs, survived, global OOMs, verdicts).
     Soak(soak::SoakArgs),
-    /// The main job: what guard sees and proves, end to end.
+    /// The main job: a 128 MiB guest runs `guard selftest` (one guarded container, three bomb
+    /// waves) with live events, a per-wave table, the report and the forensic log on the host.
     Demo(demo::DemoArgs),
     /// Everything CI checks: fmt, clippy (host crates and the eBPF crate), unit tests, host
     /// BPF tests (as root) and the guest VM suite.
