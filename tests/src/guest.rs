@@ -91,3 +91,26 @@ pub fn json_lines(done: &Completed, name: &str) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// Writes the forensic log the guest left under `/results/<name>/` into a fresh host folder
+/// (labelled with `kernel`) and returns it.
+pub fn unpack_log(done: &Completed, name: &str, kernel: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "guard-guest-{name}-{kernel}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = format!("{name}/");
+    for (path, bytes) in &done.files {
+        if let Some(file) = path.strip_prefix(&prefix) {
+            std::fs::write(dir.join(file), bytes).unwrap();
+        }
+    }
+    assert!(
+        dir.join("guard-000000.jsonl").is_file(),
+        "no log in {:?}",
+        done.files.keys()
+    );
+    dir
+}

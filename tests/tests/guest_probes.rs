@@ -8,7 +8,7 @@
 //! test asserts on its own scenario's results.
 use std::sync::OnceLock;
 
-use guard_tests::guest::{KERNELS, guest, json_lines};
+use guard_tests::guest::{KERNELS, guest, json_lines, unpack_log};
 use serde_json::Value;
 use xtask::vm::Completed;
 
@@ -105,28 +105,6 @@ fn scenario(done: &Completed, name: &str) -> Scenario {
         output,
         events: json_lines(done, &format!("{name}.events")),
     }
-}
-
-/// Writes the log files the guest left under /results/<name>/ into a host folder.
-fn unpack_log(done: &Completed, name: &str, kernel: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "guard-guest-{name}-{kernel}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let prefix = format!("{name}/");
-    for (path, bytes) in &done.files {
-        if let Some(file) = path.strip_prefix(&prefix) {
-            std::fs::write(dir.join(file), bytes).unwrap();
-        }
-    }
-    assert!(
-        dir.join("guard-000000.jsonl").is_file(),
-        "no log in {:?}",
-        done.files.keys()
-    );
-    dir
 }
 
 fn pids_bomb_is_denied_and_reconciled(kernel: &'static str) {

@@ -12,6 +12,7 @@
 //! announces itself on stdout, then polls for a `/go-<id>` file that the scenario creates once
 //! it has looked at the container from outside.
 
+use guard_tests::guest::unpack_log;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -314,28 +315,6 @@ JSON
     );
     assert!(position("limits_applied") < position("report"), "{kinds:?}");
     let _ = std::fs::remove_dir_all(&log);
-}
-
-/// Writes the log files the guest left under /results/<name>/ into a host folder.
-fn unpack_log(done: &Completed, name: &str, kernel: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "guard-guest-{name}-{kernel}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let prefix = format!("{name}/");
-    for (path, bytes) in &done.files {
-        if let Some(file) = path.strip_prefix(&prefix) {
-            std::fs::write(dir.join(file), bytes).unwrap();
-        }
-    }
-    assert!(
-        dir.join("guard-000000.jsonl").is_file(),
-        "no log in {:?}",
-        done.files.keys()
-    );
-    dir
 }
 
 /// Every record of the log in `dir`, in order (files guard-NNNNNN.jsonl by number).

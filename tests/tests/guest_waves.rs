@@ -2,9 +2,8 @@
 //! escalating bomb waves in one guarded container, each asserted on evidence (BPF counters
 //! reconciled with the kernel's event files), not on survival. Two-sided: the same waves with
 //! `--no-limits` (probes on, limits off) must fail the same assertions.
-use std::path::PathBuf;
 
-use guard_tests::guest::{guest, json_file};
+use guard_tests::guest::{guest, json_file, unpack_log};
 use serde_json::Value;
 use xtask::vm::{self, Completed, VmConfig, VmResult};
 
@@ -149,19 +148,6 @@ fn enforced(summary: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// The guest's forensic log, written to a host folder.
-fn unpack_log(done: &Completed, kernel: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("guard-waves-log-{kernel}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for (path, bytes) in &done.files {
-        if let Some(file) = path.strip_prefix("log/") {
-            std::fs::write(dir.join(file), bytes).unwrap();
-        }
-    }
-    dir
-}
-
 fn limits_hold(kernel: &str) {
     let Some(result) = selftest(kernel, "") else {
         return;
@@ -183,7 +169,7 @@ fn limits_hold(kernel: &str) {
         );
     }
     // The forensic log verifies with the independent verifier and holds the three waves.
-    let log = unpack_log(&done, kernel);
+    let log = unpack_log(&done, "log", kernel);
     let status = std::process::Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/verify_log.py"))
         .arg(&log)

@@ -43,6 +43,28 @@ pub fn prepare_guest_binaries() -> anyhow::Result<std::path::PathBuf> {
     build_guest_binaries()
 }
 
+/// A guest of `memory_mib` running `guard selftest` (with `--no-limits` for the two-sided run),
+/// with the binaries from `bin`.
+pub fn selftest_vm(
+    kernel: &str,
+    memory_mib: u32,
+    bin: &std::path::Path,
+    no_limits: bool,
+    label: String,
+) -> xtask::vm::VmConfig {
+    let command = if no_limits {
+        "guard selftest --no-limits"
+    } else {
+        "guard selftest"
+    };
+    xtask::vm::VmConfig::shell(kernel, command)
+        .memory_mib(memory_mib)
+        .binary(bin.join("guard"))
+        .binary(bin.join("guard-stress"))
+        .timeout(std::time::Duration::from_secs(600))
+        .label(label)
+}
+
 /// `cargo` as invoked by the current cargo (respects rustup's toolchain selection).
 pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))

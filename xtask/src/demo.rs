@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
-use xtask::vm::{self, VmConfig, VmResult};
+use xtask::vm::{self, VmResult};
 
 use crate::cmd;
 
@@ -40,17 +40,13 @@ fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
         "guard runs as the guest agent (oom_score_adj -1000); the container gets memory.max and \
          pids.max=512; each wave runs inside it. Live events:\n"
     );
-    let command = if args.no_limits {
-        "guard selftest --no-limits"
-    } else {
-        "guard selftest"
-    };
-    let mut config = VmConfig::shell(kernel, command)
-        .memory_mib(args.memory)
-        .binary(bin.join("guard"))
-        .binary(bin.join("guard-stress"))
-        .timeout(std::time::Duration::from_secs(600))
-        .label(format!("demo-{kernel}"));
+    let mut config = cmd::selftest_vm(
+        kernel,
+        args.memory,
+        bin,
+        args.no_limits,
+        format!("demo-{kernel}"),
+    );
     config.echo_console = Some("[guard]".to_string());
     let outcome = vm::run(&config)?;
     let done = match outcome.result {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use serde_json::Value;
-use xtask::vm::{self, VmConfig, VmResult};
+use xtask::vm::{self, VmResult};
 
 use crate::cmd;
 
@@ -39,17 +39,13 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     for round in 1..=args.runs {
         for kernel in &args.kernels {
             for no_limits in [false, true] {
-                let command = if no_limits {
-                    "guard selftest --no-limits"
-                } else {
-                    "guard selftest"
-                };
-                let mut config = VmConfig::shell(kernel, command)
-                    .memory_mib(args.memory)
-                    .binary(bin.join("guard"))
-                    .binary(bin.join("guard-stress"))
-                    .timeout(std::time::Duration::from_secs(600))
-                    .label(format!("soak-{kernel}-{round}"));
+                let mut config = cmd::selftest_vm(
+                    kernel,
+                    args.memory,
+                    &bin,
+                    no_limits,
+                    format!("soak-{kernel}-{round}"),
+                );
                 config.progress = false;
                 let outcome = vm::run(&config)?;
                 let row = rows.entry((kernel.clone(), no_limits)).or_default();
