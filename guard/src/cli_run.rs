@@ -262,6 +262,9 @@ async fn run_guarded(
     source: Source,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    // Listening from the very start: a SIGTERM that arrives while the container is being
+    // created or just after its pid file appears is queued, not fatal to the agent.
+    let mut stop_signals = StopSignals::listen()?;
     let id = args
         .id
         .clone()
@@ -287,6 +290,7 @@ async fn run_guarded(
         limits,
         source,
         started,
+        &mut stop_signals,
     )
     .await;
     // Close the log whatever happened, so it ends with its `stop` record; a log error is
@@ -328,6 +332,7 @@ async fn run_logged(
     limits: Limits,
     source: Source,
     started: Instant,
+    stop_signals: &mut StopSignals,
 ) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::new(RuntimeOptions {
         spec: SpecOptions {
@@ -354,7 +359,7 @@ async fn run_logged(
                 .await
                 .context("logging limits_applied")?;
         }
-        supervise(guard, &mut container, &limits, args).await
+        supervise(guard, &mut container, &limits, args, stop_signals).await
     }
     .await;
     // Whatever happened, remove the container (snapshotting its event files first).
@@ -408,6 +413,7 @@ async fn supervise(
     container: &mut Container,
     limits: &Limits,
     args: &RunArgs,
+    stop_signals: &mut StopSignals,
 ) -> anyhow::Result<Supervised> {
     let id = container.id().to_string();
     let requested = RequestedLimits {
@@ -455,14 +461,9 @@ async fn supervise(
     }
     let pid = container.init_pid();
     let mut waiter = tokio::task::spawn_blocking(move || guard::runtime::wait_pid(pid));
-    // SIGTERM or SIGINT to `guard run` stops the container (SIGKILL to all its processes)
-    // and still reports and removes it.
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("listening for SIGTERM")?;
     let status = tokio::select! {
         status = &mut waiter => status??,
-        _ = terminate.recv() => stop(container, waiter).await?,
-        _ = tokio::signal::ctrl_c() => stop(container, waiter).await?,
+        _ = stop_signals.received() => stop(container, waiter).await?,
     };
     let guard_report = guard.unwatch(&id).await?;
     if let Some(printer) = printer {
@@ -475,6 +476,31 @@ async fn supervise(
         execs,
         agent_score_after_execs,
     })
+}
+
+/// SIGTERM or SIGINT to `guard run` stops the container (SIGKILL to all its processes) and
+/// still reports and removes it.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+
+    /// Resolves once either signal has arrived (also one that arrived before this call).
+    async fn received(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }
 
 /// Kills every process of the container and waits for its init.
