@@ -249,7 +249,9 @@ async fn print_live(mut events: tokio::sync::mpsc::Receiver<GuardEvent>) {
             EventDetail::Lost { event_kind, count } => {
                 let _ = writeln!(out, "[guard] LOST {count} {event_kind} events");
             }
-            EventDetail::Fork { .. } | EventDetail::KernelFile { .. } => {}
+            EventDetail::Fork { .. }
+            | EventDetail::KernelFile { .. }
+            | EventDetail::ReaderFault { .. } => {}
         }
     }
 }

@@ -76,6 +76,15 @@ pub enum EventDetail {
         event_kind: &'static str,
         count: u64,
     },
+    /// The event reader faulted (made by the reader itself): live events may have been
+    /// delayed; kernel counters were not affected.
+    ReaderFault {
+        error: String,
+        /// Faults so far, this one included.
+        faults: u64,
+        /// False when the reader gave up: no live events from here on.
+        restarting: bool,
+    },
 }
 
 /// The victim's memory at the time of the kill, in kB.
@@ -97,6 +106,7 @@ impl EventDetail {
             EventDetail::Throttle { .. } => EventKind::Throttle.name(),
             EventDetail::KernelFile { .. } => "kernel_file",
             EventDetail::Lost { .. } => "lost",
+            EventDetail::ReaderFault { .. } => "reader_fault",
         }
     }
 }

@@ -19,7 +19,10 @@ use crate::{
     events::GuardEvent,
     file_watch::FileWatcher,
     probes::{ProbeError, Probes, StreamOptions},
-    reader::{self, Delivered, DrainRequest, ReaderLoss, ReaderState},
+    reader::{
+        self, Delivered, DrainRequest, HealthState, InjectedPanics, ReaderHealth, ReaderLoss,
+        ReaderState,
+    },
     reconcile::{Evidence, reconcile},
     report::{Report, RequestedLimits},
 };
@@ -128,6 +131,9 @@ pub struct LossReport {
     /// Ring-buffer reserve failures in the kernel, by event kind name.
     pub kernel_reserve_failures: BTreeMap<String, u64>,
     pub reader: ReaderLoss,
+    /// Whether the reader faulted on the way (its faults are not losses by themselves: the
+    /// sequence check above counts any record that went missing).
+    pub reader_health: ReaderHealth,
 }
 
 struct Watched {
@@ -176,6 +182,8 @@ pub struct Guard {
     drain_requests: Option<mpsc::Sender<DrainRequest>>,
     file_watcher: FileWatcher,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+    injected_panics: Arc<InjectedPanics>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -201,6 +209,7 @@ impl Guard {
         let reader_state = Arc::new(Mutex::new(ReaderState::default()));
         let mut tasks = Vec::new();
         let mut drain_requests = None;
+        let injected_panics = Arc::new(InjectedPanics::default());
         let probes = if tier >= Tier::Tracepoints {
             let kprobes = tier >= Tier::TracepointsAndKprobes;
             let mut probes = Probes::load(options.stream, kprobes)?;
@@ -213,6 +222,7 @@ impl Guard {
                     Arc::clone(&reader_state),
                     receiver,
                     options.poll_interval,
+                    Arc::clone(&injected_panics),
                 )));
             }
             if let Some(logger) = probes.take_logger() {
@@ -235,6 +245,7 @@ impl Guard {
             drain_requests,
             file_watcher,
             tasks,
+            injected_panics,
         })
     }
 
@@ -382,6 +393,15 @@ impl Guard {
         })
     }
 
+    /// Drains when the reader runs; when it gave up after repeated faults, the kernel's
+    /// counters are still exact and are read anyway ([`Guard::health`] tells the agent).
+    async fn drain_if_running(&self) -> Result<(), GuardError> {
+        match self.drain().await {
+            Err(GuardError::ReaderStopped) if self.health().state == HealthState::Stopped => Ok(()),
+            other => other,
+        }
+    }
+
     /// Waits until the reader has consumed every record the kernel produced so far.
     pub async fn drain(&self) -> Result<(), GuardError> {
         let Some(requests) = &self.drain_requests else {
@@ -398,7 +418,7 @@ impl Guard {
     /// Exact counters for `id`, after draining pending events.
     pub async fn counters(&self, id: &str) -> Result<ContainerCounters, GuardError> {
         let id = ContainerId::parse(id)?;
-        self.drain().await?;
+        self.drain_if_running().await?;
         let (cgroup_id, slot) = {
             let registry = lock(&self.registry);
             let watched = registry
@@ -435,7 +455,7 @@ impl Guard {
 
     /// Counters of events outside every container, after draining pending events.
     pub async fn global_counters(&self) -> Result<GlobalCounters, GuardError> {
-        self.drain().await?;
+        self.drain_if_running().await?;
         Ok(GlobalCounters {
             bpf: self.bpf_counters(GLOBAL_SLOT)?,
             delivered: lock(&self.reader_state)
@@ -457,7 +477,7 @@ impl Guard {
 
     /// Losses so far, after draining pending events.
     pub async fn loss(&self) -> Result<LossReport, GuardError> {
-        self.drain().await?;
+        self.drain_if_running().await?;
         Ok(self.loss_as_of_last_drain())
     }
 
@@ -473,7 +493,20 @@ impl Guard {
         LossReport {
             kernel_reserve_failures,
             reader: state.loss,
+            reader_health: state.health.clone(),
         }
+    }
+
+    /// The event reader's health: whether it faulted, resumed, or gave up.
+    pub fn health(&self) -> ReaderHealth {
+        lock(&self.reader_state).health.clone()
+    }
+
+    /// Makes the event reader panic on its next drain, as a bug in it would (feature
+    /// `fault-injection`, for tests of an agent's fault handling).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_reader_panic(&self, point: crate::reader::FaultPoint) {
+        self.injected_panics.add(point);
     }
 
     /// A live stream of attributed events. A subscriber that falls more than `capacity` events

@@ -27,6 +27,6 @@ pub use guard::{
     BpfCounters, ContainerCounters, GlobalCounters, Guard, GuardError, GuardOptions, LossReport,
 };
 pub use probes::StreamOptions;
-pub use reader::Delivered;
+pub use reader::{Delivered, FaultPoint, HealthState, ReaderHealth};
 pub use reconcile::Verdict;
 pub use report::{Report, RequestedLimits};

@@ -44,7 +44,9 @@ impl Delivered {
                 self.throttle_records += 1;
                 self.suppressed += suppressed;
             }
-            EventDetail::KernelFile { .. } | EventDetail::Lost { .. } => {}
+            EventDetail::KernelFile { .. }
+            | EventDetail::Lost { .. }
+            | EventDetail::ReaderFault { .. } => {}
         }
     }
 }
@@ -70,6 +72,7 @@ pub struct ReaderState {
     pub names: HashMap<u64, String>,
     pub delivered: HashMap<u64, Delivered>,
     pub loss: ReaderLoss,
+    pub health: ReaderHealth,
     last_seq: HashMap<u32, u64>,
     subscribers: Vec<Subscriber>,
 }
@@ -139,6 +142,29 @@ impl ReaderState {
         }
     }
 
+    /// Records a reader fault in the health state and publishes it in-band.
+    fn record_fault(&mut self, reason: &str, stopped: bool) {
+        self.health.faults += 1;
+        self.health.last_fault = Some(reason.to_string());
+        if stopped {
+            self.health.state = HealthState::Stopped;
+        } else {
+            self.health.state = HealthState::Recovered;
+            self.health.restarts += 1;
+        }
+        self.publish_external(KernelEvent {
+            cpu: 0,
+            seq: 0,
+            ktime_ns: 0,
+            cgroup_id: 0,
+            detail: EventDetail::ReaderFault {
+                error: reason.to_string(),
+                faults: self.health.faults,
+                restarting: !stopped,
+            },
+        });
+    }
+
     /// Publishes an event that did not come through the ring buffer (kernel file snapshots).
     pub fn publish_external(&mut self, event: KernelEvent) {
         self.subscribers
@@ -168,14 +194,153 @@ impl ReaderState {
 /// A request to drain everything pending, answered once done.
 pub type DrainRequest = oneshot::Sender<()>;
 
-/// Runs until every [`DrainRequest`] sender is dropped (the guard went away).
+/// Faults in a row after which the reader gives up (a fault that repeats on every drain is a
+/// bug, not bad luck); a successful drain resets the count.
+const MAX_CONSECUTIVE_FAULTS: u32 = 10;
+
+/// How the reader is doing. Faults also reach subscribers in-band, as `reader_fault` events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReaderHealth {
+    pub state: HealthState,
+    /// Faults so far (a panic while draining, a failed poll of the ring buffer).
+    pub faults: u64,
+    /// Times the reader resumed after a fault.
+    pub restarts: u64,
+    pub last_fault: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// Never faulted.
+    #[default]
+    Healthy,
+    /// Faulted and resumed: counts stay exact (the kernel kept counting, the ring buffer keeps
+    /// its read position), but live events may have been delayed.
+    Recovered,
+    /// Gave up after repeated faults: no live events; kernel counters still count.
+    Stopped,
+}
+
+/// Where an injected panic strikes a drain (feature `fault-injection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// Before any record is read: nothing is lost, the restart reads them all.
+    BeforeReading,
+    /// After the batch left the ring buffer, before it was counted: the batch is lost, and the
+    /// sequence check must say so.
+    AfterReading,
+}
+
+/// Test hook: panics the reader injects into its next drains (see `Guard::inject_reader_panic`).
+#[derive(Debug, Default)]
+pub struct InjectedPanics {
+    before_reading: std::sync::atomic::AtomicU32,
+    after_reading: std::sync::atomic::AtomicU32,
+}
+
+impl InjectedPanics {
+    pub fn add(&self, point: FaultPoint) {
+        self.counter(point).fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn counter(&self, point: FaultPoint) -> &std::sync::atomic::AtomicU32 {
+        match point {
+            FaultPoint::BeforeReading => &self.before_reading,
+            FaultPoint::AfterReading => &self.after_reading,
+        }
+    }
+
+    /// Panics if a panic is pending at `point` (consuming it).
+    fn strike(&self, point: FaultPoint) {
+        let take_one = |n: u32| n.checked_sub(1);
+        if self
+            .counter(point)
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, take_one)
+            .is_ok()
+        {
+            panic!("injected reader fault ({point:?})");
+        }
+    }
+}
+
+/// How one stint of serving ended.
+enum Served {
+    /// Every drain-request sender is gone: the guard went away.
+    Closed,
+    Fault(Box<Fault>),
+}
+
+struct Fault {
+    ring: RingBuf<MapData>,
+    reason: String,
+    /// A drain request that was being answered when the fault hit: answered after the
+    /// restart, so the caller never sees a fault as "drained".
+    pending: Option<DrainRequest>,
+}
+
+/// Runs until every [`DrainRequest`] sender is dropped (the guard went away). A fault (a panic
+/// while draining, a failed poll) is recorded in the health state, published as a
+/// `reader_fault` event, and followed by a restart on the same ring buffer: the kernel keeps
+/// the consumer position in the map, so the reader resumes exactly where it stopped, and the
+/// per-CPU sequence check would count any record that went missing.
 pub async fn run(
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, LostCounts>,
     state: Arc<Mutex<ReaderState>>,
     mut requests: mpsc::Receiver<DrainRequest>,
     poll_interval: Duration,
+    injected: Arc<InjectedPanics>,
 ) {
+    let mut ring = ring;
+    let mut pending = None;
+    let mut consecutive = 0u32;
+    loop {
+        let served = serve(
+            ring,
+            &lost,
+            &state,
+            &mut requests,
+            poll_interval,
+            &injected,
+            pending.take(),
+            &mut consecutive,
+        )
+        .await;
+        let Served::Fault(fault) = served else {
+            return;
+        };
+        let Fault {
+            ring: returned,
+            reason,
+            pending: unanswered,
+        } = *fault;
+        consecutive += 1;
+        let give_up = consecutive >= MAX_CONSECUTIVE_FAULTS;
+        lock(&state).record_fault(&reason, give_up);
+        if give_up {
+            error!(%reason, consecutive, "event reader faulted too often; live events stop");
+            return;
+        }
+        error!(%reason, consecutive, "event reader faulted; restarting it");
+        // Backing off keeps a persistent fault from spinning a CPU the containers need.
+        tokio::time::sleep(poll_interval * consecutive).await;
+        ring = returned;
+        pending = unanswered;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    ring: RingBuf<MapData>,
+    lost: &PerCpuArray<MapData, LostCounts>,
+    state: &Mutex<ReaderState>,
+    requests: &mut mpsc::Receiver<DrainRequest>,
+    poll_interval: Duration,
+    injected: &Arc<InjectedPanics>,
+    pending: Option<DrainRequest>,
+    consecutive: &mut u32,
+) -> Served {
     // SAFETY: the RingBuf owns its map's fd and keeps it open, unchanged, for its lifetime,
     // which the AsyncFd owns.
     let registered =
@@ -183,10 +348,31 @@ pub async fn run(
     let mut ring = match registered {
         Ok(ring) => ring,
         Err(error) => {
-            error!(%error, "cannot poll the event ring buffer; live events stop");
-            return;
+            let (ring, error) = error.into_parts();
+            return Served::Fault(Box::new(Fault {
+                ring,
+                reason: format!("cannot poll the event ring buffer: {error}"),
+                pending,
+            }));
         }
     };
+    // Drains one batch; a panic inside is caught and turned into a fault.
+    macro_rules! drain_or_fault {
+        ($reply:expr) => {
+            if let Err(reason) = guarded_drain(ring.get_mut(), lost, state, injected) {
+                return Served::Fault(Box::new(Fault {
+                    ring: ring.into_inner(),
+                    reason,
+                    pending: $reply,
+                }));
+            }
+            *consecutive = 0;
+        };
+    }
+    if let Some(reply) = pending {
+        drain_or_fault!(Some(reply));
+        let _ = reply.send(());
+    }
     // The programs wake us only for full batches; the tick picks up the rest.
     let mut tick = tokio::time::interval(poll_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -194,34 +380,71 @@ pub async fn run(
         tokio::select! {
             ready = ring.readable_mut() => match ready {
                 Ok(mut ready) => {
-                    drain(ready.get_inner_mut(), &lost, &state);
                     ready.clear_ready();
+                    drain_or_fault!(None);
                 }
                 Err(error) => {
-                    error!(%error, "polling the event ring buffer failed; live events stop");
-                    return;
+                    return Served::Fault(Box::new(Fault {
+                        ring: ring.into_inner(),
+                        reason: format!("polling the event ring buffer failed: {error}"),
+                        pending: None,
+                    }));
                 }
             },
-            _ = tick.tick() => drain(ring.get_mut(), &lost, &state),
+            _ = tick.tick() => {
+                drain_or_fault!(None);
+            }
             request = requests.recv() => match request {
                 Some(reply) => {
-                    drain(ring.get_mut(), &lost, &state);
+                    drain_or_fault!(Some(reply));
                     let _ = reply.send(());
                 }
-                None => return,
+                None => return Served::Closed,
             },
         }
     }
+}
+
+/// [`drain`], with a panic (a bug in decoding or attribution) caught and returned as text.
+fn guarded_drain(
+    ring: &mut RingBuf<MapData>,
+    lost: &PerCpuArray<MapData, LostCounts>,
+    state: &Mutex<ReaderState>,
+    injected: &Arc<InjectedPanics>,
+) -> Result<(), String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drain(ring, lost, state, injected)
+    }))
+    .map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|text| text.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        format!("panic while draining the ring buffer: {message}")
+    })
+}
+
+fn lock(state: &Mutex<ReaderState>) -> std::sync::MutexGuard<'_, ReaderState> {
+    // A panic while the state was held leaves plain counters behind: keep going.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn drain(
     ring: &mut RingBuf<MapData>,
     lost: &PerCpuArray<MapData, LostCounts>,
     state: &Mutex<ReaderState>,
+    injected: &InjectedPanics,
 ) {
+    injected.strike(FaultPoint::BeforeReading);
     let mut records = Vec::new();
     while let Some(item) = ring.next() {
         records.push(events::decode(&item));
+    }
+    if !records.is_empty() {
+        injected.strike(FaultPoint::AfterReading);
     }
     // One lookup of the per-CPU loss counts per drain: losses become in-band records even when
     // nothing after them is ever delivered.
@@ -241,9 +464,7 @@ fn drain(
         }
     };
     // One lock per batch, not per record.
-    let mut state = state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut state = lock(state);
     if !records.is_empty() {
         state.absorb(records);
     }
