@@ -12,8 +12,8 @@
 //! announces itself on stdout, then polls for a `/go-<id>` file that the scenario creates once
 //! it has looked at the container from outside.
 
-use guard_tests::guest::unpack_log;
-use std::collections::BTreeMap;
+use guard_tests::guest::{json_file, unpack_log};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 use xtask::vm::{self, Completed, VmConfig, VmResult};
@@ -108,9 +108,16 @@ release() {
 "#;
 
 fn boot(kernel: &str, guard: PathBuf, label: &str, scenario: &str) -> Completed {
+    boot_with(kernel, &[guard], label, scenario)
+}
+
+fn boot_with(kernel: &str, binaries: &[PathBuf], label: &str, scenario: &str) -> Completed {
     let script = format!("{PRELUDE}\n{scenario}");
-    let config = VmConfig::shell(kernel, &script)
-        .binary(guard)
+    let config = binaries
+        .iter()
+        .fold(VmConfig::shell(kernel, &script), |config, binary| {
+            config.binary(binary)
+        })
         .timeout(Duration::from_secs(300))
         .label(format!("{label}-{kernel}"));
     let outcome = vm::run(&config).expect("the harness itself failed");
@@ -454,4 +461,153 @@ fn lifecycle_and_concurrency_6_1() {
 #[test]
 fn lifecycle_and_concurrency_6_12() {
     lifecycle_and_concurrency("6.12");
+}
+
+/// Inside a guarded container, every attempt on its own or its parent's limits, on the log and
+/// on the kernel's BPF fails, and for the reason the design gives (read-only cgroupfs, cgroup
+/// namespace, a log outside the rootfs, no CAP_SYS_ADMIN/CAP_BPF). Two-sided: the same attempts
+/// by the guest's root all succeed. The guard's record of the container stays true: limits
+/// read back unchanged, no fault or loss, a log that verifies.
+fn container_cannot_tamper(kernel: &str) {
+    let Some(guard) = requirements(kernel) else {
+        return;
+    };
+    let tamper = guard.with_file_name("guard-tamper");
+    assert!(
+        tamper.is_file(),
+        "no {} (built with guard-stress)",
+        tamper.display()
+    );
+    let done = boot_with(
+        kernel,
+        &[guard, tamper],
+        "runtime-tamper",
+        r#"
+        mkdir -p /tmp/rootfs/lib /tmp/rootfs/lib64
+        cp -a /lib/. /tmp/rootfs/lib/ && cp -a /lib64/. /tmp/rootfs/lib64/
+        cp /bin/guard-tamper /tmp/rootfs/bin/
+        log=/results/tamper-log
+        guard run --id tamper --rootfs /tmp/rootfs --memory 24M --pids 40 --quiet --log $log \
+            --report /results/tamper.json -- \
+            guard-tamper --cgroup /sys/fs/cgroup --log-file $log/guard-000000.jsonl \
+            > /results/inside.out 2> /results/tamper.err
+        echo "tamper exit=$?"
+        # The control: the guest's root, in a scratch cgroup whose parent has limits too.
+        mkdir -p /sys/fs/cgroup/scratch
+        echo "+memory +pids" > /sys/fs/cgroup/scratch/cgroup.subtree_control
+        mkdir -p /sys/fs/cgroup/scratch/child
+        guard-tamper --cgroup /sys/fs/cgroup/scratch/child --log-file $log/guard-000000.jsonl \
+            > /results/outside.out
+        echo "control exit=$?"
+        "#,
+    );
+    let out = done.stdout_str();
+    assert!(
+        out.contains("tamper exit=0"),
+        "{out}\n{}",
+        file(&done, "tamper.err")
+    );
+    assert!(out.contains("control exit=0"), "{out}");
+    let attempts = |name: &str| -> BTreeMap<String, (bool, String)> {
+        file(&done, name)
+            .lines()
+            .filter(|line| line.starts_with(r#"{"attempt""#))
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .map(|v| {
+                let error = v["error"].as_str().unwrap_or_default().to_string();
+                (
+                    v["attempt"].as_str().unwrap().to_string(),
+                    (v["ok"] == true, error),
+                )
+            })
+            .collect()
+    };
+    let inside = attempts("inside.out");
+    let outside = attempts("outside.out");
+    eprintln!("{kernel}: inside the container {inside:#?}\nthe guest's root {outside:#?}");
+    // Each attempt, and why it must fail inside.
+    let expected = [
+        ("write own memory.max", "Read-only file system"),
+        ("write own pids.max", "Read-only file system"),
+        ("write own cgroup.procs", "Read-only file system"),
+        // The cgroup namespace: the parent is not in the container's view at all.
+        ("write parent memory.max", "No such file or directory"),
+        ("write parent pids.max", "No such file or directory"),
+        ("mount cgroup2", "Operation not permitted"),
+        ("remount cgroupfs read-write", "Operation not permitted"),
+        ("open the log", "No such file or directory"),
+        ("open the log through /proc/PID/root", "not reachable"),
+        ("bpf map create", "Operation not permitted"),
+        ("bpf prog load", "Operation not permitted"),
+    ];
+    assert_eq!(inside.len(), expected.len(), "{inside:#?}");
+    for (attempt, reason) in expected {
+        let (ok, error) = &inside[attempt];
+        assert!(!ok, "inside the container `{attempt}` succeeded");
+        assert!(
+            error.contains(reason),
+            "`{attempt}` failed for another reason: {error}"
+        );
+        assert_eq!(
+            outside[attempt],
+            (true, String::new()),
+            "the control could not `{attempt}`: the attempt itself is broken"
+        );
+    }
+
+    // What the guard recorded is true: the limits the kernel held at the end are the ones
+    // asked for, nothing faulted or got lost, and the log verifies.
+    let report = json_file(&done, "tamper.json");
+    let read_back = &report["guard"]["applied"];
+    assert_eq!(
+        read_back["memory_max"],
+        serde_json::json!({"value": 24 << 20}),
+        "{read_back:#}"
+    );
+    assert_eq!(
+        read_back["pids_max"],
+        serde_json::json!({"value": 40}),
+        "{read_back:#}"
+    );
+    assert_ne!(
+        report["guard"]["reconciliation"]["verdict"], "violated",
+        "{report:#}"
+    );
+    assert_eq!(
+        report["guard"]["loss"]["reader_health"]["faults"], 0,
+        "{:#}",
+        report["guard"]["loss"]
+    );
+    let log = unpack_log(&done, "tamper-log", kernel);
+    let records = log_records(&log);
+    let kinds: BTreeSet<&str> = records.iter().filter_map(|r| r["kind"].as_str()).collect();
+    for unexpected in ["lost", "reader_fault", "oom_victim", "fork_denied"] {
+        assert!(
+            !kinds.contains(unexpected),
+            "{unexpected} in the log: {kinds:?}"
+        );
+    }
+    let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/verify_log.py");
+    let verdict = std::process::Command::new("python3")
+        .arg(verifier)
+        .arg(&log)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        verdict.status.success(),
+        "the tamper run's log must verify: {}{}",
+        String::from_utf8_lossy(&verdict.stdout),
+        String::from_utf8_lossy(&verdict.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&log);
+}
+
+#[test]
+fn container_cannot_tamper_6_1() {
+    container_cannot_tamper("6.1");
+}
+
+#[test]
+fn container_cannot_tamper_6_12() {
+    container_cannot_tamper("6.12");
 }
