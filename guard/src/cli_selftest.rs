@@ -152,6 +152,9 @@ fn delta(after: &Value, before: &Value) -> Value {
     }
 }
 
+/// The live printer's queue (a slow console loses lines, counted, never memory).
+const LIVE_QUEUE_EVENTS: usize = 4096;
+
 /// The agent's own memory: (current, peak) resident set in KiB.
 fn own_rss_kib() -> Value {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -287,7 +290,13 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     let threads_max = raise_threads_max()?;
     let id = "waves";
-    let guard = Guard::start(GuardOptions::default()).await?;
+    let options = GuardOptions::default();
+    let budget = guard::budget::MemoryBudget::new(
+        &options.stream,
+        &[guard::event_log::QUEUE_EVENTS, LIVE_QUEUE_EVENTS],
+        true,
+    );
+    let guard = Guard::start(options).await?;
     // The defaults are computed now, with the guard loaded: what is really available.
     let request = if no_limits {
         LimitRequest {
@@ -327,7 +336,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     )?;
     log.record("limits_applied", Some(id), &created.applied)
         .await?;
-    let live = tokio::spawn(print_live(guard.subscribe(4096)));
+    let live = tokio::spawn(print_live(guard.subscribe(LIVE_QUEUE_EVENTS)));
     container.start()?;
     let mut console = console();
     writeln!(
@@ -338,6 +347,9 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         container.cgroup().display()
     )?;
 
+    // The agent's bound: what it holds once everything is set up, plus every buffer full.
+    let rss_before_waves = own_rss_kib();
+    let bound_kib = rss_before_waves["current"].as_u64().unwrap_or(0) + budget.total / 1024;
     let mut waves = Vec::new();
     for wave in &WAVES {
         writeln!(console, "[guard] ===== wave {} =====", wave.name)?;
@@ -408,6 +420,11 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         "report": report,
         "global": global,
         "agent_oom_score_adj": oom_score::own_oom_score_adj()?,
+        "agent_memory": {
+            "budget_bytes": budget,
+            "rss_before_waves_kib": rss_before_waves,
+            "bound_kib": bound_kib,
+        },
         "log_head": {"records": head.next_seq, "hash": head.prev},
     });
     std::fs::write(out.join("waves.json"), serde_json::to_vec_pretty(&summary)?)?;

@@ -3,6 +3,7 @@
 //! An agent starts a [`Guard`], registers each container's cgroup with [`Guard::watch`], and
 //! reads exact per-container counters ([`Guard::counters`]) or subscribes to live events
 //! ([`Guard::subscribe`]). See DESIGN.md for the architecture.
+pub mod budget;
 pub mod capability;
 pub mod cgroup;
 pub mod container_id;

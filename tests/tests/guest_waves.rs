@@ -148,6 +148,62 @@ fn enforced(summary: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// The agent's resident memory stays within its bound (its RSS once set up plus the guard's
+/// memory budget: every queue and buffer full) through every wave; its peak never exceeds the
+/// bound or the peak it already had when loading (aya parses the kernel's BTF at load).
+fn agent_memory_bounded(kernel: &str, summary: &Value) -> Result<(), String> {
+    let memory = &summary["agent_memory"];
+    let bound = memory["bound_kib"]
+        .as_u64()
+        .ok_or(format!("no agent_memory in the summary: {memory}"))?;
+    let peak_before = number(&memory["rss_before_waves_kib"]["peak"]);
+    let budget_kib = number(&memory["budget_bytes"]["total"]) / 1024;
+    check_bound(bound, budget_kib, peak_before, summary)?;
+    let rss: Vec<String> = summary["waves"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|wave| format!("{} {}", wave["wave"], wave["agent_rss_kib"]))
+        .collect();
+    eprintln!(
+        "{kernel}: agent RSS before the waves {}, budget {budget_kib} KiB, bound {bound} KiB; {}",
+        memory["rss_before_waves_kib"],
+        rss.join("; ")
+    );
+    Ok(())
+}
+
+fn check_bound(
+    bound: u64,
+    budget_kib: u64,
+    peak_before: u64,
+    summary: &Value,
+) -> Result<(), String> {
+    if budget_kib == 0 || peak_before == 0 {
+        return Err(format!(
+            "no budget or peak measured: {}",
+            summary["agent_memory"]
+        ));
+    }
+    for wave in summary["waves"].as_array().into_iter().flatten() {
+        let name = &wave["wave"];
+        let current = number(&wave["agent_rss_kib"]["current"]);
+        let peak = number(&wave["agent_rss_kib"]["peak"]);
+        if current == 0 || current > bound {
+            return Err(format!(
+                "{name}: agent RSS {current} KiB, bound {bound} KiB"
+            ));
+        }
+        if peak > bound.max(peak_before) {
+            return Err(format!(
+                "{name}: agent peak RSS {peak} KiB above both the bound {bound} KiB and the \
+                 load peak {peak_before} KiB"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn limits_hold(kernel: &str) {
     let Some(result) = selftest(kernel, "") else {
         return;
@@ -167,6 +223,9 @@ fn limits_hold(kernel: &str) {
             "{kernel}: {failure}\n{}",
             serde_json::to_string_pretty(&summary["waves"]).unwrap()
         );
+    }
+    if let Err(failure) = agent_memory_bounded(kernel, &summary) {
+        panic!("{kernel}: {failure}");
     }
     // The forensic log verifies with the independent verifier and holds the three waves.
     let log = unpack_log(&done, "log", kernel);
@@ -209,10 +268,19 @@ fn without_limits_the_assertions_fail(kernel: &str) {
     // A dead VM fails enforcement by itself; a surviving one must fail the same checks.
     let failure = match result {
         Err(console) => console,
-        Ok(done) => match enforced(&json_file(&done, "waves.json")) {
-            Ok(()) => panic!("{kernel}: with limits off the enforcement assertions must fail"),
-            Err(failure) => failure,
-        },
+        Ok(done) => {
+            let summary = json_file(&done, "waves.json");
+            // Even with the VM in global OOM, the agent (oom_score_adj -1000) keeps its bound.
+            if let Err(failure) = agent_memory_bounded(kernel, &summary) {
+                panic!("{kernel} without limits: {failure}");
+            }
+            match enforced(&summary) {
+                Ok(()) => {
+                    panic!("{kernel}: with limits off the enforcement assertions must fail")
+                }
+                Err(failure) => failure,
+            }
+        }
     };
     eprintln!("{kernel} without limits fails as it must: {failure}");
 }
@@ -225,4 +293,24 @@ fn without_limits_the_assertions_fail_6_1() {
 #[test]
 fn without_limits_the_assertions_fail_6_12() {
     without_limits_the_assertions_fail("6.12");
+}
+
+#[test]
+fn an_agent_above_its_bound_fails_the_memory_check() {
+    // Two-sided for agent_memory_bounded: the same summary shape with one wave's RSS above
+    // the bound, or a peak above bound and load peak, is refused.
+    let summary = |current: u64, peak: u64| {
+        serde_json::json!({
+            "agent_memory": {"bound_kib": 20_000, "budget_bytes": {"total": 10_000_000},
+                             "rss_before_waves_kib": {"current": 9_000, "peak": 24_000}},
+            "waves": [{"wave": "pids", "agent_rss_kib": {"current": current, "peak": peak}}],
+        })
+    };
+    assert_eq!(
+        agent_memory_bounded("test", &summary(12_000, 24_000)),
+        Ok(())
+    );
+    assert!(agent_memory_bounded("test", &summary(20_001, 24_000)).is_err());
+    assert!(agent_memory_bounded("test", &summary(12_000, 24_001)).is_err());
+    assert!(agent_memory_bounded("test", &summary(0, 24_000)).is_err());
 }

@@ -19,7 +19,8 @@ use super::record::{
 use super::time::{self, TimeError};
 
 pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
-const BUFFER_BYTES: usize = 64 << 10;
+/// The write buffer of the current log file (part of the agent's memory budget).
+pub const BUFFER_BYTES: usize = 64 << 10;
 
 #[derive(Debug, Error)]
 pub enum WriterError {
