@@ -97,6 +97,16 @@ impl Report {
         for flag in &r.flags {
             let _ = writeln!(out, "  ! {flag}");
         }
+        let health = &self.loss.reader_health;
+        if health.faults > 0 {
+            let _ = writeln!(
+                out,
+                "  ! event reader {:?} after {} fault(s), last: {}",
+                health.state,
+                health.faults,
+                health.last_fault.as_deref().unwrap_or("?")
+            );
+        }
         let _ = writeln!(out, "  verdict     {}", r.verdict);
         out
     }
