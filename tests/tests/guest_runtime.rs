@@ -91,13 +91,19 @@ if echo 1 > /sys/fs/cgroup/pids.max 2>/dev/null; then echo cgroupfs=rw; else ech
 while [ ! -e /go-$ID ]; do sleep 0.05; done'
 # start ID [guard run options…]: runs container ID in the background; its stdout (the
 # container's output and the human report) goes to /results/ID.out, stderr to ID.err, the
-# JSON report to ID.json; waits until the container has started (pid file written).
+# JSON report to ID.json; waits until the container has started (pid file written), sampling
+# the agent's oom_score_adj all the while into /results/ID.agent-scores.
 start() {
     id=$1; shift
     guard run --id "$id" --rootfs /tmp/rootfs --pid-file /tmp/$id.pid --report /results/$id.json \
         --env ID=$id "$@" -- sh -c "$body" > /results/$id.out 2> /results/$id.err &
-    echo $! > /tmp/$id.guard
-    wait_for /tmp/$id.pid
+    agent=$!
+    echo $agent > /tmp/$id.guard
+    n=0
+    while [ ! -s /tmp/$id.pid ]; do
+        cat /proc/$agent/oom_score_adj >> /results/$id.agent-scores 2>/dev/null
+        n=$((n + 1)); [ $n -gt 100000 ] && { echo "timed out waiting for /tmp/$id.pid" >&2; return 1; }
+    done
 }
 # release ID: lets container ID finish and waits for its guard run.
 release() {
@@ -253,6 +259,18 @@ JSON
     assert_eq!(agent["shell"], "-1000", "{out}");
     assert_eq!(fields(&out, "container ")["init"], "250", "{out}");
     assert_eq!(inside["score"], "250", "{c1_out}");
+    // Sampled without pause while c1 (score 250) was created: the agent never left -1000.
+    let samples = file(&done, "c1.agent-scores");
+    let scores: BTreeSet<&str> = samples.lines().collect();
+    eprintln!(
+        "{kernel}: {} samples of the agent's score during create: {scores:?}",
+        samples.lines().count()
+    );
+    assert_eq!(
+        scores,
+        BTreeSet::from(["-1000"]),
+        "the agent's score during create"
+    );
     let report = file(&done, "c1.json");
     assert!(
         report.contains(r#""agent_oom_score_adj_after_start": -1000"#),

@@ -10,7 +10,8 @@
 //! before removing the cgroup (removal erases them).
 //!
 //! Every libcontainer call that clones runs under [`oom_score::preserving_caller`]: libcontainer
-//! writes the container's score into its caller, and the agent must stay at -1000.
+//! writes the container's score into its caller, and the agent must stay at -1000. Creation
+//! avoids even the temporary change: the init gets its score from us before it starts.
 //!
 //! libcontainer reports its real errors only through `tracing`: install a subscriber.
 pub mod oom_score;
@@ -269,7 +270,16 @@ impl Runtime {
         let bundle = self.options.bundle_root.join(id.as_str());
         fs::create_dir_all(&bundle).map_err(io_error(format!("creating {}", bundle.display())))?;
         let config = bundle.join("config.json");
-        spec.save(&config)
+        // libcontainer writes a config's oomScoreAdj into *its caller* for the init to inherit:
+        // the agent would sit at the container's score for the whole create. The config it
+        // reads has none; verify() gives the init its score while it still waits for start,
+        // before anything of the container runs.
+        let mut for_libcontainer = spec.clone();
+        if let Some(process) = for_libcontainer.process_mut() {
+            process.set_oom_score_adj(None);
+        }
+        for_libcontainer
+            .save(&config)
             .map_err(|source| RuntimeError::SaveSpec {
                 path: config.clone(),
                 source,
@@ -403,6 +413,7 @@ impl Runtime {
         let read_back = read_limits(&cgroup)?;
         check_read_back(&id, limits, &read_back)?;
 
+        oom_score::set_oom_score_adj_of(pid, self.options.spec.oom_score_adj)?;
         let score = oom_score::oom_score_adj_of(pid)?;
         if score != self.options.spec.oom_score_adj {
             return Err(RuntimeError::ContainerScore {

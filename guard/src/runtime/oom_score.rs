@@ -27,6 +27,15 @@ pub fn oom_score_adj_of(pid: i32) -> Result<i32, RuntimeError> {
     read_score(&format!("/proc/{pid}/oom_score_adj"))
 }
 
+/// Sets the `oom_score_adj` of process `pid` (a created container's init, before it starts).
+pub fn set_oom_score_adj_of(pid: i32, score: i32) -> Result<(), RuntimeError> {
+    let path = format!("/proc/{pid}/oom_score_adj");
+    fs::write(&path, score.to_string()).map_err(|source| RuntimeError::Io {
+        what: format!("writing {score} to {path}"),
+        source,
+    })
+}
+
 fn read_score(path: &str) -> Result<i32, RuntimeError> {
     let text = fs::read_to_string(path).map_err(|source| RuntimeError::Io {
         what: format!("reading {path}"),
