@@ -95,13 +95,7 @@ impl EventLog {
         let (events, dropped) = guard.subscribe_counted(QUEUE);
         let (commands, receiver) = mpsc::channel(64);
         let stats = Arc::new(Mutex::new(EventLogStats::default()));
-        let task = tokio::spawn(run(
-            writer,
-            events,
-            dropped,
-            receiver,
-            Arc::clone(&stats),
-        ));
+        let task = tokio::spawn(run(writer, events, dropped, receiver, Arc::clone(&stats)));
         Ok(Self {
             commands,
             task,

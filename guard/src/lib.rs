@@ -5,6 +5,7 @@
 //! ([`Guard::subscribe`]). See DESIGN.md for the architecture.
 pub mod capability;
 pub mod cgroup;
+pub mod config;
 pub mod container_id;
 pub mod event_log;
 pub mod events;

@@ -147,12 +147,13 @@ fn meminfo_value(
             field,
             kib: number.to_string(),
         };
-        let kib: u64 = number.parse().map_err(|error: std::num::ParseIntError| {
-            match error.kind() {
-                IntErrorKind::PosOverflow => too_large(),
-                _ => bad(),
-            }
-        })?;
+        let kib: u64 =
+            number
+                .parse()
+                .map_err(|error: std::num::ParseIntError| match error.kind() {
+                    IntErrorKind::PosOverflow => too_large(),
+                    _ => bad(),
+                })?;
         return kib.checked_mul(1024).map(Some).ok_or_else(too_large);
     }
     Ok(None)

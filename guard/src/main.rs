@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cli_args;
 mod cli_exec;
 mod cli_log;
 mod cli_run;
@@ -79,7 +80,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("guard: error: {error:#}");
-            ExitCode::FAILURE
+            if error.is::<cli_args::UsageError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
