@@ -18,7 +18,12 @@ pub struct WatchArgs {
     )]
     cgroups: Vec<(ContainerId, PathBuf)>,
     /// Stop after this many seconds instead of waiting for Ctrl-C.
-    #[arg(long, value_name = "SECONDS", value_parser = crate::cli_args::seconds)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        allow_hyphen_values = true,
+        value_parser = crate::cli_args::seconds
+    )]
     duration: Option<Duration>,
     /// Write each event as a JSON line to FILE ("-" for standard output).
     #[arg(long, value_name = "FILE")]

@@ -79,7 +79,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("guard: error: {error:#}");
+            eprintln!("guard: error: {}", render(&error));
             if error.is::<cli_args::UsageError>() {
                 ExitCode::from(2)
             } else {
@@ -87,6 +87,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The error and its causes, each once: library errors already print their source (so that
+/// they read well alone), which `{:#}` would repeat.
+fn render(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn probe(json: bool) -> anyhow::Result<ExitCode> {
