@@ -10,7 +10,9 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use guard::{Guard, GuardOptions, RequestedLimits, StreamOptions, Tier};
+use guard::{
+    ContainerId, Guard, GuardOptions, RequestedLimits, StreamOptions, Tier, cgroup::Hierarchy,
+};
 
 #[derive(clap::Args)]
 pub struct ExecArgs {
@@ -18,18 +20,33 @@ pub struct ExecArgs {
     #[arg(long)]
     cgroup: PathBuf,
     /// Container id to report under (default: the cgroup's directory name).
-    #[arg(long)]
-    id: Option<String>,
+    #[arg(long, value_parser = crate::cli_args::container_id())]
+    id: Option<ContainerId>,
     /// Write pids.max of the new cgroup (needs the pids controller).
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "N",
+        value_parser = crate::cli_args::pids_count
+    )]
     pids_max: Option<u64>,
-    /// Write memory.max of the new cgroup, in bytes (needs the memory controller); also sets
-    /// memory.swap.max to 0 so swap cannot dodge it.
-    #[arg(long, value_name = "BYTES")]
+    /// Write memory.max of the new cgroup, in bytes (67108864, 64M; needs the memory
+    /// controller); also sets memory.swap.max to 0 so swap cannot dodge it.
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "BYTES",
+        value_parser = crate::cli_args::memory_bytes
+    )]
     memory_max: Option<u64>,
-    /// oom_score_adj for the command. A guest agent runs at -1000 and children inherit it:
-    /// at -1000 the memcg OOM killer finds no victim and the cgroup livelocks.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    /// oom_score_adj for the command (-1000..=1000). A guest agent runs at -1000 and children
+    /// inherit it: at -1000 the memcg OOM killer finds no victim and the cgroup livelocks.
+    #[arg(
+        long,
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i32).range(-1000..=1000)
+    )]
     oom_score_adj: i32,
     /// Run at most at this tier (0 = cgroup event files only, 1 = tracepoints, 2 = + kprobes).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2), default_value_t = 2)]
@@ -69,13 +86,18 @@ fn tier(value: u8) -> Tier {
 
 async fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let id = match &args.id {
-        Some(id) => id.clone(),
-        None => args
-            .cgroup
-            .file_name()
-            .and_then(|name| name.to_str())
-            .with_context(|| format!("{} has no usable directory name", args.cgroup.display()))?
-            .to_string(),
+        Some(id) => id.to_string(),
+        None => {
+            let name = args.cgroup.file_name().with_context(|| {
+                format!(
+                    "--cgroup {}: no directory name to use as the id; give --id",
+                    args.cgroup.display()
+                )
+            })?;
+            ContainerId::from_os_str(name)
+                .with_context(|| format!("--cgroup {}", args.cgroup.display()))?
+                .to_string()
+        }
     };
     if args.cgroup.exists() {
         bail!(
@@ -83,6 +105,11 @@ async fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
             args.cgroup.display()
         );
     }
+    // Before loading anything: the new cgroup's parent must be a cgroup v2 directory.
+    let parent = args.cgroup.parent().unwrap_or(&args.cgroup);
+    Hierarchy::find()?
+        .identify(parent)
+        .with_context(|| format!("--cgroup {}", args.cgroup.display()))?;
     let options = GuardOptions {
         max_tier: tier(args.max_tier),
         stream: StreamOptions {

@@ -9,9 +9,10 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use guard::{
-    Guard, GuardOptions, Tier,
+    ContainerId, Guard, GuardOptions, Tier,
+    config::Config,
     event_log::EventLog,
     limits::{LimitRequest, Limits, MemInfo, MemorySetting, PidsSetting, SwapSetting},
     report::{Report as GuardReport, RequestedLimits},
@@ -25,25 +26,35 @@ use serde::Serialize;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Container id (letters, digits, `_+-.`; default `run-<guard's pid>`).
-    #[arg(long)]
-    id: Option<String>,
+    /// The agent's settings (TOML: memory, pids, swap, cgroup_root, log_dir, fsync,
+    /// max_tier; see docs/ERRORS.md). Options given here override the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Container id (no '/', whitespace or control characters, not `.` or `..`, at most
+    /// 128 bytes; default `run-<guard's pid>`).
+    #[arg(long, value_parser = crate::cli_args::container_id())]
+    id: Option<ContainerId>,
     /// memory.max: bytes (64M, 1.5G, 67108864), a percentage of MemAvailable (50%), or
     /// `max`. Default: 90% of MemAvailable.
-    #[arg(long, value_parser = parse_memory)]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::cli_args::memory)]
     memory: Option<MemorySetting>,
     /// pids.max: a count or `max`. Default: 512.
-    #[arg(long, value_parser = parse_pids)]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::cli_args::pids)]
     pids: Option<PidsSetting>,
     /// memory.swap.max: bytes or `max`. Default: 0 (no swap for the container).
-    #[arg(long, value_parser = parse_swap)]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::cli_args::swap)]
     swap: Option<SwapSetting>,
     /// The container processes' oom_score_adj (-999..=1000).
-    #[arg(long, default_value_t = DEFAULT_OOM_SCORE_ADJ, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        default_value_t = DEFAULT_OOM_SCORE_ADJ,
+        allow_hyphen_values = true,
+        value_parser = crate::cli_args::container_oom_score_adj
+    )]
     oom_score_adj: i32,
-    /// Parent cgroup of the containers, relative to the cgroup2 mount.
-    #[arg(long, default_value = DEFAULT_CGROUP_ROOT)]
-    cgroup_root: String,
+    /// Parent cgroup of the containers, relative to the cgroup2 mount. Default: /guard.
+    #[arg(long, value_parser = crate::cli_args::cgroup_root)]
+    cgroup_root: Option<String>,
     /// Root filesystem folder to run the command in.
     #[arg(long, conflicts_with = "bundle", required_unless_present = "bundle")]
     rootfs: Option<PathBuf>,
@@ -56,6 +67,9 @@ pub struct RunArgs {
     /// Never run the guard above this tier (0, 1, 2).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
     max_tier: Option<u8>,
+    /// `max_tier` from the config file (the flag wins).
+    #[arg(skip)]
+    config_max_tier: Option<Tier>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -86,33 +100,36 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-fn parse_memory(text: &str) -> Result<MemorySetting, String> {
-    text.parse()
-        .map_err(|error: guard::limits::LimitsError| error.to_string())
+impl RunArgs {
+    /// Fills what the command line left out from the config file.
+    fn apply(&mut self, config: Config) {
+        self.memory = self.memory.take().or(config.memory);
+        self.pids = self.pids.or(config.pids);
+        self.swap = self.swap.or(config.swap);
+        self.cgroup_root = self.cgroup_root.take().or(config.cgroup_root);
+        self.log.dir = self.log.dir.take().or(config.log_dir);
+        self.log.fsync = self.log.fsync.or(config.fsync);
+        self.config_max_tier = config.max_tier;
+    }
 }
 
-fn parse_pids(text: &str) -> Result<PidsSetting, String> {
-    text.parse()
-        .map_err(|error: guard::limits::LimitsError| error.to_string())
-}
-
-fn parse_swap(text: &str) -> Result<SwapSetting, String> {
-    text.parse()
-        .map_err(|error: guard::limits::LimitsError| error.to_string())
-}
-
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
+    use crate::cli_args::usage;
+    if let Some(path) = &args.config {
+        let config = Config::load(path).map_err(usage)?;
+        args.apply(config);
+    }
     // Resolve and validate the limits before anything else exists.
     let request = LimitRequest {
         memory: args.memory.clone().unwrap_or(MemorySetting::Default),
         pids: args.pids.unwrap_or(PidsSetting::Default),
         swap: args.swap.unwrap_or(SwapSetting::Default),
     };
-    let limits = request.resolve(&MemInfo::read()?)?;
+    let limits = request.resolve(&MemInfo::read()?).map_err(usage)?;
     let source = match (&args.rootfs, &args.bundle) {
         (Some(rootfs), _) => {
             if args.command.is_empty() {
-                bail!("--rootfs needs a command after `--`");
+                return Err(usage("--rootfs needs a command after `--`"));
             }
             Source::Rootfs {
                 rootfs: rootfs.clone(),
@@ -122,11 +139,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         (None, Some(bundle)) => {
             if !args.command.is_empty() {
-                bail!("with --bundle the command comes from the bundle's config.json");
+                return Err(usage(
+                    "with --bundle the command comes from the bundle's config.json",
+                ));
             }
             Source::Bundle(bundle.clone())
         }
-        (None, None) => bail!("give --rootfs DIR or --bundle DIR"),
+        (None, None) => return Err(usage("give --rootfs DIR or --bundle DIR")),
     };
     // Single-threaded on purpose: libcontainer clones the calling process, and the fewer
     // threads exist at that moment the fewer locks a child could inherit held.
@@ -265,14 +284,15 @@ async fn run_guarded(
     // Listening from the very start: a SIGTERM that arrives while the container is being
     // created or just after its pid file appears is queued, not fatal to the agent.
     let mut stop_signals = StopSignals::listen()?;
-    let id = args
-        .id
-        .clone()
-        .unwrap_or_else(|| format!("run-{}", std::process::id()));
+    let id = args.id.as_ref().map_or_else(
+        || format!("run-{}", std::process::id()),
+        ContainerId::to_string,
+    );
     let max_tier = match args.max_tier {
         Some(0) => Tier::CgroupFilesOnly,
         Some(1) => Tier::Tracepoints,
-        _ => Tier::TracepointsAndKprobes,
+        Some(_) => Tier::TracepointsAndKprobes,
+        None => args.config_max_tier.unwrap_or(Tier::TracepointsAndKprobes),
     };
     let guard = Guard::start(GuardOptions {
         max_tier,
@@ -336,7 +356,10 @@ async fn run_logged(
 ) -> anyhow::Result<ExitCode> {
     let runtime = Runtime::new(RuntimeOptions {
         spec: SpecOptions {
-            cgroup_root: args.cgroup_root.clone(),
+            cgroup_root: args
+                .cgroup_root
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CGROUP_ROOT.to_string()),
             oom_score_adj: args.oom_score_adj,
             omit_cgroups_path: args.omit_cgroups_path,
         },

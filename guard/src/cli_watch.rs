@@ -2,19 +2,29 @@
 //! stopped (Ctrl-C, SIGTERM or --duration).
 use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::{Context, bail};
-use guard::{Guard, GuardEvent, GuardOptions, StreamOptions};
+use anyhow::Context;
+use guard::{ContainerId, Guard, GuardEvent, GuardOptions, StreamOptions, cgroup::Hierarchy};
 use tokio::sync::mpsc::Receiver;
 
 #[derive(clap::Args)]
 pub struct WatchArgs {
     /// An existing cgroup v2 directory to watch; repeat for several. Its id is the directory
     /// name unless given as ID=PATH.
-    #[arg(long = "cgroup", value_name = "[ID=]PATH", required = true)]
-    cgroups: Vec<String>,
+    #[arg(
+        long = "cgroup",
+        value_name = "[ID=]PATH",
+        required = true,
+        value_parser = crate::cli_args::watch_target()
+    )]
+    cgroups: Vec<(ContainerId, PathBuf)>,
     /// Stop after this many seconds instead of waiting for Ctrl-C.
-    #[arg(long, value_name = "SECONDS")]
-    duration: Option<f64>,
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        allow_hyphen_values = true,
+        value_parser = crate::cli_args::seconds
+    )]
+    duration: Option<Duration>,
     /// Write each event as a JSON line to FILE ("-" for standard output).
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
@@ -28,30 +38,18 @@ pub struct WatchArgs {
     log: crate::log_args::LogArgs,
 }
 
-/// `ID=PATH` or `PATH` (the id is then the directory name).
-fn parse_target(text: &str) -> anyhow::Result<(String, PathBuf)> {
-    if let Some((id, path)) = text.split_once('=') {
-        return Ok((id.to_string(), PathBuf::from(path)));
-    }
-    let path = PathBuf::from(text);
-    let id = path
-        .file_name()
-        .and_then(|name| name.to_str())
-        .with_context(|| format!("{text}: no directory name to use as the id; give ID=PATH"))?
-        .to_string();
-    Ok((id, path))
-}
-
 pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let targets = args
+    let targets: Vec<(String, PathBuf)> = args
         .cgroups
         .iter()
-        .map(|text| parse_target(text))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if let Some(duration) = args.duration
-        && !(duration.is_finite() && duration > 0.0)
-    {
-        bail!("--duration must be a positive number of seconds, got {duration}");
+        .map(|(id, path)| (id.to_string(), path.clone()))
+        .collect();
+    // Before loading anything: every path must be a cgroup v2 directory.
+    let hierarchy = Hierarchy::find()?;
+    for (id, path) in &targets {
+        hierarchy
+            .identify(path)
+            .with_context(|| format!("watching {id} at {}", path.display()))?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -90,7 +88,7 @@ async fn watch(args: WatchArgs, targets: Vec<(String, PathBuf)>) -> anyhow::Resu
         .context("installing a SIGTERM handler")?;
     let deadline = async {
         match args.duration {
-            Some(seconds) => tokio::time::sleep(Duration::from_secs_f64(seconds)).await,
+            Some(duration) => tokio::time::sleep(duration).await,
             None => std::future::pending().await,
         }
     };

@@ -1,5 +1,5 @@
 //! Container ids: validated before they name anything (a cgroup path, a log record, a map key).
-use std::fmt;
+use std::{ffi::OsStr, fmt};
 
 /// Longest id accepted (container runtimes use 64-hex ids; leave room for readable names).
 pub const MAX_ID_LEN: usize = 128;
@@ -12,6 +12,9 @@ pub enum ContainerIdError {
     TooLong { id: String, len: usize },
     #[error("container id {id:?} contains {what}, which could escape its cgroup path")]
     Forbidden { id: String, what: &'static str },
+    /// Shown lossily: each invalid byte sequence becomes U+FFFD.
+    #[error("container id {id:?} is not valid UTF-8")]
+    NotUtf8 { id: String },
 }
 
 /// A container id that is safe to use as one path component.
@@ -50,6 +53,28 @@ impl ContainerId {
             return Err(forbidden("whitespace"));
         }
         Ok(Self(id.to_string()))
+    }
+
+    /// Like [`ContainerId::parse`] for ids that arrive as OS strings (command-line arguments,
+    /// directory names), which may not be UTF-8.
+    pub fn from_os_str(id: &OsStr) -> Result<Self, ContainerIdError> {
+        Self::from_bytes(id.as_encoded_bytes())
+    }
+
+    /// Like [`ContainerId::parse`] for raw bytes.
+    pub fn from_bytes(id: &[u8]) -> Result<Self, ContainerIdError> {
+        match std::str::from_utf8(id) {
+            Ok(id) => Self::parse(id),
+            Err(_) => {
+                // Clip first (on bytes), so a huge hostile id cannot make a huge message.
+                let clipped = &id[..id.len().min(MAX_ID_LEN)];
+                let mut shown = String::from_utf8_lossy(clipped).into_owned();
+                if clipped.len() < id.len() {
+                    shown.push('…');
+                }
+                Err(ContainerIdError::NotUtf8 { id: shown })
+            }
+        }
     }
 
     pub fn as_str(&self) -> &str {

@@ -3,7 +3,7 @@
 use std::{
     path::Path,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -41,6 +41,22 @@ pub enum EventLogError {
     },
     #[error("the forensic log task stopped")]
     Stopped,
+    /// From `close` after a write error: the first error and everything not written since.
+    #[error("{cause}; {not_written} record(s) were not written in all")]
+    Incomplete { cause: String, not_written: u64 },
+}
+
+/// What the log could not write, for an agent that watches its own health.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EventLogStats {
+    /// Failed writes or syncs (the log stops writing at the first).
+    pub write_errors: u64,
+    /// Records (events, losses, the agent's own) that are not in the log: accepted ones that
+    /// never reached the file, those refused after a failure, and single records refused as
+    /// invalid (e.g. too large).
+    pub records_not_written: u64,
+    /// The error that stopped the log.
+    pub failure: Option<String>,
 }
 
 enum Command {
@@ -53,10 +69,14 @@ enum Command {
     Close,
 }
 
-/// A running log of one guard's events.
+/// A running log of one guard's events. A write error (e.g. ENOSPC) does not end it: the
+/// error is logged at once, every later record is refused and counted ([`EventLog::stats`]),
+/// [`EventLog::record`] returns the error, and [`EventLog::close`] returns the first error with
+/// the count of records not written.
 pub struct EventLog {
     commands: mpsc::Sender<Command>,
     task: JoinHandle<Result<Head, EventLogError>>,
+    stats: Arc<Mutex<EventLogStats>>,
 }
 
 impl EventLog {
@@ -76,8 +96,21 @@ impl EventLog {
         let writer = LogWriter::create(dir, options, &start)?;
         let (events, dropped) = guard.subscribe_counted(QUEUE_EVENTS);
         let (commands, receiver) = mpsc::channel(64);
-        let task = tokio::spawn(run(writer, events, dropped, receiver));
-        Ok(Self { commands, task })
+        let stats = Arc::new(Mutex::new(EventLogStats::default()));
+        let task = tokio::spawn(run(writer, events, dropped, receiver, Arc::clone(&stats)));
+        Ok(Self {
+            commands,
+            task,
+            stats,
+        })
+    }
+
+    /// Write errors and records not written so far.
+    pub fn stats(&self) -> EventLogStats {
+        self.stats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Appends one record of the agent's own (e.g. `limits_applied`, `report`).
@@ -112,52 +145,97 @@ impl EventLog {
     }
 }
 
+/// The log's task: keeps its accounts of what could not be written.
+struct Accounts {
+    shared: Arc<Mutex<EventLogStats>>,
+    /// The error that stopped the writer (its Display: the error itself is not Clone).
+    failure: Option<String>,
+    /// Records refused one by one while the writer still worked.
+    refused: u64,
+}
+
+impl Accounts {
+    /// Notes the outcome of one writer call; a write error is reported once, at once.
+    fn note<T, E: std::fmt::Display>(&mut self, writer: &LogWriter, result: Result<T, E>) {
+        if let Err(error) = result {
+            if writer.is_failed() {
+                if self.failure.is_none() {
+                    error!(%error, "the forensic log stopped writing; later records are counted as not written");
+                    self.failure = Some(error.to_string());
+                }
+            } else {
+                error!(%error, "a record was not written to the forensic log");
+                self.refused += 1;
+            }
+        }
+        let stats = writer.stats();
+        let now = EventLogStats {
+            write_errors: stats.write_errors,
+            records_not_written: stats.records_not_written + self.refused,
+            failure: self.failure.clone(),
+        };
+        let mut shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *shared != now {
+            *shared = now;
+        }
+    }
+}
+
 async fn run(
     mut writer: LogWriter,
     mut events: mpsc::Receiver<GuardEvent>,
     dropped: Arc<AtomicU64>,
     mut commands: mpsc::Receiver<Command>,
+    shared: Arc<Mutex<EventLogStats>>,
 ) -> Result<Head, EventLogError> {
     let mut reported_drops = 0;
     let mut tick = tokio::time::interval(FLUSH_EVERY);
-    let result: Result<(), EventLogError> = async {
-        loop {
-            tokio::select! {
-                event = events.recv() => match event {
-                    Some(event) => append_event(&mut writer, &event)?,
-                    None => break,
-                },
-                command = commands.recv() => match command {
-                    Some(Command::Record { kind, container, payload, reply }) => {
-                        let appended = writer
-                            .append(&kind, container.as_deref(), &payload)
-                            .map_err(EventLogError::from);
-                        if let Err(failure) = &appended {
-                            // The caller gets this error; the log cannot go on after it.
-                            error!(error = %failure, "the forensic log stopped");
-                            let _ = reply.send(appended);
-                            return Err(EventLogError::Stopped);
-                        }
-                        let _ = reply.send(appended);
-                    }
-                    Some(Command::Close) | None => break,
-                },
-                _ = tick.tick() => {
-                    append_drops(&mut writer, &dropped, &mut reported_drops)?;
-                    writer.flush()?;
+    let mut accounts = Accounts {
+        shared,
+        failure: None,
+        refused: 0,
+    };
+    // After a failure the loop goes on: events keep being taken (and counted as not
+    // written) so that the count is exact, and the agent's records get the error.
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => {
+                    let result = append_event(&mut writer, &event);
+                    accounts.note(&writer, result);
                 }
+                None => break,
+            },
+            command = commands.recv() => match command {
+                Some(Command::Record { kind, container, payload, reply }) => {
+                    let appended = writer
+                        .append(&kind, container.as_deref(), &payload)
+                        .map_err(EventLogError::from);
+                    accounts.note(&writer, appended.as_ref());
+                    let _ = reply.send(appended);
+                }
+                Some(Command::Close) | None => break,
+            },
+            _ = tick.tick() => {
+                let result = append_drops(&mut writer, &dropped, &mut reported_drops)
+                    .and_then(|()| writer.flush().map_err(EventLogError::from));
+                accounts.note(&writer, result);
             }
         }
-        while let Ok(event) = events.try_recv() {
-            append_event(&mut writer, &event)?;
-        }
-        append_drops(&mut writer, &dropped, &mut reported_drops)
     }
-    .await;
-    if let Err(failure) = result {
-        // Reported here at once (the agent learns it again from close()), never swallowed.
-        error!(error = %failure, "the forensic log stopped");
-        return Err(failure);
+    while let Ok(event) = events.try_recv() {
+        let result = append_event(&mut writer, &event);
+        accounts.note(&writer, result);
+    }
+    let result = append_drops(&mut writer, &dropped, &mut reported_drops);
+    accounts.note(&writer, result);
+    if let Some(cause) = accounts.failure.take() {
+        // Never swallowed: the agent learns the first error and the full count here.
+        let not_written = writer.stats().records_not_written + accounts.refused;
+        return Err(EventLogError::Incomplete { cause, not_written });
     }
     let head = writer.head();
     writer.close()?;

@@ -6,6 +6,7 @@
 pub mod budget;
 pub mod capability;
 pub mod cgroup;
+pub mod config;
 pub mod container_id;
 pub mod event_log;
 pub mod events;

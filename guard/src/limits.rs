@@ -4,7 +4,12 @@
 //! can never take the whole guest, so the agent and the kernel keep room to act. `pids.max`
 //! defaults to 512, `memory.swap.max` to 0 (a guest with swap must not let a container dodge
 //! its memory limit by swapping).
-use std::{fmt, fs, path::PathBuf, str::FromStr};
+use std::{
+    fmt, fs,
+    num::IntErrorKind,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use serde::Serialize;
 
@@ -23,13 +28,31 @@ pub const PAGE_SIZE: u64 = 4096;
 pub enum LimitsError {
     #[error("reading {path}: {message}")]
     Read { path: PathBuf, message: String },
-    #[error("{path} has no usable MemAvailable/MemTotal line")]
-    Meminfo { path: PathBuf },
+    #[error("{path} has no {field} line")]
+    MeminfoMissing { path: PathBuf, field: &'static str },
+    #[error("{path}, line {line}: {field} is not a number of kB: {text:?}")]
+    MeminfoValue {
+        path: PathBuf,
+        line: usize,
+        field: &'static str,
+        text: String,
+    },
+    #[error("{path}, line {line}: {field} of {kib} kB does not fit in 64 bits as bytes")]
+    MeminfoTooLarge {
+        path: PathBuf,
+        line: usize,
+        field: &'static str,
+        kib: String,
+    },
+    #[error("{path}: MemTotal is 0 kB")]
+    MeminfoZeroTotal { path: PathBuf },
     #[error(
         "memory limit {value:?} is not understood: give bytes (e.g. 67108864, 64M, 1.5G), a \
          percentage of available memory (e.g. 50%) or \"max\""
     )]
     MemorySyntax { value: String },
+    #[error("memory limit {value:?} is negative")]
+    MemoryNegative { value: String },
     #[error("memory limit {value:?} is 0: a container cannot run without memory")]
     MemoryZero { value: String },
     #[error("memory limit {value:?} ({bytes} bytes) is below the floor of {MEMORY_FLOOR} bytes")]
@@ -58,6 +81,8 @@ pub enum LimitsError {
     PidsAbsurd { value: String },
     #[error("swap limit {value:?} is not understood: give bytes (0 for none) or \"max\"")]
     SwapSyntax { value: String },
+    #[error("swap limit {value:?} is negative")]
+    SwapNegative { value: String },
 }
 
 /// 90% of `MemAvailable` in bytes, strictly below the raw value. Reads `MemAvailable` only
@@ -89,6 +114,51 @@ fn meminfo_field(meminfo: &str, name: &str) -> Option<u64> {
     })
 }
 
+pub const MEMINFO_PATH: &str = "/proc/meminfo";
+
+/// A meminfo field in bytes: None when there is no such line, an error when its value is not
+/// `<number> kB` (or a bare number) or does not fit in 64 bits as bytes.
+fn meminfo_value(
+    path: &Path,
+    meminfo: &str,
+    field: &'static str,
+) -> Result<Option<u64>, LimitsError> {
+    for (index, line) in meminfo.lines().enumerate() {
+        let Some((key, rest)) = line.split_once(':') else {
+            continue;
+        };
+        if key.trim() != field {
+            continue;
+        }
+        let bad = || LimitsError::MeminfoValue {
+            path: path.to_path_buf(),
+            line: index + 1,
+            field,
+            text: rest.trim().to_string(),
+        };
+        let mut words = rest.split_whitespace();
+        let (Some(number), Some("kB") | None, None) = (words.next(), words.next(), words.next())
+        else {
+            return Err(bad());
+        };
+        let too_large = || LimitsError::MeminfoTooLarge {
+            path: path.to_path_buf(),
+            line: index + 1,
+            field,
+            kib: number.to_string(),
+        };
+        let kib: u64 =
+            number
+                .parse()
+                .map_err(|error: std::num::ParseIntError| match error.kind() {
+                    IntErrorKind::PosOverflow => too_large(),
+                    _ => bad(),
+                })?;
+        return kib.checked_mul(1024).map(Some).ok_or_else(too_large);
+    }
+    Ok(None)
+}
+
 /// The guest's memory as `/proc/meminfo` reports it, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct MemInfo {
@@ -98,22 +168,46 @@ pub struct MemInfo {
 }
 
 impl MemInfo {
+    /// Parses the text of `/proc/meminfo`; None where [`MemInfo::parse_file`] gives an error.
     pub fn parse(meminfo: &str) -> Option<Self> {
-        Some(Self {
-            total: meminfo_field(meminfo, "MemTotal")?,
-            available: meminfo_field(meminfo, "MemAvailable")?,
-            swap_total: meminfo_field(meminfo, "SwapTotal").unwrap_or(0),
+        Self::parse_file(Path::new(MEMINFO_PATH), meminfo).ok()
+    }
+
+    /// Parses the text of a meminfo file; errors name `path`, the line and the field.
+    /// Strict, unlike [`memory_limit_from_meminfo`]: a value that is garbage, does not fit in
+    /// 64 bits as bytes, or a MemTotal of 0 would resolve to a meaningless limit.
+    pub fn parse_file(path: &Path, meminfo: &str) -> Result<Self, LimitsError> {
+        let required = |field| {
+            meminfo_value(path, meminfo, field)?.ok_or_else(|| LimitsError::MeminfoMissing {
+                path: path.to_path_buf(),
+                field,
+            })
+        };
+        let total = required("MemTotal")?;
+        if total == 0 {
+            return Err(LimitsError::MeminfoZeroTotal {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Self {
+            total,
+            available: required("MemAvailable")?,
+            swap_total: meminfo_value(path, meminfo, "SwapTotal")?.unwrap_or(0),
         })
     }
 
     /// Reads `/proc/meminfo`.
     pub fn read() -> Result<Self, LimitsError> {
-        let path = PathBuf::from("/proc/meminfo");
-        let text = fs::read_to_string(&path).map_err(|error| LimitsError::Read {
-            path: path.clone(),
+        Self::read_from(Path::new(MEMINFO_PATH))
+    }
+
+    /// Reads a meminfo file (`/proc/meminfo`, or a captured copy).
+    pub fn read_from(path: &Path) -> Result<Self, LimitsError> {
+        let text = fs::read_to_string(path).map_err(|error| LimitsError::Read {
+            path: path.to_path_buf(),
             message: error.to_string(),
         })?;
-        Self::parse(&text).ok_or(LimitsError::Meminfo { path })
+        Self::parse_file(path, &text)
     }
 
     /// The default memory limit: 90% of available (see [`memory_limit_from_meminfo`]).
@@ -205,8 +299,11 @@ impl FromStr for MemorySetting {
             }
             return Ok(Self::PercentOfAvailable(percent));
         }
-        if trimmed.starts_with('-') {
-            return Err(LimitsError::MemorySyntax { value });
+        if let Some(rest) = trimmed.strip_prefix('-') {
+            return Err(match parse_bytes(rest) {
+                Some(_) => LimitsError::MemoryNegative { value },
+                None => LimitsError::MemorySyntax { value },
+            });
         }
         match parse_bytes(trimmed) {
             Some(0) => Err(LimitsError::MemoryZero { value }),
@@ -243,9 +340,13 @@ impl FromStr for SwapSetting {
     fn from_str(text: &str) -> Result<Self, LimitsError> {
         match text.trim() {
             "max" => Ok(Self::Max),
-            trimmed if trimmed.starts_with('-') => Err(LimitsError::SwapSyntax {
-                value: text.to_string(),
-            }),
+            trimmed if trimmed.starts_with('-') => {
+                let value = text.to_string();
+                Err(match trimmed.strip_prefix('-').and_then(parse_bytes) {
+                    Some(_) => LimitsError::SwapNegative { value },
+                    None => LimitsError::SwapSyntax { value },
+                })
+            }
             trimmed => parse_bytes(trimmed)
                 .map(Self::Bytes)
                 .ok_or(LimitsError::SwapSyntax {
@@ -486,7 +587,7 @@ SwapTotal:             0 kB
         let memory = [
             ("0", "is 0"),
             ("0M", "is 0"),
-            ("-64M", "not understood"),
+            ("-64M", "negative"),
             ("lots", "not understood"),
             ("64X", "not understood"),
             ("", "not understood"),

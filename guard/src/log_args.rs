@@ -15,8 +15,9 @@ pub struct LogArgs {
     #[arg(long = "log", value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// When the log reaches the disk: `always` (every record), `interval=<ms>`, or `never`.
-    #[arg(long, value_name = "POLICY", default_value = "interval=100")]
-    pub fsync: FsyncPolicy,
+    /// Default: interval=100.
+    #[arg(long, value_name = "POLICY")]
+    pub fsync: Option<FsyncPolicy>,
 }
 
 impl LogArgs {
@@ -30,7 +31,7 @@ impl LogArgs {
             return Ok(None);
         };
         let options = LogOptions {
-            fsync: self.fsync,
+            fsync: self.fsync.unwrap_or(LogOptions::default().fsync),
             ..LogOptions::default()
         };
         EventLog::start(guard, dir, options, limits)

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cli_args;
 mod cli_exec;
 mod cli_log;
 mod cli_run;
@@ -78,10 +79,31 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("guard: error: {error:#}");
-            ExitCode::FAILURE
+            eprintln!("guard: error: {}", render(&error));
+            if error.is::<cli_args::UsageError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// The error and its causes, each once: library errors already print their source (so that
+/// they read well alone), which `{:#}` would repeat.
+fn render(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn probe(json: bool) -> anyhow::Result<ExitCode> {

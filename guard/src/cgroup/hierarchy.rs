@@ -24,6 +24,49 @@ pub enum CgroupError {
     },
     #[error("{path} is {level} levels deep; at most {max} are supported")]
     TooDeep { path: PathBuf, level: u32, max: u32 },
+    #[error("cgroup directory {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("{path} is not on a cgroup2 filesystem (it is on {filesystem})")]
+    NotCgroup2 { path: PathBuf, filesystem: String },
+    #[error("{path} is not a directory: a cgroup is a directory under the cgroup2 mount {mount}")]
+    NotADirectory { path: PathBuf, mount: PathBuf },
+}
+
+/// `CGROUP2_SUPER_MAGIC` from linux/magic.h (libc's type for it differs between gnu and musl).
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+
+/// The filesystem magic of `path` (statfs `f_type`).
+fn filesystem_magic(path: &Path) -> std::io::Result<u64> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte")
+    })?;
+    // SAFETY: statfs writes into a zeroed struct we own; the path is NUL-terminated.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // Magics are 32-bit; f_type is signed on some libcs.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(stat.f_type as u64 & 0xffff_ffff)
+}
+
+/// A readable name for a filesystem magic, for errors.
+fn filesystem_name(magic: u64) -> String {
+    let name = match magic {
+        0x0102_1994 => "tmpfs",
+        0x0000_ef53 => "ext2/3/4",
+        0x9123_683e => "btrfs",
+        0x5846_5342 => "xfs",
+        0x794c_7630 => "overlayfs",
+        0x0000_9fa0 => "proc",
+        0x6265_6572 => "sysfs",
+        0x0027_e0eb => "cgroup v1",
+        0x7472_6163 => "tracefs",
+        0x6462_6720 => "debugfs",
+        0x8584_58f6 => "ramfs",
+        _ => return format!("a filesystem with magic {magic:#010x}"),
+    };
+    name.to_string()
 }
 
 /// The mounted cgroup v2 hierarchy.
@@ -95,13 +138,33 @@ impl Hierarchy {
                 max,
             });
         }
-        let id = fs::metadata(path.join("cgroup.procs"))
-            .and_then(|_| fs::metadata(path))
-            .map_err(|source| CgroupError::Read {
+        let read_error = |source| CgroupError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        // A path can sit under the mount yet not be a cgroup: a file, or another filesystem
+        // mounted there. Tell which, rather than a bare I/O error.
+        let magic = filesystem_magic(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => CgroupError::Missing {
                 path: path.to_path_buf(),
-                source,
-            })?
-            .ino();
+            },
+            _ => read_error(source),
+        })?;
+        if magic != CGROUP2_SUPER_MAGIC {
+            return Err(CgroupError::NotCgroup2 {
+                path: path.to_path_buf(),
+                filesystem: filesystem_name(magic),
+            });
+        }
+        let metadata = fs::metadata(path).map_err(read_error)?;
+        if !metadata.is_dir() {
+            return Err(CgroupError::NotADirectory {
+                path: path.to_path_buf(),
+                mount: self.mount.clone(),
+            });
+        }
+        fs::metadata(path.join("cgroup.procs")).map_err(read_error)?;
+        let id = metadata.ino();
         Ok(CgroupIdentity { id, level })
     }
 }

@@ -23,4 +23,4 @@ pub use stats::{Stats, stats};
 pub use verify::{
     Defect, Problem, RepairOutcome, TornTail, VerifyError, VerifyReport, repair, verify,
 };
-pub use writer::{FsyncPolicy, Head, LogOptions, LogWriter, WriterError};
+pub use writer::{FsyncPolicy, Head, LogOptions, LogWriter, Unwritten, WriterError, WriterStats};

@@ -1,8 +1,9 @@
 //! Appends records to a log directory: batching, fsync policy, rotation, checkpoints, and
 //! resuming an existing log after a restart or crash.
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -66,10 +67,16 @@ pub enum WriterError {
         line: u64,
         reason: String,
     },
-    #[error("cannot write to {path}: {source}")]
+    #[error(
+        "cannot write to {path}: {source}{}",
+        .unwritten.map_or(String::new(), |unwritten| format!("; {unwritten}"))
+    )]
     Write {
         path: PathBuf,
         source: std::io::Error,
+        /// Records already accepted (their `append` returned) or being written that did not
+        /// reach the file; None when none were pending.
+        unwritten: Option<Unwritten>,
     },
     #[error("cannot fsync {path}: {source}")]
     Sync {
@@ -88,6 +95,47 @@ pub enum WriterError {
     Clock(#[from] TimeError),
     #[error("invalid fsync policy {input:?}: expected always, never or interval=<ms>")]
     BadFsyncPolicy { input: String },
+}
+
+/// Records that were accepted but did not reach the file when a write failed. The first of
+/// them may have reached it in part: that is the torn tail `guard log verify` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unwritten {
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+impl Unwritten {
+    pub fn count(&self) -> u64 {
+        self.last_seq - self.first_seq + 1
+    }
+}
+
+impl fmt::Display for Unwritten {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first_seq == self.last_seq {
+            write!(f, "record seq {} is not in the log", self.first_seq)
+        } else {
+            write!(
+                f,
+                "records seq {}..={} ({}) are not in the log",
+                self.first_seq,
+                self.last_seq,
+                self.count()
+            )
+        }
+    }
+}
+
+/// What went wrong while writing, counted (the writer stops at its first write error, so
+/// `write_errors` is 0 or 1 per writer; callers sum over sessions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WriterStats {
+    /// Failed write(2) or fdatasync calls.
+    pub write_errors: u64,
+    /// Records accepted (or being written) that never reached the file, plus every record
+    /// refused after the failure.
+    pub records_not_written: u64,
 }
 
 /// When appended records are forced to stable storage.
@@ -177,7 +225,7 @@ pub struct LogWriter {
     options: LogOptions,
     boot_id: String,
     file: LogFile,
-    out: BufWriter<ChunkedFile>,
+    out: Output,
     file_bytes: u64,
     file_records: u64,
     next_seq: u64,
@@ -186,6 +234,7 @@ pub struct LogWriter {
     last_sync: Instant,
     line: Vec<u8>,
     failed: Option<String>,
+    stats: WriterStats,
     closed: bool,
 }
 
@@ -210,6 +259,9 @@ impl LogWriter {
         start: &S,
     ) -> Result<Self, WriterError> {
         let dir = dir.as_ref().to_owned();
+        if dir.exists() && !dir.is_dir() {
+            return Err(LayoutError::NotADirectory { path: dir }.into());
+        }
         std::fs::create_dir_all(&dir).map_err(|source| WriterError::CreateDir {
             path: dir.clone(),
             source,
@@ -235,12 +287,12 @@ impl LogWriter {
                 path: resume.file.path.clone(),
                 source,
             })?;
-        let out = BufWriter::with_capacity(
-            BUFFER_BYTES,
+        let out = Output::new(
             ChunkedFile {
                 file,
                 split: options.test_split_writes,
             },
+            resume.file_bytes,
         );
         let mut writer = Self {
             dir,
@@ -256,6 +308,7 @@ impl LogWriter {
             last_sync: Instant::now(),
             line: Vec::with_capacity(1024),
             failed: None,
+            stats: WriterStats::default(),
             closed: false,
             options,
         };
@@ -365,6 +418,16 @@ impl LogWriter {
         &self.dir
     }
 
+    /// Write errors and records that did not reach the file.
+    pub fn stats(&self) -> WriterStats {
+        self.stats
+    }
+
+    /// Whether a write or sync failed: every later append is refused (and counted).
+    pub fn is_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
     /// Checkpoint and stop payloads describe the chain right before them, so any rotation must
     /// happen before the payload is built, not in the middle of writing it.
     fn write_checkpoint(&mut self, kind: &str) -> Result<u64, WriterError> {
@@ -399,6 +462,7 @@ impl LogWriter {
         may_rotate: bool,
     ) -> Result<u64, WriterError> {
         if let Some(cause) = &self.failed {
+            self.stats.records_not_written += 1;
             return Err(WriterError::Poisoned {
                 path: self.file.path.clone(),
                 cause: cause.clone(),
@@ -423,13 +487,11 @@ impl LogWriter {
             self.rotate()?;
             digest = self.encode(line, kind, container, payload)?;
         }
-        if let Err(source) = self.out.write_all(line) {
-            return Err(self.poison(WriterError::Write {
-                path: self.file.path.clone(),
-                source,
-            }));
-        }
         let seq = self.next_seq;
+        let end = self.file_bytes + line.len() as u64;
+        if let Err(source) = self.out.write_line(seq, end, line) {
+            return Err(self.fail_write(source));
+        }
         self.next_seq += 1;
         self.head = digest;
         self.file_bytes += line.len() as u64;
@@ -481,12 +543,12 @@ impl LogWriter {
         };
         let old = std::mem::replace(
             &mut self.out,
-            BufWriter::with_capacity(
-                BUFFER_BYTES,
+            Output::new(
                 ChunkedFile {
                     file,
                     split: self.options.test_split_writes,
                 },
+                0,
             ),
         );
         // Already flushed and synced above; dropping only closes the descriptor.
@@ -518,23 +580,30 @@ impl LogWriter {
                 cause: cause.clone(),
             });
         }
-        self.out.flush().map_err(|source| {
-            self.poison(WriterError::Write {
-                path: self.file.path.clone(),
-                source,
-            })
-        })
+        self.out.flush().map_err(|source| self.fail_write(source))
     }
 
     fn sync(&mut self) -> Result<(), WriterError> {
         self.flush_buffer()?;
         self.out
-            .get_ref()
+            .file
             .file
             .sync_data()
             .map_err(|e| self.poison_sync(e))?;
         self.last_sync = Instant::now();
         Ok(())
+    }
+
+    /// A failed write: which accepted records did not reach the file, counted, and the
+    /// writer stopped.
+    fn fail_write(&mut self, source: std::io::Error) -> WriterError {
+        let unwritten = self.out.discard_pending();
+        self.stats.records_not_written += unwritten.map_or(0, |u| u.count());
+        self.poison(WriterError::Write {
+            path: self.file.path.clone(),
+            source,
+            unwritten,
+        })
     }
 
     fn poison_sync(&mut self, source: std::io::Error) -> WriterError {
@@ -548,6 +617,7 @@ impl LogWriter {
     /// damage stays a torn tail that verify reports, instead of garbage mid-log.
     fn poison(&mut self, error: WriterError) -> WriterError {
         tracing::error!(%error, "forensic log write failed");
+        self.stats.write_errors += 1;
         self.failed = Some(error.to_string());
         error
     }
@@ -562,6 +632,92 @@ impl Drop for LogWriter {
         if let Err(error) = self.out.flush() {
             tracing::error!(path = %self.file.path.display(), %error, "forensic log flush on drop failed");
         }
+    }
+}
+
+/// The current file and the bytes not yet handed to it. Our own buffer rather than a
+/// `BufWriter`: after a failed write we must know exactly which records reached the file, and a
+/// `BufWriter` would try its buffer again when dropped, writing after the failure.
+struct Output {
+    file: ChunkedFile,
+    buf: Vec<u8>,
+    /// (seq, end offset in the file) of each record not yet completely handed to the kernel.
+    pending: VecDeque<(u64, u64)>,
+    /// Bytes of the file handed to the kernel.
+    written: u64,
+}
+
+impl Output {
+    fn new(file: ChunkedFile, written: u64) -> Self {
+        Self {
+            file,
+            buf: Vec::with_capacity(BUFFER_BYTES),
+            pending: VecDeque::new(),
+            written,
+        }
+    }
+
+    /// Queues one complete line (record `seq`, ending at file offset `end`).
+    fn write_line(&mut self, seq: u64, end: u64, line: &[u8]) -> std::io::Result<()> {
+        self.pending.push_back((seq, end));
+        if self.buf.len() + line.len() > BUFFER_BYTES {
+            self.flush()?;
+        }
+        if line.len() >= BUFFER_BYTES {
+            self.write_through(line)
+        } else {
+            self.buf.extend_from_slice(line);
+            Ok(())
+        }
+    }
+
+    /// Hands the buffer to the kernel.
+    fn flush(&mut self) -> std::io::Result<()> {
+        let buf = std::mem::take(&mut self.buf);
+        let result = self.write_through(&buf);
+        self.buf = buf;
+        self.buf.clear();
+        result
+    }
+
+    fn write_through(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            match self.file.write(bytes) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    self.written += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        while self
+            .pending
+            .front()
+            .is_some_and(|&(_, end)| end <= self.written)
+        {
+            self.pending.pop_front();
+        }
+        Ok(())
+    }
+
+    /// After a failed write: the records that did not (completely) reach the file. Nothing
+    /// buffered is written afterwards.
+    fn discard_pending(&mut self) -> Option<Unwritten> {
+        let written = self.written;
+        let unwritten = self
+            .pending
+            .iter()
+            .find(|&&(_, end)| end > written)
+            .zip(self.pending.back())
+            .map(|(&(first_seq, _), &(last_seq, _))| Unwritten {
+                first_seq,
+                last_seq,
+            });
+        self.pending.clear();
+        self.buf.clear();
+        unwritten
     }
 }
 
