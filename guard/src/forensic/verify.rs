@@ -90,6 +90,9 @@ pub enum Defect {
     TornInnerFile {
         bytes: u64,
     },
+    /// A file other than the newest holds no record: only a crash right after rotation leaves
+    /// an empty file, and then it is the newest.
+    EmptyInnerFile,
 }
 
 impl fmt::Display for Defect {
@@ -155,6 +158,10 @@ impl fmt::Display for Defect {
             Self::TornInnerFile { bytes } => write!(
                 f,
                 "file ends with a partial line ({bytes} bytes without a newline) but is not the newest file: truncated"
+            ),
+            Self::EmptyInnerFile => write!(
+                f,
+                "file holds no record but is not the newest file: it was emptied"
             ),
         }
     }
@@ -349,6 +356,13 @@ fn verify_file(
         report.records += 1;
         report.last_seq = Some(chain.next_seq - 1);
         report.head = Some(record::to_hex(&chain.prev));
+    }
+    if line_no == 0 && !is_newest {
+        return Ok(Err(Problem {
+            path: path.clone(),
+            line: 0,
+            defect: Defect::EmptyInnerFile,
+        }));
     }
     chain.finished_file = Some((
         name,
