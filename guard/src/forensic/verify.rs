@@ -376,7 +376,17 @@ fn check_line(line: &[u8], line_no: u64, file_name: &str, chain: &mut Chain) -> 
     if line.is_empty() {
         return Err(Defect::EmptyLine);
     }
-    let fields: Fields = match serde_json::from_slice(line) {
+    // Parsing from bytes would skip the payload's strings without checking their UTF-8, and
+    // readers then fail on a line verify accepted.
+    let text = match std::str::from_utf8(line) {
+        Ok(text) => text,
+        Err(e) => {
+            return Err(Defect::NotJson {
+                error: format!("not UTF-8: {e}"),
+            });
+        }
+    };
+    let fields: Fields = match serde_json::from_str(text) {
         Ok(fields) => fields,
         // Tell "not JSON at all" from "JSON, wrong shape".
         Err(e) if e.is_syntax() || e.is_eof() => {
