@@ -507,6 +507,20 @@ fn tampering_is_detected_with_the_line_number() {
         "repair must not touch it"
     );
 
+    // A rotated file emptied and nothing after it: only the newest file may be empty.
+    let emptied = TempDir::new("emptied");
+    std::fs::copy(
+        log.path().join(file_name(0)),
+        emptied.path().join(file_name(0)),
+    )
+    .unwrap();
+    for n in [1, 2] {
+        std::fs::write(emptied.path().join(file_name(n)), b"").unwrap();
+    }
+    let problem = forensic::verify(emptied.path()).unwrap().problem.unwrap();
+    assert_eq!(problem.path, emptied.path().join(file_name(1)), "{problem}");
+    assert_eq!(problem.defect, Defect::EmptyInnerFile, "{problem}");
+
     // A whole rotated file removed.
     let missing = TempDir::new("missing");
     for file in log_files(log.path())
@@ -613,6 +627,22 @@ fn writer_reports_errors_and_refuses_bad_input() {
         FsyncPolicy::Interval(Duration::from_millis(250))
     );
     assert!("sometimes".parse::<FsyncPolicy>().is_err());
+
+    // A damaged last record whose seq no seq can follow: refused, not wrapped to 0 (fuzzing
+    // found the overflow).
+    let maxed = TempDir::new("seq-max");
+    std::fs::write(
+        maxed.path().join(file_name(0)),
+        format!("{{\"seq\":{}}}\n", u64::MAX),
+    )
+    .unwrap();
+    let error = LogWriter::create(maxed.path(), options(None), &start_info())
+        .err()
+        .expect("a log ending at seq u64::MAX cannot be continued");
+    assert!(
+        matches!(&error, WriterError::Corrupt { line: 1, reason, .. } if reason.contains("no seq can follow")),
+        "{error}"
+    );
 }
 
 /// The `guard` binary of this workspace, built on demand (it lives in another package).

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cmd;
 mod demo;
+mod fuzz;
 mod setup;
 mod soak;
 mod test;
@@ -32,8 +33,9 @@ enum Command {
     /// Everything CI checks: fmt, clippy (host crates and the eBPF crate), unit tests, host
     /// BPF tests (as root) and the guest VM suite.
     Test(test::TestArgs),
-    // No doc comments on these two: they would replace the long help their Args define.
+    // No doc comments on these three: they would replace the long help their Args define.
     Setup(setup::SetupArgs),
+    Fuzz(fuzz::FuzzArgs),
     Vm(vm_cli::VmArgs),
 }
 
@@ -44,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Soak(args) => soak::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Setup(args) => setup::run(args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Vm(args) => {
             // The guest command's exit code, or 100 (VM died) / 101 (timed out).
             let code = vm_cli::run(args)?;

@@ -90,6 +90,9 @@ pub enum Defect {
     TornInnerFile {
         bytes: u64,
     },
+    /// A file other than the newest holds no record: only a crash right after rotation leaves
+    /// an empty file, and then it is the newest.
+    EmptyInnerFile,
 }
 
 impl fmt::Display for Defect {
@@ -155,6 +158,10 @@ impl fmt::Display for Defect {
             Self::TornInnerFile { bytes } => write!(
                 f,
                 "file ends with a partial line ({bytes} bytes without a newline) but is not the newest file: truncated"
+            ),
+            Self::EmptyInnerFile => write!(
+                f,
+                "file holds no record but is not the newest file: it was emptied"
             ),
         }
     }
@@ -350,6 +357,13 @@ fn verify_file(
         report.last_seq = Some(chain.next_seq - 1);
         report.head = Some(record::to_hex(&chain.prev));
     }
+    if line_no == 0 && !is_newest {
+        return Ok(Err(Problem {
+            path: path.clone(),
+            line: 0,
+            defect: Defect::EmptyInnerFile,
+        }));
+    }
     chain.finished_file = Some((
         name,
         line_no - u64::from(report.torn_tail.is_some()),
@@ -362,7 +376,17 @@ fn check_line(line: &[u8], line_no: u64, file_name: &str, chain: &mut Chain) -> 
     if line.is_empty() {
         return Err(Defect::EmptyLine);
     }
-    let fields: Fields = match serde_json::from_slice(line) {
+    // Parsing from bytes would skip the payload's strings without checking their UTF-8, and
+    // readers then fail on a line verify accepted.
+    let text = match std::str::from_utf8(line) {
+        Ok(text) => text,
+        Err(e) => {
+            return Err(Defect::NotJson {
+                error: format!("not UTF-8: {e}"),
+            });
+        }
+    };
+    let fields: Fields = match serde_json::from_str(text) {
         Ok(fields) => fields,
         // Tell "not JSON at all" from "JSON, wrong shape".
         Err(e) if e.is_syntax() || e.is_eof() => {

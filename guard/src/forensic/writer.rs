@@ -793,21 +793,26 @@ fn scan_file(path: &Path) -> Result<FileScan, WriterError> {
     }
 }
 
-/// The seq and hash of a file's last complete line.
+/// The seq that follows a file's last complete line, and that line's hash.
 fn last_record(path: &Path, scan: &FileScan) -> Result<(u64, Digest), WriterError> {
     #[derive(serde::Deserialize)]
     struct SeqOnly {
         seq: u64,
     }
     let line = scan.last_line.as_deref().unwrap_or_default();
+    let corrupt = |reason| WriterError::Corrupt {
+        path: path.to_owned(),
+        line: scan.records,
+        reason,
+    };
     let seq = serde_json::from_slice::<SeqOnly>(line)
-        .map_err(|e| WriterError::Corrupt {
-            path: path.to_owned(),
-            line: scan.records,
-            reason: format!("last record is not readable: {e}"),
-        })?
+        .map_err(|e| corrupt(format!("last record is not readable: {e}")))?
         .seq;
-    Ok((seq, record::sha256(line)))
+    // Only a damaged log gets there (seq counts records), but it must not wrap to 0.
+    let next_seq = seq
+        .checked_add(1)
+        .ok_or_else(|| corrupt(format!("last record has seq {seq}, no seq can follow it")))?;
+    Ok((next_seq, record::sha256(line)))
 }
 
 fn resume_point(dir: &Path, files: &[LogFile], repair: bool) -> Result<Resume, WriterError> {
@@ -850,12 +855,12 @@ fn resume_point(dir: &Path, files: &[LogFile], repair: bool) -> Result<Resume, W
         scan.torn_bytes = 0;
     }
     if scan.records > 0 {
-        let (seq, head) = last_record(&last.path, &scan)?;
+        let (next_seq, head) = last_record(&last.path, &scan)?;
         return Ok(Resume {
             file: last.clone(),
             file_bytes: scan.complete_bytes,
             file_records: scan.records,
-            next_seq: seq + 1,
+            next_seq,
             head,
             rotate: None,
             repaired,
@@ -890,12 +895,12 @@ fn resume_point(dir: &Path, files: &[LogFile], repair: bool) -> Result<Resume, W
             reason: "a rotated file must end with a complete record".to_owned(),
         });
     }
-    let (seq, head) = last_record(&previous.path, &prev_scan)?;
+    let (next_seq, head) = last_record(&previous.path, &prev_scan)?;
     Ok(Resume {
         file: last.clone(),
         file_bytes: 0,
         file_records: 0,
-        next_seq: seq + 1,
+        next_seq,
         head,
         rotate: Some(Rotate {
             prev_file: previous.name(),
