@@ -635,7 +635,7 @@ fn corrupt_and_truncated_logs() {
         (
             "not UTF-8",
             |lines| lines.insert(1, b"\"\xff\"\n".to_vec()),
-            ":2: not valid JSON: invalid unicode code point at line 1 column 2",
+            ":2: not valid JSON: not UTF-8: invalid utf-8 sequence of 1 bytes from index 1",
         ),
         (
             "empty line",
@@ -752,6 +752,17 @@ fn logs_missing_files() {
                 .iter()
                 .rposition(|&b| b == b'\n')
                 .map_or(0, |newline| newline + 1)
+        ),
+    );
+    // Emptied rather than truncated (found by fuzzing: it verified clean, then the writer
+    // refused the log).
+    std::fs::write(&first, b"").unwrap();
+    matrix.expect(
+        "a rotated file emptied",
+        verify_text(&scratch.0),
+        &format!(
+            "{}:0: file holds no record but is not the newest file: it was emptied",
+            first.display()
         ),
     );
     std::fs::remove_file(&first).unwrap();

@@ -1,12 +1,11 @@
-//! `ContainerId::parse`: an accepted id is safe as one path component and round-trips; a
-//! rejected one is named in the error.
+//! `ContainerId::from_bytes` (and through it `parse`): an accepted id is safe as one path
+//! component and round-trips; a rejected one is named in the error, non-UTF-8 lossily.
 use guard::ContainerId;
 use guard::container_id::{ContainerIdError, MAX_ID_LEN};
 
 pub fn run(data: &[u8]) {
-    // Lossy: invalid UTF-8 becomes U+FFFD, which still reaches the accepting path.
     let text = String::from_utf8_lossy(data);
-    match ContainerId::parse(&text) {
+    match ContainerId::from_bytes(data) {
         Ok(id) => {
             let s = id.as_str();
             assert_eq!(s, text);
@@ -37,6 +36,12 @@ pub fn run(data: &[u8]) {
                 ContainerIdError::Forbidden { id, .. } => {
                     assert_eq!(id, &text);
                     assert!(message.contains(&format!("{text:?}")), "{message}");
+                }
+                ContainerIdError::NotUtf8 { id } => {
+                    assert!(std::str::from_utf8(data).is_err());
+                    // Clipped to the first bytes, so a huge id cannot make a huge message.
+                    assert!(id.chars().count() <= MAX_ID_LEN + 1, "{id:?}");
+                    assert!(message.contains("is not valid UTF-8"), "{message}");
                 }
             }
         }
