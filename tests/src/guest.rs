@@ -5,7 +5,10 @@
 //! `cargo xtask test`, which builds them first), else from the workspace's `target/release`.
 //! Under CI a missing kernel, QEMU or binary fails the test: the guest suite is never skipped
 //! there. Elsewhere it skips with a printed reason.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use xtask::vm::{self, Completed, VmConfig, VmResult};
 
@@ -113,4 +116,22 @@ pub fn unpack_log(done: &Completed, name: &str, kernel: &str) -> PathBuf {
         done.files.keys()
     );
     dir
+}
+
+/// Asserts that the independent Python verifier (`tests/verify_log.py`) accepts the log in
+/// `dir`, showing its output when it does not.
+pub fn assert_log_verifies(dir: &Path) {
+    let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/verify_log.py");
+    let verdict = std::process::Command::new("python3")
+        .arg(verifier)
+        .arg(dir)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        verdict.status.success(),
+        "the guest's log in {} must verify: {}{}",
+        dir.display(),
+        String::from_utf8_lossy(&verdict.stdout),
+        String::from_utf8_lossy(&verdict.stderr)
+    );
 }

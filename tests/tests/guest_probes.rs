@@ -8,7 +8,7 @@
 //! test asserts on its own scenario's results.
 use std::sync::OnceLock;
 
-use guard_tests::guest::{KERNELS, guest, json_lines, unpack_log};
+use guard_tests::guest::{KERNELS, assert_log_verifies, guest, json_lines, unpack_log};
 use serde_json::Value;
 use xtask::vm::Completed;
 
@@ -130,13 +130,7 @@ fn pids_bomb_is_denied_and_reconciled(kernel: &'static str) {
     // The guest's forensic log comes back verifiable by the independent verifier, and holds
     // every denial the counters saw.
     let log = unpack_log(done, "pids-log", kernel);
-    let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/verify_log.py");
-    let status = std::process::Command::new("python3")
-        .arg(verifier)
-        .arg(&log)
-        .status()
-        .expect("python3 runs");
-    assert!(status.success(), "the guest's log must verify");
+    assert_log_verifies(&log);
     let logged = std::fs::read_to_string(log.join("guard-000000.jsonl")).unwrap();
     let logged_denials = logged
         .lines()

@@ -12,7 +12,7 @@
 //! announces itself on stdout, then polls for a `/go-<id>` file that the scenario creates once
 //! it has looked at the container from outside.
 
-use guard_tests::guest::{json_file, unpack_log};
+use guard_tests::guest::{assert_log_verifies, json_file, unpack_log};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -304,18 +304,7 @@ JSON
     let bun_err = file(&done, "bun.err");
     assert!(bun_err.contains("guard: forensic log in "), "{bun_err}");
     let log = unpack_log(&done, "run-log", kernel);
-    let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/verify_log.py");
-    let verdict = std::process::Command::new("python3")
-        .arg(verifier)
-        .arg(&log)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        verdict.status.success(),
-        "the guest's log must verify: {}{}",
-        String::from_utf8_lossy(&verdict.stdout),
-        String::from_utf8_lossy(&verdict.stderr)
-    );
+    assert_log_verifies(&log);
     let records = log_records(&log);
     let applied: Vec<&serde_json::Value> = records
         .iter()
@@ -605,18 +594,7 @@ fn container_cannot_tamper(kernel: &str) {
             "{unexpected} in the log: {kinds:?}"
         );
     }
-    let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/verify_log.py");
-    let verdict = std::process::Command::new("python3")
-        .arg(verifier)
-        .arg(&log)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        verdict.status.success(),
-        "the tamper run's log must verify: {}{}",
-        String::from_utf8_lossy(&verdict.stdout),
-        String::from_utf8_lossy(&verdict.stderr)
-    );
+    assert_log_verifies(&log);
     let _ = std::fs::remove_dir_all(&log);
 }
 

@@ -3,7 +3,7 @@
 //! reconciled with the kernel's event files), not on survival. Two-sided: the same waves with
 //! `--no-limits` (probes on, limits off) must fail the same assertions.
 
-use guard_tests::guest::{guest, json_file, unpack_log};
+use guard_tests::guest::{assert_log_verifies, guest, json_file, unpack_log};
 use serde_json::Value;
 use xtask::vm::{self, Completed, VmConfig, VmResult};
 
@@ -229,12 +229,7 @@ fn limits_hold(kernel: &str) {
     }
     // The forensic log verifies with the independent verifier and holds the three waves.
     let log = unpack_log(&done, "log", kernel);
-    let status = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/verify_log.py"))
-        .arg(&log)
-        .status()
-        .expect("python3 runs");
-    assert!(status.success(), "the guest's forensic log must verify");
+    assert_log_verifies(&log);
     let kinds: Vec<String> = std::fs::read_dir(&log)
         .unwrap()
         .filter_map(|entry| std::fs::read_to_string(entry.unwrap().path()).ok())
