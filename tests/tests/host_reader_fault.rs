@@ -4,7 +4,10 @@
 //! the kernel's counters are still read, exact.
 use std::collections::HashSet;
 
-use guard::{EventDetail, FaultPoint, Guard, GuardEvent, HealthState};
+use guard::{
+    EventDetail, FaultPoint, Guard, GuardEvent, HealthState, event_log::EventLog,
+    forensic::LogOptions,
+};
 use guard_tests::host::{TestCgroup, root_or_skip, run_stress, unbounded};
 use tokio::sync::mpsc;
 
@@ -33,6 +36,15 @@ async fn a_reader_panic_is_reported_and_the_restart_counts_exactly() {
     let guard = Guard::start(unbounded()).await.unwrap();
     guard.watch("reader-fault", &cgroup.path).unwrap();
     let mut events = guard.subscribe(10_000);
+    let log_dir = std::env::temp_dir().join(format!("guard-reader-fault-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&log_dir);
+    let log = EventLog::start(
+        &guard,
+        &log_dir,
+        LogOptions::default(),
+        serde_json::Value::Null,
+    )
+    .unwrap();
 
     run_stress(STRESS, Some(&cgroup.path), &["fork", "300"]);
     assert_eq!(
@@ -81,6 +93,18 @@ async fn a_reader_panic_is_reported_and_the_restart_counts_exactly() {
         ),
         "{faults:?}"
     );
+    // The forensic log holds the fault, and every fork once.
+    log.close().await.unwrap();
+    let (mut logged_forks, mut logged_faults) = (0, 0);
+    for entry in guard::forensic::LogReader::open(&log_dir).unwrap() {
+        match entry.unwrap().record.kind.as_str() {
+            "fork" => logged_forks += 1,
+            "reader_fault" => logged_faults += 1,
+            _ => {}
+        }
+    }
+    assert_eq!((logged_forks, logged_faults), (500, 1));
+    std::fs::remove_dir_all(&log_dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
