@@ -9,7 +9,8 @@ def verify(log_dir):
     if not names or [int(n[6:-6]) for n in names] != list(range(len(names))):
         return "files missing: need guard-000000.jsonl onward without gaps"
     seq, prev = 0, "0" * 64
-    for name in names:
+    for i, name in enumerate(names):
+        if i < len(names) - 1 and not os.path.getsize(os.path.join(log_dir, name)): return f"{name}: empty but not the newest file"
         with open(os.path.join(log_dir, name), "rb") as f:  # streams: one line in memory
             for no, line in enumerate(f, 1):
                 if not line.endswith(b"\n"):

@@ -520,6 +520,11 @@ fn tampering_is_detected_with_the_line_number() {
     let problem = forensic::verify(emptied.path()).unwrap().problem.unwrap();
     assert_eq!(problem.path, emptied.path().join(file_name(1)), "{problem}");
     assert_eq!(problem.defect, Defect::EmptyInnerFile, "{problem}");
+    let verdicts = python_verdicts(&[emptied.path().to_owned()]);
+    assert!(
+        verdicts[0].ends_with("BAD guard-000001.jsonl: empty but not the newest file"),
+        "{verdicts:?}"
+    );
 
     // A whole rotated file removed.
     let missing = TempDir::new("missing");
