@@ -391,7 +391,9 @@ fn lifecycle_and_concurrency(kernel: &str) {
         release r1
         echo "after-restart cgroup=$(test -e /sys/fs/cgroup/guard/r1 && echo left || echo gone) state=$(ls /run/guard/containers | wc -l)"
 
-        start a --memory 24M --pids 32
+        # a's limits come from a config file, pids overridden by the flag (the flag wins).
+        printf 'memory = "24M"\npids = 99\n' > /tmp/a.toml
+        start a --config /tmp/a.toml --pids 32
         start b --memory 40M --pids 100
         for id in a b; do
             echo "outside-$id memory.max=$(cat /sys/fs/cgroup/guard/$id/memory.max) pids.max=$(cat /sys/fs/cgroup/guard/$id/pids.max) cgroup=$(cut -d: -f3 /proc/$(cat /tmp/$id.pid)/cgroup)"
@@ -425,6 +427,7 @@ fn lifecycle_and_concurrency(kernel: &str) {
     assert!(out.contains("r1 exit=0"), "{out}");
     assert!(out.contains("after-restart cgroup=gone state=0"), "{out}");
 
+    // a: memory.max from its config file, pids.max from the flag over the file's 99.
     let a = fields(&out, "outside-a ");
     let b = fields(&out, "outside-b ");
     assert_eq!(number(&a, "memory.max"), 24 << 20, "{out}");
