@@ -288,141 +288,124 @@ pub async fn run(
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, LostCounts>,
     state: Arc<Mutex<ReaderState>>,
-    mut requests: mpsc::Receiver<DrainRequest>,
+    requests: mpsc::Receiver<DrainRequest>,
     poll_interval: Duration,
     injected: Arc<InjectedPanics>,
 ) {
+    let mut reader = Reader {
+        lost,
+        state,
+        requests,
+        poll_interval,
+        injected,
+        consecutive_faults: 0,
+    };
     let mut ring = ring;
     let mut pending = None;
-    let mut consecutive = 0u32;
     loop {
-        let served = serve(
-            ring,
-            &lost,
-            &state,
-            &mut requests,
-            poll_interval,
-            &injected,
-            pending.take(),
-            &mut consecutive,
-        )
-        .await;
-        let Served::Fault(fault) = served else {
+        let Served::Fault(fault) = reader.serve(ring, pending).await else {
             return;
         };
-        let Fault {
-            ring: returned,
-            reason,
-            pending: unanswered,
-        } = *fault;
-        consecutive += 1;
+        reader.consecutive_faults += 1;
+        let consecutive = reader.consecutive_faults;
         let give_up = consecutive >= MAX_CONSECUTIVE_FAULTS;
-        lock(&state).record_fault(&reason, give_up);
+        lock(&reader.state).record_fault(&fault.reason, give_up);
         if give_up {
-            error!(%reason, consecutive, "event reader faulted too often; live events stop");
+            error!(reason = %fault.reason, consecutive, "event reader faulted too often; live events stop");
             return;
         }
-        error!(%reason, consecutive, "event reader faulted; restarting it");
+        error!(reason = %fault.reason, consecutive, "event reader faulted; restarting it");
         // Backing off keeps a persistent fault from spinning a CPU the containers need.
-        tokio::time::sleep(poll_interval * consecutive).await;
-        ring = returned;
-        pending = unanswered;
+        tokio::time::sleep(reader.poll_interval * consecutive).await;
+        ring = fault.ring;
+        pending = fault.pending;
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve(
-    ring: RingBuf<MapData>,
-    lost: &PerCpuArray<MapData, LostCounts>,
-    state: &Mutex<ReaderState>,
-    requests: &mut mpsc::Receiver<DrainRequest>,
+/// Everything the reader keeps across restarts (the ring buffer itself is handed back by a
+/// fault).
+struct Reader {
+    lost: PerCpuArray<MapData, LostCounts>,
+    state: Arc<Mutex<ReaderState>>,
+    requests: mpsc::Receiver<DrainRequest>,
     poll_interval: Duration,
-    injected: &Arc<InjectedPanics>,
-    pending: Option<DrainRequest>,
-    consecutive: &mut u32,
-) -> Served {
-    // SAFETY: the RingBuf owns its map's fd and keeps it open, unchanged, for its lifetime,
-    // which the AsyncFd owns.
-    let registered =
-        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
-    let mut ring = match registered {
-        Ok(ring) => ring,
-        Err(error) => {
-            let (ring, error) = error.into_parts();
-            return Served::Fault(Box::new(Fault {
-                ring,
-                reason: format!("cannot poll the event ring buffer: {error}"),
-                pending,
-            }));
-        }
-    };
-    // Drains one batch; a panic inside is caught and turned into a fault.
-    macro_rules! drain_or_fault {
-        ($reply:expr) => {
-            if let Err(reason) = guarded_drain(ring.get_mut(), lost, state, injected) {
+    injected: Arc<InjectedPanics>,
+    /// Faults since the last successful drain.
+    consecutive_faults: u32,
+}
+
+impl Reader {
+    /// Drains on every wakeup, tick and request until the guard goes away or a fault; first
+    /// of all, answers `pending` (the request a fault interrupted).
+    async fn serve(&mut self, ring: RingBuf<MapData>, pending: Option<DrainRequest>) -> Served {
+        // SAFETY: the RingBuf owns its map's fd and keeps it open, unchanged, for its
+        // lifetime, which the AsyncFd owns.
+        let registered =
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
+        let mut ring = match registered {
+            Ok(ring) => ring,
+            Err(error) => {
+                let (ring, error) = error.into_parts();
+                return Served::Fault(Box::new(Fault {
+                    ring,
+                    reason: format!("cannot poll the event ring buffer: {error}"),
+                    pending,
+                }));
+            }
+        };
+        // The programs wake us only for full batches; the tick picks up the rest.
+        let mut tick = tokio::time::interval(self.poll_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut reply = pending;
+        loop {
+            if let Err(reason) = self.guarded_drain(ring.get_mut()) {
                 return Served::Fault(Box::new(Fault {
                     ring: ring.into_inner(),
                     reason,
-                    pending: $reply,
+                    pending: reply,
                 }));
             }
-            *consecutive = 0;
-        };
-    }
-    if let Some(reply) = pending {
-        drain_or_fault!(Some(reply));
-        let _ = reply.send(());
-    }
-    // The programs wake us only for full batches; the tick picks up the rest.
-    let mut tick = tokio::time::interval(poll_interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            ready = ring.readable_mut() => match ready {
-                Ok(mut ready) => {
-                    ready.clear_ready();
-                    drain_or_fault!(None);
-                }
-                Err(error) => {
-                    return Served::Fault(Box::new(Fault {
-                        ring: ring.into_inner(),
-                        reason: format!("polling the event ring buffer failed: {error}"),
-                        pending: None,
-                    }));
-                }
-            },
-            _ = tick.tick() => {
-                drain_or_fault!(None);
+            self.consecutive_faults = 0;
+            if let Some(reply) = reply.take() {
+                let _ = reply.send(());
             }
-            request = requests.recv() => match request {
-                Some(reply) => {
-                    drain_or_fault!(Some(reply));
-                    let _ = reply.send(());
-                }
-                None => return Served::Closed,
-            },
+            reply = tokio::select! {
+                ready = ring.readable_mut() => match ready {
+                    Ok(mut ready) => {
+                        ready.clear_ready();
+                        None
+                    }
+                    Err(error) => {
+                        return Served::Fault(Box::new(Fault {
+                            ring: ring.into_inner(),
+                            reason: format!("polling the event ring buffer failed: {error}"),
+                            pending: None,
+                        }));
+                    }
+                },
+                _ = tick.tick() => None,
+                request = self.requests.recv() => match request {
+                    Some(reply) => Some(reply),
+                    None => return Served::Closed,
+                },
+            };
         }
     }
-}
 
-/// [`drain`], with a panic (a bug in decoding or attribution) caught and returned as text.
-fn guarded_drain(
-    ring: &mut RingBuf<MapData>,
-    lost: &PerCpuArray<MapData, LostCounts>,
-    state: &Mutex<ReaderState>,
-    injected: &Arc<InjectedPanics>,
-) -> Result<(), String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        drain(ring, lost, state, injected)
-    }))
-    .map_err(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|text| text.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".to_string());
-        format!("panic while draining the ring buffer: {message}")
-    })
+    /// [`drain`], with a panic (a bug in decoding or attribution) caught and returned as text.
+    fn guarded_drain(&self, ring: &mut RingBuf<MapData>) -> Result<(), String> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            drain(ring, &self.lost, &self.state, &self.injected)
+        }))
+        .map_err(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_string());
+            format!("panic while draining the ring buffer: {message}")
+        })
+    }
 }
 
 fn lock(state: &Mutex<ReaderState>) -> std::sync::MutexGuard<'_, ReaderState> {
