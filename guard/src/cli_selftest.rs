@@ -349,7 +349,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
 
     // The agent's bound: what it holds once everything is set up, plus every buffer full.
     let rss_before_waves = own_rss_kib();
-    let bound_kib = rss_before_waves["current"].as_u64().unwrap_or(0) + budget.total / 1024;
+    let bound_kib = rss_before_waves["current"].as_u64().unwrap_or(0) + budget.total() / 1024;
     let mut waves = Vec::new();
     for wave in &WAVES {
         writeln!(console, "[guard] ===== wave {} =====", wave.name)?;
@@ -421,7 +421,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         "global": global,
         "agent_oom_score_adj": oom_score::own_oom_score_adj()?,
         "agent_memory": {
-            "budget_bytes": budget,
+            "budget_bytes": {"items": budget, "total": budget.total()},
             "rss_before_waves_kib": rss_before_waves,
             "bound_kib": bound_kib,
         },

@@ -29,11 +29,7 @@ pub fn oom_score_adj_of(pid: i32) -> Result<i32, RuntimeError> {
 
 /// Sets the `oom_score_adj` of process `pid` (a created container's init, before it starts).
 pub fn set_oom_score_adj_of(pid: i32, score: i32) -> Result<(), RuntimeError> {
-    let path = format!("/proc/{pid}/oom_score_adj");
-    fs::write(&path, score.to_string()).map_err(|source| RuntimeError::Io {
-        what: format!("writing {score} to {path}"),
-        source,
-    })
+    write_score(&format!("/proc/{pid}/oom_score_adj"), score)
 }
 
 fn read_score(path: &str) -> Result<i32, RuntimeError> {
@@ -47,9 +43,9 @@ fn read_score(path: &str) -> Result<i32, RuntimeError> {
     })
 }
 
-fn write_own_score(score: i32) -> Result<(), RuntimeError> {
-    fs::write(OWN_SCORE, score.to_string()).map_err(|source| RuntimeError::Io {
-        what: format!("writing {score} to {OWN_SCORE}"),
+fn write_score(path: &str, score: i32) -> Result<(), RuntimeError> {
+    fs::write(path, score.to_string()).map_err(|source| RuntimeError::Io {
+        what: format!("writing {score} to {path}"),
         source,
     })
 }
@@ -57,7 +53,7 @@ fn write_own_score(score: i32) -> Result<(), RuntimeError> {
 /// Sets the caller's score, for children to inherit. Only inside [`preserving_caller`], which
 /// puts the caller's own score back.
 pub(crate) fn set_own_oom_score_adj(score: i32) -> Result<(), RuntimeError> {
-    write_own_score(score)
+    write_score(OWN_SCORE, score)
 }
 
 fn dumpable() -> bool {
@@ -89,7 +85,7 @@ pub fn preserving_caller<T>(f: impl FnOnce() -> T) -> Result<T, RuntimeError> {
             to = score,
             "restoring the caller's oom_score_adj"
         );
-        write_own_score(score)?;
+        write_score(OWN_SCORE, score)?;
     }
     if dumpable() != was_dumpable {
         set_dumpable(was_dumpable);
