@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard::{GuardOptions, StreamOptions, cgroup::Hierarchy};
+use guard::{Guard, GuardOptions, StreamOptions, cgroup::Hierarchy};
 
 /// Options for exact-count tests: every event streamed (the default rate bound could suppress
 /// some).
@@ -18,6 +18,15 @@ pub fn unbounded() -> GuardOptions {
         },
         ..GuardOptions::default()
     }
+}
+
+/// A fresh cgroup `name`, and a guard (started with [`unbounded`]) watching it as container
+/// `name`.
+pub async fn watched_container(name: &str) -> (TestCgroup, Guard) {
+    let cgroup = TestCgroup::create(name);
+    let guard = Guard::start(unbounded()).await.unwrap();
+    guard.watch(name, &cgroup.path).unwrap();
+    (cgroup, guard)
 }
 
 /// True when this process may load BPF programs and create cgroups. Outside CI a non-root run

@@ -12,7 +12,9 @@ use guard::{
     EventDetail, Guard, GuardOptions, StreamOptions, event_log::EventLog, events::Cause,
     forensic::LogOptions,
 };
-use guard_tests::host::{TestCgroup, move_to_cgroup, root_or_skip, run_stress, tally, unbounded};
+use guard_tests::host::{
+    TestCgroup, move_to_cgroup, root_or_skip, run_stress, tally, unbounded, watched_container,
+};
 
 const STRESS: &str = env!("CARGO_BIN_EXE_guard-stress");
 
@@ -69,9 +71,7 @@ async fn forked_children_are_tracked_and_forgotten() {
     if !root_or_skip("forked_children_are_tracked_and_forgotten") {
         return;
     }
-    let cgroup = TestCgroup::create("tracked");
-    let guard = Guard::start(unbounded()).await.unwrap();
-    guard.watch("tracked", &cgroup.path).unwrap();
+    let (cgroup, guard) = watched_container("tracked").await;
     let mut events = guard.subscribe(10_000);
 
     // A shell that forks `sleep` only once told to (after it has been moved into the container):
@@ -226,9 +226,7 @@ async fn eagain_fork_denials_are_counted_with_inferred_cause() {
     }
     // The host has no pids controller: RLIMIT_NPROC for an unprivileged user gives the same
     // EAGAIN, which is exactly why the cause is only "inferred" without kprobes.
-    let cgroup = TestCgroup::create("nproc");
-    let guard = Guard::start(unbounded()).await.unwrap();
-    guard.watch("nproc", &cgroup.path).unwrap();
+    let (cgroup, guard) = watched_container("nproc").await;
 
     let procs = std::ffi::CString::new(
         cgroup

@@ -2,7 +2,7 @@
 //! (and ancestry), and the two-sided checks that show the counts come from the probe.
 //! The host's cgroup v2 hierarchy lacks memory/pids controllers; these tests need neither.
 use guard::{Guard, GuardOptions, Tier};
-use guard_tests::host::{TestCgroup, root_or_skip, run_stress, unbounded};
+use guard_tests::host::{TestCgroup, root_or_skip, run_stress, unbounded, watched_container};
 
 const STRESS: &str = env!("CARGO_BIN_EXE_guard-stress");
 
@@ -104,9 +104,7 @@ async fn subscribers_see_each_fork_with_its_container() {
     if !root_or_skip("subscribers_see_each_fork_with_its_container") {
         return;
     }
-    let cgroup = TestCgroup::create("subscribed");
-    let guard = Guard::start(unbounded()).await.unwrap();
-    guard.watch("subscribed", &cgroup.path).unwrap();
+    let (cgroup, guard) = watched_container("subscribed").await;
     let mut events = guard.subscribe(1000);
 
     run_stress(STRESS, Some(&cgroup.path), &["fork", "100"]);
@@ -128,9 +126,7 @@ async fn a_slow_subscriber_loses_events_counted_without_slowing_counts() {
     if !root_or_skip("a_slow_subscriber_loses_events_counted_without_slowing_counts") {
         return;
     }
-    let cgroup = TestCgroup::create("slow");
-    let guard = Guard::start(unbounded()).await.unwrap();
-    guard.watch("slow", &cgroup.path).unwrap();
+    let (cgroup, guard) = watched_container("slow").await;
     // Never read: 10 events fit, the rest are dropped for this subscriber only.
     let _stalled = guard.subscribe(10);
     let mut live = guard.subscribe(10_000);

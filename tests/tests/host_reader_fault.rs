@@ -5,10 +5,9 @@
 use std::collections::HashSet;
 
 use guard::{
-    EventDetail, FaultPoint, Guard, GuardEvent, HealthState, event_log::EventLog,
-    forensic::LogOptions,
+    EventDetail, FaultPoint, GuardEvent, HealthState, event_log::EventLog, forensic::LogOptions,
 };
-use guard_tests::host::{TestCgroup, root_or_skip, run_stress, unbounded};
+use guard_tests::host::{root_or_skip, run_stress, watched_container};
 use tokio::sync::mpsc;
 
 const STRESS: &str = env!("CARGO_BIN_EXE_guard-stress");
@@ -32,9 +31,7 @@ async fn a_reader_panic_is_reported_and_the_restart_counts_exactly() {
     if !root_or_skip("a_reader_panic_is_reported_and_the_restart_counts_exactly") {
         return;
     }
-    let cgroup = TestCgroup::create("reader-fault");
-    let guard = Guard::start(unbounded()).await.unwrap();
-    guard.watch("reader-fault", &cgroup.path).unwrap();
+    let (cgroup, guard) = watched_container("reader-fault").await;
     let mut events = guard.subscribe(10_000);
     let log_dir = std::env::temp_dir().join(format!("guard-reader-fault-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&log_dir);
@@ -115,9 +112,7 @@ async fn a_batch_lost_to_a_reader_panic_is_counted_as_a_gap() {
     // Two-sided for the test above: when the panic strikes after a batch left the ring
     // buffer, those records are gone, and the exact-count assertions there would fail. The
     // reader must not hide it: delivered + gaps = the kernel's count.
-    let cgroup = TestCgroup::create("reader-gap");
-    let guard = Guard::start(unbounded()).await.unwrap();
-    guard.watch("reader-gap", &cgroup.path).unwrap();
+    let (cgroup, guard) = watched_container("reader-gap").await;
 
     // Pinned to one CPU: a gap shows on the CPU whose sequence it broke, once a later record
     // from that CPU arrives.
@@ -149,9 +144,7 @@ async fn a_reader_that_gives_up_leaves_the_kernel_counters_readable() {
     if !root_or_skip("a_reader_that_gives_up_leaves_the_kernel_counters_readable") {
         return;
     }
-    let cgroup = TestCgroup::create("reader-stop");
-    let guard = Guard::start(unbounded()).await.unwrap();
-    guard.watch("reader-stop", &cgroup.path).unwrap();
+    let (cgroup, guard) = watched_container("reader-stop").await;
     let mut events = guard.subscribe(10_000);
 
     // A fault on every drain: the reader gives up after ten in a row.
