@@ -155,18 +155,21 @@ struct Accounts {
 }
 
 impl Accounts {
-    /// Notes the outcome of one writer call; a write error is reported once, at once.
+    /// Notes the outcome of one writer call; a write error is reported once, at once. The
+    /// writer's counts change only with an error, so a success costs nothing here (this runs
+    /// once per event).
     fn note<T, E: std::fmt::Display>(&mut self, writer: &LogWriter, result: Result<T, E>) {
-        if let Err(error) = result {
-            if writer.is_failed() {
-                if self.failure.is_none() {
-                    error!(%error, "the forensic log stopped writing; later records are counted as not written");
-                    self.failure = Some(error.to_string());
-                }
-            } else {
-                error!(%error, "a record was not written to the forensic log");
-                self.refused += 1;
+        let Err(error) = result else {
+            return;
+        };
+        if writer.is_failed() {
+            if self.failure.is_none() {
+                error!(%error, "the forensic log stopped writing; later records are counted as not written");
+                self.failure = Some(error.to_string());
             }
+        } else {
+            error!(%error, "a record was not written to the forensic log");
+            self.refused += 1;
         }
         let stats = writer.stats();
         let now = EventLogStats {
@@ -174,13 +177,10 @@ impl Accounts {
             records_not_written: stats.records_not_written + self.refused,
             failure: self.failure.clone(),
         };
-        let mut shared = self
+        *self
             .shared
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if *shared != now {
-            *shared = now;
-        }
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = now;
     }
 }
 
