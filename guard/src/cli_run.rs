@@ -67,9 +67,6 @@ pub struct RunArgs {
     /// Never run the guard above this tier (0, 1, 2).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
     max_tier: Option<u8>,
-    /// `max_tier` from the config file (the flag wins).
-    #[arg(skip)]
-    config_max_tier: Option<Tier>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -109,7 +106,7 @@ impl RunArgs {
         self.cgroup_root = self.cgroup_root.take().or(config.cgroup_root);
         self.log.dir = self.log.dir.take().or(config.log_dir);
         self.log.fsync = self.log.fsync.or(config.fsync);
-        self.config_max_tier = config.max_tier;
+        self.max_tier = self.max_tier.or(config.max_tier.map(u8::from));
     }
 }
 
@@ -291,8 +288,7 @@ async fn run_guarded(
     let max_tier = match args.max_tier {
         Some(0) => Tier::CgroupFilesOnly,
         Some(1) => Tier::Tracepoints,
-        Some(_) => Tier::TracepointsAndKprobes,
-        None => args.config_max_tier.unwrap_or(Tier::TracepointsAndKprobes),
+        _ => Tier::TracepointsAndKprobes,
     };
     let guard = Guard::start(GuardOptions {
         max_tier,
