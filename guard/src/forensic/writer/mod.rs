@@ -1,0 +1,439 @@
+//! Appends records to a log directory: batching, fsync policy, rotation, checkpoints, and
+//! resuming an existing log after a restart or crash.
+//!
+//! `output` is the buffered file output that knows which records reached the file, `resume`
+//! finds where an existing log continues, `options` is how a writer is configured.
+mod error;
+mod options;
+mod output;
+mod resume;
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+pub use error::WriterError;
+pub use options::{FsyncPolicy, LogOptions};
+use output::Output;
+pub use output::{BUFFER_BYTES, Unwritten};
+
+use super::layout::{self, DirLock, LayoutError, LogFile};
+use super::record::{
+    self, Checkpoint, Digest, LineHead, Lost, RecordError, Rotate, Throttle, kinds,
+};
+use super::time;
+
+pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// What went wrong while writing, counted (the writer stops at its first write error, so
+/// `write_errors` is 0 or 1 per writer; callers sum over sessions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WriterStats {
+    /// Failed write(2) or fdatasync calls.
+    pub write_errors: u64,
+    /// Records accepted (or being written) that never reached the file, plus every record
+    /// refused after the failure.
+    pub records_not_written: u64,
+}
+
+/// Where the next record goes, as of the last record written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub next_seq: u64,
+    /// Lowercase hex SHA-256 of the last line: the next record's `prev`.
+    pub prev: String,
+    pub file: PathBuf,
+}
+
+/// The single writer of a log directory. Not thread-safe by design: the pipeline funnels
+/// records through one task.
+pub struct LogWriter {
+    dir: PathBuf,
+    _lock: DirLock,
+    options: LogOptions,
+    boot_id: String,
+    file: LogFile,
+    out: Output,
+    file_bytes: u64,
+    file_records: u64,
+    next_seq: u64,
+    head: Digest,
+    since_checkpoint: u64,
+    last_sync: Instant,
+    line: Vec<u8>,
+    failed: Option<String>,
+    stats: WriterStats,
+    closed: bool,
+}
+
+impl LogWriter {
+    /// Opens (or creates) the log in `dir` and writes a `start` record with `start` as payload.
+    /// An existing log is continued: same chain, next seq.
+    pub fn create<S: Serialize + ?Sized>(
+        dir: impl AsRef<Path>,
+        options: LogOptions,
+        start: &S,
+    ) -> Result<Self, WriterError> {
+        let dir = dir.as_ref().to_owned();
+        if dir.exists() && !dir.is_dir() {
+            return Err(LayoutError::NotADirectory { path: dir }.into());
+        }
+        std::fs::create_dir_all(&dir).map_err(|source| WriterError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let lock = layout::lock_dir(&dir)?;
+        let boot_id = match &options.boot_id {
+            Some(id) => id.clone(),
+            None => std::fs::read_to_string(BOOT_ID_PATH)
+                .map(|s| s.trim().to_owned())
+                .map_err(|source| WriterError::BootId {
+                    path: BOOT_ID_PATH.into(),
+                    source,
+                })?,
+        };
+        let files = layout::list_files(&dir)?;
+        let resume = resume::resume_point(&dir, &files, options.repair_torn_tail)?;
+        let created = !resume.file.path.exists();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&resume.file.path)
+            .map_err(|source| WriterError::Open {
+                path: resume.file.path.clone(),
+                source,
+            })?;
+        let out = Output::new(file, options.test_split_writes, resume.file_bytes);
+        let mut writer = Self {
+            dir,
+            _lock: lock,
+            boot_id,
+            file: resume.file,
+            out,
+            file_bytes: resume.file_bytes,
+            file_records: resume.file_records,
+            next_seq: resume.next_seq,
+            head: resume.head,
+            since_checkpoint: 0,
+            last_sync: Instant::now(),
+            line: Vec::with_capacity(1024),
+            failed: None,
+            stats: WriterStats::default(),
+            closed: false,
+            options,
+        };
+        if created {
+            writer.sync_dir_unless_never()?;
+        }
+        if let Some(rotate) = &resume.rotate {
+            writer.write_record(kinds::ROTATE, None, rotate, false)?;
+        }
+        writer.write_record(kinds::START, None, start, true)?;
+        if let Some(repair) = &resume.repaired {
+            writer.write_record(kinds::REPAIR, None, repair, true)?;
+        }
+        tracing::info!(
+            dir = %writer.dir.display(),
+            file = %writer.file.path.display(),
+            seq = writer.next_seq - 1,
+            "forensic log opened"
+        );
+        writer.sync_unless_never()?;
+        Ok(writer)
+    }
+
+    /// Appends one event record and returns its seq. With `FsyncPolicy::Always` the record is
+    /// on stable storage when this returns.
+    pub fn append<P: Serialize + ?Sized>(
+        &mut self,
+        kind: &str,
+        container: Option<&str>,
+        payload: &P,
+    ) -> Result<u64, WriterError> {
+        if kinds::RESERVED.contains(&kind) {
+            return Err(WriterError::ReservedKind {
+                kind: kind.to_owned(),
+            });
+        }
+        if !record::is_valid_kind(kind) {
+            return Err(RecordError::BadKind {
+                kind: kind.to_owned(),
+            }
+            .into());
+        }
+        if container == Some("") {
+            return Err(WriterError::EmptyContainer);
+        }
+        let seq = self.write_record(kind, container, payload, true)?;
+        self.since_checkpoint += 1;
+        if self.options.checkpoint_every > 0
+            && self.since_checkpoint >= self.options.checkpoint_every
+        {
+            self.write_checkpoint(kinds::CHECKPOINT)?;
+        }
+        match self.options.fsync {
+            FsyncPolicy::Always => self.sync()?,
+            FsyncPolicy::Interval(every) if self.last_sync.elapsed() >= every => self.sync()?,
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => {}
+        }
+        Ok(seq)
+    }
+
+    /// Records events that were dropped before reaching the log.
+    pub fn append_lost(
+        &mut self,
+        container: Option<&str>,
+        lost: &Lost,
+    ) -> Result<u64, WriterError> {
+        self.append(kinds::LOST, container, lost)
+    }
+
+    /// Records events suppressed by throttling.
+    pub fn append_throttle(
+        &mut self,
+        container: Option<&str>,
+        throttle: &Throttle,
+    ) -> Result<u64, WriterError> {
+        self.append(kinds::THROTTLE, container, throttle)
+    }
+
+    /// Writes an explicit checkpoint now.
+    pub fn checkpoint(&mut self) -> Result<u64, WriterError> {
+        self.write_checkpoint(kinds::CHECKPOINT)
+    }
+
+    /// Hands buffered records to the kernel, and fsyncs unless the policy is `never`.
+    pub fn flush(&mut self) -> Result<(), WriterError> {
+        self.sync_unless_never()
+    }
+
+    /// Writes a `stop` record, flushes and (unless `never`) fsyncs.
+    pub fn close(mut self) -> Result<(), WriterError> {
+        self.write_checkpoint(kinds::STOP)?;
+        self.sync_unless_never()?;
+        self.closed = true;
+        Ok(())
+    }
+
+    pub fn head(&self) -> Head {
+        Head {
+            next_seq: self.next_seq,
+            prev: record::to_hex(&self.head),
+            file: self.file.path.clone(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Write errors and records that did not reach the file.
+    pub fn stats(&self) -> WriterStats {
+        self.stats
+    }
+
+    /// Whether a write or sync failed: every later append is refused (and counted).
+    pub fn is_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
+    /// Checkpoint and stop payloads describe the chain right before them, so any rotation must
+    /// happen before the payload is built, not in the middle of writing it.
+    fn write_checkpoint(&mut self, kind: &str) -> Result<u64, WriterError> {
+        let payload = |w: &Self| Checkpoint {
+            count: w.next_seq,
+            head: record::to_hex(&w.head),
+        };
+        let mut line = std::mem::take(&mut self.line);
+        let encoded = self.encode(&mut line, kind, None, &payload(self));
+        self.line = line;
+        encoded?;
+        if self.exceeds_rotate_bound(self.line.len()) {
+            self.rotate()?;
+        }
+        self.since_checkpoint = 0;
+        self.write_record(kind, None, &payload(self), false)
+    }
+
+    fn exceeds_rotate_bound(&self, line_len: usize) -> bool {
+        self.file_records > 0
+            && self
+                .options
+                .rotate_bytes
+                .is_some_and(|limit| self.file_bytes + line_len as u64 > limit)
+    }
+
+    fn write_record<P: Serialize + ?Sized>(
+        &mut self,
+        kind: &str,
+        container: Option<&str>,
+        payload: &P,
+        may_rotate: bool,
+    ) -> Result<u64, WriterError> {
+        if let Some(error) = self.poisoned() {
+            self.stats.records_not_written += 1;
+            return Err(error);
+        }
+        let mut line = std::mem::take(&mut self.line);
+        let result = self.encode_and_write(&mut line, kind, container, payload, may_rotate);
+        self.line = line;
+        result
+    }
+
+    fn encode_and_write<P: Serialize + ?Sized>(
+        &mut self,
+        line: &mut Vec<u8>,
+        kind: &str,
+        container: Option<&str>,
+        payload: &P,
+        may_rotate: bool,
+    ) -> Result<u64, WriterError> {
+        let mut digest = self.encode(line, kind, container, payload)?;
+        if may_rotate && self.exceeds_rotate_bound(line.len()) {
+            self.rotate()?;
+            digest = self.encode(line, kind, container, payload)?;
+        }
+        let seq = self.next_seq;
+        if let Err(source) = self.out.write_line(seq, line) {
+            return Err(self.fail_write(source));
+        }
+        self.next_seq += 1;
+        self.head = digest;
+        self.file_bytes += line.len() as u64;
+        self.file_records += 1;
+        Ok(seq)
+    }
+
+    fn encode<P: Serialize + ?Sized>(
+        &self,
+        line: &mut Vec<u8>,
+        kind: &str,
+        container: Option<&str>,
+        payload: &P,
+    ) -> Result<Digest, WriterError> {
+        let wall = time::format_rfc3339_nanos(time::realtime_ns()?);
+        let head = LineHead {
+            seq: self.next_seq,
+            boot_id: &self.boot_id,
+            wall: &wall,
+            mono_ns: time::monotonic_ns()?,
+            kind,
+            container,
+            prev: &self.head,
+        };
+        Ok(record::encode_line(line, &head, payload)?)
+    }
+
+    /// Finishes the current file (durably, unless `never`) and continues in the next one.
+    fn rotate(&mut self) -> Result<(), WriterError> {
+        self.sync_unless_never()?;
+        let next = LogFile {
+            index: self.file.index + 1,
+            path: self.dir.join(layout::file_name(self.file.index + 1)),
+        };
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&next.path)
+            .map_err(|source| {
+                self.poison(WriterError::Open {
+                    path: next.path.clone(),
+                    source,
+                })
+            })?;
+        let rotate = Rotate {
+            prev_file: self.file.name(),
+            prev_records: self.file_records,
+            prev_bytes: self.file_bytes,
+        };
+        // The old output was flushed and synced above: dropping it only closes the descriptor.
+        self.out = Output::new(file, self.options.test_split_writes, 0);
+        tracing::debug!(from = %self.file.path.display(), to = %next.path.display(), "log rotated");
+        self.file = next;
+        self.file_bytes = 0;
+        self.file_records = 0;
+        self.sync_dir_unless_never()?;
+        self.write_record(kinds::ROTATE, None, &rotate, false)?;
+        Ok(())
+    }
+
+    fn sync_unless_never(&mut self) -> Result<(), WriterError> {
+        if self.options.fsync == FsyncPolicy::Never {
+            self.flush_buffer()
+        } else {
+            self.sync()
+        }
+    }
+
+    /// Makes the current file's directory entry durable, unless the policy is `never`.
+    fn sync_dir_unless_never(&mut self) -> Result<(), WriterError> {
+        if self.options.fsync == FsyncPolicy::Never {
+            return Ok(());
+        }
+        layout::sync_dir(&self.dir).map_err(|e| self.poison_sync(e))
+    }
+
+    fn flush_buffer(&mut self) -> Result<(), WriterError> {
+        if let Some(error) = self.poisoned() {
+            return Err(error);
+        }
+        self.out.flush().map_err(|source| self.fail_write(source))
+    }
+
+    fn sync(&mut self) -> Result<(), WriterError> {
+        self.flush_buffer()?;
+        self.out.sync_data().map_err(|e| self.poison_sync(e))?;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// A failed write: which accepted records did not reach the file, counted, and the
+    /// writer stopped.
+    fn fail_write(&mut self, source: std::io::Error) -> WriterError {
+        let unwritten = self.out.discard_pending();
+        self.stats.records_not_written += unwritten.map_or(0, |u| u.count());
+        self.poison(WriterError::Write {
+            path: self.file.path.clone(),
+            source,
+            unwritten,
+        })
+    }
+
+    fn poison_sync(&mut self, source: std::io::Error) -> WriterError {
+        self.poison(WriterError::Sync {
+            path: self.file.path.clone(),
+            source,
+        })
+    }
+
+    /// The error every write returns once the writer has stopped.
+    fn poisoned(&self) -> Option<WriterError> {
+        self.failed.as_ref().map(|cause| WriterError::Poisoned {
+            path: self.file.path.clone(),
+            cause: cause.clone(),
+        })
+    }
+
+    /// After a failed write the file may end in a partial line: refuse further appends so the
+    /// damage stays a torn tail that verify reports, instead of garbage mid-log.
+    fn poison(&mut self, error: WriterError) -> WriterError {
+        tracing::error!(%error, "forensic log write failed");
+        self.stats.write_errors += 1;
+        self.failed = Some(error.to_string());
+        error
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        if self.closed || self.failed.is_some() {
+            return;
+        }
+        // Drop cannot return errors; close() is the way to see them. Still never swallow one.
+        if let Err(error) = self.out.flush() {
+            tracing::error!(path = %self.file.path.display(), %error, "forensic log flush on drop failed");
+        }
+    }
+}
