@@ -1,0 +1,193 @@
+//! What a verification finds: the report, its first problem and why, and a torn tail.
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::forensic::record::MAX_LINE_BYTES;
+
+/// Why a line (or file) breaks the log's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Defect {
+    NoFiles,
+    /// Files are numbered from 0 without gaps.
+    MissingFile {
+        name: String,
+    },
+    LineTooLong,
+    EmptyLine,
+    NotJson {
+        error: String,
+    },
+    /// The line lacks the `,"hash":"<hex>"}` ending.
+    Unsealed,
+    /// The line's bytes do not match its own hash: it was edited or corrupted.
+    SealMismatch,
+    /// Valid JSON but not a record.
+    Schema {
+        error: String,
+    },
+    SeqMismatch {
+        found: u64,
+        expected: u64,
+    },
+    /// `prev` is not the SHA-256 of the line before.
+    PrevMismatch {
+        previous: Option<(String, u64)>,
+    },
+    FirstNotStart {
+        kind: String,
+    },
+    FileNotStartingWithRotate {
+        kind: String,
+    },
+    RotateInsideFile,
+    /// The rotate record disagrees with the file it continues.
+    RotateMismatch {
+        detail: String,
+    },
+    CheckpointMismatch {
+        detail: String,
+    },
+    MonotonicBackwards {
+        previous: u64,
+        found: u64,
+    },
+    BadWallClock {
+        wall: String,
+    },
+    /// A file other than the newest ends in a partial line.
+    TornInnerFile {
+        bytes: u64,
+    },
+    /// A file other than the newest holds no record: only a crash right after rotation leaves
+    /// an empty file, and then it is the newest.
+    EmptyInnerFile,
+}
+
+impl fmt::Display for Defect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoFiles => write!(f, "no guard-NNNNNN.jsonl files"),
+            Self::MissingFile { name } => write!(
+                f,
+                "{name} is missing (files must be numbered without gaps from 0)"
+            ),
+            Self::LineTooLong => write!(f, "line longer than {MAX_LINE_BYTES} bytes"),
+            Self::EmptyLine => write!(f, "empty line"),
+            Self::NotJson { error } => write!(f, "not valid JSON: {error}"),
+            Self::Unsealed => write!(
+                f,
+                "line does not end with ,\"hash\":\"<64 lowercase hex>\"}}"
+            ),
+            Self::SealMismatch => write!(
+                f,
+                "line bytes do not match its hash field: the line was altered"
+            ),
+            Self::Schema { error } => write!(f, "not a log record: {error}"),
+            Self::SeqMismatch { found, expected } if found > expected => write!(
+                f,
+                "seq {found}, expected {expected}: {} record(s) missing, or records reordered, before this line",
+                found - expected
+            ),
+            Self::SeqMismatch { found, expected } => write!(
+                f,
+                "seq {found}, expected {expected}: records reordered or duplicated"
+            ),
+            Self::PrevMismatch {
+                previous: Some((file, line)),
+            } => write!(
+                f,
+                "prev is not the SHA-256 of {file} line {line}: that line was altered, or lines were removed or reordered"
+            ),
+            Self::PrevMismatch { previous: None } => {
+                write!(f, "first record's prev is not the genesis value (64 zeros)")
+            }
+            Self::FirstNotStart { kind } => {
+                write!(f, "the log must begin with a start record, found {kind:?}")
+            }
+            Self::FileNotStartingWithRotate { kind } => write!(
+                f,
+                "a rotated-to file must begin with a rotate record, found {kind:?}"
+            ),
+            Self::RotateInsideFile => {
+                write!(f, "rotate record that is not the first line of its file")
+            }
+            Self::RotateMismatch { detail } => write!(
+                f,
+                "rotate record disagrees with the previous file: {detail}"
+            ),
+            Self::CheckpointMismatch { detail } => {
+                write!(f, "checkpoint disagrees with the log: {detail}")
+            }
+            Self::MonotonicBackwards { previous, found } => write!(
+                f,
+                "mono_ns {found} is before the previous record's {previous} within the same boot"
+            ),
+            Self::BadWallClock { wall } => write!(f, "wall {wall:?} is not an RFC 3339 timestamp"),
+            Self::TornInnerFile { bytes } => write!(
+                f,
+                "file ends with a partial line ({bytes} bytes without a newline) but is not the newest file: truncated"
+            ),
+            Self::EmptyInnerFile => write!(
+                f,
+                "file holds no record but is not the newest file: it was emptied"
+            ),
+        }
+    }
+}
+
+/// The first defect found: where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: PathBuf,
+    /// 1-based; 0 when the defect concerns the file as a whole.
+    pub line: u64,
+    pub defect: Defect,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.defect)
+    }
+}
+
+/// A partial final line in the newest file: what a crash mid-append leaves behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    pub path: PathBuf,
+    pub line: u64,
+    /// Where the partial line starts (the size the file has after repair).
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+impl fmt::Display for TornTail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: torn final line: {} bytes without a newline (an interrupted append); \
+             `guard log verify --repair` removes it",
+            self.path.display(),
+            self.line,
+            self.bytes
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub files: u64,
+    /// Complete records checked (up to the first problem, if any).
+    pub records: u64,
+    /// Lowercase hex SHA-256 of the last good line.
+    pub head: Option<String>,
+    pub last_seq: Option<u64>,
+    pub torn_tail: Option<TornTail>,
+    pub problem: Option<Problem>,
+}
+
+impl VerifyReport {
+    /// Every line is a sealed record and the chain holds, with no torn tail.
+    pub fn is_clean(&self) -> bool {
+        self.problem.is_none() && self.torn_tail.is_none()
+    }
+}
