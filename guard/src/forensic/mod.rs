@@ -6,7 +6,11 @@
 //! - [`verify`]: streaming verification of every line and the chain across files; `repair`
 //!   truncates a torn final line and nothing else.
 //! - [`reader`] and [`stats`]: tolerant streaming readers for display.
+//!
+//! All of them read a file through one line scanner (`lines`), so they agree on where a line
+//! ends, which line is too long and what is a torn tail.
 pub mod layout;
+mod lines;
 pub mod reader;
 pub mod record;
 pub mod stats;
@@ -24,3 +28,6 @@ pub use verify::{
     Defect, Problem, RepairOutcome, TornTail, VerifyError, VerifyReport, repair, verify,
 };
 pub use writer::{FsyncPolicy, Head, LogOptions, LogWriter, Unwritten, WriterError, WriterStats};
+
+#[cfg(test)]
+mod tests;

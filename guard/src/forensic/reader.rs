@@ -2,13 +2,14 @@
 //! follower that polls for appended lines across rotations. Readers are tolerant (a bad line is
 //! reported and skipped); judging the log is `verify`'s job.
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use thiserror::Error;
 
 use super::layout::{self, LayoutError, LogFile};
+use super::lines::{Line, LineScanner};
 use super::record::{MAX_LINE_BYTES, Record};
 use super::time;
 
@@ -90,13 +91,12 @@ impl Filter {
 pub struct LogReader {
     files: std::vec::IntoIter<LogFile>,
     current: Option<OpenFile>,
-    buf: Vec<u8>,
     failed: bool,
 }
 
 struct OpenFile {
     path: Arc<Path>,
-    reader: BufReader<File>,
+    lines: LineScanner<BufReader<File>>,
     line: u64,
 }
 
@@ -109,7 +109,6 @@ impl LogReader {
         Self {
             files: files.into_iter(),
             current: None,
-            buf: Vec::with_capacity(1024),
             failed: false,
         }
     }
@@ -129,17 +128,17 @@ impl LogReader {
                 };
                 self.current = Some(OpenFile {
                     path: file.path.into(),
-                    reader: BufReader::with_capacity(256 << 10, handle),
+                    lines: LineScanner::from_file(handle),
                     line: 0,
                 });
             }
             let current = self.current.as_mut()?;
-            self.buf.clear();
-            let read = (&mut current.reader)
-                .take(MAX_LINE_BYTES as u64 + 2)
-                .read_until(b'\n', &mut self.buf);
-            let n = match read {
-                Ok(n) => n,
+            let line = match current.lines.next_line() {
+                Ok(Some(line)) => line,
+                Ok(None) => {
+                    self.current = None;
+                    continue;
+                }
                 Err(source) => {
                     return Some(Err(ReaderError::Read {
                         path: current.path.to_path_buf(),
@@ -147,32 +146,21 @@ impl LogReader {
                     }));
                 }
             };
-            if n == 0 {
-                self.current = None;
-                continue;
-            }
             current.line += 1;
-            if self.buf.last() != Some(&b'\n') {
-                let error = if n > MAX_LINE_BYTES {
-                    // Skip the rest of an overlong line so reading can resume at the next one.
-                    let mut sink = Vec::new();
-                    let _ = current.reader.read_until(b'\n', &mut sink);
-                    line_error(
-                        &current.path,
-                        current.line,
-                        format!("longer than {MAX_LINE_BYTES} bytes"),
-                    )
-                } else {
-                    ReaderError::TornTail {
-                        path: current.path.to_path_buf(),
-                        line: current.line,
-                        bytes: n as u64,
-                    }
-                };
-                return Some(Err(error));
-            }
-            self.buf.pop();
-            return Some(parse_entry(&current.path, current.line, &self.buf));
+            return Some(match line {
+                Line::Complete(bytes) => parse_entry(&current.path, current.line, bytes),
+                Line::Torn(bytes) => Err(ReaderError::TornTail {
+                    path: current.path.to_path_buf(),
+                    line: current.line,
+                    bytes,
+                }),
+                Line::TooLong => {
+                    // Reading resumes at the next line. A failed skip is not reported here: a
+                    // disk error recurs on the next read, which reports it.
+                    let _ = current.lines.skip_rest();
+                    Err(too_long(&current.path, current.line))
+                }
+            });
         }
     }
 }
@@ -201,6 +189,10 @@ fn line_error(path: &Path, line: u64, reason: String) -> ReaderError {
     }
 }
 
+fn too_long(path: &Path, line: u64) -> ReaderError {
+    line_error(path, line, format!("longer than {MAX_LINE_BYTES} bytes"))
+}
+
 fn parse_entry(path: &Arc<Path>, line: u64, bytes: &[u8]) -> Result<Entry, ReaderError> {
     match serde_json::from_slice::<Record>(bytes) {
         Ok(record) => Ok(Entry {
@@ -219,9 +211,13 @@ pub struct Follower {
     dir: PathBuf,
     index: u64,
     path: Arc<Path>,
+    /// Bytes of the file read: complete lines, and the start of an over-long one being skipped.
     offset: u64,
     line: u64,
-    partial: Vec<u8>,
+    /// Bytes after `offset` without a newline yet, as of the last read (read again next time).
+    torn: u64,
+    /// The last read ended inside an over-long line (already reported): skip to its end.
+    in_long_line: bool,
 }
 
 impl Follower {
@@ -238,7 +234,8 @@ impl Follower {
             path: dir.join(layout::file_name(index)).into(),
             offset: 0,
             line: 0,
-            partial: Vec::new(),
+            torn: 0,
+            in_long_line: false,
         }
     }
 
@@ -256,11 +253,11 @@ impl Follower {
             }
             // The writer finishes a file before creating the next: read what is left once more.
             self.read_new(sink)?;
-            if !self.partial.is_empty() {
+            if self.torn > 0 {
                 sink(Err(ReaderError::TornTail {
                     path: self.path.to_path_buf(),
                     line: self.line + 1,
-                    bytes: self.partial.len() as u64,
+                    bytes: self.torn,
                 }));
             }
             *self = Self::at(&self.dir, self.index + 1);
@@ -287,40 +284,42 @@ impl Follower {
             source,
         };
         let len = file.metadata().map_err(read_err)?.len();
-        let consumed = self.offset + self.partial.len() as u64;
-        if len < consumed {
+        if len < self.offset + self.torn {
             // Truncated under us (verify --repair removed a torn tail): resume at the new end.
             tracing::warn!(path = %self.path.display(), "log file shrank; following from its new end");
             self.offset = len;
-            self.partial.clear();
+            self.torn = 0;
+            self.in_long_line = false;
             return Ok(());
         }
-        file.seek(SeekFrom::Start(consumed)).map_err(read_err)?;
-        let mut chunk = vec![0u8; 256 << 10];
-        loop {
-            let n = file.read(&mut chunk).map_err(read_err)?;
-            if n == 0 {
-                return Ok(());
-            }
-            let mut rest = &chunk[..n];
-            while let Some(end) = rest.iter().position(|&b| b == b'\n') {
-                self.partial.extend_from_slice(&rest[..end]);
-                rest = &rest[end + 1..];
-                self.line += 1;
-                self.offset += self.partial.len() as u64 + 1;
-                sink(parse_entry(&self.path, self.line, &self.partial));
-                self.partial.clear();
-            }
-            self.partial.extend_from_slice(rest);
-            if self.partial.len() > MAX_LINE_BYTES {
-                sink(Err(line_error(
-                    &self.path,
-                    self.line + 1,
-                    format!("longer than {MAX_LINE_BYTES} bytes"),
-                )));
-                self.offset += self.partial.len() as u64;
-                self.partial.clear();
-            }
+        file.seek(SeekFrom::Start(self.offset)).map_err(read_err)?;
+        let start = self.offset;
+        let mut lines = LineScanner::from_file(file);
+        if self.in_long_line {
+            self.in_long_line = !lines.skip_rest().map_err(read_err)?;
+            self.offset = start + lines.consumed();
         }
+        // Stop inside an over-long line: what follows in the file is the rest of it.
+        while !self.in_long_line {
+            self.torn = 0;
+            match lines.next_line().map_err(read_err)? {
+                None => return Ok(()),
+                Some(Line::Torn(bytes)) => {
+                    self.torn = bytes;
+                    return Ok(());
+                }
+                Some(Line::Complete(bytes)) => {
+                    self.line += 1;
+                    sink(parse_entry(&self.path, self.line, bytes));
+                }
+                Some(Line::TooLong) => {
+                    self.line += 1;
+                    sink(Err(too_long(&self.path, self.line)));
+                    self.in_long_line = !lines.skip_rest().map_err(read_err)?;
+                }
+            }
+            self.offset = start + lines.consumed();
+        }
+        Ok(())
     }
 }

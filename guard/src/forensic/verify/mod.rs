@@ -4,7 +4,6 @@ mod repair;
 mod report;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -15,9 +14,8 @@ pub use repair::{RepairOutcome, repair};
 pub use report::{Defect, Problem, TornTail, VerifyReport};
 
 use super::layout::{self, LayoutError, LogFile};
-use super::record::{
-    self, Checkpoint, Digest, GENESIS_DIGEST, MAX_LINE_BYTES, Rotate, Seal, kinds,
-};
+use super::lines::{Line, LineScanner};
+use super::record::{self, Checkpoint, Digest, GENESIS_DIGEST, Rotate, Seal, kinds};
 use super::time;
 
 #[derive(Debug, Error)]
@@ -130,46 +128,41 @@ fn verify_file(
         path: path.clone(),
         source,
     })?;
-    let mut reader = BufReader::with_capacity(256 << 10, handle);
+    let mut lines = LineScanner::from_file(handle);
     let name = file.name();
-    let mut buf = Vec::with_capacity(1024);
     let mut line_no = 0u64;
-    let mut offset = 0u64;
+    // Where the line being read starts; at the end, the bytes of the file's complete lines.
+    let mut offset;
     loop {
-        buf.clear();
-        let n = (&mut reader)
-            .take(MAX_LINE_BYTES as u64 + 2)
-            .read_until(b'\n', &mut buf)
-            .map_err(read_err)?;
-        if n == 0 {
+        offset = lines.consumed();
+        let Some(line) = lines.next_line().map_err(read_err)? else {
             break;
-        }
+        };
         line_no += 1;
         let problem = |defect| Problem {
             path: path.clone(),
             line: line_no,
             defect,
         };
-        if buf.last() != Some(&b'\n') {
-            if n > MAX_LINE_BYTES {
-                return Ok(Err(problem(Defect::LineTooLong)));
+        let bytes = match line {
+            Line::Complete(bytes) => bytes,
+            Line::TooLong => return Ok(Err(problem(Defect::LineTooLong))),
+            Line::Torn(bytes) if !is_newest => {
+                return Ok(Err(problem(Defect::TornInnerFile { bytes })));
             }
-            if !is_newest {
-                return Ok(Err(problem(Defect::TornInnerFile { bytes: n as u64 })));
+            Line::Torn(bytes) => {
+                report.torn_tail = Some(TornTail {
+                    path: path.clone(),
+                    line: line_no,
+                    offset,
+                    bytes,
+                });
+                break;
             }
-            report.torn_tail = Some(TornTail {
-                path: path.clone(),
-                line: line_no,
-                offset,
-                bytes: n as u64,
-            });
-            break;
-        }
-        buf.pop();
-        if let Err(defect) = check_line(&buf, line_no, &name, chain) {
+        };
+        if let Err(defect) = check_line(bytes, line_no, &name, chain) {
             return Ok(Err(problem(defect)));
         }
-        offset += n as u64;
         report.records += 1;
         report.last_seq = Some(chain.next_seq - 1);
         report.head = Some(record::to_hex(&chain.prev));

@@ -1,11 +1,11 @@
 //! Where a reopened log continues: the newest file's complete records, its torn tail (refused,
 //! or truncated when asked), and the chain's head.
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use super::WriterError;
 use crate::forensic::layout::{self, LogFile};
+use crate::forensic::lines::{Line, LineScanner};
 use crate::forensic::record::{self, Digest, GENESIS_DIGEST, MAX_LINE_BYTES, Repair, Rotate};
 
 /// Resume state found in an existing log.
@@ -121,7 +121,7 @@ pub(super) fn resume_point(
 struct FileScan {
     complete_bytes: u64,
     records: u64,
-    last_line: Option<Vec<u8>>,
+    last_line: Vec<u8>,
     torn_bytes: u64,
 }
 
@@ -130,41 +130,34 @@ fn scan_file(path: &Path) -> Result<FileScan, WriterError> {
         path: path.to_owned(),
         source,
     };
-    let file = File::open(path).map_err(read_err)?;
-    let mut reader = BufReader::with_capacity(256 << 10, file);
+    let mut lines = LineScanner::from_file(File::open(path).map_err(read_err)?);
     let mut scan = FileScan {
         complete_bytes: 0,
         records: 0,
-        last_line: None,
+        last_line: Vec::new(),
         torn_bytes: 0,
     };
-    let mut buf = Vec::new();
     loop {
-        buf.clear();
-        let n = (&mut reader)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .map_err(read_err)?;
-        if n == 0 {
-            return Ok(scan);
-        }
-        if buf.last() != Some(&b'\n') {
-            if n > MAX_LINE_BYTES {
+        match lines.next_line().map_err(read_err)? {
+            None => return Ok(scan),
+            Some(Line::Torn(bytes)) => {
+                scan.torn_bytes = bytes;
+                return Ok(scan);
+            }
+            Some(Line::TooLong) => {
                 return Err(WriterError::Corrupt {
                     path: path.to_owned(),
                     line: scan.records + 1,
                     reason: format!("line longer than {MAX_LINE_BYTES} bytes"),
                 });
             }
-            scan.torn_bytes = n as u64;
-            return Ok(scan);
+            Some(Line::Complete(line)) => {
+                scan.last_line.clear();
+                scan.last_line.extend_from_slice(line);
+            }
         }
-        scan.complete_bytes += n as u64;
         scan.records += 1;
-        buf.pop();
-        // Keep the previous allocation for the next line.
-        let last = scan.last_line.get_or_insert_with(Vec::new);
-        std::mem::swap(last, &mut buf);
+        scan.complete_bytes = lines.consumed();
     }
 }
 
@@ -174,7 +167,7 @@ fn last_record(path: &Path, scan: &FileScan) -> Result<(u64, Digest), WriterErro
     struct SeqOnly {
         seq: u64,
     }
-    let line = scan.last_line.as_deref().unwrap_or_default();
+    let line = &scan.last_line;
     let corrupt = |reason| WriterError::Corrupt {
         path: path.to_owned(),
         line: scan.records,
