@@ -73,7 +73,7 @@ pub struct StartInfo {
     pub guard_version: String,
     /// `uname -r`.
     pub kernel: String,
-    /// Capability tier found by the probe (0, 1 or 2; see DESIGN.md).
+    /// Capability tier found by the probe (0, 1 or 2; see docs/ARCHITECTURE.md).
     pub tier: u8,
     /// The limits in force, as the caller describes them.
     pub limits: serde_json::Value,
