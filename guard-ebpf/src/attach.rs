@@ -1,9 +1,10 @@
-//! `cgroup:cgroup_attach_task`: keeps the task → container map right when a task moves.
+//! The attach signal: `cgroup:cgroup_attach_task` keeps the task → container map right when
+//! a task moves.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
+    container::{self, Container},
     maps::{self, TASKS, WATCHED},
-    watch::{self, Container},
 };
 
 /// The cgroup v2 (default) hierarchy's id; v1 hierarchies on hybrid hosts have others, and
@@ -33,7 +34,7 @@ fn on_attach(ctx: &TracePointContext) -> Option<()> {
             slot: entry.slot,
             level: entry.level,
         };
-        watch::track_task(pid, &container);
+        container::track_task(pid, &container);
         return Some(());
     }
     // Not a container's own cgroup. A move deeper than the task's container keeps it (a

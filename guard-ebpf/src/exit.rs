@@ -1,10 +1,10 @@
-//! `sched:sched_process_exit`: counts exits per container and forgets the task.
+//! The exit signal: `sched:sched_process_exit` counts exits per container and forgets the task.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use guard_common::Counter;
 
 use crate::{
+    container,
     maps::{self, TASKS},
-    watch,
 };
 
 #[tracepoint]
@@ -17,9 +17,9 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
 fn on_exit() -> Option<()> {
     let config = maps::active_config()?;
     // Runs in the exiting task, still in its cgroup.
-    let tid = watch::current_tid();
+    let tid = container::current_tid();
     let _ = TASKS.remove(tid);
-    let container = watch::current_container(config)?;
-    watch::bump(container.slot, Counter::Exits, 1);
+    let container = container::current_container(config)?;
+    container::bump(container.slot, Counter::Exits, 1);
     Some(())
 }

@@ -1,9 +1,10 @@
-//! `sched:sched_process_fork`: counts forks per container, tracks the child, streams the fork.
+//! The fork signal: `sched:sched_process_fork` counts forks per container, tracks the child
+//! and streams the fork.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use aya_log_ebpf::error;
 use guard_common::{Counter, EventKind, ForkEvent};
 
-use crate::{emit, maps, watch};
+use crate::{container, emit, maps, throttle};
 
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
@@ -15,8 +16,8 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 fn on_fork(ctx: &TracePointContext) -> Option<()> {
     let config = maps::active_config()?;
     // The tracepoint runs in the parent: the child starts in the parent's cgroup.
-    let container = watch::current_container(config)?;
-    if !watch::bump(container.slot, Counter::Forks, 1) {
+    let container = container::current_container(config)?;
+    if !container::bump(container.slot, Counter::Forks, 1) {
         error!(ctx, "guard: counter slot {} out of range", container.slot);
         return None;
     }
@@ -24,9 +25,9 @@ fn on_fork(ctx: &TracePointContext) -> Option<()> {
     let parent_pid: u32 = unsafe { ctx.read_at(offsets.fork_parent_pid as usize) }.ok()?;
     let child_pid: u32 = unsafe { ctx.read_at(offsets.fork_child_pid as usize) }.ok()?;
     // Track both: the parent may predate registration (or have moved in from elsewhere).
-    watch::track_task(child_pid, &container);
-    watch::track_task(parent_pid, &container);
-    if !emit::admit(config, container.slot, container.cgroup_id) {
+    container::track_task(child_pid, &container);
+    container::track_task(parent_pid, &container);
+    if !throttle::admit(config, container.slot, container.cgroup_id) {
         return None;
     }
     let event = ForkEvent {

@@ -1,17 +1,21 @@
-//! `syscalls:sys_exit_{clone,clone3,fork,vfork}`: forks refused with EAGAIN in a container.
+//! The fork_denied signal: `syscalls:sys_exit_{clone,clone3,fork,vfork}` returning EAGAIN in
+//! a container, and (tier 2, where the kernel has kprobes) a kretprobe on `pids_can_fork`.
 //!
 //! EAGAIN alone is ambiguous (pids.max, RLIMIT_NPROC and threads-max all give it): where the
-//! kretprobe on `pids_can_fork` runs, it tags the denial as pids.max exactly; elsewhere the
-//! cause is left `Inferred` and userspace reconciles with `pids.events`.
+//! kretprobe runs, it marks the calling thread when the pids controller refused the fork, and
+//! the syscall-exit program then tags the denial as pids.max exactly; elsewhere the cause is
+//! left `Inferred` and userspace reconciles with `pids.events`.
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{kretprobe, tracepoint},
+    programs::{RetProbeContext, TracePointContext},
 };
 use guard_common::{Counter, DenialCause, EventKind, ForkDeniedEvent};
 
 use crate::{
-    emit,
+    container, emit,
     maps::{self, PIDS_DENIED},
-    watch,
+    throttle,
 };
 
 const EAGAIN: i64 = 11;
@@ -40,6 +44,17 @@ pub fn sys_exit_vfork(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Marks the thread whose fork the pids controller just refused.
+#[kretprobe]
+pub fn pids_can_fork_exit(ctx: RetProbeContext) -> u32 {
+    let ret: i64 = ctx.ret();
+    // pids_can_fork returns int: only its low 32 bits are meaningful.
+    if (ret as i32) < 0 {
+        let _ = PIDS_DENIED.insert(container::current_tid(), 1, 0);
+    }
+    0
+}
+
 #[inline(always)]
 fn on_fork_exit(ctx: &TracePointContext) -> Option<()> {
     let config = maps::active_config()?;
@@ -55,15 +70,15 @@ fn on_fork_exit(ctx: &TracePointContext) -> Option<()> {
     if ret != -EAGAIN {
         return None;
     }
-    let container = watch::current_container(config)?;
-    watch::bump(container.slot, Counter::ForkDenied, 1);
+    let container = container::current_container(config)?;
+    container::bump(container.slot, Counter::ForkDenied, 1);
     let cause = if observed_pids_max {
-        watch::bump(container.slot, Counter::ForkDeniedPidsMax, 1);
+        container::bump(container.slot, Counter::ForkDeniedPidsMax, 1);
         DenialCause::PidsMax
     } else {
         DenialCause::Inferred
     };
-    if !emit::admit(config, container.slot, container.cgroup_id) {
+    if !throttle::admit(config, container.slot, container.cgroup_id) {
         return None;
     }
     let syscall_nr: i32 = unsafe { ctx.read_at(offsets.syscall_nr as usize) }.unwrap_or(-1);

@@ -1,17 +1,19 @@
-//! guard's eBPF programs: one file per hook, shared maps and helpers beside them.
+//! guard's eBPF programs: one file per signal (its hooks), shared maps and helpers beside them.
 #![no_std]
 #![no_main]
 
+// One file per signal (its hooks)…
 mod attach;
-mod emit;
 mod exit;
 mod fork;
 mod fork_denied;
-mod maps;
-mod oom;
-mod pids_kprobe;
+mod oom_victim;
 mod reclaim;
-mod watch;
+mod throttle;
+// …and what they share: the maps, container lookup and counters, ring-buffer output.
+mod container;
+mod emit;
+mod maps;
 
 #[cfg(not(test))]
 #[panic_handler]

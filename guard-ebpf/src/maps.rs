@@ -4,7 +4,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use guard_common::{
-    COUNTER_ROWS, ContainerCounters, LostCounts, MAX_CONTAINERS, MAX_TRACKED_TASKS, ProbeConfig,
+    COUNTER_ROWS, CounterRow, LostCounts, MAX_CONTAINERS, MAX_TRACKED_TASKS, ProbeConfig,
     TaskEntry, ThrottleWindow, WatchEntry,
 };
 
@@ -30,8 +30,7 @@ pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(MAX_TRACKE
 /// Exact per-container counters, one row per slot plus the global row, per CPU (no atomics
 /// on the hot path).
 #[map]
-pub static COUNTERS: PerCpuArray<ContainerCounters> =
-    PerCpuArray::with_max_entries(COUNTER_ROWS, 0);
+pub static COUNTERS: PerCpuArray<CounterRow> = PerCpuArray::with_max_entries(COUNTER_ROWS, 0);
 
 /// Rate-bound windows, one per container slot, per CPU.
 #[map]

@@ -1,4 +1,4 @@
-//! `oom:mark_victim`: the OOM killer chose a victim.
+//! The oom_victim signal: `oom:mark_victim`, the OOM killer chose a victim.
 //!
 //! The program runs in the task whose allocation triggered the OOM, so
 //! `bpf_get_current_cgroup_id()` names that task's cgroup, not the victim's (a known bug in two
@@ -11,9 +11,8 @@ use aya_ebpf::{
 use guard_common::{ABSENT, COMM_LEN, Counter, EventKind, GLOBAL_SLOT, OomVictimEvent};
 
 use crate::{
-    emit,
+    container, emit,
     maps::{self, TASKS},
-    watch,
 };
 
 #[tracepoint]
@@ -39,7 +38,7 @@ fn on_mark_victim(ctx: &TracePointContext) -> Option<()> {
         Some(task) => (task.slot, task.cgroup_id),
         None => (GLOBAL_SLOT, 0),
     };
-    watch::bump(slot, Counter::OomKills, 1);
+    container::bump(slot, Counter::OomKills, 1);
 
     let mut comm = [0u8; COMM_LEN];
     if offsets.oom_comm != ABSENT {

@@ -1,4 +1,5 @@
-//! Which watched container, if any, a task belongs to; per-container counters.
+//! Which watched container, if any, a task belongs to, and its exact counters. Every hook
+//! that attributes an event goes through here.
 use aya_ebpf::helpers::{
     bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
 };
