@@ -6,9 +6,9 @@
 use serde::Serialize;
 
 use crate::{
+    bpf::StreamOptions,
     events::{DecodeError, GuardEvent, KernelEvent},
     forensic::{self, record::MAX_LINE_BYTES},
-    probes::StreamOptions,
 };
 
 /// Smallest ring-buffer record: the kernel's 8-byte record header and a fork event.
@@ -84,7 +84,7 @@ mod tests {
         // `guard run` / `guard selftest`: the log's queue and one live printer.
         let budget = MemoryBudget::new(
             &StreamOptions::default(),
-            &[crate::event_log::QUEUE_EVENTS, 4096],
+            &[crate::sinks::event_log::QUEUE_EVENTS, 4096],
             true,
         );
         assert_eq!(budget.ring_buffer, 2 * 256 * 1024 + 8192);

@@ -1,6 +1,7 @@
-//! What the running kernel offers the guard, and the tier that follows (see DESIGN.md):
+//! What the running kernel offers the guard, and the tier that follows (docs/ARCHITECTURE.md):
 //! tier 2 = tracepoints + kprobes, tier 1 = tracepoints only, tier 0 = cgroup event files alone.
-use std::{fmt, fs, path::Path};
+//! The tracepoints and kprobe symbols it looks for are the signals' own (`signals::ALL`).
+use std::{fs, path::Path};
 
 use aya::{
     maps::MapType,
@@ -9,53 +10,10 @@ use aya::{
 };
 use serde::Serialize;
 
-use crate::{cgroup::Hierarchy, tracefs};
-
-/// Tracepoints the baseline programs attach to, as (category, name).
-pub const BASELINE_TRACEPOINTS: &[(&str, &str)] = &[
-    ("sched", "sched_process_fork"),
-    ("sched", "sched_process_exit"),
-    ("cgroup", "cgroup_attach_task"),
-    ("syscalls", "sys_exit_clone"),
-    ("syscalls", "sys_exit_clone3"),
-    ("syscalls", "sys_exit_fork"),
-    ("syscalls", "sys_exit_vfork"),
-    ("oom", "mark_victim"),
-    ("vmscan", "mm_vmscan_memcg_reclaim_begin"),
-    ("vmscan", "mm_vmscan_memcg_reclaim_end"),
-];
+use crate::{Tier, bpf::tracefs, cgroup::Hierarchy, signals};
 
 /// Controllers enforcement needs in the cgroup v2 hierarchy.
 pub const NEEDED_CONTROLLERS: &[&str] = &["memory", "pids"];
-
-/// The tier the guard can run at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(into = "u8")]
-pub enum Tier {
-    /// Evidence from cgroup event files alone.
-    CgroupFilesOnly = 0,
-    /// Tracepoint programs.
-    Tracepoints = 1,
-    /// Tracepoints plus kprobes (exact fork-denial cause).
-    TracepointsAndKprobes = 2,
-}
-
-impl From<Tier> for u8 {
-    fn from(tier: Tier) -> u8 {
-        tier as u8
-    }
-}
-
-impl fmt::Display for Tier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = match self {
-            Tier::CgroupFilesOnly => "0 (cgroup event files only)",
-            Tier::Tracepoints => "1 (tracepoints)",
-            Tier::TracepointsAndKprobes => "2 (tracepoints + kprobes)",
-        };
-        f.write_str(text)
-    }
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TracepointPresence {
@@ -82,7 +40,8 @@ pub struct CapabilityReport {
     pub tracefs: Option<String>,
     pub tracepoints: Vec<TracepointPresence>,
     pub kprobes: bool,
-    /// `pids_can_fork` is a kprobe-able symbol (exact fork-denial cause at tier 2).
+    /// Every kretprobe target (`pids_can_fork`: the exact fork-denial cause) is a kernel
+    /// symbol, so tier 2 can attach.
     pub pids_can_fork_symbol: bool,
     pub psi: bool,
     pub cgroup_v2: CgroupReport,
@@ -103,8 +62,7 @@ impl CapabilityReport {
             is_program_supported(ProgramType::TracePoint).unwrap_or(false);
         let bpf_ring_buffer = is_map_supported(MapType::RingBuf).unwrap_or(false);
         let tracefs_root = tracefs::ensure_mounted();
-        let tracepoints: Vec<_> = BASELINE_TRACEPOINTS
-            .iter()
+        let tracepoints: Vec<_> = signals::tracepoints()
             .map(|(category, name)| TracepointPresence {
                 name: format!("{category}:{name}"),
                 present: tracefs_root
@@ -116,7 +74,7 @@ impl CapabilityReport {
         let kprobes = tracefs_root
             .as_ref()
             .is_ok_and(|root| root.join("kprobe_events").exists());
-        let pids_can_fork_symbol = kallsyms_has("pids_can_fork");
+        let pids_can_fork_symbol = signals::kprobe_functions().all(kallsyms_has);
         let psi = fs::read_to_string("/proc/pressure/memory").is_ok();
         let cgroup_v2 = probe_cgroup();
         let tracefs_error = tracefs_root.as_ref().err().map(ToString::to_string);

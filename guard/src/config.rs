@@ -22,7 +22,7 @@ use std::{
 use serde::{Deserialize, Deserializer, de};
 
 use crate::{
-    capability::Tier,
+    Tier,
     forensic::FsyncPolicy,
     limits::{MemorySetting, PidsSetting, SwapSetting},
     spec::SpecOptions,
@@ -171,15 +171,9 @@ fn cgroup_root<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Stri
 }
 
 fn tier<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Tier>, D::Error> {
-    match i64::deserialize(deserializer)? {
-        0 => Ok(Some(Tier::CgroupFilesOnly)),
-        1 => Ok(Some(Tier::Tracepoints)),
-        2 => Ok(Some(Tier::TracepointsAndKprobes)),
-        other => Err(de::Error::custom(format!(
-            "max_tier {other} is not a tier: give 0 (cgroup files only), 1 (tracepoints) or 2 \
-             (tracepoints and kprobes)"
-        ))),
-    }
+    Tier::try_from(i64::deserialize(deserializer)?)
+        .map(Some)
+        .map_err(|error| de::Error::custom(format!("max_tier {error}")))
 }
 
 #[cfg(test)]

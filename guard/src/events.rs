@@ -123,7 +123,11 @@ impl GuardEvent {
     }
 
     /// An event guard made itself, now.
-    pub(crate) fn synthetic(container: Option<String>, cgroup_id: u64, detail: EventDetail) -> Self {
+    pub(crate) fn synthetic(
+        container: Option<String>,
+        cgroup_id: u64,
+        detail: EventDetail,
+    ) -> Self {
         Self {
             container,
             ring: None,
@@ -135,11 +139,13 @@ impl GuardEvent {
 }
 
 /// Decodes one ring-buffer record: the header, then the signal its kind names.
-pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     let header: EventHeader = signals::read_record(bytes, "event header")?;
     let detail = match EventKind::from_raw(header.kind) {
         Some(EventKind::Fork) => EventDetail::Fork(signals::fork::decode(bytes)?),
-        Some(EventKind::ForkDenied) => EventDetail::ForkDenied(signals::fork_denied::decode(bytes)?),
+        Some(EventKind::ForkDenied) => {
+            EventDetail::ForkDenied(signals::fork_denied::decode(bytes)?)
+        }
         Some(EventKind::OomVictim) => EventDetail::OomVictim(signals::oom_victim::decode(bytes)?),
         Some(EventKind::Reclaim) => EventDetail::Reclaim(signals::reclaim::decode(bytes)?),
         Some(EventKind::Throttle) => EventDetail::Throttle(signals::throttle::decode(bytes)?),
@@ -218,10 +224,14 @@ mod tests {
     /// The serialised `kind` is the kind's name, and a synthetic event has no ring position.
     #[test]
     fn serialises_kind_names_and_ring_positions() {
-        let kernel = GuardEvent::kernel(Some("c".into()), decode(&as_bytes(&fork_record())).unwrap());
+        let kernel =
+            GuardEvent::kernel(Some("c".into()), decode(&as_bytes(&fork_record())).unwrap());
         let json = serde_json::to_value(&kernel).unwrap();
         assert_eq!(json["kind"], kernel.detail.kind_name());
-        assert_eq!((json["cpu"].as_u64(), json["seq"].as_u64()), (Some(1), Some(7)));
+        assert_eq!(
+            (json["cpu"].as_u64(), json["seq"].as_u64()),
+            (Some(1), Some(7))
+        );
         assert_eq!(json["parent_pid"], 10);
         let lost = GuardEvent::synthetic(
             None,
@@ -233,7 +243,10 @@ mod tests {
         );
         let json = serde_json::to_value(&lost).unwrap();
         assert_eq!(json["kind"], "lost");
-        assert!(json.get("cpu").is_none() && json.get("seq").is_none(), "{json}");
+        assert!(
+            json.get("cpu").is_none() && json.get("seq").is_none(),
+            "{json}"
+        );
         assert!(json["ktime_ns"].as_u64().unwrap() > 0);
     }
 }

@@ -8,15 +8,14 @@ use std::path::{Path, PathBuf};
 
 use guard::{
     ContainerId, Guard, GuardOptions, Tier,
-    capability::BASELINE_TRACEPOINTS,
     cgroup::Hierarchy,
     config::Config,
     forensic::{
         self, FsyncPolicy, LogOptions, LogReader, LogWriter, StartInfo,
         serde_json::{Value, json},
     },
+    internals::{read_offsets, tracepoints},
     limits::{LimitRequest, MemInfo, MemorySetting, PidsSetting, SwapSetting},
-    probes::read_offsets,
 };
 
 /// Collects mismatches so one run shows them all.
@@ -301,7 +300,7 @@ fn meminfo() {
 fn fake_tracefs(tag: &str) -> Scratch {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format/6.12");
     let root = Scratch::new(&format!("tracefs-{tag}"));
-    for (category, name) in BASELINE_TRACEPOINTS {
+    for (category, name) in tracepoints() {
         let dir = root.0.join("events").join(category).join(name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(fixtures.join(format!("{name}.format")), dir.join("format")).unwrap();

@@ -1,7 +1,6 @@
 //! `ContainerId::from_bytes` (and through it `parse`): an accepted id is safe as one path
 //! component and round-trips; a rejected one is named in the error, non-UTF-8 lossily.
-use guard::ContainerId;
-use guard::container_id::{ContainerIdError, MAX_ID_LEN};
+use guard::{ContainerId, ContainerIdError, MAX_ID_LEN};
 
 pub fn run(data: &[u8]) {
     let text = String::from_utf8_lossy(data);

@@ -1,7 +1,7 @@
-//! `events::decode` on arbitrary ring-buffer records: never panics, reads only the record's
+//! The ring-buffer decoder on arbitrary ring-buffer records: never panics, reads only the record's
 //! own bytes, and reports what the header says.
 use guard::EventDetail;
-use guard::events::{DecodeError, decode};
+use guard::internals::{DecodeError, decode};
 use guard_common::{
     COMM_LEN, EventHeader, EventKind, ForkDeniedEvent, ForkEvent, OomVictimEvent, ReclaimEvent,
     ThrottleEvent,
@@ -42,16 +42,12 @@ pub fn run(data: &[u8]) {
             );
             // Trailing bytes are not part of the record.
             assert_eq!(decode(&data[..size]).as_ref(), Ok(&event));
-            if let EventDetail::OomVictim {
-                comm,
-                outside_containers,
-                ..
-            } = &event.detail
-            {
+            if let EventDetail::OomVictim(victim) = &event.detail {
+                let comm = &victim.comm;
                 assert!(!comm.contains('\0'), "{comm:?}");
                 // Lossy decoding replaces each bad byte with U+FFFD (3 bytes).
                 assert!(comm.len() <= 3 * COMM_LEN, "{comm:?}");
-                assert_eq!(*outside_containers, event.cgroup_id == 0);
+                assert_eq!(victim.outside_containers, event.cgroup_id == 0);
             }
             guard::forensic::serde_json::to_string(&event).unwrap();
         }

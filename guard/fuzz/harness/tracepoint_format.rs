@@ -2,7 +2,7 @@
 //! tracepoint, and a parsed format survives being written back out and parsed again.
 use std::fmt::Write as _;
 
-use guard::tracefs::{Format, TracefsError};
+use guard::internals::{Format, TracefsError};
 
 const TRACEPOINT: &str = "fuzz:format";
 

@@ -55,14 +55,6 @@ pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
     Ok(PathBuf::from(TRACEFS))
 }
 
-/// The tracefs root if it is mounted, without mounting it (for read-only reports).
-pub fn mounted_root() -> Option<PathBuf> {
-    [TRACEFS, DEBUGFS_TRACING]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|root| root.join("events").is_dir())
-}
-
 fn mount_tracefs(target: &Path) -> Result<(), TracefsError> {
     let error = |source| TracefsError::Mount {
         path: target.to_path_buf(),
@@ -222,8 +214,10 @@ fn parse_field(line: &str) -> Result<Field, &'static str> {
 mod tests {
     use super::*;
 
-    const FORK_6_18: &str = include_str!("../tests/fixtures/format/6.18/sched_process_fork.format");
-    const FORK_6_1: &str = include_str!("../tests/fixtures/format/6.1/sched_process_fork.format");
+    const FORK_6_18: &str =
+        include_str!("../../tests/fixtures/format/6.18/sched_process_fork.format");
+    const FORK_6_1: &str =
+        include_str!("../../tests/fixtures/format/6.1/sched_process_fork.format");
 
     #[test]
     fn parses_inline_comm_fork_layout() {

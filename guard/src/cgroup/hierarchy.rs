@@ -5,32 +5,7 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
-#[derive(Debug, thiserror::Error)]
-pub enum CgroupError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("no cgroup2 filesystem is mounted (looked in {mountinfo})")]
-    NotMounted { mountinfo: PathBuf },
-    #[error("{path} is not a cgroup directory under the cgroup2 mount {mount}")]
-    NotUnderMount { path: PathBuf, mount: PathBuf },
-    #[error("{path}, line {line}: cannot parse {text:?}")]
-    Malformed {
-        path: PathBuf,
-        line: usize,
-        text: String,
-    },
-    #[error("{path} is {level} levels deep; at most {max} are supported")]
-    TooDeep { path: PathBuf, level: u32, max: u32 },
-    #[error("cgroup directory {path} does not exist")]
-    Missing { path: PathBuf },
-    #[error("{path} is not on a cgroup2 filesystem (it is on {filesystem})")]
-    NotCgroup2 { path: PathBuf, filesystem: String },
-    #[error("{path} is not a directory: a cgroup is a directory under the cgroup2 mount {mount}")]
-    NotADirectory { path: PathBuf, mount: PathBuf },
-}
+use super::CgroupError;
 
 /// `CGROUP2_SUPER_MAGIC` from linux/magic.h (libc's type for it differs between gnu and musl).
 const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;

@@ -1,7 +1,118 @@
-//! cgroup v2: the hierarchy (mount, ids, levels) and the kernel's own files per cgroup (event
-//! counters and limits), which are the ground truth the BPF counters are reconciled with.
-mod files;
+//! cgroup v2: the hierarchy (mount, ids, levels), the kernel's own files per cgroup (event
+//! counters, limits), and every read and write guard makes there. Errors name the file (and
+//! the value, for a write).
+mod events;
 mod hierarchy;
+mod limits;
+mod procs;
 
-pub use files::{EventFiles, KeyedCounts, Limit, LimitsReadBack, read_limits};
-pub use hierarchy::{CgroupError, CgroupIdentity, Hierarchy};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+pub use events::{EventFiles, KeyedCounts};
+pub use hierarchy::{CgroupIdentity, Hierarchy};
+pub use limits::{HeldLimits, LimitValue};
+pub use procs::command_inside;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no cgroup2 filesystem is mounted (looked in {mountinfo})")]
+    NotMounted { mountinfo: PathBuf },
+    #[error("{path} is not a cgroup directory under the cgroup2 mount {mount}")]
+    NotUnderMount { path: PathBuf, mount: PathBuf },
+    #[error("{path}, line {line}: cannot parse {text:?}")]
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
+    #[error("{path} is {level} levels deep; at most {max} are supported")]
+    TooDeep { path: PathBuf, level: u32, max: u32 },
+    #[error("cgroup directory {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("{path} is not on a cgroup2 filesystem (it is on {filesystem})")]
+    NotCgroup2 { path: PathBuf, filesystem: String },
+    #[error("{path} is not a directory: a cgroup is a directory under the cgroup2 mount {mount}")]
+    NotADirectory { path: PathBuf, mount: PathBuf },
+    #[error("writing {value} to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: std::io::Error,
+    },
+    #[error("creating cgroup {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("removing cgroup {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A cgroup file's text; None when it does not exist (the controller is not enabled for this
+/// cgroup, or the kernel lacks the file).
+fn read_optional(path: &Path) -> Result<Option<String>, CgroupError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CgroupError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The text of the file `name` of `cgroup`, trimmed; None when it does not exist.
+pub fn read(cgroup: &Path, name: &str) -> Result<Option<String>, CgroupError> {
+    Ok(read_optional(&cgroup.join(name))?.map(|text| text.trim().to_string()))
+}
+
+/// Writes `value` to the file `name` of `cgroup`: the one way guard changes a cgroup.
+pub fn write(cgroup: &Path, name: &str, value: &str) -> Result<(), CgroupError> {
+    let path = cgroup.join(name);
+    fs::write(&path, value).map_err(|source| CgroupError::Write {
+        path,
+        value: value.to_string(),
+        source,
+    })
+}
+
+/// Creates the cgroup directory `path` (which must not exist yet).
+pub fn create(path: &Path) -> Result<(), CgroupError> {
+    fs::create_dir(path).map_err(|source| CgroupError::Create {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Removes the cgroup directory `path`, retrying briefly while it is busy: a cgroup whose last
+/// task is still being torn down cannot be removed yet.
+pub fn remove(path: &Path) -> Result<(), CgroupError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match fs::remove_dir(path) {
+            Err(error)
+                if error.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => {
+                return result.map_err(|source| CgroupError::Remove {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}

@@ -13,14 +13,14 @@ use std::{
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, warn};
 
+use super::{hub::Hub, lock};
 use crate::{
     cgroup::KeyedCounts,
-    events::{EventDetail, KernelEvent},
-    reader::ReaderState,
+    events::{EventDetail, KernelFile},
 };
 
 /// The files whose changes are streamed.
-pub const WATCHED_FILES: [&str; 2] = ["memory.events", "pids.events"];
+pub(crate) const WATCHED_FILES: [&str; 2] = ["memory.events", "pids.events"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileWatchError {
@@ -40,21 +40,15 @@ struct Target {
 }
 
 /// The inotify instance and what each watch descriptor stands for.
-pub struct FileWatcher {
+pub(crate) struct FileWatcher {
     fd: Arc<OwnedFd>,
     targets: Arc<Mutex<HashMap<i32, Target>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl FileWatcher {
     /// Creates the instance and spawns the task that turns notifications into events.
     pub fn start(
-        state: Arc<Mutex<ReaderState>>,
+        hub: Arc<Mutex<Hub>>,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), FileWatchError> {
         // SAFETY: inotify_init1 takes flags only; a non-negative result is a new fd we own.
         let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
@@ -63,7 +57,7 @@ impl FileWatcher {
         }
         let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
         let targets = Arc::new(Mutex::new(HashMap::new()));
-        let task = tokio::spawn(run(Arc::clone(&fd), Arc::clone(&targets), state));
+        let task = tokio::spawn(run(Arc::clone(&fd), Arc::clone(&targets), hub));
         Ok((Self { fd, targets }, task))
     }
 
@@ -122,11 +116,7 @@ impl AsRawFd for SharedFd {
     }
 }
 
-async fn run(
-    fd: Arc<OwnedFd>,
-    targets: Arc<Mutex<HashMap<i32, Target>>>,
-    state: Arc<Mutex<ReaderState>>,
-) {
+async fn run(fd: Arc<OwnedFd>, targets: Arc<Mutex<HashMap<i32, Target>>>, hub: Arc<Mutex<Hub>>) {
     // SAFETY: the Arc keeps the fd open and unchanged for as long as the AsyncFd lives.
     let registered =
         unsafe { AsyncFd::register_with_interest(SharedFd(fd), tokio::io::Interest::READABLE) };
@@ -164,7 +154,7 @@ async fn run(
             return;
         }
         let changed = changed_descriptors(&buffer[..read as usize]);
-        let snapshots: Vec<KernelEvent> = {
+        let snapshots: Vec<(u64, EventDetail)> = {
             let targets = lock(&targets);
             changed
                 .iter()
@@ -172,9 +162,9 @@ async fn run(
                 .filter_map(snapshot)
                 .collect()
         };
-        let mut state = lock(&state);
-        for event in snapshots {
-            state.publish_external(event);
+        let mut hub = lock(&hub);
+        for (cgroup_id, detail) in snapshots {
+            hub.publish_synthetic(cgroup_id, detail);
         }
     }
 }
@@ -196,7 +186,7 @@ fn changed_descriptors(buffer: &[u8]) -> Vec<i32> {
     changed
 }
 
-fn snapshot(target: &Target) -> Option<KernelEvent> {
+fn snapshot(target: &Target) -> Option<(u64, EventDetail)> {
     let text = match std::fs::read_to_string(&target.path) {
         Ok(text) => text,
         Err(error) => {
@@ -207,27 +197,13 @@ fn snapshot(target: &Target) -> Option<KernelEvent> {
     let counts = KeyedCounts::parse(&target.path, &text)
         .inspect_err(|error| warn!(%error, "unreadable kernel event file"))
         .ok()?;
-    Some(KernelEvent {
-        cpu: 0,
-        seq: 0,
-        ktime_ns: monotonic_ns(),
-        cgroup_id: target.cgroup_id,
-        detail: EventDetail::KernelFile {
+    Some((
+        target.cgroup_id,
+        EventDetail::KernelFile(KernelFile {
             file: target.file,
             counts,
-        },
-    })
-}
-
-/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` uses, so events order across sources.
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+        }),
+    ))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use tracing::error;
 
 use crate::{
     Guard,
-    events::{EventDetail, GuardEvent},
+    events::{EventDetail, GuardEvent, RingPosition},
     forensic::{Head, LogOptions, LogWriter, Lost, StartInfo, Throttle, WriterError},
 };
 
@@ -88,7 +88,7 @@ impl EventLog {
         options: LogOptions,
         limits: Value,
     ) -> Result<Self, EventLogError> {
-        let mut start = StartInfo::new(guard.tier() as u8, limits);
+        let mut start = StartInfo::new(u8::from(guard.tier()), limits);
         start.extra.insert(
             "capabilities".to_string(),
             serde_json::to_value(guard.capabilities()).unwrap_or(Value::Null),
@@ -262,10 +262,11 @@ fn append_drops(
     Ok(())
 }
 
+/// An event's log payload: the event without its container (the record names it).
 #[derive(Serialize)]
 struct EventPayload<'a> {
-    cpu: u32,
-    seq: u64,
+    #[serde(flatten)]
+    ring: Option<RingPosition>,
     ktime_ns: u64,
     cgroup_id: u64,
     #[serde(flatten)]
@@ -275,33 +276,29 @@ struct EventPayload<'a> {
 /// Appends one streamed event as its log record (`lost` and `throttle` in their own forms).
 pub fn append_event(writer: &mut LogWriter, event: &GuardEvent) -> Result<(), EventLogError> {
     let container = event.container.as_deref();
-    match &event.event.detail {
-        EventDetail::Lost { event_kind, count } => {
+    match &event.detail {
+        EventDetail::Lost(lost) => {
             let lost = Lost {
                 source: "bpf_ringbuf".to_string(),
-                event_kind: Some(event_kind.to_string()),
+                event_kind: Some(lost.event_kind.to_string()),
                 cpu: None,
-                count: *count,
+                count: lost.count,
             };
             writer.append_lost(container, &lost)?;
         }
-        EventDetail::Throttle {
-            suppressed,
-            window_ns,
-        } => {
+        EventDetail::Throttle(throttle) => {
             let throttle = Throttle {
                 event_kind: "any".to_string(),
-                suppressed: *suppressed,
-                window_ms: window_ns / 1_000_000,
+                suppressed: throttle.suppressed,
+                window_ms: throttle.window_ns / 1_000_000,
             };
             writer.append_throttle(container, &throttle)?;
         }
         detail => {
             let payload = EventPayload {
-                cpu: event.event.cpu,
-                seq: event.event.seq,
-                ktime_ns: event.event.ktime_ns,
-                cgroup_id: event.event.cgroup_id,
+                ring: event.ring,
+                ktime_ns: event.ktime_ns,
+                cgroup_id: event.cgroup_id,
                 detail,
             };
             writer.append(detail.kind_name(), container, &payload)?;

@@ -4,19 +4,13 @@ use std::{fmt::Write as _, path::PathBuf};
 
 use serde::Serialize;
 
+use super::Reconciliation;
 use crate::{
     Tier,
-    cgroup::{EventFiles, LimitsReadBack},
-    guard::{ContainerCounters, LossReport},
-    reconcile::Reconciliation,
+    cgroup::{EventFiles, HeldLimits, LimitValue},
+    counters::{ContainerCounters, LossReport},
+    limits::Limits,
 };
-
-/// The limits the agent asked for, so the report can say whether the kernel holds them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct RequestedLimits {
-    pub memory_max: Option<u64>,
-    pub pids_max: Option<u64>,
-}
 
 /// A container's report.
 #[derive(Debug, Clone, Serialize)]
@@ -25,8 +19,11 @@ pub struct Report {
     pub cgroup: PathBuf,
     pub cgroup_id: u64,
     pub tier: Tier,
-    pub requested: RequestedLimits,
-    pub applied: LimitsReadBack,
+    /// The limits the agent said it applied (None: the guard was not told, e.g. a cgroup it
+    /// did not create), so the verdict can check the kernel holds exactly those.
+    pub requested: Option<Limits>,
+    /// What the kernel holds now.
+    pub applied: HeldLimits,
     pub counters: ContainerCounters,
     /// The kernel's event counters since watching began.
     pub kernel_since_watch: EventFiles,
@@ -48,21 +45,16 @@ impl Report {
             self.cgroup_id,
             self.tier
         );
-        let show = |limit: Option<crate::cgroup::Limit>| {
-            limit.map_or("-".to_string(), |limit| limit.to_string())
-        };
+        let show =
+            |limit: Option<LimitValue>| limit.map_or("-".to_string(), |limit| limit.to_string());
         let _ = writeln!(
             out,
             "  limits      memory.max {} (asked {})  memory.swap.max {}  pids.max {} (asked {})",
             show(self.applied.memory_max),
-            self.requested
-                .memory_max
-                .map_or("-".to_string(), |v| v.to_string()),
+            asked(self.requested.map(|limits| limits.memory_max)),
             show(self.applied.memory_swap_max),
             show(self.applied.pids_max),
-            self.requested
-                .pids_max
-                .map_or("-".to_string(), |v| v.to_string()),
+            asked(self.requested.map(|limits| limits.pids_max)),
         );
         match &self.counters.bpf {
             Some(bpf) => {
@@ -110,4 +102,11 @@ impl Report {
         let _ = writeln!(out, "  verdict     {}", r.verdict);
         out
     }
+}
+
+/// What was asked for one limit (`-`: not told, or no limit).
+fn asked(limit: Option<Option<u64>>) -> String {
+    limit
+        .flatten()
+        .map_or("-".to_string(), |value| value.to_string())
 }

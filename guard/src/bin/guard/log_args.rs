@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use guard::{
     Guard,
-    event_log::EventLog,
     forensic::{FsyncPolicy, LogOptions},
+    sinks::event_log::EventLog,
 };
 
 #[derive(clap::Args, Debug, Clone)]

@@ -1,15 +1,17 @@
-//! The `guard` command line.
+//! The `guard` command line: one file per command, one tokio runtime for all of them.
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-mod cli_args;
-mod cli_exec;
-mod cli_log;
-mod cli_run;
-mod cli_selftest;
-mod cli_watch;
+mod args;
+mod exec;
+mod log;
 mod log_args;
+mod probe;
+mod run;
+mod selftest;
+mod watch;
 
 /// guard: prove that a micro-VM guest's per-container cgroup limits held.
 ///
@@ -40,23 +42,23 @@ enum Command {
     /// its reconciled report when it exits.
     ///
     /// Example: `guard exec --cgroup /sys/fs/cgroup/demo --pids-max 64 -- sh -c 'for i in 1 2 3; do true; done'`
-    Exec(cli_exec::ExecArgs),
+    Exec(exec::ExecArgs),
     /// Watch existing cgroups (any cgroup v2 host: beside Docker, systemd or Kubernetes):
     /// stream their events and print their reports on Ctrl-C (or after --duration).
     ///
     /// Example: `guard watch --cgroup /sys/fs/cgroup/system.slice/docker-abc.scope --events -`
-    Watch(cli_watch::WatchArgs),
+    Watch(watch::WatchArgs),
     /// Run one guarded container to completion (libcontainer): limits at /guard/<id>, events
     /// streamed to stderr, a report at the end.
     ///
     /// Example: `guard run --memory 64M --pids 128 --rootfs /tmp/rootfs -- sh -c 'echo hi'`
-    Run(cli_run::RunArgs),
+    Run(run::RunArgs),
     /// Prove the limits hold on this machine: one guarded container (pids.max 512, memory.max
     /// 60% of MemAvailable), three bomb waves inside it (a pids bomb, a 512 MiB allocation, 200 × 2 MiB children),
     /// per-wave evidence, a forensic log. Meant for a disposable guest: it is hostile on purpose.
-    Selftest(cli_selftest::SelftestArgs),
+    Selftest(selftest::SelftestArgs),
     /// Read, follow, verify and repair the hash-chained forensic log (see docs/LOG-FORMAT.md).
-    Log(cli_log::LogArgs),
+    Log(log::LogArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,18 +71,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Probe { json } => probe(json),
-        Command::Exec(args) => cli_exec::run(args),
-        Command::Watch(args) => cli_watch::run(args),
-        Command::Run(args) => cli_run::run(args),
-        Command::Log(args) => cli_log::run(args),
-        Command::Selftest(args) => cli_selftest::run(args),
+        Command::Probe { json } => probe::run(json),
+        // Reading a log needs no runtime.
+        Command::Log(args) => log::run(args),
+        command => tokio_runtime().and_then(|runtime| runtime.block_on(dispatch(command))),
     };
     match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("guard: error: {}", render(&error));
-            if error.is::<cli_args::UsageError>() {
+            if error.is::<args::UsageError>() {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -106,12 +106,23 @@ fn render(error: &anyhow::Error) -> String {
     text
 }
 
-fn probe(json: bool) -> anyhow::Result<ExitCode> {
-    let report = guard::CapabilityReport::probe();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.to_text());
+/// The commands that watch containers, on the one runtime.
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Exec(args) => exec::run(args).await,
+        Command::Watch(args) => watch::run(args).await,
+        Command::Run(args) => run::run(args).await,
+        Command::Selftest(args) => selftest::run(args).await,
+        Command::Probe { .. } | Command::Log(_) => unreachable!("run without a runtime"),
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// One thread for everything: libcontainer clones the calling process, and the fewer threads
+/// exist at that moment the fewer locks a child could inherit held; the reader and the sinks
+/// are cheap enough to share it (blocking waits go to tokio's blocking pool).
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
 }

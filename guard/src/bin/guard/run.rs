@@ -3,23 +3,17 @@
 //! Order matters: the container is created (its init waits), registered with the guard, and
 //! only then started, so the guard sees its first fork. Its event files are snapshotted
 //! before the cgroup is deleted (deletion erases them).
-use std::{
-    path::PathBuf,
-    process::{ExitCode, ExitStatus},
-    time::Instant,
-};
+use std::{path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::Context;
 use guard::{
-    ContainerId, Guard, GuardOptions, Tier,
+    ContainerId, Guard, GuardOptions, Report as GuardReport, Tier,
+    agent::{self, Ending, Finished},
+    cgroup::{EventFiles, KeyedCounts, LimitValue},
     config::Config,
-    event_log::EventLog,
     limits::{LimitRequest, Limits, MemInfo, MemorySetting, PidsSetting, SwapSetting},
-    report::{Report as GuardReport, RequestedLimits},
-    runtime::{
-        Container, Created, LimitsApplied, Removed, Runtime, RuntimeOptions, Source, Timings,
-        oom_score,
-    },
+    runtime::{CreationRecord, Runtime, RuntimeOptions, Source, Timings, oom_score},
+    sinks::event_log::EventLog,
     spec::{DEFAULT_CGROUP_ROOT, DEFAULT_OOM_SCORE_ADJ, SpecOptions},
 };
 use serde::Serialize;
@@ -32,28 +26,28 @@ pub struct RunArgs {
     config: Option<PathBuf>,
     /// Container id (no '/', whitespace or control characters, not `.` or `..`, at most
     /// 128 bytes; default `run-<guard's pid>`).
-    #[arg(long, value_parser = crate::cli_args::container_id())]
+    #[arg(long, value_parser = crate::args::container_id())]
     id: Option<ContainerId>,
     /// memory.max: bytes (64M, 1.5G, 67108864), a percentage of MemAvailable (50%), or
     /// `max`. Default: 90% of MemAvailable.
-    #[arg(long, allow_hyphen_values = true, value_parser = crate::cli_args::memory)]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::args::memory)]
     memory: Option<MemorySetting>,
     /// pids.max: a count or `max`. Default: 512.
-    #[arg(long, allow_hyphen_values = true, value_parser = crate::cli_args::pids)]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::args::pids)]
     pids: Option<PidsSetting>,
     /// memory.swap.max: bytes or `max`. Default: 0 (no swap for the container).
-    #[arg(long, allow_hyphen_values = true, value_parser = crate::cli_args::swap)]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::args::swap)]
     swap: Option<SwapSetting>,
     /// The container processes' oom_score_adj (-999..=1000).
     #[arg(
         long,
         default_value_t = DEFAULT_OOM_SCORE_ADJ,
         allow_hyphen_values = true,
-        value_parser = crate::cli_args::container_oom_score_adj
+        value_parser = crate::args::container_oom_score_adj
     )]
     oom_score_adj: i32,
     /// Parent cgroup of the containers, relative to the cgroup2 mount. Default: /guard.
-    #[arg(long, value_parser = crate::cli_args::cgroup_root)]
+    #[arg(long, value_parser = crate::args::cgroup_root)]
     cgroup_root: Option<String>,
     /// Root filesystem folder to run the command in.
     #[arg(long, conflicts_with = "bundle", required_unless_present = "bundle")]
@@ -110,8 +104,8 @@ impl RunArgs {
     }
 }
 
-pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
-    use crate::cli_args::usage;
+pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
+    use crate::args::usage;
     if let Some(path) = &args.config {
         let config = Config::load(path).map_err(usage)?;
         args.apply(config);
@@ -144,13 +138,7 @@ pub fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => return Err(usage("give --rootfs DIR or --bundle DIR")),
     };
-    // Single-threaded on purpose: libcontainer clones the calling process, and the fewer
-    // threads exist at that moment the fewer locks a child could inherit held.
-    let tokio = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    tokio.block_on(run_guarded(args, request, limits, source))
+    run_guarded(args, request, limits, source).await
 }
 
 /// Everything `guard run` reports about one container.
@@ -161,11 +149,11 @@ struct Report {
     limits_requested: LimitRequest,
     limits_resolved: Limits,
     /// What the kernel held right after creation (the runtime's read-back).
-    limits_applied: LimitsApplied,
+    limits_applied: CreationRecord,
     /// The guard's reconciled report, taken after the container exited, before deletion.
     guard: GuardReport,
     /// memory.events, memory.events.local, pids.events read just before the cgroup went.
-    final_kernel_events: guard::cgroup::EventFiles,
+    final_kernel_events: EventFiles,
     /// The agent's (this process's) oom_score_adj right after the container started.
     agent_oom_score_adj_after_start: i32,
     /// Commands exec'd into the container (`--exec`).
@@ -184,49 +172,11 @@ struct Exec {
     exit_code: Option<i32>,
 }
 
-/// What `supervise` found out.
-struct Supervised {
-    status: ExitStatus,
-    guard_report: GuardReport,
-    agent_score: i32,
-    execs: Vec<Exec>,
-    agent_score_after_execs: Option<i32>,
-}
-
-/// The one place the report is put together.
-#[allow(clippy::too_many_arguments)]
-fn assemble_report(
-    request: LimitRequest,
-    limits: Limits,
-    applied: LimitsApplied,
-    supervised: Supervised,
-    removed: Removed,
-    timings: Timings,
-    started: Instant,
-) -> Report {
-    use std::os::unix::process::ExitStatusExt;
-    Report {
-        exit_code: supervised.status.code(),
-        exit_signal: supervised.status.signal(),
-        limits_requested: request,
-        limits_resolved: limits,
-        limits_applied: applied,
-        guard: supervised.guard_report,
-        final_kernel_events: removed.final_events,
-        agent_oom_score_adj_after_start: supervised.agent_score,
-        execs: supervised.execs,
-        agent_oom_score_adj_after_execs: supervised.agent_score_after_execs,
-        timings,
-        wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-    }
-}
-
 fn print_human(report: &Report) {
     print!("{}", report.guard.to_text());
     let show = |value: Option<u64>| value.map_or("max".to_string(), |v| v.to_string());
-    let limit = |value: Option<guard::cgroup::Limit>| {
-        value.map_or("absent".to_string(), |limit| limit.to_string())
-    };
+    let limit =
+        |value: Option<LimitValue>| value.map_or("absent".to_string(), |limit| limit.to_string());
     let applied = &report.limits_applied;
     match (report.exit_code, report.exit_signal) {
         (Some(code), _) => println!("  exited with code {code}"),
@@ -254,7 +204,7 @@ fn print_human(report: &Report) {
         );
     }
     let events = &report.final_kernel_events;
-    let line = |name: &str, counts: &Option<guard::cgroup::KeyedCounts>| match counts {
+    let line = |name: &str, counts: &Option<KeyedCounts>| match counts {
         Some(counts) => {
             let pairs: Vec<String> = counts.0.iter().map(|(k, v)| format!("{k} {v}")).collect();
             println!("  final {name:<20} {}", pairs.join(", "));
@@ -286,9 +236,8 @@ async fn run_guarded(
         ContainerId::to_string,
     );
     let max_tier = match args.max_tier {
-        Some(0) => Tier::CgroupFilesOnly,
-        Some(1) => Tier::Tracepoints,
-        _ => Tier::TracepointsAndKprobes,
+        Some(tier) => Tier::try_from(i64::from(tier))?,
+        None => Tier::TracepointsAndKprobes,
     };
     let guard = Guard::start(GuardOptions {
         max_tier,
@@ -362,37 +311,59 @@ async fn run_logged(
         no_pivot: args.no_pivot,
         ..RuntimeOptions::default()
     })?;
-    let Created {
-        mut container,
-        applied,
-    } = runtime
-        .create(id, &source, &limits)
+    // Subscribed before the container exists: its first event is printed too.
+    let printer = (!args.quiet).then(|| {
+        let mut events = guard.subscribe(4096);
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if let Ok(line) = serde_json::to_string(&event) {
+                    eprintln!("{line}");
+                }
+            }
+        })
+    });
+    let running = agent::supervise(guard, &runtime, log, id, &source, &limits)
+        .await
         .with_context(|| format!("creating container {id}"))?;
     if !args.quiet {
-        eprintln!("{}", serde_json::to_string(&applied)?);
+        eprintln!("{}", serde_json::to_string(running.created())?);
     }
-    let result = async {
-        // Logged before the start: the record of what the kernel holds precedes every event.
-        if let Some(log) = log {
-            log.record("limits_applied", Some(id), &applied)
-                .await
-                .context("logging limits_applied")?;
-        }
-        supervise(guard, &mut container, &limits, args, stop_signals).await
+    let agent_score = oom_score::own_oom_score_adj();
+    let execs = run_execs(&running, args).await;
+    let agent_score_after_execs = match &execs {
+        Ok(execs) if !execs.is_empty() => Some(oom_score::own_oom_score_adj()),
+        _ => None,
+    };
+    // Written last, so whoever waits for it can rely on the start and the execs being done.
+    let pid_file = match (&execs, &args.pid_file) {
+        (Ok(_), Some(path)) => std::fs::write(path, running.container().init_pid().to_string())
+            .with_context(|| format!("writing {}", path.display())),
+        _ => Ok(()),
+    };
+    let ending = match (&execs, &pid_file) {
+        (Ok(_), Ok(())) => Ending::InitExitsOrStop(Box::pin(async {
+            stop_signals.received().await;
+            eprintln!("guard: stopping container {id}");
+        })),
+        // Something failed: stop the container, still report and remove it.
+        _ => Ending::KillNow,
+    };
+    // Whatever happened, the container is stopped, unwatched and removed.
+    let finished = running.finish(ending).await;
+    if let Some(printer) = printer {
+        printer.abort();
     }
-    .await;
-    // Whatever happened, remove the container (snapshotting its event files first).
-    let removed = container.delete();
-    let supervised = result?;
-    let status = supervised.status;
-    let removed = removed.with_context(|| format!("deleting container {id}"))?;
+    let execs = execs?;
+    pid_file?;
+    let finished = finished?;
+    let status = finished.status;
     let report = assemble_report(
         request,
         limits,
-        applied,
-        supervised,
-        removed,
-        container.timings(),
+        finished,
+        agent_score?,
+        execs,
+        agent_score_after_execs.transpose()?,
         started,
     );
     // Logged before anything is printed or written: what the log says is what was reported.
@@ -425,76 +396,52 @@ async fn run_logged(
     })
 }
 
-/// Watch, start, wait: returns the exit status, the guard's report (taken before the cgroup
-/// is deleted) and the agent's score right after the start.
-async fn supervise(
-    guard: &Guard,
-    container: &mut Container,
-    limits: &Limits,
-    args: &RunArgs,
-    stop_signals: &mut StopSignals,
-) -> anyhow::Result<Supervised> {
-    let id = container.id().to_string();
-    let requested = RequestedLimits {
-        memory_max: limits.memory_max,
-        pids_max: limits.pids_max,
-    };
-    guard
-        .watch_limited(&id, container.cgroup(), requested)
-        .with_context(|| format!("watching {}", container.cgroup().display()))?;
-    let printer = (!args.quiet).then(|| {
-        let mut events = guard.subscribe(4096);
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                if let Ok(line) = serde_json::to_string(&event) {
-                    eprintln!("{line}");
-                }
-            }
-        })
-    });
-    container.start()?;
-    let agent_score = oom_score::own_oom_score_adj()?;
+/// The `--exec` commands, in order, each waited for.
+async fn run_execs(running: &agent::Supervised<'_>, args: &RunArgs) -> anyhow::Result<Vec<Exec>> {
+    let id = running.container().id();
     let mut execs = Vec::new();
     for command in &args.exec {
         let mut env = vec![guard::spec::DEFAULT_PATH.to_string()];
         env.extend(args.env.iter().cloned());
-        let pid = container
-            .exec(&["sh".to_string(), "-c".to_string(), command.clone()], &env)
+        let shell = ["sh".to_string(), "-c".to_string(), command.clone()];
+        let (pid, status) = running
+            .exec_and_wait(&shell, &env)
+            .await
             .with_context(|| format!("exec {command:?} into {id}"))?;
-        let status = tokio::task::spawn_blocking(move || guard::runtime::wait_pid(pid)).await??;
         execs.push(Exec {
             command: command.clone(),
             pid,
             exit_code: status.code(),
         });
     }
-    let agent_score_after_execs = if execs.is_empty() {
-        None
-    } else {
-        Some(oom_score::own_oom_score_adj()?)
-    };
-    // Written last, so whoever waits for it can rely on the start and the execs being done.
-    if let Some(path) = &args.pid_file {
-        std::fs::write(path, container.init_pid().to_string())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    let pid = container.init_pid();
-    let mut waiter = tokio::task::spawn_blocking(move || guard::runtime::wait_pid(pid));
-    let status = tokio::select! {
-        status = &mut waiter => status??,
-        _ = stop_signals.received() => stop(container, waiter).await?,
-    };
-    let guard_report = guard.unwatch(&id).await?;
-    if let Some(printer) = printer {
-        printer.abort();
-    }
-    Ok(Supervised {
-        status,
-        guard_report,
-        agent_score,
+    Ok(execs)
+}
+
+/// The one place the report is put together.
+fn assemble_report(
+    request: LimitRequest,
+    limits: Limits,
+    finished: Finished,
+    agent_score: i32,
+    execs: Vec<Exec>,
+    agent_score_after_execs: Option<i32>,
+    started: Instant,
+) -> Report {
+    use std::os::unix::process::ExitStatusExt;
+    Report {
+        exit_code: finished.status.code(),
+        exit_signal: finished.status.signal(),
+        limits_requested: request,
+        limits_resolved: limits,
+        timings: finished.container.timings(),
+        limits_applied: finished.created,
+        guard: finished.report,
+        final_kernel_events: finished.removed.final_events,
+        agent_oom_score_adj_after_start: agent_score,
         execs,
-        agent_score_after_execs,
-    })
+        agent_oom_score_adj_after_execs: agent_score_after_execs,
+        wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }
 }
 
 /// SIGTERM or SIGINT to `guard run` stops the container (SIGKILL to all its processes) and
@@ -520,14 +467,4 @@ impl StopSignals {
             _ = self.interrupt.recv() => {}
         }
     }
-}
-
-/// Kills every process of the container and waits for its init.
-async fn stop(
-    container: &mut Container,
-    waiter: tokio::task::JoinHandle<Result<ExitStatus, guard::runtime::RuntimeError>>,
-) -> anyhow::Result<ExitStatus> {
-    eprintln!("guard: stopping container {}", container.id());
-    container.kill(libc::SIGKILL, true)?;
-    Ok(waiter.await??)
 }

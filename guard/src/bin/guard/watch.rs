@@ -1,10 +1,11 @@
 //! `guard watch`: attach to existing cgroups, stream their events, print their reports when
 //! stopped (Ctrl-C, SIGTERM or --duration).
-use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use guard::{ContainerId, Guard, GuardEvent, GuardOptions, StreamOptions, cgroup::Hierarchy};
-use tokio::sync::mpsc::Receiver;
+use guard::{
+    ContainerId, Guard, GuardOptions, StreamOptions, cgroup::Hierarchy, sinks::json_lines,
+};
 
 #[derive(clap::Args)]
 pub struct WatchArgs {
@@ -14,7 +15,7 @@ pub struct WatchArgs {
         long = "cgroup",
         value_name = "[ID=]PATH",
         required = true,
-        value_parser = crate::cli_args::watch_target()
+        value_parser = crate::args::watch_target()
     )]
     cgroups: Vec<(ContainerId, PathBuf)>,
     /// Stop after this many seconds instead of waiting for Ctrl-C.
@@ -22,7 +23,7 @@ pub struct WatchArgs {
         long,
         value_name = "SECONDS",
         allow_hyphen_values = true,
-        value_parser = crate::cli_args::seconds
+        value_parser = crate::args::seconds
     )]
     duration: Option<Duration>,
     /// Write each event as a JSON line to FILE ("-" for standard output).
@@ -38,7 +39,7 @@ pub struct WatchArgs {
     log: crate::log_args::LogArgs,
 }
 
-pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let targets: Vec<(String, PathBuf)> = args
         .cgroups
         .iter()
@@ -51,15 +52,6 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             .identify(path)
             .with_context(|| format!("watching {id} at {}", path.display()))?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(watch(args, targets))
-}
-
-async fn watch(args: WatchArgs, targets: Vec<(String, PathBuf)>) -> anyhow::Result<ExitCode> {
     let options = GuardOptions {
         stream: StreamOptions {
             max_events_per_sec: args.max_events_per_sec,
@@ -79,10 +71,20 @@ async fn watch(args: WatchArgs, targets: Vec<(String, PathBuf)>) -> anyhow::Resu
         );
     }
     let log = args.log.start(&guard, serde_json::Value::Null)?;
-    let writer = args.events.as_ref().map(|path| {
-        let events = guard.subscribe(65_536);
-        tokio::spawn(write_events(events, path.clone()))
-    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let writer = match &args.events {
+        Some(path) => {
+            let out = json_lines::open(path)?;
+            let events = guard.subscribe(65_536);
+            Some(tokio::spawn(json_lines::write(
+                events,
+                out,
+                path.clone(),
+                stopped,
+            )))
+        }
+        None => None,
+    };
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing a SIGTERM handler")?;
@@ -103,10 +105,14 @@ async fn watch(args: WatchArgs, targets: Vec<(String, PathBuf)>) -> anyhow::Resu
         reports.push(guard.unwatch(id).await?);
     }
     crate::log_args::finish(log, &reports).await?;
-    // Dropping the guard closes the event stream: the writer then finishes what is queued.
-    drop(guard);
+    // Everything is drained now: the writer finishes what is queued.
+    let _ = stop.send(());
     if let Some(writer) = writer {
-        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        match tokio::time::timeout(Duration::from_secs(5), writer).await {
+            Ok(Ok(Err(error))) => eprintln!("guard: {error}"),
+            Ok(Err(error)) => eprintln!("guard: the events writer failed: {error}"),
+            Ok(Ok(Ok(()))) | Err(_) => {}
+        }
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -116,36 +122,4 @@ async fn watch(args: WatchArgs, targets: Vec<(String, PathBuf)>) -> anyhow::Resu
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn write_events(mut events: Receiver<GuardEvent>, path: PathBuf) {
-    let mut out: Box<dyn std::io::Write + Send> = if path.as_os_str() == "-" {
-        Box::new(std::io::stdout())
-    } else {
-        match std::fs::File::create(&path) {
-            Ok(file) => Box::new(std::io::BufWriter::new(file)),
-            Err(error) => {
-                eprintln!("guard: creating events file {}: {error}", path.display());
-                return;
-            }
-        }
-    };
-    while let Some(event) = events.recv().await {
-        let written = serde_json::to_string(&event)
-            .map_err(std::io::Error::other)
-            .and_then(|line| writeln!(out, "{line}"))
-            // Flush when caught up: one write per burst, not per event.
-            .and_then(|()| {
-                if events.is_empty() {
-                    out.flush()
-                } else {
-                    Ok(())
-                }
-            });
-        if let Err(error) = written {
-            eprintln!("guard: writing events to {}: {error}", path.display());
-            return;
-        }
-    }
-    let _ = out.flush();
 }

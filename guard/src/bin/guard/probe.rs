@@ -1,0 +1,12 @@
+//! `guard probe`: what this kernel offers, and the tier that follows.
+use std::process::ExitCode;
+
+pub fn run(json: bool) -> anyhow::Result<ExitCode> {
+    let report = guard::CapabilityReport::probe();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,228 @@
+//! Loading the eBPF object and attaching what the tier allows, signal by signal.
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{KProbe, ProgramError, TracePoint},
+};
+use guard_common::{CounterRow, LostCounts, ProbeConfig, TaskEntry, WatchEntry};
+use tracing::{debug, warn};
+
+use super::tracefs::{self, TracefsError};
+use crate::signals::{self, Hook, Program, SignalError};
+
+/// The eBPF object built by `build.rs`: the binary, tests and benches all load these bytes.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error(transparent)]
+    Signal(#[from] SignalError),
+    #[error("loading the guard eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the eBPF object has no map {name}")]
+    MissingMap { name: &'static str },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("the eBPF object has no program {name}")]
+    MissingProgram { name: &'static str },
+    #[error("eBPF program {name} on {tracepoint}: {source}")]
+    Program {
+        name: &'static str,
+        tracepoint: String,
+        source: ProgramError,
+    },
+}
+
+/// Sizes and thresholds of the event stream.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamOptions {
+    /// Ring-buffer size in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
+    /// Wake the reader once this many bytes wait; it polls for less (0 = wake on every record).
+    pub wakeup_bytes: u64,
+    /// Individual events streamed per container per CPU per second (0 = unbounded); the rest
+    /// are counted and reported by throttle records. Counters stay exact.
+    pub max_events_per_sec: u32,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self {
+            ring_bytes: 256 * 1024,
+            wakeup_bytes: 32 * 1024,
+            max_events_per_sec: 2000,
+        }
+    }
+}
+
+/// The loaded, attached programs and their maps.
+pub(crate) struct Probes {
+    // Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    pub(super) config_map: Array<MapData, ProbeConfig>,
+    pub(super) config: ProbeConfig,
+    pub(super) watched: HashMap<MapData, u64, WatchEntry>,
+    pub(super) tasks: HashMap<MapData, u32, TaskEntry>,
+    pub(super) counters: PerCpuArray<MapData, CounterRow>,
+    lost: Option<PerCpuArray<MapData, LostCounts>>,
+    ring: Option<RingBuf<MapData>>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pub(super) nr_cpus: usize,
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap { name })?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+impl Probes {
+    /// Mounts tracefs if needed, raises RLIMIT_MEMLOCK, loads the object, reads tracepoint
+    /// layouts, attaches every signal's programs (kretprobes only `with_kprobes`), and only
+    /// then arms them (`ready = 1`).
+    pub fn load(options: StreamOptions, with_kprobes: bool) -> Result<Self, ProbeError> {
+        let tracefs_root = tracefs::ensure_mounted()?;
+        raise_memlock_limit();
+
+        // No kernel BTF: the programs read tracepoint records at offsets from tracefs and need
+        // no CO-RE relocation, and parsing vmlinux BTF would triple the guard's peak memory
+        // and double its attach time.
+        let mut ebpf = EbpfLoader::new()
+            .btf(None)
+            .map_max_entries("EVENTS", options.ring_bytes)
+            .load(EBPF_OBJECT)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(error) => {
+                warn!(%error, "eBPF programs' own log messages will not be shown");
+                None
+            }
+        };
+
+        let mut config = ProbeConfig {
+            ready: 0,
+            max_events_per_sec: options.max_events_per_sec,
+            wakeup_bytes: options.wakeup_bytes,
+            offsets: signals::read_offsets(&tracefs_root)?,
+            ..Default::default()
+        };
+        for signal in signals::ALL {
+            for program in signal.programs {
+                if attach(&mut ebpf, program, with_kprobes, &mut config)? {
+                    debug!(signal = signal.name, program = program.name, "attached");
+                }
+            }
+        }
+
+        let mut probes = Self {
+            config_map: take_map(&mut ebpf, "CONFIG")?,
+            watched: take_map(&mut ebpf, "WATCHED")?,
+            tasks: take_map(&mut ebpf, "TASKS")?,
+            counters: take_map(&mut ebpf, "COUNTERS")?,
+            lost: Some(take_map(&mut ebpf, "LOST")?),
+            ring: Some(take_map(&mut ebpf, "EVENTS")?),
+            _ebpf: ebpf,
+            config,
+            logger,
+            nr_cpus: aya::util::nr_cpus().map_err(|(path, error)| ProbeError::Map {
+                name: "COUNTERS",
+                source: MapError::IoError(std::io::Error::new(
+                    error.kind(),
+                    format!("{path}: {error}"),
+                )),
+            })?,
+        };
+        probes.config.ready = 1;
+        probes.write_config()?;
+        Ok(probes)
+    }
+
+    /// The ring buffer, for the event reader (only once).
+    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.ring.take()
+    }
+
+    /// The per-CPU counts of ring-buffer reserve failures, for the event reader (only once).
+    pub fn take_lost(&mut self) -> Option<PerCpuArray<MapData, LostCounts>> {
+        self.lost.take()
+    }
+
+    /// The logger of the programs' own messages, for a task that flushes it.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
+    }
+}
+
+/// Loads and attaches one program (a kretprobe only `with_kprobes`, then arms it); false when
+/// the tier leaves it out.
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &Program,
+    with_kprobes: bool,
+    config: &mut ProbeConfig,
+) -> Result<bool, ProbeError> {
+    let name = program.name;
+    let error = |source| ProbeError::Program {
+        name,
+        tracepoint: program.hook.describe(),
+        source,
+    };
+    let loaded = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::MissingProgram { name })?;
+    match program.hook {
+        Hook::Tracepoint { category, name: tp } => {
+            let tracepoint: &mut TracePoint = loaded.try_into().map_err(error)?;
+            tracepoint.load().map_err(error)?;
+            tracepoint.attach(category, tp).map_err(error)?;
+        }
+        Hook::KRetProbe { function, armed } => {
+            if !with_kprobes {
+                return Ok(false);
+            }
+            let kprobe: &mut KProbe = loaded.try_into().map_err(error)?;
+            kprobe.load().map_err(error)?;
+            kprobe.attach(function, 0).map_err(error)?;
+            armed(config);
+        }
+    }
+    Ok(true)
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones to the memcg. Raise it as
+/// far as we may: unlimited, else the hard limit. Failing is only worth a note (a later load
+/// error says what really went wrong).
+fn raise_memlock_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit/getrlimit read or write a valid rlimit struct.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) == 0 {
+            return;
+        }
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) == 0 {
+                debug!(
+                    bytes = limit.rlim_cur,
+                    "RLIMIT_MEMLOCK raised to its hard limit"
+                );
+                return;
+            }
+        }
+    }
+    debug!(
+        error = %std::io::Error::last_os_error(),
+        "could not raise RLIMIT_MEMLOCK (kernels before 5.11 may refuse to load)"
+    );
+}

@@ -1,0 +1,122 @@
+//! Limits as the kernel holds them (`memory.max`, `memory.swap.max`, `pids.max`, the peaks),
+//! read back after they were written.
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+use super::{CgroupError, read_optional};
+
+/// A cgroup limit as the kernel writes it: a number or `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitValue {
+    Max,
+    Value(u64),
+}
+
+impl LimitValue {
+    pub fn parse(path: &Path, text: &str) -> Result<Self, CgroupError> {
+        match text.trim() {
+            "max" => Ok(LimitValue::Max),
+            number => number
+                .parse()
+                .map(LimitValue::Value)
+                .map_err(|_| CgroupError::Malformed {
+                    path: path.to_path_buf(),
+                    line: 1,
+                    text: text.trim().to_string(),
+                }),
+        }
+    }
+
+    pub fn value(self) -> Option<u64> {
+        match self {
+            LimitValue::Max => None,
+            LimitValue::Value(value) => Some(value),
+        }
+    }
+}
+
+impl fmt::Display for LimitValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimitValue::Max => f.write_str("max"),
+            LimitValue::Value(value) => write!(f, "{value}"),
+        }
+    }
+}
+
+/// Limits and peaks as the kernel holds them for one cgroup (None: no such file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldLimits {
+    pub cgroup: PathBuf,
+    pub memory_max: Option<LimitValue>,
+    pub memory_swap_max: Option<LimitValue>,
+    pub pids_max: Option<LimitValue>,
+    /// High-water marks (kernels 5.19+ for memory.peak; pids.peak is newer).
+    pub memory_peak: Option<u64>,
+    pub pids_peak: Option<u64>,
+}
+
+impl HeldLimits {
+    /// Reads what `cgroup` holds now.
+    pub fn read(cgroup: &Path) -> Result<Self, CgroupError> {
+        let limit = |name: &str| -> Result<Option<LimitValue>, CgroupError> {
+            let path = cgroup.join(name);
+            read_optional(&path)?
+                .map(|text| LimitValue::parse(&path, &text))
+                .transpose()
+        };
+        let peak = |name: &str| -> Result<Option<u64>, CgroupError> {
+            Ok(limit(name)?.and_then(LimitValue::value))
+        };
+        Ok(HeldLimits {
+            cgroup: cgroup.to_path_buf(),
+            memory_max: limit("memory.max")?,
+            memory_swap_max: limit("memory.swap.max")?,
+            pids_max: limit("pids.max")?,
+            memory_peak: peak("memory.peak")?,
+            pids_peak: peak("pids.peak")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::cgroup::EventFiles;
+
+    #[test]
+    fn limits_parse_max_and_numbers() {
+        assert_eq!(
+            LimitValue::parse(Path::new("f"), "max\n").unwrap(),
+            LimitValue::Max
+        );
+        assert_eq!(
+            LimitValue::parse(Path::new("f"), "512\n").unwrap(),
+            LimitValue::Value(512)
+        );
+        let error = LimitValue::parse(Path::new("/cg/pids.max"), "lots").unwrap_err();
+        assert!(error.to_string().contains("/cg/pids.max"));
+    }
+
+    #[test]
+    fn missing_files_read_as_absent() {
+        let dir = std::env::temp_dir().join(format!("guard-files-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("pids.events"), "max 3\n").unwrap();
+        fs::write(dir.join("pids.max"), "64\n").unwrap();
+        let files = EventFiles::read(&dir).unwrap();
+        assert_eq!(files.pids_events.unwrap().get("max"), 3);
+        assert!(files.memory_events.is_none());
+        let limits = HeldLimits::read(&dir).unwrap();
+        assert_eq!(limits.pids_max, Some(LimitValue::Value(64)));
+        assert_eq!(limits.memory_max, None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

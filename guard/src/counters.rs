@@ -1,0 +1,123 @@
+//! What was counted and what was lost: plain data, below everything else. The kernel keeps the
+//! BPF counters exactly; the pipeline counts what reached userspace and what did not.
+use std::collections::BTreeMap;
+
+use guard_common::{COUNTER_SLOTS, Counter};
+use serde::Serialize;
+
+/// Counters the BPF programs keep in the kernel: exact, whatever happened to the stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BpfCounters {
+    pub forks: u64,
+    pub exits: u64,
+    /// Fork-family syscalls that failed with EAGAIN.
+    pub fork_denied: u64,
+    /// Of those, denials the `pids_can_fork` kretprobe saw (None below tier 2: not observed).
+    pub fork_denied_pids_max: Option<u64>,
+    pub oom_kills: u64,
+    pub reclaim_runs: u64,
+    pub reclaim_ns: u64,
+    pub reclaim_pages: u64,
+    /// Individual events not streamed because of the rate bound.
+    pub events_throttled: u64,
+    /// Tasks the task map could not hold (their OOM kills would be unattributed).
+    pub task_map_full: u64,
+}
+
+impl BpfCounters {
+    /// From one counter row summed over CPUs; `kprobes` says whether the kretprobe ran.
+    pub(crate) fn from_values(values: &[u64; COUNTER_SLOTS], kprobes: bool) -> Self {
+        let value = |counter: Counter| values[counter as usize];
+        Self {
+            forks: value(Counter::Forks),
+            exits: value(Counter::Exits),
+            fork_denied: value(Counter::ForkDenied),
+            fork_denied_pids_max: kprobes.then(|| value(Counter::ForkDeniedPidsMax)),
+            oom_kills: value(Counter::OomKills),
+            reclaim_runs: value(Counter::ReclaimRuns),
+            reclaim_ns: value(Counter::ReclaimNs),
+            reclaim_pages: value(Counter::ReclaimPages),
+            events_throttled: value(Counter::EventsThrottled),
+            task_map_full: value(Counter::TaskMapFull),
+        }
+    }
+}
+
+/// Per-container tallies of the events the reader received (0 for a container: none).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Delivered {
+    pub forks: u64,
+    pub fork_denied: u64,
+    pub oom_victims: u64,
+    pub reclaims: u64,
+    /// Throttle records, and the individual events they say were suppressed.
+    pub throttle_records: u64,
+    pub suppressed: u64,
+}
+
+/// One container's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerCounters {
+    pub container: String,
+    pub cgroup_id: u64,
+    /// None at tier 0, where no BPF program runs: the guard never pretends to detail it lacks.
+    pub bpf: Option<BpfCounters>,
+    /// Events the reader received for this container.
+    pub delivered: Delivered,
+}
+
+/// Events that belong to no registered container: OOM kills of tasks outside every container
+/// (global OOM, or the agent itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GlobalCounters {
+    pub bpf: Option<BpfCounters>,
+    pub delivered: Delivered,
+}
+
+/// Userspace-side losses: a reader can always tell "nothing happened" from "something happened
+/// that we did not see".
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReaderLoss {
+    /// Records missing from a CPU's sequence (lost in the kernel, seen from userspace).
+    pub sequence_gaps: u64,
+    /// Records the reader could not decode.
+    pub undecodable: u64,
+    /// Events not handed to a subscriber whose buffer was full.
+    pub subscriber_drops: u64,
+}
+
+/// How the event reader is doing. Faults also reach subscribers in-band, as `reader_fault`
+/// events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReaderHealth {
+    pub state: HealthState,
+    /// Faults so far (a panic while draining, a failed poll of the ring buffer).
+    pub faults: u64,
+    /// Times the reader resumed after a fault.
+    pub restarts: u64,
+    pub last_fault: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// Never faulted.
+    #[default]
+    Healthy,
+    /// Faulted and resumed: counts stay exact (the kernel kept counting, the ring buffer keeps
+    /// its read position), but live events may have been delayed.
+    Recovered,
+    /// Gave up after repeated faults: no live events; kernel counters still count.
+    Stopped,
+}
+
+/// Everything lost anywhere between the kernel and the subscribers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LossReport {
+    /// Ring-buffer reserve failures in the kernel, by event kind name.
+    pub kernel_reserve_failures: BTreeMap<String, u64>,
+    pub reader: ReaderLoss,
+    /// Whether the reader faulted on the way (its faults are not losses by themselves: the
+    /// sequence check above counts any record that went missing).
+    pub reader_health: ReaderHealth,
+}

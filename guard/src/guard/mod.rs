@@ -1,0 +1,302 @@
+//! [`Guard`]: the handle an agent holds. It owns the probes, the reader and the inotify
+//! watcher, keeps the registry of watched containers (`registry.rs`), and answers with exact
+//! counters and reconciled reports (`query.rs`).
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use guard_common::{MAX_CONTAINERS, WatchEntry};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::{
+    Tier,
+    bpf::{ProbeError, Probes, StreamOptions},
+    capability::CapabilityReport,
+    cgroup::{CgroupError, EventFiles, Hierarchy},
+    container_id::{ContainerId, ContainerIdError},
+    events::GuardEvent,
+    limits::Limits,
+    pipeline::{
+        fault::InjectedPanics,
+        hub::Hub,
+        inotify::{FileWatchError, FileWatcher},
+        lock,
+        ring::{self, DrainRequest},
+    },
+    verdict::report::Report,
+};
+
+mod query;
+mod registry;
+
+use registry::{Registry, Watched};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    ContainerId(#[from] ContainerIdError),
+    #[error("container {id} is already watched (cgroup {cgroup})")]
+    AlreadyWatched { id: String, cgroup: PathBuf },
+    #[error("cgroup {cgroup} is already watched as container {id}")]
+    CgroupTaken { id: String, cgroup: PathBuf },
+    #[error("container {id} is not watched")]
+    NotWatched { id: String },
+    #[error("all {MAX_CONTAINERS} container slots are in use")]
+    SlotsExhausted,
+    #[error(transparent)]
+    FileWatch(#[from] FileWatchError),
+    #[error("the event reader has stopped")]
+    ReaderStopped,
+}
+
+/// How the guard runs.
+#[derive(Debug, Clone)]
+pub struct GuardOptions {
+    pub stream: StreamOptions,
+    /// How often the reader polls for records that did not wake it.
+    pub poll_interval: Duration,
+    /// Never run above this tier, even if the kernel allows it (tests exercise each tier).
+    pub max_tier: Tier,
+}
+
+impl Default for GuardOptions {
+    fn default() -> Self {
+        Self {
+            stream: StreamOptions::default(),
+            poll_interval: Duration::from_millis(10),
+            max_tier: Tier::TracepointsAndKprobes,
+        }
+    }
+}
+
+/// The guard: load it once, watch containers, read their counters and events.
+pub struct Guard {
+    hierarchy: Option<Hierarchy>,
+    capabilities: CapabilityReport,
+    tier: Tier,
+    probes: Option<Mutex<Probes>>,
+    registry: Mutex<Registry>,
+    hub: Arc<Mutex<Hub>>,
+    drain_requests: Option<mpsc::Sender<DrainRequest>>,
+    file_watcher: FileWatcher,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+    injected_panics: Arc<InjectedPanics>,
+}
+
+impl Guard {
+    /// Probes the kernel, loads and attaches the programs the tier allows, and starts the
+    /// reader. Must be called inside a tokio runtime.
+    pub async fn start(options: GuardOptions) -> Result<Self, GuardError> {
+        let capabilities = CapabilityReport::probe();
+        let tier = capabilities.tier.min(options.max_tier);
+        let hierarchy = match Hierarchy::find() {
+            Ok(hierarchy) => Some(hierarchy),
+            Err(error) => {
+                warn!(%error, "no cgroup v2 hierarchy: containers cannot be watched");
+                None
+            }
+        };
+        let hub = Arc::new(Mutex::new(Hub::default()));
+        let mut tasks = Vec::new();
+        let mut drain_requests = None;
+        let injected_panics = Arc::new(InjectedPanics::default());
+        let probes = if tier >= Tier::Tracepoints {
+            let kprobes = tier >= Tier::TracepointsAndKprobes;
+            let mut probes = Probes::load(options.stream, kprobes)?;
+            if let (Some(ring), Some(lost)) = (probes.take_ring(), probes.take_lost()) {
+                let (sender, receiver) = mpsc::channel(16);
+                drain_requests = Some(sender);
+                tasks.push(tokio::spawn(ring::run(
+                    ring,
+                    lost,
+                    Arc::clone(&hub),
+                    receiver,
+                    options.poll_interval,
+                    Arc::clone(&injected_panics),
+                )));
+            }
+            if let Some(logger) = probes.take_logger() {
+                tasks.push(tokio::spawn(forward_program_logs(logger)));
+            }
+            Some(Mutex::new(probes))
+        } else {
+            None
+        };
+        let (file_watcher, file_task) = FileWatcher::start(Arc::clone(&hub))?;
+        tasks.push(file_task);
+        info!(%tier, kernel = %capabilities.kernel_release, "guard started");
+        Ok(Self {
+            hierarchy,
+            capabilities,
+            tier,
+            probes,
+            registry: Mutex::new(Registry::default()),
+            hub,
+            drain_requests,
+            file_watcher,
+            tasks,
+            injected_panics,
+        })
+    }
+
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    pub fn capabilities(&self) -> &CapabilityReport {
+        &self.capabilities
+    }
+
+    /// Starts attributing everything that happens in `cgroup` (and its sub-cgroups) to `id`.
+    pub fn watch(&self, id: &str, cgroup: impl AsRef<Path>) -> Result<(), GuardError> {
+        self.register(id, cgroup.as_ref(), None)
+    }
+
+    /// Like [`Guard::watch`], remembering the limits the agent applied: the report then checks
+    /// the kernel holds exactly those.
+    pub fn watch_limited(
+        &self,
+        id: &str,
+        cgroup: impl AsRef<Path>,
+        limits: Limits,
+    ) -> Result<(), GuardError> {
+        self.register(id, cgroup.as_ref(), Some(limits))
+    }
+
+    fn register(
+        &self,
+        id: &str,
+        cgroup: &Path,
+        requested: Option<Limits>,
+    ) -> Result<(), GuardError> {
+        let id = ContainerId::parse(id)?;
+        let hierarchy = self.hierarchy.as_ref().ok_or(CgroupError::NotMounted {
+            mountinfo: PathBuf::from("/proc/self/mountinfo"),
+        })?;
+        let identity = hierarchy.identify(cgroup)?;
+        let baseline = EventFiles::read(cgroup)?;
+        let mut registry = lock(&self.registry);
+        if let Some(existing) = registry.by_id.get(&id) {
+            return Err(GuardError::AlreadyWatched {
+                id: id.to_string(),
+                cgroup: existing.cgroup.clone(),
+            });
+        }
+        if let Some((other, _)) = registry
+            .by_id
+            .iter()
+            .find(|(_, watched)| watched.identity.id == identity.id)
+        {
+            return Err(GuardError::CgroupTaken {
+                id: other.to_string(),
+                cgroup: cgroup.to_path_buf(),
+            });
+        }
+        let slot = registry.allocate_slot()?;
+        if let Some(probes) = &self.probes {
+            let mut probes = lock(probes);
+            let entry = WatchEntry {
+                slot,
+                level: identity.level,
+            };
+            if let Err(error) = probes.watch(identity.id, entry) {
+                registry.free_slots.insert(slot);
+                return Err(error.into());
+            }
+        }
+        lock(&self.hub).name(identity.id, id.to_string());
+        registry.by_id.insert(
+            id.clone(),
+            Watched {
+                cgroup: cgroup.to_path_buf(),
+                identity,
+                slot,
+                requested,
+                baseline,
+            },
+        );
+        if let Some(probes) = &self.probes {
+            lock(probes).set_watched_levels(registry.watched_levels())?;
+        }
+        self.file_watcher.add(identity.id, cgroup)?;
+        info!(container = %id, cgroup = %cgroup.display(), cgroup_id = identity.id, level = identity.level, slot, "watching");
+        Ok(())
+    }
+
+    /// Stops watching `id`, returning its final report (read after a full drain). Call it
+    /// before the cgroup is removed: removal erases the kernel's event files.
+    pub async fn unwatch(&self, id: &str) -> Result<Report, GuardError> {
+        let report = self.report(id).await?;
+        let id = ContainerId::parse(id)?;
+        let mut registry = lock(&self.registry);
+        let watched = registry
+            .by_id
+            .remove(&id)
+            .ok_or_else(|| GuardError::NotWatched { id: id.to_string() })?;
+        if let Some(probes) = &self.probes {
+            let mut probes = lock(probes);
+            probes.unwatch(watched.identity.id)?;
+            probes.set_watched_levels(registry.watched_levels())?;
+        }
+        registry.free_slots.insert(watched.slot);
+        self.file_watcher.remove(watched.identity.id);
+        lock(&self.hub).forget(watched.identity.id);
+        Ok(report)
+    }
+
+    /// Makes the event reader panic on its next drain, as a bug in it would (feature
+    /// `fault-injection`, for tests of an agent's fault handling).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_reader_panic(&self, point: crate::FaultPoint) {
+        self.injected_panics.add(point);
+    }
+
+    /// A live stream of attributed events. A subscriber that falls more than `capacity` events
+    /// behind loses the excess (counted in [`LossReport`]); it never slows the reader.
+    pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<GuardEvent> {
+        self.subscribe_counted(capacity).0
+    }
+
+    /// Like [`Guard::subscribe`], with this subscription's own count of dropped events (for a
+    /// consumer that must report its losses in-band, like the forensic log).
+    pub fn subscribe_counted(
+        &self,
+        capacity: usize,
+    ) -> (
+        mpsc::Receiver<GuardEvent>,
+        Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        lock(&self.hub).subscribe(capacity)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Forwards the programs' own aya-log messages to our `log`/`tracing` subscriber.
+async fn forward_program_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer's fd for its lifetime, which the AsyncFd owns.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let Ok(mut logger) = registered else {
+        return;
+    };
+    while let Ok(mut ready) = logger.readable_mut().await {
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
+    }
+}

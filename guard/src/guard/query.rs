@@ -1,0 +1,163 @@
+//! What an agent asks a running guard: a container's counters and report, losses, health.
+use std::collections::BTreeMap;
+
+use guard_common::{EventKind, GLOBAL_SLOT};
+use tokio::sync::oneshot;
+
+use super::{Guard, GuardError};
+use crate::{
+    Tier,
+    cgroup::{EventFiles, HeldLimits},
+    container_id::ContainerId,
+    counters::{
+        BpfCounters, ContainerCounters, GlobalCounters, HealthState, LossReport, ReaderHealth,
+    },
+    pipeline::lock,
+    verdict::{Evidence, reconcile, report::Report},
+};
+
+impl Guard {
+    /// The container's report now: limits read back, counters, the kernel's event files since
+    /// watching began, and the reconciled verdict.
+    pub async fn report(&self, id: &str) -> Result<Report, GuardError> {
+        let counters = self.counters(id).await?;
+        // counters() has just drained: no second round trip to the reader.
+        let loss = self.loss_as_of_last_drain();
+        let (cgroup, requested, baseline) = {
+            let registry = lock(&self.registry);
+            let watched = registry
+                .by_id
+                .get(&ContainerId::parse(id)?)
+                .ok_or_else(|| GuardError::NotWatched { id: id.to_string() })?;
+            (
+                watched.cgroup.clone(),
+                watched.requested,
+                watched.baseline.clone(),
+            )
+        };
+        let applied = HeldLimits::read(&cgroup)?;
+        let kernel_since_watch = EventFiles::read(&cgroup)?.since(&baseline);
+        let reconciliation = reconcile(&Evidence {
+            tier: self.tier,
+            requested_memory_max: requested.and_then(|limits| limits.memory_max),
+            requested_pids_max: requested.and_then(|limits| limits.pids_max),
+            applied: &applied,
+            kernel: &kernel_since_watch,
+            bpf: counters.bpf.as_ref(),
+            events_lost: loss.kernel_reserve_failures.values().sum(),
+        });
+        Ok(Report {
+            container: counters.container.clone(),
+            cgroup,
+            cgroup_id: counters.cgroup_id,
+            tier: self.tier,
+            requested,
+            applied,
+            counters,
+            kernel_since_watch,
+            loss,
+            reconciliation,
+        })
+    }
+
+    /// Drains when the reader runs; when it gave up after repeated faults, the kernel's
+    /// counters are still exact and are read anyway ([`Guard::health`] tells the agent).
+    async fn drain_if_running(&self) -> Result<(), GuardError> {
+        match self.drain().await {
+            Err(GuardError::ReaderStopped) if self.health().state == HealthState::Stopped => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Waits until the reader has consumed every record the kernel produced so far.
+    pub async fn drain(&self) -> Result<(), GuardError> {
+        let Some(requests) = &self.drain_requests else {
+            return Ok(()); // Tier 0: nothing streams.
+        };
+        let (reply, done) = oneshot::channel();
+        requests
+            .send(reply)
+            .await
+            .map_err(|_| GuardError::ReaderStopped)?;
+        done.await.map_err(|_| GuardError::ReaderStopped)
+    }
+
+    /// Exact counters for `id`, after draining pending events.
+    pub async fn counters(&self, id: &str) -> Result<ContainerCounters, GuardError> {
+        let id = ContainerId::parse(id)?;
+        self.drain_if_running().await?;
+        let (cgroup_id, slot) = {
+            let registry = lock(&self.registry);
+            let watched = registry
+                .by_id
+                .get(&id)
+                .ok_or_else(|| GuardError::NotWatched { id: id.to_string() })?;
+            (watched.identity.id, watched.slot)
+        };
+        let bpf = self.bpf_counters(slot)?;
+        let delivered = lock(&self.hub).delivered(cgroup_id);
+        Ok(ContainerCounters {
+            container: id.to_string(),
+            cgroup_id,
+            bpf,
+            delivered,
+        })
+    }
+
+    /// The container the kernel-side task map attributes thread `tid` to (what an OOM kill of
+    /// it would be attributed to). None at tier 0 and for tasks in no container.
+    pub fn task_container(&self, tid: u32) -> Result<Option<String>, GuardError> {
+        let Some(probes) = &self.probes else {
+            return Ok(None);
+        };
+        let Some(cgroup_id) = lock(probes).task_cgroup(tid)? else {
+            return Ok(None);
+        };
+        Ok(lock(&self.hub).container_of(cgroup_id).cloned())
+    }
+
+    /// Counters of events outside every container, after draining pending events.
+    pub async fn global_counters(&self) -> Result<GlobalCounters, GuardError> {
+        self.drain_if_running().await?;
+        Ok(GlobalCounters {
+            bpf: self.bpf_counters(GLOBAL_SLOT)?,
+            delivered: lock(&self.hub).delivered(0),
+        })
+    }
+
+    fn bpf_counters(&self, slot: u32) -> Result<Option<BpfCounters>, GuardError> {
+        let Some(probes) = &self.probes else {
+            return Ok(None);
+        };
+        let values = lock(probes).counters(slot)?;
+        let kprobes = self.tier >= Tier::TracepointsAndKprobes;
+        Ok(Some(BpfCounters::from_values(&values, kprobes)))
+    }
+
+    /// Losses so far, after draining pending events.
+    pub async fn loss(&self) -> Result<LossReport, GuardError> {
+        self.drain_if_running().await?;
+        Ok(self.loss_as_of_last_drain())
+    }
+
+    fn loss_as_of_last_drain(&self) -> LossReport {
+        let hub = lock(&self.hub);
+        let kernel_reserve_failures = match self.probes {
+            Some(_) => EventKind::ALL
+                .iter()
+                .map(|&kind| (kind.name().to_string(), hub.kernel_lost(kind)))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        LossReport {
+            kernel_reserve_failures,
+            reader: hub.loss(),
+            reader_health: hub.health().clone(),
+        }
+    }
+
+    /// The event reader's health: whether it faulted, resumed, or gave up.
+    pub fn health(&self) -> ReaderHealth {
+        lock(&self.hub).health().clone()
+    }
+}

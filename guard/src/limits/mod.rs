@@ -1,0 +1,344 @@
+//! Container limits: defaults derived from the guest's memory, overrides, validation.
+//!
+//! The default memory limit is 90% of `MemAvailable` at the time of the request: a container
+//! can never take the whole guest, so the agent and the kernel keep room to act. `pids.max`
+//! defaults to 512, `memory.swap.max` to 0 (a guest with swap must not let a container dodge
+//! its memory limit by swapping).
+use std::{fmt, path::PathBuf};
+
+use serde::Serialize;
+
+mod meminfo;
+mod settings;
+
+pub use meminfo::{MEMINFO_PATH, MemInfo, memory_limit_from_meminfo};
+pub use settings::{MemorySetting, PidsSetting, SwapSetting};
+
+/// Default `pids.max`.
+pub const DEFAULT_PIDS_MAX: u64 = 512;
+/// The kernel's own ceiling for pid numbers (`PID_MAX_LIMIT` on 64-bit): a pids limit above it
+/// cannot mean anything and is rejected as absurd.
+pub const PIDS_CEILING: u64 = 4 * 1024 * 1024;
+/// Below this a container cannot even exec a static shell; a limit that low is a typo.
+pub const MEMORY_FLOOR: u64 = 4 * 1024 * 1024;
+/// The kernel keeps memory limits in pages: a value that is not a page multiple reads back
+/// rounded down, which would look like a mismatch.
+pub const PAGE_SIZE: u64 = 4096;
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsError {
+    #[error("reading {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("{path} has no {field} line")]
+    MeminfoMissing { path: PathBuf, field: &'static str },
+    #[error("{path}, line {line}: {field} is not a number of kB: {text:?}")]
+    MeminfoValue {
+        path: PathBuf,
+        line: usize,
+        field: &'static str,
+        text: String,
+    },
+    #[error("{path}, line {line}: {field} of {kib} kB does not fit in 64 bits as bytes")]
+    MeminfoTooLarge {
+        path: PathBuf,
+        line: usize,
+        field: &'static str,
+        kib: String,
+    },
+    #[error("{path}: MemTotal is 0 kB")]
+    MeminfoZeroTotal { path: PathBuf },
+    #[error(
+        "memory limit {value:?} is not understood: give bytes (e.g. 67108864, 64M, 1.5G), a \
+         percentage of available memory (e.g. 50%) or \"max\""
+    )]
+    MemorySyntax { value: String },
+    #[error("memory limit {value:?} is negative")]
+    MemoryNegative { value: String },
+    #[error("memory limit {value:?} is 0: a container cannot run without memory")]
+    MemoryZero { value: String },
+    #[error("memory limit {value:?} ({bytes} bytes) is below the floor of {MEMORY_FLOOR} bytes")]
+    MemoryTooLow { value: String, bytes: u64 },
+    #[error(
+        "memory limit {value:?} ({bytes} bytes) is above the VM's memory ({total} bytes of \
+         MemTotal)"
+    )]
+    MemoryAboveVm {
+        value: String,
+        bytes: u64,
+        total: u64,
+    },
+    #[error("memory limit {value:?}: a percentage must be above 0% and at most 100%")]
+    MemoryPercent { value: String },
+    #[error(
+        "pids limit {value:?} is not understood: give a whole number between 1 and \
+         {PIDS_CEILING}, or \"max\""
+    )]
+    PidsSyntax { value: String },
+    #[error("pids limit {value:?} is negative")]
+    PidsNegative { value: String },
+    #[error("pids limit {value:?} is 0: the container's init could not even exist")]
+    PidsZero { value: String },
+    #[error("pids limit {value:?} is absurd: above the kernel's pid ceiling {PIDS_CEILING}")]
+    PidsAbsurd { value: String },
+    #[error("swap limit {value:?} is not understood: give bytes (0 for none) or \"max\"")]
+    SwapSyntax { value: String },
+    #[error("swap limit {value:?} is negative")]
+    SwapNegative { value: String },
+}
+/// What an agent asks for; [`LimitRequest::resolve`] turns it into byte and count values.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LimitRequest {
+    pub memory: MemorySetting,
+    pub pids: PidsSetting,
+    pub swap: SwapSetting,
+}
+
+impl Default for LimitRequest {
+    fn default() -> Self {
+        Self {
+            memory: MemorySetting::Default,
+            pids: PidsSetting::Default,
+            swap: SwapSetting::Default,
+        }
+    }
+}
+
+/// Resolved limits, as they are written to the cgroup. None = `max` (no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// `memory.max` in bytes, a multiple of [`PAGE_SIZE`].
+    pub memory_max: Option<u64>,
+    /// `memory.swap.max` in bytes.
+    pub swap_max: Option<u64>,
+    /// `pids.max`.
+    pub pids_max: Option<u64>,
+}
+
+impl Limits {
+    /// The defaults for this guest: 90% of available memory, no swap, 512 pids.
+    pub fn defaults() -> Result<Self, LimitsError> {
+        LimitRequest::default().resolve(&MemInfo::read()?)
+    }
+}
+
+impl LimitRequest {
+    /// Resolves against the guest's memory and validates: a memory limit must lie between
+    /// [`MEMORY_FLOOR`] and the VM's `MemTotal`.
+    pub fn resolve(&self, meminfo: &MemInfo) -> Result<Limits, LimitsError> {
+        let (described, bytes) = match &self.memory {
+            MemorySetting::Max => (String::new(), None),
+            MemorySetting::Default => (
+                "90% of MemAvailable".to_string(),
+                Some(meminfo.default_limit()),
+            ),
+            MemorySetting::Bytes(bytes) => (bytes.to_string(), Some(*bytes)),
+            MemorySetting::PercentOfAvailable(percent) => (
+                format!("{percent}%"),
+                Some((meminfo.available as f64 * percent / 100.0) as u64),
+            ),
+        };
+        let memory_max = match bytes {
+            None => None,
+            Some(bytes) => {
+                // Round down to whole pages: that is what the kernel keeps and reads back.
+                let bytes = bytes - bytes % PAGE_SIZE;
+                if bytes == 0 {
+                    return Err(LimitsError::MemoryZero { value: described });
+                }
+                if bytes < MEMORY_FLOOR {
+                    return Err(LimitsError::MemoryTooLow {
+                        value: described,
+                        bytes,
+                    });
+                }
+                if bytes > meminfo.total {
+                    return Err(LimitsError::MemoryAboveVm {
+                        value: described,
+                        bytes,
+                        total: meminfo.total,
+                    });
+                }
+                Some(bytes)
+            }
+        };
+        let pids_max = match self.pids {
+            PidsSetting::Default => Some(DEFAULT_PIDS_MAX),
+            PidsSetting::Max => None,
+            PidsSetting::Count(0) => {
+                return Err(LimitsError::PidsZero {
+                    value: "0".to_string(),
+                });
+            }
+            PidsSetting::Count(count) if count > PIDS_CEILING => {
+                return Err(LimitsError::PidsAbsurd {
+                    value: count.to_string(),
+                });
+            }
+            PidsSetting::Count(count) => Some(count),
+        };
+        let swap_max = match self.swap {
+            SwapSetting::Default => Some(0),
+            SwapSetting::Bytes(bytes) => Some(bytes - bytes % PAGE_SIZE),
+            SwapSetting::Max => None,
+        };
+        Ok(Limits {
+            memory_max,
+            swap_max,
+            pids_max,
+        })
+    }
+}
+
+impl fmt::Display for Limits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |value: Option<u64>| value.map_or("max".to_string(), |v| v.to_string());
+        write!(
+            f,
+            "memory.max {} memory.swap.max {} pids.max {}",
+            show(self.memory_max),
+            show(self.swap_max),
+            show(self.pids_max)
+        )
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MEMINFO: &str = "\
+MemTotal:         131072 kB
+MemFree:          120000 kB
+MemAvailable:     100000 kB
+Buffers:               0 kB
+SwapTotal:             0 kB
+";
+
+    fn guest() -> MemInfo {
+        MemInfo::parse(MEMINFO).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_ninety_percent_no_swap_and_512_pids() {
+        let limits = LimitRequest::default().resolve(&guest()).unwrap();
+        assert_eq!(limits.memory_max, Some(92_160_000));
+        assert_eq!(limits.memory_max.unwrap() % PAGE_SIZE, 0);
+        assert_eq!(limits.swap_max, Some(0));
+        assert_eq!(limits.pids_max, Some(512));
+    }
+
+    #[test]
+    fn overrides_parse() {
+        let request = |memory: &str, pids: &str, swap: &str| LimitRequest {
+            memory: memory.parse().unwrap(),
+            pids: pids.parse().unwrap(),
+            swap: swap.parse().unwrap(),
+        };
+        let limits = request("32M", "64", "max").resolve(&guest()).unwrap();
+        assert_eq!(
+            limits,
+            Limits {
+                memory_max: Some(32 << 20),
+                swap_max: None,
+                pids_max: Some(64)
+            }
+        );
+        let limits = request("50%", "max", "1M").resolve(&guest()).unwrap();
+        assert_eq!(limits.memory_max, Some(51_200_000 / 4096 * 4096));
+        assert_eq!((limits.pids_max, limits.swap_max), (None, Some(1 << 20)));
+        let limits = request("max", "512", "0").resolve(&guest()).unwrap();
+        assert_eq!(limits.memory_max, None);
+        assert_eq!(
+            "67108864".parse::<MemorySetting>().unwrap(),
+            MemorySetting::Bytes(64 << 20)
+        );
+        assert_eq!(
+            "1.5G".parse::<MemorySetting>().unwrap(),
+            MemorySetting::Bytes(3 << 29)
+        );
+        // Not page-aligned: rounded down to what the kernel will hold.
+        let limits = request("40000001", "1", "0").resolve(&guest()).unwrap();
+        assert_eq!(limits.memory_max, Some(40_000_001 / 4096 * 4096));
+    }
+
+    /// Every rejection names the bad value.
+    #[test]
+    fn rejections_name_the_bad_value() {
+        let memory = [
+            ("0", "is 0"),
+            ("0M", "is 0"),
+            ("-64M", "negative"),
+            ("lots", "not understood"),
+            ("64X", "not understood"),
+            ("", "not understood"),
+            ("0%", "percentage"),
+            ("150%", "percentage"),
+            ("-5%", "percentage"),
+            ("x%", "not understood"),
+        ];
+        for (value, expected) in memory {
+            let error = value.parse::<MemorySetting>().unwrap_err().to_string();
+            assert!(error.contains(expected), "{value:?}: {error}");
+            assert!(error.contains(&format!("{value:?}")), "{value:?}: {error}");
+        }
+        let resolve = |memory: &str| {
+            LimitRequest {
+                memory: memory.parse().unwrap(),
+                ..Default::default()
+            }
+            .resolve(&guest())
+            .unwrap_err()
+            .to_string()
+        };
+        let error = resolve("1M");
+        assert!(
+            error.contains("\"1048576\"") && error.contains("below the floor"),
+            "{error}"
+        );
+        let error = resolve("200M");
+        assert!(
+            error.contains(&format!("\"{}\"", 200u64 << 20)) && error.contains("above the VM"),
+            "{error}"
+        );
+        let error = resolve("100");
+        assert!(
+            error.contains("\"100\"") && error.contains("is 0"),
+            "{error}"
+        );
+        let error = resolve("1%");
+        assert!(
+            error.contains("\"1%\"") && error.contains("below the floor"),
+            "{error}"
+        );
+
+        let pids = [
+            ("0", "is 0"),
+            ("-1", "negative"),
+            ("-512", "negative"),
+            ("4194305", "absurd"),
+            ("99999999999999999999999", "absurd"),
+            ("1e3", "not understood"),
+            ("many", "not understood"),
+            ("", "not understood"),
+        ];
+        for (value, expected) in pids {
+            let error = value.parse::<PidsSetting>().unwrap_err().to_string();
+            assert!(error.contains(expected), "{value:?}: {error}");
+            assert!(error.contains(&format!("{value:?}")), "{value:?}: {error}");
+        }
+        // The same checks hold for values built in code rather than parsed.
+        for (pids, expected) in [(0, "\"0\""), (PIDS_CEILING + 1, "\"4194305\"")] {
+            let error = LimitRequest {
+                pids: PidsSetting::Count(pids),
+                ..Default::default()
+            }
+            .resolve(&guest())
+            .unwrap_err()
+            .to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+
+        for value in ["-1", "some", "1Q"] {
+            let error = value.parse::<SwapSetting>().unwrap_err().to_string();
+            assert!(error.contains(&format!("{value:?}")), "{value:?}: {error}");
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! The hub: where every event meets its container and its subscribers. Pure state, no I/O:
+//! the reader and the inotify watcher hand it what they read, the guard reads its tallies.
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use guard_common::{EVENT_KIND_SLOTS, EventKind};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::{
+    counters::{Delivered, HealthState, ReaderHealth, ReaderLoss},
+    events::{DecodeError, EventDetail, GuardEvent, KernelEvent, Lost, ReaderFault},
+};
+
+/// Attribution, tallies, losses and subscribers.
+#[derive(Default)]
+pub(crate) struct Hub {
+    /// cgroup id → container id, for attribution.
+    names: HashMap<u64, String>,
+    /// Events received, by cgroup id (0: events that belong to no container).
+    delivered: HashMap<u64, Delivered>,
+    loss: ReaderLoss,
+    health: ReaderHealth,
+    /// Ring-buffer reserve failures in the kernel by event kind, as of the last tally.
+    kernel_lost: [u64; EVENT_KIND_SLOTS as usize],
+    /// The highest sequence number seen per CPU.
+    last_seq: HashMap<u32, u64>,
+    subscribers: Vec<Subscriber>,
+}
+
+struct Subscriber {
+    sender: mpsc::Sender<GuardEvent>,
+    /// Events this subscriber lost because its buffer was full.
+    dropped: Arc<AtomicU64>,
+}
+
+impl Hub {
+    /// A new subscription and its own count of dropped events.
+    pub fn subscribe(&mut self, capacity: usize) -> (mpsc::Receiver<GuardEvent>, Arc<AtomicU64>) {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        self.subscribers.push(Subscriber {
+            sender,
+            dropped: Arc::clone(&dropped),
+        });
+        (receiver, dropped)
+    }
+
+    /// Events of cgroup `cgroup_id` belong to container `id` from now on.
+    pub fn name(&mut self, cgroup_id: u64, id: String) {
+        self.names.insert(cgroup_id, id);
+    }
+
+    /// The container of cgroup `cgroup_id`, if registered.
+    pub fn container_of(&self, cgroup_id: u64) -> Option<&String> {
+        self.names.get(&cgroup_id)
+    }
+
+    /// Forgets a container's name and tallies.
+    pub fn forget(&mut self, cgroup_id: u64) {
+        self.names.remove(&cgroup_id);
+        self.delivered.remove(&cgroup_id);
+    }
+
+    pub fn delivered(&self, cgroup_id: u64) -> Delivered {
+        self.delivered.get(&cgroup_id).copied().unwrap_or_default()
+    }
+
+    pub fn loss(&self) -> ReaderLoss {
+        self.loss
+    }
+
+    pub fn health(&self) -> &ReaderHealth {
+        &self.health
+    }
+
+    pub fn kernel_lost(&self, kind: EventKind) -> u64 {
+        self.kernel_lost[kind as usize]
+    }
+
+    /// One drained batch of ring-buffer records: checks each CPU's sequence, tallies and
+    /// publishes what decoded, counts what did not.
+    pub fn absorb(&mut self, records: Vec<Result<KernelEvent, DecodeError>>) {
+        self.drop_closed_subscribers();
+        for record in records {
+            let event = match record {
+                Ok(event) => event,
+                Err(error) => {
+                    self.loss.undecodable += 1;
+                    warn!(%error, "dropping an undecodable ring-buffer record");
+                    continue;
+                }
+            };
+            // Sequence numbers start at 1 on every CPU, so gaps before the first record count.
+            // A cross-check of the kernel's own loss counts (which the in-band records use).
+            let last = self.last_seq.entry(event.cpu).or_insert(0);
+            self.loss.sequence_gaps += event.seq.saturating_sub(*last + 1);
+            *last = (*last).max(event.seq);
+            tally(
+                self.delivered.entry(event.cgroup_id).or_default(),
+                &event.detail,
+            );
+            let container = self.attribute(event.cgroup_id);
+            self.publish(GuardEvent::kernel(container, event));
+        }
+    }
+
+    /// The kernel's loss counts (totals by kind): publishes an in-band `lost` event for every
+    /// kind whose count grew since the last call.
+    pub fn absorb_kernel_loss(&mut self, totals: [u64; EVENT_KIND_SLOTS as usize]) {
+        for &kind in EventKind::ALL {
+            let index = kind as usize;
+            let grown = totals[index].saturating_sub(self.kernel_lost[index]);
+            if grown == 0 {
+                continue;
+            }
+            self.kernel_lost[index] = totals[index];
+            self.publish_synthetic(
+                0,
+                EventDetail::Lost(Lost {
+                    event_kind: kind.name(),
+                    count: grown,
+                }),
+            );
+        }
+    }
+
+    /// A reader fault: recorded in the health state and published in-band.
+    pub fn record_fault(&mut self, reason: &str, stopped: bool) {
+        self.health.faults += 1;
+        self.health.last_fault = Some(reason.to_string());
+        if stopped {
+            self.health.state = HealthState::Stopped;
+        } else {
+            self.health.state = HealthState::Recovered;
+            self.health.restarts += 1;
+        }
+        self.publish_synthetic(
+            0,
+            EventDetail::ReaderFault(ReaderFault {
+                error: reason.to_string(),
+                faults: self.health.faults,
+                restarting: !stopped,
+            }),
+        );
+    }
+
+    /// Publishes an event guard made itself (a kernel file snapshot, a loss, a fault).
+    pub fn publish_synthetic(&mut self, cgroup_id: u64, detail: EventDetail) {
+        self.drop_closed_subscribers();
+        let container = self.attribute(cgroup_id);
+        self.publish(GuardEvent::synthetic(container, cgroup_id, detail));
+    }
+
+    fn attribute(&self, cgroup_id: u64) -> Option<String> {
+        match cgroup_id {
+            0 => None,
+            cgroup_id => self.names.get(&cgroup_id).cloned(),
+        }
+    }
+
+    fn drop_closed_subscribers(&mut self) {
+        self.subscribers
+            .retain(|subscriber| !subscriber.sender.is_closed());
+    }
+
+    fn publish(&mut self, event: GuardEvent) {
+        // A slow subscriber never blocks the reader: it loses events, counted.
+        for subscriber in &self.subscribers {
+            if subscriber.sender.try_send(event.clone()).is_err() {
+                self.loss.subscriber_drops += 1;
+                subscriber.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Counts one received event in its container's tallies (synthetic events are not counted).
+fn tally(delivered: &mut Delivered, detail: &EventDetail) {
+    match detail {
+        EventDetail::Fork(_) => delivered.forks += 1,
+        EventDetail::ForkDenied(_) => delivered.fork_denied += 1,
+        EventDetail::OomVictim(_) => delivered.oom_victims += 1,
+        EventDetail::Reclaim(_) => delivered.reclaims += 1,
+        EventDetail::Throttle(throttle) => {
+            delivered.throttle_records += 1;
+            delivered.suppressed += throttle.suppressed;
+        }
+        EventDetail::KernelFile(_) | EventDetail::Lost(_) | EventDetail::ReaderFault(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Fork, Throttle};
+
+    fn fork(cpu: u32, seq: u64, cgroup_id: u64) -> Result<KernelEvent, DecodeError> {
+        Ok(KernelEvent {
+            cpu,
+            seq,
+            ktime_ns: seq,
+            cgroup_id,
+            detail: EventDetail::Fork(Fork {
+                parent_pid: 1,
+                child_pid: 2,
+            }),
+        })
+    }
+
+    #[test]
+    fn sequence_gaps_are_counted_per_cpu_from_the_first_record() {
+        let mut hub = Hub::default();
+        // CPU 0: 1, 2, 5 (3 and 4 lost); CPU 1 starts at 3 (1 and 2 lost).
+        hub.absorb(vec![
+            fork(0, 1, 7),
+            fork(0, 2, 7),
+            fork(1, 3, 7),
+            fork(0, 5, 7),
+        ]);
+        assert_eq!(hub.loss().sequence_gaps, 4);
+        // A later batch continues each CPU's sequence; nothing new is missing.
+        hub.absorb(vec![fork(1, 4, 7), fork(0, 6, 7)]);
+        assert_eq!(hub.loss().sequence_gaps, 4);
+        assert_eq!(hub.delivered(7).forks, 6);
+    }
+
+    #[test]
+    fn events_are_attributed_tallied_and_fanned_out() {
+        let mut hub = Hub::default();
+        hub.name(7, "web".into());
+        let (mut first, _) = hub.subscribe(8);
+        let (mut second, _) = hub.subscribe(8);
+        hub.absorb(vec![fork(0, 1, 7), fork(0, 2, 9)]);
+        for receiver in [&mut first, &mut second] {
+            let known = receiver.try_recv().unwrap();
+            assert_eq!(known.container.as_deref(), Some("web"));
+            assert_eq!(known.ring.map(|ring| ring.seq), Some(1));
+            // A cgroup nobody registered: delivered, but to no container.
+            assert_eq!(receiver.try_recv().unwrap().container, None);
+        }
+        assert_eq!((hub.delivered(7).forks, hub.delivered(9).forks), (1, 1));
+        hub.forget(7);
+        assert_eq!(hub.delivered(7), Delivered::default());
+        assert!(hub.container_of(7).is_none());
+    }
+
+    #[test]
+    fn a_full_subscriber_loses_events_counted_and_a_closed_one_is_dropped() {
+        let mut hub = Hub::default();
+        let (slow, slow_dropped) = hub.subscribe(2);
+        let (closed, _) = hub.subscribe(2);
+        drop(closed);
+        hub.absorb((1..=5).map(|seq| fork(0, seq, 7)).collect());
+        assert_eq!(slow_dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(hub.loss().subscriber_drops, 3);
+        assert_eq!(hub.subscribers.len(), 1);
+        drop(slow);
+    }
+
+    #[test]
+    fn undecodable_records_are_counted_not_published() {
+        let mut hub = Hub::default();
+        let (mut events, _) = hub.subscribe(8);
+        hub.absorb(vec![
+            Err(DecodeError::UnknownKind { kind: 99 }),
+            fork(0, 1, 7),
+        ]);
+        assert_eq!(hub.loss().undecodable, 1);
+        assert!(events.try_recv().is_ok());
+        assert!(events.try_recv().is_err());
+    }
+
+    #[test]
+    fn kernel_losses_become_synthetic_lost_events_once() {
+        let mut hub = Hub::default();
+        let (mut events, _) = hub.subscribe(8);
+        let mut totals = [0; EVENT_KIND_SLOTS as usize];
+        totals[EventKind::Fork as usize] = 5;
+        hub.absorb_kernel_loss(totals);
+        hub.absorb_kernel_loss(totals);
+        let lost = events.try_recv().unwrap();
+        assert!(lost.ring.is_none(), "synthetic: no ring position");
+        assert_eq!(
+            lost.detail,
+            EventDetail::Lost(Lost {
+                event_kind: "fork",
+                count: 5
+            })
+        );
+        assert!(
+            events.try_recv().is_err(),
+            "the same total is not reported twice"
+        );
+        assert_eq!(hub.kernel_lost(EventKind::Fork), 5);
+    }
+
+    #[test]
+    fn faults_move_health_to_recovered_then_stopped() {
+        let mut hub = Hub::default();
+        let (mut events, _) = hub.subscribe(8);
+        hub.record_fault("boom", false);
+        assert_eq!(hub.health().state, HealthState::Recovered);
+        hub.record_fault("boom again", true);
+        let health = hub.health();
+        assert_eq!(
+            (health.state, health.faults, health.restarts),
+            (HealthState::Stopped, 2, 1)
+        );
+        assert_eq!(health.last_fault.as_deref(), Some("boom again"));
+        let first = events.try_recv().unwrap();
+        let last = events.try_recv().unwrap();
+        assert!(matches!(
+            first.detail,
+            EventDetail::ReaderFault(ReaderFault {
+                restarting: true,
+                ..
+            })
+        ));
+        assert!(matches!(
+            last.detail,
+            EventDetail::ReaderFault(ReaderFault {
+                restarting: false,
+                faults: 2,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn throttle_records_tally_what_they_suppressed() {
+        let mut hub = Hub::default();
+        let record = KernelEvent {
+            cpu: 0,
+            seq: 1,
+            ktime_ns: 1,
+            cgroup_id: 7,
+            detail: EventDetail::Throttle(Throttle {
+                suppressed: 40,
+                window_ns: 1,
+            }),
+        };
+        hub.absorb(vec![Ok(record)]);
+        let delivered = hub.delivered(7);
+        assert_eq!((delivered.throttle_records, delivered.suppressed), (1, 40));
+    }
+}

@@ -1,0 +1,153 @@
+//! A created container: start it, exec into it, signal it, wait for it, delete it.
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    time::Instant,
+};
+
+use libcontainer::{
+    container::{Container as Youki, builder::ContainerBuilder},
+    signal::Signal,
+    syscall::syscall::SyscallType,
+};
+
+use super::{
+    CreationRecord, Removed, RuntimeError, Timings, micros, oom_score, wait_pid, youki_error,
+};
+use crate::{cgroup::EventFiles, container_id::ContainerId};
+
+/// A container created by [`Runtime::create`].
+pub struct Container {
+    pub(super) id: ContainerId,
+    pub(super) inner: Youki,
+    pub(super) cgroup: PathBuf,
+    pub(super) bundle: PathBuf,
+    pub(super) init_pid: i32,
+    /// The score its processes get (exec'd ones included).
+    pub(super) oom_score_adj: i32,
+    pub(super) timings: Timings,
+    pub(super) deleted: bool,
+}
+
+/// A created container together with its `limits_applied` record.
+pub struct Created {
+    pub container: Container,
+    pub record: CreationRecord,
+}
+
+impl Container {
+    pub fn id(&self) -> &ContainerId {
+        &self.id
+    }
+
+    /// The container's cgroup directory (absolute).
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// The init process as the guest sees it.
+    pub fn init_pid(&self) -> i32 {
+        self.init_pid
+    }
+
+    pub fn timings(&self) -> Timings {
+        self.timings
+    }
+
+    /// Lets the init exec the container's command. Checks afterwards that the caller's
+    /// `oom_score_adj` is what it was (start does not clone, but the check is cheap).
+    pub fn start(&mut self) -> Result<(), RuntimeError> {
+        let before = oom_score::own_oom_score_adj()?;
+        let started = Instant::now();
+        self.inner.start().map_err(youki_error("start", &self.id))?;
+        self.timings.start_us = micros(started.elapsed());
+        let after = oom_score::own_oom_score_adj()?;
+        if after != before {
+            return Err(RuntimeError::CallerScore {
+                expected: before,
+                found: after,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs another process in the running container (`exec`), with the container's
+    /// `oom_score_adj`. Returns its pid; it is a child of the caller, so [`wait_pid`] can reap
+    /// it.
+    pub fn exec(&self, args: &[String], env: &[String]) -> Result<i32, RuntimeError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .filter_map(|entry| entry.split_once('='))
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        let state_root = self
+            .inner
+            .root
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let id = self.id.to_string();
+        let args = args.to_vec();
+        let score = self.oom_score_adj;
+        let pid = oom_score::preserving_caller(|| {
+            // libcontainer's exec builds a process spec without oomScoreAdj, so the process
+            // would inherit the caller's score (-1000 for an agent: the memcg OOM livelock).
+            // Give the caller the container's score for the clone; preserving_caller restores.
+            oom_score::set_own_oom_score_adj(score)?;
+            ContainerBuilder::new(id, SyscallType::default())
+                .with_root_path(state_root)
+                .map_err(youki_error("exec into", &self.id))?
+                .as_tenant()
+                .with_container_args(args)
+                .with_env(env)
+                .with_detach(true)
+                .build()
+                .map_err(youki_error("exec into", &self.id))
+        })??;
+        Ok(pid.as_raw())
+    }
+
+    /// Sends `signal` to the init (or to every process of the container with `all`).
+    pub fn kill(&mut self, signal: i32, all: bool) -> Result<(), RuntimeError> {
+        let signal = Signal::try_from(signal).map_err(|error| RuntimeError::Signal {
+            signal,
+            message: error.to_string(),
+        })?;
+        self.inner
+            .kill(signal, all)
+            .map_err(youki_error("kill", &self.id))
+    }
+
+    /// Waits for the container's init to exit (blocking) and returns its status.
+    pub fn wait(&self) -> Result<ExitStatus, RuntimeError> {
+        wait_pid(self.init_pid)
+    }
+
+    /// Removes the container: snapshots its event files, deletes it (killing what is left),
+    /// and checks that the cgroup is gone.
+    pub fn delete(&mut self) -> Result<Removed, RuntimeError> {
+        let started = Instant::now();
+        let final_events = EventFiles::read(&self.cgroup)?;
+        if !self.deleted {
+            self.inner
+                .delete(true)
+                .map_err(youki_error("delete", &self.id))?;
+            self.deleted = true;
+        }
+        let _ = fs::remove_dir_all(&self.bundle);
+        if self.cgroup.exists() {
+            return Err(RuntimeError::CgroupLeft {
+                id: self.id.to_string(),
+                cgroup: self.cgroup.clone(),
+            });
+        }
+        self.timings.delete_us = micros(started.elapsed());
+        Ok(Removed {
+            container: self.id.clone(),
+            cgroup: self.cgroup.clone(),
+            final_events,
+        })
+    }
+}

@@ -1,0 +1,64 @@
+//! The reclaim signal: `vmscan:mm_vmscan_memcg_reclaim_{begin,end}`, memory pressure. Direct
+//! reclaim runs in the charging task's context, so the current task's container is the one
+//! under pressure; the programs time each run and count the pages it reclaimed.
+use guard_common::{ReclaimEvent, TracepointOffsets};
+use serde::Serialize;
+
+use super::{DecodeError, Formats, Hook, Program, Signal, SignalError, read_record, required};
+
+pub(crate) static SIGNAL: Signal = Signal {
+    name: "reclaim",
+    programs: &[
+        Program {
+            name: "mm_vmscan_memcg_reclaim_begin",
+            hook: Hook::Tracepoint {
+                category: "vmscan",
+                name: "mm_vmscan_memcg_reclaim_begin",
+            },
+        },
+        Program {
+            name: "mm_vmscan_memcg_reclaim_end",
+            hook: Hook::Tracepoint {
+                category: "vmscan",
+                name: "mm_vmscan_memcg_reclaim_end",
+            },
+        },
+    ],
+    read_offsets,
+};
+
+fn read_offsets(formats: &Formats<'_>, offsets: &mut TracepointOffsets) -> Result<(), SignalError> {
+    let format = formats.read("vmscan", "mm_vmscan_memcg_reclaim_end")?;
+    offsets.reclaim_nr_reclaimed = required(&format, "nr_reclaimed", 8)?;
+    Ok(())
+}
+
+/// A memcg direct reclaim finished in a watched container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reclaim {
+    pub tid: u32,
+    pub duration_ns: u64,
+    pub nr_reclaimed: u64,
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Result<Reclaim, DecodeError> {
+    let reclaim: ReclaimEvent = read_record(bytes, "reclaim event")?;
+    Ok(Reclaim {
+        tid: reclaim.tid,
+        duration_ns: reclaim.duration_ns,
+        nr_reclaimed: reclaim.nr_reclaimed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::signals::fixtures::{FakeTracefs, KERNELS};
+
+    #[test]
+    fn reads_nr_reclaimed_of_every_captured_kernel() {
+        for kernel in KERNELS {
+            let offsets = FakeTracefs::new(kernel, "reclaim").offsets();
+            assert_eq!(offsets.reclaim_nr_reclaimed, 8, "{kernel}");
+        }
+    }
+}

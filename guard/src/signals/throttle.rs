@@ -1,0 +1,28 @@
+//! The throttle signal: the rate bound on individual events (`guard-ebpf/src/throttle.rs`,
+//! applied by the other signals' programs; no hook of its own). Counters stay exact; a throttle
+//! record says how many individual events of a container were suppressed in a window.
+use guard_common::ThrottleEvent;
+use serde::Serialize;
+
+use super::{DecodeError, Signal, no_offsets, read_record};
+
+pub(crate) static SIGNAL: Signal = Signal {
+    name: "throttle",
+    programs: &[],
+    read_offsets: no_offsets,
+};
+
+/// Individual events of the container suppressed by the rate bound (counters stay exact).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Throttle {
+    pub suppressed: u64,
+    pub window_ns: u64,
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Result<Throttle, DecodeError> {
+    let throttle: ThrottleEvent = read_record(bytes, "throttle event")?;
+    Ok(Throttle {
+        suppressed: throttle.suppressed,
+        window_ns: throttle.window_ns,
+    })
+}

@@ -1,0 +1,4 @@
+//! Where events go once the hub has them: the hash-chained forensic log ([`event_log`]) and
+//! plain JSON lines ([`json_lines`]). Each is a subscriber with a bounded queue of its own.
+pub mod event_log;
+pub mod json_lines;

@@ -1,0 +1,180 @@
+//! The memory controller's verdict: `memory.events` (max, oom, oom_kill) against the BPF OOM
+//! kills, splitting the container's own memcg kills from the global OOM killer's.
+use super::{Evidence, LimitVerdict, OomSummary, Verdict, limit_in_force};
+
+/// How far the kernel may push memory usage past memory.max by itself: it force-charges some
+/// allocations (an OOM victim exiting, __GFP_NOFAIL) and charges in batches of 64 pages
+/// (MEMCG_CHARGE_BATCH). Overage within this is the kernel's documented behaviour, not a
+/// violation.
+pub const MEMORY_OVERCHARGE_SLACK: u64 = 64 * 4096;
+
+pub(super) fn verdict(
+    evidence: &Evidence<'_>,
+    flags: &mut Vec<String>,
+) -> (LimitVerdict, OomSummary) {
+    let events = evidence.kernel.memory_events.clone().unwrap_or_default();
+    let kernel_kills = events.get("oom_kill");
+    let memcg_ooms = events.get("oom");
+    let bpf_kills = evidence.bpf.map(|bpf| bpf.oom_kills);
+    // A kill with no OOM of the container's own is the global OOM killer's.
+    let memcg_kills = if memcg_ooms > 0 { kernel_kills } else { 0 };
+    let oom = OomSummary {
+        bpf_kills,
+        kernel_kills,
+        memcg_kills,
+        global_kills: kernel_kills - memcg_kills,
+    };
+    if oom.global_kills > 0 {
+        flags.push(format!(
+            "GLOBAL OOM: the global OOM killer killed {} task(s) of this container: the guest \
+             as a whole ran out of memory",
+            oom.global_kills
+        ));
+    }
+    if memcg_ooms > 0 && kernel_kills == 0 {
+        flags.push(format!(
+            "LIVELOCK: memory.events oom = {memcg_ooms} with oom_kill = 0: the memcg OOM killer \
+             finds no victim (tasks with oom_score_adj -1000?)"
+        ));
+    }
+    let limit = match limit_in_force(
+        "memory.max",
+        evidence.requested_memory_max,
+        evidence.applied.memory_max,
+    ) {
+        Ok(limit) => limit,
+        Err(verdict) => return (verdict, oom),
+    };
+    if let Some(peak) = evidence.applied.memory_peak.filter(|&peak| peak > limit) {
+        if peak - limit > MEMORY_OVERCHARGE_SLACK {
+            return (
+                LimitVerdict {
+                    verdict: Verdict::Violated,
+                    evidence: format!("memory.peak {peak} exceeds memory.max {limit}"),
+                },
+                oom,
+            );
+        }
+        flags.push(format!(
+            "memory.peak exceeded memory.max by {} bytes: the kernel's forced charges (an OOM \
+             victim's last pages, __GFP_NOFAIL), within its {MEMORY_OVERCHARGE_SLACK}-byte \
+             charge batch",
+            peak - limit
+        ));
+    }
+    if evidence.kernel.memory_events.is_none() {
+        return (
+            LimitVerdict {
+                verdict: Verdict::Incomplete,
+                evidence: "the cgroup has no memory.events: the memory controller is not enabled"
+                    .to_string(),
+            },
+            oom,
+        );
+    }
+    let hits = events.get("max");
+    let mut numbers = format!(
+        "memory.events max = {hits}, oom = {memcg_ooms}, oom_kill = {kernel_kills} at memory.max \
+         {limit}"
+    );
+    if let Some(bpf) = evidence.bpf {
+        numbers.push_str(&format!(
+            "; BPF: OOM kills attributed = {}, memcg reclaims = {} ({} pages, {} µs)",
+            bpf.oom_kills,
+            bpf.reclaim_runs,
+            bpf.reclaim_pages,
+            bpf.reclaim_ns / 1000
+        ));
+    }
+    let verdict = if hits == 0 && memcg_ooms == 0 && kernel_kills == 0 {
+        Verdict::NotExercised
+    } else if bpf_kills.is_some_and(|bpf| bpf != kernel_kills) {
+        Verdict::Incomplete
+    } else if oom.global_kills > 0 {
+        // The limit did not keep the container from the global OOM killer.
+        Verdict::Incomplete
+    } else {
+        Verdict::Enforced
+    };
+    (
+        LimitVerdict {
+            verdict,
+            evidence: numbers,
+        },
+        oom,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{fixtures::*, *};
+    use super::*;
+
+    #[test]
+    fn memcg_oom_kill_attributed_by_bpf_is_enforced() {
+        let applied = applied(Some(32 << 20), Some(512));
+        let kernel = files("max 40\noom 1\noom_kill 1\n", "max 0\n");
+        let bpf = BpfCounters {
+            oom_kills: 1,
+            reclaim_runs: 30,
+            fork_denied_pids_max: Some(0),
+            ..Default::default()
+        };
+        let result = reconcile(&evidence(&applied, &kernel, Some(&bpf)));
+        assert_eq!(result.memory.verdict, Verdict::Enforced, "{result:?}");
+        assert_eq!(result.oom.memcg_kills, 1);
+        assert_eq!(result.oom.global_kills, 0);
+        // The probe missing the kill makes it incomplete.
+        let missed = BpfCounters {
+            oom_kills: 0,
+            ..bpf
+        };
+        let result = reconcile(&evidence(&applied, &kernel, Some(&missed)));
+        assert_eq!(result.memory.verdict, Verdict::Incomplete, "{result:?}");
+    }
+
+    #[test]
+    fn kill_without_own_oom_is_global_and_shouted() {
+        let applied = applied(Some(32 << 20), Some(512));
+        let kernel = files("max 0\noom 0\noom_kill 2\n", "max 0\n");
+        let bpf = BpfCounters {
+            oom_kills: 2,
+            ..Default::default()
+        };
+        let result = reconcile(&evidence(&applied, &kernel, Some(&bpf)));
+        assert_eq!(result.oom.global_kills, 2);
+        assert!(
+            result
+                .flags
+                .iter()
+                .any(|flag| flag.starts_with("GLOBAL OOM"))
+        );
+        assert_eq!(result.memory.verdict, Verdict::Incomplete);
+    }
+
+    #[test]
+    fn oom_without_kill_is_a_livelock() {
+        let applied = applied(Some(32 << 20), Some(512));
+        let kernel = files("max 9000\noom 5620\noom_kill 0\n", "max 0\n");
+        let result = reconcile(&evidence(&applied, &kernel, None));
+        assert!(result.flags.iter().any(|flag| flag.starts_with("LIVELOCK")));
+    }
+
+    #[test]
+    fn a_page_of_forced_overcharge_is_flagged_not_violated() {
+        let mut applied = applied(Some(32 << 20), Some(64));
+        applied.memory_peak = Some((32 << 20) + 4096);
+        let kernel = files("max 5\noom 1\noom_kill 1\n", "max 0\n");
+        let result = reconcile(&evidence(&applied, &kernel, None));
+        assert_eq!(result.memory.verdict, Verdict::Enforced, "{result:?}");
+        assert!(
+            result
+                .flags
+                .iter()
+                .any(|flag| flag.contains("by 4096 bytes"))
+        );
+        applied.memory_peak = Some((32 << 20) + MEMORY_OVERCHARGE_SLACK + 1);
+        let result = reconcile(&evidence(&applied, &kernel, None));
+        assert_eq!(result.memory.verdict, Verdict::Violated);
+    }
+}

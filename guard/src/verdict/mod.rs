@@ -1,0 +1,218 @@
+//! Reconciliation: the BPF counters against the kernel's own event files, one controller a
+//! file (`pids.rs`, `memory.rs`), ending in a verdict with the numbers that justify it; the
+//! container's whole report is `report.rs`.
+//!
+//! Verdicts: `enforced` (the limit was hit and the kernel's and the probes' counts agree),
+//! `not_exercised` (nothing reached the limit, or no limit was in force), `incomplete` (the
+//! counts disagree, or events were lost), `violated` (a requested limit was not in force, or
+//! usage went past it).
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::{
+    Tier,
+    cgroup::{EventFiles, HeldLimits, LimitValue},
+    counters::BpfCounters,
+};
+
+mod memory;
+mod pids;
+pub mod report;
+
+pub use memory::MEMORY_OVERCHARGE_SLACK;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    NotExercised,
+    Enforced,
+    Incomplete,
+    Violated,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::NotExercised => "not exercised",
+            Verdict::Enforced => "enforced",
+            Verdict::Incomplete => "incomplete",
+            Verdict::Violated => "violated",
+        })
+    }
+}
+
+/// One limit's verdict and the evidence for it, in words a reader can check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LimitVerdict {
+    pub verdict: Verdict,
+    pub evidence: String,
+}
+
+/// How the container's OOM kills split between its own limit and the global OOM killer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OomSummary {
+    /// Kills the probes attributed to this container (None at tier 0).
+    pub bpf_kills: Option<u64>,
+    /// `memory.events` oom_kill since the container was watched.
+    pub kernel_kills: u64,
+    /// Kills by the container's own memory.max (its `oom` count rose).
+    pub memcg_kills: u64,
+    /// Kills of the container's tasks by the global OOM killer (no `oom` rise of its own).
+    pub global_kills: u64,
+}
+
+/// Everything reconciliation needs about one container.
+#[derive(Debug, Clone)]
+pub struct Evidence<'a> {
+    pub tier: Tier,
+    /// What the agent asked for (None: unknown, e.g. a cgroup the guard did not create).
+    pub requested_memory_max: Option<u64>,
+    pub requested_pids_max: Option<u64>,
+    pub applied: &'a HeldLimits,
+    /// Kernel event counters since the container was watched.
+    pub kernel: &'a EventFiles,
+    pub bpf: Option<&'a BpfCounters>,
+    /// Events of any container lost in the ring buffer since the guard started.
+    pub events_lost: u64,
+}
+
+/// The reconciled result for one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reconciliation {
+    pub pids: LimitVerdict,
+    pub memory: LimitVerdict,
+    pub oom: OomSummary,
+    /// Things an operator must know that no single verdict says.
+    pub flags: Vec<String>,
+    pub verdict: Verdict,
+}
+
+pub fn reconcile(evidence: &Evidence<'_>) -> Reconciliation {
+    let mut flags = Vec::new();
+    let pids = pids::verdict(evidence, &mut flags);
+    let (memory, oom) = memory::verdict(evidence, &mut flags);
+    let mut verdict = pids.verdict.max(memory.verdict);
+    if evidence.events_lost > 0 {
+        flags.push(format!(
+            "{} event(s) were lost in the ring buffer: individual events are missing (counters \
+             are exact)",
+            evidence.events_lost
+        ));
+        verdict = verdict.max(Verdict::Incomplete);
+    }
+    if evidence.tier == Tier::CgroupFilesOnly {
+        flags.push(
+            "tier 0: no BPF tracing, the evidence is the kernel's event files alone (no \
+             per-event detail, no attribution of OOM victims)"
+                .to_string(),
+        );
+    }
+    Reconciliation {
+        pids,
+        memory,
+        oom,
+        flags,
+        verdict,
+    }
+}
+
+fn limit_value(limit: Option<LimitValue>) -> Option<u64> {
+    limit.and_then(LimitValue::value)
+}
+
+/// A requested limit that the kernel does not hold is a violation before anything ran.
+fn limit_in_force(
+    what: &str,
+    requested: Option<u64>,
+    applied: Option<LimitValue>,
+) -> Result<u64, LimitVerdict> {
+    match (requested, limit_value(applied)) {
+        (Some(requested), Some(applied)) if requested != applied => Err(LimitVerdict {
+            verdict: Verdict::Violated,
+            evidence: format!("{what} requested {requested}, but the kernel holds {applied}"),
+        }),
+        (_, Some(applied)) => Ok(applied),
+        (Some(requested), None) => Err(LimitVerdict {
+            verdict: Verdict::Violated,
+            evidence: format!(
+                "{what} requested {requested}, but the cgroup has {}",
+                applied.map_or("no such file".to_string(), |limit| limit.to_string())
+            ),
+        }),
+        (None, None) => Err(LimitVerdict {
+            verdict: Verdict::NotExercised,
+            evidence: format!("no {what} limit in force"),
+        }),
+    }
+}
+
+#[cfg(test)]
+pub(super) mod fixtures {
+    //! Evidence for the controllers' unit tests.
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::cgroup::KeyedCounts;
+
+    pub fn keyed(text: &str) -> Option<KeyedCounts> {
+        Some(KeyedCounts::parse(Path::new("test"), text).unwrap())
+    }
+
+    pub fn applied(memory: Option<u64>, pids: Option<u64>) -> HeldLimits {
+        HeldLimits {
+            cgroup: PathBuf::from("/sys/fs/cgroup/guard/c"),
+            memory_max: Some(memory.map_or(LimitValue::Max, LimitValue::Value)),
+            memory_swap_max: Some(LimitValue::Value(0)),
+            pids_max: Some(pids.map_or(LimitValue::Max, LimitValue::Value)),
+            memory_peak: None,
+            pids_peak: None,
+        }
+    }
+
+    pub fn files(memory: &str, pids: &str) -> EventFiles {
+        EventFiles {
+            memory_events: keyed(memory),
+            memory_events_local: keyed(memory),
+            pids_events: keyed(pids),
+            pids_events_local: None,
+        }
+    }
+
+    pub fn evidence<'a>(
+        applied: &'a HeldLimits,
+        kernel: &'a EventFiles,
+        bpf: Option<&'a BpfCounters>,
+    ) -> Evidence<'a> {
+        Evidence {
+            tier: if bpf.is_some() {
+                Tier::TracepointsAndKprobes
+            } else {
+                Tier::CgroupFilesOnly
+            },
+            requested_memory_max: limit_value(applied.memory_max),
+            requested_pids_max: limit_value(applied.pids_max),
+            applied,
+            kernel,
+            bpf,
+            events_lost: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fixtures::*, *};
+
+    #[test]
+    fn tier_0_says_what_it_lacks_and_lost_events_make_it_incomplete() {
+        let applied = applied(Some(32 << 20), Some(64));
+        let kernel = files("max 0\n", "max 3\n");
+        let mut evidence = evidence(&applied, &kernel, None);
+        let result = reconcile(&evidence);
+        assert_eq!(result.pids.verdict, Verdict::Enforced);
+        assert!(result.flags.iter().any(|flag| flag.starts_with("tier 0")));
+        evidence.events_lost = 5;
+        assert_eq!(reconcile(&evidence).verdict, Verdict::Incomplete);
+    }
+}
