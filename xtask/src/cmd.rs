@@ -32,6 +32,9 @@ pub fn build_guest_binaries() -> anyhow::Result<std::path::PathBuf> {
         "-p",
         "guard-tests",
         "--bins",
+        // The binary is the library's `cli` feature.
+        "--features",
+        "guard/cli",
     ]))?;
     Ok(xtask::paths::target_dir().join("release"))
 }

@@ -15,7 +15,7 @@ binaries with their shared libraries), boot it with QEMU and a Debian kernel fro
 cache, run CMD as the guest agent would (oom_score_adj -1000, cgroup2 with +memory +pids, \
 tracefs, a tmpfs root), and print its stdout, stderr and exit code. Files the command leaves \
 in the guest's /results are copied to a host folder that is printed.\n\n\
-By default `cargo build --release -p guard` and `cargo build --release -p guard-tests --bins` \
+By default `cargo build --release -p guard --features cli` and `cargo build --release -p guard-tests --bins` \
 run first and target/release/guard and guard-stress go into the guest's /bin.\n\n\
 Exit status: the guest command's exit code; 100 if the VM died (kernel panic, init died), \
 101 if it timed out. Boot time, scenario wall time and a progress line every 10 s go to \
@@ -98,7 +98,7 @@ pub fn run(args: VmArgs) -> Result<i32> {
     };
     if !args.no_guard {
         if !args.no_build {
-            cargo_build(&["build", "--release", "-p", "guard"])?;
+            cargo_build(&["build", "--release", "-p", "guard", "--features", "cli"])?;
             cargo_build(&["build", "--release", "-p", "guard-tests", "--bins"])?;
         }
         let release = paths::target_dir().join("release");
