@@ -137,17 +137,19 @@ impl MemInfo {
     }
 }
 
+/// A 128 MiB guest's meminfo, for the limits' unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MEMINFO: &str = "\
+pub(super) const MEMINFO: &str = "\
 MemTotal:         131072 kB
 MemFree:          120000 kB
 MemAvailable:     100000 kB
 Buffers:               0 kB
 SwapTotal:             0 kB
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn ninety_percent_of_available_with_headroom() {

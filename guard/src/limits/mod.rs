@@ -202,15 +202,7 @@ impl fmt::Display for Limits {
 }
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    const MEMINFO: &str = "\
-MemTotal:         131072 kB
-MemFree:          120000 kB
-MemAvailable:     100000 kB
-Buffers:               0 kB
-SwapTotal:             0 kB
-";
+    use super::{meminfo::MEMINFO, *};
 
     fn guest() -> MemInfo {
         MemInfo::parse(MEMINFO).unwrap()

@@ -3,17 +3,11 @@
 //! nothing.
 use guard_common::TracepointOffsets;
 
-use super::{Formats, Hook, Program, Signal, SignalError, required};
+use super::{Formats, Program, Signal, SignalError, required};
 
 pub(crate) static SIGNAL: Signal = Signal {
     name: "attach",
-    programs: &[Program {
-        name: "cgroup_attach_task",
-        hook: Hook::Tracepoint {
-            category: "cgroup",
-            name: "cgroup_attach_task",
-        },
-    }],
+    programs: &[Program::tracepoint("cgroup", "cgroup_attach_task")],
     read_offsets,
 };
 

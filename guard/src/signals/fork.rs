@@ -3,17 +3,11 @@
 use guard_common::{ForkEvent, TracepointOffsets};
 use serde::Serialize;
 
-use super::{DecodeError, Formats, Hook, Program, Signal, SignalError, read_record, required};
+use super::{DecodeError, Formats, Program, Signal, SignalError, read_record, required};
 
 pub(crate) static SIGNAL: Signal = Signal {
     name: "fork",
-    programs: &[Program {
-        name: "sched_process_fork",
-        hook: Hook::Tracepoint {
-            category: "sched",
-            name: "sched_process_fork",
-        },
-    }],
+    programs: &[Program::tracepoint("sched", "sched_process_fork")],
     read_offsets,
 };
 

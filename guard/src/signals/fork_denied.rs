@@ -14,23 +14,13 @@ const SYSCALL_EXITS: [&str; 4] = [
     "sys_exit_vfork",
 ];
 
-const fn syscall_exit(name: &'static str) -> Program {
-    Program {
-        name,
-        hook: Hook::Tracepoint {
-            category: "syscalls",
-            name,
-        },
-    }
-}
-
 pub(crate) static SIGNAL: Signal = Signal {
     name: "fork_denied",
     programs: &[
-        syscall_exit(SYSCALL_EXITS[0]),
-        syscall_exit(SYSCALL_EXITS[1]),
-        syscall_exit(SYSCALL_EXITS[2]),
-        syscall_exit(SYSCALL_EXITS[3]),
+        Program::tracepoint("syscalls", SYSCALL_EXITS[0]),
+        Program::tracepoint("syscalls", SYSCALL_EXITS[1]),
+        Program::tracepoint("syscalls", SYSCALL_EXITS[2]),
+        Program::tracepoint("syscalls", SYSCALL_EXITS[3]),
         Program {
             name: "pids_can_fork_exit",
             hook: Hook::KRetProbe {

@@ -47,6 +47,16 @@ pub(crate) struct Program {
     pub hook: Hook,
 }
 
+impl Program {
+    /// A program named after the tracepoint it attaches to (guard's convention).
+    pub const fn tracepoint(category: &'static str, name: &'static str) -> Self {
+        Self {
+            name,
+            hook: Hook::Tracepoint { category, name },
+        }
+    }
+}
+
 pub(crate) enum Hook {
     /// A tracepoint (tier 1: every kernel with BPF_EVENTS has it).
     Tracepoint {

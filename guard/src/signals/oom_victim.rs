@@ -5,19 +5,12 @@ use guard_common::{ABSENT, OomVictimEvent, TracepointOffsets};
 use serde::Serialize;
 
 use super::{
-    DecodeError, Formats, Hook, Program, Signal, SignalError, narrow, optional, read_record,
-    required,
+    DecodeError, Formats, Program, Signal, SignalError, narrow, optional, read_record, required,
 };
 
 pub(crate) static SIGNAL: Signal = Signal {
     name: "oom_victim",
-    programs: &[Program {
-        name: "mark_victim",
-        hook: Hook::Tracepoint {
-            category: "oom",
-            name: "mark_victim",
-        },
-    }],
+    programs: &[Program::tracepoint("oom", "mark_victim")],
     read_offsets,
 };
 

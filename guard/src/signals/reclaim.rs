@@ -4,25 +4,13 @@
 use guard_common::{ReclaimEvent, TracepointOffsets};
 use serde::Serialize;
 
-use super::{DecodeError, Formats, Hook, Program, Signal, SignalError, read_record, required};
+use super::{DecodeError, Formats, Program, Signal, SignalError, read_record, required};
 
 pub(crate) static SIGNAL: Signal = Signal {
     name: "reclaim",
     programs: &[
-        Program {
-            name: "mm_vmscan_memcg_reclaim_begin",
-            hook: Hook::Tracepoint {
-                category: "vmscan",
-                name: "mm_vmscan_memcg_reclaim_begin",
-            },
-        },
-        Program {
-            name: "mm_vmscan_memcg_reclaim_end",
-            hook: Hook::Tracepoint {
-                category: "vmscan",
-                name: "mm_vmscan_memcg_reclaim_end",
-            },
-        },
+        Program::tracepoint("vmscan", "mm_vmscan_memcg_reclaim_begin"),
+        Program::tracepoint("vmscan", "mm_vmscan_memcg_reclaim_end"),
     ],
     read_offsets,
 };

@@ -5,9 +5,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 
-use crate::events::GuardEvent;
+use crate::{Guard, events::GuardEvent};
+
+/// Events a JSON-lines file may fall behind by before it loses some (counted by the guard).
+pub const QUEUE_EVENTS: usize = 65_536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JsonLinesError {
@@ -21,6 +27,39 @@ pub enum JsonLinesError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the events writer for {path} stopped: {message}")]
+    Stopped { path: PathBuf, message: String },
+}
+
+/// A running JSON-lines sink: a subscriber of the guard writing to a file.
+pub struct JsonLines {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), JsonLinesError>>,
+    path: PathBuf,
+}
+
+impl JsonLines {
+    /// Subscribes to `guard` and writes every event to `path` (`-`: standard output).
+    pub fn start(guard: &Guard, path: &Path) -> Result<Self, JsonLinesError> {
+        let out = open(path)?;
+        let (stop, stopped) = oneshot::channel();
+        let events = guard.subscribe(QUEUE_EVENTS);
+        let task = tokio::spawn(write(events, out, path.to_path_buf(), stopped));
+        Ok(Self {
+            stop,
+            task,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Writes what is queued and ends (call after `Guard::drain` to include every event).
+    pub async fn finish(self) -> Result<(), JsonLinesError> {
+        let _ = self.stop.send(());
+        self.task.await.map_err(|join| JsonLinesError::Stopped {
+            path: self.path,
+            message: join.to_string(),
+        })?
+    }
 }
 
 /// Where the lines go: `-` is standard output.

@@ -12,7 +12,7 @@ use guard::{
     ContainerId, Guard, GuardOptions, StreamOptions, Tier,
     cgroup::{self, Hierarchy},
     limits::Limits,
-    sinks::json_lines,
+    sinks::json_lines::JsonLines,
 };
 
 #[derive(clap::Args)]
@@ -133,20 +133,11 @@ async fn run_in_cgroup(guard: &Guard, id: &str, args: &ExecArgs) -> anyhow::Resu
     };
     guard.watch_limited(id, &args.cgroup, limits)?;
     let log = args.log.start(guard, serde_json::to_value(limits)?)?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let writer = match &args.events {
-        Some(path) => {
-            let out = json_lines::open(path)?;
-            let events = guard.subscribe(65_536);
-            Some(tokio::spawn(json_lines::write(
-                events,
-                out,
-                path.clone(),
-                stopped,
-            )))
-        }
-        None => None,
-    };
+    let writer = args
+        .events
+        .as_deref()
+        .map(|path| JsonLines::start(guard, path))
+        .transpose()?;
 
     let started = Instant::now();
     let mut command = Command::new(&args.command[0]);
@@ -164,9 +155,8 @@ async fn run_in_cgroup(guard: &Guard, id: &str, args: &ExecArgs) -> anyhow::Resu
     let global = guard.global_counters().await?;
     crate::log_args::finish(log, std::slice::from_ref(&report)).await?;
     // Everything is drained now: let the writer finish what is queued.
-    let _ = stop.send(());
     if let Some(writer) = writer {
-        writer.await.context("the events writer failed")??;
+        writer.finish().await?;
     }
     if args.json {
         let output = serde_json::json!({

@@ -4,7 +4,8 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use guard::{
-    ContainerId, Guard, GuardOptions, StreamOptions, cgroup::Hierarchy, sinks::json_lines,
+    ContainerId, Guard, GuardOptions, StreamOptions, cgroup::Hierarchy,
+    sinks::json_lines::JsonLines,
 };
 
 #[derive(clap::Args)]
@@ -71,20 +72,11 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let log = args.log.start(&guard, serde_json::Value::Null)?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let writer = match &args.events {
-        Some(path) => {
-            let out = json_lines::open(path)?;
-            let events = guard.subscribe(65_536);
-            Some(tokio::spawn(json_lines::write(
-                events,
-                out,
-                path.clone(),
-                stopped,
-            )))
-        }
-        None => None,
-    };
+    let writer = args
+        .events
+        .as_deref()
+        .map(|path| JsonLines::start(&guard, path))
+        .transpose()?;
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing a SIGTERM handler")?;
@@ -106,13 +98,10 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     }
     crate::log_args::finish(log, &reports).await?;
     // Everything is drained now: the writer finishes what is queued.
-    let _ = stop.send(());
-    if let Some(writer) = writer {
-        match tokio::time::timeout(Duration::from_secs(5), writer).await {
-            Ok(Ok(Err(error))) => eprintln!("guard: {error}"),
-            Ok(Err(error)) => eprintln!("guard: the events writer failed: {error}"),
-            Ok(Ok(Ok(()))) | Err(_) => {}
-        }
+    if let Some(writer) = writer
+        && let Err(error) = writer.finish().await
+    {
+        eprintln!("guard: {error}");
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
