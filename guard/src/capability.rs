@@ -10,7 +10,7 @@ use aya::{
 };
 use serde::Serialize;
 
-use crate::{Tier, bpf::tracefs, cgroup::Hierarchy, signals};
+use crate::{Tier, cgroup::Hierarchy, signals, tracefs};
 
 /// Controllers enforcement needs in the cgroup v2 hierarchy.
 pub const NEEDED_CONTROLLERS: &[&str] = &["memory", "pids"];

@@ -21,6 +21,7 @@ mod capability;
 pub mod cgroup;
 pub mod events;
 mod signals;
+mod tracefs;
 
 // From the kernel to the subscribers and sinks.
 mod pipeline;
@@ -69,9 +70,9 @@ pub mod internals {
     use std::path::Path;
 
     pub use crate::{
-        bpf::tracefs::{Field, Format, TracefsError},
         events::KernelEvent,
         signals::{DecodeError, SignalError},
+        tracefs::{Field, Format, TracefsError},
     };
 
     /// Decodes one ring-buffer record.

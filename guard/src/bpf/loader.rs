@@ -7,8 +7,8 @@ use aya::{
 use guard_common::{CounterRow, LostCounts, ProbeConfig, TaskEntry, WatchEntry};
 use tracing::{debug, warn};
 
-use super::tracefs::{self, TracefsError};
 use crate::signals::{self, Hook, Program, SignalError};
+use crate::tracefs::{self, TracefsError};
 
 /// The eBPF object built by `build.rs`: the binary, tests and benches all load these bytes.
 pub static EBPF_OBJECT: &[u8] =

@@ -1,8 +1,7 @@
-//! The eBPF side as userspace sees it: tracefs, loading and attaching every signal's programs,
+//! The eBPF side as userspace sees it: loading the object, attaching every signal's programs,
 //! and typed access to their maps.
 mod loader;
 mod maps;
-pub(crate) mod tracefs;
 
 pub(crate) use loader::Probes;
 pub use loader::{EBPF_OBJECT, ProbeError, StreamOptions};

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use guard_common::{ABSENT, ProbeConfig, TracepointOffsets};
 
-use crate::bpf::tracefs::{Format, TracefsError};
+use crate::tracefs::{Format, TracefsError};
 
 pub(crate) mod attach;
 pub(crate) mod exit;

@@ -214,10 +214,8 @@ fn parse_field(line: &str) -> Result<Field, &'static str> {
 mod tests {
     use super::*;
 
-    const FORK_6_18: &str =
-        include_str!("../../tests/fixtures/format/6.18/sched_process_fork.format");
-    const FORK_6_1: &str =
-        include_str!("../../tests/fixtures/format/6.1/sched_process_fork.format");
+    const FORK_6_18: &str = include_str!("../tests/fixtures/format/6.18/sched_process_fork.format");
+    const FORK_6_1: &str = include_str!("../tests/fixtures/format/6.1/sched_process_fork.format");
 
     #[test]
     fn parses_inline_comm_fork_layout() {

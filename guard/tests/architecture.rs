@@ -1,0 +1,185 @@
+//! The library's rooms form a DAG (docs/ARCHITECTURE.md): no top-level module of `guard/src`
+//! reaches, through `crate::…` paths, a module that reaches it back; and no source file outside
+//! the tests grows past 500 lines. Both are read off the source text, so a change that breaks
+//! either fails here, naming the cycle or the file.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
+
+const MAX_LINES: usize = 500;
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The room a library file belongs to: its top-level module (None for lib.rs and the binary).
+fn room(src: &Path, file: &Path) -> Option<String> {
+    let relative = file.strip_prefix(src).unwrap();
+    let first = relative.components().next()?.as_os_str().to_str()?;
+    match first {
+        "lib.rs" | "bin" => None,
+        name => Some(name.trim_end_matches(".rs").to_string()),
+    }
+}
+
+/// The rooms a file names through `crate::…`, including `use crate::{a, b::c}` groups.
+fn references(text: &str) -> BTreeSet<String> {
+    let mut rooms = BTreeSet::new();
+    // Only code: comments may name any room, and the test modules may reach anywhere.
+    let code: String = text
+        .split("#[cfg(test)]")
+        .next()
+        .unwrap_or(text)
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // Each item of the group at depth 1 starts with the room it names.
+            let mut depth = 0;
+            let mut at_item_start = true;
+            let mut name = String::new();
+            for c in group.chars() {
+                if c.is_alphanumeric() || c == '_' {
+                    if depth == 0 && at_item_start {
+                        name.push(c);
+                    }
+                    continue;
+                }
+                if !name.is_empty() {
+                    rooms.insert(std::mem::take(&mut name));
+                    at_item_start = false;
+                }
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => at_item_start = true,
+                    _ => {}
+                }
+            }
+            if !name.is_empty() {
+                rooms.insert(name);
+            }
+        } else {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            rooms.insert(name);
+        }
+    }
+    rooms
+}
+
+/// The room of each name `lib.rs` re-exports at the root (`crate::Guard` is the `guard` room).
+fn root_names(lib: &str) -> BTreeMap<String, String> {
+    let mut names = BTreeMap::new();
+    for statement in lib.split(';') {
+        let Some(path) = statement.trim().strip_prefix("pub use ") else {
+            continue;
+        };
+        let room: String = path
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        for name in path.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+            if name.starts_with(|c: char| c.is_ascii_uppercase()) {
+                names.insert(name.to_string(), room.clone());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn the_rooms_form_a_dag() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    let root = root_names(&lib);
+    assert_eq!(root.get("Guard").map(String::as_str), Some("guard"));
+    for file in &files {
+        let Some(from) = room(&src, file) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(file).unwrap();
+        let edges = graph.entry(from.clone()).or_default();
+        for name in references(&text) {
+            // A name re-exported at the root (`crate::Guard`) stands for its room.
+            let to = root.get(&name).cloned().unwrap_or(name);
+            let is_room = lib.contains(&format!("mod {to};"));
+            if to != from && is_room {
+                edges.insert(to);
+            }
+        }
+    }
+    assert!(graph.len() > 10, "read too few rooms: {graph:?}");
+    // Peel off rooms that depend on nothing left; whatever remains is a cycle.
+    let mut remaining = graph.clone();
+    let mut layers = Vec::new();
+    while !remaining.is_empty() {
+        let free: Vec<String> = remaining
+            .iter()
+            .filter(|(_, deps)| deps.iter().all(|dep| !remaining.contains_key(dep)))
+            .map(|(room, _)| room.clone())
+            .collect();
+        assert!(
+            !free.is_empty(),
+            "the rooms of guard/src have a cycle among {:?}",
+            remaining
+                .iter()
+                .map(|(room, deps)| format!("{room} -> {deps:?}"))
+                .collect::<Vec<_>>()
+        );
+        for room in &free {
+            remaining.remove(room);
+        }
+        layers.push(free);
+    }
+    eprintln!("layers, bottom first: {layers:?}");
+    for (room, deps) in &graph {
+        eprintln!("  {room} -> {deps:?}");
+    }
+}
+
+#[test]
+fn no_source_file_is_over_500_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|file| {
+            let lines = std::fs::read_to_string(file).unwrap().lines().count();
+            (lines > MAX_LINES).then(|| format!("{} ({lines} lines)", file.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "over {MAX_LINES} lines: {long:?}");
+}
+
+#[test]
+fn references_reads_groups_and_paths() {
+    let text = "use crate::{\n    Tier,\n    cgroup::{self, EventFiles},\n    verdict::report::Report,\n};\nlet x = crate::events::decode(b);";
+    let found = references(text);
+    for room in ["Tier", "cgroup", "verdict", "events"] {
+        assert!(found.contains(room), "{found:?}");
+    }
+    assert!(
+        !found.contains("EventFiles") && !found.contains("report"),
+        "{found:?}"
+    );
+}
