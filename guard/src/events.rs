@@ -108,8 +108,8 @@ pub struct GuardEvent {
 }
 
 impl GuardEvent {
-    /// A decoded kernel record, attributed.
-    pub(crate) fn kernel(container: Option<String>, event: KernelEvent) -> Self {
+    /// A decoded ring-buffer record, attributed to `container` (what the hub publishes).
+    pub fn from_record(container: Option<String>, event: KernelEvent) -> Self {
         Self {
             container,
             ring: Some(RingPosition {
@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn serialises_kind_names_and_ring_positions() {
         let kernel =
-            GuardEvent::kernel(Some("c".into()), decode(&as_bytes(&fork_record())).unwrap());
+            GuardEvent::from_record(Some("c".into()), decode(&as_bytes(&fork_record())).unwrap());
         let json = serde_json::to_value(&kernel).unwrap();
         assert_eq!(json["kind"], kernel.detail.kind_name());
         assert_eq!(

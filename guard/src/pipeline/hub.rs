@@ -106,7 +106,7 @@ impl Hub {
                 &event.detail,
             );
             let container = self.attribute(event.cgroup_id);
-            self.publish(GuardEvent::kernel(container, event));
+            self.publish(GuardEvent::from_record(container, event));
         }
     }
 
