@@ -5,6 +5,10 @@ use anyhow::Context;
 
 use crate::cmd::{self, cargo};
 
+/// The library's features the full build enables (the binary, the config file, and the
+/// internals guard's own bad-input and fuzz-replay tests need). The lean build has none.
+const FULL_FEATURES: &str = "guard/cli,guard/internals";
+
 #[derive(clap::Args)]
 pub struct TestArgs {
     /// Skip formatting and clippy (for a quick re-run of the tests alone).
@@ -27,6 +31,19 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             "fmt",
             cmd::run(cargo().args(["fmt", "--all", "--", "--check"]))?,
         ));
+        // The library as an agent that only monitors builds it: no feature.
+        steps.push((
+            "clippy (lean library)",
+            cmd::run(cargo().args([
+                "clippy",
+                "-p",
+                "guard",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?,
+        ));
         // The eBPF crate only builds for the bpf target (on the host, feature unification
         // would link std into it), so it gets its own clippy run on that target.
         steps.push((
@@ -37,6 +54,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
                 "--exclude",
                 "guard-ebpf",
                 "--all-targets",
+                "--features",
+                FULL_FEATURES,
                 "--",
                 "-D",
                 "warnings",
@@ -62,10 +81,16 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let bin_dir = cmd::build_guest_binaries()?;
     steps.push(("release binaries for guests", build_started.elapsed()));
     steps.push((
+        "tests (lean library)",
+        cmd::run(cargo().args(["test", "-p", "guard", "--lib"]))
+            .context("the lean library's tests failed")?,
+    ));
+    steps.push((
         "tests (unit, host, guest)",
         cmd::run(
             cargo()
                 .args(["test", "--workspace", "--exclude", "guard-ebpf"])
+                .args(["--features", FULL_FEATURES])
                 .args(test_args(args))
                 .env("GUARD_BIN_DIR", &bin_dir),
         )
