@@ -10,7 +10,7 @@ use guard::{
 use guard_tests::host::{root_or_skip, run_stress, watched_container};
 use tokio::sync::mpsc;
 
-const STRESS: &str = env!("CARGO_BIN_EXE_guard-stress");
+use crate::STRESS;
 
 /// Everything the subscriber has received so far: child pids of forks, and faults.
 fn received(events: &mut mpsc::Receiver<GuardEvent>) -> (Vec<u32>, Vec<EventDetail>) {
