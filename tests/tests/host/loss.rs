@@ -2,10 +2,8 @@
 //! (delivered + lost = the kernel's count) and in-band, to subscribers and in the forensic log.
 use std::time::Duration;
 
-use guard::{
-    EventDetail, Guard, GuardOptions, StreamOptions, event_log::EventLog, forensic::LogOptions,
-};
-use guard_tests::host::{TestCgroup, root_or_skip, run_stress};
+use guard::{EventDetail, Guard, GuardOptions, StreamOptions};
+use guard_tests::host::{TestCgroup, event_log, root_or_skip, run_stress};
 
 use crate::STRESS;
 
@@ -28,15 +26,7 @@ async fn forced_overflow_is_accounted_exactly_and_in_band() {
     let guard = Guard::start(options).await.unwrap();
     guard.watch("overflow", &cgroup.path).unwrap();
     let mut events = guard.subscribe(100_000);
-    let log_dir = std::env::temp_dir().join(format!("guard-overflow-log-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&log_dir);
-    let log = EventLog::start(
-        &guard,
-        &log_dir,
-        LogOptions::default(),
-        serde_json::Value::Null,
-    )
-    .unwrap();
+    let (log_dir, log) = event_log(&guard, "overflow-log");
 
     run_stress(STRESS, Some(&cgroup.path), &["fork", "3000"]);
 
