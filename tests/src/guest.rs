@@ -12,8 +12,89 @@ use std::{
 
 use xtask::vm::{self, Completed, VmConfig, VmResult};
 
-/// The guest kernels every guest test runs on.
-pub const KERNELS: [&str; 2] = ["6.1", "6.12"];
+/// `per_kernel!(f, g);` declares, for each function `f(kernel: &str)`, a module `f` of
+/// `#[test]` functions, one per guest kernel, each calling `f` with its kernel's name: `cargo
+/// test` lists them as `…::f::linux_6_1`, `…::f::linux_6_12`, so a filter like `linux_6_12`
+/// runs one kernel's guests alone.
+///
+/// The kernel list is here, once: a kernel is added with one line, and [`KERNELS`] follows.
+/// The `@`-arms are internal.
+#[macro_export]
+macro_rules! per_kernel {
+    // The guest kernels, each as `test name = kernel name` (the name `xtask vm` resolves).
+    (@with $arm:ident $($args:tt)*) => {
+        $crate::per_kernel! { @$arm [$($args)*]
+            linux_6_1 = "6.1",
+            linux_6_12 = "6.12",
+        }
+    };
+    (@tests [$function:ident] $($test:ident = $kernel:literal,)+) => {
+        mod $function {
+            $(
+                #[test]
+                fn $test() {
+                    super::$function($kernel);
+                }
+            )+
+        }
+    };
+    (@pairs [] $($test:ident = $kernel:literal,)+) => {
+        [$((stringify!($test), $kernel)),+]
+    };
+    ($($function:ident),+ $(,)?) => {
+        $($crate::per_kernel! { @with tests $function })+
+    };
+}
+
+/// Each guest kernel with its tests' name, from [`per_kernel!`]'s list.
+const KERNEL_TESTS: &[(&str, &str)] = &per_kernel!(@with pairs);
+
+/// The guest kernels every guest test runs on, in [`per_kernel!`]'s order.
+pub const KERNELS: [&str; KERNEL_TESTS.len()] = {
+    let mut kernels = [""; KERNEL_TESTS.len()];
+    let mut i = 0;
+    while i < kernels.len() {
+        kernels[i] = KERNEL_TESTS[i].1;
+        i += 1;
+    }
+    kernels
+};
+
+// A test named for another kernel than it boots would mislead every report: refuse to build.
+const _: () = {
+    let mut i = 0;
+    while i < KERNEL_TESTS.len() {
+        assert!(
+            is_test_name(KERNEL_TESTS[i].0, KERNEL_TESTS[i].1),
+            "per_kernel!: a kernel's test name must be `linux_` and its name with `_` for `.`"
+        );
+        i += 1;
+    }
+};
+
+/// Whether `test` is `kernel`'s test name: `linux_6_12` for "6.12".
+const fn is_test_name(test: &str, kernel: &str) -> bool {
+    const PREFIX: &[u8] = b"linux_";
+    let (test, kernel) = (test.as_bytes(), kernel.as_bytes());
+    if test.len() != PREFIX.len() + kernel.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < test.len() {
+        let expected = if i < PREFIX.len() {
+            PREFIX[i]
+        } else if kernel[i - PREFIX.len()] == b'.' {
+            b'_'
+        } else {
+            kernel[i - PREFIX.len()]
+        };
+        if test[i] != expected {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 fn unavailable(reason: String) -> Option<Guest> {
     if vm::in_ci() {
@@ -134,4 +215,26 @@ pub fn assert_log_verifies(dir: &Path) {
         String::from_utf8_lossy(&verdict.stdout),
         String::from_utf8_lossy(&verdict.stderr)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_and_their_test_names_agree() {
+        assert!(is_test_name("linux_6_12", "6.12"));
+        // Two-sided: the compile-time check refuses a name for another kernel.
+        assert!(!is_test_name("linux_6_1", "6.12"));
+        assert!(!is_test_name("linux_6_12", "6.1"));
+        assert!(!is_test_name("linux_6.12", "6.12"));
+        assert!(!is_test_name("kernel_6_12", "6.12"));
+    }
+
+    fn called(kernel: &str) {
+        assert!(KERNELS.contains(&kernel), "{kernel}");
+    }
+
+    // The macro itself: `called::linux_6_1` and `called::linux_6_12` run as tests here.
+    per_kernel!(called);
 }
