@@ -12,8 +12,89 @@ use std::{
 
 use xtask::vm::{self, Completed, VmConfig, VmResult};
 
-/// The guest kernels every guest test runs on.
-pub const KERNELS: [&str; 2] = ["6.1", "6.12"];
+/// `per_kernel!(f, g);` declares, for each function `f(kernel: &str)`, a module `f` of
+/// `#[test]` functions, one per guest kernel, each calling `f` with its kernel's name: `cargo
+/// test` lists them as `…::f::linux_6_1`, `…::f::linux_6_12`, so a filter like `linux_6_12`
+/// runs one kernel's guests alone.
+///
+/// The kernel list is here, once: a kernel is added with one line, and [`KERNELS`] follows.
+/// The `@`-arms are internal.
+#[macro_export]
+macro_rules! per_kernel {
+    // The guest kernels, each as `test name = kernel name` (the name `xtask vm` resolves).
+    (@with $arm:ident $($args:tt)*) => {
+        $crate::per_kernel! { @$arm [$($args)*]
+            linux_6_1 = "6.1",
+            linux_6_12 = "6.12",
+        }
+    };
+    (@tests [$function:ident] $($test:ident = $kernel:literal,)+) => {
+        mod $function {
+            $(
+                #[test]
+                fn $test() {
+                    super::$function($kernel);
+                }
+            )+
+        }
+    };
+    (@pairs [] $($test:ident = $kernel:literal,)+) => {
+        [$((stringify!($test), $kernel)),+]
+    };
+    ($($function:ident),+ $(,)?) => {
+        $($crate::per_kernel! { @with tests $function })+
+    };
+}
+
+/// Each guest kernel with its tests' name, from [`per_kernel!`]'s list.
+const KERNEL_TESTS: &[(&str, &str)] = &per_kernel!(@with pairs);
+
+/// The guest kernels every guest test runs on, in [`per_kernel!`]'s order.
+pub const KERNELS: [&str; KERNEL_TESTS.len()] = {
+    let mut kernels = [""; KERNEL_TESTS.len()];
+    let mut i = 0;
+    while i < kernels.len() {
+        kernels[i] = KERNEL_TESTS[i].1;
+        i += 1;
+    }
+    kernels
+};
+
+// A test named for another kernel than it boots would mislead every report: refuse to build.
+const _: () = {
+    let mut i = 0;
+    while i < KERNEL_TESTS.len() {
+        assert!(
+            is_test_name(KERNEL_TESTS[i].0, KERNEL_TESTS[i].1),
+            "per_kernel!: a kernel's test name must be `linux_` and its name with `_` for `.`"
+        );
+        i += 1;
+    }
+};
+
+/// Whether `test` is `kernel`'s test name: `linux_6_12` for "6.12".
+const fn is_test_name(test: &str, kernel: &str) -> bool {
+    const PREFIX: &[u8] = b"linux_";
+    let (test, kernel) = (test.as_bytes(), kernel.as_bytes());
+    if test.len() != PREFIX.len() + kernel.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < test.len() {
+        let expected = if i < PREFIX.len() {
+            PREFIX[i]
+        } else if kernel[i - PREFIX.len()] == b'.' {
+            b'_'
+        } else {
+            kernel[i - PREFIX.len()]
+        };
+        if test[i] != expected {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 fn unavailable(reason: String) -> Option<Guest> {
     if vm::in_ci() {
@@ -134,4 +215,136 @@ pub fn assert_log_verifies(dir: &Path) {
         String::from_utf8_lossy(&verdict.stdout),
         String::from_utf8_lossy(&verdict.stderr)
     );
+}
+
+/// The probe suites' shared boot (`guest/fork_denied.rs`, `guest/oom_victim.rs`,
+/// `guest/tier0.rs`): one guest boot per kernel runs every scenario (boots are the slow part
+/// under TCG); each test asserts on its own scenario's results.
+pub mod probes {
+    use std::sync::OnceLock;
+
+    use serde_json::Value;
+    use xtask::vm::Completed;
+
+    use super::{KERNELS, guest, json_lines};
+
+    /// Each scenario writes `/results/<name>.out`: the workload's tally line (if it lived to print
+    /// it), then `guard exec --json`'s report.
+    const SCENARIOS: &str = r#"
+watch() { name=$1; shift; guard exec --cgroup /sys/fs/cgroup/$name --json --events /results/$name.events "$@" > /results/$name.out 2> /results/$name.err; }
+watch pids --pids-max 64 --log /results/pids-log -- guard-stress hold 200
+watch pids-unlimited -- guard-stress hold 200
+watch memory --memory-max 16777216 -- guard-stress alloc 100
+watch memory-unprobed --memory-max 16777216 --max-tier 0 -- guard-stress alloc 100
+watch pids-tier0 --pids-max 64 --max-tier 0 -- guard-stress hold 200
+# The workload leaves the container for the root cgroup, then exhausts the guest: a global OOM.
+watch outside -- sh -c 'echo $$ > /sys/fs/cgroup/cgroup.procs && exec guard-stress alloc 400'
+echo scenarios: done
+"#;
+
+    /// The guest results for `kernel`, booting it once for all tests (None: skipped).
+    pub fn results(kernel: &'static str) -> Option<&'static Completed> {
+        static RESULTS: [OnceLock<Option<Completed>>; KERNELS.len()] =
+            [const { OnceLock::new() }; KERNELS.len()];
+        let index = KERNELS.iter().position(|k| *k == kernel).unwrap();
+        RESULTS[index]
+            .get_or_init(|| {
+                let guest = guest(kernel)?;
+                let done = guest.run("probes", SCENARIOS);
+                assert!(
+                    done.stdout_str().contains("scenarios: done"),
+                    "{}\n{}",
+                    done.stdout_str(),
+                    done.stderr_str()
+                );
+                Some(done)
+            })
+            .as_ref()
+    }
+
+    /// One scenario's results: the tally line, `guard exec --json`'s output, and its events.
+    pub struct Scenario {
+        pub tally: Option<Value>,
+        pub output: Value,
+        pub events: Vec<Value>,
+    }
+
+    impl Scenario {
+        pub fn report(&self) -> &Value {
+            &self.output["report"]
+        }
+        pub fn tally(&self, key: &str) -> u64 {
+            self.tally.as_ref().expect("the workload printed its tally")[key]
+                .as_u64()
+                .unwrap()
+        }
+        pub fn bpf(&self, key: &str) -> u64 {
+            self.report()["counters"]["bpf"][key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no bpf.{key} in {}", self.report()))
+        }
+        pub fn kernel(&self, file: &str, key: &str) -> u64 {
+            self.report()["kernel_since_watch"][file][key]
+                .as_u64()
+                .unwrap_or(0)
+        }
+        pub fn verdict(&self, limit: &str) -> &str {
+            self.report()[limit]["verdict"].as_str().unwrap()
+        }
+        pub fn events_of(&self, kind: &str) -> Vec<&Value> {
+            self.events
+                .iter()
+                .filter(|event| event["detail"]["kind"] == kind)
+                .collect()
+        }
+    }
+
+    /// Scenario `name`'s results from the guest.
+    pub fn scenario(done: &Completed, name: &str) -> Scenario {
+        let text = done.file_str(&format!("{name}.out")).unwrap_or_else(|| {
+            panic!(
+                "no {name}.out; stderr: {}",
+                done.file_str(&format!("{name}.err")).unwrap_or_default()
+            )
+        });
+        let (tally, report) = match text.split_once('\n') {
+            Some((first, rest)) if first.starts_with("{\"mode\"") => {
+                (Some(serde_json::from_str(first).unwrap()), rest)
+            }
+            _ => (None, text.as_str()),
+        };
+        let output: Value = serde_json::from_str(report).unwrap_or_else(|error| {
+            panic!(
+                "{name}: {error}\n{text}\nstderr: {}",
+                done.file_str(&format!("{name}.err")).unwrap_or_default()
+            )
+        });
+        Scenario {
+            tally,
+            output,
+            events: json_lines(done, &format!("{name}.events")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_and_their_test_names_agree() {
+        assert!(is_test_name("linux_6_12", "6.12"));
+        // Two-sided: the compile-time check refuses a name for another kernel.
+        assert!(!is_test_name("linux_6_1", "6.12"));
+        assert!(!is_test_name("linux_6_12", "6.1"));
+        assert!(!is_test_name("linux_6.12", "6.12"));
+        assert!(!is_test_name("kernel_6_12", "6.12"));
+    }
+
+    fn called(kernel: &str) {
+        assert!(KERNELS.contains(&kernel), "{kernel}");
+    }
+
+    // The macro itself: `called::linux_6_1` and `called::linux_6_12` run as tests here.
+    per_kernel!(called);
 }

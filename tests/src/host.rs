@@ -6,7 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard::{Guard, GuardOptions, StreamOptions, cgroup::Hierarchy};
+use guard::{
+    Guard, GuardOptions, StreamOptions, cgroup::Hierarchy, event_log::EventLog,
+    forensic::LogOptions,
+};
 
 /// Options for exact-count tests: every event streamed (the default rate bound could suppress
 /// some).
@@ -27,6 +30,16 @@ pub async fn watched_container(name: &str) -> (TestCgroup, Guard) {
     let guard = Guard::start(unbounded()).await.unwrap();
     guard.watch(name, &cgroup.path).unwrap();
     (cgroup, guard)
+}
+
+/// A forensic log of `guard`'s events (default options) in a fresh folder
+/// `guard-<tag>-<pid>` under the temporary directory. The caller closes the log and removes
+/// the folder.
+pub fn event_log(guard: &Guard, tag: &str) -> (PathBuf, EventLog) {
+    let dir = std::env::temp_dir().join(format!("guard-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = EventLog::start(guard, &dir, LogOptions::default(), serde_json::Value::Null).unwrap();
+    (dir, log)
 }
 
 /// True when this process may load BPF programs and create cgroups. Outside CI a non-root run

@@ -17,9 +17,9 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
-use xtask::vm::{self, Completed, VmConfig, VmResult};
 
-const KERNELS: [&str; 2] = ["6.1", "6.12"];
+use guard_tests::{guest::KERNELS, per_kernel};
+use xtask::vm::{self, Completed, VmConfig, VmResult};
 
 /// Checks the harness can boot `k`: skips (None) outside CI, fails under CI.
 fn kernel(k: &str) -> Option<String> {
@@ -98,15 +98,7 @@ fn boots_with_cgroups_and_tracefs(k: &str) {
     );
 }
 
-#[test]
-fn boots_with_cgroups_and_tracefs_6_1() {
-    boots_with_cgroups_and_tracefs("6.1");
-}
-
-#[test]
-fn boots_with_cgroups_and_tracefs_6_12() {
-    boots_with_cgroups_and_tracefs("6.12");
-}
+per_kernel!(boots_with_cgroups_and_tracefs);
 
 /// A fork loop in a cgroup with pids.max=64 is stopped by the kernel, and the kernel's own
 /// counter (`pids.events max`) says so. Pure busybox: no guard involved yet.
@@ -147,15 +139,7 @@ fn pids_max_stops_a_fork_loop(k: &str) {
     assert!(current <= 64, "pids.current {current} above pids.max 64");
 }
 
-#[test]
-fn pids_max_stops_a_fork_loop_6_1() {
-    pids_max_stops_a_fork_loop("6.1");
-}
-
-#[test]
-fn pids_max_stops_a_fork_loop_6_12() {
-    pids_max_stops_a_fork_loop("6.12");
-}
+per_kernel!(pids_max_stops_a_fork_loop);
 
 /// A kernel panic is a result: reported as Died well before the timeout, with the panic in
 /// the console tail.

@@ -2,7 +2,7 @@
 //! kernels: where a container's cgroup is, what limits it sees from inside, the agent's and
 //! the container's OOM scores, and that containers leave no cgroup behind.
 //!
-//! Requirements as in `guest_vm.rs` (kernels, QEMU, busybox; never skipped under CI), plus the
+//! Requirements as in `vm.rs` (kernels, QEMU, busybox; never skipped under CI), plus the
 //! `guard` binary: `$GUARD_BIN_DIR/guard` (build it with `cargo build --release -p guard`),
 //! else `guard` next to `guard-stress` in cargo's target dir. Each test boots one guest per
 //! kernel (~6–10 s of TCG each) and puts all of its checks in that boot.
@@ -12,15 +12,14 @@
 //! announces itself on stdout, then polls for a `/go-<id>` file that the scenario creates once
 //! it has looked at the container from outside.
 
-use guard_tests::guest::{assert_log_verifies, json_file, unpack_log};
+use guard_tests::{
+    guest::{assert_log_verifies, json_file, unpack_log},
+    per_kernel,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 use xtask::vm::{self, Completed, VmConfig, VmResult};
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
 
 /// Skips (None) outside CI when something is missing; fails under CI.
 fn requirements(kernel: &str) -> Option<PathBuf> {
@@ -51,7 +50,7 @@ fn requirements(kernel: &str) -> Option<PathBuf> {
     });
     match problem {
         None => guard_binary(),
-        Some(reason) if in_ci() => panic!("guest runtime test cannot run under CI: {reason}"),
+        Some(reason) if vm::in_ci() => panic!("guest runtime test cannot run under CI: {reason}"),
         Some(reason) => {
             eprintln!("SKIPPED (not CI): {reason}");
             None
@@ -355,15 +354,7 @@ fn log_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn cgroup_limits_and_scores_6_1() {
-    cgroup_limits_and_scores("6.1");
-}
-
-#[test]
-fn cgroup_limits_and_scores_6_12() {
-    cgroup_limits_and_scores("6.12");
-}
+per_kernel!(cgroup_limits_and_scores);
 
 /// Start, stop (the runtime's kill), restart under the same id, normal exit: no cgroup and
 /// no runtime state left. Two concurrent containers: independent cgroups and limits.
@@ -463,15 +454,7 @@ fn lifecycle_and_concurrency(kernel: &str) {
     assert_ne!(id_of("a.json"), id_of("b.json"));
 }
 
-#[test]
-fn lifecycle_and_concurrency_6_1() {
-    lifecycle_and_concurrency("6.1");
-}
-
-#[test]
-fn lifecycle_and_concurrency_6_12() {
-    lifecycle_and_concurrency("6.12");
-}
+per_kernel!(lifecycle_and_concurrency);
 
 /// Inside a guarded container, every attempt on its own or its parent's limits, on the log and
 /// on the kernel's BPF fails, and for the reason the design gives (read-only cgroupfs, cgroup
@@ -601,12 +584,4 @@ fn container_cannot_tamper(kernel: &str) {
     let _ = std::fs::remove_dir_all(&log);
 }
 
-#[test]
-fn container_cannot_tamper_6_1() {
-    container_cannot_tamper("6.1");
-}
-
-#[test]
-fn container_cannot_tamper_6_12() {
-    container_cannot_tamper("6.12");
-}
+per_kernel!(container_cannot_tamper);

@@ -3,7 +3,10 @@
 //! reconciled with the kernel's event files), not on survival. Two-sided: the same waves with
 //! `--no-limits` (probes on, limits off) must fail the same assertions.
 
-use guard_tests::guest::{assert_log_verifies, guest, json_file, unpack_log};
+use guard_tests::{
+    guest::{assert_log_verifies, guest, json_file, unpack_log},
+    per_kernel,
+};
 use serde_json::Value;
 use xtask::vm::{self, Completed, VmConfig, VmResult};
 
@@ -204,7 +207,7 @@ fn check_bound(
     Ok(())
 }
 
-fn limits_hold(kernel: &str) {
+fn limits_hold_against_three_waves(kernel: &str) {
     let Some(result) = selftest(kernel, "") else {
         return;
     };
@@ -246,15 +249,7 @@ fn limits_hold(kernel: &str) {
     assert_eq!(count("report"), 1);
 }
 
-#[test]
-fn limits_hold_against_three_waves_6_1() {
-    limits_hold("6.1");
-}
-
-#[test]
-fn limits_hold_against_three_waves_6_12() {
-    limits_hold("6.12");
-}
+per_kernel!(limits_hold_against_three_waves);
 
 fn without_limits_the_assertions_fail(kernel: &str) {
     let Some(result) = selftest(kernel, "--no-limits") else {
@@ -280,15 +275,7 @@ fn without_limits_the_assertions_fail(kernel: &str) {
     eprintln!("{kernel} without limits fails as it must: {failure}");
 }
 
-#[test]
-fn without_limits_the_assertions_fail_6_1() {
-    without_limits_the_assertions_fail("6.1");
-}
-
-#[test]
-fn without_limits_the_assertions_fail_6_12() {
-    without_limits_the_assertions_fail("6.12");
-}
+per_kernel!(without_limits_the_assertions_fail);
 
 #[test]
 fn an_agent_above_its_bound_fails_the_memory_check() {

@@ -4,13 +4,11 @@
 //! the kernel's counters are still read, exact.
 use std::collections::HashSet;
 
-use guard::{
-    EventDetail, FaultPoint, GuardEvent, HealthState, event_log::EventLog, forensic::LogOptions,
-};
-use guard_tests::host::{root_or_skip, run_stress, watched_container};
+use guard::{EventDetail, FaultPoint, GuardEvent, HealthState};
+use guard_tests::host::{event_log, root_or_skip, run_stress, watched_container};
 use tokio::sync::mpsc;
 
-const STRESS: &str = env!("CARGO_BIN_EXE_guard-stress");
+use crate::STRESS;
 
 /// Everything the subscriber has received so far: child pids of forks, and faults.
 fn received(events: &mut mpsc::Receiver<GuardEvent>) -> (Vec<u32>, Vec<EventDetail>) {
@@ -33,15 +31,7 @@ async fn a_reader_panic_is_reported_and_the_restart_counts_exactly() {
     }
     let (cgroup, guard) = watched_container("reader-fault").await;
     let mut events = guard.subscribe(10_000);
-    let log_dir = std::env::temp_dir().join(format!("guard-reader-fault-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&log_dir);
-    let log = EventLog::start(
-        &guard,
-        &log_dir,
-        LogOptions::default(),
-        serde_json::Value::Null,
-    )
-    .unwrap();
+    let (log_dir, log) = event_log(&guard, "reader-fault");
 
     run_stress(STRESS, Some(&cgroup.path), &["fork", "300"]);
     assert_eq!(

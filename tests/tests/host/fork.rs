@@ -1,10 +1,11 @@
-//! Host-kernel tests of the fork probe: exact per-container counts, attribution by cgroup
-//! (and ancestry), and the two-sided checks that show the counts come from the probe.
+//! Host-kernel tests of the fork signal: exact per-container counts, attribution by cgroup
+//! (and ancestry), subscribers, and the two-sided checks that show the counts come from the
+//! probe.
 //! The host's cgroup v2 hierarchy lacks memory/pids controllers; these tests need neither.
 use guard::{Guard, GuardOptions, Tier};
 use guard_tests::host::{TestCgroup, root_or_skip, run_stress, unbounded, watched_container};
 
-const STRESS: &str = env!("CARGO_BIN_EXE_guard-stress");
+use crate::STRESS;
 
 const FORKS: u64 = 2000;
 

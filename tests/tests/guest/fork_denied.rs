@@ -1,0 +1,60 @@
+//! Guest tests of the fork_denied signal, on every guest kernel: a pids.max bomb in a guarded
+//! container, its denials counted by the probe, named pids.max by the kretprobe and reconciled
+//! with the kernel's own `pids.events` and the workload's tally; the guest's forensic log
+//! holds every denial and verifies independently. Two-sided: without pids.max the same bomb is
+//! never denied and nothing is "enforced".
+//!
+//! The scenario runs in the probe suites' one boot per kernel (`guard_tests::guest::probes`).
+use guard_tests::{
+    guest::{
+        assert_log_verifies,
+        probes::{results, scenario},
+        unpack_log,
+    },
+    per_kernel,
+};
+
+fn pids_bomb_is_denied_and_reconciled(kernel: &'static str) {
+    let Some(done) = results(kernel) else { return };
+    let bomb = scenario(done, "pids");
+    let denied = bomb.tally("eagain");
+    assert!(denied > 0, "{:?}", bomb.tally);
+    assert!(bomb.tally("succeeded") < 64, "{:?}", bomb.tally);
+    // Probe, kernel and workload agree exactly; the kretprobe names pids.max as the cause.
+    assert_eq!(bomb.bpf("fork_denied"), denied);
+    assert_eq!(bomb.bpf("fork_denied_pids_max"), denied);
+    assert_eq!(bomb.kernel("pids_events", "max"), denied);
+    assert_eq!(bomb.bpf("forks"), bomb.tally("succeeded"));
+    let events = bomb.events_of("fork_denied");
+    assert_eq!(events.len() as u64, denied);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["detail"]["cause"] == "pids_max" && e["container"] == "pids")
+    );
+    assert_eq!(bomb.verdict("pids"), "enforced");
+
+    // The guest's forensic log comes back verifiable by the independent verifier, and holds
+    // every denial the counters saw.
+    let log = unpack_log(done, "pids-log", kernel);
+    assert_log_verifies(&log);
+    let logged = std::fs::read_to_string(log.join("guard-000000.jsonl")).unwrap();
+    let logged_denials = logged
+        .lines()
+        .filter(|line| line.contains(r#""kind":"fork_denied""#))
+        .count();
+    assert_eq!(logged_denials as u64, denied);
+    assert!(
+        logged
+            .lines()
+            .any(|line| line.contains(r#""kind":"report""#))
+    );
+
+    // Two-sided: without pids.max the same bomb is never denied and nothing is "enforced".
+    let unlimited = scenario(done, "pids-unlimited");
+    assert_eq!(unlimited.tally("eagain"), 0);
+    assert_eq!(unlimited.bpf("fork_denied"), 0);
+    assert_ne!(unlimited.verdict("pids"), "enforced");
+}
+
+per_kernel!(pids_bomb_is_denied_and_reconciled);

@@ -1,0 +1,82 @@
+//! Guest tests of the oom_victim signal, on every guest kernel: a memory bomb in its container
+//! is OOM-killed by its own memcg after memcg reclaim, the victim attributed to the container
+//! and reconciled with `memory.events`; an OOM kill outside every container is global, its
+//! victim attributed to no container. Two-sided: with the probes off (tier 0) the same kill
+//! is seen only in the kernel's file.
+//!
+//! The scenarios run in the probe suites' one boot per kernel (`guard_tests::guest::probes`).
+use guard_tests::{
+    guest::probes::{results, scenario},
+    per_kernel,
+};
+
+fn memory_bomb_is_killed_in_its_container(kernel: &'static str) {
+    let Some(done) = results(kernel) else { return };
+    let bomb = scenario(done, "memory");
+    assert_eq!(
+        bomb.output["signal"], 9,
+        "the hog must be OOM-killed: {}",
+        bomb.output
+    );
+    let kills = bomb.events_of("oom_victim");
+    assert_eq!(kills.len(), 1, "{:?}", bomb.events);
+    let victim = &kills[0];
+    assert_eq!(victim["container"], "memory");
+    assert_eq!(victim["detail"]["victim_pid"], bomb.output["command_pid"]);
+    assert_eq!(victim["detail"]["comm"], "guard-stress");
+    assert_eq!(victim["detail"]["outside_containers"], false);
+    assert_eq!(bomb.bpf("oom_kills"), 1);
+    assert_eq!(bomb.kernel("memory_events", "oom_kill"), 1);
+    assert!(
+        bomb.kernel("memory_events_local", "oom") >= 1,
+        "memcg scope: {}",
+        bomb.report()["kernel_since_watch"]
+    );
+    assert_eq!(bomb.report()["oom"]["memcg_kills"], 1);
+    assert_eq!(bomb.report()["oom"]["global_kills"], 0);
+    // Memory pressure came first: memcg reclaim events precede the kill.
+    let first_reclaim = bomb
+        .events_of("reclaim")
+        .first()
+        .map(|e| e["ktime_ns"].as_u64().unwrap());
+    assert!(bomb.bpf("reclaim_runs") > 0);
+    assert!(first_reclaim.is_some_and(|t| t < victim["ktime_ns"].as_u64().unwrap()));
+    assert_eq!(bomb.verdict("memory"), "enforced");
+    assert_eq!(
+        bomb.output["global"]["bpf"]["oom_kills"], 0,
+        "no global OOM"
+    );
+
+    // Two-sided: with the probes off (tier 0) the same kill is seen only in the kernel's file;
+    // no victim, no attribution, no BPF counter, so the attribution assertions above fail.
+    let unprobed = scenario(done, "memory-unprobed");
+    assert_eq!(unprobed.output["signal"], 9);
+    assert!(unprobed.report()["counters"]["bpf"].is_null());
+    assert!(unprobed.events_of("oom_victim").is_empty());
+    assert_eq!(unprobed.kernel("memory_events", "oom_kill"), 1);
+}
+
+per_kernel!(memory_bomb_is_killed_in_its_container);
+
+fn oom_kill_outside_containers_is_global(kernel: &'static str) {
+    let Some(done) = results(kernel) else { return };
+    let outside = scenario(done, "outside");
+    assert_eq!(outside.output["signal"], 9, "{}", outside.output);
+    // Not the container's: it left for the root cgroup before allocating.
+    assert_eq!(outside.bpf("oom_kills"), 0);
+    assert_eq!(
+        outside.output["global"]["bpf"]["oom_kills"], 1,
+        "{}",
+        outside.output
+    );
+    let kills = outside.events_of("oom_victim");
+    assert_eq!(kills.len(), 1, "{:?}", outside.events);
+    assert_eq!(kills[0]["detail"]["outside_containers"], true);
+    assert!(kills[0]["container"].is_null());
+    assert_eq!(
+        kills[0]["detail"]["victim_pid"],
+        outside.output["command_pid"]
+    );
+}
+
+per_kernel!(oom_kill_outside_containers_is_global);

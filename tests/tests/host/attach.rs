@@ -1,0 +1,101 @@
+//! Host-kernel tests of the task → container map: it follows a task's moves between cgroups
+//! (the attach signal) and forgets a task at its exit. A forked child enters the map with its
+//! parent's container; that test spans fork and exit, and is here because what it asserts is
+//! the map.
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use guard::{EventDetail, Guard};
+use guard_tests::host::{TestCgroup, move_to_cgroup, root_or_skip, unbounded, watched_container};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_map_follows_moves_between_containers_and_exit() {
+    if !root_or_skip("task_map_follows_moves_between_containers_and_exit") {
+        return;
+    }
+    let first = TestCgroup::create("first");
+    let second = TestCgroup::create("second");
+    let elsewhere = TestCgroup::create("elsewhere");
+    let guard = Guard::start(unbounded()).await.unwrap();
+    guard.watch("first", &first.path).unwrap();
+    guard.watch("second", &second.path).unwrap();
+
+    // A task that waits on stdin until we close it.
+    let mut task = Command::new("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = task.id();
+    assert_eq!(guard.task_container(pid).unwrap(), None);
+
+    move_to_cgroup(pid, &first.path);
+    assert_eq!(guard.task_container(pid).unwrap().as_deref(), Some("first"));
+    move_to_cgroup(pid, &second.path);
+    assert_eq!(
+        guard.task_container(pid).unwrap().as_deref(),
+        Some("second")
+    );
+    move_to_cgroup(pid, &elsewhere.path);
+    assert_eq!(guard.task_container(pid).unwrap(), None);
+    move_to_cgroup(pid, &first.path);
+    assert_eq!(guard.task_container(pid).unwrap().as_deref(), Some("first"));
+
+    drop(task.stdin.take());
+    task.wait().unwrap();
+    assert_eq!(
+        guard.task_container(pid).unwrap(),
+        None,
+        "exit must forget the task"
+    );
+    let counters = guard.counters("first").await.unwrap();
+    assert_eq!(counters.bpf.unwrap().exits, 1, "{counters:?}");
+    assert_eq!(
+        guard.counters("second").await.unwrap().bpf.unwrap().exits,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forked_children_are_tracked_and_forgotten() {
+    if !root_or_skip("forked_children_are_tracked_and_forgotten") {
+        return;
+    }
+    let (cgroup, guard) = watched_container("tracked").await;
+    let mut events = guard.subscribe(10_000);
+
+    // A shell that forks `sleep` only once told to (after it has been moved into the container):
+    // the forked sleep must be in the task map while it lives, and gone after.
+    let mut shell = Command::new("sh")
+        .args(["-c", "read go; sleep 1000 & read stop; kill $!; wait"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    move_to_cgroup(shell.id(), &cgroup.path);
+    let mut stdin = shell.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"go\n").unwrap();
+    let child = loop {
+        let event = tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .expect("a fork event within 60 s")
+            .expect("the event stream stays open");
+        if let EventDetail::Fork { child_pid, .. } = event.event.detail {
+            assert_eq!(event.container.as_deref(), Some("tracked"));
+            break child_pid;
+        }
+    };
+    assert_eq!(
+        guard.task_container(child).unwrap().as_deref(),
+        Some("tracked")
+    );
+    std::io::Write::write_all(&mut stdin, b"stop\n").unwrap();
+    shell.wait().unwrap();
+    assert_eq!(guard.task_container(child).unwrap(), None);
+    let counters = guard.counters("tracked").await.unwrap();
+    // The shell and its sleep: two exits, one fork.
+    assert_eq!(counters.bpf.unwrap().forks, 1, "{counters:?}");
+    assert_eq!(counters.bpf.unwrap().exits, 2, "{counters:?}");
+}
