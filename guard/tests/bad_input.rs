@@ -1,7 +1,7 @@
 //! The bad-input matrix, library level: every case with the exact error text it must give
 //! (docs/ERRORS.md is the same matrix for people). Command-line cases are in bad_input_cli.rs;
 //! the ones that need root (a full or read-only filesystem under the log) are in
-//! tests/tests/bad_input_host.rs.
+//! tests/tests/host/bad_input.rs.
 //!
 //! Each table is checked whole, so a failure lists every case that changed, not the first.
 use std::path::{Path, PathBuf};

@@ -7,8 +7,8 @@ use std::{
 };
 
 use guard::{
-    Guard, GuardOptions, StreamOptions, cgroup::Hierarchy, event_log::EventLog,
-    forensic::LogOptions,
+    Guard, GuardOptions, StreamOptions, cgroup::Hierarchy, forensic::LogOptions,
+    sinks::event_log::EventLog,
 };
 
 /// Options for exact-count tests: every event streamed (the default rate bound could suppress

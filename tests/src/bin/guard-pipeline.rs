@@ -1,6 +1,7 @@
 //! guard-pipeline: the userspace ceiling of the event pipeline, without the kernel. Synthetic
 //! fork records go through the same decode → attribution → hash-chained log path as live ones
-//! (`events::decode`, `event_log::append_event`, `LogWriter` with the chosen fsync policy).
+//! (the ring-buffer decoder, `sinks::event_log::append_event`, `LogWriter` with the chosen
+//! fsync policy).
 //!
 //! usage: guard-pipeline EVENTS LOG_DIR [FSYNC]   (FSYNC: always | interval=<ms> | never;
 //! default interval=100). Prints one JSON line: events, seconds, events per second.
@@ -10,9 +11,10 @@
 use std::{process::ExitCode, time::Instant};
 
 use guard::{
-    GuardEvent, event_log,
-    events::decode,
+    GuardEvent,
     forensic::{FsyncPolicy, LogOptions, LogWriter, StartInfo},
+    internals::decode,
+    sinks::event_log,
 };
 use guard_common::{EventHeader, EventKind, ForkEvent};
 use sha2::Digest as _;
@@ -118,10 +120,7 @@ fn run(count: u64, dir: &str, fsync: FsyncPolicy) -> Result<String, Box<dyn std:
     let started = Instant::now();
     for seq in 1..=count {
         let record = fork_record(seq);
-        let event = GuardEvent {
-            container: container.clone(),
-            event: decode(as_bytes(&record))?,
-        };
+        let event = GuardEvent::from_record(container.clone(), decode(as_bytes(&record))?);
         event_log::append_event(&mut writer, &event)?;
     }
     writer.close()?;

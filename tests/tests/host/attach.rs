@@ -82,9 +82,9 @@ async fn forked_children_are_tracked_and_forgotten() {
             .await
             .expect("a fork event within 60 s")
             .expect("the event stream stays open");
-        if let EventDetail::Fork { child_pid, .. } = event.event.detail {
+        if let EventDetail::Fork(fork) = event.detail {
             assert_eq!(event.container.as_deref(), Some("tracked"));
-            break child_pid;
+            break fork.child_pid;
         }
     };
     assert_eq!(

@@ -9,8 +9,8 @@ use std::{
 
 use guard::{
     Guard, GuardOptions, Tier,
-    event_log::{EventLog, EventLogStats},
     forensic::{self, FsyncPolicy, LogOptions, LogReader, LogWriter, StartInfo, WriterStats},
+    sinks::event_log::{EventLog, EventLogStats},
 };
 use guard_tests::host::root_or_skip;
 use serde_json::json;

@@ -662,7 +662,16 @@ fn guard_bin() -> PathBuf {
     };
     if !fresh(&bin) {
         let mut cargo = Command::new(env!("CARGO"));
-        cargo.args(["build", "-p", "guard", "--bin", "guard", "--target-dir"]);
+        cargo.args([
+            "build",
+            "-p",
+            "guard",
+            "--features",
+            "cli",
+            "--bin",
+            "guard",
+            "--target-dir",
+        ]);
         cargo.arg(profile_dir.parent().unwrap());
         if profile_dir.ends_with("release") {
             cargo.arg("--release");

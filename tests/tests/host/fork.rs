@@ -114,9 +114,7 @@ async fn subscribers_see_each_fork_with_its_container() {
     let mut seen = 0;
     while let Ok(event) = events.try_recv() {
         assert_eq!(event.container.as_deref(), Some("subscribed"));
-        assert!(
-            matches!(event.event.detail, guard::EventDetail::Fork { child_pid, .. } if child_pid > 0)
-        );
+        assert!(matches!(&event.detail, guard::EventDetail::Fork(fork) if fork.child_pid > 0));
         seen += 1;
     }
     assert_eq!(seen, 100);

@@ -2,7 +2,8 @@
 //! the cause only inferred (the host has no kprobes; the guest suite sees the pids.max cause).
 use std::{os::unix::process::CommandExt, process::Command};
 
-use guard::events::Cause;
+use guard::{EventDetail, events::ForkDenied};
+use guard_common::DenialCause;
 use guard_tests::host::{root_or_skip, tally, watched_container};
 
 use crate::STRESS;
@@ -15,6 +16,7 @@ async fn eagain_fork_denials_are_counted_with_inferred_cause() {
     // The host has no pids controller: RLIMIT_NPROC for an unprivileged user gives the same
     // EAGAIN, which is exactly why the cause is only "inferred" without kprobes.
     let (cgroup, guard) = watched_container("nproc").await;
+    let mut events = guard.subscribe(1024);
 
     let procs = std::ffi::CString::new(
         cgroup
@@ -70,5 +72,17 @@ async fn eagain_fork_denials_are_counted_with_inferred_cause() {
     );
     assert_eq!(counters.delivered.fork_denied, eagain, "{counters:?}");
     assert_eq!(bpf.fork_denied_pids_max, None, "no kprobes on the host");
-    let _ = Cause::Inferred;
+    // Each denial reached the stream with its cause only inferred: EAGAIN, nothing more.
+    let mut causes = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let EventDetail::ForkDenied(ForkDenied { cause, ret, .. }) = event.detail {
+            assert_eq!(ret, -11, "{event:?}");
+            causes.push(cause);
+        }
+    }
+    assert_eq!(causes.len() as u64, eagain, "{causes:?}");
+    assert!(
+        causes.iter().all(|cause| *cause == DenialCause::Inferred),
+        "{causes:?}"
+    );
 }

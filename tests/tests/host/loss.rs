@@ -45,12 +45,13 @@ async fn forced_overflow_is_accounted_exactly_and_in_band() {
     let mut in_band_lost = 0;
     let mut in_band_forks = 0;
     while let Ok(event) = events.try_recv() {
-        match event.event.detail {
-            EventDetail::Lost { event_kind, count } => {
-                assert_eq!(event_kind, "fork");
-                in_band_lost += count;
+        match &event.detail {
+            EventDetail::Lost(lost) => {
+                assert_eq!(lost.event_kind, "fork");
+                assert!(event.ring.is_none(), "a loss tally is synthetic: {event:?}");
+                in_band_lost += lost.count;
             }
-            EventDetail::Fork { .. } => in_band_forks += 1,
+            EventDetail::Fork(_) => in_band_forks += 1,
             _ => {}
         }
     }

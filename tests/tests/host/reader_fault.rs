@@ -4,20 +4,20 @@
 //! the kernel's counters are still read, exact.
 use std::collections::HashSet;
 
-use guard::{EventDetail, FaultPoint, GuardEvent, HealthState};
+use guard::{EventDetail, FaultPoint, GuardEvent, HealthState, events::ReaderFault};
 use guard_tests::host::{event_log, root_or_skip, run_stress, watched_container};
 use tokio::sync::mpsc;
 
 use crate::STRESS;
 
 /// Everything the subscriber has received so far: child pids of forks, and faults.
-fn received(events: &mut mpsc::Receiver<GuardEvent>) -> (Vec<u32>, Vec<EventDetail>) {
+fn received(events: &mut mpsc::Receiver<GuardEvent>) -> (Vec<u32>, Vec<ReaderFault>) {
     let mut children = Vec::new();
     let mut faults = Vec::new();
     while let Ok(event) = events.try_recv() {
-        match event.event.detail {
-            EventDetail::Fork { child_pid, .. } => children.push(child_pid),
-            fault @ EventDetail::ReaderFault { .. } => faults.push(fault),
+        match event.detail {
+            EventDetail::Fork(fork) => children.push(fork.child_pid),
+            EventDetail::ReaderFault(fault) => faults.push(fault),
             _ => {}
         }
     }
@@ -72,7 +72,7 @@ async fn a_reader_panic_is_reported_and_the_restart_counts_exactly() {
     assert!(
         matches!(
             faults.as_slice(),
-            [EventDetail::ReaderFault {
+            [ReaderFault {
                 faults: 1,
                 restarting: true,
                 ..
@@ -157,7 +157,7 @@ async fn a_reader_that_gives_up_leaves_the_kernel_counters_readable() {
     assert!(
         matches!(
             faults.last(),
-            Some(EventDetail::ReaderFault {
+            Some(ReaderFault {
                 restarting: false,
                 ..
             })
