@@ -40,7 +40,7 @@ mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 # Frames must pass unaltered: no echo, no CR/LF translation on the results port.
 stty -F /dev/ttyS1 raw -echo
 # The scenario stands for the guest agent, which protects itself from the OOM killer; its
-# children inherit the score (see DESIGN.md on what that means for containers).
+# children inherit the score (docs/ARCHITECTURE.md says what that means for containers).
 if [ -f /guard/oom_score_adj ]; then
     cat /guard/oom_score_adj > /proc/self/oom_score_adj
 fi
