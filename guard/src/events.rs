@@ -103,7 +103,7 @@ pub struct GuardEvent {
     /// CLOCK_MONOTONIC: the kernel's timestamp, or when guard made a synthetic event.
     pub ktime_ns: u64,
     pub cgroup_id: u64,
-    #[serde(flatten)]
+    /// What happened, with its `kind`.
     pub detail: EventDetail,
 }
 
@@ -227,12 +227,12 @@ mod tests {
         let kernel =
             GuardEvent::from_record(Some("c".into()), decode(&as_bytes(&fork_record())).unwrap());
         let json = serde_json::to_value(&kernel).unwrap();
-        assert_eq!(json["kind"], kernel.detail.kind_name());
+        assert_eq!(json["detail"]["kind"], kernel.detail.kind_name());
         assert_eq!(
             (json["cpu"].as_u64(), json["seq"].as_u64()),
             (Some(1), Some(7))
         );
-        assert_eq!(json["parent_pid"], 10);
+        assert_eq!(json["detail"]["parent_pid"], 10);
         let lost = GuardEvent::synthetic(
             None,
             0,
@@ -242,7 +242,7 @@ mod tests {
             }),
         );
         let json = serde_json::to_value(&lost).unwrap();
-        assert_eq!(json["kind"], "lost");
+        assert_eq!(json["detail"]["kind"], "lost");
         assert!(
             json.get("cpu").is_none() && json.get("seq").is_none(),
             "{json}"
