@@ -40,9 +40,13 @@ pub fn build_guest_binaries() -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// Installs what a fresh machine lacks (a second run only checks), then builds the guests'
-/// binaries.
-pub fn prepare_guest_binaries() -> anyhow::Result<std::path::PathBuf> {
-    crate::setup::run(crate::setup::SetupArgs::default())?;
+/// binaries. The lean kernels take minutes to build the first time: only when `kernels`
+/// names one of them.
+pub fn prepare_guest_binaries(kernels: &[String]) -> anyhow::Result<std::path::PathBuf> {
+    crate::setup::run(crate::setup::SetupArgs {
+        skip_lean_kernels: !kernels.iter().any(|kernel| kernel.starts_with("lean")),
+        ..crate::setup::SetupArgs::default()
+    })?;
     build_guest_binaries()
 }
 

@@ -23,7 +23,7 @@ pub struct DemoArgs {
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let bin = cmd::prepare_guest_binaries()?;
+    let bin = cmd::prepare_guest_binaries(&args.kernels)?;
     for kernel in &args.kernels {
         demo(args, kernel, &bin)?;
     }

@@ -34,7 +34,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     if args.runs == 0 {
         anyhow::bail!("--runs must be at least 1");
     }
-    let bin = cmd::prepare_guest_binaries()?;
+    let bin = cmd::prepare_guest_binaries(&args.kernels)?;
     let mut rows: BTreeMap<(String, bool), Row> = BTreeMap::new();
     for round in 1..=args.runs {
         for kernel in &args.kernels {

@@ -41,7 +41,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.rounds == 0 || args.forks == 0 || args.starts == 0 {
         bail!("--rounds, --forks and --starts must be at least 1");
     }
-    let bin = cmd::prepare_guest_binaries()?;
+    let bin = cmd::prepare_guest_binaries(&[])?;
     let (guard, stress) = (bin.join("guard"), bin.join("guard-stress"));
     let cgroup = cgroup2_mount()?.join(format!("guard-bench-{}", std::process::id()));
     std::fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;

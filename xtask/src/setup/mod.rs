@@ -10,11 +10,13 @@ use xtask::paths;
 
 mod apt;
 mod debian_kernels;
+mod lean_kernels;
 mod process;
 mod toolchain;
 
 use apt::{Apt, apt_packages};
 use debian_kernels::guest_kernel;
+use lean_kernels::lean_kernels;
 use process::{capture, run_cmd};
 use toolchain::{bpf_linker, nightly_rust_src};
 
@@ -42,11 +44,17 @@ idempotently:\n\
   3. bpf-linker 0.13 built against rustc's own LLVM 22 (no system LLVM needed); its LLVM \
 symlink folder lives in ~/.local/share/guard-llvm and must stay there\n\
   4. Debian guest kernels 6.1 and 6.12 (package names resolved with apt-cache, 6.12 prefers \
--unsigned), unpacked into <target>/guest-kernels/<series>/ with a guard-kernel.txt manifest\n\n\
+-unsigned), unpacked into <target>/guest-kernels/<series>/ with a guard-kernel.txt manifest\n\
+  5. the lean guest kernels `lean` (libkrunfw's config plus what the harness needs) and \
+`lean-guard` (plus kernels/guard.config), built from Debian's linux-source-6.12 (about 6 \
+minutes each on 2 cores, with progress lines) and cached by a hash of the source version and \
+the configs in $GUARD_KERNEL_CACHE (default ~/.cache/guard/kernels): a second run installs \
+them from there at once\n\n\
 Each step says whether it installed something or found it already there; a second run changes \
 nothing. Needs root for apt (sudo is used when not root and available).\n\n\
 Environment: CARGO_TARGET_DIR (kernels go to $CARGO_TARGET_DIR/guest-kernels), \
-GUARD_KERNELS_DIR (overrides the kernel folder)."
+GUARD_KERNELS_DIR (overrides the kernel folder), GUARD_KERNEL_CACHE (the lean kernels' \
+build cache)."
 )]
 pub struct SetupArgs {
     /// Skip the apt packages.
@@ -64,6 +72,12 @@ pub struct SetupArgs {
     /// Rebuild bpf-linker even when `bpf-linker --version` works.
     #[arg(long)]
     pub force_bpf_linker: bool,
+    /// Skip building the lean kernels (the Debian ones are still fetched).
+    #[arg(long)]
+    pub skip_lean_kernels: bool,
+    /// Rebuild the lean kernels even when a build with the same configs is cached.
+    #[arg(long)]
+    pub rebuild_lean_kernels: bool,
 }
 
 /// What a step did, for the summary.
@@ -100,6 +114,9 @@ pub fn run(args: SetupArgs) -> Result<()> {
     if !args.skip_kernels {
         for series in paths::KERNEL_SERIES {
             guest_kernel(&mut apt, series, args.refresh_kernels, &mut report)?;
+        }
+        if !args.skip_lean_kernels {
+            lean_kernels(&mut apt, args.rebuild_lean_kernels, &mut report)?;
         }
     }
     let installed = report

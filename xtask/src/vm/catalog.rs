@@ -56,7 +56,46 @@ fn kernel_in(dir: &Path) -> Option<PathBuf> {
     candidates.pop()
 }
 
-/// Resolves "6.1", "6.12" (setup cache) or a path to a kernel image.
+/// The QEMU machine a kernel boots on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Machine {
+    /// The standard PC (PCI, ACPI): Debian's kernels.
+    Pc,
+    /// `-M microvm,acpi=off`, as the micro-VM runtimes boot their guests: virtio-mmio, no PCI,
+    /// no ACPI (so no ACPI power-off: the harness reboots the guest to end it). guard's lean
+    /// kernels (libkrunfw's config) have neither PCI nor ACPI.
+    Microvm,
+}
+
+/// A kernel image and how to boot it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestKernel {
+    pub image: PathBuf,
+    pub machine: Machine,
+}
+
+/// Resolves a kernel name or path and the machine its manifest asks for (`machine=microvm`;
+/// the standard PC otherwise).
+pub fn resolve(kernel: &str) -> Result<GuestKernel> {
+    let image = resolve_kernel(kernel)?;
+    let manifest = image
+        .parent()
+        .into_iter()
+        .flat_map(|dir| [dir.to_path_buf(), dir.join("..")])
+        .find_map(|dir| fs::read_to_string(dir.join(paths::KERNEL_MANIFEST)).ok())
+        .unwrap_or_default();
+    let machine = if manifest
+        .lines()
+        .any(|line| line.trim() == "machine=microvm")
+    {
+        Machine::Microvm
+    } else {
+        Machine::Pc
+    };
+    Ok(GuestKernel { image, machine })
+}
+
+/// Resolves "6.1", "6.12", "lean", "lean-guard" (setup cache) or a path to a kernel image.
 pub fn resolve_kernel(kernel: &str) -> Result<PathBuf> {
     let available = available_kernels();
     if let Some((_, path)) = available.iter().find(|(name, _)| name == kernel) {

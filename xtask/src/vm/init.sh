@@ -81,4 +81,5 @@ frame() {
 } > /dev/ttyS1
 echo "GUARD-DONE"
 sync
-poweroff -f
+# A reboot ends QEMU (-no-reboot) on every machine: microvm has no ACPI power-off.
+reboot -f

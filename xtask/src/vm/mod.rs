@@ -32,7 +32,10 @@ pub mod image;
 pub mod kernel;
 mod qemu;
 
-pub use catalog::{available_kernels, check_prerequisites, in_ci, kernel_or_skip, resolve_kernel};
+pub use catalog::{
+    GuestKernel, Machine, available_kernels, check_prerequisites, in_ci, kernel_or_skip, resolve,
+    resolve_kernel,
+};
 pub use image::GuestFile;
 pub use qemu::Accel;
 
@@ -255,7 +258,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome> {
     if config.cpus == 0 {
         bail!("cpus must be at least 1");
     }
-    let kernel = resolve_kernel(&config.kernel)?;
+    let kernel = resolve(&config.kernel)?;
     let busybox = image::find_busybox()?;
     let spec = image::ImageSpec {
         busybox: fs::read(&busybox).with_context(|| format!("reading {}", busybox.display()))?,
@@ -336,7 +339,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome> {
     };
     Ok(VmOutcome {
         result,
-        kernel,
+        kernel: kernel.image,
         accel: raw.accel,
         boot_time: raw.boot_time,
         scenario_time: raw.scenario_time,

@@ -1,6 +1,6 @@
 //! Running QEMU: command line, console capture, markers, progress, timeout.
 
-use super::VmConfig;
+use super::{GuestKernel, Machine, VmConfig};
 use crate::paths;
 use anyhow::{Context as _, Result, bail};
 use std::io::Read as _;
@@ -49,7 +49,7 @@ impl Accel {
 }
 
 pub(super) struct Boot<'a> {
-    pub kernel: &'a Path,
+    pub kernel: &'a GuestKernel,
     pub initrd: &'a Path,
     pub run_dir: &'a Path,
     pub config: &'a VmConfig,
@@ -84,8 +84,12 @@ pub(super) fn qemu_binary() -> String {
     std::env::var("GUARD_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".to_string())
 }
 
-fn base_command(accel: &str, kernel: &Path, memory_mib: u32, cpus: u32) -> Command {
+fn base_command(accel: &str, kernel: &GuestKernel, memory_mib: u32, cpus: u32) -> Command {
     let mut cmd = Command::new(qemu_binary());
+    if kernel.machine == Machine::Microvm {
+        // QEMU puts the virtio-mmio devices on the kernel command line itself.
+        cmd.args(["-M", "microvm,acpi=off"]);
+    }
     cmd.args(["-accel", accel])
         .args(["-m", &memory_mib.to_string()])
         .args(["-smp", &cpus.to_string()])
@@ -94,8 +98,23 @@ fn base_command(accel: &str, kernel: &Path, memory_mib: u32, cpus: u32) -> Comma
         // A guest reboot (panic=-1) ends QEMU instead of looping.
         .arg("-no-reboot")
         .arg("-kernel")
-        .arg(kernel);
+        .arg(&kernel.image);
     cmd
+}
+
+/// The second serial port (ttyS1) that carries the results frames into `path`. The PC has
+/// it; microvm has one ISA serial port only, so it gets a second one at COM2's address.
+fn results_port(cmd: &mut Command, machine: Machine, path: &Path) {
+    match machine {
+        Machine::Pc => {
+            cmd.arg("-serial").arg(format!("file:{}", path.display()));
+        }
+        Machine::Microvm => {
+            cmd.arg("-chardev")
+                .arg(format!("file,id=results,path={}", path.display()))
+                .args(["-device", "isa-serial,chardev=results,iobase=0x2f8,irq=3"]);
+        }
+    }
 }
 
 pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
@@ -119,6 +138,9 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
         // seen immediately instead of at the timeout. An oops is a death too.
         "panic=-1",
         "oops=panic",
+        // The guest ends by rebooting (-no-reboot makes QEMU exit): microvm has no ACPI
+        // power-off, and a triple-fault reboot works without ACPI.
+        "reboot=t",
         "psi=1",
         "quiet",
         "rdinit=/init",
@@ -133,10 +155,9 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
         .arg(boot.initrd)
         .args(["-append", &cmdline.join(" ")])
         // ttyS0: the console, on QEMU's stdout; ttyS1: the results frames, into a file.
-        .args(["-serial", "stdio"])
-        .arg("-serial")
-        .arg(format!("file:{}", results_path.display()))
-        .stdin(Stdio::null())
+        .args(["-serial", "stdio"]);
+    results_port(&mut cmd, boot.kernel.machine, &results_path);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
 
@@ -178,8 +199,9 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
     let tag = format!("[vm {}]", boot.label);
     if config.progress {
         eprintln!(
-            "{tag} booting {} ({accel}, {} MiB, {} vCPU, timeout {} s)",
-            boot.kernel.display(),
+            "{tag} booting {} ({accel}, {:?}, {} MiB, {} vCPU, timeout {} s)",
+            boot.kernel.image.display(),
+            boot.kernel.machine,
             config.memory_mib,
             config.cpus,
             config.timeout.as_secs()
@@ -295,7 +317,7 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
 /// Whether KVM boots a guest here. Boots the kernel with no root file system: it either
 /// prints its banner and panics quickly (KVM works) or hangs (KVM broken). Cached per host
 /// boot in `<target>/vm-runs/kvm-probe`.
-fn kvm_works(kernel: &Path) -> bool {
+fn kvm_works(kernel: &GuestKernel) -> bool {
     static RESULT: OnceLock<bool> = OnceLock::new();
     *RESULT.get_or_init(|| {
         let boot_id =
@@ -325,7 +347,7 @@ fn kvm_works(kernel: &Path) -> bool {
     })
 }
 
-fn probe_kvm(kernel: &Path) -> bool {
+fn probe_kvm(kernel: &GuestKernel) -> bool {
     if !Path::new("/dev/kvm").exists() {
         return false;
     }

@@ -1,7 +1,7 @@
 //! What the running kernel offers the guard, and the tier that follows (docs/ARCHITECTURE.md):
 //! tier 2 = tracepoints + kprobes, tier 1 = tracepoints only, tier 0 = cgroup event files alone.
 //! The tracepoints and kprobe symbols it looks for are the signals' own (`signals::ALL`).
-use std::{fs, path::Path};
+use std::{collections::BTreeSet, fs, path::Path};
 
 use aya::{
     maps::MapType,
@@ -11,6 +11,12 @@ use aya::{
 use serde::Serialize;
 
 use crate::{Tier, cgroup::Hierarchy, signals, tracefs};
+
+mod notes;
+
+/// A function that exists exactly when the kernel has CONFIG_PSI (`psi=0` or
+/// CONFIG_PSI_DEFAULT_DISABLED only hide /proc/pressure).
+const PSI_SYMBOL: &str = "psi_memstall_enter";
 
 /// Controllers enforcement needs in the cgroup v2 hierarchy.
 pub const NEEDED_CONTROLLERS: &[&str] = &["memory", "pids"];
@@ -43,16 +49,27 @@ pub struct CapabilityReport {
     /// Every kretprobe target (`pids_can_fork`: the exact fork-denial cause) is a kernel
     /// symbol, so tier 2 can attach.
     pub pids_can_fork_symbol: bool,
+    /// The kernel knows the tracefs filesystem (CONFIG_FTRACE's tracing core is built in).
+    pub tracefs_supported: bool,
+    /// Why tracefs could not be mounted although the kernel knows it.
+    pub tracefs_error: Option<String>,
+    /// The BPF JIT is built in (/proc/sys/net/core/bpf_jit_enable); without it programs run
+    /// in the interpreter.
+    pub bpf_jit: bool,
     pub psi: bool,
+    /// CONFIG_PSI is built in (PSI may still be disabled at boot).
+    pub psi_built_in: bool,
     pub cgroup_v2: CgroupReport,
     pub tier: Tier,
-    /// Plain statements about what is missing and what follows from it.
+    /// The kernel options that would lift the tier, in the order to turn them on.
+    pub options_to_lift_tier: Vec<String>,
+    /// Plain statements about what is missing, named by the kernel option, and what follows.
     pub notes: Vec<String>,
 }
 
 impl CapabilityReport {
-    /// Probes the running kernel. Mounts tracefs if it is not mounted (the loader needs it
-    /// anyway); everything else is read-only.
+    /// Probes the running kernel. Mounts tracefs if the kernel has it and it is not mounted
+    /// (the loader needs it anyway); everything else is read-only.
     pub fn probe() -> Self {
         let kernel_release = fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|text| text.trim().to_string())
@@ -61,7 +78,13 @@ impl CapabilityReport {
         let bpf_tracepoint_programs =
             is_program_supported(ProgramType::TracePoint).unwrap_or(false);
         let bpf_ring_buffer = is_map_supported(MapType::RingBuf).unwrap_or(false);
-        let tracefs_root = tracefs::ensure_mounted();
+        let tracefs_supported = filesystem_known("tracefs");
+        // Without tracefs in the kernel a mount can only fail: do not try.
+        let tracefs_root = if tracefs_supported {
+            tracefs::ensure_mounted().map_err(|error| error.to_string())
+        } else {
+            Err(String::new())
+        };
         let tracepoints: Vec<_> = signals::tracepoints()
             .map(|(category, name)| TracepointPresence {
                 name: format!("{category}:{name}"),
@@ -74,10 +97,17 @@ impl CapabilityReport {
         let kprobes = tracefs_root
             .as_ref()
             .is_ok_and(|root| root.join("kprobe_events").exists());
-        let pids_can_fork_symbol = signals::kprobe_functions().all(kallsyms_has);
+        let wanted: Vec<&str> = signals::kprobe_functions().chain([PSI_SYMBOL]).collect();
+        let symbols = kallsyms_find(&wanted);
+        let pids_can_fork_symbol =
+            signals::kprobe_functions().all(|function| symbols.contains(function));
         let psi = fs::read_to_string("/proc/pressure/memory").is_ok();
         let cgroup_v2 = probe_cgroup();
-        let tracefs_error = tracefs_root.as_ref().err().map(ToString::to_string);
+        let tracefs_error = tracefs_root
+            .as_ref()
+            .err()
+            .filter(|e| !e.is_empty())
+            .cloned();
         let tracefs = tracefs_root.ok().map(|root| root.display().to_string());
 
         let mut report = Self {
@@ -89,18 +119,19 @@ impl CapabilityReport {
             tracepoints,
             kprobes,
             pids_can_fork_symbol,
+            tracefs_supported,
+            tracefs_error,
+            bpf_jit: Path::new("/proc/sys/net/core/bpf_jit_enable").exists(),
             psi,
+            psi_built_in: symbols.contains(PSI_SYMBOL),
             cgroup_v2,
             tier: Tier::CgroupFilesOnly,
+            options_to_lift_tier: Vec::new(),
             notes: Vec::new(),
         };
         report.tier = report.derive_tier();
+        report.options_to_lift_tier = report.derive_options_to_lift_tier();
         report.notes = report.derive_notes();
-        if let Some(error) = tracefs_error {
-            report
-                .notes
-                .insert(0, format!("tracefs unavailable: {error}"));
-        }
         report
     }
 
@@ -118,45 +149,6 @@ impl CapabilityReport {
             (true, false) => Tier::Tracepoints,
             (true, true) => Tier::TracepointsAndKprobes,
         }
-    }
-
-    fn derive_notes(&self) -> Vec<String> {
-        let mut notes = Vec::new();
-        if !self.bpf_tracepoint_programs {
-            notes.push("BPF tracepoint programs cannot be loaded: no live events".to_string());
-        }
-        if !self.bpf_ring_buffer {
-            notes.push("BPF ring buffers are not supported: no live events".to_string());
-        }
-        let missing: Vec<_> = self
-            .tracepoints
-            .iter()
-            .filter(|tracepoint| !tracepoint.present)
-            .map(|tracepoint| tracepoint.name.as_str())
-            .collect();
-        if !missing.is_empty() {
-            notes.push(format!("missing tracepoints: {}", missing.join(", ")));
-        }
-        if !self.kprobes {
-            notes.push(
-                "no kprobes: a fork denial's cause is inferred from pids.events, not observed"
-                    .to_string(),
-            );
-        }
-        match &self.cgroup_v2.mount {
-            None => notes.push("no cgroup v2 hierarchy is mounted".to_string()),
-            Some(mount) if !self.cgroup_v2.missing_controllers.is_empty() => notes.push(format!(
-                "cgroup v2 hierarchy at {mount} lacks the {} controller(s): limits cannot be \
-                 enforced here (host tests cover BPF and attribution only)",
-                self.cgroup_v2.missing_controllers.join(", ")
-            )),
-            Some(_) => {}
-        }
-        if !self.psi {
-            notes
-                .push("no PSI (/proc/pressure/memory): boot with psi=1 for pressure stalls".into());
-        }
-        notes
     }
 
     /// Human-readable report for a terminal.
@@ -185,12 +177,16 @@ impl CapabilityReport {
         }
         line("kprobes", yes_no(self.kprobes));
         line("pids_can_fork symbol", yes_no(self.pids_can_fork_symbol));
+        line("BPF JIT", yes_no(self.bpf_jit));
         line("PSI", yes_no(self.psi));
         line(
             "cgroup v2",
             self.cgroup_v2.mount.as_deref().unwrap_or("not mounted"),
         );
         line("  controllers", &self.cgroup_v2.controllers.join(" "));
+        if !self.options_to_lift_tier.is_empty() {
+            line("to lift the tier", &self.options_to_lift_tier.join(" "));
+        }
         for note in &self.notes {
             out.push_str(&format!("note: {note}\n"));
         }
@@ -219,18 +215,31 @@ fn probe_cgroup() -> CgroupReport {
     }
 }
 
-/// Whether `/proc/kallsyms` lists a function of that name (addresses may be hidden; names
-/// are still listed).
-fn kallsyms_has(symbol: &str) -> bool {
+/// Whether the kernel knows a filesystem type (`/proc/filesystems`).
+fn filesystem_known(name: &str) -> bool {
+    fs::read_to_string("/proc/filesystems").is_ok_and(|text| {
+        text.lines()
+            .any(|line| line.split_whitespace().last() == Some(name))
+    })
+}
+
+/// Which of `symbols` `/proc/kallsyms` lists (addresses may be hidden; names are still
+/// listed). One pass over the file, whatever the number of symbols.
+fn kallsyms_find<'a>(symbols: &[&'a str]) -> BTreeSet<&'a str> {
     use std::io::BufRead;
+    let mut found = BTreeSet::new();
     let Ok(file) = fs::File::open("/proc/kallsyms") else {
-        return false;
+        return found;
     };
-    std::io::BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .any(|line| {
-            let mut fields = line.split_whitespace();
-            fields.nth(2) == Some(symbol)
-        })
+    for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+        if let Some(name) = line.split_whitespace().nth(2)
+            && let Some(symbol) = symbols.iter().find(|symbol| **symbol == name)
+        {
+            found.insert(*symbol);
+            if found.len() == symbols.len() {
+                break;
+            }
+        }
+    }
+    found
 }

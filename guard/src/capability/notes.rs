@@ -1,0 +1,267 @@
+//! What a probe's findings mean, named by the kernel options behind them: lean micro-VM
+//! kernels (libkrunfw, Kata, Firecracker defaults) leave tracing out on purpose, and an
+//! operator needs the option to turn on, not the symptom ("mounting tracefs: no such device").
+use super::CapabilityReport;
+use crate::Tier;
+
+/// Tracepoints that only exist with CONFIG_FTRACE_SYSCALLS (one event per syscall).
+const SYSCALL_CATEGORY: &str = "syscalls:";
+
+impl CapabilityReport {
+    fn missing_tracepoints(&self) -> impl Iterator<Item = &str> {
+        self.tracepoints
+            .iter()
+            .filter(|tracepoint| !tracepoint.present)
+            .map(|tracepoint| tracepoint.name.as_str())
+    }
+
+    fn syscall_tracepoints_missing(&self) -> bool {
+        self.missing_tracepoints()
+            .any(|name| name.starts_with(SYSCALL_CATEGORY))
+    }
+
+    /// The kernel options that lift the tier, lowest tier first: what kernels/guard.config
+    /// turns on, less what this kernel already has.
+    pub(super) fn derive_options_to_lift_tier(&self) -> Vec<String> {
+        let mut options = Vec::new();
+        if self.tier < Tier::Tracepoints {
+            if !self.tracefs_supported {
+                options.push("CONFIG_FTRACE");
+            }
+            if !self.tracefs_supported || self.syscall_tracepoints_missing() {
+                options.push("CONFIG_FTRACE_SYSCALLS");
+            }
+            if !self.bpf_tracepoint_programs {
+                options.push("CONFIG_BPF_EVENTS");
+            }
+        }
+        if self.tier < Tier::TracepointsAndKprobes {
+            if !self.kprobes {
+                options.extend(["CONFIG_KPROBES", "CONFIG_KPROBE_EVENTS"]);
+            } else if !self.pids_can_fork_symbol {
+                options.push("CONFIG_KALLSYMS");
+            }
+        }
+        options.into_iter().map(String::from).collect()
+    }
+
+    pub(super) fn derive_notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if !self.tracefs_supported {
+            notes.push(
+                "CONFIG_FTRACE is off (no tracefs in /proc/filesystems): the kernel has no \
+                 tracepoints, so no BPF event programs and no live events; the evidence is the \
+                 kernel's cgroup event files alone"
+                    .to_string(),
+            );
+        } else if let Some(error) = &self.tracefs_error {
+            notes.push(format!("tracefs could not be mounted: {error}"));
+        }
+        if self.tracefs.is_some() {
+            if self.syscall_tracepoints_missing() {
+                notes.push(
+                    "CONFIG_FTRACE_SYSCALLS is off: no syscalls:sys_exit_{clone,clone3,fork,vfork} \
+                     tracepoints, where guard sees fork denials"
+                        .to_string(),
+                );
+            }
+            let others: Vec<&str> = self
+                .missing_tracepoints()
+                .filter(|name| !name.starts_with(SYSCALL_CATEGORY))
+                .collect();
+            if !others.is_empty() {
+                notes.push(format!("missing tracepoints: {}", others.join(", ")));
+            }
+        }
+        if !self.bpf_tracepoint_programs {
+            notes.push(if self.tracefs_supported {
+                "CONFIG_BPF_EVENTS is off: BPF programs cannot attach to tracepoints".to_string()
+            } else {
+                "CONFIG_BPF_EVENTS is off too (it needs FTRACE's KPROBE_EVENTS or \
+                 UPROBE_EVENTS, and PERF_EVENTS)"
+                    .to_string()
+            });
+        }
+        if !self.bpf_ring_buffer {
+            notes.push(
+                "BPF ring buffers are not supported (kernels before 5.8): no live events"
+                    .to_string(),
+            );
+        }
+        if !self.kprobes {
+            notes.push(
+                "CONFIG_KPROBE_EVENTS is off (no kprobe_events): no kretprobe on pids_can_fork, \
+                 so a fork denial's cause is inferred from pids.events, not observed"
+                    .to_string(),
+            );
+        } else if !self.pids_can_fork_symbol {
+            notes.push(
+                "pids_can_fork is not in /proc/kallsyms (CONFIG_KALLSYMS is off?): a fork \
+                 denial's cause is inferred from pids.events, not observed"
+                    .to_string(),
+            );
+        }
+        if self.tier >= Tier::Tracepoints && !self.bpf_jit {
+            notes.push(
+                "CONFIG_BPF_JIT is off: guard's programs run in the BPF interpreter (slower per \
+                 event, counts as exact)"
+                    .to_string(),
+            );
+        }
+        match &self.cgroup_v2.mount {
+            None => notes.push("no cgroup v2 hierarchy is mounted".to_string()),
+            Some(mount) if !self.cgroup_v2.missing_controllers.is_empty() => notes.push(format!(
+                "cgroup v2 hierarchy at {mount} lacks the {} controller(s): limits cannot be \
+                 enforced here (host tests cover BPF and attribution only)",
+                self.cgroup_v2.missing_controllers.join(", ")
+            )),
+            Some(_) => {}
+        }
+        if !self.psi {
+            notes.push(if self.psi_built_in {
+                "PSI is built in but disabled: boot with psi=1 for pressure stall figures".into()
+            } else {
+                "CONFIG_PSI is off: no pressure stall figures (/proc/pressure)".into()
+            });
+        }
+        notes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capability::{CgroupReport, TracepointPresence};
+
+    /// What a Debian 6.12 guest reports: everything present.
+    fn full_kernel() -> CapabilityReport {
+        CapabilityReport {
+            kernel_release: "6.12.117".into(),
+            btf: true,
+            bpf_tracepoint_programs: true,
+            bpf_ring_buffer: true,
+            tracefs: Some("/sys/kernel/tracing".into()),
+            tracepoints: crate::signals::tracepoints()
+                .map(|(category, name)| TracepointPresence {
+                    name: format!("{category}:{name}"),
+                    present: true,
+                })
+                .collect(),
+            kprobes: true,
+            pids_can_fork_symbol: true,
+            tracefs_supported: true,
+            tracefs_error: None,
+            bpf_jit: true,
+            psi: true,
+            psi_built_in: true,
+            cgroup_v2: CgroupReport {
+                mount: Some("/sys/fs/cgroup".into()),
+                controllers: vec!["memory".into(), "pids".into()],
+                missing_controllers: Vec::new(),
+            },
+            tier: Tier::CgroupFilesOnly,
+            options_to_lift_tier: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn finish(mut report: CapabilityReport) -> CapabilityReport {
+        report.tier = report.derive_tier();
+        report.options_to_lift_tier = report.derive_options_to_lift_tier();
+        report.notes = report.derive_notes();
+        report
+    }
+
+    /// libkrunfw's kernel: no tracing at all, no JIT, no PSI, no BTF.
+    fn lean_kernel() -> CapabilityReport {
+        let mut report = full_kernel();
+        report.btf = false;
+        report.bpf_tracepoint_programs = false;
+        report.tracefs = None;
+        report.tracefs_supported = false;
+        for tracepoint in &mut report.tracepoints {
+            tracepoint.present = false;
+        }
+        report.kprobes = false;
+        report.bpf_jit = false;
+        report.psi = false;
+        report.psi_built_in = false;
+        finish(report)
+    }
+
+    #[test]
+    fn a_full_kernel_is_tier_2_with_nothing_to_say() {
+        let report = finish(full_kernel());
+        assert_eq!(report.tier, Tier::TracepointsAndKprobes);
+        assert!(report.options_to_lift_tier.is_empty());
+        assert!(report.notes.is_empty(), "{:?}", report.notes);
+    }
+
+    #[test]
+    fn a_lean_kernel_names_the_options_not_the_symptoms() {
+        let report = lean_kernel();
+        assert_eq!(report.tier, Tier::CgroupFilesOnly);
+        assert_eq!(
+            report.options_to_lift_tier,
+            [
+                "CONFIG_FTRACE",
+                "CONFIG_FTRACE_SYSCALLS",
+                "CONFIG_BPF_EVENTS",
+                "CONFIG_KPROBES",
+                "CONFIG_KPROBE_EVENTS"
+            ]
+        );
+        let notes = report.notes.join("\n");
+        for option in [
+            "CONFIG_FTRACE is off",
+            "CONFIG_BPF_EVENTS is off",
+            "CONFIG_PSI is off",
+        ] {
+            assert!(notes.contains(option), "{notes}");
+        }
+        // Neither a mount error nor advice that cannot work on this kernel.
+        assert!(
+            !notes.contains("mounting") && !notes.contains("psi=1"),
+            "{notes}"
+        );
+        // The interpreter is only worth a word where programs run.
+        assert!(!notes.contains("BPF_JIT"), "{notes}");
+    }
+
+    #[test]
+    fn each_missing_piece_is_named_by_its_option() {
+        let mut no_syscalls = full_kernel();
+        for tracepoint in &mut no_syscalls.tracepoints {
+            tracepoint.present = !tracepoint.name.starts_with("syscalls:");
+        }
+        let report = finish(no_syscalls);
+        assert_eq!(report.tier, Tier::CgroupFilesOnly);
+        assert_eq!(report.options_to_lift_tier, ["CONFIG_FTRACE_SYSCALLS"]);
+        assert!(
+            report.notes[0].starts_with("CONFIG_FTRACE_SYSCALLS is off"),
+            "{:?}",
+            report.notes
+        );
+
+        let mut tier_1 = full_kernel();
+        tier_1.kprobes = false;
+        tier_1.bpf_jit = false;
+        let report = finish(tier_1);
+        assert_eq!(report.tier, Tier::Tracepoints);
+        assert_eq!(
+            report.options_to_lift_tier,
+            ["CONFIG_KPROBES", "CONFIG_KPROBE_EVENTS"]
+        );
+        let notes = report.notes.join("\n");
+        assert!(notes.contains("CONFIG_KPROBE_EVENTS is off"), "{notes}");
+        assert!(notes.contains("CONFIG_BPF_JIT is off"), "{notes}");
+
+        let mut psi_disabled = full_kernel();
+        psi_disabled.psi = false;
+        let report = finish(psi_disabled);
+        assert_eq!(
+            report.notes,
+            ["PSI is built in but disabled: boot with psi=1 for pressure stall figures"]
+        );
+    }
+}
