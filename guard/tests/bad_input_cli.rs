@@ -518,3 +518,23 @@ fn damaged_logs() {
         ),
     ]);
 }
+
+/// A reader that goes away is not an error: `guard probe --json | head -c 1` ends quietly,
+/// never with a panic (`println!` panics on a closed pipe). Both forms of output are tried.
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() {
+    for probe_args in [&["probe", "--json"][..], &["probe"]] {
+        let mut child = Command::new(GUARD)
+            .args(probe_args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end before guard writes a byte.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{probe_args:?}: {stderr}");
+        assert_eq!(output.status.code(), Some(0), "{probe_args:?}: {stderr}");
+    }
+}

@@ -167,12 +167,12 @@ async fn run_in_cgroup(guard: &Guard, id: &str, args: &ExecArgs) -> anyhow::Resu
             "report": report,
             "global": global,
         });
-        println!("{}", serde_json::to_string_pretty(&output)?);
+        outln!("{}", serde_json::to_string_pretty(&output)?);
     } else {
-        println!("command (pid {pid}) exited: {status} after {elapsed:.2?}");
-        print!("{}", report.to_text());
+        outln!("command (pid {pid}) exited: {status} after {elapsed:.2?}");
+        out!("{}", report.to_text());
         if let Some(bpf) = global.bpf.filter(|bpf| bpf.oom_kills > 0) {
-            println!(
+            outln!(
                 "  ! GLOBAL OOM: {} task(s) outside every container were OOM-killed",
                 bpf.oom_kills
             );

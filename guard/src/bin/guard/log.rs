@@ -184,7 +184,7 @@ fn verify(dir: &std::path::Path, args: &VerifyArgs) -> anyhow::Result<ExitCode> 
     }
     match forensic::repair(dir)? {
         RepairOutcome::Clean(report) => {
-            println!("nothing to repair");
+            outln!("nothing to repair");
             Ok(print_report(dir, &report))
         }
         RepairOutcome::Repaired {
@@ -192,7 +192,7 @@ fn verify(dir: &std::path::Path, args: &VerifyArgs) -> anyhow::Result<ExitCode> 
             removed,
             report,
         } => {
-            println!(
+            outln!(
                 "repaired: removed torn line {} of {} ({} bytes): {}",
                 torn.line,
                 torn.path.display(),
@@ -203,7 +203,7 @@ fn verify(dir: &std::path::Path, args: &VerifyArgs) -> anyhow::Result<ExitCode> 
         }
         RepairOutcome::Refused(report) => {
             let code = print_report(dir, &report);
-            println!(
+            outln!(
                 "not repaired: --repair only removes a torn final line; the log was left untouched"
             );
             Ok(code)
@@ -228,17 +228,17 @@ fn print_report(dir: &std::path::Path, report: &VerifyReport) -> ExitCode {
         report.files, report.records
     );
     if let Some(problem) = &report.problem {
-        println!("FAILED: {problem}");
-        println!("{summary} verified before the first defect");
+        outln!("FAILED: {problem}");
+        outln!("{summary} verified before the first defect");
         return ExitCode::FAILURE;
     }
     let head = report.head.as_deref().unwrap_or("-");
     if let Some(torn) = &report.torn_tail {
-        println!("TORN TAIL: {torn}");
-        println!("{summary} verified; head {head}");
+        outln!("TORN TAIL: {torn}");
+        outln!("{summary} verified; head {head}");
         return ExitCode::from(EXIT_TORN_TAIL);
     }
-    println!("ok: {}: {summary}; head {head}", dir.display());
+    outln!("ok: {}: {summary}; head {head}", dir.display());
     ExitCode::SUCCESS
 }
 

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 pub fn run(json: bool) -> anyhow::Result<ExitCode> {
     let report = guard::CapabilityReport::probe();
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.to_text());
+        out!("{}", report.to_text());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -173,17 +173,17 @@ struct Exec {
 }
 
 fn print_human(report: &Report) {
-    print!("{}", report.guard.to_text());
+    out!("{}", report.guard.to_text());
     let show = |value: Option<u64>| value.map_or("max".to_string(), |v| v.to_string());
     let limit =
         |value: Option<LimitValue>| value.map_or("absent".to_string(), |limit| limit.to_string());
     let applied = &report.limits_applied;
     match (report.exit_code, report.exit_signal) {
-        (Some(code), _) => println!("  exited with code {code}"),
-        (_, Some(signal)) => println!("  killed by signal {signal}"),
-        _ => println!("  ended"),
+        (Some(code), _) => outln!("  exited with code {code}"),
+        (_, Some(signal)) => outln!("  killed by signal {signal}"),
+        _ => outln!("  ended"),
     }
-    println!(
+    outln!(
         "  at creation: memory.max asked {} kernel {}; memory.swap.max asked {} kernel {}; \
          pids.max asked {} kernel {}",
         show(report.limits_resolved.memory_max),
@@ -193,31 +193,37 @@ fn print_human(report: &Report) {
         show(report.limits_resolved.pids_max),
         limit(applied.read_back.pids_max)
     );
-    println!(
+    outln!(
         "  oom_score_adj: container {}, agent after start {}",
-        applied.oom_score_adj, report.agent_oom_score_adj_after_start
+        applied.oom_score_adj,
+        report.agent_oom_score_adj_after_start
     );
     for exec in &report.execs {
-        println!(
+        outln!(
             "  exec {:?} (pid {}): exit code {:?}",
-            exec.command, exec.pid, exec.exit_code
+            exec.command,
+            exec.pid,
+            exec.exit_code
         );
     }
     let events = &report.final_kernel_events;
     let line = |name: &str, counts: &Option<KeyedCounts>| match counts {
         Some(counts) => {
             let pairs: Vec<String> = counts.0.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            println!("  final {name:<20} {}", pairs.join(", "));
+            outln!("  final {name:<20} {}", pairs.join(", "));
         }
-        None => println!("  final {name:<20} absent"),
+        None => outln!("  final {name:<20} absent"),
     };
     line("memory.events", &events.memory_events);
     line("memory.events.local", &events.memory_events_local);
     line("pids.events", &events.pids_events);
     let t = report.timings;
-    println!(
+    outln!(
         "  times: create {} µs, start {} µs, delete {} µs, wall {} ms",
-        t.create_us, t.start_us, t.delete_us, report.wall_ms
+        t.create_us,
+        t.start_us,
+        t.delete_us,
+        report.wall_ms
     );
 }
 
@@ -380,7 +386,7 @@ async fn run_logged(
         std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
-        println!("{json}");
+        outln!("{json}");
     } else {
         print_human(&report);
     }

@@ -257,7 +257,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         "log_head": {"records": head.next_seq, "hash": head.prev},
     });
     std::fs::write(out.join("waves.json"), serde_json::to_vec_pretty(&summary)?)?;
-    println!("{}", report.to_text());
+    outln!("{}", report.to_text());
     if report.reconciliation.verdict == guard::Verdict::Violated {
         bail!("a limit was violated");
     }

@@ -104,10 +104,10 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("guard: {error}");
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        outln!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         for report in &reports {
-            print!("{}", report.to_text());
+            out!("{}", report.to_text());
         }
     }
     Ok(ExitCode::SUCCESS)
