@@ -17,18 +17,23 @@ use xtask::vm::{self, Completed, VmConfig, VmResult};
 /// test` lists them as `…::f::linux_6_1`, `…::f::linux_6_12`, so a filter like `linux_6_12`
 /// runs one kernel's guests alone.
 ///
-/// The kernel list is here, once: a kernel is added with one line, and [`KERNELS`] follows.
-/// The `@`-arms are internal.
+/// The kernel list is here, once: a kernel is added with one line, and [`KERNELS`] and
+/// [`KERNEL_FACTS`] follow. Each line names the test, the kernel (as `xtask vm` resolves it),
+/// and what the suites expect of it: its release series and the tier guard must reach there
+/// (a kernel that lost a feature fails the suites instead of quietly testing less). The
+/// `@`-arms are internal.
 #[macro_export]
 macro_rules! per_kernel {
-    // The guest kernels, each as `test name = kernel name` (the name `xtask vm` resolves).
+    // The guest kernels: `test name = kernel name (release series, guard's tier)`.
     (@with $arm:ident $($args:tt)*) => {
         $crate::per_kernel! { @$arm [$($args)*]
-            linux_6_1 = "6.1",
-            linux_6_12 = "6.12",
+            linux_6_1 = "6.1" ("6.1", 2),
+            linux_6_12 = "6.12" ("6.12", 2),
+            linux_lean = "lean" ("6.12", 0),
+            linux_lean_guard = "lean-guard" ("6.12", 2),
         }
     };
-    (@tests [$function:ident] $($test:ident = $kernel:literal,)+) => {
+    (@tests [$function:ident] $($test:ident = $kernel:literal $facts:tt,)+) => {
         mod $function {
             $(
                 #[test]
@@ -38,23 +43,41 @@ macro_rules! per_kernel {
             )+
         }
     };
-    (@pairs [] $($test:ident = $kernel:literal,)+) => {
-        [$((stringify!($test), $kernel)),+]
+    (@facts [] $($test:ident = $kernel:literal ($release:literal, $tier:literal),)+) => {
+        [$($crate::guest::KernelFacts {
+            test: stringify!($test),
+            name: $kernel,
+            release: $release,
+            tier: $tier,
+        }),+]
     };
     ($($function:ident),+ $(,)?) => {
         $($crate::per_kernel! { @with tests $function })+
     };
 }
 
-/// Each guest kernel with its tests' name, from [`per_kernel!`]'s list.
-const KERNEL_TESTS: &[(&str, &str)] = &per_kernel!(@with pairs);
+/// What the suites expect of one guest kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelFacts {
+    /// The tests' name for it (`linux_6_12`).
+    pub test: &'static str,
+    /// Its name for `xtask vm` (`6.12`, `lean`).
+    pub name: &'static str,
+    /// Its release series: `uname -r` starts with this and a dot.
+    pub release: &'static str,
+    /// The tier guard reaches on it: 0 cgroup files only, 1 tracepoints, 2 + kprobes.
+    pub tier: u8,
+}
+
+/// Every guest kernel and what is expected of it, from [`per_kernel!`]'s list.
+pub const KERNEL_FACTS: &[KernelFacts] = &per_kernel!(@with facts);
 
 /// The guest kernels every guest test runs on, in [`per_kernel!`]'s order.
-pub const KERNELS: [&str; KERNEL_TESTS.len()] = {
-    let mut kernels = [""; KERNEL_TESTS.len()];
+pub const KERNELS: [&str; KERNEL_FACTS.len()] = {
+    let mut kernels = [""; KERNEL_FACTS.len()];
     let mut i = 0;
     while i < kernels.len() {
-        kernels[i] = KERNEL_TESTS[i].1;
+        kernels[i] = KERNEL_FACTS[i].name;
         i += 1;
     }
     kernels
@@ -63,16 +86,30 @@ pub const KERNELS: [&str; KERNEL_TESTS.len()] = {
 // A test named for another kernel than it boots would mislead every report: refuse to build.
 const _: () = {
     let mut i = 0;
-    while i < KERNEL_TESTS.len() {
+    while i < KERNEL_FACTS.len() {
         assert!(
-            is_test_name(KERNEL_TESTS[i].0, KERNEL_TESTS[i].1),
-            "per_kernel!: a kernel's test name must be `linux_` and its name with `_` for `.`"
+            is_test_name(KERNEL_FACTS[i].test, KERNEL_FACTS[i].name),
+            "per_kernel!: a kernel's test name must be `linux_` and its name with `_` for `.` \
+             and `-`"
+        );
+        assert!(
+            KERNEL_FACTS[i].tier <= 2,
+            "per_kernel!: tiers are 0, 1 or 2"
         );
         i += 1;
     }
 };
 
-/// Whether `test` is `kernel`'s test name: `linux_6_12` for "6.12".
+/// What the suites expect of `kernel`.
+pub fn facts(kernel: &str) -> KernelFacts {
+    *KERNEL_FACTS
+        .iter()
+        .find(|facts| facts.name == kernel)
+        .unwrap_or_else(|| panic!("{kernel} is not in per_kernel!'s list"))
+}
+
+/// Whether `test` is `kernel`'s test name: `linux_6_12` for "6.12", `linux_lean_guard` for
+/// "lean-guard".
 const fn is_test_name(test: &str, kernel: &str) -> bool {
     const PREFIX: &[u8] = b"linux_";
     let (test, kernel) = (test.as_bytes(), kernel.as_bytes());
@@ -83,7 +120,7 @@ const fn is_test_name(test: &str, kernel: &str) -> bool {
     while i < test.len() {
         let expected = if i < PREFIX.len() {
             PREFIX[i]
-        } else if kernel[i - PREFIX.len()] == b'.' {
+        } else if kernel[i - PREFIX.len()] == b'.' || kernel[i - PREFIX.len()] == b'-' {
             b'_'
         } else {
             kernel[i - PREFIX.len()]
@@ -334,6 +371,7 @@ mod tests {
     #[test]
     fn kernels_and_their_test_names_agree() {
         assert!(is_test_name("linux_6_12", "6.12"));
+        assert!(is_test_name("linux_lean_guard", "lean-guard"));
         // Two-sided: the compile-time check refuses a name for another kernel.
         assert!(!is_test_name("linux_6_1", "6.12"));
         assert!(!is_test_name("linux_6_12", "6.1"));
@@ -345,6 +383,6 @@ mod tests {
         assert!(KERNELS.contains(&kernel), "{kernel}");
     }
 
-    // The macro itself: `called::linux_6_1` and `called::linux_6_12` run as tests here.
+    // The macro itself: `called::linux_6_1`, … run as tests here (unit tests: no VM boots).
     per_kernel!(called);
 }

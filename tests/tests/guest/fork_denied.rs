@@ -1,13 +1,15 @@
 //! Guest tests of the fork_denied signal, on every guest kernel: a pids.max bomb in a guarded
-//! container, its denials counted by the probe, named pids.max by the kretprobe and reconciled
-//! with the kernel's own `pids.events` and the workload's tally; the guest's forensic log
-//! holds every denial and verifies independently. Two-sided: without pids.max the same bomb is
-//! never denied and nothing is "enforced".
+//! container, its denials counted by the probe, named pids.max by the kretprobe (tier 2) and
+//! reconciled with the kernel's own `pids.events` and the workload's tally; the guest's
+//! forensic log holds every denial and verifies independently. On a kernel without tracing
+//! (tier 0) the verdict comes from `pids.events` alone, and neither the report nor the log
+//! shows a BPF figure or a denial event it cannot have. Two-sided: without pids.max the same
+//! bomb is never denied and nothing is "enforced".
 //!
 //! The scenario runs in the probe suites' one boot per kernel (`guard_tests::guest::probes`).
 use guard_tests::{
     guest::{
-        assert_log_verifies,
+        assert_log_verifies, facts,
         probes::{results, scenario},
         unpack_log,
     },
@@ -20,18 +22,30 @@ fn pids_bomb_is_denied_and_reconciled(kernel: &'static str) {
     let denied = bomb.tally("eagain");
     assert!(denied > 0, "{:?}", bomb.tally);
     assert!(bomb.tally("succeeded") < 64, "{:?}", bomb.tally);
-    // Probe, kernel and workload agree exactly; the kretprobe names pids.max as the cause.
-    assert_eq!(bomb.bpf("fork_denied"), denied);
-    assert_eq!(bomb.bpf("fork_denied_pids_max"), denied);
+    let tier = facts(kernel).tier;
+    assert_eq!(bomb.report()["tier"], tier, "{}", bomb.report());
     assert_eq!(bomb.kernel("pids_events", "max"), denied);
-    assert_eq!(bomb.bpf("forks"), bomb.tally("succeeded"));
     let events = bomb.events_of("fork_denied");
-    assert_eq!(events.len() as u64, denied);
-    assert!(
-        events
-            .iter()
-            .all(|e| e["detail"]["cause"] == "pids_max" && e["container"] == "pids")
-    );
+    if tier > 0 {
+        // Probe, kernel and workload agree exactly.
+        assert_eq!(bomb.bpf("fork_denied"), denied);
+        assert_eq!(bomb.bpf("forks"), bomb.tally("succeeded"));
+        assert_eq!(events.len() as u64, denied);
+        assert!(events.iter().all(|e| e["container"] == "pids"));
+    } else {
+        // The kernel's own file is the evidence; a BPF figure here would be made up.
+        assert!(
+            bomb.report()["counters"]["bpf"].is_null(),
+            "{}",
+            bomb.report()
+        );
+        assert!(events.is_empty(), "{events:?}");
+    }
+    if tier == 2 {
+        // The kretprobe names pids.max as the cause of every denial.
+        assert_eq!(bomb.bpf("fork_denied_pids_max"), denied);
+        assert!(events.iter().all(|e| e["detail"]["cause"] == "pids_max"));
+    }
     assert_eq!(bomb.verdict("pids"), "enforced");
 
     // The guest's forensic log comes back verifiable by the independent verifier, and holds
@@ -43,7 +57,15 @@ fn pids_bomb_is_denied_and_reconciled(kernel: &'static str) {
         .lines()
         .filter(|line| line.contains(r#""kind":"fork_denied""#))
         .count();
-    assert_eq!(logged_denials as u64, denied);
+    assert_eq!(logged_denials as u64, if tier > 0 { denied } else { 0 });
+    assert!(
+        logged
+            .lines()
+            .next()
+            .unwrap()
+            .contains(&format!(r#""tier":{tier}"#)),
+        "the log's start record says the tier"
+    );
     assert!(
         logged
             .lines()
@@ -53,7 +75,10 @@ fn pids_bomb_is_denied_and_reconciled(kernel: &'static str) {
     // Two-sided: without pids.max the same bomb is never denied and nothing is "enforced".
     let unlimited = scenario(done, "pids-unlimited");
     assert_eq!(unlimited.tally("eagain"), 0);
-    assert_eq!(unlimited.bpf("fork_denied"), 0);
+    assert_eq!(unlimited.kernel("pids_events", "max"), 0);
+    if tier > 0 {
+        assert_eq!(unlimited.bpf("fork_denied"), 0);
+    }
     assert_ne!(unlimited.verdict("pids"), "enforced");
 }
 

@@ -1,5 +1,6 @@
-//! Guest VM tests: boot the Debian 6.1 and 6.12 guest kernels under QEMU with xtask's harness
-//! and assert from the host on what the guest sends back.
+//! Guest VM tests: boot every guest kernel of `per_kernel!` (Debian's 6.1 and 6.12 on the PC
+//! machine, guard's lean and lean-guard on microvm) under QEMU with xtask's harness and assert
+//! from the host on what the guest sends back.
 //!
 //! Requirements: `cargo xtask setup` (QEMU, busybox-static, the kernels in
 //! `<target>/guest-kernels`, where `<target>` is `$CARGO_TARGET_DIR` or the workspace's
@@ -18,7 +19,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use guard_tests::{guest::KERNELS, per_kernel};
+use guard_tests::{guest::facts, per_kernel};
 use xtask::vm::{self, Completed, VmConfig, VmResult};
 
 /// Checks the harness can boot `k`: skips (None) outside CI, fails under CI.
@@ -72,13 +73,15 @@ fn boots_with_cgroups_and_tracefs(k: &str) {
         echo "oom_score_adj: $(cat /proc/self/oom_score_adj)"
         echo "root: $(awk '$2 == "/" {print $3}' /proc/mounts)"
         test -r /sys/kernel/tracing/events/sched/sched_process_fork/format && echo tracefs: ok
+        grep -qw tracefs /proc/filesystems || echo tracefs: not in this kernel
         # A container runtime pivot_roots; that fails on an initramfs root.
         unshare -m sh -c 'mkdir -p /tmp/nr && mount -t tmpfs nr /tmp/nr && mkdir /tmp/nr/old &&
             cd /tmp/nr && pivot_root . old && echo pivot_root: ok'
         "#,
     );
     let out = done.stdout_str();
-    let version = format!("Linux version {k}.");
+    let facts = facts(k);
+    let version = format!("Linux version {}.", facts.release);
     assert!(out.contains(&version), "expected {version:?} in:\n{out}");
     let controllers = out
         .lines()
@@ -90,7 +93,12 @@ fn boots_with_cgroups_and_tracefs(k: &str) {
     assert!(out.contains("subtree: memory pids"), "{out}");
     assert!(out.contains("oom_score_adj: -1000"), "{out}");
     assert!(out.contains("root: tmpfs"), "{out}");
-    assert!(out.contains("tracefs: ok"), "{out}");
+    // Tracing is what lifts guard above tier 0: the lean kernel has none, by design.
+    if facts.tier > 0 {
+        assert!(out.contains("tracefs: ok"), "{out}");
+    } else {
+        assert!(out.contains("tracefs: not in this kernel"), "{out}");
+    }
     assert!(
         out.contains("pivot_root: ok"),
         "{out}\nstderr:\n{}",
@@ -224,43 +232,72 @@ fn results_come_back_intact() {
 }
 
 /// The workspace's own dynamically linked binaries run in the guest (their glibc and loader
-/// are copied by the image builder): guard-stress always, guard when one was built.
-#[test]
-fn workspace_binaries_run_in_both_guests() {
+/// are copied by the image builder), and `guard probe` finds the tier the kernel must give:
+/// below tier 2 it names the kernel options that would lift it, on a lean kernel the options
+/// that are off rather than the symptoms.
+fn workspace_binaries_run_and_probe_the_tier(k: &str) {
+    let Some(k) = kernel(k) else { return };
+    let k = k.as_str();
     let guard = guard_binary();
     if guard.is_none() {
+        assert!(!vm::in_ci(), "no guard binary under CI (set GUARD_BIN_DIR)");
         eprintln!("no guard binary (set GUARD_BIN_DIR): checking guard-stress only");
     }
-    for k in KERNELS {
-        let Some(k) = kernel(k) else { return };
-        let k = k.as_str();
-        let mut config = VmConfig::shell(
-            k,
-            "set -e
-            guard-stress fork 10
-            echo stress: ok
-            if [ -x /bin/guard ]; then guard probe --json > /results/probe.json; fi",
-        )
-        .binary(env!("CARGO_BIN_EXE_guard-stress"))
-        .label(format!("bins-{k}"));
-        if let Some(guard) = &guard {
-            config = config.binary(guard);
-        }
-        let done = run(config).expect_completed().clone();
-        assert_eq!(
-            done.exit_code,
-            0,
-            "{}{}",
-            done.stdout_str(),
-            done.stderr_str()
-        );
-        assert!(done.stdout_str().contains("stress: ok"));
-        if guard.is_some() {
-            let probe = done.file_str("probe.json").expect("probe.json returned");
-            assert!(probe.contains("\"tier\""), "{probe}");
+    let mut config = VmConfig::shell(
+        k,
+        "set -e
+        guard-stress fork 10
+        echo stress: ok
+        if [ -x /bin/guard ]; then guard probe --json > /results/probe.json; fi",
+    )
+    .binary(env!("CARGO_BIN_EXE_guard-stress"))
+    .label(format!("bins-{k}"));
+    if let Some(guard) = &guard {
+        config = config.binary(guard);
+    }
+    let done = run(config).expect_completed().clone();
+    assert_eq!(
+        done.exit_code,
+        0,
+        "{}{}",
+        done.stdout_str(),
+        done.stderr_str()
+    );
+    assert!(done.stdout_str().contains("stress: ok"));
+    if guard.is_none() {
+        return;
+    }
+    let probe: serde_json::Value =
+        serde_json::from_str(&done.file_str("probe.json").expect("probe.json returned")).unwrap();
+    let facts = facts(k);
+    assert_eq!(probe["tier"], facts.tier, "{probe:#}");
+    let options: Vec<&str> = probe["options_to_lift_tier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|option| option.as_str())
+        .collect();
+    let notes = probe["notes"].to_string();
+    match facts.tier {
+        2 => assert!(options.is_empty(), "{probe:#}"),
+        1 => assert!(options.contains(&"CONFIG_KPROBE_EVENTS"), "{probe:#}"),
+        _ => {
+            // libkrunfw's config: no tracing at all. Named by option, not by symptom.
+            for option in ["CONFIG_FTRACE", "CONFIG_BPF_EVENTS"] {
+                assert!(options.contains(&option), "{probe:#}");
+            }
+            assert!(notes.contains("CONFIG_FTRACE is off"), "{notes}");
+            assert!(notes.contains("CONFIG_PSI is off"), "{notes}");
+            assert!(
+                !notes.contains("mounting") && !notes.contains("psi=1"),
+                "{notes}"
+            );
+            assert_eq!(probe["tracefs"], serde_json::Value::Null, "{probe:#}");
         }
     }
 }
+
+per_kernel!(workspace_binaries_run_and_probe_the_tier);
 
 /// The release `guard` binary, if one was built (see the module docs). A debug build would
 /// do too (the image builder strips debug info), but release is what the guest suites use.

@@ -1,10 +1,11 @@
-//! The enforcement suite: `guard selftest` in a 128 MiB guest on Debian 6.1 and 6.12, three
+//! The enforcement suite: `guard selftest` in a 128 MiB guest on every guest kernel, three
 //! escalating bomb waves in one guarded container, each asserted on evidence (BPF counters
-//! reconciled with the kernel's event files), not on survival. Two-sided: the same waves with
+//! reconciled with the kernel's event files; on a kernel without tracing, the kernel's files
+//! alone, with no BPF figure anywhere), not on survival. Two-sided: the same waves with
 //! `--no-limits` (probes on, limits off) must fail the same assertions.
 
 use guard_tests::{
-    guest::{assert_log_verifies, guest, json_file, unpack_log},
+    guest::{assert_log_verifies, facts, guest, json_file, unpack_log},
     per_kernel,
 };
 use serde_json::Value;
@@ -34,9 +35,18 @@ fn number(value: &Value) -> u64 {
     value.as_u64().unwrap_or(0)
 }
 
-/// Every enforcement assertion of the suite; the first that fails, with its numbers.
-fn enforced(summary: &Value) -> Result<(), String> {
-    let check = |ok: bool, what: String| if ok { Ok(()) } else { Err(what) };
+fn check(ok: bool, what: String) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(what) }
+}
+
+/// Every enforcement assertion of the suite; the first that fails, with its numbers. The
+/// evidence is the probes' where the kernel lets guard load them, the kernel's files alone
+/// where it does not (tier 0).
+fn enforced(summary: &Value, tier: u8) -> Result<(), String> {
+    check(
+        summary["tier"] == tier,
+        format!("guard ran at tier {}, expected {tier}", summary["tier"]),
+    )?;
     let waves = summary["waves"].as_array().ok_or("no waves")?;
     check(waves.len() == 3, format!("{} waves ran", waves.len()))?;
     for wave in waves {
@@ -57,6 +67,9 @@ fn enforced(summary: &Value) -> Result<(), String> {
             ),
         )?;
     }
+    if tier == 0 {
+        return enforced_by_the_kernel_files(summary, waves);
+    }
     let (pids, memory, mixed) = (&waves[0], &waves[1], &waves[2]);
 
     // Wave 1: the pids bomb is stopped by pids.max, and the probes saw every denial.
@@ -71,7 +84,7 @@ fn enforced(summary: &Value) -> Result<(), String> {
         format!("pids bomb: BPF denials {denied} != pids.events max {kernel_denied}"),
     )?;
     check(
-        number(&pids["bpf"]["fork_denied_pids_max"]) == denied,
+        tier < 2 || number(&pids["bpf"]["fork_denied_pids_max"]) == denied,
         format!(
             "pids bomb: the kretprobe saw {} pids.max denials",
             pids["bpf"]["fork_denied_pids_max"]
@@ -137,6 +150,72 @@ fn enforced(summary: &Value) -> Result<(), String> {
         format!(
             "{} OOM kills outside the container (global OOM)",
             summary["global"]["bpf"]["oom_kills"]
+        ),
+    )?;
+    for limit in ["pids", "memory"] {
+        check(
+            summary["report"][limit]["verdict"] == "enforced",
+            format!(
+                "{limit}: verdict {} ({})",
+                summary["report"][limit]["verdict"], summary["report"][limit]["evidence"]
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// Tier 0: each wave stopped by the kernel, as its own files say, and no BPF figure anywhere
+/// (a report that showed one would claim evidence guard cannot have).
+fn enforced_by_the_kernel_files(summary: &Value, waves: &[Value]) -> Result<(), String> {
+    let (pids, memory, mixed) = (&waves[0], &waves[1], &waves[2]);
+    for (what, value) in [
+        ("pids wave", &pids["bpf"]),
+        ("memory wave", &memory["bpf"]),
+        ("fork+alloc wave", &mixed["bpf"]),
+        ("report", &summary["report"]["counters"]["bpf"]),
+        ("global counters", &summary["global"]["bpf"]),
+    ] {
+        check(
+            value.is_null(),
+            format!("tier 0, yet the {what} shows BPF counters: {value}"),
+        )?;
+    }
+    let denied = number(&pids["kernel"]["pids_events"]["max"]);
+    check(
+        denied > 0,
+        format!("pids bomb: pids.events max is 0 ({})", pids["kernel"]),
+    )?;
+    check(
+        number(&memory["kernel"]["memory_events"]["oom_kill"]) >= 1,
+        format!(
+            "memory bomb: no OOM kill in the container ({})",
+            memory["kernel"]
+        ),
+    )?;
+    check(
+        number(&memory["kernel"]["memory_events_local"]["oom"]) >= 1,
+        format!(
+            "memory bomb: no memcg OOM (scope global): {}",
+            memory["kernel"]
+        ),
+    )?;
+    let mixed_kills = number(&mixed["kernel"]["memory_events"]["oom_kill"]);
+    check(
+        mixed_kills + number(&mixed["kernel"]["pids_events"]["max"]) >= 1,
+        format!("fork+alloc bomb: nothing was stopped ({})", mixed["kernel"]),
+    )?;
+    check(
+        mixed_kills == 0 || number(&mixed["kernel"]["memory_events_local"]["oom"]) >= 1,
+        format!(
+            "fork+alloc bomb: kills without a memcg OOM (global): {}",
+            mixed["kernel"]
+        ),
+    )?;
+    check(
+        number(&summary["report"]["oom"]["global_kills"]) == 0,
+        format!(
+            "global OOM kills in the container: {}",
+            summary["report"]["oom"]
         ),
     )?;
     for limit in ["pids", "memory"] {
@@ -221,7 +300,7 @@ fn limits_hold_against_three_waves(kernel: &str) {
         done.stderr_str()
     );
     let summary = json_file(&done, "waves.json");
-    if let Err(failure) = enforced(&summary) {
+    if let Err(failure) = enforced(&summary, facts(kernel).tier) {
         panic!(
             "{kernel}: {failure}\n{}",
             serde_json::to_string_pretty(&summary["waves"]).unwrap()
@@ -264,7 +343,7 @@ fn without_limits_the_assertions_fail(kernel: &str) {
             if let Err(failure) = agent_memory_bounded(kernel, &summary) {
                 panic!("{kernel} without limits: {failure}");
             }
-            match enforced(&summary) {
+            match enforced(&summary, facts(kernel).tier) {
                 Ok(()) => {
                     panic!("{kernel}: with limits off the enforcement assertions must fail")
                 }
