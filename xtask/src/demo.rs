@@ -11,7 +11,7 @@ use crate::cmd;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Guest kernel(s): 6.1, 6.12, or both (repeat the flag).
+    /// Guest kernel(s): 6.1, 6.12, lean, lean-guard (repeat the flag for several).
     #[arg(long = "kernel", default_values_t = vec!["6.12".to_string()])]
     pub kernels: Vec<String>,
     /// Run the waves with limits off (probes on): what happens without guard's limits.
@@ -32,7 +32,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
 
 fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
     println!(
-        "\n## {} MiB guest, Debian {kernel} kernel: one container, three bomb waves{}\n",
+        "\n## {} MiB guest, {kernel} kernel: one container, three bomb waves{}\n",
         args.memory,
         if args.no_limits { ", LIMITS OFF" } else { "" }
     );

@@ -5,6 +5,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod fuzz;
+mod kernels;
 mod setup;
 mod soak;
 mod test;
@@ -33,6 +34,9 @@ enum Command {
     /// Everything CI checks: fmt, clippy (host crates and the eBPF crate), unit tests, host
     /// BPF tests (as root) and the guest VM suite.
     Test(test::TestArgs),
+    /// What guard's kernel fragment costs: boot each lean kernel a few times and tabulate tier,
+    /// image size, build and boot time, MemTotal and MemAvailable (into docs/KERNELS.md).
+    Kernels(kernels::KernelsArgs),
     // No doc comments on these three: they would replace the long help their Args define.
     Setup(setup::SetupArgs),
     Fuzz(fuzz::FuzzArgs),
@@ -47,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Setup(args) => setup::run(args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Kernels(args) => kernels::run(&args),
         Command::Vm(args) => {
             // The guest command's exit code, or 100 (VM died) / 101 (timed out).
             let code = vm_cli::run(args)?;

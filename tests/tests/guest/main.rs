@@ -1,7 +1,8 @@
-//! guard's guest-VM tests, in one binary: each boots Debian guest kernels under QEMU with
+//! guard's guest-VM tests, in one binary: each boots the guest kernels (Debian's, and guard's lean ones built from libkrunfw's config) under QEMU with
 //! xtask's harness and asserts from the host on what the guest sends back. A mod per signal
 //! where a test is about one (fork_denied, oom_victim), and per theme otherwise: the harness
-//! itself (vm), the tier-0 fallback, the container runtime, the enforcement waves.
+//! itself (vm), the lean kernels' configs (kernels), the tier-0 fallback, the container runtime,
+//! the enforcement waves.
 //!
 //! A test that runs on every guest kernel is written once, as `f(kernel)`, and declared with
 //! `per_kernel!(f)` (`guard_tests::guest`, which holds the kernel list): `cargo test` shows it
@@ -11,6 +12,7 @@
 //! Requirements: see `vm.rs`. Under CI (`CI` set and not `false`/`0`) a missing requirement
 //! fails the test: the guest suite is never skipped there.
 mod fork_denied;
+mod kernels;
 mod oom_victim;
 mod runtime;
 mod tier0;

@@ -164,7 +164,8 @@ fn ensure_source(apt: &mut Apt, version: &str) -> Result<PathBuf> {
     let debs = cache_dir().join("debs");
     fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
     let deb = download_deb(apt, &debs, SOURCE_PACKAGE, version)?;
-    let staging = tree.with_extension("partial");
+    // Not with_extension: the version has dots of its own.
+    let staging = partial(&tree);
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging)?;
     println!("setup: unpacking {SOURCE_PACKAGE} {version} (a 150 MB tarball; about a minute)");
@@ -212,7 +213,7 @@ fn config_values(text: &str) -> BTreeMap<String, String> {
 
 /// Configures and builds one kernel into `out` (vmlinux, bzImage, .config, build.log).
 fn build(tree: &Path, kernel: &LeanKernel, out: &Path) -> Result<()> {
-    let work = out.with_extension("partial");
+    let work = partial(out);
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
     let log_path = work.join("build.log");
@@ -269,6 +270,14 @@ fn build(tree: &Path, kernel: &LeanKernel, out: &Path) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Where a directory is put together before it is renamed into place (a crash leaves no
+/// half-built directory under the real name).
+fn partial(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    dir.with_file_name(name)
 }
 
 fn make(tree: &Path, out: &Path) -> Command {
@@ -347,7 +356,7 @@ fn make_logged(command: &mut Command, log: &Path, what: &str) -> Result<()> {
 
 /// Puts a cached build into the harness's kernel folder, with its manifest.
 fn install(cached: &Path, dir: &Path, kernel: &LeanKernel, version: &str, key: &str) -> Result<()> {
-    let staging = dir.with_extension("partial");
+    let staging = partial(dir);
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging)?;
     for file in ["vmlinux", "bzImage", "config"] {
