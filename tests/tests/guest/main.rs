@@ -1,5 +1,6 @@
-//! guard's guest-VM tests, in one binary: each boots the guest kernels (Debian's, and guard's lean ones built from libkrunfw's config) under QEMU with
-//! xtask's harness and asserts from the host on what the guest sends back. A mod per signal
+//! guard's guest-VM tests, in one binary: each boots the guest kernels (Debian's, and guard's
+//! lean ones built from libkrunfw's config) under QEMU with xtask's harness and asserts from
+//! the host on what the guest sends back. A mod per signal
 //! where a test is about one (fork_denied, oom_victim), and per theme otherwise: the harness
 //! itself (vm), the lean kernels' configs (kernels), the tier-0 fallback, the container runtime,
 //! the enforcement waves.
