@@ -278,6 +278,14 @@ fn workspace_binaries_run_and_probe_the_tier(k: &str) {
         .filter_map(|option| option.as_str())
         .collect();
     let notes = probe["notes"].to_string();
+    // What is off is said, by option: the JIT where programs run (the interpreter is slower,
+    // as exact) and PSI everywhere. Nothing needs BTF: lean-guard runs its tier without it.
+    if facts.tier > 0 && probe["bpf_jit"] == false {
+        assert!(notes.contains("CONFIG_BPF_JIT is off"), "{notes}");
+    }
+    if probe["psi"] == false {
+        assert!(notes.contains("PSI"), "{notes}");
+    }
     match facts.tier {
         2 => assert!(options.is_empty(), "{probe:#}"),
         1 => assert!(options.contains(&"CONFIG_KPROBE_EVENTS"), "{probe:#}"),
