@@ -253,9 +253,13 @@ pub(crate) fn encode_line<P: Serialize + ?Sized>(
     out.extend_from_slice(b",\"prev\":\"");
     out.extend_from_slice(to_hex(head.prev).as_bytes());
     out.push(b'"');
+    // The body is hashed once: its state seals the line, and the same state, continued over
+    // the seal, is the whole line's digest (the next record's `prev`).
     let mut hasher = Sha256::new();
     hasher.update(&out[..]);
+    let body_state = hasher.clone();
     let seal = to_hex(&hasher.finalize());
+    let body_len = out.len();
     out.extend_from_slice(HASH_MARKER);
     out.extend_from_slice(seal.as_bytes());
     out.extend_from_slice(b"\"}");
@@ -265,7 +269,7 @@ pub(crate) fn encode_line<P: Serialize + ?Sized>(
             bytes: out.len(),
         });
     }
-    let digest = sha256(out);
+    let digest = body_state.chain_update(&out[body_len..]).finalize().into();
     out.push(b'\n');
     Ok(digest)
 }
