@@ -62,6 +62,10 @@ pub struct SpecOptions {
     /// Tests only: leave `cgroupsPath` unset, so the runtime picks its own cgroup name. Used to
     /// show the `/guard/<id>` checks fail without the explicit path.
     pub omit_cgroups_path: bool,
+    /// The kernel accounts swap per cgroup (CONFIG_SWAP: `memory.swap.max` exists). Without
+    /// it the spec asks for no swap limit at all: the runtime would fail to write a file the
+    /// kernel does not have, and there is no swap to dodge a limit with.
+    pub swap_accounting: bool,
 }
 
 impl Default for SpecOptions {
@@ -70,6 +74,7 @@ impl Default for SpecOptions {
             cgroup_root: DEFAULT_CGROUP_ROOT.to_string(),
             oom_score_adj: DEFAULT_OOM_SCORE_ADJ,
             omit_cgroups_path: false,
+            swap_accounting: true,
         }
     }
 }
@@ -132,6 +137,30 @@ pub fn for_rootfs(rootfs: &Path, args: &[String], env: &[String]) -> Result<Spec
     Ok(spec)
 }
 
+/// Mount types the runtime handles itself, whatever `/proc/filesystems` says: bind mounts, and
+/// `cgroup`, which libcontainer mounts as cgroup2 on a v2 host.
+const RUNTIME_MOUNT_TYPES: &[&str] = &["bind", "none", "cgroup"];
+
+/// Removes the mounts whose filesystem this kernel does not have (`known`: the types
+/// `/proc/filesystems` lists), and returns their destinations. Lean guest kernels leave some
+/// out (libkrunfw's has no POSIX message queues, so no `mqueue` for the default `/dev/mqueue`):
+/// without this the container's init fails to mount it and never starts.
+pub fn drop_unsupported_mounts(spec: &mut Spec, known: &[String]) -> Vec<PathBuf> {
+    let Some(mounts) = spec.mounts().clone() else {
+        return Vec::new();
+    };
+    let (kept, dropped): (Vec<Mount>, Vec<Mount>) = mounts.into_iter().partition(|mount| {
+        mount.typ().as_deref().is_none_or(|typ| {
+            RUNTIME_MOUNT_TYPES.contains(&typ) || known.iter().any(|known| known == typ)
+        })
+    });
+    spec.set_mounts(Some(kept));
+    dropped
+        .iter()
+        .map(|mount| mount.destination().to_path_buf())
+        .collect()
+}
+
 /// Applies limits and the guard's secure defaults to `spec` for container `id`.
 ///
 /// `memory.swap.max` is expressed the OCI way (`swap` = memory + swap), but libcgroups 0.7
@@ -167,6 +196,14 @@ pub fn apply(
         None => {
             memory.set_limit(Some(-1));
             memory.set_swap(limits.swap_max.is_none().then_some(-1));
+        }
+    }
+    if !options.swap_accounting {
+        memory.set_swap(None);
+        // libcgroups writes memory.swap.max for an unlimited memory.max even without a swap
+        // value; a fresh cgroup's memory.max is `max` already.
+        if memory.limit() == Some(-1) {
+            memory.set_limit(None);
         }
     }
     resources.set_memory(Some(memory));
@@ -317,7 +354,7 @@ mod tests {
         let options = SpecOptions {
             cgroup_root: "/agent/boxes".into(),
             oom_score_adj: 500,
-            omit_cgroups_path: false,
+            ..SpecOptions::default()
         };
         apply(&mut spec, "x", &limits(), &options).unwrap();
         assert_eq!(
@@ -392,6 +429,61 @@ mod tests {
             .cgroups_path("c")
             .is_ok()
         );
+    }
+
+    #[test]
+    fn without_swap_accounting_no_swap_limit_is_asked_for() {
+        let options = SpecOptions {
+            swap_accounting: false,
+            ..SpecOptions::default()
+        };
+        for memory_max in [Some(64 << 20), None] {
+            let mut spec = spec();
+            let limits = Limits {
+                memory_max,
+                ..limits()
+            };
+            apply(&mut spec, "a", &limits, &options).unwrap();
+            let resources = spec.linux().as_ref().unwrap().resources().as_ref().unwrap();
+            let memory = resources.memory().unwrap();
+            assert_eq!(memory.swap(), None, "{memory_max:?}");
+            // Unlimited memory is left at the cgroup's own `max`, not written.
+            let expected = memory_max.map(|bytes| bytes as i64);
+            assert_eq!(memory.limit(), expected, "{memory_max:?}");
+        }
+    }
+
+    #[test]
+    fn mounts_of_filesystems_the_kernel_lacks_are_dropped_and_named() {
+        let mut spec = spec();
+        apply(&mut spec, "a", &limits(), &SpecOptions::default()).unwrap();
+        let known: Vec<String> = ["proc", "tmpfs", "devpts", "sysfs"]
+            .map(String::from)
+            .into();
+        let dropped = drop_unsupported_mounts(&mut spec, &known);
+        assert_eq!(dropped, [PathBuf::from("/dev/mqueue")]);
+        let destinations: Vec<_> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|mount| mount.destination().to_path_buf())
+            .collect();
+        // The read-only cgroupfs is guard's own and stays (libcontainer mounts it as cgroup2).
+        assert!(
+            destinations.contains(&PathBuf::from(CGROUP_MOUNT)),
+            "{destinations:?}"
+        );
+        assert!(
+            destinations.contains(&PathBuf::from("/proc")),
+            "{destinations:?}"
+        );
+        // A kernel with everything drops nothing.
+        let all: Vec<String> = ["proc", "tmpfs", "devpts", "sysfs", "mqueue"]
+            .map(String::from)
+            .into();
+        let mut full = spec.clone();
+        assert!(drop_unsupported_mounts(&mut full, &all).is_empty());
     }
 
     #[test]

@@ -78,14 +78,21 @@ pub fn read(cgroup: &Path, name: &str) -> Result<Option<String>, CgroupError> {
     Ok(read_optional(&cgroup.join(name))?.map(|text| text.trim().to_string()))
 }
 
-/// Writes `value` to the file `name` of `cgroup`: the one way guard changes a cgroup.
+/// Writes `value` to the file `name` of `cgroup`: the one way guard changes a cgroup. The file
+/// must exist: cgroupfs refuses to create one with EACCES, which would hide that the kernel
+/// simply lacks it (no `memory.swap.max` without CONFIG_SWAP), so a missing file is NotFound.
 pub fn write(cgroup: &Path, name: &str, value: &str) -> Result<(), CgroupError> {
+    use std::io::Write as _;
     let path = cgroup.join(name);
-    fs::write(&path, value).map_err(|source| CgroupError::Write {
-        path,
-        value: value.to_string(),
-        source,
-    })
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(value.as_bytes()))
+        .map_err(|source| CgroupError::Write {
+            path,
+            value: value.to_string(),
+            source,
+        })
 }
 
 /// Creates the cgroup directory `path` (which must not exist yet).

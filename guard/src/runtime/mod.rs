@@ -24,7 +24,7 @@ pub use verify::check_read_back;
 use std::{
     fs, io,
     os::unix::process::ExitStatusExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitStatus,
     time::{Duration, Instant},
 };
@@ -203,8 +203,10 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(options: RuntimeOptions) -> Result<Self, RuntimeError> {
+    pub fn new(mut options: RuntimeOptions) -> Result<Self, RuntimeError> {
         options.spec.validate()?;
+        // CONFIG_SWAP is what gives cgroups memory.swap.max; /proc/swaps exists exactly with it.
+        options.spec.swap_accounting &= Path::new("/proc/swaps").exists();
         let hierarchy = Hierarchy::find()?;
         for dir in [&options.state_root, &options.bundle_root] {
             fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
@@ -252,6 +254,14 @@ impl Runtime {
             }
         };
         spec::apply(&mut spec, id.as_str(), limits, &self.options.spec)?;
+        let known = known_filesystems()?;
+        for destination in spec::drop_unsupported_mounts(&mut spec, &known) {
+            warn!(
+                container = %id,
+                destination = %destination.display(),
+                "leaving out a mount whose filesystem this kernel does not have"
+            );
+        }
         Ok(spec)
     }
 
@@ -358,6 +368,17 @@ impl Runtime {
             .mount
             .join(relative.trim().trim_start_matches('/')))
     }
+}
+
+/// The filesystem types this kernel has (`/proc/filesystems`).
+fn known_filesystems() -> Result<Vec<String>, RuntimeError> {
+    let path = "/proc/filesystems";
+    let text = fs::read_to_string(path).map_err(io_error(format!("reading {path}")))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.split_whitespace().last())
+        .map(str::to_string)
+        .collect())
 }
 
 /// Waits for process `pid` (a child of the caller) and returns its status.

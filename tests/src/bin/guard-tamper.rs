@@ -20,7 +20,9 @@ Attempts, each printed as a JSON line:
   remount cgroupfs read-write                       /sys/fs/cgroup
   open the log                                      FILE for appending (nothing is written)
   open the log through /proc/PID/root               the same, through every visible process
-  bpf map create / bpf prog load                    an array map; a tracepoint program";
+  bpf map create / bpf prog load                    an array map; a tracepoint program
+                                                    (a socket filter on kernels without
+                                                    tracepoint programs, so the control can)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -202,14 +204,26 @@ fn bpf_map_create() -> Result<(), String> {
 }
 
 fn bpf_prog_load() -> Result<(), String> {
-    const BPF_PROG_LOAD: libc::c_int = 5;
+    const BPF_PROG_TYPE_SOCKET_FILTER: u64 = 1;
     const BPF_PROG_TYPE_TRACEPOINT: u64 = 5;
+    match load_program(BPF_PROG_TYPE_TRACEPOINT) {
+        // A kernel without BPF_EVENTS has no tracepoint programs at all: a socket filter,
+        // which every kernel has, still shows whether bpf(2) is open to this process.
+        Err(error) if error.contains("Invalid argument") => {
+            load_program(BPF_PROG_TYPE_SOCKET_FILTER)
+        }
+        other => other,
+    }
+}
+
+fn load_program(prog_type: u64) -> Result<(), String> {
+    const BPF_PROG_LOAD: libc::c_int = 5;
     // r0 = 0; exit
     let instructions: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
     let license = c"GPL";
     let mut attr = [0u64; 16];
     // prog_type, insn_cnt (u32 pair); insns; license.
-    attr[0] = BPF_PROG_TYPE_TRACEPOINT | ((instructions.len() as u64) << 32);
+    attr[0] = prog_type | ((instructions.len() as u64) << 32);
     attr[1] = instructions.as_ptr() as u64;
     attr[2] = license.as_ptr() as u64;
     bpf(BPF_PROG_LOAD, &mut attr).map_err(|error| format!("BPF_PROG_LOAD: {error}"))

@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::ExitCode, time::Instant};
 use anyhow::Context;
 use guard::{
     ContainerId, Guard, GuardOptions, Report as GuardReport, Tier,
-    agent::{self, Ending, Finished},
+    agent::{self, Ending, Finished, UnprivilegedBpf},
     cgroup::{EventFiles, KeyedCounts, LimitValue},
     config::Config,
     limits::{LimitRequest, Limits, MemInfo, MemorySetting, PidsSetting, SwapSetting},
@@ -77,6 +77,11 @@ pub struct RunArgs {
     /// Use libcontainer's no-pivot mode (for roots that cannot be pivot_root'ed).
     #[arg(long)]
     no_pivot: bool,
+    /// Leave bpf(2) open to unprivileged processes where the kernel allows it. By default guard
+    /// closes it (kernel.unprivileged_bpf_disabled = 2, as Debian's kernels ship), so that a
+    /// container cannot load BPF programs or create maps of its own.
+    #[arg(long)]
+    allow_unprivileged_bpf: bool,
     /// After the start, run this shell command inside the container (`exec` into it, as
     /// `sh -c`) and wait for it; repeatable, in order. Exit codes go into the report.
     #[arg(long = "exec", value_name = "SHELL_CMD")]
@@ -160,6 +165,9 @@ struct Report {
     execs: Vec<Exec>,
     /// The agent's oom_score_adj after the last exec (None without `--exec`).
     agent_oom_score_adj_after_execs: Option<i32>,
+    /// kernel.unprivileged_bpf_disabled before and after guard closed it (None with
+    /// `--allow-unprivileged-bpf`).
+    unprivileged_bpf_disabled: Option<UnprivilegedBpf>,
     timings: Timings,
     wall_ms: u64,
 }
@@ -305,6 +313,11 @@ async fn run_logged(
     started: Instant,
     stop_signals: &mut StopSignals,
 ) -> anyhow::Result<ExitCode> {
+    let unprivileged_bpf = if args.allow_unprivileged_bpf {
+        None
+    } else {
+        Some(agent::close_unprivileged_bpf()?)
+    };
     let runtime = Runtime::new(RuntimeOptions {
         spec: SpecOptions {
             cgroup_root: args
@@ -313,6 +326,7 @@ async fn run_logged(
                 .unwrap_or_else(|| DEFAULT_CGROUP_ROOT.to_string()),
             oom_score_adj: args.oom_score_adj,
             omit_cgroups_path: args.omit_cgroups_path,
+            ..SpecOptions::default()
         },
         no_pivot: args.no_pivot,
         ..RuntimeOptions::default()
@@ -363,7 +377,7 @@ async fn run_logged(
     pid_file?;
     let finished = finished?;
     let status = finished.status;
-    let report = assemble_report(
+    let mut report = assemble_report(
         request,
         limits,
         finished,
@@ -372,6 +386,7 @@ async fn run_logged(
         agent_score_after_execs.transpose()?,
         started,
     );
+    report.unprivileged_bpf_disabled = unprivileged_bpf;
     // Logged before anything is printed or written: what the log says is what was reported.
     let logged = match log {
         Some(log) => log
@@ -446,6 +461,7 @@ fn assemble_report(
         agent_oom_score_adj_after_start: agent_score,
         execs,
         agent_oom_score_adj_after_execs: agent_score_after_execs,
+        unprivileged_bpf_disabled: None,
         wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     }
 }

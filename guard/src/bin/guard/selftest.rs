@@ -159,6 +159,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     let (no_limits, out, stress) = (args.no_limits, args.out.as_path(), args.stress.as_path());
     std::fs::create_dir_all(out)?;
     let threads_max = raise_threads_max()?;
+    let unprivileged_bpf = agent::close_unprivileged_bpf()?;
     let id = "waves";
     let options = GuardOptions::default();
     let budget =
@@ -245,6 +246,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         "tier": guard.tier(),
         "limits_applied": finished.created,
         "threads_max": {"before": threads_max.0, "after": threads_max.1},
+        "unprivileged_bpf_disabled": unprivileged_bpf,
         "waves": waves,
         "report": report,
         "global": global,
