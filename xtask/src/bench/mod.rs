@@ -5,6 +5,7 @@
 //! starts; the guard's memory idle and under the storm. The results are written to
 //! docs/BENCHMARKS.md by the bench itself, so re-running it refreshes them.
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     path::{Path, PathBuf},
     process::Command,
@@ -15,6 +16,7 @@ use anyhow::{Context, bail};
 
 use crate::cmd;
 
+mod bpf_stats;
 mod readings;
 mod storm;
 
@@ -65,6 +67,8 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
         Observer::Bpftrace,
     ];
     let mut walls: [Vec<f64>; 4] = Default::default();
+    let _bpf_stats = bpf_stats::StatsEnabled::enable()?;
+    let mut bpf_totals: [BTreeMap<String, bpf_stats::ProgramStats>; 4] = Default::default();
     let mut logged_losses = Vec::new();
     let mut guard_peaks = Vec::new();
     let mut miscounts = Vec::new();
@@ -89,6 +93,7 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
                 continue;
             }
             walls[index].push(result.wall.as_secs_f64());
+            bpf_stats::add(&mut bpf_totals[index], &result.bpf);
             if let Some(counted) = result.counted.filter(|&n| n != args.forks) {
                 miscounts.push(format!(
                     "{} counted {counted} of {}",
@@ -294,6 +299,15 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
             median(&mut peaks) / 1024.0
         )?;
     }
+    let measured_forks = args.forks * args.rounds as u64;
+    table.push_str(&bpf_stats::table(
+        &[("guard", &bpf_totals[1]), ("bpftrace", &bpf_totals[3])],
+        measured_forks,
+        medians[0] / args.forks as f64 * 1e9,
+    ));
+    writeln!(table)?;
+    writeln!(table, "| measure | value |")?;
+    writeln!(table, "| --- | --- |")?;
     writeln!(
         table,
         "| counting errors | {} |",

@@ -9,7 +9,9 @@ use std::{
 
 use anyhow::{Context, bail};
 
+use super::bpf_stats::{self, ProgramStats};
 use super::*;
+use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Observer {
@@ -101,6 +103,8 @@ pub(super) struct Storm {
     pub(super) lost: Option<u64>,
     /// Peak RSS of the observer during the storm, KiB.
     pub(super) peak_kib: Option<u64>,
+    /// The kernel's run time of each of the observer's BPF programs during the storm.
+    pub(super) bpf: BTreeMap<String, ProgramStats>,
 }
 
 pub(super) fn bpftrace_script(cgroup: &Path) -> String {
@@ -154,6 +158,8 @@ pub(super) fn storm(
         // attached once it prints nothing more for a moment).
         std::thread::sleep(Duration::from_millis(500));
     }
+    let observer_pid = running.as_ref().map(|running| running.child.id());
+    let bpf_before = observer_pid.map(bpf_stats::programs_of).unwrap_or_default();
     let started = Instant::now();
     let output = Command::new(stress)
         .arg("--cgroup")
@@ -174,8 +180,10 @@ pub(super) fn storm(
             counted: None,
             lost: None,
             peak_kib: None,
+            bpf: BTreeMap::new(),
         });
     };
+    let bpf = bpf_stats::delta(&bpf_stats::programs_of(running.child.id()), &bpf_before);
     let (peak, _) = rss_kib(running.child.id());
     let stdout = interrupt(running)?;
     let counted = match observer {
@@ -193,6 +201,7 @@ pub(super) fn storm(
         counted,
         lost,
         peak_kib: Some(peak),
+        bpf,
     })
 }
 
