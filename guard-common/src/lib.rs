@@ -49,3 +49,6 @@ pub const MAX_CGROUP_LEVEL: u32 = 16;
 /// is preallocated (no allocation in the hot path), about 80 bytes an entry: sized for 32
 /// containers at the default pids.max of 512 without crowding a 128 MiB guest.
 pub const MAX_TRACKED_TASKS: u32 = 16384;
+
+/// Sub-cgroups of watched containers the programs can resolve a move into.
+pub const MAX_DESCENDANTS: u32 = 4096;

@@ -4,7 +4,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
     container::{self, Container},
-    maps::{self, TASKS, WATCHED},
+    maps::{self, DESCENDANTS, TASKS, WATCHED},
 };
 
 /// The cgroup v2 (default) hierarchy's id; v1 hierarchies on hybrid hosts have others, and
@@ -37,15 +37,25 @@ fn on_attach(ctx: &TracePointContext) -> Option<()> {
         container::track_task(pid, &container);
         return Some(());
     }
-    // Not a container's own cgroup. A move deeper than the task's container keeps it (a
-    // sub-cgroup of the container; its next fork or exit re-checks by ancestry); any other
-    // move takes it out of every container.
-    let dst_level: i32 = unsafe { ctx.read_at(offsets.attach_dst_level as usize) }.ok()?;
-    if let Some(task) = unsafe { TASKS.get(pid) } {
-        if dst_level > task.level as i32 {
-            return Some(());
+    // Not a container's own cgroup: maybe a sub-cgroup of one. The tracepoint fires after the
+    // move, so a task that moved itself has its new ancestry as the current task's; one moved
+    // by another process is resolved through the sub-cgroups userspace registered (and those
+    // created too recently are seeded from their cgroup.threads when userspace finds them).
+    let container = if pid == container::current_tid() {
+        container::current_container(config)
+    } else {
+        unsafe { DESCENDANTS.get(dst_id) }.map(|entry| Container {
+            cgroup_id: entry.cgroup_id,
+            slot: entry.slot,
+            level: entry.level,
+        })
+    };
+    match container {
+        Some(container) => container::track_task(pid, &container),
+        // Out of every container: forgotten.
+        None => {
+            let _ = TASKS.remove(pid);
         }
-        let _ = TASKS.remove(pid);
     }
     Some(())
 }

@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use guard_common::{
-    COUNTER_ROWS, CounterRow, LostCounts, MAX_CONTAINERS, MAX_TRACKED_TASKS, ProbeConfig,
-    TaskEntry, ThrottleWindow, WatchEntry,
+    COUNTER_ROWS, CounterRow, LostCounts, MAX_CONTAINERS, MAX_DESCENDANTS, MAX_TRACKED_TASKS,
+    ProbeConfig, TaskEntry, ThrottleWindow, WatchEntry,
 };
 
 /// Loader configuration (tracepoint offsets, watched levels, wakeup threshold, rate bound).
@@ -21,6 +21,12 @@ pub fn active_config() -> Option<&'static ProbeConfig> {
 /// Registered containers: cgroup id → slot and level.
 #[map]
 pub static WATCHED: HashMap<u64, WatchEntry> = HashMap::with_max_entries(MAX_CONTAINERS, 0);
+
+/// Sub-cgroups of watched containers that userspace has found (at watch time, and by inotify
+/// as they are created): cgroup id → its container. A task moved into one by another process
+/// is attributed through here (the attach program cannot read the moved task's ancestry).
+#[map]
+pub static DESCENDANTS: HashMap<u64, TaskEntry> = HashMap::with_max_entries(MAX_DESCENDANTS, 0);
 
 /// Tasks of watched containers: thread id → container. The OOM victim's container comes from
 /// here: `bpf_get_current_cgroup_id()` in `mark_victim` names the allocating task instead.

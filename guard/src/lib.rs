@@ -20,6 +20,7 @@ mod bpf;
 mod capability;
 pub mod cgroup;
 pub mod events;
+pub mod kmsg;
 mod signals;
 mod tracefs;
 

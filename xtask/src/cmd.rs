@@ -56,15 +56,10 @@ pub fn selftest_vm(
     kernel: &str,
     memory_mib: u32,
     bin: &std::path::Path,
-    no_limits: bool,
+    selftest_args: &str,
     label: String,
 ) -> xtask::vm::VmConfig {
-    let command = if no_limits {
-        "guard selftest --no-limits"
-    } else {
-        "guard selftest"
-    };
-    xtask::vm::VmConfig::shell(kernel, command)
+    xtask::vm::VmConfig::shell(kernel, &format!("guard selftest {selftest_args}"))
         .memory_mib(memory_mib)
         .binary(bin.join("guard"))
         .binary(bin.join("guard-stress"))

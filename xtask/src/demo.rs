@@ -44,7 +44,7 @@ fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
         kernel,
         args.memory,
         bin,
-        args.no_limits,
+        if args.no_limits { "--no-limits" } else { "" },
         format!("demo-{kernel}"),
     );
     config.echo_console = Some("[guard]".to_string());
@@ -74,6 +74,7 @@ fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("the guest wrote no waves.json:\n{}", done.stderr_str()))?,
     )?;
     print_waves(&summary);
+    print_tenants(&summary);
     println!("\nFinal report (the container's limits, counters and verdicts):\n");
     println!("{}", done.stdout_str().trim_end());
 
@@ -104,6 +105,50 @@ fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
         outcome.wall_time.as_secs_f64()
     );
     Ok(())
+}
+
+/// The multi-tenant wave: each container's verdicts and kills, the budget, kills by scope.
+fn print_tenants(summary: &Value) {
+    let wave = &summary["tenants"];
+    if wave.is_null() {
+        return;
+    }
+    let number = |value: &Value| value.as_u64().unwrap_or(0);
+    println!(
+        "\nFour tenants at once under the guest budget (memory.max {} bytes, pids.max {} for all \
+         of them together):\n",
+        wave["budget"]["read_back"]["memory_max"], wave["budget"]["read_back"]["pids_max"]
+    );
+    println!(
+        "{:<18} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10}",
+        "container", "exit", "denied", "OOM kills", "by budget", "pids", "memory"
+    );
+    for (id, container) in wave["containers"].as_object().into_iter().flatten() {
+        let report = &container["report"];
+        println!(
+            "{:<18} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10}",
+            id,
+            container["exit_code"].as_i64().map_or_else(
+                || format!("sig {}", container["signal"]),
+                |code| code.to_string()
+            ),
+            number(&report["kernel_since_watch"]["pids_events"]["max"]),
+            number(&report["oom"]["kernel_kills"]),
+            number(&report["oom"]["ancestor_kills"]),
+            report["pids"]["verdict"].as_str().unwrap_or("?"),
+            report["memory"]["verdict"].as_str().unwrap_or("?"),
+        );
+    }
+    let oom = &wave["kernel_log_oom_kills"];
+    println!(
+        "\nkernel log: {} memcg OOM kills, {} global; steady tenant {} ms alone, {} ms beside the \
+         bombs (×{:.2})",
+        number(&oom["memcg"]),
+        number(&oom["global"]),
+        wave["steady"]["alone_ms"],
+        wave["steady"]["beside_bombs_ms"],
+        wave["steady"]["slowdown"].as_f64().unwrap_or(0.0)
+    );
 }
 
 fn print_waves(summary: &Value) {

@@ -1,5 +1,7 @@
-//! `cargo xtask soak --runs N`: the scenario N times per kernel, with and without limits; a
-//! survival table is the project's headline reliability figure.
+//! `cargo xtask soak --runs N`: the scenarios N times per kernel, each with its protection on
+//! and off; a survival table is the project's headline reliability figure. Modes: the
+//! multi-tenant wave with and without the guest budget (default), the one-container waves
+//! with and without limits (`--mode waves`).
 use std::collections::BTreeMap;
 
 use anyhow::Context;
@@ -19,6 +21,32 @@ pub struct SoakArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 128)]
     pub memory: u32,
+    /// Which scenario: `tenants` (four containers at once, budget on and off) or `waves` (one
+    /// container, limits on and off).
+    #[arg(long, value_enum, default_value_t = Mode::Tenants)]
+    pub mode: Mode,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Tenants,
+    Waves,
+}
+
+impl Mode {
+    /// The selftest arguments with the protection on and off, and what it is called.
+    fn variants(self) -> [(&'static str, &'static str); 2] {
+        match self {
+            Mode::Tenants => [
+                ("budget", "--scenario tenants"),
+                ("no budget", "--scenario tenants --no-budget"),
+            ],
+            Mode::Waves => [
+                ("limits", "--scenario waves"),
+                ("no limits", "--scenario waves --no-limits"),
+            ],
+        }
+    }
 }
 
 #[derive(Default)]
@@ -35,20 +63,20 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         anyhow::bail!("--runs must be at least 1");
     }
     let bin = cmd::prepare_guest_binaries(&args.kernels)?;
-    let mut rows: BTreeMap<(String, bool), Row> = BTreeMap::new();
+    let mut rows: BTreeMap<(String, &str), Row> = BTreeMap::new();
     for round in 1..=args.runs {
         for kernel in &args.kernels {
-            for no_limits in [false, true] {
+            for (mode, selftest_args) in args.mode.variants() {
                 let mut config = cmd::selftest_vm(
                     kernel,
                     args.memory,
                     &bin,
-                    no_limits,
+                    selftest_args,
                     format!("soak-{kernel}-{round}"),
                 );
                 config.progress = false;
                 let outcome = vm::run(&config)?;
-                let row = rows.entry((kernel.clone(), no_limits)).or_default();
+                let row = rows.entry((kernel.clone(), mode)).or_default();
                 row.runs += 1;
                 let verdict = match &outcome.result {
                     VmResult::Completed(done) => {
@@ -58,25 +86,17 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
                             .context("no waves.json")
                             .and_then(|text| Ok(serde_json::from_str(&text)?))
                             .unwrap_or(Value::Null);
-                        let global = summary["global"]["bpf"]["oom_kills"].as_u64().unwrap_or(0)
-                            + summary["report"]["oom"]["global_kills"]
-                                .as_u64()
-                                .unwrap_or(0);
-                        row.global_ooms += global;
+                        row.global_ooms += global_oom_kills(&summary);
                         if summary["agent_oom_score_adj"] == -1000 {
                             row.agent_intact += 1;
                         }
-                        summary["report"]["verdict"]
-                            .as_str()
-                            .unwrap_or("no report")
-                            .to_string()
+                        verdicts(&summary)
                     }
                     VmResult::Died { .. } => "VM died".to_string(),
                     VmResult::TimedOut { .. } => "VM hung".to_string(),
                 };
                 println!(
-                    "round {round} {kernel} {}: {verdict} ({:.1} s)",
-                    if no_limits { "no limits" } else { "limits" },
+                    "round {round} {kernel} {mode}: {verdict} ({:.1} s)",
                     outcome.wall_time.as_secs_f64()
                 );
                 *row.verdicts.entry(verdict).or_default() += 1;
@@ -84,10 +104,11 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "\n| kernel | limits | runs | VM survived | agent intact | global OOM kills | verdicts |"
+        "\n| kernel | {} | runs | VM survived | agent intact | global OOM kills | verdicts |",
+        args.mode.variants()[0].0
     );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for ((kernel, no_limits), row) in &rows {
+    for ((kernel, mode), row) in &rows {
         let verdicts: Vec<String> = row
             .verdicts
             .iter()
@@ -95,7 +116,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
             .collect();
         println!(
             "| {kernel} | {} | {} | {}/{} | {}/{} | {} | {} |",
-            if *no_limits { "off" } else { "on" },
+            if mode.starts_with("no ") { "off" } else { "on" },
             row.runs,
             row.survived,
             row.runs,
@@ -106,4 +127,45 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Global OOM kills a run saw: the kernel log's (the tenants wave reads it), else the probes'
+/// kills outside every container plus the report's.
+fn global_oom_kills(summary: &Value) -> u64 {
+    let number = |value: &Value| value.as_u64().unwrap_or(0);
+    if !summary["tenants"].is_null() {
+        return number(&summary["tenants"]["kernel_log_oom_kills"]["global"]);
+    }
+    number(&summary["global"]["bpf"]["oom_kills"])
+        + number(&summary["report"]["oom"]["global_kills"])
+}
+
+/// The run's verdict: the container's, or for the tenants wave each hostile tenant's limit
+/// verdicts and whether the steady tenant finished.
+fn verdicts(summary: &Value) -> String {
+    let tenants = &summary["tenants"];
+    if tenants.is_null() {
+        return summary["report"]["verdict"]
+            .as_str()
+            .unwrap_or("no report")
+            .to_string();
+    }
+    let containers = &tenants["containers"];
+    let verdict = |id: &str, limit: &str| {
+        containers[id]["report"][limit]["verdict"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string()
+    };
+    format!(
+        "pids {}, memory {}, forkalloc {}, steady {}",
+        verdict("tenant-pids", "pids"),
+        verdict("tenant-memory", "memory"),
+        verdict("tenant-forkalloc", "memory"),
+        if containers["tenant-steady"]["exit_code"] == 0 {
+            "done"
+        } else {
+            "FAILED"
+        }
+    )
 }

@@ -1,7 +1,7 @@
 //! Typed access to the programs' maps: registering containers, reading counters and the task
 //! map. Every error names the map.
 use aya::maps::{MapError, PerCpuValues};
-use guard_common::{COUNTER_SLOTS, CounterRow, WatchEntry};
+use guard_common::{COUNTER_SLOTS, CounterRow, TaskEntry, WatchEntry};
 
 use super::loader::{ProbeError, Probes};
 
@@ -42,6 +42,39 @@ impl Probes {
             self.write_config()?;
         }
         Ok(())
+    }
+
+    /// Registers `cgroup_id` as a sub-cgroup of the container `entry` names, so that a task
+    /// another process moves there is attributed to the container.
+    pub fn add_descendant(&mut self, cgroup_id: u64, entry: TaskEntry) -> Result<(), ProbeError> {
+        self.descendants
+            .insert(cgroup_id, entry, 0)
+            .map_err(map_error("DESCENDANTS"))
+    }
+
+    /// Forgets every sub-cgroup of the container `cgroup_id` (unwatched).
+    pub fn remove_descendants_of(&mut self, cgroup_id: u64) {
+        let ours: Vec<u64> = self
+            .descendants
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, entry)| entry.cgroup_id == cgroup_id)
+            .map(|(id, _)| id)
+            .collect();
+        for id in ours {
+            let _ = self.descendants.remove(&id);
+        }
+    }
+
+    /// Whether the container `cgroup_id` is registered.
+    pub fn is_watched(&self, cgroup_id: u64) -> bool {
+        self.watched.get(&cgroup_id, 0).is_ok()
+    }
+
+    /// Records thread `tid` as a task of the container `entry` names (a task that was there
+    /// before the watch, or before its sub-cgroup was found).
+    pub fn seed_task(&mut self, tid: u32, entry: TaskEntry) -> Result<(), ProbeError> {
+        self.tasks.insert(tid, entry, 0).map_err(map_error("TASKS"))
     }
 
     /// The container the task map holds for thread `tid`, by cgroup id.

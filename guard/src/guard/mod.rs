@@ -7,9 +7,9 @@ use std::{
     time::Duration,
 };
 
-use guard_common::{MAX_CONTAINERS, WatchEntry};
+use guard_common::{MAX_CONTAINERS, TaskEntry, WatchEntry};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     Tier,
@@ -31,6 +31,7 @@ use crate::{
 
 mod query;
 mod registry;
+mod subtree;
 
 use registry::{Registry, Watched};
 
@@ -54,6 +55,11 @@ pub enum GuardError {
     FileWatch(#[from] FileWatchError),
     #[error("the event reader has stopped")]
     ReaderStopped,
+    #[error(
+        "{cgroup} is the root cgroup: it holds the agent and every process of the guest, not a \
+         container; watch the container's own cgroup"
+    )]
+    RootCgroup { cgroup: PathBuf },
 }
 
 /// How the guard runs.
@@ -81,7 +87,7 @@ pub struct Guard {
     hierarchy: Option<Hierarchy>,
     capabilities: CapabilityReport,
     tier: Tier,
-    probes: Option<Mutex<Probes>>,
+    probes: Option<Arc<Mutex<Probes>>>,
     registry: Mutex<Registry>,
     hub: Arc<Mutex<Hub>>,
     drain_requests: Option<mpsc::Sender<DrainRequest>>,
@@ -126,12 +132,20 @@ impl Guard {
             if let Some(logger) = probes.take_logger() {
                 tasks.push(tokio::spawn(forward_program_logs(logger)));
             }
-            Some(Mutex::new(probes))
+            Some(Arc::new(Mutex::new(probes)))
         } else {
             None
         };
-        let (file_watcher, file_task) = FileWatcher::start(Arc::clone(&hub))?;
+        let (file_watcher, file_task, created_cgroups) = FileWatcher::start(Arc::clone(&hub))?;
         tasks.push(file_task);
+        if let (Some(probes), Some(hierarchy)) = (&probes, &hierarchy) {
+            tasks.push(tokio::spawn(subtree::adopt_created(
+                created_cgroups,
+                Arc::clone(probes),
+                hierarchy.clone(),
+                file_watcher.clone(),
+            )));
+        }
         info!(%tier, kernel = %capabilities.kernel_release, "guard started");
         Ok(Self {
             hierarchy,
@@ -182,7 +196,14 @@ impl Guard {
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
         })?;
         let identity = hierarchy.identify(cgroup)?;
+        if identity.level == 0 {
+            // The root holds the agent itself and every other process of the guest.
+            return Err(GuardError::RootCgroup {
+                cgroup: cgroup.to_path_buf(),
+            });
+        }
         let baseline = EventFiles::read(cgroup)?;
+        let ancestor_ooms = registry::ancestor_ooms(cgroup, &hierarchy.mount);
         let mut registry = lock(&self.registry);
         if let Some(existing) = registry.by_id.get(&id) {
             return Err(GuardError::AlreadyWatched {
@@ -221,10 +242,26 @@ impl Guard {
                 slot,
                 requested,
                 baseline,
+                ancestor_ooms,
             },
         );
         if let Some(probes) = &self.probes {
-            lock(probes).set_watched_levels(registry.watched_levels())?;
+            let mut probes = lock(probes);
+            probes.set_watched_levels(registry.watched_levels())?;
+            let container = TaskEntry {
+                cgroup_id: identity.id,
+                slot,
+                level: identity.level,
+            };
+            let adopted = subtree::adopt(
+                &mut probes,
+                hierarchy,
+                &self.file_watcher,
+                container,
+                cgroup,
+                true,
+            )?;
+            debug!(container = %id, ?adopted, "adopted the cgroup's subtree");
         }
         self.file_watcher.add(identity.id, cgroup)?;
         info!(container = %id, cgroup = %cgroup.display(), cgroup_id = identity.id, level = identity.level, slot, "watching");
@@ -244,6 +281,7 @@ impl Guard {
         if let Some(probes) = &self.probes {
             let mut probes = lock(probes);
             probes.unwatch(watched.identity.id)?;
+            subtree::forget(&mut probes, watched.identity.id);
             probes.set_watched_levels(registry.watched_levels())?;
         }
         registry.free_slots.insert(watched.slot);

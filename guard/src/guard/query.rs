@@ -23,7 +23,7 @@ impl Guard {
         let counters = self.counters(id).await?;
         // counters() has just drained: no second round trip to the reader.
         let loss = self.loss_as_of_last_drain();
-        let (cgroup, requested, baseline) = {
+        let (cgroup, requested, baseline, ancestor_baseline) = {
             let registry = lock(&self.registry);
             let watched = registry
                 .by_id
@@ -33,8 +33,14 @@ impl Guard {
                 watched.cgroup.clone(),
                 watched.requested,
                 watched.baseline.clone(),
+                watched.ancestor_ooms,
             )
         };
+        let cgroup_gone = !cgroup.is_dir();
+        let ancestor_ooms = self.hierarchy.as_ref().map_or(0, |hierarchy| {
+            super::registry::ancestor_ooms(&cgroup, &hierarchy.mount)
+                .saturating_sub(ancestor_baseline)
+        });
         let applied = HeldLimits::read(&cgroup)?;
         let kernel_since_watch = EventFiles::read(&cgroup)?.since(&baseline);
         let reconciliation = reconcile(&Evidence {
@@ -45,6 +51,8 @@ impl Guard {
             kernel: &kernel_since_watch,
             bpf: counters.bpf.as_ref(),
             events_lost: loss.kernel_reserve_failures.values().sum(),
+            ancestor_ooms,
+            cgroup_gone,
         });
         Ok(Report {
             container: counters.container.clone(),

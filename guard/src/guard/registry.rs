@@ -1,7 +1,7 @@
 //! The registry of watched containers: ids, cgroups, counter slots, baselines.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use guard_common::MAX_CONTAINERS;
@@ -20,6 +20,25 @@ pub(super) struct Watched {
     pub requested: Option<Limits>,
     /// The kernel's event counters when watching began: reports count from here.
     pub baseline: EventFiles,
+    /// The ancestors' memcg `oom` events when watching began (see [`ancestor_ooms`]).
+    pub ancestor_ooms: u64,
+}
+
+/// The `oom` events of every ancestor of `cgroup` below `mount` (their memory.events): an OOM
+/// an ancestor's limit caused (the guest budget's) is counted there, not in the container's
+/// own files.
+pub(super) fn ancestor_ooms(cgroup: &Path, mount: &Path) -> u64 {
+    cgroup
+        .ancestors()
+        .skip(1)
+        .take_while(|dir| *dir != mount && dir.starts_with(mount))
+        .filter_map(|dir| std::fs::read_to_string(dir.join("memory.events")).ok())
+        .filter_map(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("oom "))
+                .and_then(|count| count.trim().parse::<u64>().ok())
+        })
+        .sum()
 }
 
 #[derive(Default)]

@@ -1,16 +1,24 @@
 //! Container limits: defaults derived from the guest's memory, overrides, validation.
 //!
 //! The default memory limit is 90% of `MemAvailable` at the time of the request: a container
-//! can never take the whole guest, so the agent and the kernel keep room to act. `pids.max`
+//! can never take the whole guest, so the agent and the kernel keep room to act. Alone that is
+//! not enough (two containers may take 180%, and MemAvailable counts memory that cannot be
+//! allocated): the runtime also gives the containers' parent the guest budget
+//! ([`guest_budget`]) and lowers defaults above it ([`LimitRequest::resolve_within`]). `pids.max`
 //! defaults to 512, `memory.swap.max` to 0 (a guest with swap must not let a container dodge
 //! its memory limit by swapping).
 use std::{fmt, path::PathBuf};
 
 use serde::Serialize;
 
+mod budget;
 mod meminfo;
 mod settings;
 
+pub use budget::{
+    BYTES_PER_TASK, BudgetRequest, Clamp, GuestBudget, KERNEL_RESERVE_FLOOR,
+    KERNEL_RESERVE_PERCENT, TASKS_OUTSIDE, guest_budget, kernel_reserve,
+};
 pub use meminfo::{MEMINFO_PATH, MemInfo, memory_limit_from_meminfo};
 pub use settings::{MemorySetting, PidsSetting, SwapSetting};
 
@@ -83,6 +91,40 @@ pub enum LimitsError {
     SwapSyntax { value: String },
     #[error("swap limit {value:?} is negative")]
     SwapNegative { value: String },
+    #[error(
+        "guest budget of {asked} bytes is more than the guest can give: {room} bytes \
+         (MemAvailable {available} minus the kernel reserve {kernel_reserve} and the agent \
+         reserve {agent_reserve})"
+    )]
+    BudgetAboveGuest {
+        asked: u64,
+        room: u64,
+        available: u64,
+        kernel_reserve: u64,
+        agent_reserve: u64,
+    },
+    #[error(
+        "the guest is too small for a budget: {budget} bytes remain of MemAvailable {available} \
+         after the kernel reserve {kernel_reserve} and the agent reserve {agent_reserve}, below \
+         the floor of {MEMORY_FLOOR}"
+    )]
+    BudgetTooSmall {
+        budget: u64,
+        available: u64,
+        kernel_reserve: u64,
+        agent_reserve: u64,
+    },
+    #[error(
+        "memory limit {value:?} ({bytes} bytes) is above the guest budget of {budget} bytes \
+         that every container shares"
+    )]
+    MemoryAboveBudget {
+        value: String,
+        bytes: u64,
+        budget: u64,
+    },
+    #[error("pids limit {value:?} is above the guest budget of {budget} tasks")]
+    PidsAboveBudget { value: String, budget: u64 },
 }
 /// What an agent asks for; [`LimitRequest::resolve`] turns it into byte and count values.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -185,6 +227,62 @@ impl LimitRequest {
             swap_max,
             pids_max,
         })
+    }
+}
+
+/// Limits resolved within a guest budget, with the defaults it lowered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Resolved {
+    pub limits: Limits,
+    pub clamped: Vec<Clamp>,
+}
+
+impl LimitRequest {
+    /// Resolves as [`LimitRequest::resolve`] does, then fits the result into `budget`: a
+    /// default above it is lowered to it (and listed in `clamped`), an explicit limit above it
+    /// is an error. `max` stays `max`: the container has no limit of its own and the budget
+    /// holds it.
+    pub fn resolve_within(
+        &self,
+        meminfo: &MemInfo,
+        budget: &GuestBudget,
+    ) -> Result<Resolved, LimitsError> {
+        let mut limits = self.resolve(meminfo)?;
+        let mut clamped = Vec::new();
+        if let Some(bytes) = limits.memory_max.filter(|&bytes| bytes > budget.memory_max) {
+            if self.memory != MemorySetting::Default {
+                let value = match &self.memory {
+                    MemorySetting::PercentOfAvailable(percent) => format!("{percent}%"),
+                    _ => bytes.to_string(),
+                };
+                return Err(LimitsError::MemoryAboveBudget {
+                    value,
+                    bytes,
+                    budget: budget.memory_max,
+                });
+            }
+            clamped.push(Clamp {
+                file: "memory.max",
+                default: bytes,
+                clamped_to: budget.memory_max,
+            });
+            limits.memory_max = Some(budget.memory_max);
+        }
+        if let Some(count) = limits.pids_max.filter(|&count| count > budget.pids_max) {
+            if self.pids != PidsSetting::Default {
+                return Err(LimitsError::PidsAboveBudget {
+                    value: count.to_string(),
+                    budget: budget.pids_max,
+                });
+            }
+            clamped.push(Clamp {
+                file: "pids.max",
+                default: count,
+                clamped_to: budget.pids_max,
+            });
+            limits.pids_max = Some(budget.pids_max);
+        }
+        Ok(Resolved { limits, clamped })
     }
 }
 
@@ -332,5 +430,100 @@ mod tests {
             let error = value.parse::<SwapSetting>().unwrap_err().to_string();
             assert!(error.contains(&format!("{value:?}")), "{value:?}: {error}");
         }
+    }
+
+    fn budget(memory_max: u64, pids_max: u64) -> GuestBudget {
+        GuestBudget {
+            memory_max,
+            pids_max,
+            threads_max: pids_max + TASKS_OUTSIDE,
+            available: 100_000 * 1024,
+            kernel_reserve: KERNEL_RESERVE_FLOOR,
+            agent_reserve: 0,
+        }
+    }
+
+    #[test]
+    fn defaults_are_clamped_to_the_budget_and_say_so() {
+        let resolved = LimitRequest::default()
+            .resolve_within(&guest(), &budget(40 << 20, 300))
+            .unwrap();
+        assert_eq!(resolved.limits.memory_max, Some(40 << 20));
+        assert_eq!(resolved.limits.pids_max, Some(300));
+        assert_eq!(
+            resolved.clamped,
+            vec![
+                Clamp {
+                    file: "memory.max",
+                    default: 92_160_000,
+                    clamped_to: 40 << 20
+                },
+                Clamp {
+                    file: "pids.max",
+                    default: DEFAULT_PIDS_MAX,
+                    clamped_to: 300
+                }
+            ]
+        );
+        // Within the budget nothing changes.
+        let roomy = LimitRequest::default()
+            .resolve_within(&guest(), &budget(100 << 20, 4096))
+            .unwrap();
+        assert!(roomy.clamped.is_empty());
+        assert_eq!(
+            roomy.limits,
+            LimitRequest::default().resolve(&guest()).unwrap()
+        );
+    }
+
+    #[test]
+    fn explicit_limits_above_the_budget_are_errors_naming_both() {
+        let request = LimitRequest {
+            memory: "64M".parse().unwrap(),
+            ..Default::default()
+        };
+        let error = request
+            .resolve_within(&guest(), &budget(40 << 20, 4096))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(&(64u64 << 20).to_string())
+                && error.contains(&(40u64 << 20).to_string()),
+            "{error}"
+        );
+        let request = LimitRequest {
+            memory: "90%".parse().unwrap(),
+            ..Default::default()
+        };
+        let error = request
+            .resolve_within(&guest(), &budget(40 << 20, 4096))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("\"90%\""), "{error}");
+        let request = LimitRequest {
+            pids: PidsSetting::Count(5000),
+            ..Default::default()
+        };
+        let error = request
+            .resolve_within(&guest(), &budget(40 << 20, 4096))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("\"5000\"") && error.contains("4096"),
+            "{error}"
+        );
+        // `max` is the budget's to hold.
+        let request = LimitRequest {
+            memory: MemorySetting::Max,
+            pids: PidsSetting::Max,
+            ..Default::default()
+        };
+        let resolved = request
+            .resolve_within(&guest(), &budget(40 << 20, 4096))
+            .unwrap();
+        assert_eq!(
+            (resolved.limits.memory_max, resolved.limits.pids_max),
+            (None, None)
+        );
     }
 }

@@ -10,7 +10,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tokio::io::unix::AsyncFd;
+use guard_common::TaskEntry;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{debug, warn};
 
 use super::{hub::Hub, lock};
@@ -36,20 +37,31 @@ pub enum FileWatchError {
 struct Target {
     cgroup_id: u64,
     path: PathBuf,
-    file: &'static str,
+    kind: TargetKind,
+}
+
+enum TargetKind {
+    /// An event file whose changes are streamed.
+    File(&'static str),
+    /// A cgroup directory of a container whose new sub-cgroups are reported.
+    Dir(TaskEntry),
 }
 
 /// The inotify instance and what each watch descriptor stands for.
+#[derive(Clone)]
 pub(crate) struct FileWatcher {
     fd: Arc<OwnedFd>,
     targets: Arc<Mutex<HashMap<i32, Target>>>,
 }
 
+/// New sub-cgroups of watched containers, as inotify reports them: (container, directory).
+pub(crate) type CreatedCgroups = mpsc::UnboundedReceiver<(TaskEntry, PathBuf)>;
+
 impl FileWatcher {
     /// Creates the instance and spawns the task that turns notifications into events.
     pub fn start(
         hub: Arc<Mutex<Hub>>,
-    ) -> Result<(Self, tokio::task::JoinHandle<()>), FileWatchError> {
+    ) -> Result<(Self, tokio::task::JoinHandle<()>, CreatedCgroups), FileWatchError> {
         // SAFETY: inotify_init1 takes flags only; a non-negative result is a new fd we own.
         let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
         if raw < 0 {
@@ -57,8 +69,43 @@ impl FileWatcher {
         }
         let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
         let targets = Arc::new(Mutex::new(HashMap::new()));
-        let task = tokio::spawn(run(Arc::clone(&fd), Arc::clone(&targets), hub));
-        Ok((Self { fd, targets }, task))
+        let (created_sender, created) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(
+            Arc::clone(&fd),
+            Arc::clone(&targets),
+            hub,
+            created_sender,
+        ));
+        Ok((Self { fd, targets }, task, created))
+    }
+
+    /// Reports sub-cgroups created in `dir`, a cgroup of the container `container` names.
+    pub fn add_dir(&self, container: TaskEntry, dir: &Path) -> Result<(), FileWatchError> {
+        let wd = self.add_watch(dir, libc::IN_CREATE | libc::IN_ONLYDIR)?;
+        lock(&self.targets).insert(
+            wd,
+            Target {
+                cgroup_id: container.cgroup_id,
+                path: dir.to_path_buf(),
+                kind: TargetKind::Dir(container),
+            },
+        );
+        Ok(())
+    }
+
+    fn add_watch(&self, path: &Path, mask: u32) -> Result<i32, FileWatchError> {
+        let error = |source| FileWatchError::AddWatch {
+            path: path.to_path_buf(),
+            source,
+        };
+        let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| error(std::io::ErrorKind::InvalidInput.into()))?;
+        // SAFETY: a valid fd and NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c_path.as_ptr(), mask) };
+        if wd < 0 {
+            return Err(error(std::io::Error::last_os_error()));
+        }
+        Ok(wd)
     }
 
     /// Watches a container's event files (those that exist: a controller may be disabled).
@@ -68,25 +115,13 @@ impl FileWatcher {
             if !path.exists() {
                 continue;
             }
-            let error = |source| FileWatchError::AddWatch {
-                path: path.clone(),
-                source,
-            };
-            let c_path = CString::new(path.as_os_str().as_encoded_bytes())
-                .map_err(|_| error(std::io::ErrorKind::InvalidInput.into()))?;
-            // SAFETY: a valid fd and NUL-terminated path.
-            let wd = unsafe {
-                libc::inotify_add_watch(self.fd.as_raw_fd(), c_path.as_ptr(), libc::IN_MODIFY)
-            };
-            if wd < 0 {
-                return Err(error(std::io::Error::last_os_error()));
-            }
+            let wd = self.add_watch(&path, libc::IN_MODIFY)?;
             lock(&self.targets).insert(
                 wd,
                 Target {
                     cgroup_id,
                     path,
-                    file,
+                    kind: TargetKind::File(file),
                 },
             );
         }
@@ -116,7 +151,12 @@ impl AsRawFd for SharedFd {
     }
 }
 
-async fn run(fd: Arc<OwnedFd>, targets: Arc<Mutex<HashMap<i32, Target>>>, hub: Arc<Mutex<Hub>>) {
+async fn run(
+    fd: Arc<OwnedFd>,
+    targets: Arc<Mutex<HashMap<i32, Target>>>,
+    hub: Arc<Mutex<Hub>>,
+    created: mpsc::UnboundedSender<(TaskEntry, PathBuf)>,
+) {
     // SAFETY: the Arc keeps the fd open and unchanged for as long as the AsyncFd lives.
     let registered =
         unsafe { AsyncFd::register_with_interest(SharedFd(fd), tokio::io::Interest::READABLE) };
@@ -156,6 +196,17 @@ async fn run(fd: Arc<OwnedFd>, targets: Arc<Mutex<HashMap<i32, Target>>>, hub: A
         let changed = changed_descriptors(&buffer[..read as usize]);
         let snapshots: Vec<(u64, EventDetail)> = {
             let targets = lock(&targets);
+            for (wd, name) in created_dirs(&buffer[..read as usize]) {
+                if let Some(Target {
+                    path,
+                    kind: TargetKind::Dir(container),
+                    ..
+                }) = targets.get(&wd)
+                {
+                    // The receiver lives as long as the guard; a send after it is harmless.
+                    let _ = created.send((*container, path.join(name)));
+                }
+            }
             changed
                 .iter()
                 .filter_map(|wd| targets.get(wd))
@@ -186,7 +237,35 @@ fn changed_descriptors(buffer: &[u8]) -> Vec<i32> {
     changed
 }
 
+/// The directories created, by watch descriptor and name, in a buffer of `inotify_event`s.
+fn created_dirs(buffer: &[u8]) -> Vec<(i32, std::ffi::OsString)> {
+    use std::os::unix::ffi::OsStrExt as _;
+    const HEADER: usize = size_of::<libc::inotify_event>();
+    let mut created = Vec::new();
+    let mut offset = 0;
+    while offset + HEADER <= buffer.len() {
+        // SAFETY: bounds checked above; read_unaligned needs no alignment.
+        let event: libc::inotify_event =
+            unsafe { std::ptr::read_unaligned(buffer[offset..].as_ptr().cast()) };
+        let name_start = offset + HEADER;
+        let name_end = (name_start + event.len as usize).min(buffer.len());
+        if event.mask & libc::IN_CREATE != 0 && event.mask & libc::IN_ISDIR != 0 {
+            // The name is NUL-padded to the record's length.
+            let name = &buffer[name_start..name_end];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if !name.is_empty() {
+                created.push((event.wd, std::ffi::OsStr::from_bytes(name).to_os_string()));
+            }
+        }
+        offset = name_start + event.len as usize;
+    }
+    created
+}
+
 fn snapshot(target: &Target) -> Option<(u64, EventDetail)> {
+    let TargetKind::File(file) = target.kind else {
+        return None;
+    };
     let text = match std::fs::read_to_string(&target.path) {
         Ok(text) => text,
         Err(error) => {
@@ -199,10 +278,7 @@ fn snapshot(target: &Target) -> Option<(u64, EventDetail)> {
         .ok()?;
     Some((
         target.cgroup_id,
-        EventDetail::KernelFile(KernelFile {
-            file: target.file,
-            counts,
-        }),
+        EventDetail::KernelFile(KernelFile { file, counts }),
     ))
 }
 

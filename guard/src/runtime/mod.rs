@@ -14,10 +14,12 @@
 //! avoids even the temporary change: the init gets its score from us before it starts.
 //!
 //! libcontainer reports its real errors only through `tracing`: install a subscriber.
+mod budget;
 mod container;
 pub mod oom_score;
 mod verify;
 
+pub use budget::BudgetRecord;
 pub use container::{Container, Created};
 pub use verify::check_read_back;
 
@@ -32,12 +34,12 @@ use std::{
 use libcontainer::{container::builder::ContainerBuilder, syscall::syscall::SyscallType};
 use oci_spec::runtime::Spec;
 use serde::Serialize;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     cgroup::{CgroupError, EventFiles, HeldLimits, Hierarchy},
     container_id::{ContainerId, ContainerIdError},
-    limits::Limits,
+    limits::{BudgetRequest, LimitRequest, Limits, LimitsError, MemInfo, Resolved, guest_budget},
     spec::{self, SpecError, SpecOptions},
 };
 
@@ -99,6 +101,37 @@ pub enum RuntimeError {
     CgroupLeft { id: String, cgroup: PathBuf },
     #[error("signal {signal} is not valid: {message}")]
     Signal { signal: i32, message: String },
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
+    #[error(
+        "the guest budget needs a parent cgroup of its own: the cgroup root \"/\" cannot hold \
+         one (choose a cgroup root such as /guard, or run without the budget)"
+    )]
+    BudgetOnRoot,
+    #[error(
+        "{file} offers {found:?}: the guest budget needs the {missing} controller(s), which this \
+         kernel or its cgroup hierarchy does not provide"
+    )]
+    NoControllers {
+        file: PathBuf,
+        missing: String,
+        found: String,
+    },
+    #[error(
+        "enabling +memory +pids in {path}: {source} (a cgroup with processes of its own cannot \
+         pass controllers to its children: move them out, or choose another cgroup root)"
+    )]
+    SubtreeControl { path: PathBuf, source: io::Error },
+    #[error(
+        "container {id}: {file} of {asked} is above the guest budget of {budget} that every \
+         container shares"
+    )]
+    LimitAboveBudget {
+        id: String,
+        file: &'static str,
+        asked: u64,
+        budget: u64,
+    },
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> RuntimeError {
@@ -143,6 +176,22 @@ pub struct RuntimeOptions {
     /// Use libcontainer's no-pivot mode (move-mount + chroot: weaker isolation) for guests
     /// whose root cannot be pivot_root'ed.
     pub no_pivot: bool,
+    /// The guest budget on the cgroup root (see [`crate::limits::guest_budget`]); None: no
+    /// budget, each container alone holds its limits (the two-sided runs do this).
+    pub budget: Option<BudgetRequest>,
+    /// The agent's own growth, kept out of the budget: its buffers, full
+    /// ([`crate::budget::MemoryBudget::total`]).
+    pub agent_reserve: u64,
+}
+
+/// The agent reserve of a guard with default stream options, its log and one live subscriber.
+pub fn default_agent_reserve() -> u64 {
+    crate::budget::MemoryBudget::new(
+        &crate::StreamOptions::default(),
+        &[crate::sinks::event_log::QUEUE_EVENTS, 4096],
+        true,
+    )
+    .total()
 }
 
 impl Default for RuntimeOptions {
@@ -152,6 +201,8 @@ impl Default for RuntimeOptions {
             bundle_root: PathBuf::from("/run/guard/bundles"),
             spec: SpecOptions::default(),
             no_pivot: false,
+            budget: Some(BudgetRequest::default()),
+            agent_reserve: default_agent_reserve(),
         }
     }
 }
@@ -200,6 +251,7 @@ pub struct Removed {
 pub struct Runtime {
     options: RuntimeOptions,
     hierarchy: Hierarchy,
+    budget: Option<BudgetRecord>,
 }
 
 impl Runtime {
@@ -211,7 +263,74 @@ impl Runtime {
         for dir in [&options.state_root, &options.bundle_root] {
             fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
         }
-        Ok(Self { options, hierarchy })
+        // Derived now, with the agent (and its guard) already resident: what is really left.
+        let budget = match &options.budget {
+            None => None,
+            Some(request) => {
+                let budget = guest_budget(&MemInfo::read()?, options.agent_reserve, request)?;
+                Some(budget::apply(
+                    &hierarchy,
+                    &options.spec.cgroup_root,
+                    &budget,
+                    options.spec.swap_accounting,
+                )?)
+            }
+        };
+        Ok(Self {
+            options,
+            hierarchy,
+            budget,
+        })
+    }
+
+    /// The guest budget the parent cgroup holds (None: the runtime runs without one).
+    pub fn budget(&self) -> Option<&BudgetRecord> {
+        self.budget.as_ref()
+    }
+
+    /// Resolves `request` against the guest's memory now and fits it into the budget: defaults
+    /// above it are lowered (logged, and listed in the result), explicit limits above it are
+    /// errors.
+    pub fn resolve(&self, request: &LimitRequest) -> Result<Resolved, RuntimeError> {
+        let meminfo = MemInfo::read()?;
+        let resolved = match &self.budget {
+            Some(record) => request.resolve_within(&meminfo, &record.held())?,
+            None => Resolved {
+                limits: request.resolve(&meminfo)?,
+                clamped: Vec::new(),
+            },
+        };
+        for clamp in &resolved.clamped {
+            info!(
+                file = clamp.file,
+                default = clamp.default,
+                budget = clamp.clamped_to,
+                "a default limit is lowered to the guest budget"
+            );
+        }
+        Ok(resolved)
+    }
+
+    /// Refuses limits the budget cannot hold (limits resolved without [`Runtime::resolve`]).
+    fn check_budget(&self, id: &ContainerId, limits: &Limits) -> Result<(), RuntimeError> {
+        let Some(record) = &self.budget else {
+            return Ok(());
+        };
+        let held = record.held();
+        for (file, asked, budget) in [
+            ("memory.max", limits.memory_max, held.memory_max),
+            ("pids.max", limits.pids_max, held.pids_max),
+        ] {
+            if let Some(asked) = asked.filter(|&asked| asked > budget) {
+                return Err(RuntimeError::LimitAboveBudget {
+                    id: id.to_string(),
+                    file,
+                    asked,
+                    budget,
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn options(&self) -> &RuntimeOptions {
@@ -275,6 +394,7 @@ impl Runtime {
     ) -> Result<Created, RuntimeError> {
         let started = Instant::now();
         let id = ContainerId::parse(id)?;
+        self.check_budget(&id, limits)?;
         let spec = self.spec(id.as_str(), source, limits)?;
         let expected_cgroup = self.cgroup_dir(id.as_str())?;
         let bundle = self.options.bundle_root.join(id.as_str());

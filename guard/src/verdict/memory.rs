@@ -16,14 +16,41 @@ pub(super) fn verdict(
     let kernel_kills = events.get("oom_kill");
     let memcg_ooms = events.get("oom");
     let bpf_kills = evidence.bpf.map(|bpf| bpf.oom_kills);
-    // A kill with no OOM of the container's own is the global OOM killer's.
+    // A kill with no OOM of the container's own is an ancestor's (the guest budget's) when
+    // one of those rose, else the global OOM killer's.
     let memcg_kills = if memcg_ooms > 0 { kernel_kills } else { 0 };
+    let ancestor_kills = if memcg_ooms == 0 && evidence.ancestor_ooms > 0 {
+        kernel_kills
+    } else {
+        0
+    };
+    let local_ooms = evidence
+        .kernel
+        .memory_events_local
+        .as_ref()
+        .map_or(memcg_ooms, |local| local.get("oom"));
     let oom = OomSummary {
         bpf_kills,
         kernel_kills,
         memcg_kills,
-        global_kills: kernel_kills - memcg_kills,
+        ancestor_kills,
+        global_kills: kernel_kills - memcg_kills - ancestor_kills,
+        sub_cgroup_ooms: memcg_ooms.saturating_sub(local_ooms),
     };
+    if oom.ancestor_kills > 0 {
+        flags.push(format!(
+            "{} task(s) of this container were killed by an ancestor's memory.max (the guest \
+             budget every container shares), not by the container's own",
+            oom.ancestor_kills
+        ));
+    }
+    if oom.sub_cgroup_ooms > 0 {
+        flags.push(format!(
+            "{} memcg OOM(s) hit a sub-cgroup's own memory.max inside the container, {} the \
+             container's",
+            oom.sub_cgroup_ooms, local_ooms
+        ));
+    }
     if oom.global_kills > 0 {
         flags.push(format!(
             "GLOBAL OOM: the global OOM killer killed {} task(s) of this container: the guest \
@@ -84,6 +111,12 @@ pub(super) fn verdict(
             bpf.reclaim_runs,
             bpf.reclaim_pages,
             bpf.reclaim_ns / 1000
+        ));
+    }
+    if oom.ancestor_kills > 0 {
+        numbers.push_str(&format!(
+            "; {} kill(s) by the guest budget above it",
+            oom.ancestor_kills
         ));
     }
     let verdict = if hits == 0 && memcg_ooms == 0 && kernel_kills == 0 {

@@ -58,8 +58,15 @@ pub struct OomSummary {
     pub kernel_kills: u64,
     /// Kills by the container's own memory.max (its `oom` count rose).
     pub memcg_kills: u64,
-    /// Kills of the container's tasks by the global OOM killer (no `oom` rise of its own).
+    /// Kills by an ancestor's memory.max (the guest budget's): the container's own `oom` did
+    /// not rise, an ancestor's did.
+    pub ancestor_kills: u64,
+    /// Kills of the container's tasks by the global OOM killer (no `oom` rise of its own or
+    /// of an ancestor's).
     pub global_kills: u64,
+    /// memcg OOMs inside the container that hit a sub-cgroup's own limit, not the
+    /// container's (`memory.events` oom minus `memory.events.local` oom).
+    pub sub_cgroup_ooms: u64,
 }
 
 /// Everything reconciliation needs about one container.
@@ -75,6 +82,10 @@ pub struct Evidence<'a> {
     pub bpf: Option<&'a BpfCounters>,
     /// Events of any container lost in the ring buffer since the guard started.
     pub events_lost: u64,
+    /// `oom` events of the container's ancestors (the guest budget) since it was watched.
+    pub ancestor_ooms: u64,
+    /// The cgroup no longer exists: its event files are gone with it.
+    pub cgroup_gone: bool,
 }
 
 /// The reconciled result for one container.
@@ -99,6 +110,14 @@ pub fn reconcile(evidence: &Evidence<'_>) -> Reconciliation {
              are exact)",
             evidence.events_lost
         ));
+        verdict = verdict.max(Verdict::Incomplete);
+    }
+    if evidence.cgroup_gone {
+        flags.push(
+            "the cgroup was removed before this report: the kernel's event files went with it, \
+             so nothing here is reconciled with them (unwatch before removing)"
+                .to_string(),
+        );
         verdict = verdict.max(Verdict::Incomplete);
     }
     if evidence.tier == Tier::CgroupFilesOnly {
@@ -196,6 +215,8 @@ pub(super) mod fixtures {
             kernel,
             bpf,
             events_lost: 0,
+            ancestor_ooms: 0,
+            cgroup_gone: false,
         }
     }
 }

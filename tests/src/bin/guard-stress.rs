@@ -16,6 +16,8 @@ Modes (each prints one JSON line of tallies):
   alloc MIB        allocate MIB MiB and touch every page (a memory bomb)
   forkalloc N MIB  fork N children that each allocate and touch MIB MiB and hold it until
                    the last fork was tried, then wait for them
+  steady N MIB     well-behaved work: N rounds, one at a time, of a child that allocates and
+                   touches MIB MiB and exits; prints the rounds that succeeded and the time
   reap             a container init: reap every child (orphans too, as PID 1), forever
 
 --cgroup DIR moves this process into the cgroup DIR (writes to DIR/cgroup.procs) first.";
@@ -47,6 +49,9 @@ fn main() -> ExitCode {
         Some("forkalloc") => number(1, "N")
             .and_then(|n| number(2, "MIB").map(|mib| (n, mib)))
             .map(|(n, mib)| fork_alloc(n, mib)),
+        Some("steady") => number(1, "N")
+            .and_then(|n| number(2, "MIB").map(|mib| (n, mib)))
+            .and_then(|(n, mib)| steady(n, mib)),
         Some("reap") => reap_forever(),
         Some("-h" | "--help") => {
             println!("{USAGE}");
@@ -289,4 +294,41 @@ fn fork_alloc(n: u64, mib: u64) -> String {
     format!(
         "{{\"mode\":\"forkalloc\",\"requested\":{n},\"mib\":{mib},\"exited\":{exited},\"killed\":{killed},\"fork_failed\":{fork_failed}}}"
     )
+}
+
+/// `n` rounds of a child that allocates and touches `mib` MiB and exits, one at a time: a
+/// tenant that does real work within its limits. An error unless every round succeeded.
+fn steady(n: u64, mib: u64) -> Result<String, String> {
+    let started = std::time::Instant::now();
+    let mut ok = 0u64;
+    for _ in 0..n {
+        // SAFETY: the child touches memory and calls _exit only.
+        match unsafe { libc::fork() } {
+            0 => unsafe {
+                allocate_and_touch(mib);
+                libc::_exit(0)
+            },
+            -1 => {}
+            pid => {
+                let mut status = 0;
+                // SAFETY: waitpid writes the status into a valid int.
+                while unsafe { libc::waitpid(pid, &mut status, 0) } == -1
+                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                {
+                }
+                if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                    ok += 1;
+                }
+            }
+        }
+    }
+    let line = format!(
+        "{{\"mode\":\"steady\",\"rounds\":{n},\"mib\":{mib},\"ok\":{ok},\"elapsed_ms\":{}}}",
+        started.elapsed().as_millis()
+    );
+    if ok == n {
+        Ok(line)
+    } else {
+        Err(format!("steady: only {ok} of {n} rounds succeeded: {line}"))
+    }
 }

@@ -16,6 +16,7 @@ mod fork_denied;
 mod kernels;
 mod oom_victim;
 mod runtime;
+mod tenants;
 mod tier0;
 mod vm;
 mod waves;

@@ -115,3 +115,50 @@ fn oom_kill_outside_containers_is_global(kernel: &'static str) {
 }
 
 per_kernel!(oom_kill_outside_containers_is_global);
+
+/// A workload that moves itself into a grandchild of the watched cgroup (with limits of its
+/// own), is denied forks there and OOM-killed there: every event the container's, the verdict
+/// naming the sub-cgroup's limit. Two-sided: at tier 0 nothing is attributed (no probes), and
+/// the kill is only in the kernel's hierarchical file.
+fn grandchild_events_belong_to_the_container(kernel: &'static str) {
+    let Some(done) = results(kernel) else { return };
+    let nested = scenario(done, "nested");
+    let report = nested.report();
+    assert_eq!(nested.kernel("memory_events", "oom_kill"), 1, "{report}");
+    assert_eq!(
+        nested.kernel("memory_events_local", "oom"),
+        0,
+        "the container's own limit was not the one hit: {report}"
+    );
+    assert!(
+        report["oom"]["sub_cgroup_ooms"].as_u64().unwrap_or(0) >= 1,
+        "the verdict must name the sub-cgroup's limit: {}",
+        report["oom"]
+    );
+    if facts(kernel).tier == 0 {
+        assert!(report["counters"]["bpf"].is_null(), "{report}");
+        assert!(nested.events_of("oom_victim").is_empty());
+        return;
+    }
+    let eagain = nested.tally("eagain");
+    assert!(
+        eagain > 0,
+        "the grandchild's pids.max must deny: {:?}",
+        nested.tally
+    );
+    assert_eq!(nested.bpf("fork_denied"), eagain, "{report}");
+    assert_eq!(nested.bpf("oom_kills"), 1, "{report}");
+    let kills = nested.events_of("oom_victim");
+    assert_eq!(kills.len(), 1, "{:?}", nested.events);
+    assert_eq!(kills[0]["container"], "nested");
+    assert_eq!(kills[0]["detail"]["outside_containers"], false);
+    assert!(
+        nested
+            .events_of("fork_denied")
+            .iter()
+            .all(|event| event["container"] == "nested")
+    );
+    assert_eq!(report["oom"]["global_kills"], 0);
+}
+
+per_kernel!(grandchild_events_belong_to_the_container);

@@ -12,7 +12,7 @@ use serde_json::Value;
 use xtask::vm::{self, Completed, VmConfig, VmResult};
 
 /// Boots a guest running the selftest; None when skipped, Err(console) when the VM died.
-fn selftest(kernel: &str, extra: &str) -> Option<Result<Completed, String>> {
+pub(crate) fn selftest(kernel: &str, extra: &str) -> Option<Result<Completed, String>> {
     let guest = guest(kernel)?;
     let config = VmConfig::shell(kernel, &format!("guard selftest {extra}"))
         .binary(guest.bin_dir.join("guard"))
@@ -287,7 +287,7 @@ fn check_bound(
 }
 
 fn limits_hold_against_three_waves(kernel: &str) {
-    let Some(result) = selftest(kernel, "") else {
+    let Some(result) = selftest(kernel, "--scenario waves") else {
         return;
     };
     let done =
@@ -331,7 +331,7 @@ fn limits_hold_against_three_waves(kernel: &str) {
 per_kernel!(limits_hold_against_three_waves);
 
 fn without_limits_the_assertions_fail(kernel: &str) {
-    let Some(result) = selftest(kernel, "--no-limits") else {
+    let Some(result) = selftest(kernel, "--no-limits --scenario waves") else {
         return;
     };
     // A dead VM fails enforcement by itself; a surviving one must fail the same checks.

@@ -99,3 +99,96 @@ async fn forked_children_are_tracked_and_forgotten() {
     assert_eq!(counters.bpf.unwrap().forks, 1, "{counters:?}");
     assert_eq!(counters.bpf.unwrap().exits, 2, "{counters:?}");
 }
+
+/// A `cat` that waits on stdin until it is dropped.
+fn idle_task() -> std::process::Child {
+    Command::new("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_cgroups_and_tasks_there_first_belong_to_the_container() {
+    if !root_or_skip("sub_cgroups_and_tasks_there_first_belong_to_the_container") {
+        return;
+    }
+    let outer = TestCgroup::create("outer");
+    let early = outer.child("early");
+    let elsewhere = TestCgroup::create("elsewhere");
+    // There before the watch, in a sub-cgroup, and never forks: seeded from cgroup.threads.
+    let mut first = idle_task();
+    move_to_cgroup(first.id(), &early.path);
+    let guard = Guard::start(unbounded()).await.unwrap();
+    guard.watch("outer", &outer.path).unwrap();
+    assert_eq!(
+        guard.task_container(first.id()).unwrap().as_deref(),
+        Some("outer"),
+        "a task in a sub-cgroup before the watch"
+    );
+
+    // Moved by another process (this test) into a sub-cgroup that existed at the watch: the
+    // attach program resolves it through the registered sub-cgroups.
+    let mut moved = idle_task();
+    move_to_cgroup(moved.id(), &early.path);
+    assert_eq!(
+        guard.task_container(moved.id()).unwrap().as_deref(),
+        Some("outer")
+    );
+
+    // A sub-cgroup created after the watch, a task moved in at once: found by inotify and
+    // seeded (or seen by the program once registered), whichever comes first.
+    let late = early.child("late");
+    let mut later = idle_task();
+    move_to_cgroup(later.id(), &late.path);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while guard.task_container(later.id()).unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a task in a new sub-cgroup was never attributed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        guard.task_container(later.id()).unwrap().as_deref(),
+        Some("outer")
+    );
+
+    // Out of every container: forgotten.
+    move_to_cgroup(moved.id(), &elsewhere.path);
+    assert_eq!(guard.task_container(moved.id()).unwrap(), None);
+
+    for task in [&mut first, &mut moved, &mut later] {
+        drop(task.stdin.take());
+        task.wait().unwrap();
+    }
+    guard.unwatch("outer").await.unwrap();
+    drop(late);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_cgroup_is_refused() {
+    if !root_or_skip("the_root_cgroup_is_refused") {
+        return;
+    }
+    let guard = Guard::start(unbounded()).await.unwrap();
+    let root = guard::cgroup::Hierarchy::find().unwrap().mount;
+    let error = guard.watch("everything", &root).unwrap_err().to_string();
+    assert!(error.contains("root cgroup"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwatch_after_the_cgroup_was_removed_says_so() {
+    if !root_or_skip("unwatch_after_the_cgroup_was_removed_says_so") {
+        return;
+    }
+    let cgroup = TestCgroup::create("gone");
+    let guard = Guard::start(unbounded()).await.unwrap();
+    guard.watch("gone", &cgroup.path).unwrap();
+    std::fs::remove_dir(&cgroup.path).unwrap();
+    let report = guard.unwatch("gone").await.unwrap();
+    let flags = report.reconciliation.flags.join("\n");
+    assert!(flags.contains("removed before this report"), "{flags}");
+    assert_eq!(report.reconciliation.verdict, guard::Verdict::Incomplete);
+}

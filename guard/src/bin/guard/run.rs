@@ -11,7 +11,9 @@ use guard::{
     agent::{self, Ending, Finished, UnprivilegedBpf},
     cgroup::{EventFiles, KeyedCounts, LimitValue},
     config::Config,
-    limits::{LimitRequest, Limits, MemInfo, MemorySetting, PidsSetting, SwapSetting},
+    limits::{
+        BudgetRequest, LimitRequest, Limits, MemInfo, MemorySetting, PidsSetting, SwapSetting,
+    },
     runtime::{CreationRecord, Runtime, RuntimeOptions, Source, Timings, oom_score},
     sinks::event_log::EventLog,
     spec::{DEFAULT_CGROUP_ROOT, DEFAULT_OOM_SCORE_ADJ, SpecOptions},
@@ -82,6 +84,13 @@ pub struct RunArgs {
     /// container cannot load BPF programs or create maps of its own.
     #[arg(long)]
     allow_unprivileged_bpf: bool,
+    /// Leave the parent cgroup without the guest budget. By default guard gives it
+    /// memory.max = MemAvailable minus the kernel's and the agent's reserves, memory.swap.max 0
+    /// and a pids.max the memory can carry (raising kernel.threads-max to fit), so that no
+    /// number of containers together can reach the global OOM killer; a default container
+    /// limit above the budget is lowered to it, an explicit one is an error.
+    #[arg(long)]
+    no_budget: bool,
     /// After the start, run this shell command inside the container (`exec` into it, as
     /// `sh -c`) and wait for it; repeatable, in order. Exit codes go into the report.
     #[arg(long = "exec", value_name = "SHELL_CMD")]
@@ -266,7 +275,6 @@ async fn run_guarded(
         &guard,
         log.as_ref(),
         request,
-        limits,
         source,
         started,
         &mut stop_signals,
@@ -308,7 +316,6 @@ async fn run_logged(
     guard: &Guard,
     log: Option<&EventLog>,
     request: LimitRequest,
-    limits: Limits,
     source: Source,
     started: Instant,
     stop_signals: &mut StopSignals,
@@ -329,8 +336,22 @@ async fn run_logged(
             ..SpecOptions::default()
         },
         no_pivot: args.no_pivot,
+        budget: (!args.no_budget).then(BudgetRequest::default),
         ..RuntimeOptions::default()
     })?;
+    if let (Some(log), Some(record)) = (log, runtime.budget()) {
+        log.record("budget_applied", None, record)
+            .await
+            .context("logging the guest budget")?;
+    }
+    // The limits again, now within the budget the parent holds.
+    let limits = runtime
+        .resolve(&request)
+        .map_err(crate::args::usage)?
+        .limits;
+    if let (false, Some(record)) = (args.quiet, runtime.budget()) {
+        eprintln!("{}", serde_json::to_string(record)?);
+    }
     // Subscribed before the container exists: its first event is printed too.
     let printer = (!args.quiet).then(|| {
         let mut events = guard.subscribe(4096);

@@ -1,11 +1,16 @@
-//! `guard selftest`: the enforcement scenario, run as a guest agent would. One guarded container (default
-//! limits: memory.max = 90% of MemAvailable, pids.max = 512), three escalating waves inside
-//! it, and per wave the evidence: BPF counters and the kernel's own event files before and
-//! after, a fresh exec, the leftovers reaped, the agent's OOM score. Everything goes to the
-//! forensic log; the summary goes to `OUT/waves.json`; compact live events go to the console.
+//! `guard selftest`: the enforcement scenario, run as a guest agent would. The runtime gives
+//! the containers' parent cgroup the guest budget (`--no-budget` leaves it out), then:
+//! - `waves`: one guarded container at default limits (memory.max = 90% of MemAvailable,
+//!   lowered to the budget; pids.max = 512) and three escalating waves inside it, each with its
+//!   evidence: BPF counters and the kernel's own event files before and after, a fresh exec,
+//!   the leftovers reaped, the agent's OOM score. Waves (as the original stress test): a pids
+//!   bomb, 1000 forks held against pids.max; one 512 MiB allocation touched page by page; 200
+//!   children allocating 2 MiB each.
+//! - `tenants`: the three bombs at once in three containers beside a steady tenant
+//!   (`tenants.rs`).
 //!
-//! Waves (as the original stress test): 1. a pids bomb, 1000 forks held against pids.max;
-//! 2. one 512 MiB allocation touched page by page; 3. 200 children allocating 2 MiB each.
+//! Everything goes to the forensic log; the summary goes to `OUT/waves.json`; compact live
+//! events go to the console.
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
@@ -18,7 +23,7 @@ use guard::{
     Guard, GuardOptions,
     agent::{self, Ending},
     forensic::{FsyncPolicy, LogOptions},
-    limits::{LimitRequest, MemInfo, MemorySetting, PidsSetting},
+    limits::{BudgetRequest, LimitRequest, MemInfo, MemorySetting, PidsSetting},
     runtime::{Runtime, RuntimeOptions, Source, oom_score},
     sinks::event_log::{EventLog, QUEUE_EVENTS},
 };
@@ -26,25 +31,46 @@ use serde_json::{Value, json};
 
 mod live;
 mod rootfs;
+mod tenants;
 
 #[derive(clap::Args)]
 pub struct SelftestArgs {
     /// Set memory.max and pids.max to `max` (the probes stay on): the two-sided run, which a
     /// small VM may not survive.
+    /// Also implies --no-budget.
     #[arg(long)]
     no_limits: bool,
+    /// Leave the containers' parent cgroup without the guest budget: each container holds only
+    /// its own default limits, and together they may overcommit the guest (the two-sided run
+    /// of the tenants wave).
+    #[arg(long)]
+    no_budget: bool,
+    /// Which waves to run: `waves` (three bombs in one container, one after the other),
+    /// `tenants` (three bombs and a steady tenant in four containers at once) or `all`.
+    #[arg(long, value_enum, default_value_t = Scenario::All)]
+    scenario: Scenario,
+    /// The kernel's reserve in the guest budget, instead of the library's measured default
+    /// (bytes, e.g. 8M): `cargo xtask limits` bisects it.
+    #[arg(long, value_parser = crate::args::memory_bytes)]
+    kernel_reserve: Option<u64>,
     /// Where waves.json and the forensic log (OUT/log) go.
     #[arg(long, default_value = "/results")]
     out: PathBuf,
-    /// memory.max of the container: bytes (64M), a percentage of MemAvailable (60%), or `max`.
-    /// Not the library's 90%: measured in a 128 MiB guest, MemAvailable overestimates what
-    /// can be allocated by ~10 MiB (reclaimable slab that is pinned tmpfs dentries, watermark
-    /// boost), and at 90% the global OOM killer struck before the container's limit (6.1).
-    #[arg(long, default_value = "60%", value_parser = parse_memory)]
-    memory: MemorySetting,
+    /// memory.max of the waves' container: bytes (64M), a percentage of MemAvailable (60%), or
+    /// `max`. By default the library's default (90% of MemAvailable), lowered to the guest
+    /// budget.
+    #[arg(long, value_parser = parse_memory)]
+    memory: Option<MemorySetting>,
     /// The stress program run inside the container (linked into its rootfs).
     #[arg(long, default_value = "/bin/guard-stress")]
     stress: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    Waves,
+    Tenants,
+    All,
 }
 
 struct Wave {
@@ -102,7 +128,7 @@ fn delta(after: &Value, before: &Value) -> Value {
 const LIVE_QUEUE_EVENTS: usize = 4096;
 
 /// The agent's own memory: (current, peak) resident set in KiB.
-fn own_rss_kib() -> Value {
+pub(crate) fn own_rss_kib() -> Value {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
         status
@@ -114,7 +140,7 @@ fn own_rss_kib() -> Value {
 }
 
 /// Waits until the container holds only its init (the wave's processes are gone and reaped).
-async fn leftovers_gone(cgroup: &Path, timeout: Duration) -> anyhow::Result<usize> {
+pub(crate) async fn leftovers_gone(cgroup: &Path, timeout: Duration) -> anyhow::Result<usize> {
     let procs = cgroup.join("cgroup.procs");
     let deadline = Instant::now() + timeout;
     loop {
@@ -157,8 +183,15 @@ fn parse_memory(text: &str) -> Result<MemorySetting, String> {
 
 async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     let (no_limits, out, stress) = (args.no_limits, args.out.as_path(), args.stress.as_path());
+    let budgeted = !(args.no_limits || args.no_budget);
     std::fs::create_dir_all(out)?;
-    let threads_max = raise_threads_max()?;
+    // With the budget the runtime raises threads-max to fit it; without, as an agent did
+    // before there was one.
+    let threads_max = if budgeted {
+        None
+    } else {
+        Some(raise_threads_max()?)
+    };
     let unprivileged_bpf = agent::close_unprivileged_bpf()?;
     let id = "waves";
     let options = GuardOptions::default();
@@ -174,12 +207,19 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         }
     } else {
         LimitRequest {
-            memory: args.memory.clone(),
+            memory: args.memory.clone().unwrap_or(MemorySetting::Default),
             ..LimitRequest::default()
         }
     };
-    let limits = request.resolve(&MemInfo::read()?)?;
-    let runtime = Runtime::new(RuntimeOptions::default())?;
+    let runtime = Runtime::new(RuntimeOptions {
+        budget: budgeted.then_some(BudgetRequest {
+            kernel_reserve: args.kernel_reserve,
+            ..BudgetRequest::default()
+        }),
+        ..RuntimeOptions::default()
+    })?;
+    let resolved = runtime.resolve(&request)?;
+    let limits = resolved.limits;
     let source = Source::Rootfs {
         rootfs: rootfs::make_rootfs(stress)?,
         args: vec!["/bin/guard-stress".into(), "reap".into()],
@@ -194,61 +234,76 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         },
         serde_json::to_value(limits)?,
     )?;
+    if let Some(record) = runtime.budget() {
+        log.record("budget_applied", None, record).await?;
+    }
     let live = tokio::spawn(live::print_live(guard.subscribe(LIVE_QUEUE_EVENTS)));
-    let running = agent::supervise(&guard, &runtime, Some(&log), id, &source, &limits).await?;
     let mut console = live::console();
-    writeln!(
-        console,
-        "[guard] container {id}: memory.max {:?}, pids.max {:?}, cgroup {}",
-        limits.memory_max,
-        limits.pids_max,
-        running.container().cgroup().display()
-    )?;
-
     // The agent's bound: what it holds once everything is set up, plus every buffer full.
     let rss_before_waves = own_rss_kib();
     let bound_kib = rss_before_waves["current"].as_u64().unwrap_or(0) + budget.total() / 1024;
+
     let mut waves = Vec::new();
-    for wave in &WAVES {
-        writeln!(console, "[guard] ===== wave {} =====", wave.name)?;
-        let record = run_wave(&guard, &running, wave).await?;
-        let count = |key: &str| record["bpf"][key].as_u64().unwrap_or(0);
+    let mut single = None;
+    if args.scenario != Scenario::Tenants {
+        let running = agent::supervise(&guard, &runtime, Some(&log), id, &source, &limits).await?;
         writeln!(
             console,
-            "[guard] wave {} done in {:.1} s: forks {}, denied {}, OOM kills {}, memcg reclaims {}; fresh exec {}",
-            wave.name,
-            record["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
-            count("forks"),
-            count("fork_denied"),
-            count("oom_kills"),
-            count("reclaim_runs"),
-            if record["fresh_exec_ok"] == true {
-                "ok"
-            } else {
-                "FAILED"
-            }
+            "[guard] container {id}: memory.max {:?}, pids.max {:?}, cgroup {}",
+            limits.memory_max,
+            limits.pids_max,
+            running.container().cgroup().display()
         )?;
-        log.record("wave", Some(id), &record).await?;
-        waves.push(record);
+        for wave in &WAVES {
+            writeln!(console, "[guard] ===== wave {} =====", wave.name)?;
+            let record = run_wave(&guard, &running, wave).await?;
+            let count = |key: &str| record["bpf"][key].as_u64().unwrap_or(0);
+            writeln!(
+                console,
+                "[guard] wave {} done in {:.1} s: forks {}, denied {}, OOM kills {}, memcg reclaims {}; fresh exec {}",
+                wave.name,
+                record["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+                count("forks"),
+                count("fork_denied"),
+                count("oom_kills"),
+                count("reclaim_runs"),
+                if record["fresh_exec_ok"] == true {
+                    "ok"
+                } else {
+                    "FAILED"
+                }
+            )?;
+            log.record("wave", Some(id), &record).await?;
+            waves.push(record);
+        }
+        // The reaper never ends by itself.
+        let finished = running.finish(Ending::KillNow).await?;
+        log.record("report", Some(id), &finished.report).await?;
+        log.record("removed", Some(id), &finished.removed).await?;
+        single = Some(finished);
     }
+    let tenants = if args.scenario != Scenario::Waves {
+        Some(tenants::run(&guard, &runtime, &log, &source, &mut console).await?)
+    } else {
+        None
+    };
 
     let global = guard.global_counters().await?;
-    // The reaper never ends by itself.
-    let finished = running.finish(Ending::KillNow).await?;
-    log.record("report", Some(id), &finished.report).await?;
-    log.record("removed", Some(id), &finished.removed).await?;
     live.abort();
     let head = log.close().await?;
-    let report = finished.report;
     let summary = json!({
         "no_limits": no_limits,
+        "no_budget": !budgeted,
         "kernel": guard.capabilities().kernel_release,
         "tier": guard.tier(),
-        "limits_applied": finished.created,
-        "threads_max": {"before": threads_max.0, "after": threads_max.1},
+        "budget": runtime.budget(),
+        "clamped": resolved.clamped,
+        "limits_applied": single.as_ref().map(|finished| &finished.created),
+        "threads_max": threads_max.map(|(before, after)| json!({"before": before, "after": after})),
         "unprivileged_bpf_disabled": unprivileged_bpf,
         "waves": waves,
-        "report": report,
+        "tenants": tenants,
+        "report": single.as_ref().map(|finished| &finished.report),
         "global": global,
         "agent_oom_score_adj": oom_score::own_oom_score_adj()?,
         "agent_memory": {
@@ -259,9 +314,11 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         "log_head": {"records": head.next_seq, "hash": head.prev},
     });
     std::fs::write(out.join("waves.json"), serde_json::to_vec_pretty(&summary)?)?;
-    outln!("{}", report.to_text());
-    if report.reconciliation.verdict == guard::Verdict::Violated {
-        bail!("a limit was violated");
+    if let Some(finished) = &single {
+        outln!("{}", finished.report.to_text());
+        if finished.report.reconciliation.verdict == guard::Verdict::Violated {
+            bail!("a limit was violated");
+        }
     }
     Ok(())
 }

@@ -1,0 +1,184 @@
+//! The multi-tenant wave: in one guest, at the same time, a pids bomb, a 512 MiB allocation and
+//! a 200 × 2 MiB fork+alloc bomb in three containers, and a well-behaved tenant doing steady
+//! work in a fourth, all with default limits (clamped to the guest budget). The evidence per
+//! container (its report, BPF against the kernel's files), the budget's own `memory.events`
+//! (the hierarchical kills), the kernel log's OOM kills by scope (a global one is the failure
+//! the budget exists to prevent), the steady tenant's slowdown and the agent's score and RSS.
+use std::time::Instant;
+
+use anyhow::Context as _;
+use guard::{
+    Guard,
+    agent::{self, Ending},
+    cgroup::EventFiles,
+    kmsg::KmsgWatch,
+    limits::LimitRequest,
+    runtime::{Runtime, Source, oom_score},
+    sinks::event_log::EventLog,
+};
+use serde_json::{Value, json};
+
+use super::{leftovers_gone, own_rss_kib};
+
+struct Tenant {
+    id: &'static str,
+    args: &'static [&'static str],
+}
+
+/// The steady tenant's work: rounds of a 1 MiB child, small enough never to be the largest
+/// task an OOM killer picks.
+const STEADY: &[&str] = &["steady", "100", "1"];
+
+const TENANTS: [Tenant; 4] = [
+    Tenant {
+        id: "tenant-pids",
+        args: &["hold", "1000"],
+    },
+    Tenant {
+        id: "tenant-memory",
+        args: &["alloc", "512"],
+    },
+    Tenant {
+        id: "tenant-forkalloc",
+        args: &["forkalloc", "200", "2"],
+    },
+    Tenant {
+        id: "tenant-steady",
+        args: STEADY,
+    },
+];
+
+fn command(args: &[&str]) -> Vec<String> {
+    std::iter::once("/bin/guard-stress")
+        .chain(args.iter().copied())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs the wave and returns its record.
+pub async fn run(
+    guard: &Guard,
+    runtime: &Runtime,
+    log: &EventLog,
+    source: &Source,
+    console: &mut dyn std::io::Write,
+) -> anyhow::Result<Value> {
+    writeln!(
+        console,
+        "[guard] ===== wave tenants (4 containers at once) ====="
+    )?;
+    let kmsg = KmsgWatch::start()?;
+    let parent_before = match runtime.budget() {
+        Some(budget) => Some(EventFiles::read(&budget.cgroup)?),
+        None => None,
+    };
+    let mut running = Vec::new();
+    let mut limits = Vec::new();
+    for tenant in &TENANTS {
+        let resolved = runtime.resolve(&LimitRequest::default())?;
+        let supervised = agent::supervise(
+            guard,
+            runtime,
+            Some(log),
+            tenant.id,
+            source,
+            &resolved.limits,
+        )
+        .await
+        .with_context(|| format!("starting {}", tenant.id))?;
+        limits.push(json!({"limits": resolved.limits, "clamped": resolved.clamped}));
+        running.push(supervised);
+    }
+    let steady = &running[3];
+    // The steady tenant alone first: the baseline its slowdown is measured against.
+    let baseline = Instant::now();
+    let (_, alone) = steady.exec_and_wait(&command(STEADY), &[]).await?;
+    let baseline_ms = baseline.elapsed().as_millis() as u64;
+
+    let started = Instant::now();
+    let timed = |index: usize| {
+        let supervised = &running[index];
+        let args = command(TENANTS[index].args);
+        async move {
+            let result = supervised.exec_and_wait(&args, &[]).await;
+            (result, started.elapsed().as_millis() as u64)
+        }
+    };
+    let (pids, memory, forkalloc, loaded) = tokio::join!(timed(0), timed(1), timed(2), timed(3));
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let mut containers = serde_json::Map::new();
+    for ((index, (result, done_ms)), limits) in [pids, memory, forkalloc, loaded]
+        .into_iter()
+        .enumerate()
+        .zip(limits)
+    {
+        let (_, status) = result?;
+        let supervised = &running[index];
+        let leftovers = leftovers_gone(
+            supervised.container().cgroup(),
+            std::time::Duration::from_secs(120),
+        )
+        .await?;
+        let (_, fresh) = supervised
+            .exec_and_wait(&["/bin/true".to_string()], &[])
+            .await?;
+        containers.insert(
+            TENANTS[index].id.to_string(),
+            json!({
+                "command": TENANTS[index].args,
+                "exit_code": status.code(),
+                "signal": std::os::unix::process::ExitStatusExt::signal(&status),
+                "done_ms": done_ms,
+                "leftover_processes": leftovers,
+                "fresh_exec_ok": fresh.success(),
+                "requested": limits,
+            }),
+        );
+    }
+    let agent_rss = own_rss_kib();
+    for supervised in running {
+        let id = supervised.container().id().to_string();
+        let finished = supervised.finish(Ending::KillNow).await?;
+        log.record("report", Some(&id), &finished.report).await?;
+        log.record("removed", Some(&id), &finished.removed).await?;
+        let entry = containers.get_mut(&id).expect("every tenant has an entry");
+        entry["report"] = serde_json::to_value(&finished.report)?;
+        entry["final_events"] = serde_json::to_value(&finished.removed.final_events)?;
+    }
+    let parent = match (runtime.budget(), parent_before) {
+        (Some(budget), Some(before)) => {
+            let after = EventFiles::read(&budget.cgroup)?;
+            json!({"cgroup": budget.cgroup, "events_during_wave": after.since(&before)})
+        }
+        _ => Value::Null,
+    };
+    let oom = kmsg.finish();
+    writeln!(
+        console,
+        "[guard] wave tenants done in {:.1} s: OOM kills {} memcg, {} global; steady tenant {} ms alone, {} ms beside the bombs",
+        elapsed_ms as f64 / 1000.0,
+        oom.memcg,
+        oom.global,
+        baseline_ms,
+        containers["tenant-steady"]["done_ms"]
+    )?;
+    let loaded_ms = containers["tenant-steady"]["done_ms"].as_u64().unwrap_or(0);
+    let record = json!({
+        "wave": "tenants",
+        "elapsed_ms": elapsed_ms,
+        "budget": runtime.budget(),
+        "containers": containers,
+        "parent": parent,
+        "kernel_log_oom_kills": oom,
+        "steady": {
+            "alone_ok": alone.success(),
+            "alone_ms": baseline_ms,
+            "beside_bombs_ms": loaded_ms,
+            "slowdown": loaded_ms as f64 / baseline_ms.max(1) as f64,
+        },
+        "agent_oom_score_adj": oom_score::own_oom_score_adj()?,
+        "agent_rss_kib": agent_rss,
+    });
+    log.record("wave", None, &record).await?;
+    Ok(record)
+}

@@ -1,0 +1,126 @@
+//! A container's sub-cgroups and the tasks already inside: everything below a watched cgroup
+//! belongs to it. At watch time every sub-cgroup is registered with the programs and the task
+//! map is seeded from each one's `cgroup.threads` (a task that was there first and never forks
+//! must still be attributed when it is OOM-killed); sub-cgroups created later are found by
+//! inotify and adopted the same way.
+//!
+//! Order closes the race with the attach program: a sub-cgroup is registered *before* its
+//! threads are read, so a task moved in after the registration is seen by the program and one
+//! moved in before it is in `cgroup.threads`.
+use std::{
+    io,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use guard_common::TaskEntry;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::GuardError;
+use crate::{
+    bpf::Probes,
+    cgroup::{CgroupError, Hierarchy},
+    pipeline::{inotify::FileWatcher, lock},
+};
+
+/// What adopting a subtree found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Adopted {
+    pub sub_cgroups: u32,
+    pub seeded_tasks: u32,
+}
+
+/// Registers the sub-cgroups below `dir` (and `dir` itself unless it is the container's own
+/// cgroup), watches each for new ones, and seeds the task map from each one's threads.
+pub(super) fn adopt(
+    probes: &mut Probes,
+    hierarchy: &Hierarchy,
+    watcher: &FileWatcher,
+    container: TaskEntry,
+    dir: &Path,
+    is_container: bool,
+) -> Result<Adopted, GuardError> {
+    let mut adopted = Adopted::default();
+    if !is_container {
+        let identity = match hierarchy.identify(dir) {
+            Ok(identity) => identity,
+            // Removed again before it was found: nothing to adopt.
+            Err(CgroupError::Missing { .. }) => return Ok(adopted),
+            Err(error) => return Err(error.into()),
+        };
+        // A container watched in its own right inside this one keeps its subtree: the
+        // innermost watch gets the events, as the fork path's ancestry walk does.
+        if probes.is_watched(identity.id) {
+            return Ok(adopted);
+        }
+        probes.add_descendant(identity.id, container)?;
+        adopted.sub_cgroups += 1;
+    }
+    watcher.add_dir(container, dir)?;
+    for tid in threads(dir) {
+        probes.seed_task(tid, container)?;
+        adopted.seeded_tasks += 1;
+    }
+    for child in child_cgroups(dir) {
+        let below = adopt(probes, hierarchy, watcher, container, &child, false)?;
+        adopted.sub_cgroups += below.sub_cgroups;
+        adopted.seeded_tasks += below.seeded_tasks;
+    }
+    Ok(adopted)
+}
+
+/// The thread ids in `dir`'s `cgroup.threads` (none when it is gone or unreadable: a cgroup
+/// removed meanwhile has no tasks to seed).
+fn threads(dir: &Path) -> Vec<u32> {
+    let path = dir.join("cgroup.threads");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .lines()
+            .filter_map(|line| line.trim().parse().ok())
+            .collect(),
+        Err(error) => {
+            if error.kind() != io::ErrorKind::NotFound {
+                warn!(path = %path.display(), %error, "cannot read the threads of a sub-cgroup");
+            }
+            Vec::new()
+        }
+    }
+}
+
+/// The sub-cgroups directly below `dir` (cgroupfs: every directory is a cgroup).
+fn child_cgroups(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+        .map(|entry| entry.path())
+        .collect()
+}
+
+/// Forgets every sub-cgroup registered for the container `cgroup_id`.
+pub(super) fn forget(probes: &mut Probes, cgroup_id: u64) {
+    probes.remove_descendants_of(cgroup_id);
+}
+
+/// Adopts sub-cgroups as inotify reports their creation, while their container is watched.
+pub(super) async fn adopt_created(
+    mut created: mpsc::UnboundedReceiver<(TaskEntry, PathBuf)>,
+    probes: Arc<Mutex<Probes>>,
+    hierarchy: Hierarchy,
+    watcher: FileWatcher,
+) {
+    while let Some((container, dir)) = created.recv().await {
+        let mut probes = lock(&probes);
+        // Unwatched meanwhile: its sub-cgroups are no longer ours.
+        if !probes.is_watched(container.cgroup_id) {
+            continue;
+        }
+        match adopt(&mut probes, &hierarchy, &watcher, container, &dir, false) {
+            Ok(adopted) => debug!(dir = %dir.display(), ?adopted, "adopted a new sub-cgroup"),
+            Err(error) => warn!(dir = %dir.display(), %error, "cannot adopt a new sub-cgroup"),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Several hostile containers at once cannot take the guest down: `guard selftest --scenario
+//! tenants` runs a pids bomb, a 512 MiB allocation and a 200 × 2 MiB fork+alloc bomb in three
+//! containers beside a well-behaved one, all at their default limits under the guest budget,
+//! in one 128 MiB guest. Asserted on evidence: no global OOM kill in the kernel log, each
+//! hostile container's limit enforced (BPF equal to the kernel's files where guard has BPF),
+//! the budget's own memory.events holding the kills, the steady tenant done, the agent at -1000.
+//! The run without the budget (`--no-budget`) is the two-sided check (see `without_the_budget`).
+use guard_tests::{guest::facts, guest::json_file, per_kernel};
+use serde_json::Value;
+
+use crate::waves::selftest;
+
+fn number(value: &Value) -> u64 {
+    value.as_u64().unwrap_or(0)
+}
+
+/// Every assertion of the wave; the first that fails, with its numbers.
+pub(crate) fn held(summary: &Value, tier: u8) -> Result<(), String> {
+    let wave = &summary["tenants"];
+    let fail = |what: String| {
+        Err(format!(
+            "{what}\n{}",
+            serde_json::to_string_pretty(wave).unwrap()
+        ))
+    };
+    if wave.is_null() {
+        return fail("no tenants wave ran".into());
+    }
+    let oom = &wave["kernel_log_oom_kills"];
+    if number(&oom["global"]) != 0 || number(&oom["overruns"]) != 0 {
+        return fail(format!(
+            "the global OOM killer struck (or the log overran): {oom}"
+        ));
+    }
+    if wave["agent_oom_score_adj"] != -1000 {
+        return fail(format!(
+            "agent oom_score_adj {}",
+            wave["agent_oom_score_adj"]
+        ));
+    }
+    let budget = &wave["budget"];
+    if budget.is_null() {
+        return fail("no guest budget was applied".into());
+    }
+    let containers = &wave["containers"];
+    for (id, container) in containers.as_object().ok_or("no containers")? {
+        if container["fresh_exec_ok"] != true || number(&container["leftover_processes"]) != 0 {
+            return fail(format!("{id}: fresh exec or leftovers: {container}"));
+        }
+        let report = &container["report"];
+        let memory = &report["oom"];
+        if number(&memory["global_kills"]) != 0 {
+            return fail(format!("{id}: global OOM kills in its report: {memory}"));
+        }
+        if tier > 0 && memory["bpf_kills"] != memory["kernel_kills"] {
+            return fail(format!("{id}: BPF kills != kernel kills: {memory}"));
+        }
+        if tier == 0 && !report["counters"]["bpf"].is_null() {
+            return fail(format!("{id}: tier 0 yet BPF counters"));
+        }
+    }
+    let verdict = |id: &str, limit: &str| containers[id]["report"][limit]["verdict"].clone();
+    for (id, limit) in [
+        ("tenant-pids", "pids"),
+        ("tenant-memory", "memory"),
+        ("tenant-forkalloc", "memory"),
+    ] {
+        if verdict(id, limit) != "enforced" {
+            return fail(format!("{id}: {limit} verdict {}", verdict(id, limit)));
+        }
+    }
+    let pids = &containers["tenant-pids"]["report"];
+    if tier > 0
+        && pids["counters"]["bpf"]["fork_denied"]
+            != pids["kernel_since_watch"]["pids_events"]["max"]
+    {
+        return fail("tenant-pids: BPF denials != pids.events max".into());
+    }
+    let steady = &containers["tenant-steady"];
+    if steady["exit_code"] != 0 || wave["steady"]["alone_ok"] != true {
+        return fail(format!("the steady tenant did not finish: {steady}"));
+    }
+    let parent_kills = number(&wave["parent"]["events_during_wave"]["memory_events"]["oom_kill"]);
+    let kills: u64 = ["tenant-memory", "tenant-forkalloc"]
+        .iter()
+        .map(|id| number(&containers[*id]["report"]["oom"]["kernel_kills"]))
+        .sum();
+    if parent_kills < kills || kills == 0 {
+        return fail(format!(
+            "the budget's memory.events oom_kill {parent_kills} does not hold the containers' {kills} kills"
+        ));
+    }
+    Ok(())
+}
+
+fn tenants_cannot_take_the_guest_down(kernel: &str) {
+    let Some(result) = selftest(kernel, "--scenario tenants") else {
+        return;
+    };
+    let done =
+        result.unwrap_or_else(|console| panic!("the {kernel} guest must survive: {console}"));
+    assert_eq!(
+        done.exit_code,
+        0,
+        "{}\n{}",
+        done.stdout_str(),
+        done.stderr_str()
+    );
+    let summary = json_file(&done, "waves.json");
+    if let Err(failure) = held(&summary, facts(kernel).tier) {
+        panic!("{kernel}: {failure}");
+    }
+    let wave = &summary["tenants"];
+    eprintln!(
+        "{kernel}: tenants: budget {} bytes / {} pids; kills by scope {}; steady {}; agent RSS {}",
+        wave["budget"]["read_back"]["memory_max"],
+        wave["budget"]["read_back"]["pids_max"],
+        wave["kernel_log_oom_kills"],
+        wave["steady"],
+        wave["agent_rss_kib"]
+    );
+}
+
+per_kernel!(tenants_cannot_take_the_guest_down);
