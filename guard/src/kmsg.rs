@@ -167,6 +167,20 @@ impl Drop for KmsgWatch {
     }
 }
 
+/// How long a read waits for a record before it checks for a stop.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+
+fn wait_readable(file: &File, timeout: Duration) {
+    use std::os::fd::AsRawFd as _;
+    let mut poll = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as i32) };
+}
+
 /// One record per read(2), as /dev/kmsg hands them out; polls so that a stop is seen.
 fn read_records(mut file: File, tally: &Mutex<OomTally>, stop: &AtomicBool) {
     // A record is at most 8 KiB (CONSOLE_EXT_LOG_MAX).
@@ -193,7 +207,9 @@ fn read_records(mut file: File, tally: &Mutex<OomTally>, stop: &AtomicBool) {
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                // Woken the moment a record arrives: a burst of OOM reports must not overrun
+                // the kernel's log buffer before it is read.
+                wait_readable(&file, POLL_TIMEOUT);
             }
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => {

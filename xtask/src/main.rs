@@ -6,6 +6,7 @@ mod cmd;
 mod demo;
 mod fuzz;
 mod kernels;
+mod limits;
 mod setup;
 mod soak;
 mod test;
@@ -37,6 +38,10 @@ enum Command {
     /// What guard's kernel fragment costs: boot each lean kernel a few times and tabulate tier,
     /// image size, build and boot time, MemTotal and MemAvailable (into docs/KERNELS.md).
     Kernels(kernels::KernelsArgs),
+    /// Measure the guest budget's kernel reserve: per kernel and guest size, bisect the
+    /// smallest reserve at which the tenants wave never draws the global OOM killer, then run
+    /// the wave at the default (into docs/LIMITS.md).
+    Limits(limits::LimitsArgs),
     // No doc comments on these three: they would replace the long help their Args define.
     Setup(setup::SetupArgs),
     Fuzz(fuzz::FuzzArgs),
@@ -52,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup(args) => setup::run(args),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Kernels(args) => kernels::run(&args),
+        Command::Limits(args) => limits::run(&args),
         Command::Vm(args) => {
             // The guest command's exit code, or 100 (VM died) / 101 (timed out).
             let code = vm_cli::run(args)?;

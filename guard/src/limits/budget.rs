@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{DEFAULT_PIDS_MAX, LimitsError, MemInfo, PAGE_SIZE, PIDS_CEILING};
 
 /// The smallest kernel reserve, whatever the guest's size.
-pub const KERNEL_RESERVE_FLOOR: u64 = 16 << 20;
+pub const KERNEL_RESERVE_FLOOR: u64 = 20 << 20;
 /// The kernel reserve as a share of `MemTotal`, for guests large enough that it exceeds the
 /// floor (page tables and slab grow with the memory the containers use).
 pub const KERNEL_RESERVE_PERCENT: u64 = 10;
@@ -144,10 +144,10 @@ mod tests {
         let meminfo = guest(108_036, 66_100);
         let budget = guest_budget(&meminfo, 8 << 20, &BudgetRequest::default()).unwrap();
         assert_eq!(budget.kernel_reserve, KERNEL_RESERVE_FLOOR);
-        let room = 66_100 * 1024 - (16 << 20) - (8 << 20);
+        let room = 66_100 * 1024 - KERNEL_RESERVE_FLOOR - (8 << 20);
         assert_eq!(budget.memory_max, room - room % PAGE_SIZE);
         assert_eq!(budget.memory_max % PAGE_SIZE, 0);
-        // 42 MiB carry more tasks than a container's default, and the task table must fit.
+        // 38 MiB carry more tasks than a container's default, and the task table must fit.
         assert_eq!(budget.pids_max, budget.memory_max / BYTES_PER_TASK);
         assert!(budget.pids_max >= DEFAULT_PIDS_MAX);
         assert_eq!(budget.threads_max, budget.pids_max + TASKS_OUTSIDE);

@@ -37,6 +37,14 @@ pub(super) fn verdict(
         global_kills: kernel_kills - memcg_kills - ancestor_kills,
         sub_cgroup_ooms: memcg_ooms.saturating_sub(local_ooms),
     };
+    if let Some(bpf) = bpf_kills.filter(|&bpf| bpf > kernel_kills) {
+        flags.push(format!(
+            "{} OOM victim(s) were marked without a kill of their own: the OOM killer marks a \
+             task that is already dying (a process sharing a killed process's memory) as its \
+             victim again, and the kernel counts only kills",
+            bpf - kernel_kills
+        ));
+    }
     if oom.ancestor_kills > 0 {
         flags.push(format!(
             "{} task(s) of this container were killed by an ancestor's memory.max (the guest \
@@ -121,7 +129,8 @@ pub(super) fn verdict(
     }
     let verdict = if hits == 0 && memcg_ooms == 0 && kernel_kills == 0 {
         Verdict::NotExercised
-    } else if bpf_kills.is_some_and(|bpf| bpf != kernel_kills) {
+    } else if bpf_kills.is_some_and(|bpf| bpf < kernel_kills) {
+        // The probes missed kills the kernel counted.
         Verdict::Incomplete
     } else if oom.global_kills > 0 {
         // The limit did not keep the container from the global OOM killer.
@@ -183,6 +192,52 @@ mod tests {
                 .any(|flag| flag.starts_with("GLOBAL OOM"))
         );
         assert_eq!(result.memory.verdict, Verdict::Incomplete);
+    }
+
+    #[test]
+    fn kills_by_the_budget_above_are_enforced_not_global() {
+        let applied = applied(Some(32 << 20), Some(512));
+        let kernel = files("max 0\noom 0\noom_kill 3\n", "max 0\n");
+        // Four victims marked for three kills: one was already dying.
+        let bpf = BpfCounters {
+            oom_kills: 4,
+            ..Default::default()
+        };
+        let mut evidence = evidence(&applied, &kernel, Some(&bpf));
+        evidence.ancestor_ooms = 7;
+        let result = reconcile(&evidence);
+        assert_eq!(result.oom.ancestor_kills, 3, "{result:?}");
+        assert_eq!(result.oom.global_kills, 0);
+        assert_eq!(result.memory.verdict, Verdict::Enforced, "{result:?}");
+        assert!(
+            result
+                .flags
+                .iter()
+                .any(|flag| flag.contains("guest budget"))
+        );
+        assert!(
+            result
+                .flags
+                .iter()
+                .any(|flag| flag.contains("already dying"))
+        );
+        // Two-sided: without the ancestor's OOMs the same kills are global.
+        evidence.ancestor_ooms = 0;
+        let result = reconcile(&evidence);
+        assert_eq!(result.oom.global_kills, 3);
+        assert_eq!(result.memory.verdict, Verdict::Incomplete);
+    }
+
+    #[test]
+    fn a_sub_cgroups_own_limit_is_named() {
+        let applied = applied(Some(64 << 20), Some(512));
+        let mut kernel = files("max 3\noom 1\noom_kill 1\n", "max 0\n");
+        kernel.memory_events_local = Some(
+            crate::cgroup::KeyedCounts::parse(std::path::Path::new("l"), "max 0\noom 0\n").unwrap(),
+        );
+        let result = reconcile(&evidence(&applied, &kernel, None));
+        assert_eq!(result.oom.sub_cgroup_ooms, 1, "{result:?}");
+        assert!(result.flags.iter().any(|flag| flag.contains("sub-cgroup")));
     }
 
     #[test]

@@ -31,6 +31,12 @@ pub(crate) fn selftest(kernel: &str, extra: &str) -> Option<Result<Completed, St
     })
 }
 
+/// The one-container waves prove each limit by itself, as they did before the guest budget:
+/// no budget, and a memory.max of 60% of MemAvailable (90% lets 6.1's global OOM killer strike
+/// first; under the budget of a 128 MiB 6.1 guest, about 8 MiB, the pids bomb would meet
+/// memory.max before pids.max). The budget is the tenants wave's to prove (`tenants.rs`).
+const WAVES: &str = "--scenario waves --no-budget --memory 60%";
+
 fn number(value: &Value) -> u64 {
     value.as_u64().unwrap_or(0)
 }
@@ -287,7 +293,7 @@ fn check_bound(
 }
 
 fn limits_hold_against_three_waves(kernel: &str) {
-    let Some(result) = selftest(kernel, "--scenario waves") else {
+    let Some(result) = selftest(kernel, WAVES) else {
         return;
     };
     let done =

@@ -48,6 +48,15 @@ const TENANTS: [Tenant; 4] = [
     },
 ];
 
+const OOM_DUMP_TASKS: &str = "/proc/sys/vm/oom_dump_tasks";
+
+/// Writes `value` to a sysctl file and returns what it held.
+fn set_sysctl(path: &str, value: &str) -> anyhow::Result<String> {
+    let before = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    std::fs::write(path, value).with_context(|| format!("writing {value} to {path}"))?;
+    Ok(before.trim().to_string())
+}
+
 fn command(args: &[&str]) -> Vec<String> {
     std::iter::once("/bin/guard-stress")
         .chain(args.iter().copied())
@@ -67,6 +76,10 @@ pub async fn run(
         console,
         "[guard] ===== wave tenants (4 containers at once) ====="
     )?;
+    // Hundreds of OOM reports, each with a dump of every task, would overrun a small kernel's
+    // log buffer (and crawl over a serial console): the kill lines are what count here, and
+    // guard records the victims itself.
+    let dump_tasks = set_sysctl(OOM_DUMP_TASKS, "0")?;
     let kmsg = KmsgWatch::start()?;
     let parent_before = match runtime.budget() {
         Some(budget) => Some(EventFiles::read(&budget.cgroup)?),
@@ -112,25 +125,33 @@ pub async fn run(
         .enumerate()
         .zip(limits)
     {
-        let (_, status) = result?;
+        // A neighbour's pressure may kill libcontainer's exec helper (it runs inside the
+        // container's cgroup, under the budget): a fact to record, not the end of the wave.
+        let (status, exec_error) = match result {
+            Ok((_, status)) => (Some(status), None),
+            Err(error) => (None, Some(error.to_string())),
+        };
         let supervised = &running[index];
         let leftovers = leftovers_gone(
             supervised.container().cgroup(),
             std::time::Duration::from_secs(120),
         )
         .await?;
-        let (_, fresh) = supervised
+        let fresh = supervised
             .exec_and_wait(&["/bin/true".to_string()], &[])
-            .await?;
+            .await
+            .map(|(_, status)| status.success());
         containers.insert(
             TENANTS[index].id.to_string(),
             json!({
                 "command": TENANTS[index].args,
-                "exit_code": status.code(),
-                "signal": std::os::unix::process::ExitStatusExt::signal(&status),
+                "exit_code": status.and_then(|status| status.code()),
+                "signal": status.and_then(|status| std::os::unix::process::ExitStatusExt::signal(&status)),
+                "exec_error": exec_error,
                 "done_ms": done_ms,
                 "leftover_processes": leftovers,
-                "fresh_exec_ok": fresh.success(),
+                "fresh_exec_ok": fresh.as_ref().is_ok_and(|ok| *ok),
+                "fresh_exec_error": fresh.err().map(|error| error.to_string()),
                 "requested": limits,
             }),
         );
@@ -153,6 +174,7 @@ pub async fn run(
         _ => Value::Null,
     };
     let oom = kmsg.finish();
+    set_sysctl(OOM_DUMP_TASKS, &dump_tasks)?;
     writeln!(
         console,
         "[guard] wave tenants done in {:.1} s: OOM kills {} memcg, {} global; steady tenant {} ms alone, {} ms beside the bombs",
@@ -170,6 +192,7 @@ pub async fn run(
         "containers": containers,
         "parent": parent,
         "kernel_log_oom_kills": oom,
+        "vm_oom_dump_tasks_before": dump_tasks,
         "steady": {
             "alone_ok": alone.success(),
             "alone_ms": baseline_ms,
