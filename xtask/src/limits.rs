@@ -52,6 +52,8 @@ struct Batch {
     available: u64,
     budget: u64,
     vm_died: bool,
+    /// Runs that left no summary, with the selftest's exit code (the console has why).
+    failed: Vec<String>,
 }
 
 impl Batch {
@@ -94,7 +96,15 @@ fn batch(
     };
     for run in 1..=runs {
         let Some(text) = done.file_str(&format!("run{run}/waves.json")) else {
-            continue; // the wave failed before its summary: not clean
+            // The wave failed before its summary (a budget below the floor, say): not clean.
+            let exit = done
+                .stdout_str()
+                .lines()
+                .find(|line| line.starts_with(&format!("run {run} exit")))
+                .unwrap_or("no exit line")
+                .to_string();
+            batch.failed.push(exit);
+            continue;
         };
         let summary: Value = serde_json::from_str(&text)?;
         let oom = &summary["tenants"]["kernel_log_oom_kills"];
@@ -131,12 +141,18 @@ fn bisect(args: &LimitsArgs, kernel: &str, memory: u32, bin: &Path) -> anyhow::R
         let safe = result.safe();
         println!(
             "limits: {kernel} {memory} MiB, kernel reserve {mib} MiB: {} (global kills {}, memcg \
-             kills {}, budget {} of MemAvailable {})",
-            if safe { "safe" } else { "GLOBAL OOM" },
+             kills {}, budget {} of MemAvailable {}){}{}",
+            if safe { "safe" } else { "UNSAFE" },
             result.global_kills,
             result.memcg_kills,
             result.budget,
-            result.available
+            result.available,
+            if result.vm_died { "; THE VM DIED" } else { "" },
+            if result.failed.is_empty() {
+                String::new()
+            } else {
+                format!("; no summary: {}", result.failed.join(", "))
+            }
         );
         steps.push((mib, safe));
         Ok(safe)

@@ -267,7 +267,20 @@ impl Runtime {
         let budget = match &options.budget {
             None => None,
             Some(request) => {
-                let budget = guest_budget(&MemInfo::read()?, options.agent_reserve, request)?;
+                // What running containers already hold is part of the budget, not gone from
+                // it: another agent process (a second `guard run`) derives the same budget.
+                let mut meminfo = MemInfo::read()?;
+                let parent = hierarchy
+                    .mount
+                    .join(options.spec.cgroup_root.trim_start_matches('/'));
+                if let Some(held) = crate::cgroup::read(&parent, "memory.current")
+                    .ok()
+                    .flatten()
+                    .and_then(|text| text.parse::<u64>().ok())
+                {
+                    meminfo.available = meminfo.available.saturating_add(held);
+                }
+                let budget = guest_budget(&meminfo, options.agent_reserve, request)?;
                 Some(budget::apply(
                     &hierarchy,
                     &options.spec.cgroup_root,

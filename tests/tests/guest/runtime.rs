@@ -11,6 +11,12 @@
 //! scenario synchronises with containers through files, never fixed sleeps: a container
 //! announces itself on stdout, then polls for a `/go-<id>` file that the scenario creates once
 //! it has looked at the container from outside.
+//!
+//! Every `guard run` here passes `--no-budget`: these tests prove the runtime (paths, limits
+//! read back, scores, isolation) with the limits they ask for, in guests whose copies of /lib
+//! leave too little for a guest budget (on 6.1, 31 MiB of MemAvailable against 31 MiB of
+//! reserves: `guard run` refuses with "the guest is too small for a budget"). The budget is
+//! proven by `tenants.rs`.
 
 use guard_tests::{
     guest::{assert_log_verifies, json_file, unpack_log},
@@ -94,7 +100,7 @@ while [ ! -e /go-$ID ]; do sleep 0.05; done'
 # the agent's oom_score_adj all the while into /results/ID.agent-scores.
 start() {
     id=$1; shift
-    guard run --id "$id" --rootfs /tmp/rootfs --pid-file /tmp/$id.pid --report /results/$id.json \
+    guard run --no-budget --id "$id" --rootfs /tmp/rootfs --pid-file /tmp/$id.pid --report /results/$id.json \
         --env ID=$id "$@" -- sh -c "$body" > /results/$id.out 2> /results/$id.err &
     agent=$!
     echo $agent > /tmp/$id.guard
@@ -226,7 +232,7 @@ fn cgroup_limits_and_scores(kernel: &str) {
  "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
  "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}}
 JSON
-        guard run --id bun --bundle /tmp/bundle --pids 77 --quiet --log /results/run-log > /results/bun.out 2> /results/bun.err
+        guard run --no-budget --id bun --bundle /tmp/bundle --pids 77 --quiet --log /results/run-log > /results/bun.out 2> /results/bun.err
         echo "bundle exit=$?"
         echo "left=$(ls /sys/fs/cgroup/guard 2>/dev/null | grep -c -v '\.' ) end"
         "#,
@@ -486,7 +492,7 @@ fn container_cannot_tamper(kernel: &str) {
         cp -a /lib/. /tmp/rootfs/lib/ && cp -a /lib64/. /tmp/rootfs/lib64/
         cp /bin/guard-tamper /tmp/rootfs/bin/
         log=/results/tamper-log
-        guard run --id tamper --rootfs /tmp/rootfs --memory 24M --pids 40 --quiet --log $log \
+        guard run --no-budget --id tamper --rootfs /tmp/rootfs --memory 24M --pids 40 --quiet --log $log \
             --report /results/tamper.json -- \
             guard-tamper --cgroup /sys/fs/cgroup --log-file $log/guard-000000.jsonl \
             > /results/inside.out 2> /results/tamper.err

@@ -8,7 +8,7 @@
 use guard_tests::{guest::facts, guest::json_file, per_kernel};
 use serde_json::Value;
 
-use crate::waves::selftest;
+use crate::waves::selftest_in;
 
 fn number(value: &Value) -> u64 {
     value.as_u64().unwrap_or(0)
@@ -105,8 +105,16 @@ pub(crate) fn held(summary: &Value, tier: u8) -> Result<(), String> {
     Ok(())
 }
 
+/// The guest's memory: 128 MiB, except Debian 6.1, whose 128 MiB guest starts the agent with
+/// 38 MiB of MemAvailable: after the measured kernel reserve (20 MiB) and the agent's bound
+/// (10.8 MiB) a budget of ~8 MiB is left, in which the four tenants livelock in memcg OOM
+/// (measured: still killing after 600 s, never a global kill). 256 MiB gives it room.
+fn guest_memory_mib(kernel: &str) -> u32 {
+    if kernel == "6.1" { 256 } else { 128 }
+}
+
 fn tenants_cannot_take_the_guest_down(kernel: &str) {
-    let Some(result) = selftest(kernel, "--scenario tenants") else {
+    let Some(result) = selftest_in(kernel, guest_memory_mib(kernel), "--scenario tenants") else {
         return;
     };
     let done =

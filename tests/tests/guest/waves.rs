@@ -13,8 +13,18 @@ use xtask::vm::{self, Completed, VmConfig, VmResult};
 
 /// Boots a guest running the selftest; None when skipped, Err(console) when the VM died.
 pub(crate) fn selftest(kernel: &str, extra: &str) -> Option<Result<Completed, String>> {
+    selftest_in(kernel, 128, extra)
+}
+
+/// [`selftest`] in a guest of `memory_mib`.
+pub(crate) fn selftest_in(
+    kernel: &str,
+    memory_mib: u32,
+    extra: &str,
+) -> Option<Result<Completed, String>> {
     let guest = guest(kernel)?;
     let config = VmConfig::shell(kernel, &format!("guard selftest {extra}"))
+        .memory_mib(memory_mib)
         .binary(guest.bin_dir.join("guard"))
         .binary(guest.bin_dir.join("guard-stress"))
         .timeout(std::time::Duration::from_secs(600))

@@ -49,9 +49,9 @@ pub struct SelftestArgs {
     /// `tenants` (three bombs and a steady tenant in four containers at once) or `all`.
     #[arg(long, value_enum, default_value_t = Scenario::All)]
     scenario: Scenario,
-    /// The kernel's reserve in the guest budget, instead of the library's measured default
-    /// (bytes, e.g. 8M): `cargo xtask limits` bisects it.
-    #[arg(long, value_parser = crate::args::memory_bytes)]
+    /// The kernel's reserve in the guest budget in bytes (0 allowed), instead of the library's
+    /// measured default: `cargo xtask limits` bisects it.
+    #[arg(long, value_name = "BYTES")]
     kernel_reserve: Option<u64>,
     /// Where waves.json and the forensic log (OUT/log) go.
     #[arg(long, default_value = "/results")]
