@@ -32,7 +32,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
 
 fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
     println!(
-        "\n## {} MiB guest, {kernel} kernel: one container, three bomb waves{}\n",
+        "\n## {} MiB guest, {kernel} kernel: one container, three bomb waves; then four tenants at \
+         once{}\n",
         args.memory,
         if args.no_limits { ", LIMITS OFF" } else { "" }
     );
@@ -44,6 +45,9 @@ fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
         kernel,
         args.memory,
         bin,
+        // Both scenarios in one agent under the guest budget: the one-container waves, then
+        // four tenants at once. (Run after a --no-budget waves run in the same guest, the
+        // budget, derived from what that run left, was too small and the tenants livelocked.)
         if args.no_limits { "--no-limits" } else { "" },
         format!("demo-{kernel}"),
     );
