@@ -79,3 +79,23 @@ pub fn describe(command: &Command) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// Replaces what stands between `begin` and `end` in the doc `relative` (to the workspace root)
+/// with `table`, and returns the doc's path.
+pub fn write_between_markers(
+    relative: &str,
+    begin: &str,
+    end: &str,
+    table: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    let doc = xtask::paths::workspace_root().join(relative);
+    let text =
+        std::fs::read_to_string(&doc).with_context(|| format!("reading {}", doc.display()))?;
+    let (Some(start), Some(stop)) = (text.find(begin), text.find(end)) else {
+        anyhow::bail!("{} has no {begin} … {end} markers", doc.display());
+    };
+    let updated = format!("{}{begin}\n{table}{}", &text[..start], &text[stop..]);
+    std::fs::write(&doc, updated).with_context(|| format!("writing {}", doc.display()))?;
+    Ok(doc)
+}

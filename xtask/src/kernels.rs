@@ -56,14 +56,7 @@ pub fn run(args: &KernelsArgs) -> anyhow::Result<()> {
     let table = table(&rows, args);
     println!("\n{table}");
     if !args.no_write {
-        let doc = paths::workspace_root().join("docs/KERNELS.md");
-        let text =
-            std::fs::read_to_string(&doc).with_context(|| format!("reading {}", doc.display()))?;
-        let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
-            bail!("{} has no {BEGIN} … {END} markers", doc.display());
-        };
-        let updated = format!("{}{BEGIN}\n{table}{}", &text[..begin], &text[end..]);
-        std::fs::write(&doc, updated).with_context(|| format!("writing {}", doc.display()))?;
+        let doc = cmd::write_between_markers("docs/KERNELS.md", BEGIN, END, &table)?;
         println!("written to {}", doc.display());
     }
     Ok(())

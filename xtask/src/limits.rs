@@ -6,7 +6,7 @@
 //! table goes into docs/LIMITS.md between its markers.
 use std::{fmt::Write as _, path::Path};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde_json::Value;
 use xtask::vm::{self, VmResult};
 
@@ -230,14 +230,7 @@ pub fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     }
     println!("\n{table}");
     if !args.no_write {
-        let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/LIMITS.md");
-        let text =
-            std::fs::read_to_string(&doc).with_context(|| format!("reading {}", doc.display()))?;
-        let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
-            bail!("{} has no {BEGIN} … {END} markers", doc.display());
-        };
-        let updated = format!("{}{BEGIN}\n{table}{}", &text[..begin], &text[end..]);
-        std::fs::write(&doc, updated).with_context(|| format!("writing {}", doc.display()))?;
+        let doc = cmd::write_between_markers("docs/LIMITS.md", BEGIN, END, &table)?;
         println!("limits: the table is in {}", doc.display());
     }
     Ok(())
