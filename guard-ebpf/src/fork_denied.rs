@@ -6,7 +6,7 @@
 //! the syscall-exit program then tags the denial as pids.max exactly; elsewhere the cause is
 //! left `Inferred` and userspace reconciles with `pids.events`.
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
     macros::{kretprobe, tracepoint},
     programs::{RetProbeContext, TracePointContext},
 };
@@ -89,6 +89,8 @@ fn on_fork_exit(ctx: &TracePointContext) -> Option<()> {
         ret,
         cause: cause as u32,
         syscall_nr: syscall_nr as u32,
+        // Only on the (rare) denial path: the fork path never pays for it.
+        task_cgroup_id: unsafe { bpf_get_current_cgroup_id() },
     };
     emit::emit(config, EventKind::ForkDenied, event);
     Some(())

@@ -2,8 +2,9 @@
 //! each guest kernel and memory size, bisects the smallest kernel reserve (so the largest
 //! budget) at which the memcg OOM killer always wins over the global one under the tenants
 //! wave (a pids bomb, a 512 MiB allocation and a 200 × 2 MiB fork+alloc bomb at once beside a
-//! steady tenant), then runs the wave `--confirm` times at the library's default reserve. The
-//! table goes into docs/LIMITS.md between its markers.
+//! steady tenant). The wave first runs `--confirm` times at the library's default reserve; when
+//! that is safe, the bisection searches below it. The table goes into docs/LIMITS.md between
+//! its markers.
 use std::{fmt::Write as _, path::Path};
 
 use anyhow::bail;
@@ -29,7 +30,7 @@ pub struct LimitsArgs {
     /// Waves at the library's default reserve, per kernel and size.
     #[arg(long, default_value_t = 10)]
     confirm: u32,
-    /// The largest reserve tried, in MiB.
+    /// The largest reserve tried when the default is not safe, in MiB.
     #[arg(long, default_value_t = 32)]
     max_reserve_mib: u64,
     /// The bisection's resolution, in MiB.
@@ -48,8 +49,9 @@ struct Batch {
     clean: u32,
     global_kills: u64,
     memcg_kills: u64,
-    /// The guest's MemAvailable and the budget, from the first wave.
+    /// The guest's MemAvailable, the kernel reserve and the budget, from the first wave.
     available: u64,
+    kernel_reserve: u64,
     budget: u64,
     vm_died: bool,
     /// Runs that left no summary, with the selftest's exit code (the console has why).
@@ -119,6 +121,7 @@ fn batch(
         }
         if batch.available == 0 {
             batch.available = number(&summary["budget"]["budget"]["available"]);
+            batch.kernel_reserve = number(&summary["budget"]["budget"]["kernel_reserve"]);
             batch.budget = number(&summary["budget"]["read_back"]["memory_max"]["value"]);
         }
     }
@@ -157,29 +160,44 @@ fn bisect(args: &LimitsArgs, kernel: &str, memory: u32, bin: &Path) -> anyhow::R
         steps.push((mib, safe));
         Ok(safe)
     };
+    // The default first: when it is safe it bounds the search (nothing above it is needed).
+    let confirm = batch(kernel, memory, bin, None, args.confirm)?;
+    let default_mib = confirm.kernel_reserve.div_ceil(1 << 20);
+    println!(
+        "limits: {kernel} {memory} MiB at the default reserve ({default_mib} MiB): {}/{} clean, \
+         global kills {}",
+        confirm.clean, confirm.runs, confirm.global_kills
+    );
     // Invariant: `high` is safe, `low` is not (or is below the range).
     let smallest_safe = if probe(0)? {
         Some(0)
-    } else if !probe(args.max_reserve_mib)? {
-        None
     } else {
-        let (mut low, mut high) = (0, args.max_reserve_mib);
-        while high - low > args.step_mib {
-            let middle = (low + high) / 2 / args.step_mib * args.step_mib;
-            let middle = middle.max(low + args.step_mib);
-            if probe(middle)? {
-                high = middle;
-            } else {
-                low = middle;
+        let high = if confirm.safe() && default_mib > 0 {
+            Some(default_mib)
+        } else if probe(args.max_reserve_mib)? {
+            Some(args.max_reserve_mib)
+        } else {
+            None
+        };
+        high.map(|mut high| {
+            let mut low = 0;
+            while high - low > args.step_mib {
+                let middle = (low + high) / 2 / args.step_mib * args.step_mib;
+                let middle = middle.max(low + args.step_mib);
+                match probe(middle) {
+                    Ok(true) => high = middle,
+                    Ok(false) => low = middle,
+                    Err(error) => {
+                        println!(
+                            "limits: {kernel} {memory} MiB: step {middle} MiB failed: {error:#}"
+                        );
+                        break;
+                    }
+                }
             }
-        }
-        Some(high)
+            high
+        })
     };
-    let confirm = batch(kernel, memory, bin, None, args.confirm)?;
-    println!(
-        "limits: {kernel} {memory} MiB at the default reserve: {}/{} clean, global kills {}",
-        confirm.clean, confirm.runs, confirm.global_kills
-    );
     Ok(Row {
         kernel: kernel.to_string(),
         memory,

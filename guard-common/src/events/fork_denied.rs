@@ -41,5 +41,8 @@ pub struct ForkDeniedEvent {
     pub cause: u32,
     /// The syscall number (clone, clone3, fork or vfork).
     pub syscall_nr: u32,
+    /// The caller's own cgroup (`bpf_get_current_cgroup_id`): the container's cgroup or one of
+    /// its sub-cgroups, so userspace can name the sub-cgroup whose pids.max refused.
+    pub task_cgroup_id: u64,
 }
-const _: () = assert!(core::mem::size_of::<ForkDeniedEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<ForkDeniedEvent>() == 64);

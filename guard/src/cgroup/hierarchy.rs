@@ -84,6 +84,15 @@ impl Hierarchy {
         Ok(text.split_whitespace().map(str::to_string).collect())
     }
 
+    /// `path` as the kernel names the cgroup (`/guard/web/worker`, as in /proc/PID/cgroup);
+    /// a path outside the mount is shown as it is.
+    pub fn cgroup_name(&self, path: &Path) -> String {
+        match path.strip_prefix(&self.mount) {
+            Ok(relative) => format!("/{}", relative.display()),
+            Err(_) => path.display().to_string(),
+        }
+    }
+
     /// The id and level of the cgroup at `path` (which must be inside this hierarchy).
     pub fn identify(&self, path: &Path) -> Result<CgroupIdentity, CgroupError> {
         let relative = path

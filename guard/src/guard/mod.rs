@@ -142,6 +142,7 @@ impl Guard {
             tasks.push(tokio::spawn(subtree::adopt_created(
                 created_cgroups,
                 Arc::clone(probes),
+                Arc::clone(&hub),
                 hierarchy.clone(),
                 file_watcher.clone(),
             )));
@@ -261,6 +262,7 @@ impl Guard {
                 cgroup,
                 true,
             )?;
+            adopted.name_in(&self.hub, container);
             debug!(container = %id, ?adopted, "adopted the cgroup's subtree");
         }
         self.file_watcher.add(identity.id, cgroup)?;

@@ -21,14 +21,26 @@ use super::GuardError;
 use crate::{
     bpf::Probes,
     cgroup::{CgroupError, Hierarchy},
-    pipeline::{inotify::FileWatcher, lock},
+    pipeline::{hub::Hub, inotify::FileWatcher, lock},
 };
 
 /// What adopting a subtree found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Adopted {
     pub sub_cgroups: u32,
     pub seeded_tasks: u32,
+    /// Each adopted sub-cgroup's id and path, for the hub to name where events happened.
+    pub named: Vec<(u64, String)>,
+}
+
+impl Adopted {
+    /// Tells the hub the adopted sub-cgroups' paths.
+    pub fn name_in(&self, hub: &Mutex<Hub>, container: TaskEntry) {
+        let mut hub = lock(hub);
+        for (id, path) in &self.named {
+            hub.name_sub_cgroup(container.cgroup_id, *id, path.clone());
+        }
+    }
 }
 
 /// Registers the sub-cgroups below `dir` (and `dir` itself unless it is the container's own
@@ -56,6 +68,9 @@ pub(super) fn adopt(
         }
         probes.add_descendant(identity.id, container)?;
         adopted.sub_cgroups += 1;
+        adopted
+            .named
+            .push((identity.id, hierarchy.cgroup_name(dir)));
     }
     watcher.add_dir(container, dir)?;
     for tid in threads(dir) {
@@ -66,6 +81,7 @@ pub(super) fn adopt(
         let below = adopt(probes, hierarchy, watcher, container, &child, false)?;
         adopted.sub_cgroups += below.sub_cgroups;
         adopted.seeded_tasks += below.seeded_tasks;
+        adopted.named.extend(below.named);
     }
     Ok(adopted)
 }
@@ -109,6 +125,7 @@ pub(super) fn forget(probes: &mut Probes, cgroup_id: u64) {
 pub(super) async fn adopt_created(
     mut created: mpsc::UnboundedReceiver<(TaskEntry, PathBuf)>,
     probes: Arc<Mutex<Probes>>,
+    hub: Arc<Mutex<Hub>>,
     hierarchy: Hierarchy,
     watcher: FileWatcher,
 ) {
@@ -119,7 +136,11 @@ pub(super) async fn adopt_created(
             continue;
         }
         match adopt(&mut probes, &hierarchy, &watcher, container, &dir, false) {
-            Ok(adopted) => debug!(dir = %dir.display(), ?adopted, "adopted a new sub-cgroup"),
+            Ok(adopted) => {
+                // Named while the probes are still locked, so an unwatch cannot come between.
+                adopted.name_in(&hub, container);
+                debug!(dir = %dir.display(), ?adopted, "adopted a new sub-cgroup");
+            }
             Err(error) => warn!(dir = %dir.display(), %error, "cannot adopt a new sub-cgroup"),
         }
     }

@@ -22,6 +22,9 @@ use crate::{
 pub(crate) struct Hub {
     /// cgroup id → container id, for attribution.
     names: HashMap<u64, String>,
+    /// A watched container's sub-cgroups: their cgroup id → (the container's cgroup id, the
+    /// sub-cgroup's path), so a denial or an OOM below the container names where it was.
+    sub_cgroups: HashMap<u64, (u64, String)>,
     /// Events received, by cgroup id (0: events that belong to no container).
     delivered: HashMap<u64, Delivered>,
     loss: ReaderLoss,
@@ -56,6 +59,11 @@ impl Hub {
         self.names.insert(cgroup_id, id);
     }
 
+    /// Cgroup `sub_cgroup_id` at `path` is a sub-cgroup of the container of `cgroup_id`.
+    pub fn name_sub_cgroup(&mut self, cgroup_id: u64, sub_cgroup_id: u64, path: String) {
+        self.sub_cgroups.insert(sub_cgroup_id, (cgroup_id, path));
+    }
+
     /// The container of cgroup `cgroup_id`, if registered.
     pub fn container_of(&self, cgroup_id: u64) -> Option<&String> {
         self.names.get(&cgroup_id)
@@ -65,6 +73,8 @@ impl Hub {
     pub fn forget(&mut self, cgroup_id: u64) {
         self.names.remove(&cgroup_id);
         self.delivered.remove(&cgroup_id);
+        self.sub_cgroups
+            .retain(|_, (container, _)| *container != cgroup_id);
     }
 
     pub fn delivered(&self, cgroup_id: u64) -> Delivered {
@@ -106,7 +116,29 @@ impl Hub {
                 &event.detail,
             );
             let container = self.attribute(event.cgroup_id);
+            let mut event = event;
+            self.name_where(&mut event);
             self.publish(GuardEvent::from_record(container, event));
+        }
+    }
+
+    /// Names the sub-cgroup a denial or an OOM happened in, when it was below the container's
+    /// own cgroup (and the sub-cgroup belongs to the container the event is attributed to).
+    fn name_where(&self, event: &mut KernelEvent) {
+        let sub_cgroup = |id: u64| {
+            self.sub_cgroups
+                .get(&id)
+                .filter(|(container, _)| *container == event.cgroup_id)
+                .map(|(_, path)| path.clone())
+        };
+        match &mut event.detail {
+            EventDetail::ForkDenied(denied) => {
+                denied.sub_cgroup = sub_cgroup(denied.task_cgroup_id)
+            }
+            EventDetail::OomVictim(victim) => {
+                victim.trigger_sub_cgroup = sub_cgroup(victim.trigger_cgroup_id);
+            }
+            _ => {}
         }
     }
 
@@ -211,6 +243,51 @@ mod tests {
                 child_pid: 2,
             }),
         })
+    }
+
+    fn denial(cgroup_id: u64, task_cgroup_id: u64) -> Result<KernelEvent, DecodeError> {
+        Ok(KernelEvent {
+            cpu: 0,
+            seq: 1,
+            ktime_ns: 1,
+            cgroup_id,
+            detail: EventDetail::ForkDenied(crate::events::ForkDenied {
+                tgid: 1,
+                tid: 1,
+                ret: -11,
+                cause: guard_common::DenialCause::Inferred,
+                syscall_nr: 56,
+                task_cgroup_id,
+                sub_cgroup: None,
+            }),
+        })
+    }
+
+    fn sub_cgroup_of(event: &GuardEvent) -> Option<&str> {
+        match &event.detail {
+            EventDetail::ForkDenied(denied) => denied.sub_cgroup.as_deref(),
+            other => panic!("not a denial: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_denial_below_the_container_names_its_sub_cgroup_until_unwatched() {
+        let mut hub = Hub::default();
+        let (mut receiver, _) = hub.subscribe(8);
+        hub.name(7, "web".into());
+        hub.name_sub_cgroup(7, 70, "/guard/web/worker".into());
+        // In the sub-cgroup, in the container's own cgroup, and a sub-cgroup id claimed by
+        // another container's event (never misnamed).
+        hub.absorb(vec![denial(7, 70), denial(7, 7), denial(8, 70)]);
+        assert_eq!(
+            sub_cgroup_of(&receiver.try_recv().unwrap()),
+            Some("/guard/web/worker")
+        );
+        assert_eq!(sub_cgroup_of(&receiver.try_recv().unwrap()), None);
+        assert_eq!(sub_cgroup_of(&receiver.try_recv().unwrap()), None);
+        hub.forget(7);
+        hub.absorb(vec![denial(7, 70)]);
+        assert_eq!(sub_cgroup_of(&receiver.try_recv().unwrap()), None);
     }
 
     #[test]

@@ -65,6 +65,12 @@ pub struct ForkDenied {
     pub ret: i64,
     pub cause: DenialCause,
     pub syscall_nr: u32,
+    /// The caller's own cgroup id.
+    pub task_cgroup_id: u64,
+    /// The sub-cgroup of the container the caller was in (its path), when it was not in the
+    /// container's own cgroup: whose pids.max refused. Filled in by the hub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub_cgroup: Option<String>,
 }
 
 pub(crate) fn decode(bytes: &[u8]) -> Result<ForkDenied, DecodeError> {
@@ -75,6 +81,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<ForkDenied, DecodeError> {
         ret: denied.ret,
         cause: DenialCause::from_raw(denied.cause),
         syscall_nr: denied.syscall_nr,
+        task_cgroup_id: denied.task_cgroup_id,
+        sub_cgroup: None,
     })
 }
 

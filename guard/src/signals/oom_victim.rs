@@ -40,6 +40,10 @@ pub struct OomVictim {
     pub outside_containers: bool,
     /// cgroup of the task whose allocation triggered the OOM.
     pub trigger_cgroup_id: u64,
+    /// That cgroup's path when it is a sub-cgroup of a watched container (where the OOM was
+    /// triggered, below the container's own cgroup). Filled in by the hub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger_sub_cgroup: Option<String>,
     /// None where the kernel's tracepoint lacks the rss fields.
     pub rss: Option<OomRss>,
     pub oom_score_adj: i16,
@@ -66,6 +70,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<OomVictim, DecodeError> {
         comm: String::from_utf8_lossy(&oom.comm[..comm_len]).into_owned(),
         outside_containers: oom.header.cgroup_id == 0,
         trigger_cgroup_id: oom.trigger_cgroup_id,
+        trigger_sub_cgroup: None,
         rss: (oom.has_rss != 0).then_some(OomRss {
             total_vm_kb: oom.total_vm_kb,
             anon_rss_kb: oom.anon_rss_kb,

@@ -158,6 +158,17 @@ fn grandchild_events_belong_to_the_container(kernel: &'static str) {
             .iter()
             .all(|event| event["container"] == "nested")
     );
+    // Each event names the sub-cgroup it happened in (the workload waited for the adoption).
+    // Two-sided: without the hub's naming (or the denial's task cgroup) these fields are absent.
+    let grandchild = "/nested/a/b";
+    assert_eq!(
+        kills[0]["detail"]["trigger_sub_cgroup"], grandchild,
+        "{}",
+        kills[0]
+    );
+    for denial in nested.events_of("fork_denied") {
+        assert_eq!(denial["detail"]["sub_cgroup"], grandchild, "{denial}");
+    }
     assert_eq!(report["oom"]["global_kills"], 0);
 }
 
