@@ -41,6 +41,11 @@ pub struct LimitsArgs {
     no_write: bool,
 }
 
+/// A wave still running after this long is livelocked (tiny budgets make the memcg OOM
+/// killer chase the bombs' re-forks forever): it counts as not clean, and the batch stops,
+/// since its leftovers would skew the next wave. A clean wave takes 15-40 s under TCG.
+const WAVE_TIMEOUT_S: u64 = 300;
+
 /// What a batch of waves in one guest showed.
 #[derive(Debug, Default)]
 struct Batch {
@@ -75,14 +80,17 @@ fn batch(
 ) -> anyhow::Result<Batch> {
     let reserve_arg = reserve.map_or(String::new(), |bytes| format!("--kernel-reserve {bytes}"));
     let script = format!(
-        "for i in $(seq 1 {runs}); do guard selftest --scenario tenants {reserve_arg} --out \
-         /results/run$i > /dev/null 2>&1; echo \"run $i exit $?\"; rm -rf /results/run$i/log; done"
+        "for i in $(seq 1 {runs}); do timeout {WAVE_TIMEOUT_S} guard selftest --scenario tenants \
+         {reserve_arg} --out /results/run$i > /dev/null 2>&1; code=$?; echo \"run $i exit \
+         $code\"; rm -rf /results/run$i/log; [ $code = 0 ] || break; done"
     );
     let config = vm::VmConfig::shell(kernel, &script)
         .memory_mib(memory)
         .binary(bin.join("guard"))
         .binary(bin.join("guard-stress"))
-        .timeout(std::time::Duration::from_secs(120 + 180 * u64::from(runs)))
+        .timeout(std::time::Duration::from_secs(
+            120 + (WAVE_TIMEOUT_S + 20) * u64::from(runs),
+        ))
         .label(format!("limits-{kernel}-{memory}"));
     let outcome = vm::run(&config)?;
     let mut batch = Batch {
