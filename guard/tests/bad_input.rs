@@ -15,7 +15,9 @@ use guard::{
         serde_json::{Value, json},
     },
     internals::{read_offsets, tracepoints},
-    limits::{LimitRequest, MemInfo, MemorySetting, PidsSetting, SwapSetting},
+    limits::{
+        BudgetRequest, LimitRequest, MemInfo, MemorySetting, PidsSetting, SwapSetting, guest_budget,
+    },
 };
 
 /// Collects mismatches so one run shows them all.
@@ -232,6 +234,81 @@ fn limits() {
             err(request.resolve(&guest())),
             want,
         );
+    }
+    matrix.done();
+}
+
+/// The guest budget: asked for more than the guest has, a guest too small for one, and
+/// explicit container limits above it (defaults are clamped instead, and say so).
+#[test]
+fn guest_budget_and_limits_above_it() {
+    let mut matrix = Matrix::default();
+    let agent_reserve = 10 << 20;
+    let mib = |n: u64| n << 20;
+    let budgets = [
+        (
+            "a memory budget of 200 MiB",
+            BudgetRequest {
+                memory: Some(mib(200)),
+                ..BudgetRequest::default()
+            },
+            guest(),
+            "guest budget of 209715200 bytes is more than the guest can give: 70942720 bytes \
+             (MemAvailable 102400000 minus the kernel reserve 20971520 and the agent reserve \
+             10485760)",
+        ),
+        (
+            "a 40 MiB guest",
+            BudgetRequest::default(),
+            MemInfo::parse_file(
+                Path::new("meminfo"),
+                "MemTotal: 40960 kB\nMemAvailable: 30000 kB\n",
+            )
+            .unwrap(),
+            "the guest is too small for a budget: 0 bytes remain of MemAvailable 30720000 after \
+             the kernel reserve 20971520 and the agent reserve 10485760, below the floor of 4194304",
+        ),
+        (
+            "a pids budget of 0",
+            BudgetRequest {
+                pids: Some(0),
+                ..BudgetRequest::default()
+            },
+            guest(),
+            r#"pids limit "0" is 0: the container's init could not even exist"#,
+        ),
+    ];
+    for (case, request, meminfo, want) in budgets {
+        matrix.expect(
+            case,
+            err(guest_budget(&meminfo, agent_reserve, &request)),
+            want,
+        );
+    }
+    let budget = guest_budget(&guest(), agent_reserve, &BudgetRequest::default()).unwrap();
+    let above = [
+        (
+            "--memory 100M",
+            LimitRequest {
+                memory: "100M".parse().unwrap(),
+                ..LimitRequest::default()
+            },
+            "memory limit of 104857600 bytes is above the guest budget of 70942720 bytes that \
+             every container shares: ask for less, or leave the limit at its default (clamped to \
+             the budget)",
+        ),
+        (
+            "--pids-max 100000",
+            LimitRequest {
+                pids: "100000".parse().unwrap(),
+                ..LimitRequest::default()
+            },
+            "pids limit 100000 is above the guest budget of 2165 tasks that every container \
+             shares: ask for less, or leave the limit at its default (clamped to the budget)",
+        ),
+    ];
+    for (case, request, want) in above {
+        matrix.expect(case, err(request.resolve_within(&guest(), &budget)), want);
     }
     matrix.done();
 }

@@ -115,15 +115,18 @@ pub enum LimitsError {
         agent_reserve: u64,
     },
     #[error(
-        "memory limit {value:?} ({bytes} bytes) is above the guest budget of {budget} bytes \
-         that every container shares"
+        "memory limit {value} is above the guest budget of {budget} bytes that every container \
+         shares: ask for less, or leave the limit at its default (clamped to the budget)"
     )]
     MemoryAboveBudget {
         value: String,
         bytes: u64,
         budget: u64,
     },
-    #[error("pids limit {value:?} is above the guest budget of {budget} tasks")]
+    #[error(
+        "pids limit {value} is above the guest budget of {budget} tasks that every container \
+         shares: ask for less, or leave the limit at its default (clamped to the budget)"
+    )]
     PidsAboveBudget { value: String, budget: u64 },
 }
 /// What an agent asks for; [`LimitRequest::resolve`] turns it into byte and count values.
@@ -252,8 +255,10 @@ impl LimitRequest {
         if let Some(bytes) = limits.memory_max.filter(|&bytes| bytes > budget.memory_max) {
             if self.memory != MemorySetting::Default {
                 let value = match &self.memory {
-                    MemorySetting::PercentOfAvailable(percent) => format!("{percent}%"),
-                    _ => bytes.to_string(),
+                    MemorySetting::PercentOfAvailable(percent) => {
+                        format!("{percent}% of MemAvailable ({bytes} bytes)")
+                    }
+                    _ => format!("of {bytes} bytes"),
                 };
                 return Err(LimitsError::MemoryAboveBudget {
                     value,

@@ -163,3 +163,28 @@ fn raise_threads_max(wanted: u64) -> Result<(u64, u64), RuntimeError> {
     }
     Ok((before, read()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_smaller_limit_already_there_is_kept_and_named_a_larger_one_lowered() {
+        let dir = std::env::temp_dir().join(format!("guard-budget-kept-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.max"), "1048576\n").unwrap();
+        std::fs::write(dir.join("pids.max"), "max\n").unwrap();
+        let mut kept = Vec::new();
+        write_unless_smaller(&dir, "memory.max", 64 << 20, &mut kept).unwrap();
+        write_unless_smaller(&dir, "pids.max", 512, &mut kept).unwrap();
+        assert_eq!(kept, ["memory.max"]);
+        let read = |name| std::fs::read_to_string(dir.join(name)).unwrap();
+        assert_eq!(read("memory.max").trim(), "1048576");
+        assert_eq!(read("pids.max").trim(), "512");
+        // A held value that is not a limit is an error naming the file, not a silent write.
+        std::fs::write(dir.join("pids.max"), "lots\n").unwrap();
+        let error = write_unless_smaller(&dir, "pids.max", 512, &mut kept).unwrap_err();
+        assert!(error.to_string().contains("pids.max"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -249,3 +249,62 @@ fn a_read_only_log_directory_is_refused_naming_the_path() {
         )
     );
 }
+
+/// The guest budget refuses what cannot hold it, before creating anything: the cgroup root
+/// itself, and a hierarchy without the memory and pids controllers (this host's cgroup v2
+/// offers neither, which is why enforcement runs in guests).
+#[test]
+fn the_budget_refuses_the_root_cgroup_and_a_hierarchy_without_controllers() {
+    use guard::runtime::{Runtime, RuntimeError, RuntimeOptions};
+    if !root_or_skip("the_budget_refuses_the_root_cgroup_and_a_hierarchy_without_controllers") {
+        return;
+    }
+    let scratch = std::env::temp_dir().join(format!("guard-bad-budget-{}", std::process::id()));
+    let options = |cgroup_root: &str| {
+        let mut options = RuntimeOptions {
+            state_root: scratch.join("state"),
+            bundle_root: scratch.join("bundles"),
+            ..RuntimeOptions::default()
+        };
+        options.spec.cgroup_root = cgroup_root.to_string();
+        options
+    };
+    let error = Runtime::new(options("/"))
+        .err()
+        .map(|error| error.to_string());
+    assert_eq!(
+        error.as_deref(),
+        Some(
+            "the guest budget needs a parent cgroup of its own: the cgroup root \"/\" cannot hold \
+             one (choose a cgroup root such as /guard, or run without the budget)"
+        )
+    );
+    let hierarchy = guard::cgroup::Hierarchy::find().unwrap();
+    let offered = hierarchy.controllers().unwrap();
+    if ["memory", "pids"]
+        .iter()
+        .all(|wanted| offered.iter().any(|have| have == wanted))
+    {
+        println!("skipped the missing-controller case: this kernel's cgroup v2 offers both");
+    } else {
+        let parent = "/guard-bad-budget";
+        match Runtime::new(options(parent)) {
+            Err(RuntimeError::NoControllers { file, missing, .. }) => {
+                assert_eq!(file, hierarchy.mount.join("cgroup.controllers"));
+                assert!(
+                    missing.contains("memory") || missing.contains("pids"),
+                    "{missing}"
+                );
+            }
+            other => panic!("expected NoControllers, got {:?}", other.err()),
+        }
+        assert!(
+            !hierarchy
+                .mount
+                .join(parent.trim_start_matches('/'))
+                .exists(),
+            "nothing may be created before the refusal"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
