@@ -53,6 +53,11 @@ pub struct SelftestArgs {
     /// measured default: `cargo xtask limits` bisects it.
     #[arg(long, value_name = "BYTES")]
     kernel_reserve: Option<u64>,
+    /// The tenants wave's trial of memory.high: each tenant also gets memory.high at this
+    /// percentage of its memory.max (the kernel throttles and reclaims it before the OOM
+    /// killer acts). Off by default: the measurements in docs/LIMITS.md decide.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    memory_high: Option<u8>,
     /// Where waves.json and the forensic log (OUT/log) go.
     #[arg(long, default_value = "/results")]
     out: PathBuf,
@@ -283,7 +288,17 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         single = Some(finished);
     }
     let tenants = if args.scenario != Scenario::Waves {
-        Some(tenants::run(&guard, &runtime, &log, &source, &mut console).await?)
+        Some(
+            tenants::run(
+                &guard,
+                &runtime,
+                &log,
+                &source,
+                args.memory_high,
+                &mut console,
+            )
+            .await?,
+        )
     } else {
         None
     };

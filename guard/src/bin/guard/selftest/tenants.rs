@@ -70,6 +70,7 @@ pub async fn run(
     runtime: &Runtime,
     log: &EventLog,
     source: &Source,
+    memory_high_percent: Option<u8>,
     console: &mut dyn std::io::Write,
 ) -> anyhow::Result<Value> {
     writeln!(
@@ -99,7 +100,23 @@ pub async fn run(
         )
         .await
         .with_context(|| format!("starting {}", tenant.id))?;
-        limits.push(json!({"limits": resolved.limits, "clamped": resolved.clamped}));
+        let memory_high = match (memory_high_percent, resolved.limits.memory_max) {
+            (Some(percent), Some(max)) => {
+                let high = max / 100 * u64::from(percent);
+                guard::cgroup::write(
+                    supervised.container().cgroup(),
+                    "memory.high",
+                    &high.to_string(),
+                )?;
+                Some(high)
+            }
+            _ => None,
+        };
+        limits.push(json!({
+            "limits": resolved.limits,
+            "clamped": resolved.clamped,
+            "memory_high": memory_high,
+        }));
         running.push(supervised);
     }
     let steady = &running[3];
@@ -188,6 +205,7 @@ pub async fn run(
     let record = json!({
         "wave": "tenants",
         "elapsed_ms": elapsed_ms,
+        "memory_high_percent": memory_high_percent,
         "budget": runtime.budget(),
         "containers": containers,
         "parent": parent,
