@@ -67,6 +67,21 @@ impl Batch {
     fn safe(&self) -> bool {
         !self.vm_died && self.runs > 0 && self.clean == self.runs
     }
+
+    /// How the batch went, for the table: what made it unsafe, or "yes".
+    fn outcome(&self) -> &'static str {
+        if self.safe() {
+            "yes"
+        } else if self.vm_died {
+            "no (the VM died)"
+        } else if self.global_kills > 0 {
+            "no (global OOM kills)"
+        } else if self.failed.iter().any(|exit| exit.ends_with(" exit 143")) {
+            "no (livelock: the wave outran its timeout)"
+        } else {
+            "no (a wave failed)"
+        }
+    }
 }
 
 /// Boots one guest that runs the tenants wave `runs` times with kernel reserve `reserve`
@@ -141,7 +156,7 @@ struct Row {
     memory: u32,
     /// The smallest safe reserve in MiB (None: none up to the maximum was safe).
     smallest_safe: Option<u64>,
-    steps: Vec<(u64, bool)>,
+    steps: Vec<(u64, &'static str)>,
     confirm: Batch,
 }
 
@@ -165,7 +180,7 @@ fn bisect(args: &LimitsArgs, kernel: &str, memory: u32, bin: &Path) -> anyhow::R
                 format!("; no summary: {}", result.failed.join(", "))
             }
         );
-        steps.push((mib, safe));
+        steps.push((mib, result.outcome()));
         Ok(safe)
     };
     // The default first: when it is safe it bounds the search (nothing above it is needed).
@@ -228,18 +243,18 @@ pub fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     }
     let mut table = String::from(
         "| kernel | guest | MemAvailable at start | smallest safe kernel reserve | steps (MiB: \
-         safe?) | at the default: clean runs | global OOM kills | memcg OOM kills |\n| --- | --- \
-         | --- | --- | --- | --- | --- | --- |\n",
+         safe?) | default reserve | at the default: clean runs | global OOM kills | memcg OOM \
+         kills |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for row in &rows {
         let steps: Vec<String> = row
             .steps
             .iter()
-            .map(|(mib, safe)| format!("{mib}: {}", if *safe { "yes" } else { "no" }))
+            .map(|(mib, outcome)| format!("{mib}: {outcome}"))
             .collect();
         writeln!(
             table,
-            "| {} | {} MiB | {:.1} MiB | {} | {} | {}/{} | {} | {} |",
+            "| {} | {} MiB | {:.1} MiB | {} | {} | {:.1} MiB | {}/{}: {} | {} | {} |",
             row.kernel,
             row.memory,
             row.confirm.available as f64 / 1048576.0,
@@ -248,8 +263,10 @@ pub fn run(args: &LimitsArgs) -> anyhow::Result<()> {
                     "{mib} MiB"
                 )),
             steps.join(", "),
+            row.confirm.kernel_reserve as f64 / 1048576.0,
             row.confirm.clean,
             row.confirm.runs,
+            row.confirm.outcome(),
             row.confirm.global_kills,
             row.confirm.memcg_kills
         )?;
