@@ -14,7 +14,9 @@ use libcontainer::{
 };
 
 use super::{
-    CreationRecord, Removed, RuntimeError, Timings, micros, oom_score, wait_pid, youki_error,
+    CreationRecord, Removed, RuntimeError, Timings,
+    exec_deadline::{Deadline, EXEC_DEADLINE},
+    micros, oom_score, wait_pid, youki_error,
 };
 use crate::{cgroup::EventFiles, container_id::ContainerId};
 
@@ -91,7 +93,8 @@ impl Container {
         let id = self.id.to_string();
         let args = args.to_vec();
         let score = self.oom_score_adj;
-        let pid = oom_score::preserving_caller(|| {
+        let deadline = Deadline::arm(&self.cgroup, EXEC_DEADLINE);
+        let built = oom_score::preserving_caller(|| {
             // libcontainer's exec builds a process spec without oomScoreAdj, so the process
             // would inherit the caller's score (-1000 for an agent: the memcg OOM livelock).
             // Give the caller the container's score for the clone; preserving_caller restores.
@@ -105,8 +108,18 @@ impl Container {
                 .with_detach(true)
                 .build()
                 .map_err(youki_error("exec into", &self.id))
-        })??;
-        Ok(pid.as_raw())
+        });
+        let killed = deadline.disarm();
+        match built? {
+            Ok(pid) => Ok(pid.as_raw()),
+            Err(error) if killed > 0 => Err(RuntimeError::ExecStuck {
+                id: self.id.to_string(),
+                killed,
+                seconds: EXEC_DEADLINE.as_secs(),
+                source: Box::new(error),
+            }),
+            Err(error) => Err(error),
+        }
     }
 
     /// Sends `signal` to the init (or to every process of the container with `all`).

@@ -63,6 +63,16 @@ pub enum RuntimeError {
     CgroupLeft { id: String, cgroup: PathBuf },
     #[error("signal {signal} is not valid: {message}")]
     Signal { signal: i32, message: String },
+    #[error(
+        "container {id}: the exec's libcontainer helpers were stuck for {seconds} s (the OOM \
+         killer likely took one of them) and {killed} were killed: {source}"
+    )]
+    ExecStuck {
+        id: String,
+        killed: u32,
+        seconds: u64,
+        source: Box<RuntimeError>,
+    },
     #[error(transparent)]
     Limits(#[from] LimitsError),
     #[error(

@@ -17,6 +17,7 @@
 mod budget;
 mod container;
 mod error;
+mod exec_deadline;
 pub mod oom_score;
 mod verify;
 
