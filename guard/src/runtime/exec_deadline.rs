@@ -5,12 +5,7 @@
 //! handshake channel's sender, and the agent's exec waiting on that channel forever. Past the
 //! deadline the watchdog kills the helpers left in the cgroup: the channel closes, the exec
 //! returns an error, and the agent goes on.
-use std::{
-    path::{Path, PathBuf},
-    sync::mpsc,
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::{path::Path, sync::mpsc, thread::JoinHandle, time::Duration};
 
 use tracing::warn;
 
@@ -50,7 +45,7 @@ impl Deadline {
     }
 }
 
-fn watch(cgroup: &PathBuf, finished: &mpsc::Receiver<()>, deadline: Duration) -> u32 {
+fn watch(cgroup: &Path, finished: &mpsc::Receiver<()>, deadline: Duration) -> u32 {
     let mut killed = 0;
     let mut wait = deadline;
     loop {
