@@ -2,13 +2,16 @@
 //! and off; a survival table is the project's headline reliability figure. Modes: the
 //! multi-tenant wave with and without the guest budget (default), the one-container waves
 //! with and without limits (`--mode waves`).
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use anyhow::Context;
 use serde_json::Value;
 use xtask::vm::{self, VmResult};
 
 use crate::cmd;
+
+const BEGIN: &str = "<!-- soak:begin -->";
+const END: &str = "<!-- soak:end -->";
 
 #[derive(clap::Args)]
 pub struct SoakArgs {
@@ -25,6 +28,10 @@ pub struct SoakArgs {
     /// container, limits on and off).
     #[arg(long, value_enum, default_value_t = Mode::Tenants)]
     pub mode: Mode,
+    /// Print the table only; leave docs/LIMITS.md as it is (the tenants mode writes its table
+    /// there, between `<!-- soak:begin -->` and `<!-- soak:end -->`).
+    #[arg(long)]
+    pub no_write: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,6 +61,8 @@ struct Row {
     runs: usize,
     survived: usize,
     global_ooms: u64,
+    /// The kernel log's memcg OOM kills (the tenants wave).
+    memcg_ooms: u64,
     agent_intact: usize,
     verdicts: BTreeMap<String, usize>,
 }
@@ -87,6 +96,9 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
                             .and_then(|text| Ok(serde_json::from_str(&text)?))
                             .unwrap_or(Value::Null);
                         row.global_ooms += global_oom_kills(&summary);
+                        row.memcg_ooms += summary["tenants"]["kernel_log_oom_kills"]["memcg"]
+                            .as_u64()
+                            .unwrap_or(0);
                         if summary["agent_oom_score_adj"] == -1000 {
                             row.agent_intact += 1;
                         }
@@ -103,19 +115,21 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
             }
         }
     }
-    println!(
-        "\n| kernel | {} | runs | VM survived | agent intact | global OOM kills | verdicts |",
+    let mut table = format!(
+        "| kernel | guest | {} | runs | VM survived | agent intact | global OOM kills | memcg OOM \
+         kills | verdicts |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         args.mode.variants()[0].0
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for ((kernel, mode), row) in &rows {
         let verdicts: Vec<String> = row
             .verdicts
             .iter()
             .map(|(verdict, count)| format!("{verdict} ×{count}"))
             .collect();
-        println!(
-            "| {kernel} | {} | {} | {}/{} | {}/{} | {} | {} |",
+        writeln!(
+            table,
+            "| {kernel} | {} MiB | {} | {} | {}/{} | {}/{} | {} | {} | {} |",
+            args.memory,
             if mode.starts_with("no ") { "off" } else { "on" },
             row.runs,
             row.survived,
@@ -123,8 +137,14 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
             row.agent_intact,
             row.runs,
             row.global_ooms,
+            row.memcg_ooms,
             verdicts.join(", ")
-        );
+        )?;
+    }
+    println!("\n{table}");
+    if args.mode == Mode::Tenants && !args.no_write {
+        let doc = cmd::write_between_markers("docs/LIMITS.md", BEGIN, END, &table)?;
+        println!("soak: the table is in {}", doc.display());
     }
     Ok(())
 }
