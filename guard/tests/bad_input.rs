@@ -527,6 +527,34 @@ fn cgroup_paths_without_bpf() {
             "/sys/fs/cgroup/memory is not on a cgroup2 filesystem (it is on cgroup v1)",
         );
     }
+    // A limit written into a cgroup whose parent does not pass the controller on (the files
+    // are simply absent): a fake tree, as cgroupfs would look.
+    let tree = Scratch::new("controller-off");
+    let child = tree.0.join("child");
+    std::fs::create_dir_all(&child).unwrap();
+    std::fs::write(tree.0.join("cgroup.subtree_control"), "pids\n").unwrap();
+    std::fs::write(tree.0.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+    matrix.expect(
+        "memory.max without +memory in the parent",
+        err(guard::cgroup::write(&child, "memory.max", "67108864")),
+        &format!(
+            "writing 67108864 to {child}/memory.max: the file does not exist because the parent \
+             cgroup {parent} does not enable the memory controller for its children (its \
+             cgroup.subtree_control holds \"pids\", its cgroup.controllers \"cpu memory pids\"): \
+             where the controller is available, enable it there (echo +memory > \
+             {parent}/cgroup.subtree_control, with no process of its own in {parent}) or choose \
+             another parent",
+            child = child.display(),
+            parent = tree.0.display()
+        ),
+    );
+    // With the controller passed on, a missing file is only missing (no swap accounting).
+    matrix.expect(
+        "pids.max with +pids in the parent (the file is just missing)",
+        err(guard::cgroup::write(&child, "pids.max", "5"))
+            .map_err(|error| error.split(": ").last().unwrap_or_default().to_string()),
+        "No such file or directory (os error 2)",
+    );
     matrix.done();
 }
 

@@ -42,6 +42,22 @@ pub enum CgroupError {
     NotCgroup2 { path: PathBuf, filesystem: String },
     #[error("{path} is not a directory: a cgroup is a directory under the cgroup2 mount {mount}")]
     NotADirectory { path: PathBuf, mount: PathBuf },
+    #[error(
+        "writing {value} to {path}: the file does not exist because the parent cgroup {parent} \
+         does not enable the {controller} controller for its children (its \
+         cgroup.subtree_control holds {enabled:?}, its cgroup.controllers {available:?}): where \
+         the controller is available, enable it there (echo +{controller} > \
+         {parent}/cgroup.subtree_control, with no process of its own in {parent}) or choose \
+         another parent"
+    )]
+    ControllerOff {
+        path: PathBuf,
+        value: String,
+        controller: String,
+        parent: PathBuf,
+        enabled: String,
+        available: String,
+    },
     #[error("writing {value} to {path}: {source}")]
     Write {
         path: PathBuf,
@@ -88,11 +104,45 @@ pub fn write(cgroup: &Path, name: &str, value: &str) -> Result<(), CgroupError> 
         .write(true)
         .open(&path)
         .and_then(|mut file| file.write_all(value.as_bytes()))
-        .map_err(|source| CgroupError::Write {
-            path,
-            value: value.to_string(),
-            source,
+        .map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound
+                && let Some(off) = controller_off(cgroup, name)
+            {
+                let (controller, parent, enabled) = off;
+                let available = fs::read_to_string(parent.join("cgroup.controllers"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                return CgroupError::ControllerOff {
+                    path: path.clone(),
+                    value: value.to_string(),
+                    controller,
+                    parent,
+                    enabled,
+                    available,
+                };
+            }
+            CgroupError::Write {
+                path,
+                value: value.to_string(),
+                source,
+            }
         })
+}
+
+/// Why a controller's file (`memory.max`) is missing from an existing cgroup, when the reason
+/// is that its parent does not pass the controller on: (controller, parent, what the parent's
+/// `cgroup.subtree_control` enables). None when that is not the reason.
+fn controller_off(cgroup: &Path, name: &str) -> Option<(String, PathBuf, String)> {
+    let (controller, _) = name.split_once('.')?;
+    if controller == "cgroup" || !cgroup.is_dir() {
+        return None;
+    }
+    let parent = cgroup.parent()?;
+    let enabled = fs::read_to_string(parent.join("cgroup.subtree_control")).ok()?;
+    let enabled = enabled.trim().to_string();
+    (!enabled.split_whitespace().any(|on| on == controller))
+        .then(|| (controller.to_string(), parent.to_path_buf(), enabled))
 }
 
 /// Creates the cgroup directory `path` (which must not exist yet).
