@@ -42,22 +42,8 @@ pub enum CgroupError {
     NotCgroup2 { path: PathBuf, filesystem: String },
     #[error("{path} is not a directory: a cgroup is a directory under the cgroup2 mount {mount}")]
     NotADirectory { path: PathBuf, mount: PathBuf },
-    #[error(
-        "writing {value} to {path}: the file does not exist because the parent cgroup {parent} \
-         does not enable the {controller} controller for its children (its \
-         cgroup.subtree_control holds {enabled:?}, its cgroup.controllers {available:?}): where \
-         the controller is available, enable it there (echo +{controller} > \
-         {parent}/cgroup.subtree_control, with no process of its own in {parent}) or choose \
-         another parent"
-    )]
-    ControllerOff {
-        path: PathBuf,
-        value: String,
-        controller: String,
-        parent: PathBuf,
-        enabled: String,
-        available: String,
-    },
+    #[error("{0}")]
+    ControllerOff(Box<ControllerOff>),
     #[error("writing {value} to {path}: {source}")]
     Write {
         path: PathBuf,
@@ -74,6 +60,24 @@ pub enum CgroupError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// A controller's file missing because the parent does not pass the controller on.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "writing {value} to {path}: the file does not exist because the parent cgroup {parent} \
+     does not enable the {controller} controller for its children (its cgroup.subtree_control \
+     holds {enabled:?}, its cgroup.controllers {available:?}): where the controller is \
+     available, enable it there (echo +{controller} > {parent}/cgroup.subtree_control, with no \
+     process of its own in {parent}) or choose another parent"
+)]
+pub struct ControllerOff {
+    pub path: PathBuf,
+    pub value: String,
+    pub controller: String,
+    pub parent: PathBuf,
+    pub enabled: String,
+    pub available: String,
 }
 
 /// A cgroup file's text; None when it does not exist (the controller is not enabled for this
@@ -113,14 +117,14 @@ pub fn write(cgroup: &Path, name: &str, value: &str) -> Result<(), CgroupError> 
                     .unwrap_or_default()
                     .trim()
                     .to_string();
-                return CgroupError::ControllerOff {
+                return CgroupError::ControllerOff(Box::new(ControllerOff {
                     path: path.clone(),
                     value: value.to_string(),
                     controller,
                     parent,
                     enabled,
                     available,
-                };
+                }));
             }
             CgroupError::Write {
                 path,
