@@ -558,6 +558,39 @@ fn cgroup_paths_without_bpf() {
     matrix.done();
 }
 
+/// A required tier the guard cannot reach is refused at start, naming why (an agent must not
+/// run blind without knowing it).
+#[tokio::test]
+async fn a_required_tier_above_what_guard_can_reach_is_refused() {
+    let kernel = guard::CapabilityReport::probe();
+    let result = Guard::start(GuardOptions {
+        max_tier: Tier::CgroupFilesOnly,
+        min_tier: Tier::Tracepoints,
+        ..GuardOptions::default()
+    })
+    .await;
+    let Err(error) = result else {
+        panic!("a guard capped at tier 0 started although tier 1 was required");
+    };
+    let message = error.to_string();
+    let want = if kernel.tier > Tier::CgroupFilesOnly {
+        format!(
+            "guard would run at tier 0 (cgroup event files only) (max_tier caps it; the kernel \
+             allows {}), below the required tier 1 (tracepoints): raise max_tier or lower \
+             min_tier",
+            kernel.tier
+        )
+    } else {
+        format!(
+            "guard would run at tier 0 (cgroup event files only) (all that kernel {} allows), \
+             below the required tier 1 (tracepoints): {}",
+            kernel.kernel_release,
+            kernel.notes.join("; ")
+        )
+    };
+    assert_eq!(message, want);
+}
+
 /// `Guard::watch` itself, at tier 0 (no BPF is loaded, so no root is needed for this).
 #[tokio::test]
 async fn guard_watch_refuses_what_is_not_a_cgroup() {

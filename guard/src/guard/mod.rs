@@ -60,6 +60,15 @@ pub enum GuardError {
          container; watch the container's own cgroup"
     )]
     RootCgroup { cgroup: PathBuf },
+    #[error("guard would run at tier {got} ({why}), below the required tier {wanted}: {missing}")]
+    TierTooLow {
+        wanted: Tier,
+        got: Tier,
+        /// What set the tier: the kernel, or `max_tier`.
+        why: String,
+        /// What is missing, from the capability report's notes (or the options to change).
+        missing: String,
+    },
 }
 
 /// How the guard runs.
@@ -70,6 +79,10 @@ pub struct GuardOptions {
     pub poll_interval: Duration,
     /// Never run above this tier, even if the kernel allows it (tests exercise each tier).
     pub max_tier: Tier,
+    /// Refuse to start below this tier ([`GuardError::TierTooLow`], naming what the kernel
+    /// lacks). The default accepts tier 0 (the kernel's event files only, no live events); an
+    /// agent that relies on events or BPF counters asks for [`Tier::Tracepoints`].
+    pub min_tier: Tier,
 }
 
 impl Default for GuardOptions {
@@ -78,6 +91,7 @@ impl Default for GuardOptions {
             stream: StreamOptions::default(),
             poll_interval: Duration::from_millis(10),
             max_tier: Tier::TracepointsAndKprobes,
+            min_tier: Tier::CgroupFilesOnly,
         }
     }
 }
@@ -103,6 +117,23 @@ impl Guard {
     pub async fn start(options: GuardOptions) -> Result<Self, GuardError> {
         let capabilities = CapabilityReport::probe();
         let tier = capabilities.tier.min(options.max_tier);
+        if tier < options.min_tier {
+            let capped = options.max_tier < capabilities.tier;
+            return Err(GuardError::TierTooLow {
+                wanted: options.min_tier,
+                got: tier,
+                why: if capped {
+                    format!("max_tier caps it; the kernel allows {}", capabilities.tier)
+                } else {
+                    format!("all that kernel {} allows", capabilities.kernel_release)
+                },
+                missing: if capped {
+                    "raise max_tier or lower min_tier".to_string()
+                } else {
+                    capabilities.notes.join("; ")
+                },
+            });
+        }
         let hierarchy = match Hierarchy::find() {
             Ok(hierarchy) => Some(hierarchy),
             Err(error) => {
@@ -147,7 +178,7 @@ impl Guard {
                 file_watcher.clone(),
             )));
         }
-        info!(%tier, kernel = %capabilities.kernel_release, "guard started");
+        info!(%tier, kernel = %capabilities.kernel_release, notes = %capabilities.notes.join("; "), "guard started");
         Ok(Self {
             hierarchy,
             capabilities,
