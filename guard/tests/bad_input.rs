@@ -266,7 +266,9 @@ fn guest_budget_and_limits_above_it() {
             )
             .unwrap(),
             "the guest is too small for a budget: 0 bytes remain of MemAvailable 30720000 after \
-             the kernel reserve 20971520 and the agent reserve 10485760, below the floor of 4194304",
+             the kernel reserve 20971520 and the agent reserve 10485760, below the floor of 10485760 \
+             (the budget must hold libcontainer's exec helpers beside the containers): a bigger \
+             guest, or no budget",
         ),
         (
             "a pids budget of 0",

@@ -16,7 +16,7 @@ mod meminfo;
 mod settings;
 
 pub use budget::{
-    BYTES_PER_TASK, BudgetRequest, Clamp, GuestBudget, KERNEL_RESERVE_FLOOR,
+    BUDGET_FLOOR, BYTES_PER_TASK, BudgetRequest, Clamp, GuestBudget, KERNEL_RESERVE_FLOOR,
     KERNEL_RESERVE_PERCENT, TASKS_OUTSIDE, guest_budget, kernel_reserve,
 };
 pub use meminfo::{MEMINFO_PATH, MemInfo, memory_limit_from_meminfo};
@@ -106,7 +106,8 @@ pub enum LimitsError {
     #[error(
         "the guest is too small for a budget: {budget} bytes remain of MemAvailable {available} \
          after the kernel reserve {kernel_reserve} and the agent reserve {agent_reserve}, below \
-         the floor of {MEMORY_FLOOR}"
+         the floor of {BUDGET_FLOOR} (the budget must hold libcontainer's exec helpers beside \
+         the containers): a bigger guest, or no budget"
     )]
     BudgetTooSmall {
         budget: u64,
