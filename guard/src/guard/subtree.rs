@@ -8,7 +8,6 @@
 //! threads are read, so a task moved in after the registration is seen by the program and one
 //! moved in before it is in `cgroup.threads`.
 use std::{
-    io,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -20,7 +19,7 @@ use tracing::{debug, warn};
 use super::GuardError;
 use crate::{
     bpf::Probes,
-    cgroup::{CgroupError, Hierarchy},
+    cgroup::{self, CgroupError, Hierarchy},
     pipeline::{hub::Hub, inotify::FileWatcher, lock},
 };
 
@@ -89,19 +88,10 @@ pub(super) fn adopt(
 /// The thread ids in `dir`'s `cgroup.threads` (none when it is gone or unreadable: a cgroup
 /// removed meanwhile has no tasks to seed).
 fn threads(dir: &Path) -> Vec<u32> {
-    let path = dir.join("cgroup.threads");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text
-            .lines()
-            .filter_map(|line| line.trim().parse().ok())
-            .collect(),
-        Err(error) => {
-            if error.kind() != io::ErrorKind::NotFound {
-                warn!(path = %path.display(), %error, "cannot read the threads of a sub-cgroup");
-            }
-            Vec::new()
-        }
-    }
+    cgroup::read_ids(dir, "cgroup.threads").unwrap_or_else(|error| {
+        warn!(%error, "cannot read the threads of a sub-cgroup");
+        Vec::new()
+    })
 }
 
 /// The sub-cgroups directly below `dir` (cgroupfs: every directory is a cgroup).

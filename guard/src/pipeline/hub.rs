@@ -98,7 +98,7 @@ impl Hub {
     pub fn absorb(&mut self, records: Vec<Result<KernelEvent, DecodeError>>) {
         self.drop_closed_subscribers();
         for record in records {
-            let event = match record {
+            let mut event = match record {
                 Ok(event) => event,
                 Err(error) => {
                     self.loss.undecodable += 1;
@@ -116,7 +116,6 @@ impl Hub {
                 &event.detail,
             );
             let container = self.attribute(event.cgroup_id);
-            let mut event = event;
             self.name_where(&mut event);
             self.publish(GuardEvent::from_record(container, event));
         }

@@ -62,16 +62,12 @@ fn watch(cgroup: &Path, finished: &mpsc::Receiver<()>, deadline: Duration) -> u3
 /// Kills the libcontainer helpers in `cgroup` (by name: the container's own processes have
 /// exec'd their commands and carry those names).
 fn kill_helpers(cgroup: &Path) -> u32 {
-    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
     let mut killed = 0;
-    for pid in procs
-        .lines()
-        .filter_map(|line| line.trim().parse::<i32>().ok())
-    {
+    for pid in crate::cgroup::read_ids(cgroup, "cgroup.procs").unwrap_or_default() {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if comm.starts_with(HELPER_PREFIX) {
             // SAFETY: kill(2) with a pid read from the container's cgroup.
-            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+            if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
                 warn!(cgroup = %cgroup.display(), pid, comm = comm.trim(), "killed an exec helper stuck past the deadline");
                 killed += 1;
             }
