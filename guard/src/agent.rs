@@ -51,6 +51,8 @@ pub enum AgentError {
         what: &'static str,
         source: EventLogError,
     },
+    #[error("container {id}: the task running an exec failed: {message}")]
+    ExecTask { id: String, message: String },
     #[error("container {id}: the task waiting for process {pid} failed: {message}")]
     Wait {
         id: String,
@@ -189,7 +191,16 @@ impl<'g> Supervised<'g> {
         args: &[String],
         env: &[String],
     ) -> Result<(i32, ExitStatus), AgentError> {
-        let pid = self.container.exec(args, env)?;
+        let job = self.container.exec_job(args, env);
+        let pid = match tokio::task::spawn_blocking(move || job.run()).await {
+            Ok(pid) => pid?,
+            Err(join) => {
+                return Err(AgentError::ExecTask {
+                    id: self.container.id().to_string(),
+                    message: join.to_string(),
+                });
+            }
+        };
         Ok((pid, self.wait_for(pid).await?))
     }
 

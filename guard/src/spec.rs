@@ -59,6 +59,12 @@ pub struct SpecOptions {
     pub cgroup_root: String,
     /// The container processes' `oomScoreAdj` (default 0).
     pub oom_score_adj: i32,
+    /// The init's own score, when the init is infrastructure rather than the workload (a
+    /// reaper that only waits, as Kubernetes gives its pause container -998): below its
+    /// workloads, a shared budget's OOM killer takes an exec'd process before the init that
+    /// keeps the container alive. What the init forks inherits it; exec'd processes get
+    /// `oom_score_adj`. None (the default): the init has `oom_score_adj` too.
+    pub init_oom_score_adj: Option<i32>,
     /// Tests only: leave `cgroupsPath` unset, so the runtime picks its own cgroup name. Used to
     /// show the `/guard/<id>` checks fail without the explicit path.
     pub omit_cgroups_path: bool,
@@ -73,6 +79,7 @@ impl Default for SpecOptions {
         Self {
             cgroup_root: DEFAULT_CGROUP_ROOT.to_string(),
             oom_score_adj: DEFAULT_OOM_SCORE_ADJ,
+            init_oom_score_adj: None,
             omit_cgroups_path: false,
             swap_accounting: true,
         }
@@ -93,12 +100,18 @@ impl SpecOptions {
                 }
             }
         }
-        if !(-999..=1000).contains(&self.oom_score_adj) {
-            return Err(SpecError::OomScoreAdj {
-                value: self.oom_score_adj,
-            });
+        // -1000 would make a container's process unkillable: its own memcg OOM would livelock.
+        for score in std::iter::once(self.oom_score_adj).chain(self.init_oom_score_adj) {
+            if !(-999..=1000).contains(&score) {
+                return Err(SpecError::OomScoreAdj { value: score });
+            }
         }
         Ok(())
+    }
+
+    /// The init's score: its own, or the workloads'.
+    pub fn init_score(&self) -> i32 {
+        self.init_oom_score_adj.unwrap_or(self.oom_score_adj)
     }
 
     /// `<root>/<id>`: the cgroup path (relative to the cgroup2 mount, starting with '/').
@@ -247,7 +260,7 @@ pub fn apply(
     let process = spec.process_mut().as_mut().ok_or(SpecError::Missing {
         what: "process section",
     })?;
-    process.set_oom_score_adj(Some(options.oom_score_adj));
+    process.set_oom_score_adj(Some(options.init_score()));
     Ok(())
 }
 
@@ -362,6 +375,14 @@ mod tests {
             Some(Path::new("/agent/boxes/x"))
         );
         assert_eq!(spec.process().as_ref().unwrap().oom_score_adj(), Some(500));
+        // An infrastructure init has its own score in the spec (the spec's process is the init).
+        let options = SpecOptions {
+            oom_score_adj: 500,
+            init_oom_score_adj: Some(-998),
+            ..SpecOptions::default()
+        };
+        apply(&mut spec, "x", &limits(), &options).unwrap();
+        assert_eq!(spec.process().as_ref().unwrap().oom_score_adj(), Some(-998));
         let options = SpecOptions {
             omit_cgroups_path: true,
             ..Default::default()
@@ -414,12 +435,19 @@ mod tests {
             assert!(error.contains(&format!("{root:?}")), "{root:?}: {error}");
         }
         for score in [-1000, -5000, 1001] {
-            let options = SpecOptions {
-                oom_score_adj: score,
-                ..Default::default()
-            };
-            let error = options.cgroups_path("ok").unwrap_err().to_string();
-            assert!(error.contains(&score.to_string()), "{error}");
+            for options in [
+                SpecOptions {
+                    oom_score_adj: score,
+                    ..Default::default()
+                },
+                SpecOptions {
+                    init_oom_score_adj: Some(score),
+                    ..Default::default()
+                },
+            ] {
+                let error = options.cgroups_path("ok").unwrap_err().to_string();
+                assert!(error.contains(&score.to_string()), "{error}");
+            }
         }
         assert!(
             SpecOptions {

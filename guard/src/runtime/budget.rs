@@ -147,7 +147,8 @@ fn write_unless_smaller(
 
 /// Raises `kernel.threads-max` to `wanted` when it is lower (a 128 MiB guest's kernel derives
 /// about 490 from its memory, below a single container's default pids.max): (before, after).
-fn raise_threads_max(wanted: u64) -> Result<(u64, u64), RuntimeError> {
+/// Never lowers it.
+pub fn raise_threads_max(wanted: u64) -> Result<(u64, u64), RuntimeError> {
     let read = || -> Result<u64, RuntimeError> {
         let text = std::fs::read_to_string(THREADS_MAX)
             .map_err(io_error(format!("reading {THREADS_MAX}")))?;

@@ -77,48 +77,32 @@ impl Container {
 
     /// Runs another process in the running container (`exec`), with the container's
     /// `oom_score_adj`. Returns its pid; it is a child of the caller, so [`wait_pid`] can reap
-    /// it.
+    /// it. Blocks for the handshake (up to [`EXEC_DEADLINE`]): async callers run
+    /// [`Container::exec_job`] on a blocking thread instead.
     pub fn exec(&self, args: &[String], env: &[String]) -> Result<i32, RuntimeError> {
-        let env: HashMap<String, String> = env
-            .iter()
-            .filter_map(|entry| entry.split_once('='))
-            .map(|(key, value)| (key.to_string(), value.to_string()))
-            .collect();
-        let state_root = self
-            .inner
-            .root
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let id = self.id.to_string();
-        let args = args.to_vec();
-        let score = self.oom_score_adj;
-        let deadline = Deadline::arm(&self.cgroup, EXEC_DEADLINE);
-        let built = oom_score::preserving_caller(|| {
-            // libcontainer's exec builds a process spec without oomScoreAdj, so the process
-            // would inherit the caller's score (-1000 for an agent: the memcg OOM livelock).
-            // Give the caller the container's score for the clone; preserving_caller restores.
-            oom_score::set_own_oom_score_adj(score)?;
-            ContainerBuilder::new(id, SyscallType::default())
-                .with_root_path(state_root)
-                .map_err(youki_error("exec into", &self.id))?
-                .as_tenant()
-                .with_container_args(args)
-                .with_env(env)
-                .with_detach(true)
-                .build()
-                .map_err(youki_error("exec into", &self.id))
-        });
-        let killed = deadline.disarm();
-        match built? {
-            Ok(pid) => Ok(pid.as_raw()),
-            Err(error) if killed > 0 => Err(RuntimeError::ExecStuck {
-                id: self.id.to_string(),
-                killed,
-                seconds: EXEC_DEADLINE.as_secs(),
-                source: Box::new(error),
-            }),
-            Err(error) => Err(error),
+        self.exec_job(args, env).run()
+    }
+
+    /// Everything an exec needs, owned, so that it can run away from the container (on
+    /// `tokio::task::spawn_blocking`: a stuck handshake must not hold an async worker, the
+    /// single-vCPU guest's only one).
+    pub fn exec_job(&self, args: &[String], env: &[String]) -> ExecJob {
+        ExecJob {
+            id: self.id.clone(),
+            state_root: self
+                .inner
+                .root
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+            cgroup: self.cgroup.clone(),
+            args: args.to_vec(),
+            env: env
+                .iter()
+                .filter_map(|entry| entry.split_once('='))
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+            score: self.oom_score_adj,
         }
     }
 
@@ -162,5 +146,56 @@ impl Container {
             cgroup: self.cgroup.clone(),
             final_events,
         })
+    }
+}
+
+/// One exec into a running container, made by [`Container::exec_job`].
+pub struct ExecJob {
+    id: ContainerId,
+    state_root: PathBuf,
+    cgroup: PathBuf,
+    args: Vec<String>,
+    env: HashMap<String, String>,
+    score: i32,
+}
+
+impl ExecJob {
+    /// Clones the process into the container; returns its pid (a child of this process).
+    pub fn run(self) -> Result<i32, RuntimeError> {
+        let Self {
+            id,
+            state_root,
+            cgroup,
+            args,
+            env,
+            score,
+        } = self;
+        let deadline = Deadline::arm(&cgroup, EXEC_DEADLINE);
+        let built = oom_score::preserving_caller(|| {
+            // libcontainer's exec builds a process spec without oomScoreAdj, so the process
+            // would inherit the caller's score (-1000 for an agent: the memcg OOM livelock).
+            // Give the caller the container's score for the clone; preserving_caller restores.
+            oom_score::set_own_oom_score_adj(score)?;
+            ContainerBuilder::new(id.to_string(), SyscallType::default())
+                .with_root_path(state_root)
+                .map_err(youki_error("exec into", &id))?
+                .as_tenant()
+                .with_container_args(args)
+                .with_env(env)
+                .with_detach(true)
+                .build()
+                .map_err(youki_error("exec into", &id))
+        });
+        let killed = deadline.disarm();
+        match built? {
+            Ok(pid) => Ok(pid.as_raw()),
+            Err(error) if killed > 0 => Err(RuntimeError::ExecStuck {
+                id: id.to_string(),
+                killed,
+                seconds: EXEC_DEADLINE.as_secs(),
+                source: Box::new(error),
+            }),
+            Err(error) => Err(error),
+        }
     }
 }

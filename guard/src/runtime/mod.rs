@@ -21,8 +21,8 @@ mod exec_deadline;
 pub mod oom_score;
 mod verify;
 
-pub use budget::BudgetRecord;
-pub use container::{Container, Created};
+pub use budget::{BudgetRecord, raise_threads_max};
+pub use container::{Container, Created, ExecJob};
 pub use error::RuntimeError;
 pub use verify::check_read_back;
 

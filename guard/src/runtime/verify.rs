@@ -79,12 +79,13 @@ impl Runtime {
         let read_back = HeldLimits::read(&cgroup)?;
         check_read_back(&id, limits, &read_back)?;
 
-        oom_score::set_oom_score_adj_of(pid, self.options.spec.oom_score_adj)?;
+        let asked = self.options.spec.init_score();
+        oom_score::set_oom_score_adj_of(pid, asked)?;
         let score = oom_score::oom_score_adj_of(pid)?;
-        if score != self.options.spec.oom_score_adj {
+        if score != asked {
             return Err(RuntimeError::ContainerScore {
                 id: id.to_string(),
-                asked: self.options.spec.oom_score_adj,
+                asked,
                 found: score,
             });
         }

@@ -26,6 +26,7 @@ use guard::{
     limits::{BudgetRequest, LimitRequest, MemInfo, MemorySetting, PidsSetting},
     runtime::{Runtime, RuntimeOptions, Source, oom_score},
     sinks::event_log::{EventLog, QUEUE_EVENTS},
+    spec::SpecOptions,
 };
 use serde_json::{Value, json};
 
@@ -160,26 +161,16 @@ pub(crate) async fn leftovers_gone(cgroup: &Path, timeout: Duration) -> anyhow::
     }
 }
 
-/// The guest-wide task limit an agent needs so that a container's pids.max, not the whole
-/// VM's task table, stops a fork bomb.
-const THREADS_MAX: u64 = 8192;
+/// The score of the containers' init, a reaper that only waits (Kubernetes gives its pause
+/// container the same): under the shared budget the OOM killer picks the largest task in the
+/// whole subtree, and a small init beside a pids bomb's smaller tasks was picked (seen in CI),
+/// stopping a well-behaved tenant. Its workloads, exec'd, keep the container's score.
+const REAPER_OOM_SCORE_ADJ: i32 = -998;
 
-/// A 128 MiB guest's kernel derives threads-max from its memory (~490): a bomb would exhaust
-/// the whole VM's task table, the agent included, before reaching a pids.max of 512. Raises it
-/// and returns (before, after).
-fn raise_threads_max() -> anyhow::Result<(u64, u64)> {
-    let path = "/proc/sys/kernel/threads-max";
-    let before: u64 = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {path}"))?
-        .trim()
-        .parse()
-        .with_context(|| format!("parsing {path}"))?;
-    if before >= THREADS_MAX {
-        return Ok((before, before));
-    }
-    std::fs::write(path, THREADS_MAX.to_string()).with_context(|| format!("writing {path}"))?;
-    Ok((before, THREADS_MAX))
-}
+/// The guest-wide task limit an agent without the budget raised by hand (the budget's is
+/// sized from it): enough that a container's pids.max, not the whole VM's task table, stops a
+/// fork bomb.
+const THREADS_MAX: u64 = 8192;
 
 fn parse_memory(text: &str) -> Result<MemorySetting, String> {
     text.parse()
@@ -195,7 +186,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     let threads_max = if budgeted {
         None
     } else {
-        Some(raise_threads_max()?)
+        Some(guard::runtime::raise_threads_max(THREADS_MAX)?)
     };
     let unprivileged_bpf = agent::close_unprivileged_bpf()?;
     let id = "waves";
@@ -221,6 +212,10 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
             kernel_reserve: args.kernel_reserve,
             ..BudgetRequest::default()
         }),
+        spec: SpecOptions {
+            init_oom_score_adj: Some(REAPER_OOM_SCORE_ADJ),
+            ..SpecOptions::default()
+        },
         ..RuntimeOptions::default()
     })?;
     let resolved = runtime.resolve(&request)?;
