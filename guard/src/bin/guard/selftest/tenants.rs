@@ -136,11 +136,19 @@ pub async fn run(
     };
     let (pids, memory, forkalloc, loaded) = tokio::join!(timed(0), timed(1), timed(2), timed(3));
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    // Every tenant's processes gone first, then a fresh exec into each: the probe asks whether
+    // the container outlived the wave, not whether an exec succeeds during a neighbour's OOM
+    // storm (its libcontainer helpers run under the budget and may be the victims; seen).
+    let mut leftovers = Vec::new();
+    for supervised in &running {
+        let cgroup = supervised.container().cgroup();
+        leftovers.push(leftovers_gone(cgroup, std::time::Duration::from_secs(120)).await?);
+    }
     let mut containers = serde_json::Map::new();
-    for ((index, (result, done_ms)), limits) in [pids, memory, forkalloc, loaded]
+    for ((index, (result, done_ms)), (limits, leftovers)) in [pids, memory, forkalloc, loaded]
         .into_iter()
         .enumerate()
-        .zip(limits)
+        .zip(limits.into_iter().zip(leftovers))
     {
         // A neighbour's pressure may kill libcontainer's exec helper (it runs inside the
         // container's cgroup, under the budget): a fact to record, not the end of the wave.
@@ -148,13 +156,7 @@ pub async fn run(
             Ok((_, status)) => (Some(status), None),
             Err(error) => (None, Some(error.to_string())),
         };
-        let supervised = &running[index];
-        let leftovers = leftovers_gone(
-            supervised.container().cgroup(),
-            std::time::Duration::from_secs(120),
-        )
-        .await?;
-        let fresh = supervised
+        let fresh = running[index]
             .exec_and_wait(&["/bin/true".to_string()], &[])
             .await
             .map(|(_, status)| status.success());
