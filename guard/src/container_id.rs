@@ -18,9 +18,26 @@ pub enum ContainerIdError {
 }
 
 /// A container id that is safe to use as one path component.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(transparent)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct ContainerId(String);
+
+impl From<ContainerId> for String {
+    fn from(id: ContainerId) -> Self {
+        id.0
+    }
+}
+
+/// Deserializing checks the id as [`ContainerId::parse`] does.
+impl TryFrom<String> for ContainerId {
+    type Error = ContainerIdError;
+
+    fn try_from(id: String) -> Result<Self, Self::Error> {
+        Self::parse(&id)
+    }
+}
 
 impl ContainerId {
     pub fn parse(id: &str) -> Result<Self, ContainerIdError> {

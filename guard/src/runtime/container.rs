@@ -13,10 +13,12 @@ use libcontainer::{
     syscall::syscall::SyscallType,
 };
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    CreationRecord, Removed, RuntimeError, Timings,
+    CreationRecord, ExecHelper, Removed, RuntimeError, Timings,
     exec_deadline::{Deadline, EXEC_DEADLINE},
-    micros, oom_score, wait_pid, youki_error,
+    exec_helper, micros, oom_score, wait_pid, youki_error,
 };
 use crate::{cgroup::EventFiles, container_id::ContainerId};
 
@@ -29,6 +31,8 @@ pub struct Container {
     pub(super) init_pid: i32,
     /// The score its processes get (exec'd ones included).
     pub(super) oom_score_adj: i32,
+    /// Where execs clone (see [`ExecHelper`]); None: in this process.
+    pub(super) exec_helper: Option<ExecHelper>,
     pub(super) timings: Timings,
     pub(super) deleted: bool,
 }
@@ -103,6 +107,7 @@ impl Container {
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect(),
             score: self.oom_score_adj,
+            helper: self.exec_helper.clone(),
         }
     }
 
@@ -149,28 +154,52 @@ impl Container {
     }
 }
 
-/// One exec into a running container, made by [`Container::exec_job`].
+/// One exec into a running container, made by [`Container::exec_job`]; what an exec helper
+/// is sent.
+#[derive(Serialize, Deserialize)]
 pub struct ExecJob {
-    id: ContainerId,
-    state_root: PathBuf,
-    cgroup: PathBuf,
-    args: Vec<String>,
-    env: HashMap<String, String>,
-    score: i32,
+    pub(super) id: ContainerId,
+    pub(super) state_root: PathBuf,
+    pub(super) cgroup: PathBuf,
+    pub(super) args: Vec<String>,
+    pub(super) env: HashMap<String, String>,
+    pub(super) score: i32,
+    #[serde(skip)]
+    pub(super) helper: Option<ExecHelper>,
 }
 
 impl ExecJob {
-    /// Clones the process into the container; returns its pid (a child of this process).
-    pub fn run(self) -> Result<i32, RuntimeError> {
+    /// Clones the process into the container; returns its pid (a child of this process). With
+    /// an [`ExecHelper`] the clone happens there, else in this process under a deadline.
+    pub fn run(mut self) -> Result<i32, RuntimeError> {
+        if let Some(helper) = self.helper.take() {
+            return exec_helper::exec(self, &helper, EXEC_DEADLINE);
+        }
+        let deadline = Deadline::arm(&self.cgroup, EXEC_DEADLINE);
+        let id = self.id.clone();
+        let built = self.clone_into_container();
+        let killed = deadline.disarm();
+        match built {
+            Err(error) if killed > 0 => Err(RuntimeError::ExecStuck {
+                id: id.to_string(),
+                killed,
+                seconds: EXEC_DEADLINE.as_secs(),
+                source: Box::new(error),
+            }),
+            other => other,
+        }
+    }
+
+    /// libcontainer's exec, here and now (an exec helper calls it from its only thread).
+    pub(super) fn clone_into_container(self) -> Result<i32, RuntimeError> {
         let Self {
             id,
             state_root,
-            cgroup,
             args,
             env,
             score,
+            ..
         } = self;
-        let deadline = Deadline::arm(&cgroup, EXEC_DEADLINE);
         let built = oom_score::preserving_caller(|| {
             // libcontainer's exec builds a process spec without oomScoreAdj, so the process
             // would inherit the caller's score (-1000 for an agent: the memcg OOM livelock).
@@ -186,16 +215,6 @@ impl ExecJob {
                 .build()
                 .map_err(youki_error("exec into", &id))
         });
-        let killed = deadline.disarm();
-        match built? {
-            Ok(pid) => Ok(pid.as_raw()),
-            Err(error) if killed > 0 => Err(RuntimeError::ExecStuck {
-                id: id.to_string(),
-                killed,
-                seconds: EXEC_DEADLINE.as_secs(),
-                source: Box::new(error),
-            }),
-            Err(error) => Err(error),
-        }
+        Ok(built??.as_raw())
     }
 }

@@ -73,6 +73,12 @@ pub enum RuntimeError {
         seconds: u64,
         source: Box<RuntimeError>,
     },
+    #[error("container {id}: the exec helper {program}: {message}")]
+    ExecHelper {
+        id: String,
+        program: PathBuf,
+        message: String,
+    },
     #[error(transparent)]
     Limits(#[from] LimitsError),
     #[error(

@@ -61,7 +61,7 @@ fn watch(cgroup: &Path, finished: &mpsc::Receiver<()>, deadline: Duration) -> u3
 
 /// Kills the libcontainer helpers in `cgroup` (by name: the container's own processes have
 /// exec'd their commands and carry those names).
-fn kill_helpers(cgroup: &Path) -> u32 {
+pub(super) fn kill_helpers(cgroup: &Path) -> u32 {
     let mut killed = 0;
     for pid in crate::cgroup::read_ids(cgroup, "cgroup.procs").unwrap_or_default() {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();

@@ -18,12 +18,14 @@ mod budget;
 mod container;
 mod error;
 mod exec_deadline;
+mod exec_helper;
 pub mod oom_score;
 mod verify;
 
 pub use budget::{BudgetRecord, raise_threads_max};
 pub use container::{Container, Created, ExecJob};
 pub use error::RuntimeError;
+pub use exec_helper::{ExecHelper, serve as serve_exec_helper};
 pub use verify::check_read_back;
 
 use std::{
@@ -94,6 +96,9 @@ pub struct RuntimeOptions {
     /// The agent's own growth, kept out of the budget: its buffers, full
     /// ([`crate::budget::MemoryBudget::total`]).
     pub agent_reserve: u64,
+    /// The process each exec clones from (see [`ExecHelper`]). None: the caller itself, safe
+    /// only while no other thread of the caller can hold a lock at the clone.
+    pub exec_helper: Option<ExecHelper>,
 }
 
 /// The agent reserve of a guard with default stream options, its log and one live subscriber.
@@ -115,6 +120,7 @@ impl Default for RuntimeOptions {
             no_pivot: false,
             budget: Some(BudgetRequest::default()),
             agent_reserve: default_agent_reserve(),
+            exec_helper: None,
         }
     }
 }
@@ -372,6 +378,7 @@ impl Runtime {
             bundle,
             init_pid: 0,
             oom_score_adj: self.options.spec.oom_score_adj,
+            exec_helper: self.options.exec_helper.clone(),
             timings: Timings {
                 create_us: micros(create_time),
                 ..Default::default()

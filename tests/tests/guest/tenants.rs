@@ -26,6 +26,9 @@ pub(crate) fn held(summary: &Value, tier: u8) -> Result<(), String> {
     if wave.is_null() {
         return fail("no tenants wave ran".into());
     }
+    if wave["deadline_hit"] != false {
+        return fail("the wave outlived its deadline (the console shows what was left)".into());
+    }
     let oom = &wave["kernel_log_oom_kills"];
     if number(&oom["global"]) != 0 || number(&oom["overruns"]) != 0 {
         return fail(format!(

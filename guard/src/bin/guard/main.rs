@@ -68,6 +68,20 @@ enum Command {
     Selftest(selftest::SelftestArgs),
     /// Read, follow, verify and repair the hash-chained forensic log (see docs/LOG-FORMAT.md).
     Log(log::LogArgs),
+    /// Internal: clone one exec into its container from a single-threaded process (guard's
+    /// runtime starts it with a request on descriptor 3).
+    #[command(hide = true)]
+    ExecHelper,
+}
+
+/// The subcommand the runtime starts for each exec (see `guard::runtime::ExecHelper`).
+const EXEC_HELPER_COMMAND: &str = "exec-helper";
+
+/// The exec helper: this binary, run as `guard exec-helper`.
+fn exec_helper() -> anyhow::Result<guard::runtime::ExecHelper> {
+    Ok(guard::runtime::ExecHelper::this_binary(&[
+        EXEC_HELPER_COMMAND,
+    ])?)
 }
 
 fn main() -> ExitCode {
@@ -83,6 +97,8 @@ fn main() -> ExitCode {
         Command::Probe { json } => probe::run(json),
         // Reading a log needs no runtime.
         Command::Log(args) => log::run(args),
+        // No runtime, no thread: the clone must not inherit a lock another thread holds.
+        Command::ExecHelper => return guard::runtime::serve_exec_helper(),
         command => tokio_runtime().and_then(|runtime| runtime.block_on(dispatch(command))),
     };
     match result {
@@ -122,7 +138,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => watch::run(args).await,
         Command::Run(args) => run::run(args).await,
         Command::Selftest(args) => selftest::run(args).await,
-        Command::Probe { .. } | Command::Log(_) => unreachable!("run without a runtime"),
+        Command::Probe { .. } | Command::Log(_) | Command::ExecHelper => {
+            unreachable!("run without a runtime")
+        }
     }
 }
 

@@ -285,6 +285,7 @@ async fn run_logged(
         },
         no_pivot: args.no_pivot,
         budget: (!args.no_budget).then(BudgetRequest::default),
+        exec_helper: Some(crate::exec_helper()?),
         ..RuntimeOptions::default()
     })?;
     if let (Some(log), Some(record)) = (log, runtime.budget()) {

@@ -216,6 +216,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
             init_oom_score_adj: Some(REAPER_OOM_SCORE_ADJ),
             ..SpecOptions::default()
         },
+        exec_helper: Some(crate::exec_helper()?),
         ..RuntimeOptions::default()
     })?;
     let resolved = runtime.resolve(&request)?;

@@ -4,7 +4,10 @@
 //! container (its report, BPF against the kernel's files), the budget's own `memory.events`
 //! (the hierarchical kills), the kernel log's OOM kills by scope (a global one is the failure
 //! the budget exists to prevent), the steady tenant's slowdown and the agent's score and RSS.
-use std::time::Instant;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use guard::{
@@ -48,6 +51,11 @@ const TENANTS: [Tenant; 4] = [
     },
 ];
 
+/// How long the bombs may run: the slowest wave seen took 118 s under emulation.
+const WAVE_DEADLINE: Duration = Duration::from_secs(300);
+/// How long processes get to go once killed, and a probe to answer.
+const AFTER_KILL: Duration = Duration::from_secs(120);
+
 const OOM_DUMP_TASKS: &str = "/proc/sys/vm/oom_dump_tasks";
 
 /// Writes `value` to a sysctl file and returns what it held.
@@ -62,6 +70,40 @@ fn command(args: &[&str]) -> Vec<String> {
         .chain(args.iter().copied())
         .map(str::to_string)
         .collect()
+}
+
+/// Kills every process of a container's cgroup but its init; returns one line per process
+/// (pid, name, state, what it waits in), the diagnosis of a wave that did not end.
+fn kill_workloads(cgroup: &Path, init: i32) -> Vec<String> {
+    let pids = guard::cgroup::read_ids(cgroup, "cgroup.procs").unwrap_or_default();
+    let mut lines = Vec::new();
+    for pid in pids
+        .into_iter()
+        .map(|pid| pid as i32)
+        .filter(|pid| *pid != init)
+    {
+        let read = |file: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+                .map(|text| text.trim().to_string())
+                .unwrap_or_default()
+        };
+        let stat = read("stat");
+        let state = stat
+            .rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().next())
+            .unwrap_or("?")
+            .to_string();
+        lines.push(format!(
+            "pid {pid} ({}) state {state} waiting in {}",
+            read("comm"),
+            read("wchan")
+        ));
+        // SAFETY: kill(2) with a pid read from the container's cgroup.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    lines
 }
 
 /// Runs the wave and returns its record.
@@ -134,16 +176,40 @@ pub async fn run(
             (result, started.elapsed().as_millis() as u64)
         }
     };
-    let (pids, memory, forkalloc, loaded) = tokio::join!(timed(0), timed(1), timed(2), timed(3));
+    // A wave that outlives its deadline is a failure to diagnose, not a silent VM timeout:
+    // say what each tenant still runs, then end their workloads.
+    let mut deadline_hit = false;
+    let (pids, memory, forkalloc, loaded) = {
+        let mut wave =
+            std::pin::pin!(async { tokio::join!(timed(0), timed(1), timed(2), timed(3)) });
+        match tokio::time::timeout(WAVE_DEADLINE, &mut wave).await {
+            Ok(done) => done,
+            Err(_) => {
+                deadline_hit = true;
+                writeln!(
+                    console,
+                    "[guard] wave tenants still running after {} s: killing every workload",
+                    WAVE_DEADLINE.as_secs()
+                )?;
+                for supervised in &running {
+                    let container = supervised.container();
+                    for line in kill_workloads(container.cgroup(), container.init_pid()) {
+                        writeln!(console, "[guard]   {}: {line}", container.id())?;
+                    }
+                }
+                tokio::time::timeout(AFTER_KILL, &mut wave).await.context(
+                    "the tenants' execs did not return even after their workloads were killed",
+                )?
+            }
+        }
+    };
     let elapsed_ms = started.elapsed().as_millis() as u64;
     // Every tenant's processes gone first, then a fresh exec into each: the probe asks whether
     // the container outlived the wave, not whether an exec succeeds during a neighbour's OOM
     // storm (its libcontainer helpers run under the budget and may be the victims; seen).
-    let mut leftovers = Vec::new();
-    for supervised in &running {
-        let cgroup = supervised.container().cgroup();
-        leftovers.push(leftovers_gone(cgroup, std::time::Duration::from_secs(120)).await?);
-    }
+    let gone = |index: usize| leftovers_gone(running[index].container().cgroup(), AFTER_KILL);
+    let (a, b, c, d) = tokio::join!(gone(0), gone(1), gone(2), gone(3));
+    let leftovers = vec![a?, b?, c?, d?];
     let mut containers = serde_json::Map::new();
     for ((index, (result, done_ms)), (limits, leftovers)) in [pids, memory, forkalloc, loaded]
         .into_iter()
@@ -156,10 +222,14 @@ pub async fn run(
             Ok((_, status)) => (Some(status), None),
             Err(error) => (None, Some(error.to_string())),
         };
-        let fresh = running[index]
-            .exec_and_wait(&["/bin/true".to_string()], &[])
-            .await
-            .map(|(_, status)| status.success());
+        let fresh = tokio::time::timeout(
+            AFTER_KILL,
+            running[index].exec_and_wait(&["/bin/true".to_string()], &[]),
+        )
+        .await
+        .map_err(|_| format!("no answer within {} s", AFTER_KILL.as_secs()))
+        .and_then(|done| done.map_err(|error| error.to_string()))
+        .map(|(_, status)| status.success());
         containers.insert(
             TENANTS[index].id.to_string(),
             json!({
@@ -170,7 +240,7 @@ pub async fn run(
                 "done_ms": done_ms,
                 "leftover_processes": leftovers,
                 "fresh_exec_ok": fresh.as_ref().is_ok_and(|ok| *ok),
-                "fresh_exec_error": fresh.err().map(|error| error.to_string()),
+                "fresh_exec_error": fresh.err(),
                 "requested": limits,
             }),
         );
@@ -207,6 +277,7 @@ pub async fn run(
     let record = json!({
         "wave": "tenants",
         "elapsed_ms": elapsed_ms,
+        "deadline_hit": deadline_hit,
         "memory_high_percent": memory_high_percent,
         "budget": runtime.budget(),
         "containers": containers,

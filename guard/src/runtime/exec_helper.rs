@@ -1,0 +1,303 @@
+//! Execs cloned from a single-threaded process.
+//!
+//! libcontainer's exec clones the calling process, and the clone runs Rust code (allocating,
+//! logging) until it execs the command. In a multi-threaded caller, a lock that another thread
+//! held at the moment of the clone (the allocator's, stdio's) stays held in the clone for
+//! ever: the helper hangs in a futex, the exec waits on its channel, and nothing times out
+//! (the helper has not joined the container's cgroup yet, where the exec deadline looks).
+//! Seen in a guest: four concurrent execs during an OOM storm, and the wave hung silently.
+//!
+//! An agent therefore hands each exec to a fresh helper process, its own binary run with
+//! [`ExecHelper`]'s arguments, which calls [`serve`]: one thread, one clone, one answer (the
+//! pid, or the error) on file descriptor 3, then it exits. The exec'd process is a child of
+//! the helper (libcontainer clones it as the sibling of its intermediate); orphaned, it is
+//! reparented to the agent, a child subreaper, which waits for it as for any child. The
+//! helper shares the agent's stdin, stdout and stderr, so the command does too.
+use std::{
+    io::{self, BufRead as _, BufReader, Write as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _},
+        unix::{net::UnixStream, process::CommandExt as _},
+    },
+    path::PathBuf,
+    process::{Command, ExitCode},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::{RuntimeError, container::ExecJob, exec_deadline};
+
+/// The descriptor a helper reads its request from and writes its answer to.
+const CHANNEL_FD: i32 = 3;
+
+/// How to start an exec helper: `program args…`, a binary whose `main` calls [`serve`] when
+/// run with these arguments (the `guard` binary: `guard exec-helper`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecHelper {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl ExecHelper {
+    /// The running binary (`/proc/self/exe` resolved), run with `args`.
+    pub fn this_binary(args: &[&str]) -> Result<Self, RuntimeError> {
+        let program = std::env::current_exe().map_err(|source| RuntimeError::Io {
+            what: "finding this binary for the exec helper".to_string(),
+            source,
+        })?;
+        Ok(Self {
+            program,
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+        })
+    }
+}
+
+/// A helper's answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Answer {
+    Started { pid: i32 },
+    Failed { message: String },
+}
+
+/// Runs `job` in a helper; returns the exec'd process's pid, a child of the caller once the
+/// helper has exited. Past `deadline` without an answer, the helper, its children and the
+/// libcontainer helpers in the container's cgroup are killed.
+pub(super) fn exec(
+    job: ExecJob,
+    helper: &ExecHelper,
+    deadline: Duration,
+) -> Result<i32, RuntimeError> {
+    become_subreaper()?;
+    let id = job.id.to_string();
+    let cgroup = job.cgroup.clone();
+    let helper_error = |message: String| RuntimeError::ExecHelper {
+        id: id.clone(),
+        program: helper.program.clone(),
+        message,
+    };
+    let (ours, theirs) = UnixStream::pair()
+        .map_err(|error| helper_error(format!("creating its channel: {error}")))?;
+    let theirs_fd = theirs.as_raw_fd();
+    let mut command = Command::new(&helper.program);
+    command.args(&helper.args);
+    // SAFETY: dup2 is async-signal-safe; it runs in the forked child before exec, and the
+    // duplicate (unlike the original) survives the exec.
+    unsafe {
+        command.pre_exec(move || match libc::dup2(theirs_fd, CHANNEL_FD) {
+            -1 => Err(io::Error::last_os_error()),
+            _ => Ok(()),
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|error| helper_error(format!("starting it: {error}")))?;
+    drop(theirs);
+    let request = serde_json::to_string(&job).expect("an exec job serializes");
+    let answer = (|| {
+        (&ours).write_all(format!("{request}\n").as_bytes())?;
+        ours.set_read_timeout(Some(deadline))?;
+        let mut line = String::new();
+        BufReader::new(&ours).read_line(&mut line)?;
+        Ok::<_, io::Error>(line)
+    })();
+    let line = match answer {
+        Ok(line) => line,
+        Err(error) => {
+            let stuck = matches!(
+                error.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            );
+            if !stuck {
+                let ended = child
+                    .wait()
+                    .map_or_else(|error| error.to_string(), |status| status.to_string());
+                return Err(helper_error(format!(
+                    "it ended ({ended}) without a valid answer: {error}"
+                )));
+            }
+            let killed = kill_helper_tree(child.id() as i32) + exec_deadline::kill_helpers(&cgroup);
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(RuntimeError::ExecStuck {
+                id: id.clone(),
+                killed,
+                seconds: deadline.as_secs(),
+                source: Box::new(helper_error(format!("no answer: {error}"))),
+            });
+        }
+    };
+    // It exits right after answering; once it is reaped, its orphan is ours.
+    let status = child
+        .wait()
+        .map_err(|error| helper_error(format!("waiting for it: {error}")))?;
+    match serde_json::from_str::<Answer>(&line) {
+        Ok(Answer::Started { pid }) => Ok(pid),
+        Ok(Answer::Failed { message }) => Err(helper_error(message)),
+        Err(_) => Err(helper_error(format!(
+            "it ended ({status}) without a valid answer: {:?}",
+            line.trim()
+        ))),
+    }
+}
+
+/// Makes the caller a child subreaper (once is enough; repeating is harmless): orphans of its
+/// descendants, the exec'd processes, become its children.
+fn become_subreaper() -> Result<(), RuntimeError> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(RuntimeError::Io {
+            what: "making the agent a child subreaper (prctl PR_SET_CHILD_SUBREAPER)".to_string(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Kills the children of a helper that did not answer (libcontainer's clones, which have not
+/// joined the container's cgroup yet when they hang); returns how many.
+fn kill_helper_tree(helper: i32) -> u32 {
+    let mut killed = 0;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if parent_of(pid) == Some(helper) {
+            // SAFETY: kill(2) with a pid whose parent is our helper.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                warn!(
+                    helper,
+                    pid, "killed a clone of an exec helper that did not answer"
+                );
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
+
+/// The parent pid in `/proc/<pid>/stat` (the field after the parenthesized name).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The helper's side: reads one [`ExecJob`] from descriptor 3, clones it into its container
+/// (from this, the only thread), answers with the pid or the error, and returns. Call it from
+/// a binary's `main` before anything starts a thread.
+pub fn serve() -> ExitCode {
+    // SAFETY: descriptor 3 is the channel the agent passed; nothing else in this process owns
+    // it.
+    let channel = unsafe { UnixStream::from_raw_fd(CHANNEL_FD) };
+    // The exec'd command must not inherit the channel.
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        libc::fcntl(CHANNEL_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+    let mut line = String::new();
+    let answer = match BufReader::new(&channel).read_line(&mut line) {
+        Err(error) => Answer::Failed {
+            message: format!("reading the request on descriptor {CHANNEL_FD}: {error}"),
+        },
+        Ok(_) => match serde_json::from_str::<ExecJob>(&line) {
+            Err(error) => Answer::Failed {
+                message: format!("the request is not an exec job: {error}"),
+            },
+            Ok(job) => match job.clone_into_container() {
+                Ok(pid) => Answer::Started { pid },
+                Err(error) => Answer::Failed {
+                    message: error.to_string(),
+                },
+            },
+        },
+    };
+    let text = serde_json::to_string(&answer).expect("an answer serializes");
+    match (&channel).write_all(format!("{text}\n").as_bytes()) {
+        Ok(()) if matches!(answer, Answer::Started { .. }) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container_id::ContainerId;
+
+    fn job() -> ExecJob {
+        ExecJob {
+            id: ContainerId::parse("helper-test").unwrap(),
+            state_root: PathBuf::from("/nonexistent/state"),
+            cgroup: PathBuf::from("/nonexistent/cgroup"),
+            args: vec!["/bin/true".to_string()],
+            env: Default::default(),
+            score: 0,
+            helper: None,
+        }
+    }
+
+    /// A shell standing in for the helper binary: `script` runs with the channel on fd 3.
+    fn shell(script: &str) -> ExecHelper {
+        ExecHelper {
+            program: PathBuf::from("/bin/sh"),
+            args: vec!["-c".to_string(), script.to_string()],
+        }
+    }
+
+    #[test]
+    fn the_answered_pid_is_returned() {
+        let helper = shell(r#"read request <&3; echo '{"started":{"pid":4242}}' >&3"#);
+        assert_eq!(exec(job(), &helper, Duration::from_secs(60)).unwrap(), 4242);
+    }
+
+    #[test]
+    fn the_request_carries_the_job() {
+        let helper = shell(
+            r#"read request <&3; case "$request" in *helper-test*/bin/true*) echo '{"started":{"pid":1}}' >&3;; *) echo '{"failed":{"message":"bad"}}' >&3;; esac"#,
+        );
+        assert_eq!(exec(job(), &helper, Duration::from_secs(60)).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_failure_names_the_container_and_the_helper() {
+        let helper =
+            shell(r#"read request <&3; echo '{"failed":{"message":"no such container"}}' >&3"#);
+        let error = exec(job(), &helper, Duration::from_secs(60)).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("helper-test") && text.contains("/bin/sh"),
+            "{text}"
+        );
+        assert!(text.contains("no such container"), "{text}");
+    }
+
+    #[test]
+    fn a_helper_that_dies_silently_is_an_error() {
+        let error = exec(job(), &shell("exit 3"), Duration::from_secs(60)).unwrap_err();
+        assert!(
+            error.to_string().contains("without a valid answer"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_helper_stuck_past_the_deadline_is_killed_with_its_children() {
+        // The helper forks a child that never answers and holds the channel open, as a
+        // clone deadlocked in a lock would.
+        let helper = shell("sleep 600 & wait");
+        let error = exec(job(), &helper, Duration::from_millis(500)).unwrap_err();
+        match error {
+            RuntimeError::ExecStuck { killed, .. } => assert_eq!(killed, 1, "the sleep"),
+            other => panic!("expected ExecStuck, got {other}"),
+        }
+    }
+}
