@@ -4,12 +4,21 @@
 //! event files still exist), delete. `guard run` and `guard selftest` are built on it, and an
 //! agent that links guard should be too.
 //!
+//! An agent has threads (tokio's, guard's), and libcontainer's exec clones its caller: give the
+//! runtime an [`ExecHelper`](crate::runtime::ExecHelper), a binary of yours whose `main` calls
+//! [`serve_exec_helper`](crate::runtime::serve_exec_helper) for the helper's arguments, so each
+//! exec clones from a fresh single-threaded process instead (`guard` does, as `guard
+//! exec-helper`).
+//!
 //! ```no_run
 //! # async fn agent() -> Result<(), guard::agent::AgentError> {
 //! use guard::{Guard, GuardOptions, agent, limits::LimitRequest, limits::MemInfo, runtime};
 //!
 //! let guard = Guard::start(GuardOptions::default()).await?;
-//! let runtime = runtime::Runtime::new(runtime::RuntimeOptions::default())?;
+//! let runtime = runtime::Runtime::new(runtime::RuntimeOptions {
+//!     exec_helper: Some(runtime::ExecHelper::this_binary(&["exec-helper"])?),
+//!     ..runtime::RuntimeOptions::default()
+//! })?;
 //! let limits = LimitRequest::default().resolve(&MemInfo::read()?)?;
 //! let source = runtime::Source::Rootfs {
 //!     rootfs: "/srv/rootfs".into(),
