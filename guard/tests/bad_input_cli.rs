@@ -538,3 +538,18 @@ fn a_closed_stdout_ends_the_output_quietly() {
         assert_eq!(output.status.code(), Some(0), "{probe_args:?}: {stderr}");
     }
 }
+
+#[test]
+fn the_exec_helper_run_by_hand_says_it_is_internal() {
+    let outcome = guard(&args(&["exec-helper"]));
+    assert_eq!(outcome.code, 2, "{}", outcome.stderr);
+    assert_eq!(
+        outcome.stderr,
+        "the exec helper is internal: guard's runtime starts it with a request on descriptor \
+         3, which is not a socket here\n"
+    );
+    assert!(
+        !guard(&args(&["--help"])).stdout.contains("exec-helper"),
+        "the helper is hidden from --help"
+    );
+}

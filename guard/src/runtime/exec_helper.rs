@@ -196,6 +196,20 @@ fn parent_of(pid: i32) -> Option<i32> {
 /// (from this, the only thread), answers with the pid or the error, and returns. Call it from
 /// a binary's `main` before anything starts a thread.
 pub fn serve() -> ExitCode {
+    // The channel is a socket; anything else on descriptor 3 (nothing, a make jobserver's
+    // pipe) means a person or a script started us.
+    // SAFETY: fstat writes into a zeroed stat of the right type.
+    let is_socket = unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        libc::fstat(CHANNEL_FD, &mut stat) == 0 && stat.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    };
+    if !is_socket {
+        eprintln!(
+            "the exec helper is internal: guard's runtime starts it with a request on \
+             descriptor {CHANNEL_FD}, which is not a socket here"
+        );
+        return ExitCode::from(2);
+    }
     // SAFETY: descriptor 3 is the channel the agent passed; nothing else in this process owns
     // it.
     let channel = unsafe { UnixStream::from_raw_fd(CHANNEL_FD) };
