@@ -173,7 +173,7 @@ impl ExecJob {
     /// an [`ExecHelper`] the clone happens there, else in this process under a deadline.
     pub fn run(mut self) -> Result<i32, RuntimeError> {
         if let Some(helper) = self.helper.take() {
-            return exec_helper::exec(self, &helper, EXEC_DEADLINE);
+            return exec_helper::run(exec_helper::Job::Exec(self), &helper, EXEC_DEADLINE);
         }
         let deadline = Deadline::arm(&self.cgroup, EXEC_DEADLINE);
         let id = self.id.clone();

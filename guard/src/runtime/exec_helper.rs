@@ -7,7 +7,8 @@
 //! (the helper has not joined the container's cgroup yet, where the exec deadline looks).
 //! Seen in a guest: four concurrent execs during an OOM storm, and the wave hung silently.
 //!
-//! An agent therefore hands each exec to a fresh helper process, its own binary run with
+//! An agent therefore hands each exec (and each create, which clones the init the same way)
+//! to a fresh helper process, its own binary run with
 //! [`ExecHelper`]'s arguments, which calls [`serve`]: one thread, one clone, one answer (the
 //! pid, or the error) on file descriptor 3, then it exits. The exec'd process is a child of
 //! the helper (libcontainer clones it as the sibling of its intermediate); orphaned, it is
@@ -19,7 +20,7 @@ use std::{
         fd::{AsRawFd as _, FromRawFd as _},
         unix::{net::UnixStream, process::CommandExt as _},
     },
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, ExitCode},
     time::Duration,
 };
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::{RuntimeError, container::ExecJob, exec_deadline};
+use crate::container_id::ContainerId;
 
 /// The descriptor a helper reads its request from and writes its answer to.
 const CHANNEL_FD: i32 = 3;
@@ -54,6 +56,66 @@ impl ExecHelper {
     }
 }
 
+/// What a helper is asked to clone.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Job {
+    /// A process into a running container.
+    Exec(ExecJob),
+    /// A container's init, waiting for start.
+    Create(CreateJob),
+}
+
+/// libcontainer's create, as an exec helper runs it.
+#[derive(Serialize, Deserialize)]
+pub(super) struct CreateJob {
+    pub id: ContainerId,
+    pub state_root: PathBuf,
+    pub bundle: PathBuf,
+    pub no_pivot: bool,
+}
+
+impl Job {
+    fn id(&self) -> &ContainerId {
+        match self {
+            Job::Exec(job) => &job.id,
+            Job::Create(job) => &job.id,
+        }
+    }
+
+    /// Where libcontainer's own helpers go once they joined the container.
+    fn cgroup(&self) -> Option<&Path> {
+        match self {
+            Job::Exec(job) => Some(&job.cgroup),
+            Job::Create(_) => None,
+        }
+    }
+
+    fn clone_here(self) -> Result<i32, RuntimeError> {
+        match self {
+            Job::Exec(job) => job.clone_into_container(),
+            Job::Create(job) => job.create_here(),
+        }
+    }
+}
+
+impl CreateJob {
+    fn create_here(self) -> Result<i32, RuntimeError> {
+        let created = super::create_with_libcontainer(
+            &self.id,
+            self.state_root,
+            &self.bundle,
+            self.no_pivot,
+        )?;
+        created
+            .pid()
+            .map(|pid| pid.as_raw())
+            .ok_or_else(|| RuntimeError::NoInit {
+                id: self.id.to_string(),
+            })
+    }
+}
+
 /// A helper's answer.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,17 +124,14 @@ enum Answer {
     Failed { message: String },
 }
 
-/// Runs `job` in a helper; returns the exec'd process's pid, a child of the caller once the
-/// helper has exited. Past `deadline` without an answer, the helper, its children and the
-/// libcontainer helpers in the container's cgroup are killed.
-pub(super) fn exec(
-    job: ExecJob,
-    helper: &ExecHelper,
-    deadline: Duration,
-) -> Result<i32, RuntimeError> {
+/// Runs `job` in a helper; returns the pid it cloned (the exec'd process, the container's
+/// init), a child of the caller once the helper has exited. Past `deadline` without an
+/// answer, the helper, its children and the libcontainer helpers in the container's cgroup
+/// are killed.
+pub(super) fn run(job: Job, helper: &ExecHelper, deadline: Duration) -> Result<i32, RuntimeError> {
     become_subreaper()?;
-    let id = job.id.to_string();
-    let cgroup = job.cgroup.clone();
+    let id = job.id().to_string();
+    let cgroup = job.cgroup().map(Path::to_path_buf);
     let helper_error = |message: String| RuntimeError::ExecHelper {
         id: id.clone(),
         program: helper.program.clone(),
@@ -118,7 +177,8 @@ pub(super) fn exec(
                     "it ended ({ended}) without a valid answer: {error}"
                 )));
             }
-            let killed = kill_helper_tree(child.id() as i32) + exec_deadline::kill_helpers(&cgroup);
+            let killed = kill_helper_tree(child.id() as i32)
+                + cgroup.as_deref().map_or(0, exec_deadline::kill_helpers);
             let _ = child.kill();
             let _ = child.wait();
             return Err(RuntimeError::ExecStuck {
@@ -192,7 +252,7 @@ fn parent_of(pid: i32) -> Option<i32> {
     after_name.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The helper's side: reads one [`ExecJob`] from descriptor 3, clones it into its container
+/// The helper's side: reads one job from descriptor 3, clones it (an exec, a container's init)
 /// (from this, the only thread), answers with the pid or the error, and returns. Call it from
 /// a binary's `main` before anything starts a thread.
 pub fn serve() -> ExitCode {
@@ -223,11 +283,11 @@ pub fn serve() -> ExitCode {
         Err(error) => Answer::Failed {
             message: format!("reading the request on descriptor {CHANNEL_FD}: {error}"),
         },
-        Ok(_) => match serde_json::from_str::<ExecJob>(&line) {
+        Ok(_) => match serde_json::from_str::<Job>(&line) {
             Err(error) => Answer::Failed {
-                message: format!("the request is not an exec job: {error}"),
+                message: format!("the request is not a job: {error}"),
             },
-            Ok(job) => match job.clone_into_container() {
+            Ok(job) => match job.clone_here() {
                 Ok(pid) => Answer::Started { pid },
                 Err(error) => Answer::Failed {
                     message: error.to_string(),
@@ -245,10 +305,9 @@ pub fn serve() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container_id::ContainerId;
 
-    fn job() -> ExecJob {
-        ExecJob {
+    fn job() -> Job {
+        Job::Exec(ExecJob {
             id: ContainerId::parse("helper-test").unwrap(),
             state_root: PathBuf::from("/nonexistent/state"),
             cgroup: PathBuf::from("/nonexistent/cgroup"),
@@ -256,7 +315,7 @@ mod tests {
             env: Default::default(),
             score: 0,
             helper: None,
-        }
+        })
     }
 
     /// A shell standing in for the helper binary: `script` runs with the channel on fd 3.
@@ -270,7 +329,7 @@ mod tests {
     #[test]
     fn the_answered_pid_is_returned() {
         let helper = shell(r#"read request <&3; echo '{"started":{"pid":4242}}' >&3"#);
-        assert_eq!(exec(job(), &helper, Duration::from_secs(60)).unwrap(), 4242);
+        assert_eq!(run(job(), &helper, Duration::from_secs(60)).unwrap(), 4242);
     }
 
     #[test]
@@ -278,14 +337,14 @@ mod tests {
         let helper = shell(
             r#"read request <&3; case "$request" in *helper-test*/bin/true*) echo '{"started":{"pid":1}}' >&3;; *) echo '{"failed":{"message":"bad"}}' >&3;; esac"#,
         );
-        assert_eq!(exec(job(), &helper, Duration::from_secs(60)).unwrap(), 1);
+        assert_eq!(run(job(), &helper, Duration::from_secs(60)).unwrap(), 1);
     }
 
     #[test]
     fn a_failure_names_the_container_and_the_helper() {
         let helper =
             shell(r#"read request <&3; echo '{"failed":{"message":"no such container"}}' >&3"#);
-        let error = exec(job(), &helper, Duration::from_secs(60)).unwrap_err();
+        let error = run(job(), &helper, Duration::from_secs(60)).unwrap_err();
         let text = error.to_string();
         assert!(
             text.contains("helper-test") && text.contains("/bin/sh"),
@@ -296,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_helper_that_dies_silently_is_an_error() {
-        let error = exec(job(), &shell("exit 3"), Duration::from_secs(60)).unwrap_err();
+        let error = run(job(), &shell("exit 3"), Duration::from_secs(60)).unwrap_err();
         assert!(
             error.to_string().contains("without a valid answer"),
             "{error}"
@@ -308,7 +367,7 @@ mod tests {
         // The helper forks a child that never answers and holds the channel open, as a
         // clone deadlocked in a lock would.
         let helper = shell("sleep 600 & wait");
-        let error = exec(job(), &helper, Duration::from_millis(500)).unwrap_err();
+        let error = run(job(), &helper, Duration::from_millis(500)).unwrap_err();
         match error {
             RuntimeError::ExecStuck { killed, .. } => assert_eq!(killed, 1, "the sleep"),
             other => panic!("expected ExecStuck, got {other}"),

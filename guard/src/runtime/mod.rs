@@ -36,7 +36,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use libcontainer::{container::builder::ContainerBuilder, syscall::syscall::SyscallType};
+use libcontainer::{
+    container::{Container as Youki, builder::ContainerBuilder},
+    syscall::syscall::SyscallType,
+};
 use oci_spec::runtime::Spec;
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -348,24 +351,27 @@ impl Runtime {
 
         let state_root = self.options.state_root.clone();
         let no_pivot = self.options.no_pivot;
-        let built = oom_score::preserving_caller(|| {
-            ContainerBuilder::new(id.to_string(), SyscallType::default())
-                .validate_id()?
-                .with_root_path(state_root)?
-                .as_init(&bundle)
-                .with_systemd(false)
-                .with_detach(true)
-                .with_no_pivot(no_pivot)
-                .build()
-        });
+        let built = match &self.options.exec_helper {
+            // The init is cloned from the helper's only thread (see exec_helper.rs), then
+            // loaded from the state libcontainer wrote.
+            Some(helper) => exec_helper::run(
+                exec_helper::Job::Create(exec_helper::CreateJob {
+                    id: id.clone(),
+                    state_root: state_root.clone(),
+                    bundle: bundle.clone(),
+                    no_pivot,
+                }),
+                helper,
+                exec_deadline::EXEC_DEADLINE,
+            )
+            .and_then(|_| {
+                Youki::load(state_root.join(id.as_str())).map_err(youki_error("load", &id))
+            }),
+            None => create_with_libcontainer(&id, state_root, &bundle, no_pivot),
+        };
         let inner = match built {
-            Ok(Ok(inner)) => inner,
-            Ok(Err(error)) => {
-                let _ = fs::remove_dir_all(&bundle);
-                return Err(youki_error("create", &id)(error));
-            }
+            Ok(inner) => inner,
             Err(error) => {
-                // The container may exist, but the agent's protection is gone: say that first.
                 let _ = fs::remove_dir_all(&bundle);
                 return Err(error);
             }
@@ -420,6 +426,27 @@ impl Runtime {
             .mount
             .join(relative.trim().trim_start_matches('/')))
     }
+}
+
+/// libcontainer's create in this process (the init is its child, waiting for start). Runs
+/// under [`oom_score::preserving_caller`]; a lost protection outranks libcontainer's error.
+fn create_with_libcontainer(
+    id: &ContainerId,
+    state_root: PathBuf,
+    bundle: &Path,
+    no_pivot: bool,
+) -> Result<Youki, RuntimeError> {
+    let built = oom_score::preserving_caller(|| {
+        ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .validate_id()?
+            .with_root_path(state_root)?
+            .as_init(bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .with_no_pivot(no_pivot)
+            .build()
+    })?;
+    built.map_err(youki_error("create", id))
 }
 
 /// The filesystem types this kernel has (`/proc/filesystems`).
