@@ -8,12 +8,12 @@
 //! Seen in a guest: four concurrent execs during an OOM storm, and the wave hung silently.
 //!
 //! An agent therefore hands each exec (and each create, which clones the init the same way)
-//! to a fresh helper process, its own binary run with
-//! [`ExecHelper`]'s arguments, which calls [`serve`]: one thread, one clone, one answer (the
-//! pid, or the error) on file descriptor 3, then it exits. The exec'd process is a child of
-//! the helper (libcontainer clones it as the sibling of its intermediate); orphaned, it is
-//! reparented to the agent, a child subreaper, which waits for it as for any child. The
-//! helper shares the agent's stdin, stdout and stderr, so the command does too.
+//! to a fresh helper process, its own binary run with [`ExecHelper`]'s arguments, which calls
+//! [`serve`]: one thread, one clone, one answer (the pid, or the error) on file descriptor 3,
+//! then it exits. The cloned process is a child of the helper (libcontainer clones it as the
+//! sibling of its intermediate); orphaned, it is reparented to the agent, a child subreaper,
+//! which waits for it as for any child. The helper shares the agent's stdin, stdout and
+//! stderr, so the command does too.
 use std::{
     io::{self, BufRead as _, BufReader, Write as _},
     os::{
