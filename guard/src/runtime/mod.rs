@@ -99,8 +99,10 @@ pub struct RuntimeOptions {
     /// The agent's own growth, kept out of the budget: its buffers, full
     /// ([`crate::budget::MemoryBudget::total`]).
     pub agent_reserve: u64,
-    /// The process each exec clones from (see [`ExecHelper`]). None: the caller itself, safe
-    /// only while no other thread of the caller can hold a lock at the clone.
+    /// The process each exec and create clones from (see [`ExecHelper`]). None: the caller
+    /// itself, safe only while no other thread of the caller can hold a lock at the clone.
+    /// With a helper the caller becomes a child subreaper: orphans of its descendants become
+    /// its children, and it must reap them (guard's agent waits for what it execs).
     pub exec_helper: Option<ExecHelper>,
 }
 
