@@ -245,11 +245,9 @@ fn kill_helper_tree(helper: i32) -> u32 {
     killed
 }
 
-/// The parent pid in `/proc/<pid>/stat` (the field after the parenthesized name).
+/// The parent pid (`/proc/<pid>/stat`'s second field after the name).
 fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(1)?.parse().ok()
+    super::stat_fields(pid)?.get(1)?.parse().ok()
 }
 
 /// The helper's side: reads one job from descriptor 3, clones it (an exec, a container's init)

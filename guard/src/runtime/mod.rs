@@ -451,6 +451,15 @@ fn create_with_libcontainer(
     built.map_err(youki_error("create", id))
 }
 
+/// The fields of `/proc/<pid>/stat` after the parenthesized name (state first, then the
+/// parent pid), None once the process is gone. The name may hold spaces and parentheses, hence
+/// the last `)`.
+pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    Some(after_name.split_whitespace().map(str::to_string).collect())
+}
+
 /// The filesystem types this kernel has (`/proc/filesystems`).
 fn known_filesystems() -> Result<Vec<String>, RuntimeError> {
     let path = "/proc/filesystems";

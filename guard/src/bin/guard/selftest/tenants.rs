@@ -87,12 +87,9 @@ fn kill_workloads(cgroup: &Path, init: i32) -> Vec<String> {
                 .map(|text| text.trim().to_string())
                 .unwrap_or_default()
         };
-        let stat = read("stat");
-        let state = stat
-            .rfind(')')
-            .and_then(|end| stat[end + 1..].split_whitespace().next())
-            .unwrap_or("?")
-            .to_string();
+        let state = guard::runtime::stat_fields(pid)
+            .and_then(|fields| fields.into_iter().next())
+            .unwrap_or_else(|| "?".to_string());
         lines.push(format!(
             "pid {pid} ({}) state {state} waiting in {}",
             read("comm"),
