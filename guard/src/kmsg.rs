@@ -7,9 +7,13 @@
 //! `/dev/kmsg` from the moment it starts and tallies them; a reader that falls behind the
 //! kernel's log buffer is told so (EPIPE), and the tally counts it instead of pretending.
 use std::{
+    collections::BTreeSet,
     fs::File,
     io::{self, Read},
-    os::unix::fs::OpenOptionsExt,
+    os::{
+        fd::{AsRawFd as _, RawFd},
+        unix::fs::OpenOptionsExt,
+    },
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -72,6 +76,10 @@ pub fn parse_kill(record: &str) -> Option<LoggedKill> {
     })
 }
 
+/// How many global kills' pids the tally keeps for attribution (global kills are the rare
+/// disaster case: a guest that had this many has nothing left to attribute).
+const MAX_GLOBAL_PIDS: usize = 65_536;
+
 /// OOM kills the kernel logged since the watch started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct OomTally {
@@ -81,6 +89,9 @@ pub struct OomTally {
     pub overruns: u64,
     /// The global kills' victims (the evidence a review needs first).
     pub global_victims: Vec<LoggedKill>,
+    /// Every global kill's pid (up to [`MAX_GLOBAL_PIDS`]), to attribute them to containers.
+    #[serde(skip)]
+    global_pids: BTreeSet<u32>,
 }
 
 impl OomTally {
@@ -89,17 +100,65 @@ impl OomTally {
             OomScope::Memcg => self.memcg += 1,
             OomScope::Global => {
                 self.global += 1;
+                if self.global_pids.len() < MAX_GLOBAL_PIDS {
+                    self.global_pids.insert(kill.pid);
+                }
                 if self.global_victims.len() < 64 {
                     self.global_victims.push(kill);
                 }
             }
         }
     }
+
+    /// How many of `victims` (pids the probes saw chosen as OOM victims, repeats allowed) the
+    /// kernel log reports as killed by the global OOM killer. A pid the kernel reused for a
+    /// victim of the other scope would count wrongly; within one incident that is not seen.
+    pub fn global_kills_among(&self, victims: &[u32]) -> u64 {
+        let victims: BTreeSet<u32> = victims.iter().copied().collect();
+        victims.intersection(&self.global_pids).count() as u64
+    }
+}
+
+/// The open log and what was read from it, shared by the reading thread and callers that want
+/// the tally as of now.
+struct Reader {
+    file: File,
+    tally: OomTally,
+    /// A read error other than an overrun: the tally stops there.
+    failed: bool,
+}
+
+impl Reader {
+    /// Reads every record the kernel has logged so far. Returns false once reading failed.
+    fn read_available(&mut self) -> bool {
+        // A record is at most 8 KiB (CONSOLE_EXT_LOG_MAX).
+        let mut buffer = [0u8; 8192];
+        while !self.failed {
+            match self.file.read(&mut buffer) {
+                Ok(0) => self.failed = true,
+                Ok(length) => {
+                    let record = String::from_utf8_lossy(&buffer[..length]);
+                    if let Some(kill) = parse_kill(record.lines().next().unwrap_or("")) {
+                        self.tally.add(kill);
+                    }
+                }
+                // Records were overwritten before they were read.
+                Err(error) if error.raw_os_error() == Some(libc::EPIPE) => self.tally.overruns += 1,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    tracing::warn!(%error, "reading {KMSG_PATH}: the OOM tally stops here");
+                    self.failed = true;
+                }
+            }
+        }
+        false
+    }
 }
 
 /// Tallies the kernel log's OOM kills from now on, in a thread of its own.
 pub struct KmsgWatch {
-    tally: Arc<Mutex<OomTally>>,
+    reader: Arc<Mutex<Reader>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -123,27 +182,36 @@ impl KmsgWatch {
                 path: path.clone(),
                 source,
             })?;
-        let tally = Arc::new(Mutex::new(OomTally::default()));
+        let fd = file.as_raw_fd();
+        let reader = Arc::new(Mutex::new(Reader {
+            file,
+            tally: OomTally::default(),
+            failed: false,
+        }));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("guard-kmsg".into())
             .spawn({
-                let (tally, stop) = (tally.clone(), stop.clone());
-                move || read_records(file, &tally, &stop)
+                let (reader, stop) = (reader.clone(), stop.clone());
+                move || read_records(fd, &reader, &stop)
             })
             .map_err(|source| KmsgError::Thread { path, source })?;
         Ok(Self {
-            tally,
+            reader,
             stop,
             thread: Some(thread),
         })
     }
 
-    /// The kills so far.
+    /// The kills so far, including every record logged before this call (read here, so that
+    /// a kill the probes just reported is in it).
     pub fn tally(&self) -> OomTally {
-        self.tally
+        self.reader
             .lock()
-            .map(|tally| tally.clone())
+            .map(|mut reader| {
+                reader.read_available();
+                reader.tally.clone()
+            })
             .unwrap_or_default()
     }
 
@@ -167,56 +235,32 @@ impl Drop for KmsgWatch {
     }
 }
 
-/// How long a read waits for a record before it checks for a stop.
+/// How long the thread waits for a record before it checks for a stop.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 
-fn wait_readable(file: &File, timeout: Duration) {
-    use std::os::fd::AsRawFd as _;
+fn wait_readable(fd: RawFd, timeout: Duration) {
     let mut poll = libc::pollfd {
-        fd: file.as_raw_fd(),
+        fd,
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: one valid pollfd for the duration of the call.
+    // SAFETY: one valid pollfd for the duration of the call; the descriptor stays open while
+    // the reader (which owns the file) lives, and the thread holds a reference to it.
     unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as i32) };
 }
 
-/// One record per read(2), as /dev/kmsg hands them out; polls so that a stop is seen.
-fn read_records(mut file: File, tally: &Mutex<OomTally>, stop: &AtomicBool) {
-    // A record is at most 8 KiB (CONSOLE_EXT_LOG_MAX).
-    let mut buffer = vec![0u8; 8192];
+/// Reads as records arrive, woken the moment one does: a burst of OOM reports must not
+/// overrun the kernel's log buffer before it is read.
+fn read_records(fd: RawFd, reader: &Mutex<Reader>, stop: &AtomicBool) {
     loop {
-        match file.read(&mut buffer) {
-            Ok(0) => return,
-            Ok(length) => {
-                let record = String::from_utf8_lossy(&buffer[..length]);
-                if let (Some(kill), Ok(mut tally)) = (
-                    parse_kill(record.lines().next().unwrap_or("")),
-                    tally.lock(),
-                ) {
-                    tally.add(kill);
-                }
-            }
-            // Records were overwritten before they were read.
-            Err(error) if error.raw_os_error() == Some(libc::EPIPE) => {
-                if let Ok(mut tally) = tally.lock() {
-                    tally.overruns += 1;
-                }
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                // Woken the moment a record arrives: a burst of OOM reports must not overrun
-                // the kernel's log buffer before it is read.
-                wait_readable(&file, POLL_TIMEOUT);
-            }
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => {
-                tracing::warn!(%error, "reading {KMSG_PATH}: the OOM tally stops here");
-                return;
-            }
+        let reading = reader
+            .lock()
+            .map(|mut reader| reader.read_available())
+            .unwrap_or(false);
+        if !reading || stop.load(Ordering::Relaxed) {
+            return;
         }
+        wait_readable(fd, POLL_TIMEOUT);
     }
 }
 
@@ -269,5 +313,21 @@ mod tests {
         tally.add(parse_kill("Memory cgroup out of memory: Killed process 6 (a) x").unwrap());
         assert_eq!((tally.global, tally.memcg), (1, 1));
         assert_eq!(tally.global_victims[0].pid, 5);
+    }
+
+    #[test]
+    fn global_kills_are_found_among_a_containers_victims() {
+        let mut tally = OomTally::default();
+        for line in [
+            "Out of memory: Killed process 5 (sh) x",
+            "Out of memory: Killed process 9 (sh) x",
+            "Memory cgroup out of memory: Killed process 6 (a) x",
+        ] {
+            tally.add(parse_kill(line).unwrap());
+        }
+        // 6 was a memcg kill, 7 no kill at all; 5 marked twice is one kill.
+        assert_eq!(tally.global_kills_among(&[5, 5, 6, 7]), 1);
+        assert_eq!(tally.global_kills_among(&[5, 9]), 2);
+        assert_eq!(tally.global_kills_among(&[]), 0);
     }
 }

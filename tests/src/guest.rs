@@ -283,6 +283,10 @@ watch pids-tier0 --pids-max 64 --max-tier 0 -- guard-stress hold 200
 watch nested --pids-max 400 --memory-max 100663296 -- sh -c 'd=/sys/fs/cgroup/nested; mkdir $d/init && echo $$ > $d/init/cgroup.procs && echo "+memory +pids" > $d/cgroup.subtree_control && mkdir $d/a && echo "+memory +pids" > $d/a/cgroup.subtree_control && mkdir $d/a/b && echo 16 > $d/a/b/pids.max && echo 16777216 > $d/a/b/memory.max || exit 1; ino=$(printf %x $(stat -c %i $d/a/b)); n=0; while [ -d /sys/kernel/tracing/events ] && ! grep -qs "ino:$ino " /proc/$PPID/fdinfo/* && [ $n -lt 600 ]; do n=$((n+1)); sleep 0.1; done; echo "adoption waits: $n" >&2; guard-stress --cgroup $d/a/b hold 40; guard-stress --cgroup $d/a/b alloc 100; echo $$ > /sys/fs/cgroup/cgroup.procs; rmdir $d/a/b $d/a $d/init'
 # The workload leaves the container for the root cgroup, then exhausts the guest: a global OOM.
 watch outside -- sh -c 'echo $$ > /sys/fs/cgroup/cgroup.procs && exec guard-stress alloc 400'
+# A sub-cgroup's limit is hit (a memcg kill), then the workload, under a container limit
+# larger than the guest, exhausts the guest (a global kill): the container's memory.events
+# (oom 1, oom_kill 2) cannot tell the two apart, the kernel log can.
+watch mixed --memory-max 1073741824 -- sh -c 'd=/sys/fs/cgroup/mixed; mkdir $d/init && echo $$ > $d/init/cgroup.procs && echo +memory > $d/cgroup.subtree_control && mkdir $d/small && echo 16777216 > $d/small/memory.max || exit 1; guard-stress --cgroup $d/small alloc 100; exec guard-stress alloc 400'
 echo scenarios: done
 "#;
 

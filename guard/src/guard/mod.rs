@@ -18,6 +18,7 @@ use crate::{
     cgroup::{CgroupError, EventFiles, Hierarchy},
     container_id::{ContainerId, ContainerIdError},
     events::GuardEvent,
+    kmsg::KmsgWatch,
     limits::Limits,
     pipeline::{
         fault::InjectedPanics,
@@ -83,6 +84,11 @@ pub struct GuardOptions {
     /// lacks). The default accepts tier 0 (the kernel's event files only, no live events); an
     /// agent that relies on events or BPF counters asks for [`Tier::Tracepoints`].
     pub min_tier: Tier,
+    /// Read the kernel log (`/dev/kmsg`, a thread of its own) for the scope of each OOM kill:
+    /// a report then names the global OOM killer's kills of a container's tasks even where
+    /// the container's own limit was hit too. Where the log cannot be opened, the split rests
+    /// on `memory.events` alone (logged at start).
+    pub read_kernel_log: bool,
 }
 
 impl Default for GuardOptions {
@@ -92,6 +98,7 @@ impl Default for GuardOptions {
             poll_interval: Duration::from_millis(10),
             max_tier: Tier::TracepointsAndKprobes,
             min_tier: Tier::CgroupFilesOnly,
+            read_kernel_log: true,
         }
     }
 }
@@ -106,6 +113,9 @@ pub struct Guard {
     hub: Arc<Mutex<Hub>>,
     drain_requests: Option<mpsc::Sender<DrainRequest>>,
     file_watcher: FileWatcher,
+    /// The kernel log's OOM kills by scope (None: not asked for, unreadable, or no probes to
+    /// name the victims).
+    kernel_log: Option<KmsgWatch>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     injected_panics: Arc<InjectedPanics>,
@@ -178,7 +188,15 @@ impl Guard {
                 file_watcher.clone(),
             )));
         }
-        info!(%tier, kernel = %capabilities.kernel_release, notes = %capabilities.notes.join("; "), "guard started");
+        let kernel_log = match (options.read_kernel_log, &probes) {
+            (true, Some(_)) => KmsgWatch::start()
+                .inspect_err(
+                    |error| warn!(%error, "OOM kills are split by scope on memory.events alone"),
+                )
+                .ok(),
+            _ => None,
+        };
+        info!(%tier, kernel = %capabilities.kernel_release, notes = %capabilities.notes.join("; "), kernel_log = kernel_log.is_some(), "guard started");
         Ok(Self {
             hierarchy,
             capabilities,
@@ -188,6 +206,7 @@ impl Guard {
             hub,
             drain_requests,
             file_watcher,
+            kernel_log,
             tasks,
             injected_panics,
         })

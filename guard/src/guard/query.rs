@@ -13,7 +13,7 @@ use crate::{
         BpfCounters, ContainerCounters, GlobalCounters, HealthState, LossReport, ReaderHealth,
     },
     pipeline::lock,
-    verdict::{Evidence, reconcile, report::Report},
+    verdict::{Evidence, LoggedKills, reconcile, report::Report},
 };
 
 impl Guard {
@@ -41,6 +41,13 @@ impl Guard {
             super::registry::ancestor_ooms(&cgroup, &hierarchy.mount)
                 .saturating_sub(ancestor_baseline)
         });
+        let kernel_log = self.kernel_log.as_ref().map(|log| {
+            let tally = log.tally();
+            LoggedKills {
+                global: tally.global_kills_among(lock(&self.hub).oom_victims(counters.cgroup_id)),
+                overruns: tally.overruns,
+            }
+        });
         let applied = HeldLimits::read(&cgroup)?;
         let kernel_since_watch = EventFiles::read(&cgroup)?.since(&baseline);
         let reconciliation = reconcile(&Evidence {
@@ -53,6 +60,7 @@ impl Guard {
             events_lost: loss.kernel_reserve_failures.values().sum(),
             ancestor_ooms,
             cgroup_gone,
+            kernel_log,
         });
         Ok(Report {
             container: counters.container.clone(),

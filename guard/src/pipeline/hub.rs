@@ -17,6 +17,9 @@ use crate::{
     events::{DecodeError, EventDetail, GuardEvent, KernelEvent, Lost, ReaderFault},
 };
 
+/// Per container: an OOM storm under emulation marks a few hundred victims.
+const MAX_VICTIM_PIDS: usize = 16_384;
+
 /// Attribution, tallies, losses and subscribers.
 #[derive(Default)]
 pub(crate) struct Hub {
@@ -27,6 +30,9 @@ pub(crate) struct Hub {
     sub_cgroups: HashMap<u64, (u64, String)>,
     /// Events received, by cgroup id (0: events that belong to no container).
     delivered: HashMap<u64, Delivered>,
+    /// The pids the probes saw chosen as OOM victims, by container cgroup id (up to
+    /// [`MAX_VICTIM_PIDS`] each): the kernel log says which OOM killer chose them.
+    oom_victims: HashMap<u64, Vec<u32>>,
     loss: ReaderLoss,
     health: ReaderHealth,
     /// Ring-buffer reserve failures in the kernel by event kind, as of the last tally.
@@ -73,12 +79,18 @@ impl Hub {
     pub fn forget(&mut self, cgroup_id: u64) {
         self.names.remove(&cgroup_id);
         self.delivered.remove(&cgroup_id);
+        self.oom_victims.remove(&cgroup_id);
         self.sub_cgroups
             .retain(|_, (container, _)| *container != cgroup_id);
     }
 
     pub fn delivered(&self, cgroup_id: u64) -> Delivered {
         self.delivered.get(&cgroup_id).copied().unwrap_or_default()
+    }
+
+    /// The pids chosen as OOM victims in the container of `cgroup_id` (repeats included).
+    pub fn oom_victims(&self, cgroup_id: u64) -> &[u32] {
+        self.oom_victims.get(&cgroup_id).map_or(&[], Vec::as_slice)
     }
 
     pub fn loss(&self) -> ReaderLoss {
@@ -115,9 +127,22 @@ impl Hub {
                 self.delivered.entry(event.cgroup_id).or_default(),
                 &event.detail,
             );
+            if let EventDetail::OomVictim(victim) = &event.detail {
+                self.remember_victim(event.cgroup_id, victim.victim_pid);
+            }
             let container = self.attribute(event.cgroup_id);
             self.name_where(&mut event);
             self.publish(GuardEvent::from_record(container, event));
+        }
+    }
+
+    fn remember_victim(&mut self, cgroup_id: u64, pid: u32) {
+        if cgroup_id == 0 {
+            return;
+        }
+        let victims = self.oom_victims.entry(cgroup_id).or_default();
+        if victims.len() < MAX_VICTIM_PIDS {
+            victims.push(pid);
         }
     }
 
@@ -260,6 +285,40 @@ mod tests {
                 sub_cgroup: None,
             }),
         })
+    }
+
+    fn victim(seq: u64, cgroup_id: u64, pid: u32) -> Result<KernelEvent, DecodeError> {
+        Ok(KernelEvent {
+            cpu: 0,
+            seq,
+            ktime_ns: seq,
+            cgroup_id,
+            detail: EventDetail::OomVictim(crate::events::OomVictim {
+                victim_pid: pid,
+                comm: "bomb".into(),
+                outside_containers: cgroup_id == 0,
+                trigger_cgroup_id: cgroup_id,
+                trigger_sub_cgroup: None,
+                rss: None,
+                oom_score_adj: 0,
+            }),
+        })
+    }
+
+    #[test]
+    fn oom_victims_are_remembered_per_container_until_unwatched() {
+        let mut hub = Hub::default();
+        hub.name(7, "web".into());
+        hub.absorb(vec![
+            victim(1, 7, 100),
+            victim(2, 0, 200),
+            victim(3, 7, 101),
+        ]);
+        assert_eq!(hub.oom_victims(7), &[100, 101]);
+        // A victim in no container is nobody's.
+        assert_eq!(hub.oom_victims(0), &[] as &[u32]);
+        hub.forget(7);
+        assert_eq!(hub.oom_victims(7), &[] as &[u32]);
     }
 
     fn sub_cgroup_of(event: &GuardEvent) -> Option<&str> {

@@ -17,10 +17,19 @@ pub(super) fn verdict(
     let memcg_ooms = events.get("oom");
     let bpf_kills = evidence.bpf.map(|bpf| bpf.oom_kills);
     // A kill with no OOM of the container's own is an ancestor's (the guest budget's) when
-    // one of those rose, else the global OOM killer's.
-    let memcg_kills = if memcg_ooms > 0 { kernel_kills } else { 0 };
-    let ancestor_kills = if memcg_ooms == 0 && evidence.ancestor_ooms > 0 {
+    // one of those rose, else the global OOM killer's. The kernel log, where read, names the
+    // global ones even when a limit's OOM rose beside them.
+    let unexplained = if memcg_ooms == 0 && evidence.ancestor_ooms == 0 {
         kernel_kills
+    } else {
+        0
+    };
+    let logged_global_kills = evidence.kernel_log.map(|log| log.global);
+    let global_kills = unexplained.max(logged_global_kills.unwrap_or(0).min(kernel_kills));
+    let limit_kills = kernel_kills - global_kills;
+    let memcg_kills = if memcg_ooms > 0 { limit_kills } else { 0 };
+    let ancestor_kills = if memcg_ooms == 0 && evidence.ancestor_ooms > 0 {
+        limit_kills
     } else {
         0
     };
@@ -34,9 +43,20 @@ pub(super) fn verdict(
         kernel_kills,
         memcg_kills,
         ancestor_kills,
-        global_kills: kernel_kills - memcg_kills - ancestor_kills,
+        global_kills,
         sub_cgroup_ooms: memcg_ooms.saturating_sub(local_ooms),
+        logged_global_kills,
     };
+    if let Some(overruns) = evidence
+        .kernel_log
+        .map(|log| log.overruns)
+        .filter(|&n| n > 0)
+    {
+        flags.push(format!(
+            "the kernel log's reader fell behind {overruns} time(s): global OOM kills may be \
+             missing from it, and the split by scope rests on memory.events alone there"
+        ));
+    }
     if let Some(bpf) = bpf_kills.filter(|&bpf| bpf > kernel_kills) {
         flags.push(format!(
             "{} OOM victim(s) were marked without a kill of their own: the OOM killer marks a \
@@ -62,8 +82,13 @@ pub(super) fn verdict(
     if oom.global_kills > 0 {
         flags.push(format!(
             "GLOBAL OOM: the global OOM killer killed {} task(s) of this container: the guest \
-             as a whole ran out of memory",
-            oom.global_kills
+             as a whole ran out of memory{}",
+            oom.global_kills,
+            if logged_global_kills.is_some_and(|logged| logged == oom.global_kills) {
+                " (the kernel log names them)"
+            } else {
+                ""
+            }
         ));
     }
     if memcg_ooms > 0 && kernel_kills == 0 {
@@ -226,6 +251,55 @@ mod tests {
         let result = reconcile(&evidence);
         assert_eq!(result.oom.global_kills, 3);
         assert_eq!(result.memory.verdict, Verdict::Incomplete);
+    }
+
+    #[test]
+    fn global_kills_the_kernel_log_names_are_global_beside_the_containers_own() {
+        // The container's own limit was hit (oom 1) and it lost 3 tasks: by memory.events
+        // alone all 3 are its limit's.
+        let applied = applied(Some(32 << 20), Some(512));
+        let kernel = files(
+            "max 9
+oom 1
+oom_kill 3
+",
+            "max 0
+",
+        );
+        let bpf = BpfCounters {
+            oom_kills: 3,
+            ..Default::default()
+        };
+        let mut evidence = evidence(&applied, &kernel, Some(&bpf));
+        evidence.kernel_log = Some(LoggedKills {
+            global: 0,
+            overruns: 0,
+        });
+        let result = reconcile(&evidence);
+        assert_eq!(result.memory.verdict, Verdict::Enforced, "{result:?}");
+        assert_eq!(result.oom.logged_global_kills, Some(0));
+        // The log says two of them were the global OOM killer's.
+        evidence.kernel_log = Some(LoggedKills {
+            global: 2,
+            overruns: 0,
+        });
+        let result = reconcile(&evidence);
+        assert_eq!((result.oom.memcg_kills, result.oom.global_kills), (1, 2));
+        assert_eq!(result.memory.verdict, Verdict::Incomplete, "{result:?}");
+        assert!(
+            result
+                .flags
+                .iter()
+                .any(|flag| flag.contains("the kernel log names them"))
+        );
+        // A log that fell behind says so; it never lowers what memory.events shows.
+        evidence.kernel_log = Some(LoggedKills {
+            global: 9,
+            overruns: 1,
+        });
+        let result = reconcile(&evidence);
+        assert_eq!((result.oom.memcg_kills, result.oom.global_kills), (0, 3));
+        assert!(result.flags.iter().any(|flag| flag.contains("fell behind")));
     }
 
     #[test]

@@ -67,6 +67,20 @@ pub struct OomSummary {
     /// memcg OOMs inside the container that hit a sub-cgroup's own limit, not the
     /// container's (`memory.events` oom minus `memory.events.local` oom).
     pub sub_cgroup_ooms: u64,
+    /// The container's victims the kernel log reports killed by the global OOM killer (None:
+    /// the log was not read). Counted into `global_kills`, which without it rests on which
+    /// `oom` counts rose: a container whose own limit was also hit would hide them.
+    pub logged_global_kills: Option<u64>,
+}
+
+/// What the kernel log says about a container's OOM kills (`guard::kmsg`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoggedKills {
+    /// The container's OOM victims (as the probes saw them) that the log reports killed by
+    /// the global OOM killer.
+    pub global: u64,
+    /// Times the log's reader fell behind the kernel's buffer: kills may be missing from it.
+    pub overruns: u64,
 }
 
 /// Everything reconciliation needs about one container.
@@ -86,6 +100,9 @@ pub struct Evidence<'a> {
     pub ancestor_ooms: u64,
     /// The cgroup no longer exists: its event files are gone with it.
     pub cgroup_gone: bool,
+    /// The kernel log's scope of the container's kills (None: not read, or no probes to
+    /// name the victims).
+    pub kernel_log: Option<LoggedKills>,
 }
 
 /// The reconciled result for one container.
@@ -217,6 +234,7 @@ pub(super) mod fixtures {
             events_lost: 0,
             ancestor_ooms: 0,
             cgroup_gone: false,
+            kernel_log: None,
         }
     }
 }

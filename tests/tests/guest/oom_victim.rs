@@ -116,6 +116,39 @@ fn oom_kill_outside_containers_is_global(kernel: &'static str) {
 
 per_kernel!(oom_kill_outside_containers_is_global);
 
+/// A container whose sub-cgroup's limit was hit (a memcg kill) and whose workload the global
+/// OOM killer then took: its memory.events (oom 1, oom_kill 2) cannot tell the two apart, the
+/// kernel log can, by the victims' pids. Two-sided: at tier 0 (no probes to name the victims)
+/// guard has only memory.events and reads both kills as the container's limits'.
+fn a_global_kill_beside_a_limits_kill_is_named_by_the_kernel_log(kernel: &'static str) {
+    let Some(done) = results(kernel) else { return };
+    let mixed = scenario(done, "mixed");
+    let oom = &mixed.report()["oom"];
+    assert_eq!(mixed.output["signal"], 9, "{}", mixed.output);
+    assert_eq!(mixed.kernel("memory_events", "oom_kill"), 2, "{oom}");
+    assert!(mixed.kernel("memory_events", "oom") >= 1, "{oom}");
+    if facts(kernel).tier == 0 {
+        assert!(oom["logged_global_kills"].is_null(), "{oom}");
+        assert_eq!(oom["global_kills"], 0, "memory.events alone: {oom}");
+        return;
+    }
+    assert_eq!(oom["logged_global_kills"], 1, "{oom}");
+    assert_eq!(
+        (&oom["memcg_kills"], &oom["global_kills"]),
+        (&1.into(), &1.into())
+    );
+    assert_eq!(mixed.verdict("memory"), "incomplete", "{}", mixed.report());
+    let kills = mixed.events_of("oom_victim");
+    assert_eq!(kills.len(), 2, "{:?}", mixed.events);
+    assert!(kills.iter().all(|kill| kill["container"] == "mixed"));
+    assert_eq!(
+        kills[1]["detail"]["victim_pid"],
+        mixed.output["command_pid"]
+    );
+}
+
+per_kernel!(a_global_kill_beside_a_limits_kill_is_named_by_the_kernel_log);
+
 /// A workload that moves itself into a grandchild of the watched cgroup (with limits of its
 /// own), is denied forks there and OOM-killed there: every event the container's, the verdict
 /// naming the sub-cgroup's limit. Two-sided: at tier 0 nothing is attributed (no probes), and

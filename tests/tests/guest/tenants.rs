@@ -4,7 +4,8 @@
 //! in one 128 MiB guest. Asserted on evidence: no global OOM kill in the kernel log, each
 //! hostile container's limit enforced (BPF equal to the kernel's files where guard has BPF),
 //! the budget's own memory.events holding the kills, the steady tenant done, the agent at -1000.
-//! The run without the budget (`--no-budget`) is the two-sided check (see `without_the_budget`).
+//! The run without the budget (`--no-budget`, `cargo xtask soak`) is the two-sided check: the
+//! global OOM killer strikes there (docs/LIMITS.md).
 use guard_tests::{guest::facts, guest::json_file, per_kernel};
 use serde_json::Value;
 
@@ -56,6 +57,10 @@ pub(crate) fn held(summary: &Value, tier: u8) -> Result<(), String> {
         }
         if number(&memory["global_kills"]) != 0 {
             return fail(format!("{id}: global OOM kills in its report: {memory}"));
+        }
+        // Where guard has probes it reads the kernel log for each kill's scope.
+        if tier > 0 && memory["logged_global_kills"] != 0 {
+            return fail(format!("{id}: no kernel-log scope in its report: {memory}"));
         }
         // The probes see every kill; they may see more victims marked than kills counted
         // (a process sharing a killed one's memory is marked again as it dies: the pids bomb's
