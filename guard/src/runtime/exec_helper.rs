@@ -22,6 +22,7 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Command, ExitCode},
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -120,8 +121,32 @@ impl CreateJob {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Answer {
-    Started { pid: i32 },
-    Failed { message: String },
+    Started {
+        pid: i32,
+        /// The helper's anonymous memory as it answers (its heap does not shrink, so about
+        /// its peak): what each helper in flight costs the guest beside the agent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        anon_kib: Option<u64>,
+    },
+    Failed {
+        message: String,
+    },
+}
+
+/// The largest anonymous memory any helper of this process reported, in KiB.
+static PEAK_ANON_KIB: AtomicU64 = AtomicU64::new(0);
+
+/// The largest anonymous memory (RssAnon) an exec helper of this process reported as it
+/// answered, in KiB (0: none ran, or none reported it).
+pub fn peak_anon_kib() -> u64 {
+    PEAK_ANON_KIB.load(Ordering::Relaxed)
+}
+
+/// This process's `RssAnon` from /proc/self/status, in KiB.
+fn own_anon_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("RssAnon:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Runs `job` in a helper; returns the pid it cloned (the exec'd process, the container's
@@ -194,7 +219,10 @@ pub(super) fn run(job: Job, helper: &ExecHelper, deadline: Duration) -> Result<i
         .wait()
         .map_err(|error| helper_error(format!("waiting for it: {error}")))?;
     match serde_json::from_str::<Answer>(&line) {
-        Ok(Answer::Started { pid }) => Ok(pid),
+        Ok(Answer::Started { pid, anon_kib }) => {
+            PEAK_ANON_KIB.fetch_max(anon_kib.unwrap_or(0), Ordering::Relaxed);
+            Ok(pid)
+        }
         Ok(Answer::Failed { message }) => Err(helper_error(message)),
         Err(_) => Err(helper_error(format!(
             "it ended ({status}) without a valid answer: {:?}",
@@ -286,7 +314,10 @@ pub fn serve() -> ExitCode {
                 message: format!("the request is not a job: {error}"),
             },
             Ok(job) => match job.clone_here() {
-                Ok(pid) => Answer::Started { pid },
+                Ok(pid) => Answer::Started {
+                    pid,
+                    anon_kib: own_anon_kib(),
+                },
                 Err(error) => Answer::Failed {
                     message: error.to_string(),
                 },
@@ -328,6 +359,14 @@ mod tests {
     fn the_answered_pid_is_returned() {
         let helper = shell(r#"read request <&3; echo '{"started":{"pid":4242}}' >&3"#);
         assert_eq!(run(job(), &helper, Duration::from_secs(60)).unwrap(), 4242);
+    }
+
+    #[test]
+    fn the_helpers_reported_memory_raises_the_peak() {
+        let helper =
+            shell(r#"read request <&3; echo '{"started":{"pid":7,"anon_kib":123456}}' >&3"#);
+        assert_eq!(run(job(), &helper, Duration::from_secs(60)).unwrap(), 7);
+        assert!(peak_anon_kib() >= 123_456);
     }
 
     #[test]

@@ -25,7 +25,9 @@ mod verify;
 pub use budget::{BudgetRecord, raise_threads_max};
 pub use container::{Container, Created, ExecJob};
 pub use error::RuntimeError;
-pub use exec_helper::{ExecHelper, serve as serve_exec_helper};
+pub use exec_helper::{
+    ExecHelper, peak_anon_kib as exec_helper_peak_anon_kib, serve as serve_exec_helper,
+};
 pub use verify::check_read_back;
 
 use std::{

@@ -42,6 +42,10 @@ pub(crate) fn held(summary: &Value, tier: u8) -> Result<(), String> {
             wave["agent_oom_score_adj"]
         ));
     }
+    // Every exec and create ran in a helper (outside the budget), which reported its memory.
+    if number(&wave["exec_helper_peak_anon_kib"]) == 0 {
+        return fail("no exec helper reported its memory".into());
+    }
     let budget = &wave["budget"];
     if budget.is_null() {
         return fail("no guest budget was applied".into());
@@ -98,21 +102,17 @@ pub(crate) fn held(summary: &Value, tier: u8) -> Result<(), String> {
     {
         return fail("tenant-pids: BPF denials != pids.events max".into());
     }
-    // The steady tenant finishes, or (the shared budget's open problem, docs/LIMITS.md: the
-    // budget's OOM killer picks the largest task in the subtree, sometimes the steady one's)
-    // is SIGKILLed by an OOM kill that the kernel counted in its container and guard's report
-    // attributes to it. Nothing else may stop it.
+    // The steady tenant finishes, untouched: no OOM kill in its container. Its tasks (1 MiB
+    // children) are far smaller than any bomb's, and its init is scored below its workloads,
+    // so the budget's OOM killer never had a reason to pick them in the soaks (docs/LIMITS.md);
+    // if it ever does, a neighbour's bomb killed a well-behaved tenant's work: a failure.
     let steady = &containers["tenant-steady"];
-    let steady_oom = &steady["report"]["oom"];
-    let killed_by_the_budget = steady["signal"] == 9
-        && number(&steady["final_events"]["memory_events"]["oom_kill"]) >= 1
-        && number(&steady_oom["kernel_kills"]) >= 1
-        && (tier == 0 || number(&steady_oom["bpf_kills"]) >= 1);
-    if killed_by_the_budget {
-        eprintln!("the steady tenant was OOM-killed under the shared budget: {steady_oom}");
-    }
-    if (steady["exit_code"] != 0 && !killed_by_the_budget) || wave["steady"]["alone_ok"] != true {
-        return fail(format!("the steady tenant did not finish: {steady}"));
+    let steady_kills = number(&steady["final_events"]["memory_events"]["oom_kill"])
+        + number(&steady["report"]["oom"]["kernel_kills"]);
+    if steady["exit_code"] != 0 || steady_kills != 0 || wave["steady"]["alone_ok"] != true {
+        return fail(format!(
+            "the steady tenant did not finish untouched: {steady}"
+        ));
     }
     let parent_kills = number(&wave["parent"]["events_during_wave"]["memory_events"]["oom_kill"]);
     let kills: u64 = ["tenant-memory", "tenant-forkalloc"]

@@ -289,6 +289,8 @@ pub async fn run(
         },
         "agent_oom_score_adj": oom_score::own_oom_score_adj()?,
         "agent_rss_kib": agent_rss,
+        // Each exec and create ran in a helper outside the budget, up to four at once.
+        "exec_helper_peak_anon_kib": guard::runtime::exec_helper_peak_anon_kib(),
     });
     log.record("wave", None, &record).await?;
     Ok(record)
