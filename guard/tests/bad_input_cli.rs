@@ -473,6 +473,75 @@ fn damaged_logs() {
     );
     assert!(!outcome.stderr.contains("panicked"), "{}", outcome.stderr);
 
+    // A guard killed mid-session: every record verifies, but no stop ends the session.
+    let died = scratch.0.join("died");
+    write_log(&died);
+    let mut writer = guard::forensic::LogWriter::create(
+        &died,
+        guard::forensic::LogOptions {
+            boot_id: Some("b".into()),
+            ..Default::default()
+        },
+        &serde_json::json!({}),
+    )
+    .unwrap();
+    writer
+        .append("oom_kill", Some("c"), &serde_json::json!({"i": 9}))
+        .unwrap();
+    drop(writer);
+    let verify = |json: bool| {
+        let mut args = vec![
+            "log".into(),
+            "--dir".into(),
+            died.clone().into(),
+            "verify".into(),
+        ];
+        if json {
+            args.push("--json".into());
+        }
+        guard(&args)
+    };
+    let outcome = verify(false);
+    assert_eq!(
+        (outcome.code, outcome.stdout.lines().next()),
+        (
+            4,
+            Some(
+                "ENDED ABRUPTLY: the last session (from seq 3) ended without a stop after seq 4: \
+                 records after it may be missing"
+            )
+        ),
+        "{}",
+        outcome.stdout
+    );
+    let outcome = verify(true);
+    let json: serde_json::Value = serde_json::from_str(&outcome.stdout).unwrap();
+    assert_eq!(outcome.code, 4);
+    assert_eq!(json["verdict"], "ended_abruptly", "{json}");
+    assert_eq!(json["last_session"]["last_seq"], 4, "{json}");
+    // Closed cleanly by a later session: ok, the earlier death noted.
+    guard::forensic::LogWriter::create(
+        &died,
+        guard::forensic::LogOptions {
+            boot_id: Some("b".into()),
+            ..Default::default()
+        },
+        &serde_json::json!({}),
+    )
+    .unwrap()
+    .close()
+    .unwrap();
+    let outcome = verify(false);
+    assert_eq!(outcome.code, 0, "{}", outcome.stdout);
+    assert!(
+        outcome
+            .stdout
+            .starts_with("note: 1 earlier session(s) ended without a stop"),
+        "{}",
+        outcome.stdout
+    );
+    assert!(verify(true).stdout.contains("\"verdict\":\"ok\""));
+
     let not_a_dir = scratch.file("not-a-dir", b"x");
     let missing = scratch.0.join("missing");
     check(vec![

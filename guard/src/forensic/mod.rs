@@ -25,7 +25,7 @@ pub use record::{Checkpoint, GENESIS, Lost, Record, Rotate, StartInfo, Throttle,
 pub use serde_json;
 pub use stats::{Stats, stats};
 pub use verify::{
-    Defect, Problem, RepairOutcome, TornTail, VerifyError, VerifyReport, repair, verify,
+    Defect, Problem, RepairOutcome, Session, TornTail, VerifyError, VerifyReport, repair, verify,
 };
 pub use writer::{FsyncPolicy, Head, LogOptions, LogWriter, Unwritten, WriterError, WriterStats};
 

@@ -164,3 +164,34 @@ fn the_follower_skips_a_long_line_written_in_pieces() {
         "{bad:?}"
     );
 }
+
+#[test]
+fn a_session_without_its_stop_is_an_abrupt_end() {
+    let scratch = Scratch::new("abrupt");
+    clean_log(&scratch.0);
+    let report = verify(&scratch.0).unwrap();
+    assert_eq!(report.sessions, 1);
+    assert_eq!(report.ended_abruptly(), None, "{report:?}");
+    // A second session that dies (dropped without close: no stop record) after its event.
+    let mut writer = LogWriter::create(&scratch.0, options(), &serde_json::json!({})).unwrap();
+    writer.append("oom_kill", Some("c1"), &2).unwrap();
+    drop(writer);
+    let report = verify(&scratch.0).unwrap();
+    assert!(report.is_clean(), "the chain itself holds: {report:?}");
+    assert_eq!(
+        report.ended_abruptly(),
+        Some(Session {
+            started_at: 3,
+            last_seq: 4,
+            stopped: false
+        })
+    );
+    // A third session, closed cleanly: the second's abrupt end is still counted.
+    LogWriter::create(&scratch.0, options(), &serde_json::json!({}))
+        .unwrap()
+        .close()
+        .unwrap();
+    let report = verify(&scratch.0).unwrap();
+    assert_eq!((report.sessions, report.abrupt_earlier_sessions), (3, 1));
+    assert_eq!(report.ended_abruptly(), None);
+}

@@ -14,6 +14,9 @@ pub const DEFAULT_LOG_DIR: &str = "/var/lib/guard/log";
 
 /// Exit status of `verify` when the only defect is a torn final line (repairable).
 pub const EXIT_TORN_TAIL: u8 = 3;
+/// Exit status of `verify` when every record verifies but the newest session never wrote its
+/// `stop`: the guard died or was killed, and what it had not written yet is missing.
+pub const EXIT_ENDED_ABRUPTLY: u8 = 4;
 
 #[derive(clap::Args, Debug)]
 pub struct LogArgs {
@@ -30,8 +33,10 @@ pub enum LogCommand {
     Show(FilterArgs),
     /// Print records as they are appended, like tail -f.
     Follow(FollowArgs),
-    /// Check every line, seq continuity and the hash chain across files.
-    /// Exit status: 0 valid, 1 invalid, 3 only a torn final line (repairable).
+    /// Check every line, seq continuity and the hash chain across files, and how the last
+    /// writer session ended. Exit status: 0 valid and closed with a stop record, 1 invalid,
+    /// 3 valid up to a torn final line (repairable), 4 valid but the last session ended
+    /// without a stop (the guard died: records after its last one may be missing).
     Verify(VerifyArgs),
     /// Count records per kind and per container.
     Stats(StatsArgs),
@@ -70,6 +75,9 @@ pub struct VerifyArgs {
     /// Truncate a torn final line (and nothing else), saying what was removed.
     #[arg(long)]
     pub repair: bool,
+    /// Print the result as one JSON object (`verdict`: ok, ended_abruptly, torn_tail, failed).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -178,34 +186,48 @@ fn follow(dir: &std::path::Path, args: &FollowArgs) -> anyhow::Result<ExitCode> 
 }
 
 fn verify(dir: &std::path::Path, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let print = |report: &VerifyReport| {
+        if args.json {
+            print_json_report(report)
+        } else {
+            print_report(dir, report)
+        }
+    };
     if !args.repair {
         let report = forensic::verify(dir)?;
-        return Ok(print_report(dir, &report));
+        return Ok(print(&report));
     }
     match forensic::repair(dir)? {
         RepairOutcome::Clean(report) => {
-            outln!("nothing to repair");
-            Ok(print_report(dir, &report))
+            if !args.json {
+                outln!("nothing to repair");
+            }
+            Ok(print(&report))
         }
         RepairOutcome::Repaired {
             torn,
             removed,
             report,
         } => {
-            outln!(
-                "repaired: removed torn line {} of {} ({} bytes): {}",
-                torn.line,
-                torn.path.display(),
-                torn.bytes,
-                preview(&removed)
-            );
-            Ok(print_report(dir, &report))
+            if !args.json {
+                outln!(
+                    "repaired: removed torn line {} of {} ({} bytes): {}",
+                    torn.line,
+                    torn.path.display(),
+                    torn.bytes,
+                    preview(&removed)
+                );
+            }
+            Ok(print(&report))
         }
         RepairOutcome::Refused(report) => {
-            let code = print_report(dir, &report);
-            outln!(
-                "not repaired: --repair only removes a torn final line; the log was left untouched"
-            );
+            let code = print(&report);
+            if !args.json {
+                outln!(
+                    "not repaired: --repair only removes a torn final line; the log was left \
+                     untouched"
+                );
+            }
             Ok(code)
         }
     }
@@ -238,8 +260,67 @@ fn print_report(dir: &std::path::Path, report: &VerifyReport) -> ExitCode {
         outln!("{summary} verified; head {head}");
         return ExitCode::from(EXIT_TORN_TAIL);
     }
+    if report.abrupt_earlier_sessions > 0 {
+        outln!(
+            "note: {} earlier session(s) ended without a stop record (the guard died and a \
+             later one continued the log)",
+            report.abrupt_earlier_sessions
+        );
+    }
+    if let Some(session) = report.ended_abruptly() {
+        outln!("ENDED ABRUPTLY: {}", abrupt_end(&session));
+        outln!("{summary} verified; head {head}");
+        return ExitCode::from(EXIT_ENDED_ABRUPTLY);
+    }
     outln!("ok: {}: {summary}; head {head}", dir.display());
     ExitCode::SUCCESS
+}
+
+fn abrupt_end(session: &forensic::Session) -> String {
+    format!(
+        "the last session (from seq {}) ended without a stop after seq {}: records after it may \
+         be missing",
+        session.started_at, session.last_seq
+    )
+}
+
+/// What `verify` concludes, most serious first, and its exit status.
+fn verdict(report: &VerifyReport) -> (&'static str, ExitCode) {
+    if report.problem.is_some() {
+        ("failed", ExitCode::FAILURE)
+    } else if report.torn_tail.is_some() {
+        ("torn_tail", ExitCode::from(EXIT_TORN_TAIL))
+    } else if report.ended_abruptly().is_some() {
+        ("ended_abruptly", ExitCode::from(EXIT_ENDED_ABRUPTLY))
+    } else {
+        ("ok", ExitCode::SUCCESS)
+    }
+}
+
+fn print_json_report(report: &VerifyReport) -> ExitCode {
+    let (verdict, code) = verdict(report);
+    let session = report.last_session.map(|session| {
+        serde_json::json!({
+            "started_at": session.started_at,
+            "last_seq": session.last_seq,
+            "stopped": session.stopped,
+        })
+    });
+    let json = serde_json::json!({
+        "verdict": verdict,
+        "files": report.files,
+        "records": report.records,
+        "last_seq": report.last_seq,
+        "head": report.head,
+        "sessions": report.sessions,
+        "abrupt_earlier_sessions": report.abrupt_earlier_sessions,
+        "last_session": session,
+        "ended_abruptly": report.ended_abruptly().map(|session| abrupt_end(&session)),
+        "torn_tail": report.torn_tail.as_ref().map(ToString::to_string),
+        "problem": report.problem.as_ref().map(ToString::to_string),
+    });
+    outln!("{json}");
+    code
 }
 
 fn stats(dir: &std::path::Path, args: &StatsArgs) -> anyhow::Result<ExitCode> {

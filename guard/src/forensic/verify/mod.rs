@@ -11,7 +11,7 @@ use serde::de::IgnoredAny;
 use thiserror::Error;
 
 pub use repair::{RepairOutcome, repair};
-pub use report::{Defect, Problem, TornTail, VerifyReport};
+pub use report::{Defect, Problem, Session, TornTail, VerifyReport};
 
 use super::layout::{self, LayoutError, LogFile};
 use super::lines::{Line, LineScanner};
@@ -160,9 +160,11 @@ fn verify_file(
                 break;
             }
         };
-        if let Err(defect) = check_line(bytes, line_no, &name, chain) {
-            return Ok(Err(problem(defect)));
-        }
+        let kind = match check_line(bytes, line_no, &name, chain) {
+            Ok(kind) => kind,
+            Err(defect) => return Ok(Err(problem(defect))),
+        };
+        track_session(report, &kind, chain.next_seq - 1);
         report.records += 1;
         report.last_seq = Some(chain.next_seq - 1);
         report.head = Some(record::to_hex(&chain.prev));
@@ -182,7 +184,31 @@ fn verify_file(
     Ok(Ok(()))
 }
 
-fn check_line(line: &[u8], line_no: u64, file_name: &str, chain: &mut Chain) -> Result<(), Defect> {
+/// Follows the writer sessions: each begins with `start` and, closed cleanly, ends with `stop`.
+fn track_session(report: &mut VerifyReport, kind: &str, seq: u64) {
+    if kind == kinds::START {
+        if report.last_session.is_some_and(|session| !session.stopped) {
+            report.abrupt_earlier_sessions += 1;
+        }
+        report.sessions += 1;
+        report.last_session = Some(Session {
+            started_at: seq,
+            last_seq: seq,
+            stopped: false,
+        });
+    } else if let Some(session) = &mut report.last_session {
+        session.last_seq = seq;
+        session.stopped = kind == kinds::STOP;
+    }
+}
+
+/// Checks one line against the chain and advances it; returns the record's kind.
+fn check_line(
+    line: &[u8],
+    line_no: u64,
+    file_name: &str,
+    chain: &mut Chain,
+) -> Result<String, Defect> {
     if line.is_empty() {
         return Err(Defect::EmptyLine);
     }
@@ -259,7 +285,7 @@ fn check_line(line: &[u8], line_no: u64, file_name: &str, chain: &mut Chain) -> 
     chain.prev = digest.line;
     chain.prev_line = Some((file_name.to_owned(), line_no));
     chain.boot_mono = Some((fields.boot_id, fields.mono_ns));
-    Ok(())
+    Ok(fields.kind)
 }
 
 /// The first line of the log is `start`; the first line of every later file is a `rotate`

@@ -173,9 +173,27 @@ impl fmt::Display for TornTail {
     }
 }
 
+/// One writer session: from its `start` record to its last record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    /// The seq of its `start` record.
+    pub started_at: u64,
+    /// The seq of its last complete record.
+    pub last_seq: u64,
+    /// Its last record is a `stop`: it was closed cleanly. Otherwise the guard died (or was
+    /// killed) after `last_seq`, and records it had not written yet are missing.
+    pub stopped: bool,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
     pub files: u64,
+    /// Writer sessions (`start` records) checked.
+    pub sessions: u64,
+    /// Sessions before the last that ended without a `stop` (a later `start` followed them).
+    pub abrupt_earlier_sessions: u64,
+    /// The newest session as far as it verified.
+    pub last_session: Option<Session>,
     /// Complete records checked (up to the first problem, if any).
     pub records: u64,
     /// Lowercase hex SHA-256 of the last good line.
@@ -189,5 +207,11 @@ impl VerifyReport {
     /// Every line is a sealed record and the chain holds, with no torn tail.
     pub fn is_clean(&self) -> bool {
         self.problem.is_none() && self.torn_tail.is_none()
+    }
+
+    /// The newest session verified but never wrote its `stop`: the guard died or was killed,
+    /// and what it had not written yet is missing (the chain cannot show what never came).
+    pub fn ended_abruptly(&self) -> Option<Session> {
+        self.last_session.filter(|session| !session.stopped)
     }
 }
