@@ -320,6 +320,16 @@ fn sigkill_at_random_moments_never_loses_a_complete_record() {
                 "iteration {iteration}: seq {max} printed but the log ends at {last_seq:?}"
             );
         }
+        // No writer here ever closes: every session the verifier sees ended without a stop,
+        // and it says so, at the last complete record.
+        if let Some(last) = last_seq {
+            let session = report.ended_abruptly();
+            assert_eq!(
+                session.map(|session| session.last_seq),
+                Some(last),
+                "iteration {iteration}: {report:?}"
+            );
+        }
         repair_by_writer = iteration % 4 == 3;
         if report.torn_tail.is_some() {
             torn_tails += 1;
