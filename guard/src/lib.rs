@@ -27,6 +27,7 @@ mod tracefs;
 // From the kernel to the subscribers and sinks.
 mod pipeline;
 pub mod sinks;
+pub mod stream;
 
 // Judgement and evidence.
 pub mod forensic;

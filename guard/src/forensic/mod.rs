@@ -25,7 +25,8 @@ pub use record::{Checkpoint, GENESIS, Lost, Record, Rotate, StartInfo, Throttle,
 pub use serde_json;
 pub use stats::{Stats, stats};
 pub use verify::{
-    Defect, Problem, RepairOutcome, Session, TornTail, VerifyError, VerifyReport, repair, verify,
+    ChainCheck, Defect, Problem, RepairOutcome, Session, TornTail, VerifyError, VerifyReport,
+    repair, verify, verify_with_chain,
 };
 pub use writer::{FsyncPolicy, Head, LogOptions, LogWriter, Unwritten, WriterError, WriterStats};
 

@@ -227,6 +227,11 @@ impl Follower {
         Ok(Self::at(dir, index))
     }
 
+    /// Starts at the beginning of the oldest file: every record, then whatever is appended.
+    pub fn from_start(dir: &Path) -> Self {
+        Self::at(dir, 0)
+    }
+
     fn at(dir: &Path, index: u64) -> Self {
         Self {
             dir: dir.to_owned(),

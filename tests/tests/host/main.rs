@@ -1,6 +1,6 @@
 //! guard's host-kernel integration tests, in one binary: a mod per signal where a test is
 //! about one (fork, attach, fork_denied, throttle), and per theme otherwise (loss, the
-//! reader's faults, bad input, the forensic log).
+//! reader's faults, bad input, the forensic log, the log stream).
 //!
 //! Requirements: the BPF tests load programs and create cgroups in the host's cgroup v2
 //! hierarchy, so they need root; a non-root run skips them with a printed reason outside CI
@@ -12,6 +12,7 @@ mod fork;
 mod fork_denied;
 mod loss;
 mod reader_fault;
+mod stream;
 mod throttle;
 
 /// The stress workload the BPF tests run in their cgroups (built by cargo for these tests:

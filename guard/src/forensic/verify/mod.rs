@@ -62,8 +62,10 @@ struct PayloadOf<T> {
     payload: T,
 }
 
-/// Chain state carried from line to line and file to file.
-struct Chain {
+/// Chain state carried from line to line and file to file: what [`verify`] checks a whole log
+/// with, and what a reader of a live copy (the stream collector) checks it with line by line.
+#[derive(Debug, Clone)]
+pub struct ChainCheck {
     next_seq: u64,
     prev: Digest,
     prev_line: Option<(String, u64)>,
@@ -75,6 +77,12 @@ struct Chain {
 /// Verifies the log in `dir` end to end. I/O errors are errors; everything about the content
 /// is in the report.
 pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
+    verify_with_chain(dir).map(|(report, _)| report)
+}
+
+/// Like [`verify`], also returning the chain as it stands after the last good line, for a
+/// caller that goes on appending to (or receiving) the same log.
+pub fn verify_with_chain(dir: &Path) -> Result<(VerifyReport, ChainCheck), VerifyError> {
     let files = layout::list_files(dir)?;
     let mut report = VerifyReport::default();
     if files.is_empty() {
@@ -83,15 +91,9 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
             line: 0,
             defect: Defect::NoFiles,
         });
-        return Ok(report);
+        return Ok((report, ChainCheck::new()));
     }
-    let mut chain = Chain {
-        next_seq: 0,
-        prev: GENESIS_DIGEST,
-        prev_line: None,
-        boot_mono: None,
-        finished_file: None,
-    };
+    let mut chain = ChainCheck::new();
     for (position, file) in files.iter().enumerate() {
         if file.index != position as u64 {
             report.problem = Some(Problem {
@@ -101,22 +103,22 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
                     name: layout::file_name(position as u64),
                 },
             });
-            return Ok(report);
+            return Ok((report, chain));
         }
         report.files += 1;
         let is_newest = position + 1 == files.len();
         if let Err(problem) = verify_file(file, is_newest, &mut chain, &mut report)? {
             report.problem = Some(problem);
-            return Ok(report);
+            return Ok((report, chain));
         }
     }
-    Ok(report)
+    Ok((report, chain))
 }
 
 fn verify_file(
     file: &LogFile,
     is_newest: bool,
-    chain: &mut Chain,
+    chain: &mut ChainCheck,
     report: &mut VerifyReport,
 ) -> Result<Result<(), Problem>, VerifyError> {
     let path = &file.path;
@@ -160,7 +162,7 @@ fn verify_file(
                 break;
             }
         };
-        let kind = match check_line(bytes, line_no, &name, chain) {
+        let kind = match chain.check(bytes, line_no, &name) {
             Ok(kind) => kind,
             Err(defect) => return Ok(Err(problem(defect))),
         };
@@ -176,11 +178,11 @@ fn verify_file(
             defect: Defect::EmptyInnerFile,
         }));
     }
-    chain.finished_file = Some((
+    chain.end_file(
         name,
         line_no - u64::from(report.torn_tail.is_some()),
         offset,
-    ));
+    );
     Ok(Ok(()))
 }
 
@@ -202,12 +204,59 @@ fn track_session(report: &mut VerifyReport, kind: &str, seq: u64) {
     }
 }
 
-/// Checks one line against the chain and advances it; returns the record's kind.
+impl Default for ChainCheck {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChainCheck {
+    /// The state before the first line of a log.
+    pub fn new() -> Self {
+        Self {
+            next_seq: 0,
+            prev: GENESIS_DIGEST,
+            prev_line: None,
+            boot_mono: None,
+            finished_file: None,
+        }
+    }
+
+    /// The seq the next record must have (the number of records checked).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Lowercase hex SHA-256 of the last line checked (the genesis value before any).
+    pub fn head(&self) -> String {
+        record::to_hex(&self.prev)
+    }
+
+    /// The last file [`ChainCheck::end_file`] announced: its name, records and bytes.
+    pub fn last_file(&self) -> Option<(&str, u64, u64)> {
+        self.finished_file
+            .as_ref()
+            .map(|(name, records, bytes)| (name.as_str(), *records, *bytes))
+    }
+
+    /// The file the lines so far belong to is complete, with `records` lines in `bytes`: the
+    /// next file's first line, a `rotate`, must say exactly that.
+    pub fn end_file(&mut self, name: String, records: u64, bytes: u64) {
+        self.finished_file = Some((name, records, bytes));
+    }
+
+    /// Checks `line` (without its newline), line `line_no` (1-based) of file `file_name`,
+    /// against the chain, and advances the chain past it. Returns the record's kind.
+    pub fn check(&mut self, line: &[u8], line_no: u64, file_name: &str) -> Result<String, Defect> {
+        check_line(line, line_no, file_name, self)
+    }
+}
+
 fn check_line(
     line: &[u8],
     line_no: u64,
     file_name: &str,
-    chain: &mut Chain,
+    chain: &mut ChainCheck,
 ) -> Result<String, Defect> {
     if line.is_empty() {
         return Err(Defect::EmptyLine);
@@ -290,7 +339,7 @@ fn check_line(
 
 /// The first line of the log is `start`; the first line of every later file is a `rotate`
 /// that must describe the previous file exactly (this is what exposes a truncated file).
-fn check_file_start(line: &[u8], fields: &Fields, chain: &Chain) -> Result<(), Defect> {
+fn check_file_start(line: &[u8], fields: &Fields, chain: &ChainCheck) -> Result<(), Defect> {
     let Some((prev_name, prev_records, prev_bytes)) = &chain.finished_file else {
         return if fields.kind == kinds::START {
             Ok(())

@@ -1,0 +1,317 @@
+//! Where a stream goes: `unix:PATH` (host tests, and the host end of a VMM's vsock bridge) or
+//! `vsock:PORT` / `vsock:CID:PORT` (a guest's AF_VSOCK socket; CID 2 is the host).
+use std::{
+    fmt,
+    fs::File,
+    io::{self, Read, Write},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::net::{UnixListener, UnixStream},
+    },
+    path::PathBuf,
+    str::FromStr,
+    time::Duration,
+};
+
+use super::StreamError;
+
+/// The host's context id, as a guest addresses it.
+pub const HOST_CID: u32 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Unix(PathBuf),
+    Vsock { cid: u32, port: u32 },
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Unix(path) => write!(f, "unix:{}", path.display()),
+            Address::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+        }
+    }
+}
+
+impl FromStr for Address {
+    type Err = StreamError;
+
+    fn from_str(text: &str) -> Result<Self, StreamError> {
+        let bad = |why: &str| StreamError::Address {
+            address: text.to_string(),
+            why: why.to_string(),
+        };
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(bad("unix: needs a socket path"));
+            }
+            return Ok(Address::Unix(PathBuf::from(path)));
+        }
+        let Some(rest) = text.strip_prefix("vsock:") else {
+            return Err(bad("expected unix:PATH, vsock:PORT or vsock:CID:PORT"));
+        };
+        let number = |part: &str, what: &str| {
+            part.parse::<u32>()
+                .map_err(|_| bad(&format!("{what} {part:?} is not a number")))
+        };
+        match rest.split_once(':') {
+            Some((cid, port)) => Ok(Address::Vsock {
+                cid: number(cid, "the CID")?,
+                port: number(port, "the port")?,
+            }),
+            None => Ok(Address::Vsock {
+                cid: HOST_CID,
+                port: number(rest, "the port")?,
+            }),
+        }
+    }
+}
+
+/// One stream connection, either kind.
+pub struct Connection {
+    inner: Inner,
+}
+
+enum Inner {
+    Unix(UnixStream),
+    Vsock(File),
+}
+
+impl Connection {
+    pub fn connect(address: &Address) -> io::Result<Self> {
+        let inner = match address {
+            Address::Unix(path) => Inner::Unix(UnixStream::connect(path)?),
+            Address::Vsock { cid, port } => Inner::Vsock(vsock_connect(*cid, *port)?),
+        };
+        Ok(Self { inner })
+    }
+
+    /// A second handle on the same connection (one thread reads, another writes).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        let inner = match &self.inner {
+            Inner::Unix(stream) => Inner::Unix(stream.try_clone()?),
+            Inner::Vsock(file) => Inner::Vsock(file.try_clone()?),
+        };
+        Ok(Self { inner })
+    }
+
+    /// Bounds every read (None: wait for ever).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        set_timeout(self.as_raw_fd(), libc::SO_RCVTIMEO, timeout)
+    }
+
+    /// Bounds every write: a stalled link then fails a write instead of holding it for ever.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        set_timeout(self.as_raw_fd(), libc::SO_SNDTIMEO, timeout)
+    }
+
+    /// Ends both directions (the peer reads end of file).
+    pub fn shutdown(&self) {
+        // SAFETY: shutdown(2) on a descriptor this connection owns.
+        unsafe { libc::shutdown(self.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
+impl AsRawFd for Connection {
+    fn as_raw_fd(&self) -> RawFd {
+        match &self.inner {
+            Inner::Unix(stream) => stream.as_raw_fd(),
+            Inner::Vsock(file) => file.as_raw_fd(),
+        }
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Inner::Unix(stream) => stream.read(buf),
+            Inner::Vsock(file) => file.read(buf),
+        }
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // send(2) with MSG_NOSIGNAL: a peer gone mid-write is an error, not a SIGPIPE.
+        // SAFETY: buf is valid for its length; the descriptor is this connection's.
+        let sent = unsafe {
+            libc::send(
+                self.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if sent < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(sent as usize)
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A listening socket, either kind.
+pub enum Listener {
+    Unix(UnixListener),
+    Vsock(OwnedFd),
+}
+
+impl Listener {
+    /// Listens on `address`: a Unix socket path (an existing socket file there is replaced), or
+    /// a vsock port on any CID.
+    pub fn bind(address: &Address) -> Result<Self, StreamError> {
+        let failed = |source| StreamError::Listen {
+            address: address.to_string(),
+            source,
+        };
+        match address {
+            Address::Unix(path) => {
+                if std::fs::symlink_metadata(path)
+                    .is_ok_and(|meta| std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()))
+                {
+                    std::fs::remove_file(path).map_err(failed)?;
+                }
+                UnixListener::bind(path).map(Listener::Unix).map_err(failed)
+            }
+            Address::Vsock { port, .. } => vsock_listen(*port).map(Listener::Vsock).map_err(failed),
+        }
+    }
+
+    pub fn accept(&self) -> io::Result<Connection> {
+        match self {
+            Listener::Unix(listener) => listener.accept().map(|(stream, _)| Connection {
+                inner: Inner::Unix(stream),
+            }),
+            Listener::Vsock(fd) => {
+                // SAFETY: accept(2) on our listening socket, without the peer address.
+                let client = unsafe {
+                    libc::accept4(
+                        fd.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        libc::SOCK_CLOEXEC,
+                    )
+                };
+                if client < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: accept returned a new descriptor that nothing else owns.
+                Ok(Connection {
+                    inner: Inner::Vsock(unsafe { File::from_raw_fd(client) }),
+                })
+            }
+        }
+    }
+}
+
+fn set_timeout(fd: RawFd, option: libc::c_int, timeout: Option<Duration>) -> io::Result<()> {
+    let timeout = timeout.unwrap_or_default();
+    let value = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt with a timeval of the right size.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn vsock_address(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain data; zero is a valid start.
+    let mut address: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    address.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    address.svm_cid = cid;
+    address.svm_port = port;
+    address
+}
+
+fn vsock_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn vsock_connect(cid: u32, port: u32) -> io::Result<File> {
+    let socket = vsock_socket()?;
+    let address = vsock_address(cid, port);
+    // SAFETY: connect(2) with a sockaddr_vm of the right size.
+    let result = unsafe {
+        libc::connect(
+            socket.as_raw_fd(),
+            (&address as *const libc::sockaddr_vm).cast(),
+            size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(File::from(socket))
+}
+
+fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+    let socket = vsock_socket()?;
+    let address = vsock_address(libc::VMADDR_CID_ANY, port);
+    // SAFETY: bind(2) and listen(2) with a sockaddr_vm of the right size.
+    unsafe {
+        if libc::bind(
+            socket.as_raw_fd(),
+            (&address as *const libc::sockaddr_vm).cast(),
+            size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        ) < 0
+            || libc::listen(socket.as_raw_fd(), 128) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            "unix:/tmp/s".parse::<Address>().unwrap(),
+            Address::Unix("/tmp/s".into())
+        );
+        assert_eq!(
+            "vsock:1234".parse::<Address>().unwrap(),
+            Address::Vsock {
+                cid: HOST_CID,
+                port: 1234
+            }
+        );
+        assert_eq!(
+            "vsock:3:9".parse::<Address>().unwrap(),
+            Address::Vsock { cid: 3, port: 9 }
+        );
+        for (bad, why) in [
+            ("tcp:1", "expected unix:PATH"),
+            ("unix:", "needs a socket path"),
+            ("vsock:x", "the port \"x\" is not a number"),
+        ] {
+            let error = bad.parse::<Address>().unwrap_err().to_string();
+            assert!(error.contains(bad) && error.contains(why), "{error}");
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Evidence off the guest as it happens: the forensic log streamed, byte for byte, to a host
+//! collector that verifies each guest's chain as records arrive (docs/STREAM.md).
+//!
+//! - [`address`]: `unix:PATH` and `vsock:PORT`, connecting and listening.
+//! - [`wire`]: the protocol's control lines and bounded line reading.
+//! - [`sender`]: the guest side, [`Sender`]: follows the local log and ships it, resuming where
+//!   the host's copy ends; [`LogTail`] hands an agent the same lines for its own channel.
+//! - [`collector`]: the host side, [`Collector`]: one thread per connection, one copy per guest
+//!   (`store.rs`), and a [`StreamVerdict`] for every stream.
+use std::{fmt, path::PathBuf};
+
+use serde::Serialize;
+
+pub mod address;
+pub mod collector;
+pub mod sender;
+mod store;
+pub mod wire;
+
+pub use address::{Address, Connection, Listener};
+pub use collector::{Collector, GuestStatus};
+pub use sender::{LogTail, Sender, SenderOptions, SenderStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("stream address {address:?}: {why}")]
+    Address { address: String, why: String },
+    #[error("listening on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("collector directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("guest name {name:?}: 1 to 64 of A-Z a-z 0-9 . _ -, not starting with a dot")]
+    GuestName { name: String },
+    #[error("starting the stream thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// How one stream ended, as the host saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "verdict")]
+pub enum StreamVerdict {
+    /// The guest's session ended with its `stop` record and the stream closed after it.
+    Complete { last_seq: u64 },
+    /// The stream ended without a `stop`: the guest died, was destroyed, or lost its link.
+    GuestDied { after_seq: Option<u64> },
+    /// A record arrived whose predecessors never did.
+    Gap { from: u64, to: u64 },
+    /// A resent record differs from the one the host holds at that seq: the guest rewrote its
+    /// history from there. The host keeps what it had.
+    Forked { at_seq: u64 },
+    /// A line that is not a valid next record of the chain.
+    Invalid { seq: Option<u64>, defect: String },
+    /// The host refused the connection before any record (bad hello, a guest already
+    /// streaming under that name).
+    Refused { reason: String },
+    /// The host could not store the stream (a full disk, an unreadable stored copy).
+    Failed { error: String },
+}
+
+impl StreamVerdict {
+    /// Only `complete` says the host holds the guest's whole session.
+    pub fn is_complete(&self) -> bool {
+        matches!(self, StreamVerdict::Complete { .. })
+    }
+}
+
+impl fmt::Display for StreamVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StreamVerdict::Complete { last_seq } => write!(f, "complete (seq 0..={last_seq})"),
+            StreamVerdict::GuestDied {
+                after_seq: Some(seq),
+            } => write!(f, "guest died after seq {seq}"),
+            StreamVerdict::GuestDied { after_seq: None } => {
+                write!(f, "guest died before its first record")
+            }
+            StreamVerdict::Gap { from, to } => write!(f, "gap: seq {from}..={to} missing"),
+            StreamVerdict::Forked { at_seq } => write!(
+                f,
+                "forked at seq {at_seq}: the guest's log differs from the copy held here; the \
+                 copy is kept"
+            ),
+            StreamVerdict::Invalid {
+                seq: Some(seq),
+                defect,
+            } => write!(f, "invalid record at seq {seq}: {defect}"),
+            StreamVerdict::Invalid { seq: None, defect } => write!(f, "invalid line: {defect}"),
+            StreamVerdict::Refused { reason } => write!(f, "refused: {reason}"),
+            StreamVerdict::Failed { error } => write!(f, "failed: {error}"),
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! The log stream over a Unix socket, on the host (the same code carries vsock in a guest):
+//! every verdict a collector can reach, with the stored copy checked by the verifier and
+//! against the guest's own bytes; bad input costs only its own connection.
+use std::{
+    io::{BufRead, BufReader, Write as _},
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use guard::forensic::{self, FsyncPolicy, LogOptions, LogWriter, StartInfo, serde_json::json};
+use guard::stream::{
+    Address, Collector, Connection, GuestStatus, Listener, Sender, SenderOptions, StreamVerdict,
+    wire::{Control, Hello, VERSION},
+};
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("guard-stream-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A collector serving on a socket in `scratch`, its statuses on a channel.
+struct Host {
+    collector: Collector,
+    address: Address,
+    statuses: mpsc::Receiver<GuestStatus>,
+}
+
+impl Host {
+    fn start(scratch: &Scratch, hello_timeout: Duration) -> Self {
+        let (sender, statuses) = mpsc::channel();
+        let sender = std::sync::Mutex::new(sender);
+        let collector = Collector::new(scratch.0.join("collected"), move |status| {
+            let _ = sender.lock().unwrap().send(status.clone());
+        })
+        .unwrap()
+        .with_hello_timeout(hello_timeout);
+        let address = Address::Unix(scratch.0.join("collector.sock"));
+        let listener = Listener::bind(&address).unwrap();
+        let serving = collector.clone();
+        std::thread::spawn(move || serving.serve(&listener));
+        Self {
+            collector,
+            address,
+            statuses,
+        }
+    }
+
+    /// The verdict of the next stream of `guest` to end (statuses of others are skipped).
+    fn verdict_of(&self, guest: Option<&str>) -> GuestStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let status = self
+                .statuses
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no verdict for {guest:?} within 60 s"));
+            if status.verdict.is_some() && status.guest.as_deref() == guest {
+                return status;
+            }
+        }
+    }
+}
+
+fn options() -> LogOptions {
+    LogOptions {
+        fsync: FsyncPolicy::Never,
+        boot_id: Some("stream-test".into()),
+        rotate_bytes: Some(2_000),
+        ..LogOptions::default()
+    }
+}
+
+/// A guest's log: a session of `events` records, closed with a stop unless `dies`.
+fn write_session(dir: &Path, events: u64, dies: bool) {
+    let mut writer = LogWriter::create(dir, options(), &StartInfo::new(1, json!(null))).unwrap();
+    for i in 0..events {
+        writer
+            .append(
+                "oom_kill",
+                Some("tenant"),
+                &json!({"i": i, "pad": "x".repeat(40)}),
+            )
+            .unwrap();
+    }
+    if dies {
+        drop(writer);
+    } else {
+        writer.close().unwrap();
+    }
+}
+
+fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    forensic::layout::list_files(dir)
+        .unwrap()
+        .into_iter()
+        .map(|file| (file.name(), std::fs::read(&file.path).unwrap()))
+        .collect()
+}
+
+fn ship(host: &Host, log: &Path, guest: &str, timeout: Duration) -> guard::stream::SenderStats {
+    let sender = Sender::start(log, SenderOptions::new(host.address.clone(), guest)).unwrap();
+    sender.finish(timeout)
+}
+
+#[test]
+fn a_closed_session_arrives_complete_and_byte_for_byte() {
+    let scratch = Scratch::new("complete");
+    let host = Host::start(&scratch, Duration::from_secs(10));
+    let log = scratch.0.join("guest-log");
+    write_session(&log, 100, false);
+    let stats = ship(&host, &log, "vm-a", Duration::from_secs(30));
+    let status = host.verdict_of(Some("vm-a"));
+    let report = forensic::verify(&log).unwrap();
+    let last = report.last_seq.unwrap();
+    assert_eq!(
+        status.verdict,
+        Some(StreamVerdict::Complete { last_seq: last })
+    );
+    assert_eq!(stats.acked_next_seq, last + 1, "{stats:?}");
+    let copy = host.collector.guest_dir("vm-a");
+    assert!(report.files > 1, "the test must cross a rotation");
+    assert_eq!(files_of(&copy), files_of(&log));
+    assert!(forensic::verify(&copy).unwrap().is_clean());
+}
+
+#[test]
+fn a_stream_without_a_stop_says_the_guest_died_and_a_reconnect_resumes() {
+    let scratch = Scratch::new("died");
+    let host = Host::start(&scratch, Duration::from_secs(10));
+    let log = scratch.0.join("guest-log");
+    write_session(&log, 30, true);
+    // finish waits for a stop that never comes, then ends the stream.
+    ship(&host, &log, "vm-b", Duration::from_secs(2));
+    let died = host.verdict_of(Some("vm-b"));
+    let last = forensic::verify(&log).unwrap().last_seq.unwrap();
+    assert_eq!(
+        died.verdict,
+        Some(StreamVerdict::GuestDied {
+            after_seq: Some(last)
+        })
+    );
+    assert_eq!(
+        died.verdict.as_ref().unwrap().to_string(),
+        format!("guest died after seq {last}")
+    );
+    // The guest comes back, continues its log and closes it: only the new records travel.
+    write_session(&log, 5, false);
+    let added = forensic::verify(&log).unwrap().last_seq.unwrap() - last;
+    ship(&host, &log, "vm-b", Duration::from_secs(30));
+    let resumed = host.verdict_of(Some("vm-b"));
+    assert!(resumed.verdict.as_ref().unwrap().is_complete(), "{resumed}");
+    assert_eq!((resumed.received, resumed.matched), (added, 0), "{resumed}");
+    assert_eq!(files_of(&host.collector.guest_dir("vm-b")), files_of(&log));
+}
+
+#[test]
+fn a_rewritten_history_is_a_fork_and_the_host_keeps_its_copy() {
+    let scratch = Scratch::new("fork");
+    let host = Host::start(&scratch, Duration::from_secs(10));
+    let log = scratch.0.join("guest-log");
+    write_session(&log, 10, false);
+    ship(&host, &log, "vm-c", Duration::from_secs(30));
+    assert!(host.verdict_of(Some("vm-c")).verdict.unwrap().is_complete());
+    let held = files_of(&host.collector.guest_dir("vm-c"));
+    // Guest root rewrites its log from seq K with a freshly computed chain: the first K lines
+    // (up to 6, what the first file holds) are kept, the rest replaced by a new session.
+    let first_file = forensic::layout::list_files(&log).unwrap()[0].path.clone();
+    for file in forensic::layout::list_files(&log).unwrap().iter().skip(1) {
+        std::fs::remove_file(&file.path).unwrap();
+    }
+    let text = std::fs::read_to_string(&first_file).unwrap();
+    let kept: Vec<&str> = text.split_inclusive('\n').take(6).collect();
+    let fork_at = kept.len() as u64;
+    assert!(fork_at >= 3, "the first file holds at least 3 records");
+    std::fs::write(&first_file, kept.concat()).unwrap();
+    write_session(&log, 2, false);
+    assert!(
+        forensic::verify(&log).unwrap().is_clean(),
+        "the rewrite verifies on its own"
+    );
+    ship(&host, &log, "vm-c", Duration::from_secs(5));
+    let forked = host.verdict_of(Some("vm-c"));
+    assert_eq!(
+        forked.verdict,
+        Some(StreamVerdict::Forked { at_seq: fork_at }),
+        "{forked}"
+    );
+    assert_eq!(forked.matched, fork_at);
+    assert_eq!(files_of(&host.collector.guest_dir("vm-c")), held);
+}
+
+#[test]
+fn three_guests_at_once_give_three_complete_copies() {
+    let scratch = Scratch::new("fan-in");
+    let host = Host::start(&scratch, Duration::from_secs(10));
+    let guests = ["vm-1", "vm-2", "vm-3"];
+    for guest in guests {
+        write_session(&scratch.0.join(guest), 200, false);
+    }
+    let senders: Vec<Sender> = guests
+        .iter()
+        .map(|guest| {
+            Sender::start(
+                &scratch.0.join(guest),
+                SenderOptions::new(host.address.clone(), *guest),
+            )
+            .unwrap()
+        })
+        .collect();
+    for sender in senders {
+        sender.finish(Duration::from_secs(30));
+    }
+    let mut done: Vec<String> = (0..3)
+        .map(|_| {
+            let status = host.verdict_of_any();
+            assert!(status.verdict.as_ref().unwrap().is_complete(), "{status}");
+            status.guest.unwrap()
+        })
+        .collect();
+    done.sort();
+    assert_eq!(done, guests);
+    for guest in guests {
+        assert_eq!(
+            files_of(&host.collector.guest_dir(guest)),
+            files_of(&scratch.0.join(guest))
+        );
+    }
+}
+
+impl Host {
+    fn verdict_of_any(&self) -> GuestStatus {
+        loop {
+            let status = self
+                .statuses
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a verdict within 60 s");
+            if status.verdict.is_some() {
+                return status;
+            }
+        }
+    }
+}
+
+/// A hand-driven guest: says hello and reads the resume point.
+fn raw_client(host: &Host, guest: &str) -> (Connection, BufReader<Connection>, Control) {
+    let mut connection = Connection::connect(&host.address).unwrap();
+    let hello = Control::Hello(Hello {
+        version: VERSION,
+        guest: guest.into(),
+        boot_id: "b".into(),
+    });
+    connection.write_all(&hello.to_line()).unwrap();
+    let mut reader = BufReader::new(connection.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    (
+        connection,
+        reader,
+        guard::forensic::serde_json::from_str(&line).unwrap(),
+    )
+}
+
+#[test]
+fn bad_input_costs_only_its_own_connection() {
+    let scratch = Scratch::new("bad");
+    let host = Host::start(&scratch, Duration::from_millis(500));
+    let log = scratch.0.join("guest-log");
+    write_session(&log, 3, false);
+    let lines: Vec<Vec<u8>> =
+        std::fs::read(forensic::layout::list_files(&log).unwrap()[0].path.clone())
+            .unwrap()
+            .split_inclusive(|&b| b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect();
+
+    // Garbage instead of a hello.
+    let mut garbage = Connection::connect(&host.address).unwrap();
+    garbage.write_all(b"\x00\xffGET / HTTP/1.0\r\n\n").unwrap();
+    let status = host.verdict_of(None);
+    assert!(
+        status
+            .verdict
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .starts_with("refused: the first line is not a hello"),
+        "{status}"
+    );
+    // A client that connects and says nothing.
+    let _silent = Connection::connect(&host.address).unwrap();
+    let status = host.verdict_of(None);
+    assert!(
+        status
+            .verdict
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("no hello within"),
+        "{status}"
+    );
+    // A name that is not a safe directory name.
+    let (_c, _r, answer) = raw_client(&host, "../etc");
+    assert!(matches!(answer, Control::Refused { .. }), "{answer:?}");
+    host.verdict_of(None);
+
+    // A gap: record 0, then record 2.
+    let (mut gap, _reader, _) = raw_client(&host, "vm-gap");
+    gap.write_all(&lines[0]).unwrap();
+    gap.write_all(&lines[2]).unwrap();
+    let status = host.verdict_of(Some("vm-gap"));
+    assert_eq!(status.verdict, Some(StreamVerdict::Gap { from: 1, to: 1 }));
+    // A record altered in flight does not verify.
+    let (mut altered, _reader, _) = raw_client(&host, "vm-alt");
+    altered.write_all(&lines[0]).unwrap();
+    let changed = String::from_utf8(lines[1].clone())
+        .unwrap()
+        .replacen("\"i\":0", "\"i\":7", 1);
+    altered.write_all(changed.as_bytes()).unwrap();
+    let status = host.verdict_of(Some("vm-alt"));
+    assert!(
+        matches!(
+            &status.verdict,
+            Some(StreamVerdict::Invalid { seq: Some(1), .. })
+        ),
+        "{status}"
+    );
+    // A line over the bound.
+    let (mut long, _reader, _) = raw_client(&host, "vm-long");
+    let huge = vec![b'x'; guard::stream::wire::MAX_RECORD_BYTES + 10];
+    let _ = long.write_all(&huge);
+    let status = host.verdict_of(Some("vm-long"));
+    assert!(
+        status
+            .verdict
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("longer than"),
+        "{status}"
+    );
+    // The same guest twice at once: the second is refused, the first unharmed.
+    let (mut first, _reader, _) = raw_client(&host, "vm-twice");
+    let (_second, _r2, answer) = raw_client(&host, "vm-twice");
+    assert!(
+        matches!(&answer, Control::Refused { reason } if reason.contains("already streaming")),
+        "{answer:?}"
+    );
+    host.verdict_of(None);
+    for line in &lines {
+        first.write_all(line).unwrap();
+    }
+    first.shutdown();
+    let status = host.verdict_of(Some("vm-twice"));
+    assert!(status.verdict.unwrap().is_complete());
+
+    // A hundred connections at once, saying nothing or garbage, beside a real guest.
+    let crowd: Vec<Connection> = (0..100)
+        .map(|i| {
+            let mut connection = Connection::connect(&host.address).unwrap();
+            if i % 2 == 0 {
+                let _ = connection.write_all(b"nonsense\n");
+            }
+            connection
+        })
+        .collect();
+    ship(&host, &log, "vm-real", Duration::from_secs(30));
+    let status = host.verdict_of(Some("vm-real"));
+    assert!(status.verdict.as_ref().unwrap().is_complete(), "{status}");
+    drop(crowd);
+    // Nothing outside the collector's directory, nothing of one guest in another's.
+    assert_eq!(
+        files_of(&host.collector.guest_dir("vm-real")),
+        files_of(&log)
+    );
+    assert!(!scratch.0.join("etc").exists());
+}
