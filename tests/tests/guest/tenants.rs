@@ -9,7 +9,7 @@
 use guard_tests::{guest::facts, guest::json_file, per_kernel};
 use serde_json::Value;
 
-use crate::waves::selftest_in;
+use crate::waves::{guest_memory_mib, selftest_in};
 
 fn number(value: &Value) -> u64 {
     value.as_u64().unwrap_or(0)
@@ -125,14 +125,6 @@ pub(crate) fn held(summary: &Value, tier: u8) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// The guest's memory: 128 MiB, except Debian 6.1, whose 128 MiB guest starts the agent with
-/// about 36 MiB of MemAvailable: after the measured kernel reserve (20 MiB) and the agent's
-/// bound (10.8 MiB) a budget of ~5 MiB would be left, below the 10 MiB floor (at such budgets
-/// the wave stopped: libcontainer's exec helpers do not fit). 256 MiB gives it room.
-fn guest_memory_mib(kernel: &str) -> u32 {
-    if kernel == "6.1" { 256 } else { 128 }
 }
 
 fn tenants_cannot_take_the_guest_down(kernel: &str) {
