@@ -661,7 +661,7 @@ fn writer_reports_errors_and_refuses_bad_input() {
 }
 
 /// The `guard` binary of this workspace, built on demand (it lives in another package).
-fn guard_bin() -> PathBuf {
+pub(crate) fn guard_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
     let bin = profile_dir.join("guard");

@@ -388,3 +388,83 @@ fn bad_input_costs_only_its_own_connection() {
     );
     assert!(!scratch.0.join("etc").exists());
 }
+
+/// The commands themselves: `guard exec --log L --stream unix:S` into `guard collect --listen
+/// unix:S --streams 1`; the collector exits 0 on `complete`, its copy is the guest's log byte
+/// for byte, and `guard log verify` accepts it.
+#[test]
+fn guard_exec_streams_into_guard_collect() {
+    if !guard_tests::host::root_or_skip("guard_exec_streams_into_guard_collect") {
+        return;
+    }
+    let scratch = Scratch::new("cli");
+    let guard = crate::forensic_log::guard_bin();
+    let socket = scratch.0.join("collect.sock");
+    let copies = scratch.0.join("copies");
+    let collect = std::process::Command::new(&guard)
+        .args(["collect", "--streams", "1", "--json", "--listen"])
+        .arg(format!("unix:{}", socket.display()))
+        .arg("--dir")
+        .arg(&copies)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _reap = KillOnDrop(collect.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the collector never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = scratch.0.join("log");
+    let parent = guard_tests::host::TestCgroup::create("stream-cli");
+    let cgroup = parent.path.join("job").display().to_string();
+    let exec = std::process::Command::new(&guard)
+        .args(["exec", "--cgroup", &cgroup, "--log"])
+        .arg(&log)
+        .arg("--stream")
+        .arg(format!("unix:{}", socket.display()))
+        .args(["--stream-name", "cli-guest", "--", "sh", "-c", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        exec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
+    let collected = collect.wait_with_output().unwrap();
+    let status: guard::forensic::serde_json::Value = guard::forensic::serde_json::from_slice(
+        collected
+            .stdout
+            .split(|&b| b == b'\n')
+            .rfind(|line| !line.is_empty())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(collected.status.success(), "{status}");
+    assert_eq!(status["verdict"]["verdict"], "complete", "{status}");
+    let copy = copies.join("cli-guest");
+    assert_eq!(files_of(&copy), files_of(&log));
+    let verify = std::process::Command::new(&guard)
+        .args(["log", "--dir"])
+        .arg(&copy)
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+/// Kills a helper process if the test fails before it exits by itself.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.0.to_string())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}

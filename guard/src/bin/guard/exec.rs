@@ -133,6 +133,7 @@ async fn run_in_cgroup(guard: &Guard, id: &str, args: &ExecArgs) -> anyhow::Resu
     };
     guard.watch_limited(id, &args.cgroup, limits)?;
     let log = args.log.start(guard, serde_json::to_value(limits)?)?;
+    let stream = args.log.start_stream()?;
     let writer = args
         .events
         .as_deref()
@@ -153,7 +154,7 @@ async fn run_in_cgroup(guard: &Guard, id: &str, args: &ExecArgs) -> anyhow::Resu
     let elapsed = started.elapsed();
     let report = guard.unwatch(id).await?;
     let global = guard.global_counters().await?;
-    crate::log_args::finish(log, std::slice::from_ref(&report)).await?;
+    crate::log_args::finish(log, std::slice::from_ref(&report), stream).await?;
     // Everything is drained now: let the writer finish what is queued.
     if let Some(writer) = writer {
         writer.finish().await?;

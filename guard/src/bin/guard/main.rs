@@ -14,6 +14,7 @@ macro_rules! outln {
 }
 
 mod args;
+mod collect;
 mod exec;
 mod log;
 mod log_args;
@@ -68,6 +69,12 @@ enum Command {
     Selftest(selftest::SelftestArgs),
     /// Read, follow, verify and repair the hash-chained forensic log (see docs/LOG-FORMAT.md).
     Log(log::LogArgs),
+    /// On the host: receive the forensic logs guests stream (`--stream`), one copy per guest,
+    /// each chain verified as records arrive, each stream ending with a verdict (complete,
+    /// guest died after seq N, gap, forked at seq K). See docs/STREAM.md.
+    ///
+    /// Example: `guard collect --listen unix:/run/guard/vsock.sock_7000 --dir /var/lib/guard/guests`
+    Collect(collect::CollectArgs),
     /// Internal: clone one exec into its container from a single-threaded process (guard's
     /// runtime starts it with a request on descriptor 3).
     #[command(hide = true)]
@@ -97,6 +104,7 @@ fn main() -> ExitCode {
         Command::Probe { json } => probe::run(json),
         // Reading a log needs no runtime.
         Command::Log(args) => log::run(args),
+        Command::Collect(args) => collect::run(args),
         // No runtime, no thread: the clone must not inherit a lock another thread holds.
         Command::ExecHelper => return guard::runtime::serve_exec_helper(),
         command => tokio_runtime().and_then(|runtime| runtime.block_on(dispatch(command))),
@@ -138,7 +146,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => watch::run(args).await,
         Command::Run(args) => run::run(args).await,
         Command::Selftest(args) => selftest::run(args).await,
-        Command::Probe { .. } | Command::Log(_) | Command::ExecHelper => {
+        Command::Probe { .. } | Command::Log(_) | Command::Collect(_) | Command::ExecHelper => {
             unreachable!("run without a runtime")
         }
     }

@@ -217,6 +217,7 @@ async fn run_guarded(
     .await
     .context("starting the guard")?;
     let log = args.log.start(&guard, serde_json::to_value(limits)?)?;
+    let stream = args.log.start_stream()?;
     let result = run_logged(
         &args,
         &id,
@@ -244,6 +245,7 @@ async fn run_guarded(
                     head.prev
                 );
             }
+            crate::log_args::finish_stream(stream);
             Ok(code)
         }
         (Ok(_), Err(error)) => Err(anyhow::Error::new(error).context("closing the forensic log")),

@@ -70,6 +70,8 @@ pub struct SelftestArgs {
     /// The stress program run inside the container (linked into its rootfs).
     #[arg(long, default_value = "/bin/guard-stress")]
     stress: PathBuf,
+    #[command(flatten)]
+    stream: crate::log_args::StreamArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -235,6 +237,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         },
         serde_json::to_value(limits)?,
     )?;
+    let stream = args.stream.start(&out.join("log"))?;
     if let Some(record) = runtime.budget() {
         log.record("budget_applied", None, record).await?;
     }
@@ -302,6 +305,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     let global = guard.global_counters().await?;
     live.abort();
     let head = log.close().await?;
+    crate::log_args::finish_stream(stream);
     let summary = json!({
         "no_limits": no_limits,
         "no_budget": !budgeted,

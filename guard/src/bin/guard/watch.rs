@@ -72,6 +72,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let log = args.log.start(&guard, serde_json::Value::Null)?;
+    let stream = args.log.start_stream()?;
     let writer = args
         .events
         .as_deref()
@@ -96,7 +97,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     for (id, _) in &targets {
         reports.push(guard.unwatch(id).await?);
     }
-    crate::log_args::finish(log, &reports).await?;
+    crate::log_args::finish(log, &reports, stream).await?;
     // Everything is drained now: the writer finishes what is queued.
     if let Some(writer) = writer
         && let Err(error) = writer.finish().await
