@@ -468,3 +468,74 @@ impl Drop for KillOnDrop {
             .status();
     }
 }
+
+/// A disk that fills under the collector: that stream fails with the error named, the copy
+/// verifies up to its last complete line, and once there is room again the guest's next
+/// connection cuts the torn line and completes the copy.
+#[test]
+fn a_full_disk_fails_its_stream_and_the_next_connection_completes_it() {
+    if !guard_tests::host::root_or_skip("a_full_disk_fails_its_stream") {
+        return;
+    }
+    let scratch = Scratch::new("full");
+    let mount = scratch.0.join("small");
+    std::fs::create_dir_all(&mount).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a 64 KiB tmpfs");
+    let _unmount = Unmount(mount.clone());
+    let (sender, statuses) = mpsc::channel();
+    let sender = std::sync::Mutex::new(sender);
+    let collector = Collector::new(mount.join("collected"), move |status| {
+        let _ = sender.lock().unwrap().send(status.clone());
+    })
+    .unwrap();
+    let address = Address::Unix(scratch.0.join("collector.sock"));
+    let listener = Listener::bind(&address).unwrap();
+    let serving = collector.clone();
+    std::thread::spawn(move || serving.serve(&listener));
+    let host = Host {
+        collector,
+        address,
+        statuses,
+    };
+    let log = scratch.0.join("guest-log");
+    write_session(&log, 400, false);
+    ship(&host, &log, "vm-full", Duration::from_secs(3));
+    let full = host.verdict_of(Some("vm-full"));
+    let verdict = full.verdict.as_ref().unwrap().to_string();
+    assert!(verdict.contains("No space left on device"), "{full}");
+    let copy = host.collector.guest_dir("vm-full");
+    assert_eq!(forensic::verify(&copy).unwrap().problem, None);
+    // Room again: the next connection repairs the copy and completes it.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=4m"])
+        .arg(&mount)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    ship(&host, &log, "vm-full", Duration::from_secs(30));
+    let status = loop {
+        let status = host.verdict_of(Some("vm-full"));
+        if status
+            .verdict
+            .as_ref()
+            .is_some_and(StreamVerdict::is_complete)
+        {
+            break status;
+        }
+    };
+    assert!(status.records > full.records, "{status}");
+    assert_eq!(files_of(&copy), files_of(&log));
+}
+
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
