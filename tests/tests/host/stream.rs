@@ -539,3 +539,119 @@ impl Drop for Unmount {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// A link that stalls mid-stream (a relay stops forwarding): the guest's log goes on being
+/// written at full speed, the sender's write times out and it reconnects; once the link
+/// returns, the resume fills everything in and the copy completes.
+#[test]
+fn a_stalled_link_delays_the_copy_and_never_the_log() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let scratch = Scratch::new("stall");
+    let host = Host::start(&scratch, Duration::from_secs(10));
+    let Address::Unix(collector_path) = host.address.clone() else {
+        unreachable!()
+    };
+    let relay_path = scratch.0.join("relay.sock");
+    let relay = std::os::unix::net::UnixListener::bind(&relay_path).unwrap();
+    let paused = Arc::new(AtomicBool::new(false));
+    std::thread::spawn({
+        let paused = paused.clone();
+        move || {
+            for guest_side in relay.incoming().flatten() {
+                let host_side = std::os::unix::net::UnixStream::connect(&collector_path).unwrap();
+                let (mut from_host, mut to_guest) = (
+                    host_side.try_clone().unwrap(),
+                    guest_side.try_clone().unwrap(),
+                );
+                std::thread::spawn(move || std::io::copy(&mut from_host, &mut to_guest));
+                let paused = paused.clone();
+                std::thread::spawn(move || {
+                    let (mut from_guest, mut to_host) = (guest_side, host_side);
+                    let mut buffer = [0u8; 4096];
+                    loop {
+                        while paused.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        match std::io::Read::read(&mut from_guest, &mut buffer) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if to_host.write_all(&buffer[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = to_host.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    let log = scratch.0.join("guest-log");
+    let mut writer = LogWriter::create(&log, options(), &StartInfo::new(1, json!(null))).unwrap();
+    let sender = Sender::start(
+        &log,
+        SenderOptions::new(Address::Unix(relay_path.clone()), "vm-stall"),
+    )
+    .unwrap();
+    let append = |writer: &mut LogWriter, n: u64| {
+        for i in 0..n {
+            writer
+                .append(
+                    "fork",
+                    Some("tenant"),
+                    &json!({"i": i, "pad": "y".repeat(200)}),
+                )
+                .unwrap();
+        }
+        writer.flush().unwrap();
+    };
+    append(&mut writer, 50);
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what} within 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("the first records acknowledged", &|| {
+        sender.stats().acked_next_seq >= 51
+    });
+    paused.store(true, Ordering::Relaxed);
+    // Far more than the sockets buffer: the sender's writes block, the log's do not.
+    let started = Instant::now();
+    append(&mut writer, 5_000);
+    let appending = started.elapsed();
+    wait("the stalled write to time out", &|| {
+        sender.stats().last_error.is_some()
+    });
+    assert!(
+        sender.stats().acked_next_seq < 5_051,
+        "the link was stalled: {:?}",
+        sender.stats()
+    );
+    paused.store(false, Ordering::Relaxed);
+    writer.close().unwrap();
+    let stats = sender.finish(Duration::from_secs(60));
+    let last = forensic::verify(&log).unwrap().last_seq.unwrap();
+    assert_eq!(stats.acked_next_seq, last + 1, "{stats:?}");
+    let status = loop {
+        let status = host.verdict_of(Some("vm-stall"));
+        if status
+            .verdict
+            .as_ref()
+            .is_some_and(StreamVerdict::is_complete)
+        {
+            break status;
+        }
+    };
+    assert!(stats.connections >= 2, "it reconnected: {stats:?}");
+    assert_eq!(
+        files_of(&host.collector.guest_dir("vm-stall")),
+        files_of(&log),
+        "{status}"
+    );
+    eprintln!("5,000 records appended in {appending:?} while the link was stalled; {stats:?}");
+}
