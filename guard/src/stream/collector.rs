@@ -15,6 +15,8 @@ use std::{
 use serde::Serialize;
 use tracing::warn;
 
+use crate::pipeline::lock;
+
 use super::{
     Connection, Listener, StreamError, StreamVerdict,
     store::{GuestStore, Received},
@@ -302,10 +304,4 @@ fn last_seq(store: &GuestStore) -> Option<u64> {
 fn preview(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(80)]);
     format!("{text:?}")
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

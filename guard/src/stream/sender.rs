@@ -16,6 +16,8 @@ use std::{
 use serde::Serialize;
 use tracing::{debug, warn};
 
+use crate::pipeline::lock;
+
 use super::{
     Address, Connection, StreamError,
     wire::{self, Control, Hello, ReadLine},
@@ -357,10 +359,4 @@ impl Worker {
             }
         })
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

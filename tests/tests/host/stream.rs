@@ -41,9 +41,14 @@ struct Host {
 
 impl Host {
     fn start(scratch: &Scratch, hello_timeout: Duration) -> Self {
+        Self::start_in(scratch, &scratch.0.join("collected"), hello_timeout)
+    }
+
+    /// A collector storing under `dir`.
+    fn start_in(scratch: &Scratch, dir: &Path, hello_timeout: Duration) -> Self {
         let (sender, statuses) = mpsc::channel();
         let sender = std::sync::Mutex::new(sender);
-        let collector = Collector::new(scratch.0.join("collected"), move |status| {
+        let collector = Collector::new(dir, move |status| {
             let _ = sender.lock().unwrap().send(status.clone());
         })
         .unwrap()
@@ -242,6 +247,20 @@ fn three_guests_at_once_give_three_complete_copies() {
 }
 
 impl Host {
+    /// Skips `guest`'s failed streams (a reconnecting sender's) until one is complete.
+    fn first_complete(&self, guest: &str) -> GuestStatus {
+        loop {
+            let status = self.verdict_of(Some(guest));
+            if status
+                .verdict
+                .as_ref()
+                .is_some_and(StreamVerdict::is_complete)
+            {
+                return status;
+            }
+        }
+    }
+
     fn verdict_of_any(&self) -> GuestStatus {
         loop {
             let status = self
@@ -487,21 +506,7 @@ fn a_full_disk_fails_its_stream_and_the_next_connection_completes_it() {
         .unwrap();
     assert!(mounted.success(), "mounting a 64 KiB tmpfs");
     let _unmount = Unmount(mount.clone());
-    let (sender, statuses) = mpsc::channel();
-    let sender = std::sync::Mutex::new(sender);
-    let collector = Collector::new(mount.join("collected"), move |status| {
-        let _ = sender.lock().unwrap().send(status.clone());
-    })
-    .unwrap();
-    let address = Address::Unix(scratch.0.join("collector.sock"));
-    let listener = Listener::bind(&address).unwrap();
-    let serving = collector.clone();
-    std::thread::spawn(move || serving.serve(&listener));
-    let host = Host {
-        collector,
-        address,
-        statuses,
-    };
+    let host = Host::start_in(&scratch, &mount.join("collected"), Duration::from_secs(10));
     let log = scratch.0.join("guest-log");
     write_session(&log, 400, false);
     ship(&host, &log, "vm-full", Duration::from_secs(3));
@@ -518,16 +523,7 @@ fn a_full_disk_fails_its_stream_and_the_next_connection_completes_it() {
         .unwrap();
     assert!(grown.success());
     ship(&host, &log, "vm-full", Duration::from_secs(30));
-    let status = loop {
-        let status = host.verdict_of(Some("vm-full"));
-        if status
-            .verdict
-            .as_ref()
-            .is_some_and(StreamVerdict::is_complete)
-        {
-            break status;
-        }
-    };
+    let status = host.first_complete("vm-full");
     assert!(status.records > full.records, "{status}");
     assert_eq!(files_of(&copy), files_of(&log));
 }
@@ -637,16 +633,7 @@ fn a_stalled_link_delays_the_copy_and_never_the_log() {
     let stats = sender.finish(Duration::from_secs(60));
     let last = forensic::verify(&log).unwrap().last_seq.unwrap();
     assert_eq!(stats.acked_next_seq, last + 1, "{stats:?}");
-    let status = loop {
-        let status = host.verdict_of(Some("vm-stall"));
-        if status
-            .verdict
-            .as_ref()
-            .is_some_and(StreamVerdict::is_complete)
-        {
-            break status;
-        }
-    };
+    let status = host.first_complete("vm-stall");
     assert!(stats.connections >= 2, "it reconnected: {stats:?}");
     assert_eq!(
         files_of(&host.collector.guest_dir("vm-stall")),
