@@ -622,3 +622,50 @@ fn the_exec_helper_run_by_hand_says_it_is_internal() {
         "the helper is hidden from --help"
     );
 }
+
+#[test]
+fn stream_options() {
+    let exec = |extra: &[&str]| {
+        let mut all = args(&["exec", "--cgroup", "/nonexistent-cgroup"]);
+        all.extend(args(extra));
+        all.extend(args(&["--", "true"]));
+        all
+    };
+    check(vec![
+        (
+            exec(&["--stream", "tcp:1"]),
+            2,
+            clap_error(
+                r#"invalid value 'tcp:1' for '--stream <ADDR>': stream address "tcp:1": expected unix:PATH, vsock:PORT or vsock:CID:PORT"#,
+            ),
+        ),
+        (
+            exec(&["--stream", "vsock:x"]),
+            2,
+            clap_error(
+                r#"invalid value 'vsock:x' for '--stream <ADDR>': stream address "vsock:x": the port "x" is not a number"#,
+            ),
+        ),
+        (
+            exec(&[
+                "--log",
+                "/tmp/l",
+                "--stream",
+                "vsock:1",
+                "--stream-name",
+                "../x",
+            ]),
+            2,
+            clap_error(
+                r#"invalid value '../x' for '--stream-name <NAME>': guest name "../x": 1 to 64 of A-Z a-z 0-9 . _ -, not starting with a dot"#,
+            ),
+        ),
+        (
+            args(&["collect", "--listen", "unix:", "--dir", "/tmp/x"]),
+            2,
+            clap_error(
+                r#"invalid value 'unix:' for '--listen <ADDR>': stream address "unix:": unix: needs a socket path"#,
+            ),
+        ),
+    ]);
+}

@@ -38,8 +38,19 @@ pub struct StreamArgs {
     #[arg(long, value_name = "ADDR")]
     pub stream: Option<Address>,
     /// The name the collector stores this guest's log under. Default: the host name.
-    #[arg(long, value_name = "NAME", requires = "stream")]
+    #[arg(long, value_name = "NAME", requires = "stream", value_parser = parse_guest_name)]
     pub stream_name: Option<String>,
+}
+
+fn parse_guest_name(name: &str) -> Result<String, String> {
+    if guard::stream::wire::valid_guest_name(name) {
+        Ok(name.to_string())
+    } else {
+        Err(guard::stream::StreamError::GuestName {
+            name: name.to_string(),
+        }
+        .to_string())
+    }
 }
 
 impl StreamArgs {
