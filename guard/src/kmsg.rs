@@ -215,6 +215,22 @@ impl KmsgWatch {
             .unwrap_or_default()
     }
 
+    /// How many of `victims` the log reports killed by the global OOM killer, and how often
+    /// its reader fell behind, as of now (read here, like [`KmsgWatch::tally`], without a copy
+    /// of the tally).
+    pub fn global_kills_among(&self, victims: &[u32]) -> (u64, u64) {
+        self.reader
+            .lock()
+            .map(|mut reader| {
+                reader.read_available();
+                (
+                    reader.tally.global_kills_among(victims),
+                    reader.tally.overruns,
+                )
+            })
+            .unwrap_or_default()
+    }
+
     /// Stops reading and returns the final tally (what is logged until now is read first).
     pub fn finish(mut self) -> OomTally {
         self.stop_thread();

@@ -42,11 +42,9 @@ impl Guard {
                 .saturating_sub(ancestor_baseline)
         });
         let kernel_log = self.kernel_log.as_ref().map(|log| {
-            let tally = log.tally();
-            LoggedKills {
-                global: tally.global_kills_among(lock(&self.hub).oom_victims(counters.cgroup_id)),
-                overruns: tally.overruns,
-            }
+            let (global, overruns) =
+                log.global_kills_among(lock(&self.hub).oom_victims(counters.cgroup_id));
+            LoggedKills { global, overruns }
         });
         let applied = HeldLimits::read(&cgroup)?;
         let kernel_since_watch = EventFiles::read(&cgroup)?.since(&baseline);

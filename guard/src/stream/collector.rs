@@ -68,7 +68,6 @@ struct Shared {
     streaming: Mutex<HashSet<String>>,
     latest: Mutex<BTreeMap<String, GuestStatus>>,
     connections: AtomicU64,
-    hello_timeout: Duration,
     observer: Box<Observer>,
 }
 
@@ -76,6 +75,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct Collector {
     shared: Arc<Shared>,
+    hello_timeout: Duration,
 }
 
 impl Collector {
@@ -96,18 +96,15 @@ impl Collector {
                 streaming: Mutex::default(),
                 latest: Mutex::default(),
                 connections: AtomicU64::new(0),
-                hello_timeout: HELLO_TIMEOUT,
                 observer: Box::new(observer),
             }),
+            hello_timeout: HELLO_TIMEOUT,
         })
     }
 
-    /// How long a new connection may take to say hello ([`HELLO_TIMEOUT`] unless set; call
-    /// before the collector is cloned or serving).
+    /// How long a new connection may take to say hello ([`HELLO_TIMEOUT`] unless set).
     pub fn with_hello_timeout(mut self, timeout: Duration) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.hello_timeout = timeout;
-        }
+        self.hello_timeout = timeout;
         self
     }
 
@@ -171,7 +168,7 @@ impl Collector {
             return refused("cannot read the connection".into());
         };
         let mut writer = connection;
-        let hello_timeout = self.shared.hello_timeout;
+        let hello_timeout = self.hello_timeout;
         let _ = writer.set_read_timeout(Some(hello_timeout));
         let _ = writer.set_write_timeout(Some(hello_timeout));
         let mut reader = BufReader::with_capacity(64 << 10, reading);

@@ -296,12 +296,14 @@ impl Worker {
                 return Ended::Finished;
             }
             batch.clear();
+            let mut lines = 0;
             let polled = tail.poll(&mut |line| {
                 batch.extend_from_slice(line.raw);
                 batch.push(b'\n');
                 last_sent = Some((line.seq, line.kind == record::kinds::STOP));
-                lock(&self.stats).lines_sent += 1;
+                lines += 1;
             });
+            lock(&self.stats).lines_sent += lines;
             if let Err(error) = polled {
                 let mut stats = lock(&self.stats);
                 stats.unreadable_lines += 1;

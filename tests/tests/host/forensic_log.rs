@@ -12,11 +12,11 @@ use guard::forensic::{
     WriterError,
 };
 
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
+/// A scratch directory removed on drop (the stream tests use it too).
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path =

@@ -8,29 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::forensic_log::TempDir;
 use guard::forensic::{self, FsyncPolicy, LogOptions, LogWriter, StartInfo, serde_json::json};
 use guard::stream::{
     Address, Collector, Connection, GuestStatus, Listener, Sender, SenderOptions, StreamVerdict,
     wire::{Control, Hello, VERSION},
 };
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("guard-stream-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A collector serving on a socket in `scratch`, its statuses on a channel.
 struct Host {
@@ -40,12 +23,12 @@ struct Host {
 }
 
 impl Host {
-    fn start(scratch: &Scratch, hello_timeout: Duration) -> Self {
+    fn start(scratch: &TempDir, hello_timeout: Duration) -> Self {
         Self::start_in(scratch, &scratch.0.join("collected"), hello_timeout)
     }
 
     /// A collector storing under `dir`.
-    fn start_in(scratch: &Scratch, dir: &Path, hello_timeout: Duration) -> Self {
+    fn start_in(scratch: &TempDir, dir: &Path, hello_timeout: Duration) -> Self {
         let (sender, statuses) = mpsc::channel();
         let sender = std::sync::Mutex::new(sender);
         let collector = Collector::new(dir, move |status| {
@@ -123,7 +106,7 @@ fn ship(host: &Host, log: &Path, guest: &str, timeout: Duration) -> guard::strea
 
 #[test]
 fn a_closed_session_arrives_complete_and_byte_for_byte() {
-    let scratch = Scratch::new("complete");
+    let scratch = TempDir::new("complete");
     let host = Host::start(&scratch, Duration::from_secs(10));
     let log = scratch.0.join("guest-log");
     write_session(&log, 100, false);
@@ -144,7 +127,7 @@ fn a_closed_session_arrives_complete_and_byte_for_byte() {
 
 #[test]
 fn a_stream_without_a_stop_says_the_guest_died_and_a_reconnect_resumes() {
-    let scratch = Scratch::new("died");
+    let scratch = TempDir::new("died");
     let host = Host::start(&scratch, Duration::from_secs(10));
     let log = scratch.0.join("guest-log");
     write_session(&log, 30, true);
@@ -174,7 +157,7 @@ fn a_stream_without_a_stop_says_the_guest_died_and_a_reconnect_resumes() {
 
 #[test]
 fn a_rewritten_history_is_a_fork_and_the_host_keeps_its_copy() {
-    let scratch = Scratch::new("fork");
+    let scratch = TempDir::new("fork");
     let host = Host::start(&scratch, Duration::from_secs(10));
     let log = scratch.0.join("guest-log");
     write_session(&log, 10, false);
@@ -210,7 +193,7 @@ fn a_rewritten_history_is_a_fork_and_the_host_keeps_its_copy() {
 
 #[test]
 fn three_guests_at_once_give_three_complete_copies() {
-    let scratch = Scratch::new("fan-in");
+    let scratch = TempDir::new("fan-in");
     let host = Host::start(&scratch, Duration::from_secs(10));
     let guests = ["vm-1", "vm-2", "vm-3"];
     for guest in guests {
@@ -295,7 +278,7 @@ fn raw_client(host: &Host, guest: &str) -> (Connection, BufReader<Connection>, C
 
 #[test]
 fn bad_input_costs_only_its_own_connection() {
-    let scratch = Scratch::new("bad");
+    let scratch = TempDir::new("bad");
     let host = Host::start(&scratch, Duration::from_millis(500));
     let log = scratch.0.join("guest-log");
     write_session(&log, 3, false);
@@ -416,7 +399,7 @@ fn guard_exec_streams_into_guard_collect() {
     if !guard_tests::host::root_or_skip("guard_exec_streams_into_guard_collect") {
         return;
     }
-    let scratch = Scratch::new("cli");
+    let scratch = TempDir::new("cli");
     let guard = crate::forensic_log::guard_bin();
     let socket = scratch.0.join("collect.sock");
     let copies = scratch.0.join("copies");
@@ -496,7 +479,7 @@ fn a_full_disk_fails_its_stream_and_the_next_connection_completes_it() {
     if !guard_tests::host::root_or_skip("a_full_disk_fails_its_stream") {
         return;
     }
-    let scratch = Scratch::new("full");
+    let scratch = TempDir::new("full");
     let mount = scratch.0.join("small");
     std::fs::create_dir_all(&mount).unwrap();
     let mounted = std::process::Command::new("mount")
@@ -545,7 +528,7 @@ fn a_stalled_link_delays_the_copy_and_never_the_log() {
         Arc,
         atomic::{AtomicBool, Ordering},
     };
-    let scratch = Scratch::new("stall");
+    let scratch = TempDir::new("stall");
     let host = Host::start(&scratch, Duration::from_secs(10));
     let Address::Unix(collector_path) = host.address.clone() else {
         unreachable!()

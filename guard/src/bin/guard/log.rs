@@ -241,6 +241,7 @@ fn preview(bytes: &[u8]) -> String {
 }
 
 fn print_report(dir: &std::path::Path, report: &VerifyReport) -> ExitCode {
+    let (_, code) = verdict(report);
     let seqs = match report.last_seq {
         Some(last) => format!("seq 0..={last}"),
         None => "no records".to_owned(),
@@ -252,13 +253,13 @@ fn print_report(dir: &std::path::Path, report: &VerifyReport) -> ExitCode {
     if let Some(problem) = &report.problem {
         outln!("FAILED: {problem}");
         outln!("{summary} verified before the first defect");
-        return ExitCode::FAILURE;
+        return code;
     }
     let head = report.head.as_deref().unwrap_or("-");
     if let Some(torn) = &report.torn_tail {
         outln!("TORN TAIL: {torn}");
         outln!("{summary} verified; head {head}");
-        return ExitCode::from(EXIT_TORN_TAIL);
+        return code;
     }
     if report.abrupt_earlier_sessions > 0 {
         outln!(
@@ -270,10 +271,10 @@ fn print_report(dir: &std::path::Path, report: &VerifyReport) -> ExitCode {
     if let Some(session) = report.ended_abruptly() {
         outln!("ENDED ABRUPTLY: {}", abrupt_end(&session));
         outln!("{summary} verified; head {head}");
-        return ExitCode::from(EXIT_ENDED_ABRUPTLY);
+        return code;
     }
     outln!("ok: {}: {summary}; head {head}", dir.display());
-    ExitCode::SUCCESS
+    code
 }
 
 fn abrupt_end(session: &forensic::Session) -> String {
