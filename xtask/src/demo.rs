@@ -41,6 +41,10 @@ fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
         "guard runs as the guest agent (oom_score_adj -1000); the container gets memory.max and \
          pids.max=512; each wave runs inside it. Live events:\n"
     );
+    // The evidence leaves the guest as it is written: a collector on the host receives the
+    // forensic log over vsock (docs/STREAM.md) and gives its own verdict at the end.
+    let guest_name = format!("demo-{}", kernel.replace('.', "-"));
+    let host = HostCollector::start(bin, &guest_name)?;
     let mut config = cmd::selftest_vm(
         kernel,
         args.memory,
@@ -48,15 +52,20 @@ fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
         // Both scenarios in one agent under the guest budget: the one-container waves, then
         // four tenants at once. (Run after a --no-budget waves run in the same guest, the
         // budget, derived from what that run left, was too small and the tenants livelocked.)
-        if args.no_limits { "--no-limits" } else { "" },
+        &format!(
+            "{} --stream vsock:{STREAM_PORT} --stream-name {guest_name}",
+            if args.no_limits { "--no-limits" } else { "" }
+        ),
         format!("demo-{kernel}"),
-    );
+    )
+    .vsock(host.vsock.clone());
     config.echo_console = Some("[guard]".to_string());
     let outcome = vm::run(&config)?;
     let done = match outcome.result {
         VmResult::Completed(done) => done,
         VmResult::Died { console_tail } => {
             println!("\nTHE VM DIED. Console tail:\n{console_tail}");
+            host.finish(None)?;
             return if args.no_limits {
                 Ok(())
             } else {
@@ -65,6 +74,7 @@ fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
         }
         VmResult::TimedOut { console_tail } => {
             println!("\nTHE VM HUNG (timed out). Console tail:\n{console_tail}");
+            host.finish(None)?;
             return if args.no_limits {
                 Ok(())
             } else {
@@ -102,6 +112,7 @@ fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
     if !status.success() {
         bail!("the forensic log from the guest does not verify");
     }
+    host.finish(Some(&log_dir))?;
     println!(
         "\nboot {:.1} s, scenario {:.1} s, wall {:.1} s",
         outcome.boot_time.unwrap_or_default().as_secs_f64(),
@@ -109,6 +120,123 @@ fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
         outcome.wall_time.as_secs_f64()
     );
     Ok(())
+}
+
+/// The guest streams to this port (`guard --stream vsock:PORT`).
+const STREAM_PORT: u32 = 7000;
+
+/// `guard collect` on the host end of the guest's vsock bridge, its status lines printed as
+/// they come.
+struct HostCollector {
+    child: std::process::Child,
+    lines: std::thread::JoinHandle<Vec<String>>,
+    vsock: vm::VsockConfig,
+    dir: std::path::PathBuf,
+    scratch: std::path::PathBuf,
+}
+
+impl HostCollector {
+    fn start(bin: &Path, guest: &str) -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        // Unix socket paths hold 107 bytes: a short folder of our own.
+        let scratch = std::env::temp_dir().join(format!("guard-demo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch)?;
+        let vsock = vm::VsockConfig::in_dir(&scratch);
+        let dir = xtask::paths::target_dir().join("demo-host-copies");
+        let _ = std::fs::remove_dir_all(dir.join(guest));
+        let mut child = std::process::Command::new(bin.join("guard"))
+            .arg("collect")
+            .arg("--listen")
+            .arg(format!("unix:{}", vsock.host_socket(STREAM_PORT).display()))
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--streams", "1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting guard collect")?;
+        let stdout = child.stdout.take().context("guard collect's stdout")?;
+        let lines = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                println!("[host] {line}");
+                seen.push(line);
+            }
+            seen
+        });
+        // The collector must listen before the guest connects (the guest retries, but the
+        // demo should not start with a failed connection).
+        let socket = vsock.host_socket(STREAM_PORT);
+        let started = std::time::Instant::now();
+        while !socket.exists() && started.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(Self {
+            child,
+            lines,
+            vsock,
+            dir: dir.join(guest),
+            scratch,
+        })
+    }
+
+    /// Waits for the stream's verdict and prints it beside the guest's own log (when the
+    /// guest sent it back): the two must be the same bytes.
+    fn finish(mut self, guest_log: Option<&Path>) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.child.try_wait()?.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if self.child.try_wait()?.is_none() {
+            let _ = self.child.kill();
+            println!("[host] no verdict within 60 s of the guest's end");
+        }
+        let status = self.child.wait()?;
+        let lines = self.lines.join().unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&self.scratch);
+        let verdict = lines.last().cloned().unwrap_or_default();
+        println!(
+            "\nThe host's copy, streamed over vsock as it was written: {}",
+            self.dir.display()
+        );
+        println!("  the collector's verdict: {verdict}");
+        if let Some(guest_log) = guest_log {
+            let same = log_bytes(guest_log)? == log_bytes(&self.dir)?;
+            println!(
+                "  the guest's own log (sent back at the end): {}",
+                if same {
+                    "the same bytes as the host's copy"
+                } else {
+                    "DIFFERS from the host's copy"
+                }
+            );
+            if !same || !status.success() {
+                bail!("the host's streamed copy is not the guest's complete log ({verdict})");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A log folder's `guard-*.jsonl` files, in order, as (name, bytes).
+fn log_bytes(dir: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if name.starts_with("guard-") && name.ends_with(".jsonl") {
+            files.push((name, std::fs::read(&path)?));
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// The multi-tenant wave: each container's verdicts and kills, the budget, kills by scope.

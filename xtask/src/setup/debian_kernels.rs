@@ -73,11 +73,16 @@ pub(super) fn guest_kernel(
             manifest.get("version").map(String::as_str).unwrap_or("?"),
             dir.display()
         );
-        // Caches from before the vmlinux extraction existed get it now.
+        // Caches from before the vmlinux extraction (or the vsock modules) existed get it now.
         if !manifest.contains_key("vmlinux") && add_vmlinux(&dir, manifest)? {
             report.add(
                 &step,
                 Outcome::Installed(format!("a PVH vmlinux for {what}")),
+            );
+        } else if add_vsock_modules(&root, &dir, manifest)? {
+            report.add(
+                &step,
+                Outcome::Installed(format!("the vsock modules for {what}")),
             );
         } else {
             report.add(&step, Outcome::Present(what));
@@ -106,6 +111,11 @@ pub(super) fn guest_kernel(
                 &step,
                 Outcome::Installed(format!("a PVH vmlinux for {package} {version}")),
             );
+        } else if add_vsock_modules(&root, &dir, manifest)? {
+            report.add(
+                &step,
+                Outcome::Installed(format!("the vsock modules for {package} {version}")),
+            );
         } else {
             report.add(
                 &step,
@@ -117,7 +127,8 @@ pub(super) fn guest_kernel(
     let debs = root.join(".debs");
     fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
     let deb = download_deb(apt, &debs, &package, &version)?;
-    // Only boot/ is needed: an initramfs guest loads no modules, and they are ~400 MB unpacked.
+    // Only boot/ is needed here (the modules are ~400 MB unpacked); the vsock tests' few
+    // modules are taken out below.
     let staging = root.join(format!(".{series}.partial"));
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging)?;
@@ -153,6 +164,9 @@ pub(super) fn guest_kernel(
     )?;
     if let Some(manifest) = read_manifest(&staging) {
         add_vmlinux(&staging, &manifest)?;
+    }
+    if let Some(manifest) = read_manifest(&staging) {
+        add_vsock_modules(&root, &staging, &manifest)?;
     }
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&staging, &dir)

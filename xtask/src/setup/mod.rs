@@ -13,12 +13,14 @@ mod debian_kernels;
 mod lean_kernels;
 mod process;
 mod toolchain;
+mod vsock_modules;
 
 use apt::{Apt, apt_packages};
 use debian_kernels::guest_kernel;
 use lean_kernels::lean_kernels;
 use process::{capture, run_cmd};
-use toolchain::{bpf_linker, nightly_rust_src};
+use toolchain::{bpf_linker, nightly_rust_src, vhost_device_vsock};
+use vsock_modules::add_vsock_modules;
 
 /// Debian packages the guest harness and the peers need.
 /// xz-utils and zstd unpack the kernels inside Debian's vmlinuz (6.1 is xz, 6.12 zstd) into a
@@ -32,6 +34,7 @@ const APT_PACKAGES: &[&str] = &[
     "zstd",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const VHOST_DEVICE_VSOCK_VERSION: &str = "0.3.0";
 
 /// `Default` is a full setup, for commands that call [`run`] before their own work.
 #[derive(clap::Args, Debug, Default)]
@@ -42,7 +45,8 @@ idempotently:\n\
   1. apt packages: qemu-system-x86 cpio busybox-static bpftrace (apt-get update only if one is missing)\n\
   2. the nightly toolchain with rust-src (for -Z build-std=core on bpfel-unknown-none)\n\
   3. bpf-linker 0.13 built against rustc's own LLVM 22 (no system LLVM needed); its LLVM \
-symlink folder lives in ~/.local/share/guard-llvm and must stay there\n\
+symlink folder lives in ~/.local/share/guard-llvm and must stay there; and rust-vmm's \
+vhost-device-vsock 0.3, the guest tests' vsock bridge\n\
   4. Debian guest kernels 6.1 and 6.12 (package names resolved with apt-cache, 6.12 prefers \
 -unsigned), unpacked into <target>/guest-kernels/<series>/ with a guard-kernel.txt manifest\n\
   5. the lean guest kernels `lean` (libkrunfw's config plus what the harness needs) and \
@@ -110,6 +114,7 @@ pub fn run(args: SetupArgs) -> Result<()> {
     if !args.skip_rust {
         nightly_rust_src(&mut report)?;
         bpf_linker(args.force_bpf_linker, &mut report)?;
+        vhost_device_vsock(&mut report)?;
     }
     if !args.skip_kernels {
         for series in paths::KERNEL_SERIES {

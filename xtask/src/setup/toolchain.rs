@@ -116,3 +116,32 @@ pub(super) fn bpf_linker(force: bool, report: &mut Report) -> Result<()> {
     report.add("bpf-linker", Outcome::Installed(version.trim().to_string()));
     Ok(())
 }
+
+/// rust-vmm's vhost-user vsock device: the harness's guest ↔ host vsock bridge, as the micro-VM
+/// monitors map a guest's vsock connection to a host Unix socket (this host has no
+/// /dev/vhost-vsock). Built with the stable toolchain from crates.io, about a minute.
+pub(super) fn vhost_device_vsock(report: &mut Report) -> Result<()> {
+    if let Ok(version) = capture(Command::new("vhost-device-vsock").arg("--version")) {
+        report.add(
+            "vhost-device-vsock",
+            Outcome::Present(version.trim().to_string()),
+        );
+        return Ok(());
+    }
+    run_cmd(Command::new("cargo").args([
+        "install",
+        "vhost-device-vsock",
+        "--version",
+        VHOST_DEVICE_VSOCK_VERSION,
+        "--locked",
+    ]))?;
+    let version = capture(Command::new("vhost-device-vsock").arg("--version")).context(
+        "vhost-device-vsock was installed but `vhost-device-vsock --version` fails (is \
+         ~/.cargo/bin on PATH?)",
+    )?;
+    report.add(
+        "vhost-device-vsock",
+        Outcome::Installed(version.trim().to_string()),
+    );
+    Ok(())
+}

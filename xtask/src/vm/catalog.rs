@@ -72,17 +72,34 @@ pub enum Machine {
 pub struct GuestKernel {
     pub image: PathBuf,
     pub machine: Machine,
+    /// Modules a vsock guest loads first, in order (Debian's kernels; the manifest's
+    /// `vsock_modules=` line). Empty where vsock is built in.
+    pub vsock_modules: Vec<PathBuf>,
 }
 
 /// Resolves a kernel name or path and the machine its manifest asks for (`machine=microvm`;
 /// the standard PC otherwise).
 pub fn resolve(kernel: &str) -> Result<GuestKernel> {
     let image = resolve_kernel(kernel)?;
-    let manifest = image
+    let (folder, manifest) = image
         .parent()
         .into_iter()
         .flat_map(|dir| [dir.to_path_buf(), dir.join("..")])
-        .find_map(|dir| fs::read_to_string(dir.join(paths::KERNEL_MANIFEST)).ok())
+        .find_map(|dir| {
+            fs::read_to_string(dir.join(paths::KERNEL_MANIFEST))
+                .ok()
+                .map(|text| (dir, text))
+        })
+        .unwrap_or_default();
+    let vsock_modules = manifest
+        .lines()
+        .find_map(|line| line.strip_prefix("vsock_modules="))
+        .map(|names| {
+            names
+                .split_whitespace()
+                .map(|name| folder.join("modules").join(name))
+                .collect()
+        })
         .unwrap_or_default();
     let machine = if manifest
         .lines()
@@ -92,7 +109,11 @@ pub fn resolve(kernel: &str) -> Result<GuestKernel> {
     } else {
         Machine::Pc
     };
-    Ok(GuestKernel { image, machine })
+    Ok(GuestKernel {
+        image,
+        machine,
+        vsock_modules,
+    })
 }
 
 /// Resolves "6.1", "6.12", "lean", "lean-guard" (setup cache) or a path to a kernel image.

@@ -155,6 +155,40 @@ pub fn build(spec: &ImageSpec) -> Result<Archive> {
     Ok(archive)
 }
 
+/// Kernel modules the guest's init loads before the scenario, in order: each under
+/// `/lib/modules/guard/`, their names in `/guard/modules`.
+pub fn modules(paths: &[PathBuf]) -> Result<Vec<GuestFile>> {
+    let mut files = Vec::new();
+    let mut order = String::new();
+    for path in paths {
+        let name = path
+            .file_name()
+            .ok_or_else(|| anyhow!("module path {} has no file name", path.display()))?
+            .to_string_lossy()
+            .into_owned();
+        files.push(GuestFile {
+            path: format!("/lib/modules/guard/{name}"),
+            contents: fs::read(path).with_context(|| {
+                format!(
+                    "reading the module {} (run `cargo xtask setup`)",
+                    path.display()
+                )
+            })?,
+            mode: 0o644,
+        });
+        order.push_str(&name);
+        order.push('\n');
+    }
+    if !files.is_empty() {
+        files.push(GuestFile {
+            path: "/guard/modules".into(),
+            contents: order.into_bytes(),
+            mode: 0o644,
+        });
+    }
+    Ok(files)
+}
+
 /// The host's static busybox: `$GUARD_BUSYBOX`, else busybox-static's /bin/busybox.
 pub fn find_busybox() -> Result<PathBuf> {
     let candidates: Vec<PathBuf> = match std::env::var_os("GUARD_BUSYBOX") {

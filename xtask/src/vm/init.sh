@@ -37,6 +37,12 @@ mkdir -p /sys/fs/cgroup /tmp /run /results /guard/out
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 echo "+memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+# Modules the scenario needs (vsock on Debian's kernels), in dependency order.
+if [ -f /guard/modules ]; then
+    while read -r module; do
+        insmod "/lib/modules/guard/$module" || echo "GUARD-MODULE-FAILED $module"
+    done < /guard/modules
+fi
 # Frames must pass unaltered: no echo, no CR/LF translation on the results port.
 stty -F /dev/ttyS1 raw -echo
 # The scenario stands for the guest agent, which protects itself from the OOM killer; its

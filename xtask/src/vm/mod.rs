@@ -26,18 +26,22 @@
 //! the guest at all (missing kernel, QEMU not installed, ...).
 
 mod catalog;
+pub mod control;
 pub mod cpio;
 pub mod frames;
 pub mod image;
 pub mod kernel;
 mod qemu;
+pub mod vsock;
 
 pub use catalog::{
     GuestKernel, Machine, available_kernels, check_prerequisites, in_ci, kernel_or_skip, resolve,
     resolve_kernel,
 };
+pub use control::{VmControl, Watcher};
 pub use image::GuestFile;
 pub use qemu::Accel;
+pub use vsock::VsockConfig;
 
 use crate::paths;
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -81,6 +85,11 @@ pub struct VmConfig {
     /// Console lines containing this text are printed to stdout as they arrive (live events
     /// of a demo).
     pub echo_console: Option<String>,
+    /// A vsock device bridged to host Unix sockets ([`vsock`]); on Debian's kernels the
+    /// harness loads its modules first.
+    pub vsock: Option<VsockConfig>,
+    /// Called every [`control::TICK`] while the guest runs, to act on it ([`control`]).
+    pub watcher: Option<Watcher>,
 }
 
 impl VmConfig {
@@ -103,6 +112,8 @@ impl VmConfig {
             progress: true,
             label: None,
             echo_console: None,
+            vsock: None,
+            watcher: None,
         }
     }
 
@@ -137,6 +148,16 @@ impl VmConfig {
 
     pub fn label(mut self, label: impl Into<String>) -> Self {
         self.label = Some(label.into());
+        self
+    }
+
+    pub fn vsock(mut self, vsock: VsockConfig) -> Self {
+        self.vsock = Some(vsock);
+        self
+    }
+
+    pub fn watcher(mut self, watcher: Watcher) -> Self {
+        self.watcher = Some(watcher);
         self
     }
 }
@@ -266,6 +287,9 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome> {
         files: {
             let mut files = image::host_binaries(&config.binaries)?;
             files.extend(config.files.iter().cloned());
+            if config.vsock.is_some() {
+                files.extend(image::modules(&kernel.vsock_modules)?);
+            }
             files
         },
         command: config.command.clone(),

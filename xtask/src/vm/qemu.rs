@@ -1,6 +1,7 @@
 //! Running QEMU: command line, console capture, markers, progress, timeout.
 
-use super::{GuestKernel, Machine, VmConfig};
+use super::control::{self, VmControl};
+use super::{GuestKernel, Machine, VmConfig, vsock};
 use crate::paths;
 use anyhow::{Context as _, Result, bail};
 use std::io::Read as _;
@@ -84,11 +85,29 @@ pub(super) fn qemu_binary() -> String {
     std::env::var("GUARD_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".to_string())
 }
 
-fn base_command(accel: &str, kernel: &GuestKernel, memory_mib: u32, cpus: u32) -> Command {
+fn base_command(
+    accel: &str,
+    kernel: &GuestKernel,
+    memory_mib: u32,
+    cpus: u32,
+    shared_memory: bool,
+) -> Command {
     let mut cmd = Command::new(qemu_binary());
-    if kernel.machine == Machine::Microvm {
+    // vhost-user devices map guest memory: it must be a shared memfd backend (vsock.rs).
+    let memory = if shared_memory {
+        ",memory-backend=mem"
+    } else {
+        ""
+    };
+    match kernel.machine {
         // QEMU puts the virtio-mmio devices on the kernel command line itself.
-        cmd.args(["-M", "microvm,acpi=off"]);
+        Machine::Microvm => {
+            cmd.args(["-M", &format!("microvm,acpi=off{memory}")]);
+        }
+        Machine::Pc if shared_memory => {
+            cmd.args(["-M", &format!("pc{memory}")]);
+        }
+        Machine::Pc => {}
     }
     cmd.args(["-accel", accel])
         .args(["-m", &memory_mib.to_string()])
@@ -148,9 +167,35 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
     .into_iter()
     .map(String::from)
     .collect::<Vec<_>>();
+    if config.watcher.is_some() {
+        // control::VmControl::panic_guest injects an NMI: make it a kernel panic.
+        cmdline.push("unknown_nmi_panic".into());
+    }
     cmdline.extend(config.extra_cmdline.iter().cloned());
 
-    let mut cmd = base_command(accel, boot.kernel, config.memory_mib, config.cpus);
+    let bridge = match &config.vsock {
+        Some(vsock) => Some(vsock::Bridge::start(vsock, boot.run_dir)?),
+        None => None,
+    };
+    let mut cmd = base_command(
+        accel,
+        boot.kernel,
+        config.memory_mib,
+        config.cpus,
+        bridge.is_some(),
+    );
+    if let Some(bridge) = &bridge {
+        cmd.args(vsock::qemu_args(
+            boot.kernel.machine,
+            config.memory_mib,
+            &bridge.vhost_socket,
+        ));
+    }
+    let monitor = boot.run_dir.join("monitor.sock");
+    if config.watcher.is_some() {
+        cmd.arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()));
+    }
     cmd.arg("-initrd")
         .arg(boot.initrd)
         .args(["-append", &cmdline.join(" ")])
@@ -207,13 +252,32 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
             config.timeout.as_secs()
         );
     }
+    let mut next_tick = started + control::TICK;
     loop {
         let now = Instant::now();
         if now >= deadline {
             timed_out = true;
             break;
         }
-        let wait = deadline.min(next_progress).saturating_duration_since(now);
+        if let Some(watcher) = &config.watcher
+            && now >= next_tick
+        {
+            next_tick = now + control::TICK;
+            let control = VmControl {
+                console: &console,
+                elapsed: started.elapsed(),
+                qemu_pid: child.0.id(),
+                monitor: &monitor,
+                bridge_pid: bridge.as_ref().map(vsock::Bridge::pid),
+            };
+            let mut hook = watcher.0.lock().unwrap_or_else(|e| e.into_inner());
+            (*hook)(&control);
+        }
+        let mut until = deadline.min(next_progress);
+        if config.watcher.is_some() {
+            until = until.min(next_tick);
+        }
+        let wait = until.saturating_duration_since(now);
         match rx.recv_timeout(wait) {
             Ok(chunk) => {
                 let at = started.elapsed();
@@ -351,7 +415,7 @@ fn probe_kvm(kernel: &GuestKernel) -> bool {
     if !Path::new("/dev/kvm").exists() {
         return false;
     }
-    let mut cmd = base_command("kvm", kernel, 128, 1);
+    let mut cmd = base_command("kvm", kernel, 128, 1, false);
     cmd.args(["-append", "console=ttyS0 panic=-1"])
         .args(["-serial", "stdio"])
         .stdin(Stdio::null())
