@@ -130,15 +130,27 @@ impl Read for Connection {
     }
 }
 
+/// The largest single send on a vsock connection. A guest kernel turns one send into one
+/// virtio packet of up to 64 KiB, and newer kernels (Debian's 6.12.118 among them) make a
+/// packet above 32 KiB a non-linear skb whose payload spans several descriptors. rust-vmm's
+/// vhost-device-vsock 0.3 (virtio-vsock 0.10) reads a payload from one descriptor only and
+/// drops such a packet ("error reading TX packet: DescriptorLengthTooSmall"): the connection
+/// then stalls for good. Sends of at most 16 KiB are linear skbs on every kernel.
+pub const MAX_VSOCK_SEND: usize = 16 << 10;
+
 impl Write for Connection {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let len = match self.inner {
+            Inner::Unix(_) => buf.len(),
+            Inner::Vsock(_) => buf.len().min(MAX_VSOCK_SEND),
+        };
         // send(2) with MSG_NOSIGNAL: a peer gone mid-write is an error, not a SIGPIPE.
-        // SAFETY: buf is valid for its length; the descriptor is this connection's.
+        // SAFETY: buf is valid for len bytes; the descriptor is this connection's.
         let sent = unsafe {
             libc::send(
                 self.as_raw_fd(),
                 buf.as_ptr().cast(),
-                buf.len(),
+                len,
                 libc::MSG_NOSIGNAL,
             )
         };
