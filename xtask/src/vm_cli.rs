@@ -21,7 +21,8 @@ Exit status: the guest command's exit code; 100 if the VM died (kernel panic, in
 101 if it timed out. Boot time, scenario wall time and a progress line every 10 s go to \
 stderr.\n\n\
 Examples:\n  cargo xtask vm --kernel 6.1 -- guard probe --json\n  \
-cargo xtask vm --kernel 6.12 --no-build -- sh -c 'cat /sys/fs/cgroup/cgroup.controllers'\n\n\
+cargo xtask vm --kernel 6.12 --no-build -- sh -c 'cat /sys/fs/cgroup/cgroup.controllers'\n  \
+cargo xtask vm --vsock /tmp/v -- guard exec --cgroup /sys/fs/cgroup/j --log /tmp/log --stream vsock:7000 -- true\n\n\
 Environment: GUARD_VM_ACCEL=tcg|kvm|auto (default auto: KVM only if a short probe boot works, cached per host boot), GUARD_QEMU, GUARD_BUSYBOX, \
 CARGO_TARGET_DIR, GUARD_KERNELS_DIR."
 )]
@@ -68,6 +69,12 @@ pub struct VmArgs {
     /// results_dir, boot_s, scenario_s, wall_s, accel, kernel, run_dir, console_tail.
     #[arg(long)]
     json: bool,
+    /// Give the guest a vsock device bridged to host Unix sockets in DIR (rust-vmm's
+    /// vhost-device-vsock, as Firecracker and libkrun do): a guest connection to CID 2 port P
+    /// arrives on DIR/vsock_P, where something must listen (e.g. `guard collect --listen
+    /// unix:DIR/vsock_7000 --dir COPIES`). Keep DIR short: Unix socket paths hold 107 bytes.
+    #[arg(long, value_name = "DIR")]
+    vsock: Option<PathBuf>,
     /// Print the whole guest console after the run.
     #[arg(long)]
     console: bool,
@@ -90,6 +97,7 @@ pub fn run(args: VmArgs) -> Result<i32> {
     if let Some(accel) = args.accel {
         config.accel = accel;
     }
+    config.vsock = args.vsock.as_deref().map(vm::VsockConfig::in_dir);
     config.oom_score_adj = match args.oom_score_adj.as_str() {
         "none" => None,
         value => Some(value.parse().with_context(|| {

@@ -85,7 +85,11 @@ impl Bridge {
                 vhost_socket.display(),
                 config.uds.display()
             ))
-            .env("RUST_LOG", "warn")
+            // Its own diagnostics in the run folder; RUST_LOG=debug shows every packet.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
