@@ -56,6 +56,28 @@ macro_rules! per_kernel {
     };
 }
 
+/// `vsock_kernels!(f, g);`: like [`per_kernel!`], on the kernels the vsock stream tests run on:
+/// Debian's 6.12 (vsock as modules, the harness loads them, PCI) and `lean-guard` (vsock built
+/// in, `-M microvm` as the micro-VM runtimes boot it). The stream's code does not change with
+/// the tier or the kernel series: `lean` and 6.1 would add boots, not coverage.
+#[macro_export]
+macro_rules! vsock_kernels {
+    ($($function:ident),+ $(,)?) => {
+        $(
+            mod $function {
+                #[test]
+                fn linux_6_12() {
+                    super::$function("6.12");
+                }
+                #[test]
+                fn linux_lean_guard() {
+                    super::$function("lean-guard");
+                }
+            }
+        )+
+    };
+}
+
 /// What the suites expect of one guest kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelFacts {

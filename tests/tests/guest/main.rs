@@ -3,7 +3,7 @@
 //! the host on what the guest sends back. A mod per signal
 //! where a test is about one (fork_denied, oom_victim), and per theme otherwise: the harness
 //! itself (vm), the lean kernels' configs (kernels), the tier-0 fallback, the container runtime,
-//! the enforcement waves.
+//! the enforcement waves, the log stream over real vsock (stream).
 //!
 //! A test that runs on every guest kernel is written once, as `f(kernel)`, and declared with
 //! `per_kernel!(f)` (`guard_tests::guest`, which holds the kernel list): `cargo test` shows it
@@ -16,6 +16,7 @@ mod fork_denied;
 mod kernels;
 mod oom_victim;
 mod runtime;
+mod stream;
 mod tenants;
 mod tier0;
 mod vm;

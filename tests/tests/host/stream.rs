@@ -395,19 +395,31 @@ fn bad_input_costs_only_its_own_connection() {
 /// unix:S --streams 1`; the collector exits 0 on `complete`, its copy is the guest's log byte
 /// for byte, and `guard log verify` accepts it.
 #[test]
-fn guard_exec_streams_into_guard_collect() {
-    if !guard_tests::host::root_or_skip("guard_exec_streams_into_guard_collect") {
+fn guard_exec_streams_into_an_unprivileged_guard_collect() {
+    if !guard_tests::host::root_or_skip("guard_exec_streams_into_an_unprivileged_guard_collect") {
         return;
     }
+    use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
     let scratch = TempDir::new("cli");
     let guard = crate::forensic_log::guard_bin();
-    let socket = scratch.0.join("collect.sock");
-    let copies = scratch.0.join("copies");
-    let collect = std::process::Command::new(&guard)
+    // The collector runs unprivileged (nobody), in a folder of its own: it needs no more.
+    const NOBODY: u32 = 65534;
+    let home = scratch.0.join("collector");
+    std::fs::create_dir_all(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = home.join("collect.sock");
+    let copies = home.join("copies");
+    // A copy nobody can run wherever the checkout is (a clone under /root is not).
+    let collector_bin = scratch.0.join("guard");
+    std::fs::copy(&guard, &collector_bin).unwrap();
+    let collect = std::process::Command::new(&collector_bin)
         .args(["collect", "--streams", "1", "--json", "--listen"])
         .arg(format!("unix:{}", socket.display()))
         .arg("--dir")
         .arg(&copies)
+        .uid(NOBODY)
+        .gid(NOBODY)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -446,6 +458,32 @@ fn guard_exec_streams_into_guard_collect() {
     assert_eq!(status["verdict"]["verdict"], "complete", "{status}");
     let copy = copies.join("cli-guest");
     assert_eq!(files_of(&copy), files_of(&log));
+    // Everything the collector made is its socket and what is under --dir, owned by nobody.
+    let mut made = vec![home.clone()];
+    let mut pending = vec![home.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path.clone());
+            }
+            made.push(path);
+        }
+    }
+    for path in &made {
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(
+            std::fs::metadata(path).unwrap().uid(),
+            NOBODY,
+            "{}",
+            path.display()
+        );
+        assert!(
+            path == &home || path == &socket || path.starts_with(&copies),
+            "the collector wrote {} outside --dir",
+            path.display()
+        );
+    }
     let verify = std::process::Command::new(&guard)
         .args(["log", "--dir"])
         .arg(&copy)

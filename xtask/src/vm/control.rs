@@ -69,9 +69,19 @@ impl VmControl<'_> {
         monitor
             .write_all(b"nmi\n")
             .context("writing to QEMU's monitor")?;
-        // Wait for the prompt's echo so the command was read before we hang up.
+        // The monitor prints a prompt on connect and another once the command ran: hanging up
+        // before the second can drop the command.
+        let mut seen = Vec::new();
         let mut buf = [0u8; 512];
-        let _ = monitor.read(&mut buf);
+        while seen.windows(6).filter(|w| w == b"(qemu)").count() < 2 {
+            match monitor.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(error) => {
+                    return Err(error).context("waiting for QEMU's monitor to run `nmi`");
+                }
+            }
+        }
         Ok(())
     }
 
