@@ -60,7 +60,7 @@ impl VmControl<'_> {
     }
 
     /// Panics the guest's kernel: an NMI through QEMU's monitor, which the harness's
-    /// `unknown_nmi_panic` turns into a panic (and `panic=-1` with `-no-reboot` into QEMU's
+    /// `unknown_nmi_panic` and `panic_on_unrecovered_nmi` turn into a panic (and `panic=-1` with `-no-reboot` into QEMU's
     /// exit). Works on kernels without sysrq, such as libkrunfw's.
     pub fn panic_guest(&self) -> Result<()> {
         let mut monitor = UnixStream::connect(self.monitor)

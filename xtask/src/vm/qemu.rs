@@ -168,8 +168,11 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
     .map(String::from)
     .collect::<Vec<_>>();
     if config.watcher.is_some() {
-        // control::VmControl::panic_guest injects an NMI: make it a kernel panic.
+        // control::VmControl::panic_guest injects an NMI: make it a kernel panic. The PC's
+        // guest sees an unknown NMI; microvm's, without port 0x61, reads reason 0xff and takes
+        // it for a PCI system error, which only panic_on_unrecovered_nmi makes fatal.
         cmdline.push("unknown_nmi_panic".into());
+        cmdline.push("sysctl.kernel.panic_on_unrecovered_nmi=1".into());
     }
     cmdline.extend(config.extra_cmdline.iter().cloned());
 
