@@ -25,6 +25,8 @@ mod signals;
 mod tracefs;
 
 // From the kernel to the subscribers and sinks.
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod pipeline;
 pub mod sinks;
 pub mod stream;

@@ -3,7 +3,10 @@
 //! counters and reconciled reports (`query.rs`).
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -156,6 +159,15 @@ impl Guard {
         let mut drain_requests = None;
         let injected_panics = Arc::new(InjectedPanics::default());
         let probes = if tier >= Tier::Tracepoints {
+            let others = LOADED_GUARDS.load(Ordering::Relaxed);
+            if others > 0 {
+                warn!(
+                    others,
+                    "another Guard in this process already has its programs loaded: this one \
+                     loads its own (twice the kernel memory, every event counted twice); share \
+                     one Guard"
+                );
+            }
             let kprobes = tier >= Tier::TracepointsAndKprobes;
             let mut probes = Probes::load(options.stream, kprobes)?;
             if let (Some(ring), Some(lost)) = (probes.take_ring(), probes.take_lost()) {
@@ -197,6 +209,9 @@ impl Guard {
             _ => None,
         };
         info!(%tier, kernel = %capabilities.kernel_release, notes = %capabilities.notes.join("; "), kernel_log = kernel_log.is_some(), "guard started");
+        if probes.is_some() {
+            LOADED_GUARDS.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(Self {
             hierarchy,
             capabilities,
@@ -368,8 +383,25 @@ impl Guard {
     }
 }
 
+/// Guards alive in this process with programs loaded: a second one is almost always a
+/// mistake (see [`Guard::start`]'s warning).
+static LOADED_GUARDS: AtomicUsize = AtomicUsize::new(0);
+
 impl Drop for Guard {
     fn drop(&mut self) {
+        let watched = self.watched();
+        if !watched.is_empty() {
+            // Their final reports can no longer be taken: say so rather than lose them quietly.
+            warn!(
+                containers = %watched.join(", "),
+                "the guard is dropped while it still watches {} container(s): their final \
+                 reports are lost (call unwatch for each before dropping the guard)",
+                watched.len()
+            );
+        }
+        if self.probes.is_some() {
+            LOADED_GUARDS.fetch_sub(1, Ordering::Relaxed);
+        }
         for task in &self.tasks {
             task.abort();
         }

@@ -17,6 +17,15 @@ use crate::{
 };
 
 impl Guard {
+    /// The ids of the containers watched now, in order.
+    pub fn watched(&self) -> Vec<String> {
+        lock(&self.registry)
+            .by_id
+            .keys()
+            .map(|id| id.as_str().to_string())
+            .collect()
+    }
+
     /// The container's report now: limits read back, counters, the kernel's event files since
     /// watching began, and the reconciled verdict.
     pub async fn report(&self, id: &str) -> Result<Report, GuardError> {

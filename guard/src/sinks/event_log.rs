@@ -59,6 +59,28 @@ pub struct EventLogStats {
     pub failure: Option<String>,
 }
 
+/// Reads a running log's figures (see [`EventLog::gauge`]).
+#[derive(Clone)]
+pub struct EventLogGauge {
+    stats: Arc<Mutex<EventLogStats>>,
+    next_seq: Arc<AtomicU64>,
+}
+
+impl EventLogGauge {
+    /// Records in the log's files, as of the last flush.
+    pub fn records(&self) -> u64 {
+        self.next_seq.load(Ordering::Relaxed)
+    }
+
+    /// Write errors and records not written so far.
+    pub fn stats(&self) -> EventLogStats {
+        self.stats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
 enum Command {
     Record {
         kind: String,
@@ -77,6 +99,8 @@ pub struct EventLog {
     commands: mpsc::Sender<Command>,
     task: JoinHandle<Result<Head, EventLogError>>,
     stats: Arc<Mutex<EventLogStats>>,
+    /// The log's next seq as of the last flush: its record count, for metrics.
+    next_seq: Arc<AtomicU64>,
 }
 
 impl EventLog {
@@ -97,12 +121,35 @@ impl EventLog {
         let (events, dropped) = guard.subscribe_counted(QUEUE_EVENTS);
         let (commands, receiver) = mpsc::channel(64);
         let stats = Arc::new(Mutex::new(EventLogStats::default()));
-        let task = tokio::spawn(run(writer, events, dropped, receiver, Arc::clone(&stats)));
+        let next_seq = Arc::new(AtomicU64::new(writer.head().next_seq));
+        let task = tokio::spawn(run(
+            writer,
+            events,
+            dropped,
+            receiver,
+            Arc::clone(&stats),
+            Arc::clone(&next_seq),
+        ));
         Ok(Self {
             commands,
             task,
             stats,
+            next_seq,
         })
+    }
+
+    /// Records in the log's files (its next seq), as of the last flush (every 100 ms).
+    pub fn records(&self) -> u64 {
+        self.next_seq.load(Ordering::Relaxed)
+    }
+
+    /// A handle that reads [`EventLog::records`] and [`EventLog::stats`] from elsewhere (a
+    /// metrics server) without holding the log.
+    pub fn gauge(&self) -> EventLogGauge {
+        EventLogGauge {
+            stats: Arc::clone(&self.stats),
+            next_seq: Arc::clone(&self.next_seq),
+        }
     }
 
     /// Write errors and records not written so far.
@@ -190,6 +237,7 @@ async fn run(
     dropped: Arc<AtomicU64>,
     mut commands: mpsc::Receiver<Command>,
     shared: Arc<Mutex<EventLogStats>>,
+    next_seq: Arc<AtomicU64>,
 ) -> Result<Head, EventLogError> {
     let mut reported_drops = 0;
     let mut tick = tokio::time::interval(FLUSH_EVERY);
@@ -223,6 +271,7 @@ async fn run(
                 let result = append_drops(&mut writer, &dropped, &mut reported_drops)
                     .and_then(|()| writer.flush().map_err(EventLogError::from));
                 accounts.note(&writer, result);
+                next_seq.store(writer.head().next_seq, Ordering::Relaxed);
             }
         }
     }
@@ -238,6 +287,7 @@ async fn run(
         return Err(EventLogError::Incomplete { cause, not_written });
     }
     let head = writer.head();
+    next_seq.store(head.next_seq, Ordering::Relaxed);
     writer.close()?;
     Ok(head)
 }

@@ -1,6 +1,6 @@
 //! guard's host-kernel integration tests, in one binary: a mod per signal where a test is
 //! about one (fork, attach, fork_denied, throttle), and per theme otherwise (loss, the
-//! reader's faults, bad input, the forensic log, the log stream).
+//! reader's faults, bad input, the forensic log, the log stream, the metrics).
 //!
 //! Requirements: the BPF tests load programs and create cgroups in the host's cgroup v2
 //! hierarchy, so they need root; a non-root run skips them with a printed reason outside CI
@@ -11,6 +11,7 @@ mod forensic_log;
 mod fork;
 mod fork_denied;
 mod loss;
+mod metrics;
 mod reader_fault;
 mod stream;
 mod throttle;

@@ -12,6 +12,7 @@ mod apt;
 mod debian_kernels;
 mod lean_kernels;
 mod process;
+mod python;
 mod toolchain;
 mod vsock_modules;
 
@@ -19,6 +20,7 @@ use apt::{Apt, apt_packages};
 use debian_kernels::guest_kernel;
 use lean_kernels::lean_kernels;
 use process::{capture, run_cmd};
+use python::python_packages;
 use toolchain::{bpf_linker, nightly_rust_src, vhost_device_vsock};
 use vsock_modules::add_vsock_modules;
 
@@ -42,7 +44,8 @@ const VHOST_DEVICE_VSOCK_VERSION: &str = "0.3.0";
     about = "Install the toolchain and test assets: apt packages, nightly rust-src, bpf-linker, Debian guest kernels (idempotent)",
     long_about = "Install everything the build and the tests need on a fresh Debian 12 machine, \
 idempotently:\n\
-  1. apt packages: qemu-system-x86 cpio busybox-static bpftrace (apt-get update only if one is missing)\n\
+  1. apt packages: qemu-system-x86 cpio busybox-static bpftrace (apt-get update only if one is missing), \
+and the Python package prometheus-client (its OpenMetrics parser checks guard's metrics)\n\
   2. the nightly toolchain with rust-src (for -Z build-std=core on bpfel-unknown-none)\n\
   3. bpf-linker 0.13 built against rustc's own LLVM 22 (no system LLVM needed); its LLVM \
 symlink folder lives in ~/.local/share/guard-llvm and must stay there; and rust-vmm's \
@@ -110,6 +113,7 @@ pub fn run(args: SetupArgs) -> Result<()> {
     let mut apt = Apt::default();
     if !args.skip_apt {
         apt_packages(&mut apt, &mut report)?;
+        python_packages(&mut report)?;
     }
     if !args.skip_rust {
         nightly_rust_src(&mut report)?;

@@ -4,6 +4,7 @@ use std::{
     os::unix::process::ExitStatusExt,
     path::PathBuf,
     process::{Command, ExitCode},
+    sync::Arc,
     time::Instant,
 };
 
@@ -63,6 +64,8 @@ pub struct ExecArgs {
     json: bool,
     #[command(flatten)]
     log: crate::log_args::LogArgs,
+    #[command(flatten)]
+    metrics: crate::metrics_args::MetricsArgs,
     /// The command and its arguments.
     #[arg(required = true, last = true)]
     command: Vec<String>,
@@ -102,9 +105,10 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         },
         ..GuardOptions::default()
     };
-    let guard = Guard::start(options).await?;
+    let metrics = args.metrics.bind().await?;
+    let guard = Arc::new(Guard::start(options).await?);
     cgroup::create(&args.cgroup)?;
-    let result = run_in_cgroup(&guard, &id, &args).await;
+    let result = run_in_cgroup(&guard, &id, &args, metrics).await;
     // Leave no cgroup behind, whatever happened (it is empty once the command has exited).
     if let Err(error) = cgroup::remove(&args.cgroup) {
         eprintln!("guard: warning: {error}");
@@ -112,7 +116,12 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     result
 }
 
-async fn run_in_cgroup(guard: &Guard, id: &str, args: &ExecArgs) -> anyhow::Result<ExitCode> {
+async fn run_in_cgroup(
+    guard: &Arc<Guard>,
+    id: &str,
+    args: &ExecArgs,
+    metrics: Option<guard::metrics::MetricsListener>,
+) -> anyhow::Result<ExitCode> {
     if let Some(pids) = args.pids_max {
         cgroup::write(&args.cgroup, "pids.max", &pids.to_string())?;
     }
@@ -134,6 +143,11 @@ async fn run_in_cgroup(guard: &Guard, id: &str, args: &ExecArgs) -> anyhow::Resu
     guard.watch_limited(id, &args.cgroup, limits)?;
     let log = args.log.start(guard, serde_json::to_value(limits)?)?;
     let stream = args.log.start_stream()?;
+    let served = crate::metrics_args::serve_guard(
+        metrics,
+        guard,
+        log.as_ref().map(guard::sinks::event_log::EventLog::gauge),
+    );
     let writer = args
         .events
         .as_deref()
@@ -152,6 +166,7 @@ async fn run_in_cgroup(guard: &Guard, id: &str, args: &ExecArgs) -> anyhow::Resu
         .await?
         .context("waiting for the command")?;
     let elapsed = started.elapsed();
+    drop(served);
     let report = guard.unwatch(id).await?;
     let global = guard.global_counters().await?;
     crate::log_args::finish(log, std::slice::from_ref(&report), stream).await?;

@@ -18,6 +18,8 @@ mod collect;
 mod exec;
 mod log;
 mod log_args;
+mod metrics;
+mod metrics_args;
 mod probe;
 mod run;
 mod selftest;
@@ -69,6 +71,12 @@ enum Command {
     Selftest(selftest::SelftestArgs),
     /// Read, follow, verify and repair the hash-chained forensic log (see docs/LOG-FORMAT.md).
     Log(log::LogArgs),
+    /// Print a forensic log's counters as OpenMetrics text (Prometheus' format): the last
+    /// report of each container in it. `--metrics ADDR` on exec, watch, run, selftest and
+    /// collect serves the same text live.
+    ///
+    /// Example: `guard metrics --log /var/lib/guard/log`
+    Metrics(metrics::MetricsArgs),
     /// On the host: receive the forensic logs guests stream (`--stream`), one copy per guest,
     /// each chain verified as records arrive, each stream ending with a verdict (complete,
     /// guest died after seq N, gap, forked at seq K). See docs/STREAM.md.
@@ -104,6 +112,7 @@ fn main() -> ExitCode {
         Command::Probe { json } => probe::run(json),
         // Reading a log needs no runtime.
         Command::Log(args) => log::run(args),
+        Command::Metrics(args) => metrics::run(args),
         Command::Collect(args) => collect::run(args),
         // No runtime, no thread: the clone must not inherit a lock another thread holds.
         Command::ExecHelper => return guard::runtime::serve_exec_helper(),
@@ -146,7 +155,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => watch::run(args).await,
         Command::Run(args) => run::run(args).await,
         Command::Selftest(args) => selftest::run(args).await,
-        Command::Probe { .. } | Command::Log(_) | Command::Collect(_) | Command::ExecHelper => {
+        Command::Probe { .. }
+        | Command::Log(_)
+        | Command::Metrics(_)
+        | Command::Collect(_)
+        | Command::ExecHelper => {
             unreachable!("run without a runtime")
         }
     }

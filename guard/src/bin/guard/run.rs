@@ -102,6 +102,8 @@ pub struct RunArgs {
     #[arg(long, hide = true)]
     omit_cgroups_path: bool,
     #[command(flatten)]
+    metrics: crate::metrics_args::MetricsArgs,
+    #[command(flatten)]
     log: crate::log_args::LogArgs,
     /// The command and its arguments (required with --rootfs).
     #[arg(last = true)]
@@ -210,14 +212,22 @@ async fn run_guarded(
         Some(tier) => Tier::try_from(i64::from(tier))?,
         None => Tier::TracepointsAndKprobes,
     };
-    let guard = Guard::start(GuardOptions {
-        max_tier,
-        ..GuardOptions::default()
-    })
-    .await
-    .context("starting the guard")?;
+    let metrics = args.metrics.bind().await?;
+    let guard = std::sync::Arc::new(
+        Guard::start(GuardOptions {
+            max_tier,
+            ..GuardOptions::default()
+        })
+        .await
+        .context("starting the guard")?,
+    );
     let log = args.log.start(&guard, serde_json::to_value(limits)?)?;
     let stream = args.log.start_stream()?;
+    let served = crate::metrics_args::serve_guard(
+        metrics,
+        &guard,
+        log.as_ref().map(guard::sinks::event_log::EventLog::gauge),
+    );
     let result = run_logged(
         &args,
         &id,
@@ -229,6 +239,7 @@ async fn run_guarded(
         &mut stop_signals,
     )
     .await;
+    drop(served);
     // Close the log whatever happened, so it ends with its `stop` record; a log error is
     // reported (after the container's own error, if there was one), never swallowed.
     let closed = match log {

@@ -72,6 +72,8 @@ pub struct SelftestArgs {
     stress: PathBuf,
     #[command(flatten)]
     stream: crate::log_args::StreamArgs,
+    #[command(flatten)]
+    metrics: crate::metrics_args::MetricsArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -195,7 +197,8 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     let options = GuardOptions::default();
     let budget =
         guard::budget::MemoryBudget::new(&options.stream, &[QUEUE_EVENTS, LIVE_QUEUE_EVENTS], true);
-    let guard = Guard::start(options).await?;
+    let metrics = args.metrics.bind().await?;
+    let guard = std::sync::Arc::new(Guard::start(options).await?);
     // The defaults are computed now, with the guard loaded: what is really available.
     let request = if no_limits {
         LimitRequest {
@@ -238,10 +241,11 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         serde_json::to_value(limits)?,
     )?;
     let stream = args.stream.start(&out.join("log"))?;
+    let served = crate::metrics_args::serve_guard(metrics, &guard, Some(log.gauge()));
     if let Some(record) = runtime.budget() {
         log.record("budget_applied", None, record).await?;
     }
-    let live = tokio::spawn(live::print_live(guard.subscribe(LIVE_QUEUE_EVENTS)));
+    let live = live::Live::start(guard.subscribe(LIVE_QUEUE_EVENTS));
     let mut console = live::console();
     // The agent's bound: what it holds once everything is set up, plus every buffer full.
     let rss_before_waves = own_rss_kib();
@@ -261,6 +265,8 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         for wave in &WAVES {
             writeln!(console, "[guard] ===== wave {} =====", wave.name)?;
             let record = run_wave(&guard, &running, wave).await?;
+            // run_wave's report drained the guard's pending events: print the wave's own.
+            live.flush().await;
             let count = |key: &str| record["bpf"][key].as_u64().unwrap_or(0);
             writeln!(
                 console,
@@ -286,6 +292,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         log.record("removed", Some(id), &finished.removed).await?;
         single = Some(finished);
     }
+    live.flush().await;
     let tenants = if args.scenario != Scenario::Waves {
         Some(
             tenants::run(
@@ -295,6 +302,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
                 &source,
                 args.memory_high,
                 &mut console,
+                &live,
             )
             .await?,
         )
@@ -303,7 +311,9 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     };
 
     let global = guard.global_counters().await?;
-    live.abort();
+    live.flush().await;
+    live.stop();
+    drop(served);
     let head = log.close().await?;
     crate::log_args::finish_stream(stream);
     let summary = json!({

@@ -37,6 +37,8 @@ pub struct WatchArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    metrics: crate::metrics_args::MetricsArgs,
+    #[command(flatten)]
     log: crate::log_args::LogArgs,
 }
 
@@ -60,7 +62,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         },
         ..GuardOptions::default()
     };
-    let guard = Guard::start(options).await?;
+    let metrics = args.metrics.bind().await?;
+    let guard = std::sync::Arc::new(Guard::start(options).await?);
     for (id, path) in &targets {
         guard
             .watch(id, path)
@@ -73,6 +76,11 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     }
     let log = args.log.start(&guard, serde_json::Value::Null)?;
     let stream = args.log.start_stream()?;
+    let served = crate::metrics_args::serve_guard(
+        metrics,
+        &guard,
+        log.as_ref().map(guard::sinks::event_log::EventLog::gauge),
+    );
     let writer = args
         .events
         .as_deref()
@@ -93,6 +101,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         _ = deadline => {}
     }
 
+    drop(served);
     let mut reports = Vec::new();
     for (id, _) in &targets {
         reports.push(guard.unwatch(id).await?);

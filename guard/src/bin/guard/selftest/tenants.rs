@@ -111,6 +111,7 @@ pub async fn run(
     source: &Source,
     memory_high_percent: Option<u8>,
     console: &mut dyn std::io::Write,
+    live: &super::live::Live,
 ) -> anyhow::Result<Value> {
     writeln!(
         console,
@@ -261,6 +262,8 @@ pub async fn run(
     };
     let oom = kmsg.finish();
     set_sysctl(OOM_DUMP_TASKS, &dump_tasks)?;
+    // The tenants' reports drained the guard's pending events: print them before the total.
+    live.flush().await;
     writeln!(
         console,
         "[guard] wave tenants done in {:.1} s: OOM kills {} memcg, {} global; steady tenant {} ms alone, {} ms beside the bombs",

@@ -1,0 +1,501 @@
+//! OpenMetrics text from the reports' JSON, with the Prometheus project's Rust client doing the
+//! format (escaping, HELP/TYPE/UNIT lines, `_total`, `# EOF`). A report's JSON is the one shape
+//! both a live guard (`serde_json::to_value(report)`) and a forensic log (its `report`
+//! records) have, so `guard metrics --log` and a live `/metrics` cannot drift apart.
+use prometheus_client::{
+    encoding::text,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::{Registry, Unit},
+};
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::atomic::AtomicU64;
+
+use super::MetricsError;
+
+/// Labels as (name, value) pairs.
+type Labels = Vec<(String, String)>;
+
+/// Everything one scrape shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    /// Each container's report as JSON (`serde_json::to_value(&report)`, or the payload of a
+    /// log's `report` record).
+    pub reports: Vec<Value>,
+    /// The guard's losses and reader health ([`crate::counters::LossReport`] as JSON). None:
+    /// taken from the first report, which carries the same figures.
+    pub loss: Option<Value>,
+    /// The guard's tier, when known.
+    pub tier: Option<u8>,
+    /// The forensic log's figures, when there is a log.
+    pub log: Option<LogFigures>,
+    /// A collector's guests (`guard collect`).
+    pub streams: Vec<StreamFigures>,
+}
+
+/// The forensic log's figures.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LogFigures {
+    /// Records in the log (written by this guard, or found by a verifier).
+    pub records: u64,
+    /// Failed writes or syncs (None: not known, as for a log read after the fact).
+    pub write_errors: Option<u64>,
+    /// Records that never reached the file (None: not known).
+    pub records_not_written: Option<u64>,
+}
+
+/// One guest's stream, as a collector holds it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamFigures {
+    pub guest: String,
+    /// Records held in the guest's copy.
+    pub records: u64,
+    /// Connections of this guest so far.
+    pub connections: u64,
+    /// The last stream's verdict (`complete`, `guest_died`, …), None while one is open.
+    pub verdict: Option<String>,
+}
+
+/// Registers families as they are first used, so the text lists only what has values.
+struct Builder {
+    registry: Registry,
+}
+
+/// A counter family: one metric name, a value per label set.
+type Counters = Family<Labels, Counter<u64>>;
+type FloatCounters = Family<Labels, Counter<f64, AtomicU64>>;
+type Gauges = Family<Labels, Gauge<i64>>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
+fn number(value: &Value, pointer: &str) -> Option<u64> {
+    value.pointer(pointer).and_then(Value::as_u64)
+}
+
+/// A cgroup limit as the report serializes it: `{"value": N}`, or `"max"` (no limit: None).
+fn limit(value: &Value, pointer: &str) -> Option<u64> {
+    value.pointer(pointer)?.get("value")?.as_u64()
+}
+
+/// The client adds the final full stop itself.
+fn help(text: &str) -> &str {
+    text.trim_end_matches('.')
+}
+
+impl Builder {
+    fn counters(&mut self, name: &str, help: &str) -> Counters {
+        let family = Counters::default();
+        self.registry
+            .register(name, self::help(help), family.clone());
+        family
+    }
+
+    fn seconds(&mut self, name: &str, help: &str) -> FloatCounters {
+        let family = FloatCounters::default();
+        self.registry
+            .register_with_unit(name, self::help(help), Unit::Seconds, family.clone());
+        family
+    }
+
+    fn gauges(&mut self, name: &str, help: &str, unit: Option<Unit>) -> Gauges {
+        let family = Gauges::default();
+        match unit {
+            Some(unit) => {
+                self.registry
+                    .register_with_unit(name, self::help(help), unit, family.clone())
+            }
+            None => self
+                .registry
+                .register(name, self::help(help), family.clone()),
+        }
+        family
+    }
+}
+
+fn set(family: &Counters, labels: Labels, value: Option<u64>) {
+    if let Some(value) = value {
+        family.get_or_create(&labels).inc_by(value);
+    }
+}
+
+fn set_gauge(family: &Gauges, labels: Labels, value: Option<u64>) {
+    if let Some(value) = value {
+        family
+            .get_or_create(&labels)
+            .set(i64::try_from(value).unwrap_or(i64::MAX));
+    }
+}
+
+/// The OpenMetrics text of `snapshot`.
+pub fn render(snapshot: &Snapshot) -> Result<String, MetricsError> {
+    let mut b = Builder {
+        registry: Registry::default(),
+    };
+    // Per container, from the BPF counters (tier 1 and 2).
+    let forks = b.counters(
+        "guard_forks",
+        "Forks in the container, counted by the BPF programs.",
+    );
+    let exits = b.counters(
+        "guard_exits",
+        "Task exits in the container, counted by the BPF programs.",
+    );
+    let denied = b.counters(
+        "guard_fork_denied",
+        "Forks that failed with EAGAIN in the container, by cause: pids_max (seen at \
+         pids_can_fork, tier 2), other (RLIMIT_NPROC, threads-max), unknown (tier 1).",
+    );
+    let bpf_kills = b.counters(
+        "guard_bpf_oom_kills",
+        "OOM victims attributed to the container by the BPF programs (oom:mark_victim).",
+    );
+    let reclaims = b.counters(
+        "guard_memcg_reclaims",
+        "Memcg direct reclaims the container's tasks ran.",
+    );
+    let reclaim_stall = b.seconds(
+        "guard_memcg_reclaim_stall",
+        "Time the container's tasks spent in memcg direct reclaim.",
+    );
+    let reclaimed = b.counters(
+        "guard_memcg_reclaimed_pages",
+        "Pages memcg direct reclaim freed for the container.",
+    );
+    let throttled = b.counters(
+        "guard_events_throttled",
+        "Events of the container not streamed by the rate bound (the counters stay exact).",
+    );
+    let task_map_full = b.counters(
+        "guard_task_map_full",
+        "Tasks of the container the BPF task map had no room for.",
+    );
+    let delivered = b.counters(
+        "guard_events_delivered",
+        "Events of the container the reader delivered, by kind.",
+    );
+    // Per container, from the kernel's own files and the verdict.
+    let kernel_events = b.counters(
+        "guard_kernel_events",
+        "The kernel's cgroup event counters since watching began (memory.events, \
+         pids.events and their .local twins), by file and event.",
+    );
+    let oom_kills = b.counters(
+        "guard_oom_kills",
+        "OOM kills of the container's tasks by scope: memcg (its own memory.max), ancestor \
+         (a parent's memory.max, the guest budget), global (the global OOM killer).",
+    );
+    let memory_max = b.gauges(
+        "guard_memory_max",
+        "memory.max the kernel holds for the container.",
+        Some(Unit::Bytes),
+    );
+    let memory_peak = b.gauges(
+        "guard_memory_peak",
+        "memory.peak of the container.",
+        Some(Unit::Bytes),
+    );
+    let pids_max = b.gauges(
+        "guard_pids_max",
+        "pids.max the kernel holds for the container.",
+        None,
+    );
+    let pids_peak = b.gauges("guard_pids_peak", "pids.peak of the container.", None);
+    let verdicts = b.gauges(
+        "guard_verdict",
+        "The container's verdict per limit (pids, memory) and overall: 1 for the verdict it \
+         has (enforced, not_exercised, incomplete, violated).",
+        None,
+    );
+
+    for report in &snapshot.reports {
+        let Some(container) = report.get("container").and_then(Value::as_str) else {
+            continue;
+        };
+        let one = |pairs: &[(&str, &str)]| {
+            let mut all = labels(&[("container", container)]);
+            all.extend(labels(pairs));
+            all
+        };
+        if report
+            .pointer("/counters/bpf")
+            .is_some_and(Value::is_object)
+        {
+            let bpf = |field: &str| number(report, &format!("/counters/bpf/{field}"));
+            set(&forks, one(&[]), bpf("forks"));
+            set(&exits, one(&[]), bpf("exits"));
+            match (bpf("fork_denied"), bpf("fork_denied_pids_max")) {
+                (Some(all), Some(pids_max)) => {
+                    set(&denied, one(&[("cause", "pids_max")]), Some(pids_max));
+                    set(
+                        &denied,
+                        one(&[("cause", "other")]),
+                        Some(all.saturating_sub(pids_max)),
+                    );
+                }
+                (all, None) => set(&denied, one(&[("cause", "unknown")]), all),
+                (None, Some(_)) => {}
+            }
+            set(&bpf_kills, one(&[]), bpf("oom_kills"));
+            set(&reclaims, one(&[]), bpf("reclaim_runs"));
+            if let Some(ns) = bpf("reclaim_ns") {
+                reclaim_stall
+                    .get_or_create(&one(&[]))
+                    .inc_by(ns as f64 / 1e9);
+            }
+            set(&reclaimed, one(&[]), bpf("reclaim_pages"));
+            set(&throttled, one(&[]), bpf("events_throttled"));
+            set(&task_map_full, one(&[]), bpf("task_map_full"));
+        }
+        if let Some(kinds) = report
+            .pointer("/counters/delivered")
+            .and_then(Value::as_object)
+        {
+            for (kind, count) in kinds {
+                set(&delivered, one(&[("kind", kind)]), count.as_u64());
+            }
+        }
+        for (field, file) in [
+            ("memory_events", "memory.events"),
+            ("memory_events_local", "memory.events.local"),
+            ("pids_events", "pids.events"),
+            ("pids_events_local", "pids.events.local"),
+        ] {
+            let Some(counts) = report
+                .pointer(&format!("/kernel_since_watch/{field}"))
+                .and_then(Value::as_object)
+            else {
+                continue;
+            };
+            for (event, count) in counts {
+                set(
+                    &kernel_events,
+                    one(&[("file", file), ("event", event)]),
+                    count.as_u64(),
+                );
+            }
+        }
+        for scope in ["memcg", "ancestor", "global"] {
+            set(
+                &oom_kills,
+                one(&[("scope", scope)]),
+                number(report, &format!("/oom/{scope}_kills")),
+            );
+        }
+        set_gauge(&memory_max, one(&[]), limit(report, "/applied/memory_max"));
+        set_gauge(
+            &memory_peak,
+            one(&[]),
+            number(report, "/applied/memory_peak"),
+        );
+        set_gauge(&pids_max, one(&[]), limit(report, "/applied/pids_max"));
+        set_gauge(&pids_peak, one(&[]), number(report, "/applied/pids_peak"));
+        for (limit, pointer) in [
+            ("pids", "/pids/verdict"),
+            ("memory", "/memory/verdict"),
+            ("overall", "/verdict"),
+        ] {
+            if let Some(verdict) = report.pointer(pointer).and_then(Value::as_str) {
+                set_gauge(
+                    &verdicts,
+                    one(&[("limit", limit), ("verdict", verdict)]),
+                    Some(1),
+                );
+            }
+        }
+    }
+
+    // The guard as a whole: losses and the reader's health.
+    let loss = snapshot
+        .loss
+        .as_ref()
+        .or_else(|| snapshot.reports.first().and_then(|r| r.get("loss")));
+    if let Some(loss) = loss {
+        let lost = b.counters(
+            "guard_events_lost",
+            "Events lost before userspace saw them: ring-buffer reserve failures in the \
+             kernel by event kind, sequence gaps and undecodable records in the reader.",
+        );
+        if let Some(kinds) = loss
+            .get("kernel_reserve_failures")
+            .and_then(Value::as_object)
+        {
+            for (kind, count) in kinds {
+                set(
+                    &lost,
+                    labels(&[("where", "kernel"), ("kind", kind)]),
+                    count.as_u64(),
+                );
+            }
+        }
+        set(
+            &lost,
+            labels(&[("where", "reader"), ("kind", "sequence_gap")]),
+            number(loss, "/reader/sequence_gaps"),
+        );
+        set(
+            &lost,
+            labels(&[("where", "reader"), ("kind", "undecodable")]),
+            number(loss, "/reader/undecodable"),
+        );
+        let drops = b.counters(
+            "guard_subscriber_drops",
+            "Events dropped because a subscriber's queue was full, summed over subscribers.",
+        );
+        set(
+            &drops,
+            labels(&[]),
+            number(loss, "/reader/subscriber_drops"),
+        );
+        let faults = b.counters(
+            "guard_reader_faults",
+            "Faults (panics, failed polls) the ring-buffer reader caught.",
+        );
+        set(&faults, labels(&[]), number(loss, "/reader_health/faults"));
+        let restarts = b.counters(
+            "guard_reader_restarts",
+            "Times the ring-buffer reader resumed after a fault.",
+        );
+        set(
+            &restarts,
+            labels(&[]),
+            number(loss, "/reader_health/restarts"),
+        );
+        if let Some(state) = loss.pointer("/reader_health/state").and_then(Value::as_str) {
+            let health = b.gauges(
+                "guard_reader_state",
+                "The reader's state: 1 for the state it is in (healthy, recovered, stopped).",
+                None,
+            );
+            set_gauge(&health, labels(&[("state", state)]), Some(1));
+        }
+    }
+    if let Some(tier) = snapshot.tier {
+        let gauge = b.gauges(
+            "guard_tier",
+            "The guard's capability tier: 2 tracepoints and kprobes, 1 tracepoints, 0 the \
+             kernel's cgroup files only.",
+            None,
+        );
+        set_gauge(&gauge, labels(&[]), Some(u64::from(tier)));
+    }
+    if let Some(log) = &snapshot.log {
+        let records = b.counters("guard_log_records", "Records in the forensic log.");
+        set(&records, labels(&[]), Some(log.records));
+        let errors = b.counters(
+            "guard_log_write_errors",
+            "Failed writes or fsyncs of the forensic log (it stops at the first).",
+        );
+        set(&errors, labels(&[]), log.write_errors);
+        let unwritten = b.counters(
+            "guard_log_records_not_written",
+            "Records that never reached the forensic log's file.",
+        );
+        set(&unwritten, labels(&[]), log.records_not_written);
+    }
+    if !snapshot.streams.is_empty() {
+        let records = b.gauges(
+            "guard_stream_records",
+            "Records held in a guest's copy of its log.",
+            None,
+        );
+        let connections = b.counters(
+            "guard_stream_connections",
+            "Connections a guest made to the collector.",
+        );
+        let verdict = b.gauges(
+            "guard_stream_verdict",
+            "A guest's last stream verdict: 1 for the verdict it has (complete, guest_died, \
+             gap, forked, invalid, refused, failed).",
+            None,
+        );
+        for stream in &snapshot.streams {
+            let guest = labels(&[("guest", &stream.guest)]);
+            set_gauge(&records, guest.clone(), Some(stream.records));
+            set(&connections, guest, Some(stream.connections));
+            if let Some(name) = &stream.verdict {
+                set_gauge(
+                    &verdict,
+                    labels(&[("guest", &stream.guest), ("verdict", name)]),
+                    Some(1),
+                );
+            }
+        }
+    }
+    let mut out = String::new();
+    text::encode(&mut out, &b.registry).map_err(MetricsError::Encode)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn report() -> Value {
+        json!({
+            "container": "web-1",
+            "applied": {"memory_max": {"value": 1048576}, "pids_max": "max", "memory_peak": 4096},
+            "counters": {
+                "bpf": {"forks": 7, "exits": 6, "fork_denied": 5, "fork_denied_pids_max": 4,
+                        "oom_kills": 1, "reclaim_runs": 2, "reclaim_ns": 1500000000,
+                        "reclaim_pages": 9, "events_throttled": 0, "task_map_full": 0},
+                "delivered": {"forks": 7, "oom_victims": 1}
+            },
+            "kernel_since_watch": {"pids_events": {"max": 4}, "memory_events": null},
+            "oom": {"memcg_kills": 1, "ancestor_kills": 0, "global_kills": 0},
+            "pids": {"verdict": "enforced"}, "memory": {"verdict": "enforced"},
+            "verdict": "enforced",
+            "loss": {"kernel_reserve_failures": {"fork": 3}, "reader": {"sequence_gaps": 0,
+                     "undecodable": 0, "subscriber_drops": 2},
+                     "reader_health": {"state": "healthy", "faults": 0, "restarts": 0}}
+        })
+    }
+
+    #[test]
+    fn every_counter_of_the_report_is_named_by_convention() {
+        let text = render(&Snapshot {
+            reports: vec![report()],
+            tier: Some(2),
+            ..Snapshot::default()
+        })
+        .unwrap();
+        for line in [
+            "# TYPE guard_forks counter",
+            "guard_forks_total{container=\"web-1\"} 7",
+            "guard_fork_denied_total{container=\"web-1\",cause=\"pids_max\"} 4",
+            "guard_fork_denied_total{container=\"web-1\",cause=\"other\"} 1",
+            "guard_memcg_reclaim_stall_seconds_total{container=\"web-1\"} 1.5",
+            "guard_kernel_events_total{container=\"web-1\",file=\"pids.events\",event=\"max\"} 4",
+            "guard_oom_kills_total{container=\"web-1\",scope=\"memcg\"} 1",
+            "guard_memory_max_bytes{container=\"web-1\"} 1048576",
+            "guard_verdict{container=\"web-1\",limit=\"overall\",verdict=\"enforced\"} 1",
+            "guard_events_lost_total{where=\"kernel\",kind=\"fork\"} 3",
+            "guard_subscriber_drops_total 2",
+            "guard_reader_state{state=\"healthy\"} 1",
+            "guard_tier 2",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        // No limit is no sample, not a made-up number.
+        assert!(!text.contains("guard_pids_max{"), "{text}");
+    }
+
+    #[test]
+    fn tier_zero_has_no_bpf_figures() {
+        let mut report = report();
+        report["counters"]["bpf"] = Value::Null;
+        let text = render(&Snapshot {
+            reports: vec![report],
+            ..Snapshot::default()
+        })
+        .unwrap();
+        assert!(!text.contains("guard_forks_total{"), "{text}");
+        assert!(text.contains("guard_kernel_events_total{"), "{text}");
+    }
+}
