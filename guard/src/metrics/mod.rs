@@ -17,6 +17,8 @@ pub mod encode;
 mod from_log;
 mod live;
 pub mod serve;
+#[cfg(test)]
+mod tests;
 
 pub use encode::{LogFigures, Snapshot, StreamFigures, render};
 pub use from_log::snapshot_of_log;
