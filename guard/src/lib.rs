@@ -11,6 +11,8 @@
 //! TOML file), `cli` (the `guard` binary); none is on by default, so an agent that only
 //! monitors compiles neither libcontainer nor a command line.
 
+#![deny(missing_docs)]
+
 // The plain data every layer shares.
 pub mod counters;
 mod tier;

@@ -40,14 +40,30 @@ pub enum ProbeError {
 }
 
 /// Sizes and thresholds of the event stream.
+///
+/// The defaults: a 256 KiB ring buffer (262144 bytes), a wakeup once 32 KiB (32768 bytes)
+/// wait, and at most 2000 individual events per container per CPU per second.
+///
+/// ```
+/// use guard::StreamOptions;
+///
+/// let options = StreamOptions::default();
+/// assert_eq!(options.ring_bytes, 256 * 1024);
+/// assert_eq!(options.wakeup_bytes, 32 * 1024);
+/// assert_eq!(options.max_events_per_sec, 2000);
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct StreamOptions {
-    /// Ring-buffer size in bytes (a power of two, at least a page).
+    /// Ring-buffer size in bytes (a power of two, at least a page; the kernel refuses others
+    /// when the guard starts). Default 256 KiB. The kernel maps it twice: see
+    /// [`MemoryBudget`](crate::budget::MemoryBudget).
     pub ring_bytes: u32,
     /// Wake the reader once this many bytes wait; it polls for less (0 = wake on every record).
+    /// Default 32 KiB.
     pub wakeup_bytes: u64,
     /// Individual events streamed per container per CPU per second (0 = unbounded); the rest
-    /// are counted and reported by throttle records. Counters stay exact.
+    /// are counted and reported by throttle records. Counters stay exact. Default 2000. OOM
+    /// victims are never bounded.
     pub max_events_per_sec: u32,
 }
 
