@@ -39,11 +39,14 @@ pub struct Container {
 
 /// A created container together with its `limits_applied` record.
 pub struct Created {
+    /// The container; its init waits for [`Container::start`].
     pub container: Container,
+    /// What the kernel holds for it.
     pub record: CreationRecord,
 }
 
 impl Container {
+    /// The container's id.
     pub fn id(&self) -> &ContainerId {
         &self.id
     }
@@ -58,6 +61,7 @@ impl Container {
         self.init_pid
     }
 
+    /// How long create, start and delete took (0 for what has not happened yet).
     pub fn timings(&self) -> Timings {
         self.timings
     }

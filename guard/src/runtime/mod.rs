@@ -78,19 +78,25 @@ pub enum Source {
     Bundle(PathBuf),
     /// A root filesystem folder and a command (`PATH` is set for execvp; `env` adds to it).
     Rootfs {
+        /// The root filesystem folder.
         rootfs: PathBuf,
+        /// The command and its arguments.
         args: Vec<String>,
+        /// `KEY=value` entries added to (or replacing those of) the default environment.
         env: Vec<String>,
     },
 }
 
-/// How the runtime runs.
+/// How the runtime runs. The defaults: state under `/run/guard/containers`, bundles under
+/// `/run/guard/bundles`, the default [`SpecOptions`], pivot_root, the guest budget derived
+/// from the guest, the [`default_agent_reserve`], and no exec helper.
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     /// libcontainer's state folder (one sub-folder per container).
     pub state_root: PathBuf,
     /// Where the adjusted `config.json` of each container is written.
     pub bundle_root: PathBuf,
+    /// How each container's spec is adjusted (cgroup root, OOM scores, swap accounting).
     pub spec: SpecOptions,
     /// Use libcontainer's no-pivot mode (move-mount + chroot: weaker isolation) for guests
     /// whose root cannot be pivot_root'ed.
@@ -137,6 +143,7 @@ impl Default for RuntimeOptions {
 pub struct CreationRecord {
     /// Always "limits_applied".
     pub kind: &'static str,
+    /// The container.
     pub container: ContainerId,
     /// The cgroup directory (absolute, under the cgroup2 mount).
     pub cgroup: PathBuf,
@@ -144,7 +151,9 @@ pub struct CreationRecord {
     pub cgroup_id: u64,
     /// The container's init, as the guest sees it.
     pub init_pid: i32,
+    /// The limits asked for.
     pub requested: Limits,
+    /// What the kernel holds: equal to `requested`, or creation failed.
     pub read_back: HeldLimits,
     /// The init's `oom_score_adj` (read from /proc).
     pub oom_score_adj: i32,
@@ -153,8 +162,11 @@ pub struct CreationRecord {
 /// Times of the runtime's operations, for reports and benches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Timings {
+    /// [`Runtime::create`], checks included, in microseconds.
     pub create_us: u64,
+    /// [`Container::start`], in microseconds.
     pub start_us: u64,
+    /// [`Container::delete`], in microseconds.
     pub delete_us: u64,
 }
 
@@ -165,7 +177,9 @@ fn micros(duration: Duration) -> u64 {
 /// A container removed by [`Container::delete`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Removed {
+    /// The container.
     pub container: ContainerId,
+    /// Its cgroup, now gone.
     pub cgroup: PathBuf,
     /// `memory.events`, `memory.events.local`, `pids.events` (and `pids.events.local`), read
     /// just before the cgroup was removed.
@@ -180,6 +194,9 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Validates the options, finds the cgroup v2 hierarchy, creates the state and bundle
+    /// folders, and (with a budget) derives the guest budget and applies it to the parent
+    /// cgroup, raising `kernel.threads-max` to fit. Needs root.
     pub fn new(mut options: RuntimeOptions) -> Result<Self, RuntimeError> {
         options.spec.validate()?;
         // CONFIG_SWAP is what gives cgroups memory.swap.max; /proc/swaps exists exactly with it.
@@ -271,10 +288,12 @@ impl Runtime {
         Ok(())
     }
 
+    /// The options it runs with (`swap_accounting` as found on this kernel).
     pub fn options(&self) -> &RuntimeOptions {
         &self.options
     }
 
+    /// The cgroup v2 hierarchy it found.
     pub fn hierarchy(&self) -> &Hierarchy {
         &self.hierarchy
     }
