@@ -88,10 +88,10 @@ pub enum CgroupError {
         mount: PathBuf,
     },
     /// A controller's file is missing from an existing cgroup because the parent does not
-    /// enable the controller for its children ([`write`]).
+    /// enable the controller for its children ([`write()`]).
     #[error("{0}")]
     ControllerOff(Box<ControllerOff>),
-    /// A write the kernel refused, or a file that does not exist ([`write`]).
+    /// A write the kernel refused, or a file that does not exist ([`write()`]).
     #[error("writing {value} to {path}: {source}")]
     Write {
         /// The file.
@@ -101,7 +101,7 @@ pub enum CgroupError {
         /// The I/O error (EINVAL for a value the kernel rejects, NotFound for a missing file).
         source: std::io::Error,
     },
-    /// A cgroup directory could not be created ([`create`]).
+    /// A cgroup directory could not be created ([`create()`]).
     #[error("creating cgroup {path}: {source}")]
     Create {
         /// The directory.
@@ -109,7 +109,7 @@ pub enum CgroupError {
         /// The I/O error (AlreadyExists if it exists).
         source: std::io::Error,
     },
-    /// A cgroup directory could not be removed ([`remove`]), e.g. still busy after 10 s.
+    /// A cgroup directory could not be removed ([`remove()`]), e.g. still busy after 10 s.
     #[error("removing cgroup {path}: {source}")]
     Remove {
         /// The directory.

@@ -26,7 +26,7 @@ pub enum JsonLinesError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// A write or flush failed: the sink stops there ([`write`], [`JsonLines::finish`]).
+    /// A write or flush failed: the sink stops there ([`write()`], [`JsonLines::finish`]).
     #[error("writing events to {path}: {source}")]
     Write {
         /// The file (`-` for standard output).
