@@ -20,6 +20,7 @@ mod error;
 mod exec_deadline;
 mod exec_helper;
 pub mod oom_score;
+mod records;
 mod verify;
 
 pub use budget::{BudgetRecord, raise_threads_max};
@@ -28,6 +29,8 @@ pub use error::RuntimeError;
 pub use exec_helper::{
     ExecHelper, peak_anon_kib as exec_helper_peak_anon_kib, serve as serve_exec_helper,
 };
+use records::micros;
+pub use records::{CreationRecord, Removed, Timings};
 pub use verify::check_read_back;
 
 use std::{
@@ -35,7 +38,7 @@ use std::{
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::ExitStatus,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use libcontainer::{
@@ -43,11 +46,10 @@ use libcontainer::{
     syscall::syscall::SyscallType,
 };
 use oci_spec::runtime::Spec;
-use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use crate::{
-    cgroup::{EventFiles, HeldLimits, Hierarchy},
+    cgroup::Hierarchy,
     container_id::ContainerId,
     limits::{BudgetRequest, LimitRequest, Limits, MemInfo, Resolved, guest_budget},
     spec::{self, SpecOptions},
@@ -136,54 +138,6 @@ impl Default for RuntimeOptions {
             exec_helper: None,
         }
     }
-}
-
-/// What the kernel really holds for a freshly created container: the `limits_applied` record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CreationRecord {
-    /// Always "limits_applied".
-    pub kind: &'static str,
-    /// The container.
-    pub container: ContainerId,
-    /// The cgroup directory (absolute, under the cgroup2 mount).
-    pub cgroup: PathBuf,
-    /// The cgroup's id (its inode number: what BPF sees).
-    pub cgroup_id: u64,
-    /// The container's init, as the guest sees it.
-    pub init_pid: i32,
-    /// The limits asked for.
-    pub requested: Limits,
-    /// What the kernel holds: equal to `requested`, or creation failed.
-    pub read_back: HeldLimits,
-    /// The init's `oom_score_adj` (read from /proc).
-    pub oom_score_adj: i32,
-}
-
-/// Times of the runtime's operations, for reports and benches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Timings {
-    /// [`Runtime::create`], checks included, in microseconds.
-    pub create_us: u64,
-    /// [`Container::start`], in microseconds.
-    pub start_us: u64,
-    /// [`Container::delete`], in microseconds.
-    pub delete_us: u64,
-}
-
-fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// A container removed by [`Container::delete`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Removed {
-    /// The container.
-    pub container: ContainerId,
-    /// Its cgroup, now gone.
-    pub cgroup: PathBuf,
-    /// `memory.events`, `memory.events.local`, `pids.events` (and `pids.events.local`), read
-    /// just before the cgroup was removed.
-    pub final_events: EventFiles,
 }
 
 /// Creates containers.
