@@ -75,7 +75,7 @@ pub struct EventFiles {
     pub memory_events: Option<KeyedCounts>,
     /// `memory.events.local`: the cgroup alone.
     pub memory_events_local: Option<KeyedCounts>,
-    /// `pids.events`: the cgroup and its descendants (`max`: forks `pids.max` denied).
+    /// `pids.events` (`max`: forks refused at a `pids.max`).
     pub pids_events: Option<KeyedCounts>,
     /// `pids.events.local`: the cgroup alone (newer kernels only).
     pub pids_events_local: Option<KeyedCounts>,

@@ -109,8 +109,10 @@ pub enum RuntimeError {
         /// The score read back.
         found: i32,
     },
-    /// The agent's own `oom_score_adj` changed around a libcontainer call and could not be put
-    /// back: its OOM protection is not confirmed ([`oom_score::preserving_caller`](super::oom_score::preserving_caller)).
+    /// The agent's own `oom_score_adj` is not what it was: a libcontainer call changed it and it
+    /// could not be put back ([`preserving_caller`](super::oom_score::preserving_caller)), or it
+    /// changed across [`Container::start`](super::Container::start). Its OOM protection is not
+    /// confirmed.
     #[error("the caller's oom_score_adj is {found} after a libcontainer call, not {expected}")]
     CallerScore {
         /// The score before the call.

@@ -29,9 +29,9 @@ pub use memory::MEMORY_OVERCHARGE_SLACK;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// Nothing reached the limit, or no limit was in force (none asked for and the kernel
-    /// holds `max`): pids: `pids.events max` and the probes' denials are both 0; memory:
-    /// `memory.events` max, oom and oom_kill are all 0.
+    /// Nothing reached the limit, or no limit was in force (none asked for, and the kernel
+    /// holds `max` or has no such file): pids: `pids.events max` and the probes' denials are
+    /// both 0; memory: `memory.events` max, oom and oom_kill are all 0.
     NotExercised,
     /// The limit was hit and the kernel's and the probes' counts agree: pids: `pids.events
     /// max` above 0 and equal to the probes' denials (at tier 0, the kernel's count alone);
