@@ -14,27 +14,47 @@ use crate::tracefs::{self, TracefsError};
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
 
+/// The eBPF side failed (inside [`GuardError::Probe`](crate::GuardError::Probe)).
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    /// tracefs could not be mounted, or a tracepoint's `format` file is unusable.
     #[error(transparent)]
     Tracefs(#[from] TracefsError),
+    /// A tracepoint layout the programs cannot use.
     #[error(transparent)]
     Signal(#[from] SignalError),
+    /// The kernel refused the object or one of its maps (e.g. a ring size that is not a power
+    /// of two).
     #[error("loading the guard eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
+    /// The embedded object lacks a map (a build mismatch).
     #[error("the eBPF object has no map {name}")]
-    MissingMap { name: &'static str },
+    MissingMap {
+        /// The map.
+        name: &'static str,
+    },
+    /// A map could not be taken, read or updated.
     #[error("eBPF map {name}: {source}")]
     Map {
+        /// The map.
         name: &'static str,
+        /// aya's error.
         source: MapError,
     },
+    /// The embedded object lacks a program (a build mismatch).
     #[error("the eBPF object has no program {name}")]
-    MissingProgram { name: &'static str },
+    MissingProgram {
+        /// The program.
+        name: &'static str,
+    },
+    /// A program could not be loaded or attached to its hook.
     #[error("eBPF program {name} on {tracepoint}: {source}")]
     Program {
+        /// The program.
         name: &'static str,
+        /// Its hook (`tracepoint category:name` or `kretprobe function`).
         tracepoint: String,
+        /// aya's error.
         source: ProgramError,
     },
 }

@@ -110,7 +110,7 @@ pub struct SenderStats {
     pub connections: u64,
     /// Connection attempts that failed.
     pub connect_failures: u64,
-    /// Lines sent, over every connection (resent ones included).
+    /// Lines handed to a connection, over every connection (resent ones included).
     pub lines_sent: u64,
     /// The host's latest acknowledgement: it has stored every record below this seq.
     pub acked_next_seq: u64,

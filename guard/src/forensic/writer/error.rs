@@ -83,7 +83,7 @@ pub enum WriterError {
         /// What is wrong.
         reason: String,
     },
-    /// A write(2) failed: the writer stops (every later call fails with
+    /// A write(2) failed: the writer stops (every later append, flush or close fails with
     /// [`WriterError::Poisoned`]).
     #[error(
         "cannot write to {path}: {source}{}",

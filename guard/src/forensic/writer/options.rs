@@ -58,9 +58,9 @@ impl fmt::Display for FsyncPolicy {
     }
 }
 
-/// How a [`LogWriter`](super::LogWriter) writes. The defaults: fsync every 100 ms, rotation at
-/// 64 MiB, a checkpoint every 10 000 records, the kernel's boot id, and refusal of a torn
-/// tail.
+/// How a [`LogWriter`](super::LogWriter) writes. The defaults: `interval=100` (an fdatasync at
+/// most every 100 ms), rotation at 64 MiB, a checkpoint every 10 000 records, the kernel's boot
+/// id, and refusal of a torn tail.
 #[derive(Debug, Clone)]
 pub struct LogOptions {
     /// When records reach stable storage (default: `interval=100`).
