@@ -40,32 +40,57 @@ use crate::{
     verdict::report::Report,
 };
 
+/// What a container's supervision can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// `kernel.unprivileged_bpf_disabled` could not be read or written
+    /// ([`close_unprivileged_bpf`]).
     #[error("{what} {path}: {source}")]
     Sysctl {
+        /// `reading` or `writing 2 to`.
         what: &'static str,
+        /// The sysctl's file.
         path: &'static str,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The guard's: watching the container ([`supervise`]) or its final report
+    /// ([`Supervised::finish`]).
     #[error(transparent)]
     Guard(#[from] GuardError),
+    /// The runtime's: creating, starting, exec'ing into, killing, waiting for or deleting the
+    /// container.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// Limits that do not resolve.
     #[error(transparent)]
     Limits(#[from] LimitsError),
+    /// The `limits_applied` record could not be written to the forensic log ([`supervise`]).
     #[error("container {id}: logging {what}: {source}")]
     Log {
+        /// The container.
         id: String,
+        /// The record's kind.
         what: &'static str,
+        /// The log's error.
         source: EventLogError,
     },
+    /// The blocking task that ran an exec panicked or was cancelled.
     #[error("container {id}: the task running an exec failed: {message}")]
-    ExecTask { id: String, message: String },
+    ExecTask {
+        /// The container.
+        id: String,
+        /// The task's join error.
+        message: String,
+    },
+    /// The blocking task that waited for a process panicked or was cancelled.
     #[error("container {id}: the task waiting for process {pid} failed: {message}")]
     Wait {
+        /// The container.
         id: String,
+        /// The process waited for.
         pid: i32,
+        /// The task's join error.
         message: String,
     },
 }
@@ -75,7 +100,9 @@ const UNPRIVILEGED_BPF: &str = "/proc/sys/kernel/unprivileged_bpf_disabled";
 /// `kernel.unprivileged_bpf_disabled` before and after [`close_unprivileged_bpf`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct UnprivilegedBpf {
+    /// The value before (0: open to every process).
     pub before: u8,
+    /// The value after (1 or 2: closed).
     pub after: u8,
 }
 
@@ -132,7 +159,9 @@ pub enum Ending<'a> {
 
 /// What the container's life left behind.
 pub struct Finished {
+    /// What the kernel held when the container was created.
     pub created: CreationRecord,
+    /// How the init exited.
     pub status: ExitStatus,
     /// Whether the stop (or [`Ending::KillNow`]) killed the container.
     pub killed: bool,
@@ -140,6 +169,7 @@ pub struct Finished {
     pub report: Report,
     /// The kernel's event files read just before the cgroup went.
     pub removed: Removed,
+    /// The deleted container (its id, cgroup path and timings).
     pub container: Container,
 }
 
@@ -186,10 +216,12 @@ pub async fn supervise<'g>(
 }
 
 impl<'g> Supervised<'g> {
+    /// The running container.
     pub fn container(&self) -> &Container {
         &self.container
     }
 
+    /// What the kernel held when it was created (the `limits_applied` record).
     pub fn created(&self) -> &CreationRecord {
         &self.created
     }

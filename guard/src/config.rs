@@ -31,40 +31,75 @@ use crate::{
 /// A config file larger than this is not a config file (and `/dev/zero` must not hang us).
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
+/// A config file that cannot be used; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be opened or read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The file is larger than [`MAX_CONFIG_BYTES`].
     #[error("config file {path} is larger than {MAX_CONFIG_BYTES} bytes")]
-    TooLarge { path: PathBuf },
-    /// `at` is `, line L, column C` where the parser knows the place.
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Not TOML, an unknown or duplicate key, or a value its setting refuses (with the same
+    /// message as the command line's).
     #[error("config file {path}{at}: {message}")]
     Invalid {
+        /// The file.
         path: PathBuf,
+        /// `, line L, column C` where the parser knows the place, else empty.
         at: String,
+        /// What is wrong.
         message: String,
     },
 }
 
 /// The settings; None = not in the file.
+///
+/// ```
+/// use std::path::Path;
+/// use guard::config::Config;
+/// use guard::limits::{MemorySetting, PidsSetting};
+///
+/// let config = Config::parse(Path::new("agent.toml"), "memory = \"64M\"\npids = 512\n")?;
+/// assert_eq!(config.memory, Some(MemorySetting::Bytes(64 << 20)));
+/// assert_eq!(config.pids, Some(PidsSetting::Count(512)));
+/// assert_eq!(config.log_dir, None);
+/// // A misspelt key is an error, never a limit silently not applied.
+/// let error = Config::parse(Path::new("agent.toml"), "memroy = \"64M\"\n").unwrap_err();
+/// assert!(error.to_string().contains("agent.toml, line 1"));
+/// # Ok::<(), guard::config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `memory`: memory.max (bytes, a percentage of MemAvailable, or `max`).
     #[serde(default, deserialize_with = "parsed")]
     pub memory: Option<MemorySetting>,
+    /// `pids`: pids.max (a count or `max`).
     #[serde(default, deserialize_with = "parsed")]
     pub pids: Option<PidsSetting>,
+    /// `swap`: memory.swap.max (bytes or `max`).
     #[serde(default, deserialize_with = "parsed")]
     pub swap: Option<SwapSetting>,
+    /// `cgroup_root`: the parent of the container cgroups, below the cgroup2 mount
+    /// (validated as [`SpecOptions::cgroup_root`]).
     #[serde(default, deserialize_with = "cgroup_root")]
     pub cgroup_root: Option<String>,
+    /// `log_dir`: the forensic log's directory.
     #[serde(default)]
     pub log_dir: Option<PathBuf>,
+    /// `fsync`: the log's fsync policy (`always`, `never` or `interval=<ms>`).
     #[serde(default, deserialize_with = "parsed")]
     pub fsync: Option<FsyncPolicy>,
+    /// `max_tier`: the highest tier to run at (0, 1 or 2).
     #[serde(default, deserialize_with = "tier")]
     pub max_tier: Option<Tier>,
 }

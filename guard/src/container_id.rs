@@ -4,17 +4,35 @@ use std::{ffi::OsStr, fmt};
 /// Longest id accepted (container runtimes use 64-hex ids; leave room for readable names).
 pub const MAX_ID_LEN: usize = 128;
 
+/// Why a string is not a container id; every variant but `Empty` shows the id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContainerIdError {
+    /// The id is empty.
     #[error("container id is empty")]
     Empty,
+    /// The id is longer than [`MAX_ID_LEN`] bytes.
     #[error("container id {id:?} is {len} bytes long; at most {MAX_ID_LEN} are allowed")]
-    TooLong { id: String, len: usize },
+    TooLong {
+        /// Its first [`MAX_ID_LEN`] characters, then `…`.
+        id: String,
+        /// Its length, in bytes.
+        len: usize,
+    },
+    /// The id is `.` or `..`, or holds a `/`, a NUL, a control character or whitespace.
     #[error("container id {id:?} contains {what}, which could escape its cgroup path")]
-    Forbidden { id: String, what: &'static str },
-    /// Shown lossily: each invalid byte sequence becomes U+FFFD.
+    Forbidden {
+        /// The id.
+        id: String,
+        /// What it holds (`a '/'`, `whitespace`, …).
+        what: &'static str,
+    },
+    /// The id is not valid UTF-8 ([`ContainerId::from_os_str`], [`ContainerId::from_bytes`]).
     #[error("container id {id:?} is not valid UTF-8")]
-    NotUtf8 { id: String },
+    NotUtf8 {
+        /// The id shown lossily (each invalid byte sequence becomes U+FFFD), clipped to
+        /// [`MAX_ID_LEN`] bytes.
+        id: String,
+    },
 }
 
 /// A container id that is safe to use as one path component.
@@ -40,6 +58,21 @@ impl TryFrom<String> for ContainerId {
 }
 
 impl ContainerId {
+    /// Checks `id`: 1 to [`MAX_ID_LEN`] bytes, not `.` or `..`, and no `/`, NUL, control
+    /// character or whitespace, so that it is one safe path component.
+    ///
+    /// ```
+    /// use guard::{ContainerId, ContainerIdError};
+    ///
+    /// assert_eq!(ContainerId::parse("web-1")?.as_str(), "web-1");
+    /// assert_eq!(ContainerId::parse(""), Err(ContainerIdError::Empty));
+    /// for hostile in ["..", "../etc", "a b", "a\nb"] {
+    ///     assert!(matches!(ContainerId::parse(hostile), Err(ContainerIdError::Forbidden { .. })));
+    /// }
+    /// assert!(ContainerId::parse(&"x".repeat(129)).is_err());
+    /// assert!(ContainerId::from_bytes(b"web\xff").is_err());
+    /// # Ok::<(), ContainerIdError>(())
+    /// ```
     pub fn parse(id: &str) -> Result<Self, ContainerIdError> {
         let forbidden = |what| ContainerIdError::Forbidden {
             id: id.to_string(),
@@ -94,6 +127,7 @@ impl ContainerId {
         }
     }
 
+    /// The id.
     pub fn as_str(&self) -> &str {
         &self.0
     }

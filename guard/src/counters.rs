@@ -8,15 +8,22 @@ use serde::Serialize;
 /// Counters the BPF programs keep in the kernel: exact, whatever happened to the stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct BpfCounters {
+    /// Forks and thread creations (`sched_process_fork`) by the container's tasks.
     pub forks: u64,
+    /// Tasks of the container that exited (`sched_process_exit`, threads included).
     pub exits: u64,
     /// Fork-family syscalls that failed with EAGAIN.
     pub fork_denied: u64,
     /// Of those, denials the `pids_can_fork` kretprobe saw (None below tier 2: not observed).
     pub fork_denied_pids_max: Option<u64>,
+    /// OOM victims chosen among the container's tasks (`oom:mark_victim`), by either killer:
+    /// the verdict tells the container's own limit from the global OOM killer.
     pub oom_kills: u64,
+    /// Direct memcg reclaim runs in the container's tasks (`mm_vmscan_memcg_reclaim_end`).
     pub reclaim_runs: u64,
+    /// Time those reclaim runs took, in nanoseconds, summed.
     pub reclaim_ns: u64,
+    /// Pages those reclaim runs reclaimed, summed.
     pub reclaim_pages: u64,
     /// Individual events not streamed because of the rate bound.
     pub events_throttled: u64,
@@ -46,19 +53,26 @@ impl BpfCounters {
 /// Per-container tallies of the events the reader received (0 for a container: none).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Delivered {
+    /// Fork events received.
     pub forks: u64,
+    /// Fork-denial events received.
     pub fork_denied: u64,
+    /// OOM-victim events received.
     pub oom_victims: u64,
+    /// Reclaim events received.
     pub reclaims: u64,
-    /// Throttle records, and the individual events they say were suppressed.
+    /// Throttle records received.
     pub throttle_records: u64,
+    /// The individual events those throttle records say were suppressed, summed.
     pub suppressed: u64,
 }
 
 /// One container's counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ContainerCounters {
+    /// The container's id.
     pub container: String,
+    /// The id (inode number) of the container's cgroup.
     pub cgroup_id: u64,
     /// None at tier 0, where no BPF program runs: the guard never pretends to detail it lacks.
     pub bpf: Option<BpfCounters>,
@@ -70,7 +84,10 @@ pub struct ContainerCounters {
 /// (global OOM, or the agent itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GlobalCounters {
+    /// The kernel's counts for tasks in no container (None at tier 0). Only OOM kills are
+    /// counted here: the programs attribute nothing else outside a container.
     pub bpf: Option<BpfCounters>,
+    /// Events the reader received that belong to no container.
     pub delivered: Delivered,
 }
 
@@ -82,7 +99,10 @@ pub struct ReaderLoss {
     pub sequence_gaps: u64,
     /// Records the reader could not decode.
     pub undecodable: u64,
-    /// Events not handed to a subscriber whose buffer was full.
+    /// Events not handed to a subscriber whose buffer was full: a total over every subscriber
+    /// the guard has had, so an event two full subscribers missed counts twice. One
+    /// subscriber's own count comes with
+    /// [`Guard::subscribe_counted`](crate::Guard::subscribe_counted).
     pub subscriber_drops: u64,
 }
 
@@ -90,14 +110,17 @@ pub struct ReaderLoss {
 /// events.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReaderHealth {
+    /// Healthy, recovered after faults, or stopped.
     pub state: HealthState,
     /// Faults so far (a panic while draining, a failed poll of the ring buffer).
     pub faults: u64,
     /// Times the reader resumed after a fault.
     pub restarts: u64,
+    /// What the last fault was (a panic message or the poll's error); None if none.
     pub last_fault: Option<String>,
 }
 
+/// The event reader's state (serialized in snake case: `healthy`, `recovered`, `stopped`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthState {
@@ -116,6 +139,7 @@ pub enum HealthState {
 pub struct LossReport {
     /// Ring-buffer reserve failures in the kernel, by event kind name.
     pub kernel_reserve_failures: BTreeMap<String, u64>,
+    /// What userspace lost or missed: sequence gaps, undecodable records, subscriber drops.
     pub reader: ReaderLoss,
     /// Whether the reader faulted on the way (its faults are not losses by themselves: the
     /// sequence check above counts any record that went missing).

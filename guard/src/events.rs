@@ -18,9 +18,14 @@ use crate::{cgroup::KeyedCounts, signals};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventDetail {
+    /// A task of the container forked (rate-bounded).
     Fork(Fork),
+    /// A fork-family syscall of the container failed with EAGAIN (rate-bounded).
     ForkDenied(ForkDenied),
+    /// The OOM killer chose a victim, in the container or, with no container, anywhere in the
+    /// guest (never rate-bounded).
     OomVictim(OomVictim),
+    /// A memcg direct reclaim run of the container's task finished (rate-bounded).
     Reclaim(Reclaim),
     /// Individual events of the container suppressed by the rate bound (counters stay exact).
     Throttle(Throttle),
@@ -37,20 +42,25 @@ pub enum EventDetail {
 /// A kernel event file's counts after a change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KernelFile {
+    /// The file's name: `memory.events` or `pids.events`.
     pub file: &'static str,
+    /// Its counts as read after the change (totals since the cgroup was made, not deltas).
     pub counts: KeyedCounts,
 }
 
 /// Ring-buffer reserve failures of one kind since the last tally.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Lost {
+    /// The kind's stable name (`fork`, `oom_victim`, …).
     pub event_kind: &'static str,
+    /// Records of that kind lost since the last `lost` event for it.
     pub count: u64,
 }
 
 /// A fault of the event reader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReaderFault {
+    /// What went wrong: a panic's message or the poll's error.
     pub error: String,
     /// Faults so far, this one included.
     pub faults: u64,
@@ -77,17 +87,24 @@ impl EventDetail {
 /// One decoded ring-buffer record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KernelEvent {
+    /// The CPU whose program wrote it.
     pub cpu: u32,
+    /// That CPU's sequence number, from 1 with no gaps unless records were lost.
     pub seq: u64,
+    /// When it was written: `bpf_ktime_get_ns`, CLOCK_MONOTONIC.
     pub ktime_ns: u64,
+    /// The cgroup id of the container it was attributed to (0: no container).
     pub cgroup_id: u64,
+    /// The signal's payload.
     pub detail: EventDetail,
 }
 
 /// Where a kernel event was in the ring buffer: its CPU and that CPU's sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RingPosition {
+    /// The CPU whose program wrote the record.
     pub cpu: u32,
+    /// That CPU's sequence number (from 1; a gap is a lost record).
     pub seq: u64,
 }
 
@@ -102,6 +119,8 @@ pub struct GuardEvent {
     pub ring: Option<RingPosition>,
     /// CLOCK_MONOTONIC: the kernel's timestamp, or when guard made a synthetic event.
     pub ktime_ns: u64,
+    /// The cgroup id the event was attributed to (0: no container, or a guard-wide synthetic
+    /// event such as `lost` or `reader_fault`).
     pub cgroup_id: u64,
     /// What happened, with its `kind`.
     pub detail: EventDetail,

@@ -25,34 +25,67 @@ use std::{
 
 use serde::Serialize;
 
+/// The kernel log's device.
 pub const KMSG_PATH: &str = "/dev/kmsg";
 
+/// The kernel log could not be watched ([`KmsgWatch::start`]).
 #[derive(Debug, thiserror::Error)]
 pub enum KmsgError {
+    /// `/dev/kmsg` could not be opened or moved to its end (no such device, not permitted).
     #[error("opening {path}: {source}")]
-    Open { path: PathBuf, source: io::Error },
+    Open {
+        /// The device.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The reading thread could not be spawned.
     #[error("starting the thread that reads {path}: {source}")]
-    Thread { path: PathBuf, source: io::Error },
+    Thread {
+        /// The device.
+        path: PathBuf,
+        /// The spawn's error.
+        source: io::Error,
+    },
 }
 
 /// Which OOM killer chose the victim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OomScope {
+    /// The global OOM killer: the whole guest was out of memory
+    /// (`Out of memory: Killed process …`).
     Global,
+    /// A memory cgroup's OOM killer: a cgroup hit its memory.max
+    /// (`Memory cgroup out of memory: Killed process …`).
     Memcg,
 }
 
 /// One kill as the kernel log reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LoggedKill {
+    /// Which killer.
     pub scope: OomScope,
+    /// The victim's pid.
     pub pid: u32,
+    /// The victim's command name, as logged between the parentheses.
     pub comm: String,
 }
 
 /// The kill a kernel log message reports, if it is one. Takes the message text, with or
 /// without `/dev/kmsg`'s `level,seq,time,flags;` prefix.
+///
+/// ```
+/// use guard::kmsg::{OomScope, parse_kill};
+///
+/// let line = "3,1742,98765432,-;Memory cgroup out of memory: Killed process 1160 (stress) \
+///             total-vm:526892kB, anon-rss:52112kB, file-rss:4kB, shmem-rss:0kB";
+/// let kill = parse_kill(line).unwrap();
+/// assert_eq!((kill.scope, kill.pid, kill.comm.as_str()), (OomScope::Memcg, 1160, "stress"));
+/// let global = parse_kill("Out of memory: Killed process 77 (sh) total-vm:1kB").unwrap();
+/// assert_eq!(global.scope, OomScope::Global);
+/// assert_eq!(parse_kill("6,1,2,-;oom-kill:constraint=CONSTRAINT_MEMCG"), None);
+/// ```
 pub fn parse_kill(record: &str) -> Option<LoggedKill> {
     let message = match record.split_once(';') {
         Some((prefix, message)) if prefix.split(',').count() >= 3 => message,
@@ -83,11 +116,13 @@ const MAX_GLOBAL_PIDS: usize = 65_536;
 /// OOM kills the kernel logged since the watch started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct OomTally {
+    /// Kills by the global OOM killer.
     pub global: u64,
+    /// Kills by a memory cgroup's OOM killer.
     pub memcg: u64,
     /// Times the reader fell behind the kernel's log buffer: kills may be missing.
     pub overruns: u64,
-    /// The global kills' victims (the evidence a review needs first).
+    /// The global kills' victims (the evidence a review needs first), the first 64.
     pub global_victims: Vec<LoggedKill>,
     /// Every global kill's pid (up to [`MAX_GLOBAL_PIDS`]), to attribute them to containers.
     #[serde(skip)]

@@ -25,29 +25,53 @@ pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 /// `PATH` for a command given without a bundle: the default executor uses execvp.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// A spec or spec option that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
+    /// The container id is not valid ([`ContainerId::parse`]).
     #[error(transparent)]
     ContainerId(#[from] ContainerIdError),
+    /// [`SpecOptions::cgroup_root`] is not `/` or an absolute path of valid components.
     #[error(
         "cgroup root {root:?} must be an absolute path of plain components (no '.', '..', \
          empty, control characters)"
     )]
-    CgroupRoot { root: String },
+    CgroupRoot {
+        /// The root given.
+        root: String,
+    },
+    /// A configured score outside -999..=1000 (-1000 included: it makes the memcg OOM a
+    /// livelock).
     #[error(
         "oomScoreAdj {value} is not allowed: it must be in -999..=1000 (-1000 makes a \
          container unkillable and its memcg OOM a livelock)"
     )]
-    OomScoreAdj { value: i32 },
+    OomScoreAdj {
+        /// The score given.
+        value: i32,
+    },
+    /// The spec lacks a section [`apply`] must fill in (`linux section`, `process section`).
     #[error("the spec has no {what}")]
-    Missing { what: &'static str },
+    Missing {
+        /// The section.
+        what: &'static str,
+    },
+    /// A byte limit above `i64::MAX`.
     #[error("memory limit {bytes} does not fit the OCI spec's signed 64-bit field")]
-    TooLarge { bytes: u64 },
+    TooLarge {
+        /// The limit, in bytes.
+        bytes: u64,
+    },
+    /// oci-spec refused to build a part of the spec. No function of this crate returns it at
+    /// present: they set the spec's fields directly.
     #[error("building the spec's {what}: {source}")]
     Build {
+        /// The part.
         what: &'static str,
+        /// oci-spec's error.
         source: oci_spec::OciSpecError,
     },
+    /// [`for_rootfs`] with no command.
     #[error("the container command is empty")]
     EmptyCommand,
 }
@@ -175,6 +199,24 @@ pub fn drop_unsupported_mounts(spec: &mut Spec, known: &[String]) -> Vec<PathBuf
 }
 
 /// Applies limits and the guard's secure defaults to `spec` for container `id`.
+///
+/// ```
+/// use std::path::Path;
+/// use guard::limits::Limits;
+/// use guard::spec::{SpecOptions, apply, for_rootfs};
+///
+/// let mut spec = for_rootfs(Path::new("/srv/rootfs"), &["/bin/sh".to_string()], &[])?;
+/// let limits = Limits { memory_max: Some(64 << 20), swap_max: Some(0), pids_max: Some(512) };
+/// apply(&mut spec, "web", &limits, &SpecOptions::default())?;
+/// let linux = spec.linux().as_ref().unwrap();
+/// assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/guard/web")));
+/// let resources = linux.resources().as_ref().unwrap();
+/// assert_eq!(resources.pids().unwrap().limit(), 512);
+/// assert_eq!(spec.process().as_ref().unwrap().oom_score_adj(), Some(0));
+/// // A hostile id never becomes a path.
+/// assert!(apply(&mut spec, "../escape", &limits, &SpecOptions::default()).is_err());
+/// # Ok::<(), guard::spec::SpecError>(())
+/// ```
 ///
 /// `memory.swap.max` is expressed the OCI way (`swap` = memory + swap), but libcgroups 0.7
 /// skips writing a computed swap limit of 0: the runtime writes `memory.swap.max` itself and

@@ -22,6 +22,7 @@ pub enum Tier {
      kprobes)"
 )]
 pub struct TierError {
+    /// The number given.
     pub value: i64,
 }
 

@@ -12,34 +12,63 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 /// Where older setups reach it through debugfs.
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 
+/// tracefs could not be mounted, or a tracepoint's `format` file does not give what the
+/// programs need. Every variant names the tracepoint or the path.
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
+    /// Neither location was mounted and mounting tracefs failed (not root, or no tracefs in
+    /// the kernel).
     #[error("mounting tracefs at {path}: {source}")]
     Mount {
+        /// Where the mount was tried.
         path: PathBuf,
+        /// The mount's error.
         source: std::io::Error,
     },
+    /// A `format` file could not be read (usually: the kernel lacks the tracepoint).
     #[error("reading tracepoint format {path}: {source}")]
     ReadFormat {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A line of a `format` file that does not parse.
     #[error("tracepoint format {tracepoint}, line {line}: {reason}: {text:?}")]
     MalformedLine {
+        /// The tracepoint, as `category:name`.
         tracepoint: String,
+        /// The line, from 1.
         line: usize,
+        /// What is wrong with it.
         reason: &'static str,
+        /// The line's text.
         text: String,
     },
+    /// A `format` file with no fields.
     #[error("tracepoint format {tracepoint} has no `format:` section")]
-    NoFields { tracepoint: String },
+    NoFields {
+        /// The tracepoint, as `category:name`.
+        tracepoint: String,
+    },
+    /// A field the programs need is not in the record.
     #[error("tracepoint {tracepoint} has no field {field}")]
-    MissingField { tracepoint: String, field: String },
+    MissingField {
+        /// The tracepoint, as `category:name`.
+        tracepoint: String,
+        /// The field.
+        field: String,
+    },
+    /// A field the programs need has another size than they read.
     #[error("tracepoint {tracepoint} field {field} is {actual} bytes, expected {expected}")]
     FieldSize {
+        /// The tracepoint, as `category:name`.
         tracepoint: String,
+        /// The field.
         field: String,
+        /// Its size in the record, in bytes.
         actual: u32,
+        /// The size the programs read, in bytes.
         expected: u32,
     },
 }
@@ -82,11 +111,15 @@ fn mount_tracefs(target: &Path) -> Result<(), TracefsError> {
 /// One field of a tracepoint record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
+    /// The field's name, without an array suffix (`parent_comm`).
     pub name: String,
     /// The C declaration's type part, e.g. `pid_t` or `__data_loc char[]`.
     pub c_type: String,
+    /// Its offset in the record, in bytes.
     pub offset: u32,
+    /// Its size, in bytes.
     pub size: u32,
+    /// Whether the kernel says it is signed.
     pub signed: bool,
 }
 
@@ -100,8 +133,11 @@ impl Field {
 /// The parsed `format` file of one tracepoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Format {
+    /// The tracepoint, as `category:name`.
     pub tracepoint: String,
+    /// Its `ID:` line, if any.
     pub id: Option<u32>,
+    /// Its fields in file order, the common ones (`common_type`, …) included.
     pub fields: Vec<Field>,
 }
 
@@ -151,6 +187,7 @@ impl Format {
         })
     }
 
+    /// The field called `name`, if the record has one.
     pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|field| field.name == name)
     }

@@ -70,6 +70,23 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
                     .args(["--", "-D", "warnings"]),
             )?,
         ));
+        // The library's documentation: every public item documented (`missing_docs` is
+        // denied in lib.rs), and no broken or ambiguous intra-doc link.
+        steps.push((
+            "docs (full library)",
+            cmd::run(
+                cargo()
+                    .args([
+                        "doc",
+                        "--no-deps",
+                        "-p",
+                        "guard",
+                        "--features",
+                        "cli,internals",
+                    ])
+                    .env("RUSTDOCFLAGS", "-D warnings"),
+            )?,
+        ));
     }
     // Host BPF tests need root: say so up front rather than failing deep inside a test.
     // SAFETY: geteuid has no preconditions.

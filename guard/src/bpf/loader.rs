@@ -14,40 +14,76 @@ use crate::tracefs::{self, TracefsError};
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
 
+/// The eBPF side failed (inside [`GuardError::Probe`](crate::GuardError::Probe)).
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    /// tracefs could not be mounted, or a tracepoint's `format` file is unusable.
     #[error(transparent)]
     Tracefs(#[from] TracefsError),
+    /// A tracepoint layout the programs cannot use.
     #[error(transparent)]
     Signal(#[from] SignalError),
+    /// The kernel refused the object or one of its maps (e.g. a ring size that is not a power
+    /// of two).
     #[error("loading the guard eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
+    /// The embedded object lacks a map (a build mismatch).
     #[error("the eBPF object has no map {name}")]
-    MissingMap { name: &'static str },
+    MissingMap {
+        /// The map.
+        name: &'static str,
+    },
+    /// A map could not be taken, read or updated.
     #[error("eBPF map {name}: {source}")]
     Map {
+        /// The map.
         name: &'static str,
+        /// aya's error.
         source: MapError,
     },
+    /// The embedded object lacks a program (a build mismatch).
     #[error("the eBPF object has no program {name}")]
-    MissingProgram { name: &'static str },
+    MissingProgram {
+        /// The program.
+        name: &'static str,
+    },
+    /// A program could not be loaded or attached to its hook.
     #[error("eBPF program {name} on {tracepoint}: {source}")]
     Program {
+        /// The program.
         name: &'static str,
+        /// Its hook (`tracepoint category:name` or `kretprobe function`).
         tracepoint: String,
+        /// aya's error.
         source: ProgramError,
     },
 }
 
 /// Sizes and thresholds of the event stream.
+///
+/// The defaults: a 256 KiB ring buffer (262144 bytes), a wakeup once 32 KiB (32768 bytes)
+/// wait, and at most 2000 individual events per container per CPU per second.
+///
+/// ```
+/// use guard::StreamOptions;
+///
+/// let options = StreamOptions::default();
+/// assert_eq!(options.ring_bytes, 256 * 1024);
+/// assert_eq!(options.wakeup_bytes, 32 * 1024);
+/// assert_eq!(options.max_events_per_sec, 2000);
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct StreamOptions {
-    /// Ring-buffer size in bytes (a power of two, at least a page).
+    /// Ring-buffer size in bytes (a power of two, at least a page; the kernel refuses others
+    /// when the guard starts). Default 256 KiB. The kernel maps it twice: see
+    /// [`MemoryBudget`](crate::budget::MemoryBudget).
     pub ring_bytes: u32,
     /// Wake the reader once this many bytes wait; it polls for less (0 = wake on every record).
+    /// Default 32 KiB.
     pub wakeup_bytes: u64,
     /// Individual events streamed per container per CPU per second (0 = unbounded); the rest
-    /// are counted and reported by throttle records. Counters stay exact.
+    /// are counted and reported by throttle records. Counters stay exact. Default 2000. OOM
+    /// victims are never bounded.
     pub max_events_per_sec: u32,
 }
 

@@ -21,30 +21,42 @@ const PSI_SYMBOL: &str = "psi_memstall_enter";
 /// Controllers enforcement needs in the cgroup v2 hierarchy.
 pub const NEEDED_CONTROLLERS: &[&str] = &["memory", "pids"];
 
+/// Whether one tracepoint a signal attaches to exists in this kernel.
 #[derive(Debug, Clone, Serialize)]
 pub struct TracepointPresence {
+    /// The tracepoint, as `category:name`.
     pub name: String,
+    /// Whether tracefs has it (false when tracefs is unavailable).
     pub present: bool,
 }
 
+/// The cgroup v2 hierarchy as the probe found it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CgroupReport {
     /// Where cgroup2 is mounted, if it is.
     pub mount: Option<String>,
+    /// The controllers its root offers (`cgroup.controllers`).
     pub controllers: Vec<String>,
+    /// Of the controllers enforcement needs (`memory`, `pids`), those it does not offer.
     pub missing_controllers: Vec<String>,
 }
 
 /// Everything `guard probe` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct CapabilityReport {
+    /// `/proc/sys/kernel/osrelease` (or `unknown (…)` with the read's error).
     pub kernel_release: String,
+    /// The kernel exposes its BTF (`/sys/kernel/btf/vmlinux`); guard does not need it.
     pub btf: bool,
+    /// The kernel loads BPF tracepoint programs.
     pub bpf_tracepoint_programs: bool,
+    /// The kernel has BPF ring buffers (5.8+).
     pub bpf_ring_buffer: bool,
     /// Where tracefs is mounted (None: it could not be; the notes say why).
     pub tracefs: Option<String>,
+    /// Every tracepoint the signals attach to, and whether it exists.
     pub tracepoints: Vec<TracepointPresence>,
+    /// The kernel has kprobe events (tracefs `kprobe_events`: CONFIG_KPROBE_EVENTS).
     pub kprobes: bool,
     /// Every kretprobe target (`pids_can_fork`: the exact fork-denial cause) is a kernel
     /// symbol, so tier 2 can attach.
@@ -56,10 +68,15 @@ pub struct CapabilityReport {
     /// The BPF JIT is built in (/proc/sys/net/core/bpf_jit_enable); without it programs run
     /// in the interpreter.
     pub bpf_jit: bool,
+    /// Pressure stall information is on (`/proc/pressure/memory` reads).
     pub psi: bool,
     /// CONFIG_PSI is built in (PSI may still be disabled at boot).
     pub psi_built_in: bool,
+    /// The cgroup v2 hierarchy and its controllers.
     pub cgroup_v2: CgroupReport,
+    /// The highest tier this kernel allows: 2 with every tracepoint, BPF tracepoint programs,
+    /// ring buffers, tracefs, kprobes and the kretprobe targets; 1 without the kprobe part;
+    /// else 0.
     pub tier: Tier,
     /// The kernel options that would lift the tier, in the order to turn them on.
     pub options_to_lift_tier: Vec<String>,

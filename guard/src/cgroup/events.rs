@@ -12,6 +12,23 @@ use super::{CgroupError, read_optional};
 pub struct KeyedCounts(pub BTreeMap<String, u64>);
 
 impl KeyedCounts {
+    /// Parses a flat keyed file; blank lines are skipped, any other line must be `key value`
+    /// with an unsigned value. `path` names the file in the error ([`CgroupError::Malformed`],
+    /// with the line).
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use guard::cgroup::KeyedCounts;
+    ///
+    /// let path = Path::new("memory.events");
+    /// let before = KeyedCounts::parse(path, "max 2\noom 0\n")?;
+    /// let after = KeyedCounts::parse(path, "max 5\noom 1\noom_kill 1\n")?;
+    /// assert_eq!(after.get("oom_kill"), 1);
+    /// assert_eq!(after.get("absent"), 0);
+    /// assert_eq!(after.since(&before).get("max"), 3);
+    /// assert!(KeyedCounts::parse(path, "max x\n").is_err());
+    /// # Ok::<(), guard::cgroup::CgroupError>(())
+    /// ```
     pub fn parse(path: &Path, text: &str) -> Result<Self, CgroupError> {
         let mut counts = BTreeMap::new();
         for (index, line) in text.lines().enumerate() {
@@ -54,13 +71,18 @@ impl KeyedCounts {
 /// A snapshot of a cgroup's event files; None where the file does not exist.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EventFiles {
+    /// `memory.events`: the cgroup and its descendants (`max`, `oom`, `oom_kill`, …).
     pub memory_events: Option<KeyedCounts>,
+    /// `memory.events.local`: the cgroup alone.
     pub memory_events_local: Option<KeyedCounts>,
+    /// `pids.events` (`max`: forks refused at a `pids.max`).
     pub pids_events: Option<KeyedCounts>,
+    /// `pids.events.local`: the cgroup alone (newer kernels only).
     pub pids_events_local: Option<KeyedCounts>,
 }
 
 impl EventFiles {
+    /// The names of the files read, in field order.
     pub const FILES: [&'static str; 4] = [
         "memory.events",
         "memory.events.local",
@@ -68,6 +90,8 @@ impl EventFiles {
         "pids.events.local",
     ];
 
+    /// Reads the files of `cgroup` now (a file that does not exist reads as None, so a removed
+    /// cgroup reads as all None).
     pub fn read(cgroup: &Path) -> Result<Self, CgroupError> {
         let read = |name: &str| -> Result<Option<KeyedCounts>, CgroupError> {
             let path = cgroup.join(name);

@@ -47,6 +47,7 @@ fn filesystem_name(magic: u64) -> String {
 /// The mounted cgroup v2 hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hierarchy {
+    /// Where it is mounted (`/sys/fs/cgroup` in a pure v2 guest).
     pub mount: PathBuf,
 }
 

@@ -13,11 +13,26 @@ use super::{CgroupError, read_optional};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitValue {
+    /// `max`: no limit.
     Max,
+    /// A limit: bytes for `memory.*`, tasks for `pids.max`.
     Value(u64),
 }
 
 impl LimitValue {
+    /// Parses a limit file's text (surrounding whitespace ignored); `path` names the file in
+    /// the error.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use guard::cgroup::LimitValue;
+    ///
+    /// let path = Path::new("/sys/fs/cgroup/web/pids.max");
+    /// assert_eq!(LimitValue::parse(path, "max\n")?, LimitValue::Max);
+    /// assert_eq!(LimitValue::parse(path, "64\n")?.value(), Some(64));
+    /// assert!(LimitValue::parse(path, "lots").is_err());
+    /// # Ok::<(), guard::cgroup::CgroupError>(())
+    /// ```
     pub fn parse(path: &Path, text: &str) -> Result<Self, CgroupError> {
         match text.trim() {
             "max" => Ok(LimitValue::Max),
@@ -32,6 +47,7 @@ impl LimitValue {
         }
     }
 
+    /// The number; None for `max`.
     pub fn value(self) -> Option<u64> {
         match self {
             LimitValue::Max => None,
@@ -52,12 +68,18 @@ impl fmt::Display for LimitValue {
 /// Limits and peaks as the kernel holds them for one cgroup (None: no such file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HeldLimits {
+    /// The cgroup read.
     pub cgroup: PathBuf,
+    /// `memory.max`, in bytes.
     pub memory_max: Option<LimitValue>,
+    /// `memory.swap.max`, in bytes (absent without CONFIG_SWAP).
     pub memory_swap_max: Option<LimitValue>,
+    /// `pids.max`, in tasks.
     pub pids_max: Option<LimitValue>,
-    /// High-water marks (kernels 5.19+ for memory.peak; pids.peak is newer).
+    /// High-water marks (kernels 5.19+ for memory.peak; pids.peak is newer): `memory.peak`, in
+    /// bytes.
     pub memory_peak: Option<u64>,
+    /// `pids.peak`, in tasks.
     pub pids_peak: Option<u64>,
 }
 

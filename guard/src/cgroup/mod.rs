@@ -17,47 +17,104 @@ pub use hierarchy::{CgroupIdentity, Hierarchy};
 pub use limits::{HeldLimits, LimitValue};
 pub use procs::command_inside;
 
+/// A read or write of a cgroup (or of the mount table) that failed; every variant names the
+/// path.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
+    /// A file that exists could not be read (a missing file is not an error: it reads as
+    /// absent).
     #[error("reading {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// `/proc/self/mountinfo` lists no cgroup2 filesystem ([`Hierarchy::find`]).
     #[error("no cgroup2 filesystem is mounted (looked in {mountinfo})")]
-    NotMounted { mountinfo: PathBuf },
+    NotMounted {
+        /// The mount table read.
+        mountinfo: PathBuf,
+    },
+    /// A path outside the cgroup2 mount, or one with `.` or `..` in it
+    /// ([`Hierarchy::identify`]).
     #[error("{path} is not a cgroup directory under the cgroup2 mount {mount}")]
-    NotUnderMount { path: PathBuf, mount: PathBuf },
+    NotUnderMount {
+        /// The path given.
+        path: PathBuf,
+        /// The cgroup2 mount.
+        mount: PathBuf,
+    },
+    /// A line of a cgroup file that does not parse (a keyed count, a limit).
     #[error("{path}, line {line}: cannot parse {text:?}")]
     Malformed {
+        /// The file.
         path: PathBuf,
+        /// The line, from 1.
         line: usize,
+        /// The line's text.
         text: String,
     },
+    /// A cgroup deeper than the programs can attribute to ([`Hierarchy::identify`]).
     #[error("{path} is {level} levels deep; at most {max} are supported")]
-    TooDeep { path: PathBuf, level: u32, max: u32 },
+    TooDeep {
+        /// The cgroup.
+        path: PathBuf,
+        /// Its depth below the root.
+        level: u32,
+        /// The deepest level supported.
+        max: u32,
+    },
+    /// No cgroup directory at the path ([`Hierarchy::identify`]).
     #[error("cgroup directory {path} does not exist")]
-    Missing { path: PathBuf },
+    Missing {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The path is under the mount but on another filesystem, e.g. a tmpfs mounted there.
     #[error("{path} is not on a cgroup2 filesystem (it is on {filesystem})")]
-    NotCgroup2 { path: PathBuf, filesystem: String },
+    NotCgroup2 {
+        /// The path given.
+        path: PathBuf,
+        /// The filesystem it is on, by name where guard knows it, else by magic number.
+        filesystem: String,
+    },
+    /// The path is on cgroupfs but is a file, not a cgroup directory.
     #[error("{path} is not a directory: a cgroup is a directory under the cgroup2 mount {mount}")]
-    NotADirectory { path: PathBuf, mount: PathBuf },
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+        /// The cgroup2 mount.
+        mount: PathBuf,
+    },
+    /// A controller's file is missing from an existing cgroup because the parent does not
+    /// enable the controller for its children ([`write()`]).
     #[error("{0}")]
     ControllerOff(Box<ControllerOff>),
+    /// A write the kernel refused, or a file that does not exist ([`write()`]).
     #[error("writing {value} to {path}: {source}")]
     Write {
+        /// The file.
         path: PathBuf,
+        /// The value written.
         value: String,
+        /// The I/O error (EINVAL for a value the kernel rejects, NotFound for a missing file).
         source: std::io::Error,
     },
+    /// A cgroup directory could not be created ([`create()`]).
     #[error("creating cgroup {path}: {source}")]
     Create {
+        /// The directory.
         path: PathBuf,
+        /// The I/O error (AlreadyExists if it exists).
         source: std::io::Error,
     },
+    /// A cgroup directory could not be removed ([`remove()`]), e.g. still busy after 10 s.
     #[error("removing cgroup {path}: {source}")]
     Remove {
+        /// The directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
 }
@@ -72,11 +129,17 @@ pub enum CgroupError {
      process of its own in {parent}) or choose another parent"
 )]
 pub struct ControllerOff {
+    /// The file that was to be written (`…/memory.max`).
     pub path: PathBuf,
+    /// The value that was to be written.
     pub value: String,
+    /// The controller the file belongs to (`memory`).
     pub controller: String,
+    /// The parent cgroup that does not pass the controller on.
     pub parent: PathBuf,
+    /// The parent's `cgroup.subtree_control`: the controllers it does enable.
     pub enabled: String,
+    /// The parent's `cgroup.controllers`: the controllers it could enable.
     pub available: String,
 }
 

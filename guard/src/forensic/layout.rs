@@ -6,51 +6,86 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+/// What every log file's name starts with.
 pub const FILE_PREFIX: &str = "guard-";
+/// What every log file's name ends with.
 pub const FILE_SUFFIX: &str = ".jsonl";
 /// Held (flock) by the one writer; `verify --repair` takes it too so it never races a writer.
 pub const LOCK_FILE: &str = "guard.lock";
 
+/// The log directory cannot be listed or locked.
 #[derive(Debug, Error)]
 pub enum LayoutError {
+    /// The directory (or an entry of it) could not be read.
     #[error("cannot read log directory {path}: {source}")]
     ReadDir {
+        /// The directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A file was given where the log directory was expected.
     #[error(
         "{path} is not a directory: pass the log directory (the one holding guard-NNNNNN.jsonl)"
     )]
-    NotADirectory { path: PathBuf },
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// Two names with the same index (`guard-000003.jsonl` and `guard-0000003.jsonl`).
     #[error("log directory {dir} holds two files with index {index}: {first} and {second}")]
     DuplicateIndex {
+        /// The directory.
         dir: PathBuf,
+        /// The index.
         index: u64,
+        /// One file's name.
         first: String,
+        /// The other's.
         second: String,
     },
+    /// The lock file could not be created, opened or locked.
     #[error("cannot open lock file {path}: {source}")]
     LockOpen {
+        /// The lock file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// Another process holds the lock: a running writer, or a repair.
     #[error("log directory {dir} is locked by another process (a running writer?)")]
-    Locked { dir: PathBuf },
+    Locked {
+        /// The directory.
+        dir: PathBuf,
+    },
 }
 
 /// One file of a log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogFile {
+    /// Its index: 0 for the first file.
     pub index: u64,
+    /// Its path.
     pub path: PathBuf,
 }
 
 impl LogFile {
+    /// Its canonical name (`guard-000003.jsonl`).
     pub fn name(&self) -> String {
         file_name(self.index)
     }
 }
 
+/// The name of the file with `index`: at least six digits, zero-padded.
+///
+/// ```
+/// use guard::forensic::layout::{file_name, parse_file_name};
+///
+/// assert_eq!(file_name(3), "guard-000003.jsonl");
+/// assert_eq!(parse_file_name("guard-1234567.jsonl"), Some(1_234_567));
+/// assert_eq!(parse_file_name("guard-03.jsonl"), None);
+/// assert_eq!(parse_file_name("guard.lock"), None);
+/// ```
 pub fn file_name(index: u64) -> String {
     format!("{FILE_PREFIX}{index:06}{FILE_SUFFIX}")
 }
@@ -111,6 +146,8 @@ pub struct DirLock {
     _file: File,
 }
 
+/// Takes the exclusive lock on `dir` (creating `guard.lock`), without waiting:
+/// [`LayoutError::Locked`] when another process holds it.
 pub fn lock_dir(dir: &Path) -> Result<DirLock, LayoutError> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()

@@ -13,30 +13,48 @@ use super::lines::{Line, LineScanner};
 use super::record::{MAX_LINE_BYTES, Record};
 use super::time;
 
+/// What reading a log can meet: I/O errors, which end reading, and errors of one line
+/// ([`ReaderError::is_line_error`]), after which reading goes on.
 #[derive(Debug, Error)]
 pub enum ReaderError {
+    /// The directory cannot be listed, or holds two files with one index.
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// A log file could not be opened.
     #[error("cannot open {path}: {source}")]
     Open {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A log file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A line that is not a record (not JSON, wrong fields, over 4 MiB); reading goes on.
     #[error("{path}:{line}: unreadable record: {reason}")]
     BadLine {
+        /// The file.
         path: PathBuf,
+        /// The line (1-based).
         line: u64,
+        /// Why it cannot be read.
         reason: String,
     },
+    /// A partial line at the end of a file (for a [`Follower`], reported once the writer has
+    /// moved on to the next file).
     #[error("{path}:{line}: torn final line ({bytes} bytes without a newline)")]
     TornTail {
+        /// The file.
         path: PathBuf,
+        /// The partial line's number (1-based).
         line: u64,
+        /// Its length, in bytes.
         bytes: u64,
     },
 }
@@ -51,23 +69,30 @@ impl ReaderError {
 /// A record and where it was read.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// The file it was read from.
     pub file: Arc<Path>,
+    /// Its line in that file (1-based).
     pub line: u64,
+    /// The record.
     pub record: Record,
     /// The line's exact bytes (without the newline).
     pub raw: Vec<u8>,
 }
 
-/// Which records to show.
+/// Which records to show; the default shows all.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
+    /// Only records about this container.
     pub container: Option<String>,
+    /// Only records of this kind.
     pub kind: Option<String>,
     /// Only records whose wall time is at or after this (Unix nanoseconds).
     pub since_ns: Option<i64>,
 }
 
 impl Filter {
+    /// Whether `record` passes every condition set (a record whose `wall` does not parse
+    /// passes `since_ns`: shown rather than hidden).
     pub fn matches(&self, record: &Record) -> bool {
         if let Some(kind) = &self.kind
             && *kind != record.kind
@@ -101,10 +126,12 @@ struct OpenFile {
 }
 
 impl LogReader {
+    /// Reads the log in `dir`, from its first file.
     pub fn open(dir: &Path) -> Result<Self, ReaderError> {
         Ok(Self::from_files(layout::list_files(dir)?))
     }
 
+    /// Reads `files`, in the order given.
     pub fn from_files(files: Vec<LogFile>) -> Self {
         Self {
             files: files.into_iter(),

@@ -10,11 +10,13 @@ pub type Digest = [u8; 32];
 
 /// `prev` of the very first record of a log: 64 zeros.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// [`GENESIS`] as bytes: the chain's head before the first record.
 pub const GENESIS_DIGEST: Digest = [0; 32];
 
 /// Every line ends with exactly `,"hash":"<64 lowercase hex>"}`; `hash` is the SHA-256 of the
 /// bytes before this suffix. Fixed length, so a verifier can split without parsing.
 pub const HASH_MARKER: &[u8] = b",\"hash\":\"";
+/// The length of that suffix: 75 bytes.
 pub const HASH_SUFFIX_LEN: usize = HASH_MARKER.len() + 64 + 2;
 
 /// Upper bound for one line; longer lines are refused by the writer and reported by readers
@@ -25,51 +27,82 @@ pub const MAX_LINE_BYTES: usize = 4 << 20;
 /// (`[a-z][a-z0-9_]*`), but these have rules the verifier checks, so `append` refuses them,
 /// except `lost` and `throttle` which have no structural rules.
 pub mod kinds {
+    /// First record of the log and of every writer session ([`StartInfo`](super::StartInfo)).
     pub const START: &str = "start";
+    /// First record of every file after the first ([`Rotate`](super::Rotate)).
     pub const ROTATE: &str = "rotate";
+    /// Every `checkpoint_every` records, or on request ([`Checkpoint`](super::Checkpoint)).
     pub const CHECKPOINT: &str = "checkpoint";
+    /// Last record of a cleanly closed session ([`Checkpoint`](super::Checkpoint)).
     pub const STOP: &str = "stop";
+    /// After `start`, when the writer truncated a torn tail on reopening
+    /// ([`Repair`](super::Repair)).
     pub const REPAIR: &str = "repair";
+    /// Events that happened but were not recorded ([`Lost`](super::Lost)).
     pub const LOST: &str = "lost";
+    /// Events sampled away under a storm ([`Throttle`](super::Throttle)).
     pub const THROTTLE: &str = "throttle";
 
     /// Kinds only the writer itself may emit.
     pub const RESERVED: &[&str] = &[START, ROTATE, CHECKPOINT, STOP, REPAIR];
 }
 
+/// A record that cannot be written; nothing was written.
 #[derive(Debug, Error)]
 pub enum RecordError {
+    /// The payload (or the container id or kind) does not serialize to JSON, e.g. a map with
+    /// non-string keys.
     #[error("cannot serialize the payload of a {kind:?} record: {source}")]
     Payload {
+        /// The record's kind.
         kind: String,
+        /// serde_json's error.
         source: serde_json::Error,
     },
+    /// A kind that is not `[a-z][a-z0-9_]*`.
     #[error("invalid kind {kind:?}: kinds are [a-z][a-z0-9_]*")]
-    BadKind { kind: String },
+    BadKind {
+        /// The kind given.
+        kind: String,
+    },
+    /// The encoded line is longer than [`MAX_LINE_BYTES`].
     #[error("a {kind:?} record is {bytes} bytes, more than the limit of {MAX_LINE_BYTES}")]
-    TooLarge { kind: String, bytes: usize },
+    TooLarge {
+        /// The record's kind.
+        kind: String,
+        /// The encoded line's length, in bytes.
+        bytes: usize,
+    },
 }
 
 /// A record as read back from a log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Record {
+    /// 0 for the log's first record, then +1 per record across files and sessions.
     pub seq: u64,
+    /// The guest's boot id when the record was written.
     pub boot_id: String,
     /// RFC 3339 UTC, nanoseconds, `Z`: `2026-11-29T20:03:15.123456789Z`.
     pub wall: String,
     /// CLOCK_MONOTONIC nanoseconds (per boot, see `boot_id`).
     pub mono_ns: u64,
+    /// `[a-z][a-z0-9_]*`: one of [`kinds`] or an event kind.
     pub kind: String,
+    /// The container the record is about; None for log-level records.
     pub container: Option<String>,
+    /// The kind's payload.
     pub payload: serde_json::Value,
+    /// Lowercase hex SHA-256 of the previous line ([`GENESIS`] for the first).
     pub prev: String,
+    /// Lowercase hex SHA-256 of this line's bytes before `,"hash":"` (its seal).
     pub hash: String,
 }
 
 /// First record of every writer session (and of the log).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StartInfo {
+    /// The guard crate's version.
     pub guard_version: String,
     /// `uname -r`.
     pub kernel: String,
@@ -99,6 +132,7 @@ impl StartInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rotate {
+    /// The file this one continues (`guard-000004.jsonl`).
     pub prev_file: String,
     /// Complete lines in `prev_file`.
     pub prev_records: u64,
@@ -110,7 +144,10 @@ pub struct Rotate {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
+    /// Records before this one: its own `seq`.
     pub count: u64,
+    /// Lowercase hex SHA-256 of the last of them: its own `prev`. A copy kept off the machine
+    /// exposes a log cut short or rewritten later.
     pub head: String,
 }
 
@@ -118,8 +155,11 @@ pub struct Checkpoint {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Repair {
+    /// The file truncated.
     pub file: String,
+    /// The torn line's number (from 1).
     pub line: u64,
+    /// Bytes removed.
     pub removed_bytes: u64,
 }
 
@@ -130,30 +170,45 @@ pub struct Lost {
     pub source: String,
     /// The kind of the lost events, when known.
     pub event_kind: Option<String>,
+    /// The CPU they were lost on, when known.
     pub cpu: Option<u32>,
+    /// How many.
     pub count: u64,
 }
 
 /// Events deliberately sampled away under a storm (per-container counters stay exact).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Throttle {
+    /// The kind of the suppressed events.
     pub event_kind: String,
+    /// How many were suppressed.
     pub suppressed: u64,
+    /// Over how long a window, in milliseconds.
     pub window_ms: u64,
 }
 
+/// The running kernel's release (`uname -r`), or `unknown`.
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
+/// Whether `kind` may name a record: `[a-z][a-z0-9_]*`.
+///
+/// ```
+/// use guard::forensic::record::is_valid_kind;
+///
+/// assert!(is_valid_kind("oom_kill") && is_valid_kind("fork2"));
+/// assert!(!is_valid_kind("fork-denied") && !is_valid_kind("Fork") && !is_valid_kind(""));
+/// ```
 pub fn is_valid_kind(kind: &str) -> bool {
     let mut bytes = kind.bytes();
     bytes.next().is_some_and(|b| b.is_ascii_lowercase())
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// Lowercase hex, two digits per byte.
 pub fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
@@ -164,6 +219,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
     out
 }
 
+/// SHA-256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> Digest {
     Sha256::digest(bytes).into()
 }
@@ -176,8 +232,10 @@ pub struct LineDigest {
     pub seal: Seal,
 }
 
+/// Whether a line's `hash` seals its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seal {
+    /// The suffix matches the bytes before it.
     Valid,
     /// The suffix is there but the hash does not match: the line was altered.
     Mismatch,

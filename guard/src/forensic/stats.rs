@@ -6,20 +6,30 @@ use serde::Serialize;
 
 use super::reader::{LogReader, ReaderError};
 
+/// What a log holds, counted (`guard log stats`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
+    /// Log files.
     pub files: u64,
+    /// Records read.
     pub records: u64,
+    /// `wall` of the first record read.
     pub first_wall: Option<String>,
+    /// `wall` of the last record read.
     pub last_wall: Option<String>,
+    /// Kind → count.
     pub per_kind: BTreeMap<String, u64>,
     /// Container id → kind → count (records without a container are not listed here).
     pub per_container: BTreeMap<String, BTreeMap<String, u64>>,
     /// Lines that could not be read as records (see `guard log verify`).
     pub unreadable_lines: u64,
+    /// Whether a file ends with a partial line.
     pub torn_tail: bool,
 }
 
+/// Counts the records of the log in `dir` in one streaming pass; tolerant like
+/// [`LogReader`] (a bad line is counted, not an error). Judging the log is
+/// [`verify`](super::verify())'s job.
 pub fn stats(dir: &Path) -> Result<Stats, ReaderError> {
     let files = super::layout::list_files(dir)?;
     let mut stats = Stats {

@@ -7,15 +7,31 @@ use thiserror::Error;
 
 const NANOS_PER_SEC: i64 = 1_000_000_000;
 
+/// A timestamp or duration that does not parse, or a clock that cannot be read.
 #[derive(Debug, Error)]
 pub enum TimeError {
+    /// Not an RFC 3339 timestamp or date ([`parse_rfc3339`]).
     #[error("invalid RFC 3339 timestamp {input:?}: {reason}")]
-    BadTimestamp { input: String, reason: &'static str },
+    BadTimestamp {
+        /// The text given.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Not a duration ([`parse_duration`]).
     #[error("invalid duration {input:?}: {reason} (examples: 30s, 10m, 1h30m, 2d, 500ms)")]
-    BadDuration { input: String, reason: &'static str },
+    BadDuration {
+        /// The text given.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `clock_gettime` failed.
     #[error("clock_gettime({clock}) failed: {source}")]
     Clock {
+        /// The clock's name (`CLOCK_REALTIME`, `CLOCK_MONOTONIC`).
         clock: &'static str,
+        /// The OS error.
         source: std::io::Error,
     },
 }
@@ -48,6 +64,16 @@ pub fn monotonic_ns() -> Result<u64, TimeError> {
 }
 
 /// Formats as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`: fixed width, so timestamps also sort as strings.
+///
+/// ```
+/// use guard::forensic::time::{format_rfc3339_nanos, parse_rfc3339};
+///
+/// let ns = parse_rfc3339("2026-11-29T20:03:15.5+01:00")?;
+/// assert_eq!(format_rfc3339_nanos(ns), "2026-11-29T19:03:15.500000000Z");
+/// assert_eq!(format_rfc3339_nanos(0), "1970-01-01T00:00:00.000000000Z");
+/// assert!(parse_rfc3339("2026-13-01").is_err());
+/// # Ok::<(), guard::forensic::time::TimeError>(())
+/// ```
 pub fn format_rfc3339_nanos(unix_ns: i64) -> String {
     let secs = unix_ns.div_euclid(NANOS_PER_SEC);
     let nanos = unix_ns.rem_euclid(NANOS_PER_SEC);
@@ -147,6 +173,16 @@ pub fn parse_rfc3339(input: &str) -> Result<i64, TimeError> {
 }
 
 /// Parses a relative duration: one or more `<number><unit>` with units ms, s, m, h, d.
+///
+/// ```
+/// use std::time::Duration;
+/// use guard::forensic::time::parse_duration;
+///
+/// assert_eq!(parse_duration("1h30m")?, Duration::from_secs(5400));
+/// assert_eq!(parse_duration("500ms")?, Duration::from_millis(500));
+/// assert!(parse_duration("10").is_err()); // a unit is required
+/// # Ok::<(), guard::forensic::time::TimeError>(())
+/// ```
 pub fn parse_duration(input: &str) -> Result<Duration, TimeError> {
     let bad = |reason| TimeError::BadDuration {
         input: input.to_owned(),

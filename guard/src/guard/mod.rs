@@ -39,34 +39,80 @@ mod subtree;
 
 use registry::{Registry, Watched};
 
+/// What a [`Guard`] call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
+    /// The eBPF side failed: at [`Guard::start`], loading the object, reading the tracepoint
+    /// layouts or attaching a program; later, an update or read of one of the programs' maps
+    /// (registering a container in [`Guard::watch`], forgetting it in [`Guard::unwatch`],
+    /// reading counters). The message names the map or program.
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    /// A cgroup could not be used or read. From [`Guard::watch`]: no cgroup v2 hierarchy is
+    /// mounted, or the path is not a cgroup directory under it (missing, outside the mount,
+    /// too deep, a file, another filesystem), or its event files do not parse. From
+    /// [`Guard::report`] and [`Guard::unwatch`]: its limit or event files could not be read
+    /// (a removed cgroup is not an error: its files read as absent).
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// The container id is not valid (see [`ContainerId::parse`]); from every call that takes
+    /// one.
     #[error(transparent)]
     ContainerId(#[from] ContainerIdError),
+    /// [`Guard::watch`] with an id that is already watched.
     #[error("container {id} is already watched (cgroup {cgroup})")]
-    AlreadyWatched { id: String, cgroup: PathBuf },
+    AlreadyWatched {
+        /// The id.
+        id: String,
+        /// The cgroup it is watched at.
+        cgroup: PathBuf,
+    },
+    /// [`Guard::watch`] with a cgroup that is already watched under another id.
     #[error("cgroup {cgroup} is already watched as container {id}")]
-    CgroupTaken { id: String, cgroup: PathBuf },
+    CgroupTaken {
+        /// The id it is watched as.
+        id: String,
+        /// The cgroup.
+        cgroup: PathBuf,
+    },
+    /// [`Guard::counters`], [`Guard::report`] or [`Guard::unwatch`] with an id that is not
+    /// watched (never was, or already unwatched).
     #[error("container {id} is not watched")]
-    NotWatched { id: String },
+    NotWatched {
+        /// The id.
+        id: String,
+    },
+    /// [`Guard::watch`] while 1024 containers (every counter slot) are watched; unwatching one
+    /// frees its slot.
     #[error("all {MAX_CONTAINERS} container slots are in use")]
     SlotsExhausted,
+    /// inotify failed: creating the instance at [`Guard::start`], or watching a container's
+    /// event files in [`Guard::watch`] (e.g. the inotify watch limit).
     #[error(transparent)]
     FileWatch(#[from] FileWatchError),
+    /// The event reader is gone. [`Guard::drain`] returns it once the reader gave up after
+    /// repeated faults ([`Guard::health`] then says `Stopped`); the calls that drain first
+    /// ([`Guard::counters`], [`Guard::report`], [`Guard::loss`], …) read the kernel's exact
+    /// counters anyway in that case, and return it only if the reader ended some other way
+    /// (its task cancelled, as when the tokio runtime shuts down).
     #[error("the event reader has stopped")]
     ReaderStopped,
+    /// [`Guard::watch`] with the root cgroup, which holds the agent and the whole guest.
     #[error(
         "{cgroup} is the root cgroup: it holds the agent and every process of the guest, not a \
          container; watch the container's own cgroup"
     )]
-    RootCgroup { cgroup: PathBuf },
+    RootCgroup {
+        /// The path given.
+        cgroup: PathBuf,
+    },
+    /// [`Guard::start`] when the tier the kernel allows, capped by
+    /// [`GuardOptions::max_tier`], is below [`GuardOptions::min_tier`].
     #[error("guard would run at tier {got} ({why}), below the required tier {wanted}: {missing}")]
     TierTooLow {
+        /// [`GuardOptions::min_tier`].
         wanted: Tier,
+        /// The tier the guard would run at.
         got: Tier,
         /// What set the tier: the kernel, or `max_tier`.
         why: String,
@@ -78,10 +124,13 @@ pub enum GuardError {
 /// How the guard runs.
 #[derive(Debug, Clone)]
 pub struct GuardOptions {
+    /// Sizes and rate bound of the event stream (defaults: [`StreamOptions::default`]).
     pub stream: StreamOptions,
-    /// How often the reader polls for records that did not wake it.
+    /// How often the reader polls for records that did not wake it (default 10 ms); after a
+    /// fault it also waits this long times the faults in a row before restarting.
     pub poll_interval: Duration,
     /// Never run above this tier, even if the kernel allows it (tests exercise each tier).
+    /// Default: [`Tier::TracepointsAndKprobes`], no cap.
     pub max_tier: Tier,
     /// Refuse to start below this tier ([`GuardError::TierTooLow`], naming what the kernel
     /// lacks). The default accepts tier 0 (the kernel's event files only, no live events); an
@@ -90,7 +139,7 @@ pub struct GuardOptions {
     /// Read the kernel log (`/dev/kmsg`, a thread of its own) for the scope of each OOM kill:
     /// a report then names the global OOM killer's kills of a container's tasks even where
     /// the container's own limit was hit too. Where the log cannot be opened, the split rests
-    /// on `memory.events` alone (logged at start).
+    /// on `memory.events` alone (logged at start). Default: true; ignored at tier 0.
     pub read_kernel_log: bool,
 }
 
@@ -227,10 +276,13 @@ impl Guard {
         })
     }
 
+    /// The tier the guard runs at: what the kernel allows, capped by
+    /// [`GuardOptions::max_tier`].
     pub fn tier(&self) -> Tier {
         self.tier
     }
 
+    /// What the kernel offered at start and why the tier is what it is.
     pub fn capabilities(&self) -> &CapabilityReport {
         &self.capabilities
     }
@@ -364,8 +416,11 @@ impl Guard {
         self.injected_panics.add(point);
     }
 
-    /// A live stream of attributed events. A subscriber that falls more than `capacity` events
-    /// behind loses the excess (counted in [`LossReport`]); it never slows the reader.
+    /// A live stream of attributed events, from now on (nothing is replayed). The queue holds
+    /// `capacity` events, at least one: `subscribe(0)` gets a queue of one event, neither an
+    /// unbounded nor a closed one. A subscriber that falls further behind loses the excess,
+    /// counted in [`LossReport`](crate::LossReport)'s `reader.subscriber_drops`; it never
+    /// slows the reader. Dropping the receiver ends the subscription.
     pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<GuardEvent> {
         self.subscribe_counted(capacity).0
     }

@@ -50,7 +50,9 @@ pub struct GuestBudget {
     pub threads_max: u64,
     /// The guest's `MemAvailable` the budget was derived from.
     pub available: u64,
+    /// The kernel reserve subtracted, in bytes.
     pub kernel_reserve: u64,
+    /// The agent reserve subtracted, in bytes.
     pub agent_reserve: u64,
 }
 
@@ -65,6 +67,25 @@ pub fn kernel_reserve(total: u64) -> u64 {
 ///
 /// A requested memory budget above what the guest can give (available minus the reserves) is
 /// an error, not a silent overcommit; so is a guest too small for any budget.
+///
+/// Without a request, `memory_max` is the whole room (page-rounded) and `pids_max` what it
+/// carries at [`BYTES_PER_TASK`], at least [`DEFAULT_PIDS_MAX`](super::DEFAULT_PIDS_MAX):
+///
+/// ```
+/// use guard::limits::{BudgetRequest, MemInfo, guest_budget};
+///
+/// // A 128 MiB guest with 100000 kB available and an agent that may grow by 8 MiB.
+/// let meminfo = MemInfo::parse("MemTotal: 131072 kB\nMemAvailable: 100000 kB\n").unwrap();
+/// let budget = guest_budget(&meminfo, 8 << 20, &BudgetRequest::default())?;
+/// assert_eq!(budget.kernel_reserve, 20 << 20); // the floor: 10% of 128 MiB is less
+/// assert_eq!(budget.memory_max, 102_400_000 - (20 << 20) - (8 << 20));
+/// assert_eq!(budget.pids_max, budget.memory_max / (32 << 10));
+/// assert_eq!(budget.threads_max, budget.pids_max + 256);
+///
+/// let too_much = BudgetRequest { memory: Some(100 << 20), ..BudgetRequest::default() };
+/// assert!(guest_budget(&meminfo, 8 << 20, &too_much).is_err());
+/// # Ok::<(), guard::limits::LimitsError>(())
+/// ```
 pub fn guest_budget(
     meminfo: &MemInfo,
     agent_reserve: u64,

@@ -9,6 +9,14 @@ use super::LimitsError;
 /// 90% of `MemAvailable` in bytes, strictly below the raw value. Reads `MemAvailable` only
 /// (`MemTotal` and `MemFree` come first in the file and are the wrong measure). None when the
 /// field is missing, unparseable or zero. Arithmetic saturates: a nonsense value cannot wrap.
+///
+/// ```
+/// use guard::limits::memory_limit_from_meminfo;
+///
+/// let meminfo = "MemTotal: 131072 kB\nMemFree: 120000 kB\nMemAvailable: 100000 kB\n";
+/// assert_eq!(memory_limit_from_meminfo(meminfo), Some(92_160_000));
+/// assert_eq!(memory_limit_from_meminfo("MemAvailable: lots kB\n"), None);
+/// ```
 pub fn memory_limit_from_meminfo(meminfo: &str) -> Option<u64> {
     let available = meminfo_field(meminfo, "MemAvailable")?;
     if available == 0 {
@@ -35,6 +43,7 @@ fn meminfo_field(meminfo: &str, name: &str) -> Option<u64> {
     })
 }
 
+/// Where the kernel reports the guest's memory.
 pub const MEMINFO_PATH: &str = "/proc/meminfo";
 
 /// A meminfo field in bytes: None when there is no such line, an error when its value is not
@@ -83,8 +92,11 @@ fn meminfo_value(
 /// The guest's memory as `/proc/meminfo` reports it, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct MemInfo {
+    /// `MemTotal`.
     pub total: u64,
+    /// `MemAvailable`: what can be allocated without swapping, by the kernel's estimate.
     pub available: u64,
+    /// `SwapTotal` (0 when the line is missing).
     pub swap_total: u64,
 }
 
@@ -97,6 +109,23 @@ impl MemInfo {
     /// Parses the text of a meminfo file; errors name `path`, the line and the field.
     /// Strict, unlike [`memory_limit_from_meminfo`]: a value that is garbage, does not fit in
     /// 64 bits as bytes, or a MemTotal of 0 would resolve to a meaningless limit.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use guard::limits::{LimitsError, MemInfo};
+    ///
+    /// let path = Path::new("captured/meminfo");
+    /// let text = "MemTotal: 131072 kB\nMemAvailable: 100000 kB\n";
+    /// let meminfo = MemInfo::parse_file(path, text)?;
+    /// assert_eq!((meminfo.total, meminfo.available), (131_072 * 1024, 100_000 * 1024));
+    /// assert_eq!(meminfo.swap_total, 0);
+    /// assert!(matches!(
+    ///     MemInfo::parse_file(path, "MemTotal: 131072 kB\n"),
+    ///     Err(LimitsError::MeminfoMissing { field: "MemAvailable", .. })
+    /// ));
+    /// assert!(MemInfo::parse_file(path, "MemTotal: lots\nMemAvailable: 1 kB\n").is_err());
+    /// # Ok::<(), LimitsError>(())
+    /// ```
     pub fn parse_file(path: &Path, meminfo: &str) -> Result<Self, LimitsError> {
         let required = |field| {
             meminfo_value(path, meminfo, field)?.ok_or_else(|| LimitsError::MeminfoMissing {

@@ -32,77 +32,165 @@ pub const MEMORY_FLOOR: u64 = 4 * 1024 * 1024;
 /// The kernel keeps memory limits in pages: a value that is not a page multiple reads back
 /// rounded down, which would look like a mismatch.
 pub const PAGE_SIZE: u64 = 4096;
+
+/// A limit, a meminfo file or a budget that cannot be used. Every variant names the value or
+/// the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitsError {
+    /// A meminfo file could not be read ([`MemInfo::read_from`]).
     #[error("reading {path}: {message}")]
-    Read { path: PathBuf, message: String },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error's text.
+        message: String,
+    },
+    /// The meminfo text has no `MemTotal` or no `MemAvailable` line ([`MemInfo::parse_file`]).
     #[error("{path} has no {field} line")]
-    MeminfoMissing { path: PathBuf, field: &'static str },
+    MeminfoMissing {
+        /// The file.
+        path: PathBuf,
+        /// The field missing.
+        field: &'static str,
+    },
+    /// A meminfo field's value is not `<number> kB` (or a bare number).
     #[error("{path}, line {line}: {field} is not a number of kB: {text:?}")]
     MeminfoValue {
+        /// The file.
         path: PathBuf,
+        /// The line, from 1.
         line: usize,
+        /// The field.
         field: &'static str,
+        /// Its value as written.
         text: String,
     },
+    /// A meminfo field's value does not fit in 64 bits once in bytes.
     #[error("{path}, line {line}: {field} of {kib} kB does not fit in 64 bits as bytes")]
     MeminfoTooLarge {
+        /// The file.
         path: PathBuf,
+        /// The line, from 1.
         line: usize,
+        /// The field.
         field: &'static str,
+        /// Its value as written, in kB.
         kib: String,
     },
+    /// The meminfo text says `MemTotal: 0 kB`.
     #[error("{path}: MemTotal is 0 kB")]
-    MeminfoZeroTotal { path: PathBuf },
+    MeminfoZeroTotal {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A memory limit that is neither bytes, a percentage nor `max` (parsing a
+    /// [`MemorySetting`]).
     #[error(
         "memory limit {value:?} is not understood: give bytes (e.g. 67108864, 64M, 1.5G), a \
          percentage of available memory (e.g. 50%) or \"max\""
     )]
-    MemorySyntax { value: String },
+    MemorySyntax {
+        /// The value as given.
+        value: String,
+    },
+    /// A negative memory limit (`-64M`).
     #[error("memory limit {value:?} is negative")]
-    MemoryNegative { value: String },
+    MemoryNegative {
+        /// The value as given.
+        value: String,
+    },
+    /// A memory limit of 0, as given or once rounded down to whole pages
+    /// ([`LimitRequest::resolve`]).
     #[error("memory limit {value:?} is 0: a container cannot run without memory")]
-    MemoryZero { value: String },
+    MemoryZero {
+        /// The value as given (or how the default was derived).
+        value: String,
+    },
+    /// A resolved memory limit below [`MEMORY_FLOOR`] ([`LimitRequest::resolve`]).
     #[error("memory limit {value:?} ({bytes} bytes) is below the floor of {MEMORY_FLOOR} bytes")]
-    MemoryTooLow { value: String, bytes: u64 },
+    MemoryTooLow {
+        /// The value as given (or how the default was derived).
+        value: String,
+        /// It resolved to this many bytes.
+        bytes: u64,
+    },
+    /// A resolved memory limit above the guest's `MemTotal` ([`LimitRequest::resolve`]).
     #[error(
         "memory limit {value:?} ({bytes} bytes) is above the VM's memory ({total} bytes of \
          MemTotal)"
     )]
     MemoryAboveVm {
+        /// The value as given.
         value: String,
+        /// It resolved to this many bytes.
         bytes: u64,
+        /// The guest's `MemTotal`, in bytes.
         total: u64,
     },
+    /// A percentage outside (0%, 100%].
     #[error("memory limit {value:?}: a percentage must be above 0% and at most 100%")]
-    MemoryPercent { value: String },
+    MemoryPercent {
+        /// The value as given.
+        value: String,
+    },
+    /// A pids limit that is neither a whole number nor `max`.
     #[error(
         "pids limit {value:?} is not understood: give a whole number between 1 and \
          {PIDS_CEILING}, or \"max\""
     )]
-    PidsSyntax { value: String },
+    PidsSyntax {
+        /// The value as given.
+        value: String,
+    },
+    /// A negative pids limit.
     #[error("pids limit {value:?} is negative")]
-    PidsNegative { value: String },
+    PidsNegative {
+        /// The value as given.
+        value: String,
+    },
+    /// A pids limit of 0, for a container or for the guest budget.
     #[error("pids limit {value:?} is 0: the container's init could not even exist")]
-    PidsZero { value: String },
+    PidsZero {
+        /// The value as given.
+        value: String,
+    },
+    /// A pids limit above [`PIDS_CEILING`], for a container or for the guest budget.
     #[error("pids limit {value:?} is absurd: above the kernel's pid ceiling {PIDS_CEILING}")]
-    PidsAbsurd { value: String },
+    PidsAbsurd {
+        /// The value as given.
+        value: String,
+    },
+    /// A swap limit that is neither bytes nor `max`.
     #[error("swap limit {value:?} is not understood: give bytes (0 for none) or \"max\"")]
-    SwapSyntax { value: String },
+    SwapSyntax {
+        /// The value as given.
+        value: String,
+    },
+    /// A negative swap limit.
     #[error("swap limit {value:?} is negative")]
-    SwapNegative { value: String },
+    SwapNegative {
+        /// The value as given.
+        value: String,
+    },
+    /// [`guest_budget`] with a memory budget above what the guest can give.
     #[error(
         "guest budget of {asked} bytes is more than the guest can give: {room} bytes \
          (MemAvailable {available} minus the kernel reserve {kernel_reserve} and the agent \
          reserve {agent_reserve})"
     )]
     BudgetAboveGuest {
+        /// The budget asked for, in bytes.
         asked: u64,
+        /// What the guest can give: `available` minus both reserves, in bytes (page-rounded).
         room: u64,
+        /// The guest's `MemAvailable`, in bytes.
         available: u64,
+        /// The kernel reserve, in bytes.
         kernel_reserve: u64,
+        /// The agent reserve, in bytes.
         agent_reserve: u64,
     },
+    /// [`guest_budget`] on a guest whose budget would fall below [`BUDGET_FLOOR`].
     #[error(
         "the guest is too small for a budget: {budget} bytes remain of MemAvailable {available} \
          after the kernel reserve {kernel_reserve} and the agent reserve {agent_reserve}, below \
@@ -110,31 +198,79 @@ pub enum LimitsError {
          the containers): a bigger guest, or no budget"
     )]
     BudgetTooSmall {
+        /// The budget that remains, in bytes.
         budget: u64,
+        /// The guest's `MemAvailable`, in bytes.
         available: u64,
+        /// The kernel reserve, in bytes.
         kernel_reserve: u64,
+        /// The agent reserve, in bytes.
         agent_reserve: u64,
     },
+    /// [`LimitRequest::resolve_within`]: an explicit memory limit above the guest budget (a
+    /// default is lowered to it instead).
     #[error(
         "memory limit {value} is above the guest budget of {budget} bytes that every container \
          shares: ask for less, or leave the limit at its default (clamped to the budget)"
     )]
     MemoryAboveBudget {
+        /// The limit as asked, described.
         value: String,
+        /// It resolved to this many bytes.
         bytes: u64,
+        /// The budget's `memory.max`, in bytes.
         budget: u64,
     },
+    /// [`LimitRequest::resolve_within`]: an explicit pids limit above the guest budget (a
+    /// default is lowered to it instead).
     #[error(
         "pids limit {value} is above the guest budget of {budget} tasks that every container \
          shares: ask for less, or leave the limit at its default (clamped to the budget)"
     )]
-    PidsAboveBudget { value: String, budget: u64 },
+    PidsAboveBudget {
+        /// The limit as asked.
+        value: String,
+        /// The budget's `pids.max`.
+        budget: u64,
+    },
 }
 /// What an agent asks for; [`LimitRequest::resolve`] turns it into byte and count values.
+/// The default asks for every default: 90% of `MemAvailable`, 512 pids, no swap.
+///
+/// ```
+/// use guard::limits::{LimitRequest, MemInfo, MemorySetting};
+///
+/// // A 128 MiB guest.
+/// let meminfo = MemInfo::parse("MemTotal: 131072 kB\nMemAvailable: 100000 kB\n").unwrap();
+/// let limits = LimitRequest::default().resolve(&meminfo)?;
+/// // 90% of 102400000 bytes, already a page multiple.
+/// assert_eq!(limits.memory_max, Some(92_160_000));
+/// assert_eq!((limits.pids_max, limits.swap_max), (Some(512), Some(0)));
+///
+/// let request = LimitRequest {
+///     memory: "64M".parse()?,
+///     pids: "max".parse()?,
+///     ..LimitRequest::default()
+/// };
+/// let limits = request.resolve(&meminfo)?;
+/// assert_eq!((limits.memory_max, limits.pids_max), (Some(64 << 20), None));
+/// assert_eq!(limits.to_string(), "memory.max 67108864 memory.swap.max 0 pids.max max");
+///
+/// // Above the VM's MemTotal, or below the 4 MiB floor: refused, naming the value.
+/// for memory in ["1G", "2M"] {
+///     let request = LimitRequest { memory: memory.parse()?, ..LimitRequest::default() };
+///     assert!(request.resolve(&meminfo).is_err());
+/// }
+/// assert!("0".parse::<MemorySetting>().is_err());
+/// # Ok::<(), guard::limits::LimitsError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LimitRequest {
+    /// `memory.max`.
     pub memory: MemorySetting,
+    /// `pids.max`.
     pub pids: PidsSetting,
+    /// `memory.swap.max`.
     pub swap: SwapSetting,
 }
 
@@ -167,8 +303,9 @@ impl Limits {
 }
 
 impl LimitRequest {
-    /// Resolves against the guest's memory and validates: a memory limit must lie between
-    /// [`MEMORY_FLOOR`] and the VM's `MemTotal`.
+    /// Resolves against the guest's memory and validates: a memory limit is rounded down to
+    /// whole pages and must then lie between [`MEMORY_FLOOR`] and the VM's `MemTotal`; a
+    /// percentage is of `MemAvailable`; swap is rounded down to whole pages.
     pub fn resolve(&self, meminfo: &MemInfo) -> Result<Limits, LimitsError> {
         let (described, bytes) = match &self.memory {
             MemorySetting::Max => (String::new(), None),
@@ -237,7 +374,9 @@ impl LimitRequest {
 /// Limits resolved within a guest budget, with the defaults it lowered.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Resolved {
+    /// The limits to write.
     pub limits: Limits,
+    /// The defaults the budget lowered (none when everything fit).
     pub clamped: Vec<Clamp>,
 }
 
@@ -246,6 +385,24 @@ impl LimitRequest {
     /// default above it is lowered to it (and listed in `clamped`), an explicit limit above it
     /// is an error. `max` stays `max`: the container has no limit of its own and the budget
     /// holds it.
+    ///
+    /// ```
+    /// use guard::limits::{BudgetRequest, LimitRequest, LimitsError, MemInfo, guest_budget};
+    ///
+    /// let meminfo = MemInfo::parse("MemTotal: 131072 kB\nMemAvailable: 100000 kB\n").unwrap();
+    /// let budget = guest_budget(&meminfo, 8 << 20, &BudgetRequest::default())?;
+    /// // The default (90% of MemAvailable) does not fit: it is lowered to the budget.
+    /// let resolved = LimitRequest::default().resolve_within(&meminfo, &budget)?;
+    /// assert_eq!(resolved.limits.memory_max, Some(budget.memory_max));
+    /// assert_eq!(resolved.clamped[0].file, "memory.max");
+    /// // An explicit limit above the budget is an error.
+    /// let request = LimitRequest { memory: "80M".parse()?, ..LimitRequest::default() };
+    /// assert!(matches!(
+    ///     request.resolve_within(&meminfo, &budget),
+    ///     Err(LimitsError::MemoryAboveBudget { .. })
+    /// ));
+    /// # Ok::<(), LimitsError>(())
+    /// ```
     pub fn resolve_within(
         &self,
         meminfo: &MemInfo,

@@ -6,12 +6,29 @@ use serde::Serialize;
 
 use super::{LimitsError, PIDS_CEILING};
 
-/// A memory limit as asked for.
+/// A memory limit as asked for. Parses from a byte size (a whole number, or K/M/G/T binary
+/// multiples with an optional `i`/`iB`/`B`, fractions allowed with a unit: `64M`, `1.5G`), a
+/// percentage of available memory (`50%`) or `max`.
+///
+/// ```
+/// use guard::limits::{MemorySetting, PidsSetting, SwapSetting};
+///
+/// assert_eq!("64M".parse(), Ok(MemorySetting::Bytes(64 << 20)));
+/// assert_eq!("1.5G".parse(), Ok(MemorySetting::Bytes(3 << 29)));
+/// assert_eq!("50%".parse(), Ok(MemorySetting::PercentOfAvailable(50.0)));
+/// assert_eq!("max".parse(), Ok(MemorySetting::Max));
+/// assert!("-64M".parse::<MemorySetting>().is_err());
+/// assert!("150%".parse::<MemorySetting>().is_err());
+/// assert_eq!("100".parse(), Ok(PidsSetting::Count(100)));
+/// assert!("0".parse::<PidsSetting>().is_err());
+/// assert_eq!("0".parse(), Ok(SwapSetting::Bytes(0)));
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemorySetting {
     /// 90% of available memory.
     Default,
+    /// This many bytes (rounded down to whole pages when resolved).
     Bytes(u64),
     /// Percent of available memory, in (0, 100].
     PercentOfAvailable(f64),
@@ -19,23 +36,28 @@ pub enum MemorySetting {
     Max,
 }
 
-/// A pids limit as asked for.
+/// A pids limit as asked for. Parses from a whole number from 1 to [`PIDS_CEILING`] or `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PidsSetting {
-    /// [`DEFAULT_PIDS_MAX`].
+    /// [`DEFAULT_PIDS_MAX`](super::DEFAULT_PIDS_MAX).
     Default,
+    /// At most this many tasks (1 to [`PIDS_CEILING`]).
     Count(u64),
+    /// No pids limit, explicitly asked for.
     Max,
 }
 
-/// A swap limit (`memory.swap.max`) as asked for.
+/// A swap limit (`memory.swap.max`) as asked for. Parses from a byte size (as
+/// [`MemorySetting`], 0 allowed) or `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SwapSetting {
     /// 0: no swap for the container.
     Default,
+    /// At most this many bytes of swap (rounded down to whole pages when resolved).
     Bytes(u64),
+    /// No swap limit: the container may swap as much as the guest has.
     Max,
 }
 

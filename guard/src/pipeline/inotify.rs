@@ -23,13 +23,18 @@ use crate::{
 /// The files whose changes are streamed.
 pub(crate) const WATCHED_FILES: [&str; 2] = ["memory.events", "pids.events"];
 
+/// inotify failed (inside [`GuardError::FileWatch`](crate::GuardError::FileWatch)).
 #[derive(Debug, thiserror::Error)]
 pub enum FileWatchError {
+    /// The inotify instance could not be created (at [`Guard::start`](crate::Guard::start)).
     #[error("creating an inotify instance: {0}")]
     Init(std::io::Error),
+    /// A file or directory could not be watched (e.g. the inotify watch limit).
     #[error("watching {path} with inotify: {source}")]
     AddWatch {
+        /// The file or directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
 }

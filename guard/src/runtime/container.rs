@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{cgroup::EventFiles, container_id::ContainerId};
 
-/// A container created by [`Runtime::create`].
+/// A container created by [`Runtime::create`](super::Runtime::create).
 pub struct Container {
     pub(super) id: ContainerId,
     pub(super) inner: Youki,
@@ -39,11 +39,14 @@ pub struct Container {
 
 /// A created container together with its `limits_applied` record.
 pub struct Created {
+    /// The container; its init waits for [`Container::start`].
     pub container: Container,
+    /// What the kernel holds for it.
     pub record: CreationRecord,
 }
 
 impl Container {
+    /// The container's id.
     pub fn id(&self) -> &ContainerId {
         &self.id
     }
@@ -58,6 +61,7 @@ impl Container {
         self.init_pid
     }
 
+    /// How long create, start and delete took (0 for what has not happened yet).
     pub fn timings(&self) -> Timings {
         self.timings
     }
@@ -81,7 +85,7 @@ impl Container {
 
     /// Runs another process in the running container (`exec`), with the container's
     /// `oom_score_adj`. Returns its pid; it is a child of the caller, so [`wait_pid`] can reap
-    /// it. Blocks for the handshake (up to [`EXEC_DEADLINE`]): async callers run
+    /// it. Blocks for the handshake (up to the exec deadline, 60 s): async callers run
     /// [`Container::exec_job`] on a blocking thread instead.
     pub fn exec(&self, args: &[String], env: &[String]) -> Result<i32, RuntimeError> {
         self.exec_job(args, env).run()

@@ -39,7 +39,9 @@ const CHANNEL_FD: i32 = 3;
 /// run with these arguments (the `guard` binary: `guard exec-helper`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecHelper {
+    /// The binary.
     pub program: PathBuf,
+    /// Its arguments (`["exec-helper"]` for the `guard` binary).
     pub args: Vec<String>,
 }
 

@@ -20,6 +20,7 @@ mod error;
 mod exec_deadline;
 mod exec_helper;
 pub mod oom_score;
+mod records;
 mod verify;
 
 pub use budget::{BudgetRecord, raise_threads_max};
@@ -28,6 +29,8 @@ pub use error::RuntimeError;
 pub use exec_helper::{
     ExecHelper, peak_anon_kib as exec_helper_peak_anon_kib, serve as serve_exec_helper,
 };
+use records::micros;
+pub use records::{CreationRecord, Removed, Timings};
 pub use verify::check_read_back;
 
 use std::{
@@ -35,7 +38,7 @@ use std::{
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::ExitStatus,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use libcontainer::{
@@ -43,11 +46,10 @@ use libcontainer::{
     syscall::syscall::SyscallType,
 };
 use oci_spec::runtime::Spec;
-use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use crate::{
-    cgroup::{EventFiles, HeldLimits, Hierarchy},
+    cgroup::Hierarchy,
     container_id::ContainerId,
     limits::{BudgetRequest, LimitRequest, Limits, MemInfo, Resolved, guest_budget},
     spec::{self, SpecOptions},
@@ -78,19 +80,25 @@ pub enum Source {
     Bundle(PathBuf),
     /// A root filesystem folder and a command (`PATH` is set for execvp; `env` adds to it).
     Rootfs {
+        /// The root filesystem folder.
         rootfs: PathBuf,
+        /// The command and its arguments.
         args: Vec<String>,
+        /// `KEY=value` entries added to (or replacing those of) the default environment.
         env: Vec<String>,
     },
 }
 
-/// How the runtime runs.
+/// How the runtime runs. The defaults: state under `/run/guard/containers`, bundles under
+/// `/run/guard/bundles`, the default [`SpecOptions`], pivot_root, the guest budget derived
+/// from the guest, the [`default_agent_reserve`], and no exec helper.
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     /// libcontainer's state folder (one sub-folder per container).
     pub state_root: PathBuf,
     /// Where the adjusted `config.json` of each container is written.
     pub bundle_root: PathBuf,
+    /// How each container's spec is adjusted (cgroup root, OOM scores, swap accounting).
     pub spec: SpecOptions,
     /// Use libcontainer's no-pivot mode (move-mount + chroot: weaker isolation) for guests
     /// whose root cannot be pivot_root'ed.
@@ -132,46 +140,6 @@ impl Default for RuntimeOptions {
     }
 }
 
-/// What the kernel really holds for a freshly created container: the `limits_applied` record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CreationRecord {
-    /// Always "limits_applied".
-    pub kind: &'static str,
-    pub container: ContainerId,
-    /// The cgroup directory (absolute, under the cgroup2 mount).
-    pub cgroup: PathBuf,
-    /// The cgroup's id (its inode number: what BPF sees).
-    pub cgroup_id: u64,
-    /// The container's init, as the guest sees it.
-    pub init_pid: i32,
-    pub requested: Limits,
-    pub read_back: HeldLimits,
-    /// The init's `oom_score_adj` (read from /proc).
-    pub oom_score_adj: i32,
-}
-
-/// Times of the runtime's operations, for reports and benches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Timings {
-    pub create_us: u64,
-    pub start_us: u64,
-    pub delete_us: u64,
-}
-
-fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// A container removed by [`Container::delete`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Removed {
-    pub container: ContainerId,
-    pub cgroup: PathBuf,
-    /// `memory.events`, `memory.events.local`, `pids.events` (and `pids.events.local`), read
-    /// just before the cgroup was removed.
-    pub final_events: EventFiles,
-}
-
 /// Creates containers.
 pub struct Runtime {
     options: RuntimeOptions,
@@ -180,6 +148,9 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Validates the options, finds the cgroup v2 hierarchy, creates the state and bundle
+    /// folders, and (with a budget) derives the guest budget and applies it to the parent
+    /// cgroup, raising `kernel.threads-max` to fit. Needs root.
     pub fn new(mut options: RuntimeOptions) -> Result<Self, RuntimeError> {
         options.spec.validate()?;
         // CONFIG_SWAP is what gives cgroups memory.swap.max; /proc/swaps exists exactly with it.
@@ -271,10 +242,12 @@ impl Runtime {
         Ok(())
     }
 
+    /// The options it runs with (`swap_accounting` as found on this kernel).
     pub fn options(&self) -> &RuntimeOptions {
         &self.options
     }
 
+    /// The cgroup v2 hierarchy it found.
     pub fn hierarchy(&self) -> &Hierarchy {
         &self.hierarchy
     }

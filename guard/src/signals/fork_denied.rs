@@ -59,11 +59,16 @@ fn read_offsets(formats: &Formats<'_>, offsets: &mut TracepointOffsets) -> Resul
 /// A fork/clone in a watched container failed with EAGAIN.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ForkDenied {
+    /// Process id (thread group id) of the caller.
     pub tgid: u32,
+    /// Thread id of the caller.
     pub tid: u32,
     /// The syscall's return value, a negative errno (-11 = EAGAIN).
     pub ret: i64,
+    /// `pids_max` where the tier-2 kretprobe saw `pids_can_fork` refuse the fork; `inferred`
+    /// otherwise (EAGAIN alone: pids.max, RLIMIT_NPROC or threads-max).
     pub cause: DenialCause,
+    /// The syscall's number (the architecture's: clone, clone3, fork or vfork).
     pub syscall_nr: u32,
     /// The caller's own cgroup id.
     pub task_cgroup_id: u64,

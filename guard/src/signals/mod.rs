@@ -101,13 +101,19 @@ fn programs() -> impl Iterator<Item = &'static Program> {
     ALL.iter().flat_map(|signal| signal.programs.iter())
 }
 
+/// A tracepoint layout the programs cannot use.
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
+    /// A `format` file is missing, unreadable or malformed, or lacks a required field.
     #[error(transparent)]
     Tracefs(#[from] TracefsError),
+    /// The fields are there but do not fit the programs (offsets that differ between the
+    /// syscall exits one program serves, an offset beyond 64 KiB).
     #[error("tracepoint layout of {tracepoint}: {reason}")]
     Layout {
+        /// The tracepoint (and field) refused.
         tracepoint: String,
+        /// Why.
         reason: &'static str,
     },
 }
@@ -162,14 +168,22 @@ pub(crate) fn narrow(format: &Format, field: &str, offset: u32) -> Result<u16, S
 /// A ring-buffer record that cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The record is shorter than its header or its kind's record.
     #[error("ring-buffer record of {len} bytes is shorter than the {needed}-byte {what}")]
     Short {
+        /// The record's length, in bytes.
         len: usize,
+        /// The length its header or kind needs, in bytes.
         needed: usize,
+        /// What was being read (`event header`, `fork event`, …).
         what: &'static str,
     },
+    /// The header names a kind this guard does not know.
     #[error("ring-buffer record has unknown kind {kind}")]
-    UnknownKind { kind: u16 },
+    UnknownKind {
+        /// The raw kind.
+        kind: u16,
+    },
 }
 
 /// Reads a `T` from the start of `bytes`, which must be long enough.

@@ -33,7 +33,9 @@ fn read_offsets(formats: &Formats<'_>, offsets: &mut TracepointOffsets) -> Resul
 /// The OOM killer chose a victim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OomVictim {
+    /// The victim's pid as the kernel's `mark_victim` gives it.
     pub victim_pid: u32,
+    /// The victim's command name; empty where the tracepoint lacks it (older kernels).
     pub comm: String,
     /// Whether the victim was in no registered container (a global OOM kill, or a task the
     /// guard never saw enter a container).
@@ -46,15 +48,20 @@ pub struct OomVictim {
     pub trigger_sub_cgroup: Option<String>,
     /// None where the kernel's tracepoint lacks the rss fields.
     pub rss: Option<OomRss>,
+    /// The victim's `oom_score_adj` (-1000 to 1000); 0 where the tracepoint lacks it.
     pub oom_score_adj: i16,
 }
 
 /// The victim's memory at the time of the kill, in kB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct OomRss {
+    /// Virtual memory size.
     pub total_vm_kb: u64,
+    /// Resident anonymous memory.
     pub anon_rss_kb: u64,
+    /// Resident file-backed memory.
     pub file_rss_kb: u64,
+    /// Resident shared memory.
     pub shmem_rss_kb: u64,
 }
 

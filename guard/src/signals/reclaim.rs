@@ -24,8 +24,11 @@ fn read_offsets(formats: &Formats<'_>, offsets: &mut TracepointOffsets) -> Resul
 /// A memcg direct reclaim finished in a watched container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reclaim {
+    /// Thread id of the task that reclaimed (the one charging memory).
     pub tid: u32,
+    /// How long the run took, in nanoseconds.
     pub duration_ns: u64,
+    /// Pages it reclaimed.
     pub nr_reclaimed: u64,
 }
 

@@ -15,7 +15,10 @@ pub(crate) static SIGNAL: Signal = Signal {
 /// Individual events of the container suppressed by the rate bound (counters stay exact).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Throttle {
+    /// Individual events of the container not streamed in the window on that CPU.
     pub suppressed: u64,
+    /// How long the window lasted, in nanoseconds: from its start to the first event after it
+    /// closed (at least one second), which is when the record is written.
     pub window_ns: u64,
 }
 

@@ -30,20 +30,34 @@ pub const QUEUE_EVENTS: usize = 16_384;
 /// How often buffered records are flushed (and the fsync policy applied).
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
+/// What the event log can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum EventLogError {
+    /// The writer's error: opening the log at [`EventLog::start`], appending one of the
+    /// agent's records in [`EventLog::record`] (a bad kind, a write error, a writer stopped by
+    /// an earlier one), or writing the `stop` record in [`EventLog::close`].
     #[error("forensic log: {0}")]
     Writer(#[from] WriterError),
+    /// [`EventLog::record`]'s payload does not serialize to JSON; nothing was sent.
     #[error("forensic log: encoding a {kind} record: {source}")]
     Encode {
+        /// The record's kind.
         kind: String,
+        /// serde_json's error.
         source: serde_json::Error,
     },
+    /// The log's task is gone: it ended because the guard's event stream ended (the
+    /// [`Guard`] was dropped), or it panicked.
     #[error("the forensic log task stopped")]
     Stopped,
     /// From `close` after a write error: the first error and everything not written since.
     #[error("{cause}; {not_written} record(s) were not written in all")]
-    Incomplete { cause: String, not_written: u64 },
+    Incomplete {
+        /// The error that stopped the writer.
+        cause: String,
+        /// Records not in the log, in all ([`EventLogStats::records_not_written`]).
+        not_written: u64,
+    },
 }
 
 /// What the log could not write, for an agent that watches its own health.
@@ -105,7 +119,9 @@ pub struct EventLog {
 
 impl EventLog {
     /// Creates (or continues) the log in `dir`; its first record states the guard's version,
-    /// the kernel, the tier and `limits`.
+    /// the kernel, the tier, the capability report and `limits`. Subscribes to `guard` with a
+    /// queue of [`QUEUE_EVENTS`] and writes from a task of its own: call it inside a tokio
+    /// runtime. Events the queue drops become in-band `lost` records (`user_queue`).
     pub fn start(
         guard: &Guard,
         dir: &Path,

@@ -15,20 +15,33 @@ use crate::{Guard, events::GuardEvent};
 /// Events a JSON-lines file may fall behind by before it loses some (counted by the guard).
 pub const QUEUE_EVENTS: usize = 65_536;
 
+/// What the JSON-lines sink can fail with; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum JsonLinesError {
+    /// The file could not be created ([`JsonLines::start`], [`open`]).
     #[error("creating events file {path}: {source}")]
     Create {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A write or flush failed: the sink stops there ([`write()`], [`JsonLines::finish`]).
     #[error("writing events to {path}: {source}")]
     Write {
+        /// The file (`-` for standard output).
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The writing task panicked or was cancelled ([`JsonLines::finish`]).
     #[error("the events writer for {path} stopped: {message}")]
-    Stopped { path: PathBuf, message: String },
+    Stopped {
+        /// The file.
+        path: PathBuf,
+        /// The task's join error.
+        message: String,
+    },
 }
 
 /// A running JSON-lines sink: a subscriber of the guard writing to a file.
@@ -39,7 +52,8 @@ pub struct JsonLines {
 }
 
 impl JsonLines {
-    /// Subscribes to `guard` and writes every event to `path` (`-`: standard output).
+    /// Subscribes to `guard` (a queue of [`QUEUE_EVENTS`]) and writes every event to `path`
+    /// (`-`: standard output), from a task of its own: call it inside a tokio runtime.
     pub fn start(guard: &Guard, path: &Path) -> Result<Self, JsonLinesError> {
         let out = open(path)?;
         let (stop, stopped) = oneshot::channel();

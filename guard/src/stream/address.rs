@@ -18,10 +18,34 @@ use super::StreamError;
 /// The host's context id, as a guest addresses it.
 pub const HOST_CID: u32 = 2;
 
+/// A stream endpoint. Parses from `unix:PATH`, `vsock:PORT` (CID [`HOST_CID`]) or
+/// `vsock:CID:PORT`, and displays as `unix:PATH` or `vsock:CID:PORT`.
+///
+/// ```
+/// use guard::stream::{Address, address::HOST_CID};
+///
+/// let host: Address = "vsock:7000".parse()?;
+/// assert_eq!(host, Address::Vsock { cid: HOST_CID, port: 7000 });
+/// assert_eq!(host.to_string(), "vsock:2:7000");
+/// assert_eq!("vsock:3:9".parse::<Address>()?, Address::Vsock { cid: 3, port: 9 });
+/// let relay: Address = "unix:/run/guard/vsock.sock_7000".parse()?;
+/// assert_eq!(relay, Address::Unix("/run/guard/vsock.sock_7000".into()));
+/// for bad in ["tcp:1", "unix:", "vsock:x"] {
+///     assert!(bad.parse::<Address>().is_err());
+/// }
+/// # Ok::<(), guard::stream::StreamError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
+    /// A Unix socket (host tests, and the host end of a VMM's vsock bridge).
     Unix(PathBuf),
-    Vsock { cid: u32, port: u32 },
+    /// An AF_VSOCK socket.
+    Vsock {
+        /// The context id: [`HOST_CID`] for the host; ignored when listening (any CID).
+        cid: u32,
+        /// The port.
+        port: u32,
+    },
 }
 
 impl fmt::Display for Address {
@@ -78,6 +102,7 @@ enum Inner {
 }
 
 impl Connection {
+    /// Connects to `address`.
     pub fn connect(address: &Address) -> io::Result<Self> {
         let inner = match address {
             Address::Unix(path) => Inner::Unix(UnixStream::connect(path)?),
@@ -168,7 +193,9 @@ impl Write for Connection {
 
 /// A listening socket, either kind.
 pub enum Listener {
+    /// A Unix socket.
     Unix(UnixListener),
+    /// An AF_VSOCK socket listening on any CID.
     Vsock(OwnedFd),
 }
 
@@ -193,6 +220,7 @@ impl Listener {
         }
     }
 
+    /// Waits for the next connection.
     pub fn accept(&self) -> io::Result<Connection> {
         match self {
             Listener::Unix(listener) => listener.accept().map(|(stream, _)| Connection {

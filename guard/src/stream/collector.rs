@@ -33,11 +33,13 @@ pub struct GuestStatus {
     pub guest: Option<String>,
     /// The connection's number, from 1, in the order they were accepted.
     pub connection: u64,
+    /// The boot id the guest's hello gave.
     pub boot_id: Option<String>,
     /// Records the host holds for this guest.
     pub records: u64,
-    /// Records this connection added, and resent ones it matched.
+    /// Records this connection added.
     pub received: u64,
+    /// Records this connection resent that matched the copy held.
     pub matched: u64,
     /// None while the stream is open.
     pub verdict: Option<StreamVerdict>,

@@ -21,22 +21,45 @@ pub use address::{Address, Connection, Listener};
 pub use collector::{Collector, GuestStatus};
 pub use sender::{LogTail, Sender, SenderOptions, SenderStats};
 
+/// What setting up a stream can fail with. Once a stream runs, its failures are not errors:
+/// the sender counts them ([`SenderStats`]) and reconnects, the collector ends the stream with
+/// a [`StreamVerdict`].
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
+    /// A stream address that does not parse ([`Address`]'s `FromStr`).
     #[error("stream address {address:?}: {why}")]
-    Address { address: String, why: String },
+    Address {
+        /// The text given.
+        address: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// [`Listener::bind`] failed (the socket path's directory is missing, the port is taken,
+    /// no vsock on this host).
     #[error("listening on {address}: {source}")]
     Listen {
+        /// The address.
         address: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// [`Collector::new`] could not create its directory.
     #[error("collector directory {path}: {source}")]
     Dir {
+        /// The directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// [`Sender::start`] with a guest name the host would refuse
+    /// ([`wire::valid_guest_name`]).
     #[error("guest name {name:?}: 1 to 64 of A-Z a-z 0-9 . _ -, not starting with a dot")]
-    GuestName { name: String },
+    GuestName {
+        /// The name given.
+        name: String,
+    },
+    /// A thread could not be spawned: the sender's ([`Sender::start`]) or a connection's
+    /// ([`Collector::serve`]).
     #[error("starting the stream thread: {0}")]
     Thread(std::io::Error),
 }
@@ -46,21 +69,49 @@ pub enum StreamError {
 #[serde(rename_all = "snake_case", tag = "verdict")]
 pub enum StreamVerdict {
     /// The guest's session ended with its `stop` record and the stream closed after it.
-    Complete { last_seq: u64 },
+    Complete {
+        /// The seq of the `stop` record: the host holds seq 0 to this.
+        last_seq: u64,
+    },
     /// The stream ended without a `stop`: the guest died, was destroyed, or lost its link.
-    GuestDied { after_seq: Option<u64> },
+    /// Also when the resume point could not be sent. The guest resumes on reconnect.
+    GuestDied {
+        /// The last seq the host holds (None: none).
+        after_seq: Option<u64>,
+    },
     /// A record arrived whose predecessors never did.
-    Gap { from: u64, to: u64 },
+    Gap {
+        /// The first seq missing: the next one the host expected.
+        from: u64,
+        /// The last seq missing: the one before the record that arrived.
+        to: u64,
+    },
     /// A resent record differs from the one the host holds at that seq: the guest rewrote its
     /// history from there. The host keeps what it had.
-    Forked { at_seq: u64 },
+    Forked {
+        /// The first seq that differs.
+        at_seq: u64,
+    },
     /// A line that is not a valid next record of the chain.
-    Invalid { seq: Option<u64>, defect: String },
-    /// The host refused the connection before any record (bad hello, a guest already
-    /// streaming under that name).
-    Refused { reason: String },
-    /// The host could not store the stream (a full disk, an unreadable stored copy).
-    Failed { error: String },
+    Invalid {
+        /// The record's seq, when the line had one (None: not a record, or over 4 MiB).
+        seq: Option<u64>,
+        /// What is wrong with it (the verifier's [`Defect`](crate::forensic::Defect) text).
+        defect: String,
+    },
+    /// The host refused the connection before any record: no hello within the timeout, a
+    /// line that is not a hello, another protocol version, an invalid guest name, a guest
+    /// already streaming under that name. The guest hears the reason.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// The host could not store the stream: a full disk, or a stored copy that cannot be
+    /// opened or no longer verifies (the guest hears that too, as a refusal).
+    Failed {
+        /// What failed.
+        error: String,
+    },
 }
 
 impl StreamVerdict {

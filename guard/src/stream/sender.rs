@@ -33,8 +33,11 @@ pub struct LogTail {
 
 /// One line of the log as it is on disk (without its newline).
 pub struct TailLine<'a> {
+    /// The record's seq.
     pub seq: u64,
+    /// The record's kind.
     pub kind: &'a str,
+    /// The line's exact bytes: what goes on the wire.
     pub raw: &'a [u8],
 }
 
@@ -71,8 +74,11 @@ impl LogTail {
     }
 }
 
+/// Where and how a [`Sender`] ships the log. [`SenderOptions::new`] gives the defaults: a poll
+/// every 50 ms, reconnection backoff up to 2 s, a 5 s write timeout.
 #[derive(Debug, Clone)]
 pub struct SenderOptions {
+    /// The collector's address.
     pub address: Address,
     /// The name the host stores this guest's copy under.
     pub guest: String,
@@ -85,6 +91,7 @@ pub struct SenderOptions {
 }
 
 impl SenderOptions {
+    /// Options for `address` and `guest`, with the defaults.
     pub fn new(address: Address, guest: impl Into<String>) -> Self {
         Self {
             address,
@@ -101,7 +108,9 @@ impl SenderOptions {
 pub struct SenderStats {
     /// Connections that reached the streaming stage.
     pub connections: u64,
+    /// Connection attempts that failed.
     pub connect_failures: u64,
+    /// Lines handed to a connection, over every connection (resent ones included).
     pub lines_sent: u64,
     /// The host's latest acknowledgement: it has stored every record below this seq.
     pub acked_next_seq: u64,
@@ -109,6 +118,7 @@ pub struct SenderStats {
     pub resends_from_start: u64,
     /// Local lines that could not be read (the host sees the gap they leave).
     pub unreadable_lines: u64,
+    /// Why the last connection (or attempt) ended, or the last unreadable line.
     pub last_error: Option<String>,
 }
 
@@ -121,7 +131,9 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Starts shipping the log in `dir` (it may not exist yet) to `options.address`.
+    /// Starts shipping the log in `dir` (it may not exist yet) to `options.address`. Fails
+    /// only on a guest name the host would refuse or a thread that cannot start; an
+    /// unreachable host is retried, with backoff, until [`Sender::finish`] or drop.
     pub fn start(dir: &Path, options: SenderOptions) -> Result<Self, StreamError> {
         if !wire::valid_guest_name(&options.guest) {
             return Err(StreamError::GuestName {
@@ -153,6 +165,7 @@ impl Sender {
         })
     }
 
+    /// What the sender did so far.
     pub fn stats(&self) -> SenderStats {
         lock(&self.stats).clone()
     }

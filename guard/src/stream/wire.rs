@@ -20,6 +20,7 @@ pub const MAX_RECORD_BYTES: usize = MAX_LINE_BYTES;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hello {
+    /// The protocol's version: [`VERSION`].
     pub version: u32,
     /// The name the host stores this guest's log under ([`valid_guest_name`]).
     pub guest: String,
@@ -32,7 +33,9 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resume {
+    /// Records the host holds: the seq the guest sends next.
     pub next_seq: u64,
+    /// Lowercase hex SHA-256 of the last line held (64 zeros when none).
     pub head: String,
 }
 
@@ -40,16 +43,31 @@ pub struct Resume {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ack {
+    /// Every record below this seq is in the host's copy. Never decreases.
     pub next_seq: u64,
 }
 
-/// A control line.
+/// A control line: a JSON object with exactly one key, the variant's name in snake case.
+///
+/// ```
+/// use guard::stream::wire::{Ack, Control};
+///
+/// let ack = Control::Ack(Ack { next_seq: 42 });
+/// assert_eq!(ack.to_line(), b"{\"ack\":{\"next_seq\":42}}\n");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Control {
+    /// guest → host, first.
     Hello(Hello),
+    /// host → guest: where to continue.
     Resume(Resume),
-    Refused { reason: String },
+    /// host → guest, instead of a resume point; the host then closes.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// host → guest: what is stored.
     Ack(Ack),
 }
 
@@ -64,6 +82,15 @@ impl Control {
 
 /// A guest name is a directory name on the host: 1–64 of `A–Z a–z 0–9 . _ -`, not starting
 /// with a dot.
+///
+/// ```
+/// use guard::stream::wire::valid_guest_name;
+///
+/// assert!(valid_guest_name("web-1") && valid_guest_name("guest_2.test"));
+/// for bad in ["", "..", ".hidden", "a/b", "a b"] {
+///     assert!(!valid_guest_name(bad));
+/// }
+/// ```
 pub fn valid_guest_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && !name.starts_with('.')
@@ -86,6 +113,18 @@ pub enum ReadLine {
 }
 
 /// Reads one line of at most `max` bytes (without the newline), never buffering more.
+///
+/// ```
+/// use std::io::BufReader;
+/// use guard::stream::wire::{ReadLine, read_line};
+///
+/// let mut reader = BufReader::new(&b"abc\ndefghij\nxy"[..]);
+/// assert_eq!(read_line(&mut reader, 8)?, ReadLine::Line(b"abc".to_vec()));
+/// assert_eq!(read_line(&mut reader, 5)?, ReadLine::TooLong);
+/// let mut reader = BufReader::new(&b"xy"[..]);
+/// assert_eq!(read_line(&mut reader, 8)?, ReadLine::Torn(2));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn read_line(reader: &mut impl BufRead, max: usize) -> io::Result<ReadLine> {
     let mut line = Vec::new();
     loop {

@@ -22,12 +22,30 @@ pub mod report;
 
 pub use memory::MEMORY_OVERCHARGE_SLACK;
 
+/// What the evidence says about a limit, or a container. Ordered from best to worst news: a
+/// container's overall verdict is the worst of its limits', raised to [`Verdict::Incomplete`]
+/// when events were lost or the cgroup was removed before the report. Serialized in snake
+/// case (`not_exercised`, …); displayed in words (`not exercised`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
+    /// Nothing reached the limit, or no limit was in force (none asked for, and the kernel
+    /// holds `max` or has no such file): pids: `pids.events max` and the probes' denials are
+    /// both 0; memory: `memory.events` max, oom and oom_kill are all 0.
     NotExercised,
+    /// The limit was hit and the kernel's and the probes' counts agree: pids: `pids.events
+    /// max` above 0 and equal to the probes' denials (at tier 0, the kernel's count alone);
+    /// memory: `memory.events` shows the limit reached, the probes saw at least the kernel's
+    /// `oom_kill`s, and the global OOM killer took none of the container's tasks.
     Enforced,
+    /// The evidence does not add up: the pids or memory controller is not enabled (no event
+    /// file), the kernel's and the probes' counts differ (for memory: the probes saw fewer
+    /// kills), the global OOM killer killed tasks of the container, events were lost in the
+    /// ring buffer, or the cgroup was removed before the report.
     Incomplete,
+    /// A limit was not kept: a requested limit the kernel does not hold (another value, `max`,
+    /// or no file), `pids.peak` above `pids.max`, or `memory.peak` above `memory.max` by more
+    /// than [`MEMORY_OVERCHARGE_SLACK`].
     Violated,
 }
 
@@ -45,7 +63,10 @@ impl fmt::Display for Verdict {
 /// One limit's verdict and the evidence for it, in words a reader can check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LimitVerdict {
+    /// The verdict.
     pub verdict: Verdict,
+    /// The numbers behind it (`pids.events max = 12, BPF fork denials = 12 …`), or why there
+    /// are none.
     pub evidence: String,
 }
 
@@ -83,16 +104,76 @@ pub struct LoggedKills {
     pub overruns: u64,
 }
 
-/// Everything reconciliation needs about one container.
+/// Everything reconciliation needs about one container. [`Guard::report`](crate::Guard::report)
+/// gathers it from the kernel; built by hand, it shows what a verdict would be.
+///
+/// ```
+/// use std::path::{Path, PathBuf};
+/// use guard::cgroup::{CgroupError, EventFiles, HeldLimits, KeyedCounts, LimitValue};
+/// use guard::verdict::{Evidence, reconcile};
+/// use guard::{BpfCounters, Tier, Verdict};
+///
+/// let keyed = |text: &str| KeyedCounts::parse(Path::new("test"), text).map(Some);
+/// let applied = HeldLimits {
+///     cgroup: PathBuf::from("/sys/fs/cgroup/guard/web"),
+///     memory_max: Some(LimitValue::Value(32 << 20)),
+///     memory_swap_max: Some(LimitValue::Value(0)),
+///     pids_max: Some(LimitValue::Value(64)),
+///     memory_peak: None,
+///     pids_peak: None,
+/// };
+/// // A fork bomb: pids.max refused 12 forks; memory.max was never reached.
+/// let kernel = EventFiles {
+///     memory_events: keyed("max 0\noom 0\noom_kill 0\n")?,
+///     memory_events_local: None,
+///     pids_events: keyed("max 12\n")?,
+///     pids_events_local: None,
+/// };
+/// let bpf = BpfCounters {
+///     forks: 63,
+///     fork_denied: 12,
+///     fork_denied_pids_max: Some(12),
+///     ..BpfCounters::default()
+/// };
+/// let mut evidence = Evidence {
+///     tier: Tier::TracepointsAndKprobes,
+///     requested_memory_max: Some(32 << 20),
+///     requested_pids_max: Some(64),
+///     applied: &applied,
+///     kernel: &kernel,
+///     bpf: Some(&bpf),
+///     events_lost: 0,
+///     ancestor_ooms: 0,
+///     cgroup_gone: false,
+///     kernel_log: None,
+/// };
+/// let result = reconcile(&evidence);
+/// assert_eq!(result.pids.verdict, Verdict::Enforced);
+/// assert_eq!(result.memory.verdict, Verdict::NotExercised);
+/// assert_eq!(result.verdict, Verdict::Enforced);
+///
+/// // Records lost in the ring buffer: the counters are exact, the events are not all there.
+/// evidence.events_lost = 3;
+/// assert_eq!(reconcile(&evidence).verdict, Verdict::Incomplete);
+///
+/// // The agent asked for 128 tasks, the kernel holds 64.
+/// evidence.requested_pids_max = Some(128);
+/// assert_eq!(reconcile(&evidence).pids.verdict, Verdict::Violated);
+/// # Ok::<(), CgroupError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Evidence<'a> {
+    /// The tier the guard ran at (tier 0 adds a flag that there is no per-event detail).
     pub tier: Tier,
     /// What the agent asked for (None: unknown, e.g. a cgroup the guard did not create).
     pub requested_memory_max: Option<u64>,
+    /// Likewise for `pids.max`.
     pub requested_pids_max: Option<u64>,
+    /// What the cgroup holds (limits and peaks).
     pub applied: &'a HeldLimits,
     /// Kernel event counters since the container was watched.
     pub kernel: &'a EventFiles,
+    /// The probes' counters for the container (None at tier 0).
     pub bpf: Option<&'a BpfCounters>,
     /// Events of any container lost in the ring buffer since the guard started.
     pub events_lost: u64,
@@ -108,14 +189,22 @@ pub struct Evidence<'a> {
 /// The reconciled result for one container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reconciliation {
+    /// `pids.max`'s verdict.
     pub pids: LimitVerdict,
+    /// `memory.max`'s verdict.
     pub memory: LimitVerdict,
+    /// How the container's OOM kills split by killer.
     pub oom: OomSummary,
     /// Things an operator must know that no single verdict says.
     pub flags: Vec<String>,
+    /// The container's verdict: the worse of the two limits', raised to
+    /// [`Verdict::Incomplete`] by lost events or a removed cgroup.
     pub verdict: Verdict,
 }
 
+/// Reconciles one container's evidence: a verdict per limit with its numbers, the OOM kills
+/// by killer, the flags, and the overall verdict. Pure: the same evidence, the same result
+/// (see [`Evidence`] for an example).
 pub fn reconcile(evidence: &Evidence<'_>) -> Reconciliation {
     let mut flags = Vec::new();
     let pids = pids::verdict(evidence, &mut flags);

@@ -15,19 +15,26 @@ use crate::{
 /// A container's report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The container's id.
     pub container: String,
+    /// Its cgroup's path.
     pub cgroup: PathBuf,
+    /// Its cgroup's id.
     pub cgroup_id: u64,
+    /// The tier the guard ran at.
     pub tier: Tier,
     /// The limits the agent said it applied (None: the guard was not told, e.g. a cgroup it
     /// did not create), so the verdict can check the kernel holds exactly those.
     pub requested: Option<Limits>,
     /// What the kernel holds now.
     pub applied: HeldLimits,
+    /// The container's counters, after a drain.
     pub counters: ContainerCounters,
     /// The kernel's event counters since watching began.
     pub kernel_since_watch: EventFiles,
+    /// Everything lost between the kernel and the subscribers, guard-wide.
     pub loss: LossReport,
+    /// The verdicts and the evidence for them (serialized flat, beside the fields above).
     #[serde(flatten)]
     pub reconciliation: Reconciliation,
 }

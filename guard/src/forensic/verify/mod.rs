@@ -18,23 +18,36 @@ use super::lines::{Line, LineScanner};
 use super::record::{self, Checkpoint, Digest, GENESIS_DIGEST, Rotate, Seal, kinds};
 use super::time;
 
+/// The log could not be read (or, for [`repair`], changed). A defect in its content is not an
+/// error: it is the report's [`problem`](VerifyReport::problem).
 #[derive(Debug, Error)]
 pub enum VerifyError {
+    /// The directory cannot be listed, holds two files with one index, or (for [`repair`]) is
+    /// locked by a writer.
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// A log file could not be opened.
     #[error("cannot open {path}: {source}")]
     Open {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A log file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// [`repair`] could not truncate the torn tail.
     #[error("cannot truncate {path}: {source}")]
     Truncate {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
 }

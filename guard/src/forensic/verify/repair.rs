@@ -6,15 +6,19 @@ use std::path::Path;
 use super::{TornTail, VerifyError, VerifyReport, verify};
 use crate::forensic::layout;
 
+/// What [`repair`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepairOutcome {
-    /// Nothing to repair.
+    /// Nothing to repair: no problem and no torn tail (the report may still show a session
+    /// that ended abruptly).
     Clean(VerifyReport),
     /// The torn tail was removed; `report` is the verification afterwards.
     Repaired {
+        /// The torn tail removed.
         torn: TornTail,
         /// The removed bytes (at most one partial record).
         removed: Vec<u8>,
+        /// The verification after the truncation.
         report: VerifyReport,
     },
     /// The log has a defect other than a torn tail: nothing was changed.

@@ -7,14 +7,20 @@ use crate::forensic::record::MAX_LINE_BYTES;
 /// Why a line (or file) breaks the log's rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Defect {
+    /// The directory holds no `guard-NNNNNN.jsonl` file.
     NoFiles,
     /// Files are numbered from 0 without gaps.
     MissingFile {
+        /// The first name missing.
         name: String,
     },
+    /// A line longer than 4 MiB.
     LineTooLong,
+    /// A line with no bytes before its newline.
     EmptyLine,
+    /// The line is not UTF-8, or not JSON.
     NotJson {
+        /// The parser's error.
         error: String,
     },
     /// The line lacks the `,"hash":"<hex>"}` ending.
@@ -23,39 +29,60 @@ pub enum Defect {
     SealMismatch,
     /// Valid JSON but not a record.
     Schema {
+        /// What is missing, extra or of the wrong type.
         error: String,
     },
+    /// `seq` is not the previous record's + 1 (0 first): records missing, reordered or
+    /// duplicated.
     SeqMismatch {
+        /// The line's seq.
         found: u64,
+        /// The seq the chain expected.
         expected: u64,
     },
     /// `prev` is not the SHA-256 of the line before.
     PrevMismatch {
+        /// The line before (file name, line number); None for the first record, whose `prev`
+        /// must be the genesis value.
         previous: Option<(String, u64)>,
     },
+    /// The log's first record is not a `start`.
     FirstNotStart {
+        /// The kind found.
         kind: String,
     },
+    /// A file after the first does not begin with a `rotate`.
     FileNotStartingWithRotate {
+        /// The kind found.
         kind: String,
     },
+    /// A `rotate` record that is not the first line of its file.
     RotateInsideFile,
     /// The rotate record disagrees with the file it continues.
     RotateMismatch {
+        /// Which fields disagree, and how.
         detail: String,
     },
+    /// A `checkpoint` or `stop` whose `count` is not its seq or whose `head` is not its `prev`.
     CheckpointMismatch {
+        /// Both sides.
         detail: String,
     },
+    /// `mono_ns` went backwards between records of the same boot.
     MonotonicBackwards {
+        /// The previous record's `mono_ns`.
         previous: u64,
+        /// This record's.
         found: u64,
     },
+    /// `wall` is not an RFC 3339 timestamp.
     BadWallClock {
+        /// The value found.
         wall: String,
     },
     /// A file other than the newest ends in a partial line.
     TornInnerFile {
+        /// The partial line's length, in bytes.
         bytes: u64,
     },
     /// A file other than the newest holds no record: only a crash right after rotation leaves
@@ -138,9 +165,11 @@ impl fmt::Display for Defect {
 /// The first defect found: where and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The file (or the directory, for [`Defect::NoFiles`]).
     pub path: PathBuf,
     /// 1-based; 0 when the defect concerns the file as a whole.
     pub line: u64,
+    /// What is wrong.
     pub defect: Defect,
 }
 
@@ -153,10 +182,13 @@ impl fmt::Display for Problem {
 /// A partial final line in the newest file: what a crash mid-append leaves behind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
+    /// The newest file.
     pub path: PathBuf,
+    /// The partial line's number (1-based).
     pub line: u64,
     /// Where the partial line starts (the size the file has after repair).
     pub offset: u64,
+    /// Its length, in bytes.
     pub bytes: u64,
 }
 
@@ -185,8 +217,16 @@ pub struct Session {
     pub stopped: bool,
 }
 
+/// What [`verify`](super::verify()) found: counts as far as the log verified, the chain's head,
+/// a torn tail, and the first problem. `guard log verify` concludes from it, most serious
+/// first: exit 1 with a problem, 3 with a torn tail, 4 when the last session
+/// [`ended_abruptly`], else 0 ([`is_clean`] and closed with a `stop`).
+///
+/// [`is_clean`]: VerifyReport::is_clean
+/// [`ended_abruptly`]: VerifyReport::ended_abruptly
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
+    /// Files checked (up to the first problem).
     pub files: u64,
     /// Writer sessions (`start` records) checked.
     pub sessions: u64,
@@ -198,8 +238,11 @@ pub struct VerifyReport {
     pub records: u64,
     /// Lowercase hex SHA-256 of the last good line.
     pub head: Option<String>,
+    /// The seq of the last good record.
     pub last_seq: Option<u64>,
+    /// A partial final line in the newest file, if any (not a problem by itself).
     pub torn_tail: Option<TornTail>,
+    /// The first defect; verification stops there.
     pub problem: Option<Problem>,
 }
 

@@ -9,76 +9,132 @@ use crate::forensic::layout::LayoutError;
 use crate::forensic::record::RecordError;
 use crate::forensic::time::TimeError;
 
+/// What opening or appending to a log can fail with.
 #[derive(Debug, Error)]
 pub enum WriterError {
+    /// The log directory could not be created ([`LogWriter::create`](super::LogWriter::create)).
     #[error("cannot create log directory {path}: {source}")]
     CreateDir {
+        /// The directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The directory is a file, cannot be listed, holds two files with one index, or is
+    /// locked by another writer.
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// No [`LogOptions::boot_id`](super::LogOptions::boot_id) was given and the kernel's could
+    /// not be read.
     #[error("cannot read the boot id from {path}: {source}")]
     BootId {
+        /// The file read (`/proc/sys/kernel/random/boot_id`).
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A log file could not be opened or, at rotation, created (it must not exist yet).
     #[error("cannot open {path}: {source}")]
     Open {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The newest file (or the one before it) could not be read while resuming.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// On reopening, the newest file ends with a torn line and
+    /// [`LogOptions::repair_torn_tail`](super::LogOptions::repair_torn_tail) is off.
     #[error(
         "{path}:{line}: torn final line ({bytes} bytes without a newline, from an interrupted \
          write); refusing to append: run `guard log verify --repair` or open with repair_torn_tail"
     )]
     TornTail {
+        /// The file.
         path: PathBuf,
+        /// The torn line's number (from 1).
         line: u64,
+        /// Its length, in bytes.
         bytes: u64,
     },
+    /// Truncating a torn tail (with `repair_torn_tail`) failed.
     #[error("cannot truncate the torn tail of {path}: {source}")]
     Truncate {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The log cannot be continued: a line over the length limit, a last record without a
+    /// readable `seq`, an empty newest file whose predecessor is missing or does not end with
+    /// a complete record.
     #[error("{path}:{line}: cannot resume the log: {reason}; run `guard log verify`")]
     Corrupt {
+        /// The file.
         path: PathBuf,
+        /// The line (from 1; 0 for the file as a whole).
         line: u64,
+        /// What is wrong.
         reason: String,
     },
+    /// A write(2) failed: the writer stops (every later append, flush or close fails with
+    /// [`WriterError::Poisoned`]).
     #[error(
         "cannot write to {path}: {source}{}",
         .unwritten.map_or(String::new(), |unwritten| format!("; {unwritten}"))
     )]
     Write {
+        /// The file.
         path: PathBuf,
+        /// The I/O error (ENOSPC, EIO, …).
         source: std::io::Error,
         /// Records already accepted (their `append` returned) or being written that did not
         /// reach the file; None when none were pending.
         unwritten: Option<Unwritten>,
     },
+    /// An fdatasync of the file, or an fsync of the directory, failed: the writer stops.
     #[error("cannot fsync {path}: {source}")]
     Sync {
+        /// The file (or directory).
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// Any call that writes, after an earlier write or sync error stopped the writer.
     #[error("log writer for {path} stopped after an earlier error ({cause}); reopen the log")]
-    Poisoned { path: PathBuf, cause: String },
+    Poisoned {
+        /// The file.
+        path: PathBuf,
+        /// The first error's text.
+        cause: String,
+    },
+    /// The record cannot be encoded (a bad kind, a payload that does not serialize, a line
+    /// over 4 MiB); nothing was written and the writer goes on.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// `append` of a kind only the writer writes (`start`, `rotate`, `checkpoint`, `stop`,
+    /// `repair`).
     #[error("kind {kind:?} is written by the log itself and cannot be appended")]
-    ReservedKind { kind: String },
+    ReservedKind {
+        /// The kind given.
+        kind: String,
+    },
+    /// `append` with `Some("")` as the container id.
     #[error("container id must not be empty")]
     EmptyContainer,
+    /// A clock could not be read for the record's time stamps.
     #[error(transparent)]
     Clock(#[from] TimeError),
+    /// An fsync policy that does not parse ([`FsyncPolicy`](super::FsyncPolicy)'s `FromStr`).
     #[error("invalid fsync policy {input:?}: expected always, never or interval=<ms>")]
-    BadFsyncPolicy { input: String },
+    BadFsyncPolicy {
+        /// The text given.
+        input: String,
+    },
 }

@@ -25,6 +25,7 @@ use super::record::{
 };
 use super::time;
 
+/// Where the kernel gives the boot id every record carries.
 pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
 /// What went wrong while writing, counted (the writer stops at its first write error, so
@@ -41,9 +42,11 @@ pub struct WriterStats {
 /// Where the next record goes, as of the last record written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
+    /// The seq the next record gets.
     pub next_seq: u64,
     /// Lowercase hex SHA-256 of the last line: the next record's `prev`.
     pub prev: String,
+    /// The file the next record goes to (unless it rotates).
     pub file: PathBuf,
 }
 
@@ -217,6 +220,8 @@ impl LogWriter {
         Ok(())
     }
 
+    /// Where the chain stands: the next seq and the last line's hash. Shipped off the machine,
+    /// it exposes a log later cut short or rewritten.
     pub fn head(&self) -> Head {
         Head {
             next_seq: self.next_seq,
@@ -225,6 +230,7 @@ impl LogWriter {
         }
     }
 
+    /// The log directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -6,7 +6,19 @@ use std::time::Duration;
 
 use super::WriterError;
 
-/// When appended records are forced to stable storage.
+/// When appended records are forced to stable storage. Parses from `always`, `never` or
+/// `interval=<ms>`, and displays the same way.
+///
+/// ```
+/// use std::time::Duration;
+/// use guard::forensic::FsyncPolicy;
+///
+/// let policy: FsyncPolicy = "interval=250".parse()?;
+/// assert_eq!(policy, FsyncPolicy::Interval(Duration::from_millis(250)));
+/// assert_eq!(policy.to_string(), "interval=250");
+/// assert!("sometimes".parse::<FsyncPolicy>().is_err());
+/// # Ok::<(), guard::forensic::WriterError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
     /// Write and fdatasync every record before `append` returns.
@@ -46,10 +58,15 @@ impl fmt::Display for FsyncPolicy {
     }
 }
 
+/// How a [`LogWriter`](super::LogWriter) writes. The defaults: `interval=100` (an fdatasync at
+/// most every 100 ms), rotation at 64 MiB, a checkpoint every 10 000 records, the kernel's boot
+/// id, and refusal of a torn tail.
 #[derive(Debug, Clone)]
 pub struct LogOptions {
+    /// When records reach stable storage (default: `interval=100`).
     pub fsync: FsyncPolicy,
-    /// Start a new file before a record would take the current one past this size.
+    /// Start a new file before a record would take the current one past this size, in bytes
+    /// (default 64 MiB; None: never rotate). A file always holds at least one record.
     pub rotate_bytes: Option<u64>,
     /// Write a `checkpoint` after this many records (0: never).
     pub checkpoint_every: u64,

@@ -12,11 +12,14 @@ pub const BUFFER_BYTES: usize = 64 << 10;
 /// them may have reached it in part: that is the torn tail `guard log verify` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unwritten {
+    /// The first record's seq.
     pub first_seq: u64,
+    /// The last record's seq (inclusive).
     pub last_seq: u64,
 }
 
 impl Unwritten {
+    /// How many records.
     pub fn count(&self) -> u64 {
         self.last_seq - self.first_seq + 1
     }
