@@ -42,6 +42,8 @@
 //!   delete.
 //! - [`stream`] ships the log off the guest as it is written, to a [`stream::Collector`] on
 //!   the host that verifies each guest's chain as records arrive (docs/STREAM.md).
+//! - With the `metrics` feature, `metrics` renders every counter of the reports as
+//!   OpenMetrics text for Prometheus and serves it at `/metrics` (docs/METRICS.md).
 //!
 //! docs/ARCHITECTURE.md, in the repository, describes the data flow and where each part lives.
 //!

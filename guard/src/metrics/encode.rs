@@ -47,6 +47,7 @@ pub struct LogFigures {
 /// One guest's stream, as a collector holds it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StreamFigures {
+    /// The guest's name (its copy's directory).
     pub guest: String,
     /// Records held in the guest's copy.
     pub records: u64,

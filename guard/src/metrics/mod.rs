@@ -7,7 +7,7 @@
 //!   log holds encode the same way), the reader's health, the log's and the stream's figures.
 //! - [`snapshot`]: a running guard's figures, as of now; [`snapshot_of_log`]: a forensic log's,
 //!   after the fact.
-//! - [`serve`]: `GET /metrics` over HTTP on a TCP address or a Unix socket, the text made
+//! - [`serve`](fn@serve): `GET /metrics` over HTTP on a TCP address or a Unix socket, the text made
 //!   fresh by a caller's function on every scrape.
 //!
 //! docs/METRICS.md lists every metric with the report field it comes from.
@@ -28,20 +28,39 @@ pub use serve::{MetricsAddress, MetricsListener, serve};
 /// What can go wrong rendering or serving the metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
+    /// A `--metrics` address that is neither `HOST:PORT` nor `unix:PATH`.
     #[error("metrics address {address:?}: {why}")]
-    Address { address: String, why: String },
+    Address {
+        /// The address as given.
+        address: String,
+        /// What was expected instead.
+        why: String,
+    },
+    /// The address could not be bound (a port in use, no permission).
     #[error("listening for metrics on {address}: {source}")]
     Listen {
+        /// The address.
         address: String,
+        /// The bind error.
         source: std::io::Error,
     },
+    /// A Unix socket path that holds something else, or a stale socket that cannot go.
     #[error("metrics socket {path}: {source}")]
     Socket {
+        /// The socket's path.
         path: PathBuf,
+        /// What is wrong with it.
         source: std::io::Error,
     },
+    /// The text could not be written (a formatting error in the client library).
     #[error("encoding the metrics: {0}")]
     Encode(std::fmt::Error),
+    /// A forensic log that cannot be read, or does not verify.
     #[error("the forensic log in {dir}: {why}")]
-    Log { dir: PathBuf, why: String },
+    Log {
+        /// The log's directory.
+        dir: PathBuf,
+        /// Why it was refused.
+        why: String,
+    },
 }

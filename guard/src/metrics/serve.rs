@@ -25,7 +25,9 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// Where metrics are served: `HOST:PORT` (e.g. `127.0.0.1:9464`) or `unix:PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetricsAddress {
+    /// A TCP address, `127.0.0.1:9464`.
     Tcp(SocketAddr),
+    /// A Unix socket, `unix:/run/guard/metrics.sock`.
     Unix(PathBuf),
 }
 
@@ -61,7 +63,9 @@ impl fmt::Display for MetricsAddress {
 /// A bound metrics socket: binding first lets a caller refuse a taken port before it starts
 /// anything else.
 pub enum MetricsListener {
+    /// Bound to a TCP address.
     Tcp(TcpListener),
+    /// Bound to a Unix socket at the path, removed again on drop.
     Unix(UnixListener, PathBuf),
 }
 
