@@ -42,6 +42,8 @@
 //!   delete.
 //! - [`stream`] ships the log off the guest as it is written, to a [`stream::Collector`] on
 //!   the host that verifies each guest's chain as records arrive (docs/STREAM.md).
+//! - With the `timeline` feature, `timeline` draws an incident per container over time from a
+//!   forensic log (`guard log timeline`).
 //! - With the `metrics` feature, `metrics` renders every counter of the reports as
 //!   OpenMetrics text for Prometheus and serves it at `/metrics` (docs/METRICS.md).
 //!
@@ -100,6 +102,8 @@ pub mod metrics;
 mod pipeline;
 pub mod sinks;
 pub mod stream;
+#[cfg(feature = "timeline")]
+pub mod timeline;
 
 // Judgement and evidence.
 pub mod forensic;

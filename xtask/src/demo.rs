@@ -113,6 +113,23 @@ fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
         bail!("the forensic log from the guest does not verify");
     }
     host.finish(Some(&log_dir))?;
+    let picture = outcome.run_dir.join("timeline.png");
+    let drawn = std::process::Command::new(bin.join("guard"))
+        .args(["log", "timeline"])
+        .arg(&log_dir)
+        .arg("--out")
+        .arg(&picture)
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if drawn.success() {
+        println!(
+            "\nThe incident as a picture (each container over time: memory.events, OOM kills, \
+             reclaim stall, the waves): {}",
+            picture.display()
+        );
+    } else {
+        bail!("guard log timeline could not draw {}", picture.display());
+    }
     println!(
         "\nboot {:.1} s, scenario {:.1} s, wall {:.1} s",
         outcome.boot_time.unwrap_or_default().as_secs_f64(),

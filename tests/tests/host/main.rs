@@ -15,6 +15,7 @@ mod metrics;
 mod reader_fault;
 mod stream;
 mod throttle;
+mod timeline;
 
 /// The stress workload the BPF tests run in their cgroups (built by cargo for these tests:
 /// the library cannot name it, as `CARGO_BIN_EXE_*` exists only for test targets).

@@ -34,6 +34,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftrace",
     "xz-utils",
     "zstd",
+    // The font `guard log timeline` draws its text with.
+    "fonts-dejavu-core",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const VHOST_DEVICE_VSOCK_VERSION: &str = "0.3.0";
@@ -44,7 +46,8 @@ const VHOST_DEVICE_VSOCK_VERSION: &str = "0.3.0";
     about = "Install the toolchain and test assets: apt packages, nightly rust-src, bpf-linker, Debian guest kernels (idempotent)",
     long_about = "Install everything the build and the tests need on a fresh Debian 12 machine, \
 idempotently:\n\
-  1. apt packages: qemu-system-x86 cpio busybox-static bpftrace (apt-get update only if one is missing), \
+  1. apt packages: qemu-system-x86 cpio busybox-static bpftrace xz-utils zstd fonts-dejavu-core \
+(apt-get update only if one is missing), \
 and the Python package prometheus-client (its OpenMetrics parser checks guard's metrics)\n\
   2. the nightly toolchain with rust-src (for -Z build-std=core on bpfel-unknown-none)\n\
   3. bpf-linker 0.13 built against rustc's own LLVM 22 (no system LLVM needed); its LLVM \

@@ -40,6 +40,9 @@ pub enum LogCommand {
     Verify(VerifyArgs),
     /// Count records per kind and per container.
     Stats(StatsArgs),
+    /// Draw an incident per container over time (.svg or .png): memory.events, pids.events,
+    /// fork denials, OOM kills, reclaim stall, losses, waves.
+    Timeline(crate::log_timeline::TimelineArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -92,6 +95,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<ExitCode> {
         LogCommand::Follow(follow_args) => follow(&args.dir, &follow_args),
         LogCommand::Verify(verify_args) => verify(&args.dir, &verify_args),
         LogCommand::Stats(stats_args) => stats(&args.dir, &stats_args),
+        LogCommand::Timeline(timeline_args) => crate::log_timeline::run(&args.dir, &timeline_args),
     };
     match result {
         // A closed pipe (`guard log show | head`) is the reader being done, not a failure.

@@ -18,6 +18,7 @@ mod collect;
 mod exec;
 mod log;
 mod log_args;
+mod log_timeline;
 mod metrics;
 mod metrics_args;
 mod probe;
