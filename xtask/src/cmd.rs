@@ -21,7 +21,7 @@ pub fn run(command: &mut Command) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
-/// Builds the release `guard` and `guard-stress` that guests run (a debug guard would crowd a
+/// Builds the release `guard`, `guard-stress` and the example agent that guests run (a debug guard would crowd a
 /// 128 MiB guest) and returns their folder.
 pub fn build_guest_binaries() -> anyhow::Result<std::path::PathBuf> {
     run(cargo().args([
@@ -32,6 +32,9 @@ pub fn build_guest_binaries() -> anyhow::Result<std::path::PathBuf> {
         "-p",
         "guard-tests",
         "--bins",
+        // The example agent runs in a guest test too.
+        "--example",
+        "agent",
         // The binary is the library's `cli` feature.
         "--features",
         "guard/cli",

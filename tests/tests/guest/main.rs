@@ -12,6 +12,7 @@
 //!
 //! Requirements: see `vm.rs`. Under CI (`CI` set and not `false`/`0`) a missing requirement
 //! fails the test: the guest suite is never skipped there.
+mod agent;
 mod fork_denied;
 mod kernels;
 mod oom_victim;

@@ -1,0 +1,84 @@
+//! `examples/agent.rs`, the small agent that links guard as its users do, run in a guest: its
+//! container's fork loop meets pids.max, its own subscriber receives the events, and its
+//! report says the limit was enforced, reconciled with the kernel's count.
+use std::time::Duration;
+
+use guard_tests::{
+    guest::{facts, guest},
+    per_kernel,
+};
+use serde_json::Value;
+use xtask::vm::{self, VmConfig};
+
+use crate::waves::guest_memory_mib;
+
+/// A rootfs of static busybox, then the agent with a pids.max the loop goes past.
+const SCENARIO: &str = r#"set -e
+mkdir -p /tmp/rootfs/bin
+cp /bin/busybox /tmp/rootfs/bin/
+for applet in sh sleep true; do ln -s busybox /tmp/rootfs/bin/$applet; done
+# The shell gives up at its first refused fork: the agent then exits 1, the container's status.
+agent --rootfs /tmp/rootfs --pids 16 --min-tier 0 -- /bin/sh -c 'i=0; while [ $i -lt 40 ]; do (sleep 3) & i=$((i+1)); done; wait' || echo "agent: exit $?" >&2
+"#;
+
+fn example_agent_enforces_and_forwards(kernel: &str) {
+    let Some(guest) = guest(kernel) else { return };
+    let agent = guest.bin_dir.join("examples").join("agent");
+    assert!(
+        agent.is_file(),
+        "{} is missing: cargo build --release -p guard --example agent --features runtime \
+         (cargo xtask test does)",
+        agent.display()
+    );
+    let config = VmConfig::shell(&guest.kernel, SCENARIO)
+        .memory_mib(guest_memory_mib(kernel))
+        .binary(agent)
+        .timeout(Duration::from_secs(600))
+        .label(format!("agent-{kernel}"));
+    let outcome = vm::run(&config).expect("the VM harness itself failed");
+    let done = outcome.expect_completed();
+    let stdout = done.stdout_str();
+    let stderr = done.stderr_str();
+    assert_eq!(done.exit_code, 0, "{stderr}");
+    let tier = facts(kernel).tier;
+    assert!(
+        stderr.contains(&format!("agent: guard at tier {tier}")),
+        "{stderr}"
+    );
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|error| panic!("the agent's report: {error}\n{stdout}"));
+    let denied = report["kernel_since_watch"]["pids_events"]["max"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(denied > 0, "the loop must meet pids.max: {report}");
+    assert_eq!(report["pids"]["verdict"], "enforced", "{report}");
+    let forwarded = |kind: &str| {
+        stdout
+            .lines()
+            .filter(|line| line.starts_with("event agent-demo ") && line.contains(kind))
+            .count() as u64
+    };
+    if tier > 0 {
+        assert_eq!(
+            report["counters"]["bpf"]["fork_denied"].as_u64(),
+            Some(denied),
+            "the probes' denials = the kernel's: {report}"
+        );
+        assert_eq!(
+            forwarded("fork_denied"),
+            report["counters"]["delivered"]["fork_denied"]
+                .as_u64()
+                .unwrap(),
+            "every delivered denial reached the agent's subscriber"
+        );
+        assert!(forwarded("fork_denied") > 0);
+    } else {
+        assert!(report["counters"]["bpf"].is_null(), "{report}");
+        assert!(
+            forwarded("kernel_file") > 0,
+            "at tier 0 the kernel's files are the events: {stdout}"
+        );
+    }
+}
+
+per_kernel!(example_agent_enforces_and_forwards);
