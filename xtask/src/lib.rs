@@ -2,4 +2,5 @@
 //! (`tests/tests/guest/`) boot guests with the same code as `cargo xtask vm`.
 
 pub mod paths;
+pub mod progress;
 pub mod vm;

@@ -72,13 +72,21 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
     let mut logged_losses = Vec::new();
     let mut guard_peaks = Vec::new();
     let mut miscounts = Vec::new();
+    // Progress on a terminal; the round lines below stay (they are the bench's record).
+    let mut progress = xtask::progress::Progress::new(
+        "bench: rounds",
+        xtask::progress::Total::Count(((args.rounds + 1) * observers.len()) as u64),
+    );
+    let mut storms_done = 0u64;
     for round in 0..=args.rounds {
         let warmup = round == 0;
         // Rotate the order so no observer always runs first (caches, frequency, noise).
         for offset in 0..observers.len() {
             let index = (offset + round) % observers.len();
             let observer = observers[index];
+            progress.update(storms_done, &format!("round {round}, {}", observer.name()));
             let result = storm(observer, guard, stress, cgroup, args.forks)?;
+            storms_done += 1;
             let rate = args.forks as f64 / result.wall.as_secs_f64();
             println!(
                 "round {round}{} {:<9} {:>8.0} forks/s{}",
@@ -109,6 +117,7 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
             }
         }
     }
+    progress.clear();
 
     // Attach time: process start to every program attached and the cgroup registered.
     let mut attach = Vec::new();

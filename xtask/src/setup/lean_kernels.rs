@@ -21,6 +21,7 @@ use super::debian_kernels::{apt_candidate, download_deb};
 use super::process::run_cmd;
 use super::{Outcome, Report};
 use xtask::paths;
+use xtask::progress::{Progress, Total};
 
 /// A kernel guard builds: its name in the harness and the fragments on top of the base config.
 pub(super) struct LeanKernel {
@@ -325,22 +326,22 @@ fn make_logged(command: &mut Command, log: &Path, what: &str) -> Result<()> {
         .spawn()
         .with_context(|| format!("starting {what}"))?;
     let stdout = child.stdout.take().expect("piped stdout");
-    let started = Instant::now();
-    let mut next = started + PROGRESS_EVERY;
+    // A kernel build takes about 6 minutes on 2 cores here: the bar fills with that.
+    let total = if what.contains("bzImage") {
+        Total::Expected(Duration::from_secs(6 * 60))
+    } else {
+        Total::Unknown
+    };
+    let mut progress =
+        Progress::with_plain_every(format!("setup:   {what}"), total, PROGRESS_EVERY);
     let mut log_file = std::io::LineWriter::new(file);
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap_or_default();
         use std::io::Write as _;
         let _ = writeln!(log_file, "{line}");
-        if Instant::now() >= next {
-            next += PROGRESS_EVERY;
-            println!(
-                "setup:   {what}: {:.0} s, at {}",
-                started.elapsed().as_secs_f64(),
-                line.trim()
-            );
-        }
+        progress.update(0, &format!("at {}", line.trim()));
     }
+    progress.clear();
     let status = child.wait()?;
     if !status.success() {
         let text = fs::read_to_string(log).unwrap_or_default();

@@ -3,6 +3,7 @@
 use super::control::{self, VmControl};
 use super::{GuestKernel, Machine, VmConfig, vsock};
 use crate::paths;
+use crate::progress::{Progress, Total};
 use anyhow::{Context as _, Result, bail};
 use std::io::Read as _;
 use std::path::Path;
@@ -79,7 +80,10 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Plain progress lines (not a terminal): one every 10 s.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// How often the console's last line is looked at for the progress display.
+const PROGRESS_TICK: Duration = Duration::from_millis(500);
 
 pub(super) fn qemu_binary() -> String {
     std::env::var("GUARD_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".to_string())
@@ -242,9 +246,12 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
     let mut boot_at: Option<Duration> = None;
     let mut run_start: Option<Duration> = None;
     let mut run_end: Option<Duration> = None;
-    let mut next_progress = started + PROGRESS_EVERY;
+    let mut next_progress = started + PROGRESS_TICK;
     let mut timed_out = false;
     let tag = format!("[vm {}]", boot.label);
+    let mut progress = config
+        .progress
+        .then(|| Progress::with_plain_every(tag.clone(), Total::Unknown, PROGRESS_EVERY));
     if config.progress {
         eprintln!(
             "{tag} booting {} ({accel}, {:?}, {} MiB, {} vCPU, timeout {} s)",
@@ -295,20 +302,20 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
                     }
                     if line.contains("GUARD-BOOT") && boot_at.is_none() {
                         boot_at = Some(at);
-                        if config.progress {
-                            eprintln!("{tag} booted in {:.2} s", at.as_secs_f64());
+                        if let Some(progress) = &mut progress {
+                            progress.say(&format!("{tag} booted in {:.2} s", at.as_secs_f64()));
                         }
                     } else if line.contains("GUARD-RUN-START") {
                         run_start = Some(at);
                     } else if line.contains("GUARD-RUN-END") {
                         run_end = Some(at);
-                        if config.progress
+                        if let Some(progress) = &mut progress
                             && let Some(start) = run_start
                         {
-                            eprintln!(
+                            progress.say(&format!(
                                 "{tag} scenario ran {:.2} s",
                                 at.saturating_sub(start).as_secs_f64()
-                            );
+                            ));
                         }
                     }
                     scanned += pos + 1;
@@ -318,19 +325,17 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
             // QEMU closed its stdout: it exited.
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        if config.progress && Instant::now() >= next_progress {
-            next_progress += PROGRESS_EVERY;
+        if let Some(progress) = &mut progress
+            && Instant::now() >= next_progress
+        {
+            next_progress = Instant::now() + PROGRESS_TICK;
             let text = String::from_utf8_lossy(&console);
             let last = text
                 .lines()
                 .rev()
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("(no console output yet)");
-            eprintln!(
-                "{tag} {:>4.0} s running; last console line: {}",
-                started.elapsed().as_secs_f64(),
-                last.trim()
-            );
+            progress.update(0, &format!("running; last console line: {}", last.trim()));
         }
     }
     if timed_out {
@@ -354,6 +359,9 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
         );
     }
     let results = std::fs::read(&results_path).unwrap_or_default();
+    if let Some(progress) = progress.take() {
+        progress.clear();
+    }
     if config.progress {
         let how = if timed_out {
             "timed out"
