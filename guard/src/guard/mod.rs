@@ -156,6 +156,13 @@ impl Default for GuardOptions {
 }
 
 /// The guard: load it once, watch containers, read their counters and events.
+///
+/// One per process: a second `Guard` loads its own programs (twice the kernel memory, every
+/// event counted twice) and says so in a warning at start. Share one (`Arc<Guard>`) instead.
+///
+/// Unwatch every container before dropping the guard: [`Guard::unwatch`] returns its final
+/// report, which needs the guard's counters. A guard dropped while it still watches
+/// containers loses those reports and logs a warning naming them.
 pub struct Guard {
     hierarchy: Option<Hierarchy>,
     capabilities: CapabilityReport,
