@@ -126,7 +126,9 @@ pub mod runtime;
 #[cfg(feature = "runtime")]
 pub mod spec;
 
-pub use bpf::{EBPF_OBJECT, StreamOptions};
+pub use bpf::{
+    EBPF_OBJECT, EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, EbpfObjectOrigin, StreamOptions,
+};
 pub use capability::{CapabilityReport, CgroupReport, TracepointPresence};
 pub use container_id::{ContainerId, ContainerIdError, MAX_ID_LEN};
 pub use counters::{

@@ -11,8 +11,52 @@ use crate::signals::{self, Hook, Program, SignalError};
 use crate::tracefs::{self, TracefsError};
 
 /// The eBPF object built by `build.rs`: the binary, tests and benches all load these bytes.
+/// [`EBPF_OBJECT_ORIGIN`] says how the build got it, [`EBPF_OBJECT_SHA256`] which one it is.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
+
+/// The SHA-256 of [`EBPF_OBJECT`] in lowercase hex, computed by the build script. With a
+/// prebuilt object (`GUARD_EBPF_OBJECT`) it is the hash the build checked; an agent can log it
+/// beside [`EBPF_OBJECT_ORIGIN`] to say which programs it runs (guard's own `guard started`
+/// line does).
+pub const EBPF_OBJECT_SHA256: &str = env!("GUARD_EBPF_OBJECT_BUILT_SHA256");
+
+/// How the build got [`EBPF_OBJECT`].
+pub const EBPF_OBJECT_ORIGIN: EbpfObjectOrigin = if cfg!(guard_ebpf_prebuilt) {
+    EbpfObjectOrigin::Prebuilt
+} else {
+    EbpfObjectOrigin::Source
+};
+
+/// Where the embedded eBPF object came from (README: "Building guard as a dependency").
+///
+/// ```
+/// // Either way, the hash is the embedded object's.
+/// println!("eBPF object {} ({})", guard::EBPF_OBJECT_SHA256, guard::EBPF_OBJECT_ORIGIN);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EbpfObjectOrigin {
+    /// Built from guard-ebpf's sources by guard's build script (nightly, bpf-linker).
+    Source,
+    /// The prebuilt object `GUARD_EBPF_OBJECT` named, its SHA-256 checked at build time.
+    Prebuilt,
+}
+
+impl EbpfObjectOrigin {
+    /// `source` or `prebuilt`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Prebuilt => "prebuilt",
+        }
+    }
+}
+
+impl std::fmt::Display for EbpfObjectOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The eBPF side failed (inside [`GuardError::Probe`](crate::GuardError::Probe)).
 #[derive(Debug, thiserror::Error)]
@@ -263,4 +307,20 @@ fn raise_memlock_limit() {
         error = %std::io::Error::last_os_error(),
         "could not raise RLIMIT_MEMLOCK (kernels before 5.11 may refuse to load)"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest as _, Sha256};
+
+    use super::*;
+
+    #[test]
+    fn the_build_time_hash_is_the_embedded_objects() {
+        assert_eq!(
+            format!("{:x}", Sha256::digest(EBPF_OBJECT)),
+            EBPF_OBJECT_SHA256
+        );
+        assert_eq!(EBPF_OBJECT_ORIGIN.to_string(), EBPF_OBJECT_ORIGIN.as_str());
+    }
 }

@@ -4,4 +4,7 @@ mod loader;
 mod maps;
 
 pub(crate) use loader::Probes;
-pub use loader::{EBPF_OBJECT, ProbeError, StreamOptions};
+pub use loader::{
+    EBPF_OBJECT, EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, EbpfObjectOrigin, ProbeError,
+    StreamOptions,
+};

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Tier,
-    bpf::{ProbeError, Probes, StreamOptions},
+    bpf::{EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, ProbeError, Probes, StreamOptions},
     capability::CapabilityReport,
     cgroup::{CgroupError, EventFiles, Hierarchy},
     container_id::{ContainerId, ContainerIdError},
@@ -264,7 +264,8 @@ impl Guard {
                 .ok(),
             _ => None,
         };
-        info!(%tier, kernel = %capabilities.kernel_release, notes = %capabilities.notes.join("; "), kernel_log = kernel_log.is_some(), "guard started");
+        // The object's hash says which programs run (a prebuilt one's, or the source build's).
+        info!(%tier, kernel = %capabilities.kernel_release, notes = %capabilities.notes.join("; "), kernel_log = kernel_log.is_some(), ebpf_object = EBPF_OBJECT_SHA256, ebpf_origin = %EBPF_OBJECT_ORIGIN, "guard started");
         if probes.is_some() {
             LOADED_GUARDS.fetch_add(1, Ordering::Relaxed);
         }
