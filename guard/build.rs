@@ -24,9 +24,6 @@ mod prebuilt;
 /// means "use the prebuilt one".
 const AYA_BUILD_SKIP: &str = "AYA_BUILD_SKIP";
 
-/// The source build's output, kept in OUT_DIR (shown only when it fails).
-const BUILD_LOG: &str = "guard-ebpf-build.log";
-
 fn main() {
     // Printed by hand: anyhow's `Error: …` from main would add a backtrace when
     // RUST_BACKTRACE is set, burying the message.
@@ -47,7 +44,7 @@ fn run() -> anyhow::Result<()> {
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let dest = out_dir.join(ebpf::PACKAGE);
-    let log = out_dir.join(BUILD_LOG);
+    let log = out_dir.join(ebpf::BUILD_LOG);
     for old in [&dest, &log] {
         match fs::remove_file(old) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
@@ -125,7 +122,7 @@ fn from_source(out_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     };
     let mut output = Vec::new();
     let result = ebpf::build(&spec, &mut output);
-    let log = out_dir.join(BUILD_LOG);
+    let log = out_dir.join(ebpf::BUILD_LOG);
     fs::write(&log, output.join("\n") + "\n")
         .with_context(|| format!("writing {}", log.display()))?;
     let built = match result {
@@ -135,13 +132,16 @@ fn from_source(out_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
             for line in &output {
                 let _ = writeln!(stderr, "{line}");
             }
+            let shown = if output.is_empty() {
+                String::new()
+            } else {
+                format!(" (its output is above and in {})", log.display())
+            };
             return Err(error.context(format!(
-                "building guard's eBPF object from source failed (its output is above and in \
-                 {}). It needs the nightly toolchain with rust-src and bpf-linker on PATH \
-                 (`cargo xtask setup` installs them); or build against a prebuilt object: {}=\
-                 /absolute/path/guard-ebpf (see \"Building guard as a dependency\" in guard's \
-                 README)",
-                log.display(),
+                "building guard's eBPF object from source failed{shown}. It needs the \
+                 nightly toolchain with rust-src and bpf-linker on PATH (`cargo xtask setup` \
+                 installs them); or build against a prebuilt object: {}=/absolute/path/\
+                 guard-ebpf (see \"Building guard as a dependency\" in guard's README)",
                 prebuilt::OBJECT_ENV
             )));
         }

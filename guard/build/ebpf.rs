@@ -21,6 +21,10 @@ use anyhow::{Context as _, anyhow, bail};
 /// The eBPF package, and the name of its binary (the object).
 pub const PACKAGE: &str = "guard-ebpf";
 
+/// Where guard's build script keeps the child's output, in its OUT_DIR (written by every source
+/// build; xtask's CI check finds guard's latest source build by it).
+pub const BUILD_LOG: &str = "guard-ebpf-build.log";
+
 /// aya-build's `Toolchain::default()`: `rustup run nightly …`.
 const TOOLCHAIN: &str = "nightly";
 
