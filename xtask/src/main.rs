@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cmd;
 mod demo;
+mod ebpf_object;
 mod fuzz;
 mod kernels;
 mod limits;
@@ -42,7 +43,8 @@ enum Command {
     /// smallest reserve at which the tenants wave never draws the global OOM killer, then run
     /// the wave at the default (into docs/LIMITS.md).
     Limits(limits::LimitsArgs),
-    // No doc comments on these three: they would replace the long help their Args define.
+    // No doc comments on these four: they would replace the long help their Args define.
+    EbpfObject(ebpf_object::EbpfObjectArgs),
     Setup(setup::SetupArgs),
     Fuzz(fuzz::FuzzArgs),
     Vm(vm_cli::VmArgs),
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Soak(args) => soak::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Setup(args) => setup::run(args),
+        Command::EbpfObject(args) => ebpf_object::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Kernels(args) => kernels::run(&args),
         Command::Limits(args) => limits::run(&args),

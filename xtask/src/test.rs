@@ -102,6 +102,12 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         cmd::run(cargo().args(["test", "-p", "guard", "--lib"]))
             .context("the lean library's tests failed")?,
     ));
+    // Building guard against a prebuilt object, as an agent's CI would: no nightly, no
+    // bpf-linker (seconds: the object comes from the child build guard's own build script
+    // already made fresh, and guard alone is checked once more).
+    let prebuilt_started = Instant::now();
+    crate::ebpf_object::check_prebuilt().context("the prebuilt eBPF object check failed")?;
+    steps.push(("prebuilt eBPF object", prebuilt_started.elapsed()));
     steps.push((
         "tests (unit, host, guest)",
         cmd::run(
