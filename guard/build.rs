@@ -5,8 +5,8 @@
 //!   `-Z build-std=core` and bpf-linker (`build/ebpf.rs`, aya-build's command). The child
 //!   build's output is shown only when it fails, so a good build replays no warnings.
 //! - prebuilt: `GUARD_EBPF_OBJECT` names an object (`cargo xtask ebpf-object` makes one),
-//!   checked against its SHA-256 (`build/prebuilt.rs`). Neither nightly, bpf-linker nor the
-//!   workspace's other crates are needed then.
+//!   checked against its SHA-256 (`build/prebuilt.rs`). No eBPF build runs then: neither
+//!   nightly nor bpf-linker is needed.
 //!
 //! Either way this run writes the file: an object left in OUT_DIR by an earlier run is
 //! removed first, so a skipped or failed build can never embed it.
@@ -104,10 +104,11 @@ fn from_source(out_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     // The programs and the ABI they share with the library: editing either rebuilds the object
     // (the build-dependency on guard-ebpf covers its dependencies' versions).
     println!("cargo::rerun-if-changed={}", package_dir.display());
-    println!(
-        "cargo::rerun-if-changed={}",
-        workspace.join("guard-common").display()
-    );
+    let common = workspace.join("guard-common");
+    // Only if there: cargo reruns a script on every build for a path that does not exist.
+    if common.is_dir() {
+        println!("cargo::rerun-if-changed={}", common.display());
+    }
 
     let target_arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH not set")?;
     let target_endian = target_endian()?;
