@@ -12,6 +12,13 @@ mod guard_ebpf_build;
 
 use guard_ebpf_build::{BUILD_LOG, PACKAGE};
 
+/// This machine's byte order, as CARGO_CFG_TARGET_ENDIAN names it.
+const HOST_ENDIAN: &str = if cfg!(target_endian = "big") {
+    "big"
+} else {
+    "little"
+};
+
 #[derive(clap::Args)]
 #[command(
     about = "Build guard's eBPF object the way guard/build.rs does and write it with its \
@@ -33,8 +40,7 @@ pub struct EbpfObjectArgs {
     #[arg(long, default_value = std::env::consts::ARCH)]
     pub target_arch: String,
     /// The loading machine's byte order.
-    #[arg(long, default_value = if cfg!(target_endian = "big") { "big" } else { "little" },
-          value_parser = ["little", "big"])]
+    #[arg(long, default_value = HOST_ENDIAN, value_parser = ["little", "big"])]
     pub target_endian: String,
     /// The child cargo's target dir (kept between runs, so a second build is quick).
     /// Default: <target>/ebpf-object.
@@ -135,12 +141,7 @@ pub fn check_prebuilt() -> anyhow::Result<()> {
     let args = EbpfObjectArgs {
         out: scratch.join("object"),
         target_arch: std::env::consts::ARCH.to_string(),
-        target_endian: if cfg!(target_endian = "big") {
-            "big"
-        } else {
-            "little"
-        }
-        .to_string(),
+        target_endian: HOST_ENDIAN.to_string(),
         target_dir: None,
     };
     let (object, sha256) = build(&args, &child_target, false)?;
