@@ -669,3 +669,38 @@ fn stream_options() {
         ),
     ]);
 }
+
+#[test]
+fn metrics_and_timeline_options() {
+    check(vec![
+        (
+            args(&[
+                "exec",
+                "--cgroup",
+                "/nonexistent-cgroup",
+                "--metrics",
+                "localhost:9464",
+                "--",
+                "true",
+            ]),
+            2,
+            clap_error(
+                r#"invalid value 'localhost:9464' for '--metrics <ADDR>': metrics address "localhost:9464": expected HOST:PORT with a numeric address (127.0.0.1:9464, [::1]:9464) or unix:PATH"#,
+            ),
+        ),
+        (
+            args(&["metrics", "--log", "/nonexistent-log"]),
+            1,
+            guard_error(
+                "the forensic log in /nonexistent-log: cannot read log directory /nonexistent-log: No such file or directory (os error 2)",
+            ),
+        ),
+        (
+            args(&["log", "timeline", "/nonexistent-log", "--out", "x.svg"]),
+            1,
+            guard_error(
+                "the forensic log in /nonexistent-log: cannot read log directory /nonexistent-log: No such file or directory (os error 2)",
+            ),
+        ),
+    ]);
+}
