@@ -132,23 +132,7 @@ pub(super) fn guest_kernel(
     let staging = root.join(format!(".{series}.partial"));
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging)?;
-    let fsys = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(&deb)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running dpkg-deb")?;
-    let status = Command::new("tar")
-        .arg("-x")
-        .arg("-C")
-        .arg(&staging)
-        .args(["--wildcards", "./boot/*"])
-        .stdin(fsys.stdout.ok_or_else(|| anyhow!("dpkg-deb stdout"))?)
-        .status()
-        .context("running tar")?;
-    if !status.success() {
-        bail!("unpacking boot/ from {} failed ({status})", deb.display());
-    }
+    unpack_deb(&deb, &staging, &["./boot/*"])?;
     let vmlinuz = fs::read_dir(staging.join("boot"))
         .with_context(|| format!("{} has no boot/ folder", deb.display()))?
         .filter_map(|e| e.ok())
@@ -175,6 +159,33 @@ pub(super) fn guest_kernel(
         &step,
         Outcome::Installed(format!("{package} {version} into {}", dir.display())),
     );
+    Ok(())
+}
+
+/// Unpacks the files of `deb` matching `patterns` (tar wildcards) into `into`.
+pub(super) fn unpack_deb(deb: &Path, into: &Path, patterns: &[&str]) -> Result<()> {
+    let fsys = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running dpkg-deb")?;
+    let status = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(into)
+        .arg("--wildcards")
+        .args(patterns)
+        .stdin(fsys.stdout.ok_or_else(|| anyhow!("dpkg-deb stdout"))?)
+        .status()
+        .context("running tar")?;
+    if !status.success() {
+        bail!(
+            "unpacking {} from {} failed ({status})",
+            patterns.join(" "),
+            deb.display()
+        );
+    }
     Ok(())
 }
 

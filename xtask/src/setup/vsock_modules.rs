@@ -3,12 +3,13 @@
 //! of the kernel's .deb (kept in `.debs`), in the order `modules.dep` gives, decompressed
 //! (busybox's insmod reads plain ELF), into `<kernel>/modules/`, and lists them in the
 //! manifest's `vsock_modules=` line, which the harness loads in that order.
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+use super::debian_kernels::unpack_deb;
 use super::*;
 
 /// What the guest needs for `vhost-user-vsock-pci`: the PCI transport and the vsock socket
@@ -38,30 +39,14 @@ pub(super) fn add_vsock_modules(
     let staging = dir.join("modules.partial");
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging)?;
-    let fsys = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(&deb)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running dpkg-deb")?;
-    let status = Command::new("tar")
-        .arg("-x")
-        .arg("-C")
-        .arg(&staging)
-        .args([
-            "--wildcards",
+    unpack_deb(
+        &deb,
+        &staging,
+        &[
             "./lib/modules/*/kernel/net/vmw_vsock/*",
             "./lib/modules/*/kernel/drivers/virtio/*",
-        ])
-        .stdin(fsys.stdout.ok_or_else(|| anyhow!("dpkg-deb stdout"))?)
-        .status()
-        .context("running tar")?;
-    if !status.success() {
-        bail!(
-            "unpacking the vsock modules from {} failed ({status})",
-            deb.display()
-        );
-    }
+        ],
+    )?;
     // The package carries no modules.dep (depmod makes it at install): each module's own
     // `.modinfo` names what it depends on.
     let mut modules: BTreeMap<String, (Vec<u8>, Vec<String>)> = BTreeMap::new();
