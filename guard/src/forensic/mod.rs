@@ -52,6 +52,7 @@ pub mod reader;
 pub mod record;
 pub mod stats;
 pub mod time;
+pub mod verified;
 pub mod verify;
 pub mod writer;
 
@@ -61,6 +62,7 @@ pub use record::{Checkpoint, GENESIS, Lost, Record, Rotate, StartInfo, Throttle,
 /// Payloads and `StartInfo::limits` are JSON values: re-exported so callers need no extra dependency.
 pub use serde_json;
 pub use stats::{Stats, stats};
+pub use verified::{ReadVerifiedError, read_verified};
 pub use verify::{
     ChainCheck, Defect, Problem, RepairOutcome, Session, TornTail, VerifyError, VerifyReport,
     repair, verify, verify_with_chain,

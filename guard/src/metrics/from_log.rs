@@ -6,47 +6,38 @@ use std::{collections::BTreeMap, path::Path};
 use serde_json::Value;
 
 use super::{LogFigures, MetricsError, Snapshot};
-use crate::forensic::{self, LogReader, kinds};
+use crate::forensic::{self, kinds};
 
 /// The snapshot a log in `dir` holds. The log must verify (a torn tail or an abrupt end is
 /// fine: the records before it are evidence); a log that does not is refused, naming the
 /// defect.
 pub fn snapshot_of_log(dir: &Path) -> Result<Snapshot, MetricsError> {
-    let log_error = |why: String| MetricsError::Log {
-        dir: dir.to_path_buf(),
-        why,
-    };
-    let verified = forensic::verify(dir).map_err(|error| log_error(error.to_string()))?;
-    if let Some(problem) = &verified.problem {
-        return Err(log_error(format!(
-            "it does not verify ({problem}); metrics are read from verified logs only"
-        )));
-    }
     let mut reports: BTreeMap<String, Value> = BTreeMap::new();
     let mut tier = None;
-    for entry in LogReader::open(dir).map_err(|error| log_error(error.to_string()))? {
-        // Past the verified records (a torn tail) there is nothing more to read.
-        let Ok(entry) = entry else { break };
-        let record = entry.record;
-        if verified.last_seq.is_some_and(|last| record.seq > last) {
-            break;
-        }
-        match record.kind.as_str() {
-            "report" => {
-                if let Some(container) = record.payload.get("container").and_then(Value::as_str) {
-                    reports.insert(container.to_string(), record.payload);
-                }
+    let verified = forensic::read_verified(dir, &mut |record| match record.kind.as_str() {
+        "report" => {
+            if let Some(container) = record.payload.get("container").and_then(Value::as_str) {
+                reports.insert(container.to_string(), record.payload);
             }
-            kinds::START => {
-                tier = record
-                    .payload
-                    .get("tier")
-                    .and_then(Value::as_u64)
-                    .and_then(|t| u8::try_from(t).ok());
-            }
-            _ => {}
         }
-    }
+        kinds::START => {
+            tier = record
+                .payload
+                .get("tier")
+                .and_then(Value::as_u64)
+                .and_then(|t| u8::try_from(t).ok());
+        }
+        _ => {}
+    })
+    .map_err(|error| MetricsError::Log {
+        dir: dir.to_path_buf(),
+        why: match error {
+            forensic::ReadVerifiedError::Problem(_) => {
+                format!("{error}; metrics are read from verified logs only")
+            }
+            other => other.to_string(),
+        },
+    })?;
     Ok(Snapshot {
         reports: reports.into_values().collect(),
         loss: None,

@@ -7,7 +7,7 @@
 //! - [`draw`](fn@draw): the picture, SVG or PNG (plotters).
 use std::path::{Path, PathBuf};
 
-use crate::forensic::{self, LogReader, Record};
+use crate::forensic::{self, Record};
 
 pub mod data;
 mod draw;
@@ -50,26 +50,17 @@ pub enum TimelineError {
 /// The verified records of the log in `dir` (up to a torn tail or an abrupt end: the records
 /// before it are evidence; a log that does not verify is refused).
 pub fn read_log(dir: &Path) -> Result<Vec<Record>, TimelineError> {
-    let log_error = |why: String| TimelineError::Log {
-        dir: dir.to_path_buf(),
-        why,
-    };
-    let verified = forensic::verify(dir).map_err(|error| log_error(error.to_string()))?;
-    if let Some(problem) = &verified.problem {
-        return Err(log_error(format!(
-            "it does not verify ({problem}); pictures are drawn from verified logs only"
-        )));
-    }
     let mut records = Vec::new();
-    for entry in LogReader::open(dir).map_err(|error| log_error(error.to_string()))? {
-        let Ok(entry) = entry else { break };
-        if verified
-            .last_seq
-            .is_some_and(|last| entry.record.seq > last)
-        {
-            break;
+    forensic::read_verified(dir, &mut |record| records.push(record)).map_err(|error| {
+        TimelineError::Log {
+            dir: dir.to_path_buf(),
+            why: match error {
+                forensic::ReadVerifiedError::Problem(_) => {
+                    format!("{error}; pictures are drawn from verified logs only")
+                }
+                other => other.to_string(),
+            },
         }
-        records.push(entry.record);
-    }
+    })?;
     Ok(records)
 }
