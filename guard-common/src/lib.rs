@@ -45,10 +45,16 @@ pub const COUNTER_ROWS: u32 = MAX_CONTAINERS + 1;
 /// cgroup v2 root, which is level 0).
 pub const MAX_CGROUP_LEVEL: u32 = 16;
 
-/// Most tasks tracked in the task → container map (tasks of watched containers only). The map
-/// is preallocated (no allocation in the hot path), about 80 bytes an entry: sized for 32
-/// containers at the default pids.max of 512 without crowding a 128 MiB guest.
-pub const MAX_TRACKED_TASKS: u32 = 16384;
+/// Thread ids the dense task map covers at most: `TASKS` is an array indexed by thread id
+/// (a store on fork and exit, where a hash map cost ~230 ns an update). The loader sizes it to
+/// the kernel's `pid_max` up to this cap (16 bytes an entry: 512 KiB at the default `pid_max`
+/// of 32768, 1 MiB here); thread ids beyond it go to the `TASKS_SPILL` hash.
+pub const DENSE_TASKS_CAP: u32 = 65536;
+
+/// Entries of the `TASKS_SPILL` hash when `pid_max` exceeds [`DENSE_TASKS_CAP`] (systemd hosts
+/// raise it to 4194304): tasks of watched containers with thread ids beyond the dense array.
+/// When every thread id fits the array, the loader shrinks it to one entry.
+pub const SPILL_TASKS: u32 = 16384;
 
 /// Sub-cgroups of watched containers the programs can resolve a move into.
-pub const MAX_DESCENDANTS: u32 = 4096;
+pub const MAX_DESCENDANTS: u32 = 1024;

@@ -4,7 +4,8 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
     container::{self, Container},
-    maps::{self, DESCENDANTS, TASKS, WATCHED},
+    maps::{self, DESCENDANTS, WATCHED},
+    tasks,
 };
 
 /// The cgroup v2 (default) hierarchy's id; v1 hierarchies on hybrid hosts have others, and
@@ -34,7 +35,7 @@ fn on_attach(ctx: &TracePointContext) -> Option<()> {
             slot: entry.slot,
             level: entry.level,
         };
-        container::track_task(pid, &container);
+        tasks::track(pid, &container);
         return Some(());
     }
     // Not a container's own cgroup: maybe a sub-cgroup of one. The tracepoint fires after the
@@ -51,11 +52,9 @@ fn on_attach(ctx: &TracePointContext) -> Option<()> {
         })
     };
     match container {
-        Some(container) => container::track_task(pid, &container),
+        Some(container) => tasks::track(pid, &container),
         // Out of every container: forgotten.
-        None => {
-            let _ = TASKS.remove(pid);
-        }
+        None => tasks::forget(pid),
     }
     Some(())
 }

@@ -5,7 +5,7 @@ use aya_ebpf::helpers::{
 };
 use guard_common::{Counter, MAX_CGROUP_LEVEL, ProbeConfig, TaskEntry};
 
-use crate::maps::{COUNTERS, TASKS, WATCHED};
+use crate::maps::{COUNTERS, WATCHED};
 
 #[derive(Clone, Copy)]
 pub struct Container {
@@ -62,14 +62,6 @@ pub fn current_container(config: &ProbeConfig) -> Option<Container> {
 #[inline(always)]
 pub fn current_tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
-}
-
-/// Records `tid` as a task of `container`, counting a full map.
-#[inline(always)]
-pub fn track_task(tid: u32, container: &Container) {
-    if TASKS.insert(tid, container.task_entry(), 0).is_err() {
-        bump(container.slot, Counter::TaskMapFull, 1);
-    }
 }
 
 /// Adds `by` to one of a row's counters on this CPU. Returns false when the slot is out of

@@ -1,16 +1,16 @@
 //! Ring-buffer output with loss accounting and batched wakeups.
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::bpf_get_smp_processor_id,
 };
 use guard_common::{EVENT_KIND_SLOTS, EventHeader, EventKind, ProbeConfig};
 
 use crate::maps::{EVENTS, LOST, SEQ};
 
 /// A header for a new record, taking the next per-CPU sequence number (taken even if the record
-/// is then lost, so the reader sees the gap).
+/// is then lost, so the reader sees the gap). `ktime_ns` is the caller's `bpf_ktime_get_ns()`.
 #[inline(always)]
-pub fn header(kind: EventKind, cgroup_id: u64) -> EventHeader {
+pub fn header(kind: EventKind, cgroup_id: u64, ktime_ns: u64) -> EventHeader {
     let seq = match SEQ.get_ptr_mut(0) {
         Some(seq) => unsafe {
             *seq += 1;
@@ -23,7 +23,7 @@ pub fn header(kind: EventKind, cgroup_id: u64) -> EventHeader {
         _pad0: 0,
         cpu: unsafe { bpf_get_smp_processor_id() },
         seq,
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        ktime_ns,
         cgroup_id,
     }
 }

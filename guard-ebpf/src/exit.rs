@@ -2,10 +2,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use guard_common::Counter;
 
-use crate::{
-    container,
-    maps::{self, TASKS},
-};
+use crate::{container, maps, tasks};
 
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
@@ -18,7 +15,7 @@ fn on_exit() -> Option<()> {
     let config = maps::active_config()?;
     // Runs in the exiting task, still in its cgroup.
     let tid = container::current_tid();
-    let _ = TASKS.remove(tid);
+    tasks::forget(tid);
     let container = container::current_container(config)?;
     container::bump(container.slot, Counter::Exits, 1);
     Some(())

@@ -1,10 +1,10 @@
 //! The fork signal: `sched:sched_process_fork` counts forks per container, tracks the child
 //! and streams the fork.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use aya_log_ebpf::error;
 use guard_common::{Counter, EventKind, ForkEvent};
 
-use crate::{container, emit, maps, throttle};
+use crate::{container, emit, maps, tasks, throttle};
 
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
@@ -21,17 +21,19 @@ fn on_fork(ctx: &TracePointContext) -> Option<()> {
         error!(ctx, "guard: counter slot {} out of range", container.slot);
         return None;
     }
-    let offsets = &config.offsets;
-    let parent_pid: u32 = unsafe { ctx.read_at(offsets.fork_parent_pid as usize) }.ok()?;
-    let child_pid: u32 = unsafe { ctx.read_at(offsets.fork_child_pid as usize) }.ok()?;
-    // Track both: the parent may predate registration (or have moved in from elsewhere).
-    container::track_task(child_pid, &container);
-    container::track_task(parent_pid, &container);
-    if !throttle::admit(config, container.slot, container.cgroup_id) {
+    // The record's `parent_pid` is the current task's pid (the kernel fires it in the parent),
+    // so the helper gives it without reading the record.
+    let parent_pid = container::current_tid();
+    let child_pid: u32 = unsafe { ctx.read_at(config.offsets.fork_child_pid as usize) }.ok()?;
+    tasks::track(child_pid, &container);
+    // The parent may predate registration (or have moved in from elsewhere).
+    tasks::track_if_untracked(parent_pid, &container);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !throttle::admit(config, container.slot, container.cgroup_id, now) {
         return None;
     }
     let event = ForkEvent {
-        header: emit::header(EventKind::Fork, container.cgroup_id),
+        header: emit::header(EventKind::Fork, container.cgroup_id, now),
         parent_pid,
         child_pid,
     };

@@ -6,7 +6,7 @@
 //! the syscall-exit program then tags the denial as pids.max exactly; elsewhere the cause is
 //! left `Inferred` and userspace reconciles with `pids.events`.
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{kretprobe, tracepoint},
     programs::{RetProbeContext, TracePointContext},
 };
@@ -15,7 +15,7 @@ use guard_common::{Counter, DenialCause, EventKind, ForkDeniedEvent};
 use crate::{
     container, emit,
     maps::{self, PIDS_DENIED},
-    throttle,
+    record, throttle,
 };
 
 const EAGAIN: i64 = 11;
@@ -59,16 +59,20 @@ pub fn pids_can_fork_exit(ctx: RetProbeContext) -> u32 {
 fn on_fork_exit(ctx: &TracePointContext) -> Option<()> {
     let config = maps::active_config()?;
     let offsets = &config.offsets;
-    let ret: i64 = unsafe { ctx.read_at(offsets.syscall_ret as usize) }.ok()?;
+    let ret = record::syscall_ret(ctx, offsets.syscall_ret)?;
+    // Every fork returns here twice (parent and child): the common case leaves at once. A
+    // mark is set only when `pids_can_fork` refused, and then these syscalls return EAGAIN;
+    // one left by a fork outside them (an io_uring worker's) is consumed at the thread's
+    // next EAGAIN, as it was at its next fork before this path was made lean.
+    if ret != -EAGAIN {
+        return None;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    // Consume the kretprobe's mark whatever the outcome, so it cannot leak to a later call.
+    // Consume the mark whatever the container, so it cannot leak to a later call.
     let observed_pids_max = config.pids_kprobe != 0 && unsafe { PIDS_DENIED.get(tid) }.is_some();
     if observed_pids_max {
         let _ = PIDS_DENIED.remove(tid);
-    }
-    if ret != -EAGAIN {
-        return None;
     }
     let container = container::current_container(config)?;
     container::bump(container.slot, Counter::ForkDenied, 1);
@@ -78,12 +82,13 @@ fn on_fork_exit(ctx: &TracePointContext) -> Option<()> {
     } else {
         DenialCause::Inferred
     };
-    if !throttle::admit(config, container.slot, container.cgroup_id) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !throttle::admit(config, container.slot, container.cgroup_id, now) {
         return None;
     }
     let syscall_nr: i32 = unsafe { ctx.read_at(offsets.syscall_nr as usize) }.unwrap_or(-1);
     let event = ForkDeniedEvent {
-        header: emit::header(EventKind::ForkDenied, container.cgroup_id),
+        header: emit::header(EventKind::ForkDenied, container.cgroup_id, now),
         tgid: (pid_tgid >> 32) as u32,
         tid,
         ret,

@@ -10,10 +10,13 @@ mod fork_denied;
 mod oom_victim;
 mod reclaim;
 mod throttle;
-// …and what they share: the maps, container lookup and counters, ring-buffer output.
+// …and what they share: the maps, container lookup and counters, the task map, record
+// fields, ring-buffer output.
 mod container;
 mod emit;
 mod maps;
+mod record;
+mod tasks;
 
 #[cfg(not(test))]
 #[panic_handler]

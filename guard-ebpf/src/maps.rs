@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use guard_common::{
-    COUNTER_ROWS, CounterRow, LostCounts, MAX_CONTAINERS, MAX_DESCENDANTS, MAX_TRACKED_TASKS,
-    ProbeConfig, TaskEntry, ThrottleWindow, WatchEntry,
+    COUNTER_ROWS, CounterRow, DENSE_TASKS_CAP, LostCounts, MAX_CONTAINERS, MAX_DESCENDANTS,
+    ProbeConfig, SPILL_TASKS, TaskEntry, ThrottleWindow, WatchEntry,
 };
 
 /// Loader configuration (tracepoint offsets, watched levels, wakeup threshold, rate bound).
@@ -28,10 +28,16 @@ pub static WATCHED: HashMap<u64, WatchEntry> = HashMap::with_max_entries(MAX_CON
 #[map]
 pub static DESCENDANTS: HashMap<u64, TaskEntry> = HashMap::with_max_entries(MAX_DESCENDANTS, 0);
 
-/// Tasks of watched containers: thread id → container. The OOM victim's container comes from
-/// here: `bpf_get_current_cgroup_id()` in `mark_victim` names the allocating task instead.
+/// Tasks of watched containers: thread id → container, indexed by thread id (see `tasks`).
+/// The OOM victim's container comes from here: `bpf_get_current_cgroup_id()` in `mark_victim`
+/// names the allocating task instead. The loader sizes it to `pid_max` (up to a cap).
 #[map]
-pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(MAX_TRACKED_TASKS, 0);
+pub static TASKS: Array<TaskEntry> = Array::with_max_entries(DENSE_TASKS_CAP, 0);
+
+/// Tasks whose thread ids lie past `TASKS`'s end. The loader sizes it (one entry when every
+/// thread id fits the array).
+#[map]
+pub static TASKS_SPILL: HashMap<u32, TaskEntry> = HashMap::with_max_entries(SPILL_TASKS, 0);
 
 /// Exact per-container counters, one row per slot plus the global row, per CPU (no atomics
 /// on the hot path).
@@ -44,12 +50,12 @@ pub static THROTTLE: PerCpuArray<ThrottleWindow> = PerCpuArray::with_max_entries
 
 /// Start time of a memcg reclaim in progress, by thread id.
 #[map]
-pub static RECLAIM_START: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+pub static RECLAIM_START: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
 
 /// Threads whose last `pids_can_fork` refused them (set by the kretprobe, consumed at the
 /// syscall's exit).
 #[map]
-pub static PIDS_DENIED: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+pub static PIDS_DENIED: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
 /// Individual events for the userspace reader. The loader may resize it.
 #[map]

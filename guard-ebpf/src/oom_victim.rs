@@ -5,15 +5,14 @@
 //! public tools). The victim's container comes from the task map instead; a victim in no
 //! container is counted on the global row.
 use aya_ebpf::{
-    EbpfContext, helpers::bpf_get_current_cgroup_id, helpers::bpf_probe_read_kernel_str_bytes,
-    macros::tracepoint, programs::TracePointContext,
+    EbpfContext,
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use guard_common::{ABSENT, COMM_LEN, Counter, EventKind, GLOBAL_SLOT, OomVictimEvent};
 
-use crate::{
-    container, emit,
-    maps::{self, TASKS},
-};
+use crate::{container, emit, maps, tasks};
 
 #[tracepoint]
 pub fn mark_victim(ctx: TracePointContext) -> u32 {
@@ -34,7 +33,7 @@ fn on_mark_victim(ctx: &TracePointContext) -> Option<()> {
     let config = maps::active_config()?;
     let offsets = &config.offsets;
     let victim_pid: u32 = unsafe { ctx.read_at(offsets.oom_pid as usize) }.ok()?;
-    let (slot, cgroup_id) = match unsafe { TASKS.get(victim_pid) } {
+    let (slot, cgroup_id) = match tasks::lookup(victim_pid) {
         Some(task) => (task.slot, task.cgroup_id),
         None => (GLOBAL_SLOT, 0),
     };
@@ -49,7 +48,9 @@ fn on_mark_victim(ctx: &TracePointContext) -> Option<()> {
     }
     // OOM kills are rare and are the evidence itself: never rate-bounded.
     let event = OomVictimEvent {
-        header: emit::header(EventKind::OomVictim, cgroup_id),
+        header: emit::header(EventKind::OomVictim, cgroup_id, unsafe {
+            bpf_ktime_get_ns()
+        }),
         victim_pid,
         slot,
         trigger_cgroup_id: unsafe { bpf_get_current_cgroup_id() },

@@ -38,17 +38,18 @@ fn on_end(ctx: &TracePointContext) -> Option<()> {
     let started = unsafe { RECLAIM_START.get(tid) }.copied()?;
     let _ = RECLAIM_START.remove(tid);
     let container = container::current_container(config)?;
-    let duration_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(started);
+    let now = unsafe { bpf_ktime_get_ns() };
+    let duration_ns = now.saturating_sub(started);
     let offset = config.offsets.reclaim_nr_reclaimed as usize;
     let nr_reclaimed: u64 = unsafe { ctx.read_at(offset) }.unwrap_or(0);
     container::bump(container.slot, Counter::ReclaimRuns, 1);
     container::bump(container.slot, Counter::ReclaimNs, duration_ns);
     container::bump(container.slot, Counter::ReclaimPages, nr_reclaimed);
-    if !throttle::admit(config, container.slot, container.cgroup_id) {
+    if !throttle::admit(config, container.slot, container.cgroup_id, now) {
         return None;
     }
     let event = ReclaimEvent {
-        header: emit::header(EventKind::Reclaim, container.cgroup_id),
+        header: emit::header(EventKind::Reclaim, container.cgroup_id, now),
         tid,
         _pad0: 0,
         duration_ns,

@@ -1,7 +1,6 @@
 //! The throttle signal: a per-container, per-CPU rate bound on individual events. Counters stay
 //! exact; what is suppressed is counted and reported by a throttle record when the window
 //! closes.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use guard_common::{Counter, EventKind, ProbeConfig, ThrottleEvent};
 
 use crate::{container, emit, maps::THROTTLE};
@@ -9,10 +8,11 @@ use crate::{container, emit, maps::THROTTLE};
 const WINDOW_NS: u64 = 1_000_000_000;
 
 /// Whether one more individual event of the container in `slot` may be streamed in the current
-/// one-second window on this CPU. Suppressed events are counted, and reported by a throttle
+/// one-second window on this CPU (`now`: the caller's `bpf_ktime_get_ns()`, which its record's
+/// header carries too: one clock read per event). Suppressed events are counted, and reported by a throttle
 /// record when the window closes; the container's counters stay exact either way.
 #[inline(always)]
-pub fn admit(config: &ProbeConfig, slot: u32, cgroup_id: u64) -> bool {
+pub fn admit(config: &ProbeConfig, slot: u32, cgroup_id: u64, now: u64) -> bool {
     let limit = config.max_events_per_sec as u64;
     if limit == 0 {
         return true;
@@ -21,12 +21,11 @@ pub fn admit(config: &ProbeConfig, slot: u32, cgroup_id: u64) -> bool {
         return true;
     };
     let window = unsafe { &mut *window };
-    let now = unsafe { bpf_ktime_get_ns() };
     let elapsed = now.wrapping_sub(window.start_ns);
     if elapsed >= WINDOW_NS {
         if window.suppressed > 0 {
             let marker = ThrottleEvent {
-                header: emit::header(EventKind::Throttle, cgroup_id),
+                header: emit::header(EventKind::Throttle, cgroup_id, now),
                 suppressed: window.suppressed,
                 window_ns: elapsed,
             };

@@ -148,7 +148,8 @@ pub(crate) struct Probes {
     pub(super) config_map: Array<MapData, ProbeConfig>,
     pub(super) config: ProbeConfig,
     pub(super) watched: HashMap<MapData, u64, WatchEntry>,
-    pub(super) tasks: HashMap<MapData, u32, TaskEntry>,
+    pub(super) tasks: Array<MapData, TaskEntry>,
+    pub(super) tasks_spill: HashMap<MapData, u32, TaskEntry>,
     pub(super) descendants: HashMap<MapData, u64, TaskEntry>,
     pub(super) counters: PerCpuArray<MapData, CounterRow>,
     lost: Option<PerCpuArray<MapData, LostCounts>>,
@@ -176,9 +177,15 @@ impl Probes {
         // No kernel BTF: the programs read tracepoint records at offsets from tracefs and need
         // no CO-RE relocation, and parsing vmlinux BTF would triple the guard's peak memory
         // and double its attach time.
+        let task_maps = TaskMapSizes::for_pid_max(read_pid_max());
         let mut ebpf = EbpfLoader::new()
             .btf(None)
             .map_max_entries("EVENTS", options.ring_bytes)
+            .map_max_entries("TASKS", task_maps.dense)
+            .map_max_entries("TASKS_SPILL", task_maps.spill)
+            // aya-log's own ring (128 KiB by default) carries only the programs' rare error
+            // messages, each well under a page.
+            .map_max_entries("AYA_LOGS", PROGRAM_LOG_RING_BYTES)
             .load(EBPF_OBJECT)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -207,6 +214,7 @@ impl Probes {
             config_map: take_map(&mut ebpf, "CONFIG")?,
             watched: take_map(&mut ebpf, "WATCHED")?,
             tasks: take_map(&mut ebpf, "TASKS")?,
+            tasks_spill: take_map(&mut ebpf, "TASKS_SPILL")?,
             descendants: take_map(&mut ebpf, "DESCENDANTS")?,
             counters: take_map(&mut ebpf, "COUNTERS")?,
             lost: Some(take_map(&mut ebpf, "LOST")?),
@@ -240,6 +248,51 @@ impl Probes {
     /// The logger of the programs' own messages, for a task that flushes it.
     pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         self.logger.take()
+    }
+}
+
+/// Bytes of aya-log's ring buffer for the programs' own messages.
+const PROGRAM_LOG_RING_BYTES: u32 = 16 * 1024;
+
+/// The kernel's highest thread id plus one; the default when it cannot be read.
+fn read_pid_max() -> u32 {
+    const PID_MAX: &str = "/proc/sys/kernel/pid_max";
+    match std::fs::read_to_string(PID_MAX).map(|text| text.trim().parse::<u32>()) {
+        Ok(Ok(pid_max)) => pid_max,
+        other => {
+            warn!(
+                ?other,
+                "cannot read {PID_MAX}; sizing the task map for 32768 thread ids"
+            );
+            32768
+        }
+    }
+}
+
+/// Entries of the task map's two parts: the array indexed by thread id and the hash for
+/// thread ids past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TaskMapSizes {
+    pub dense: u32,
+    pub spill: u32,
+}
+
+impl TaskMapSizes {
+    /// Every thread id below `pid_max` in the array when it fits under the cap (then the hash
+    /// keeps one unused entry: a map cannot have none); else the array to its cap and the hash
+    /// at its full size.
+    pub fn for_pid_max(pid_max: u32) -> Self {
+        if pid_max <= guard_common::DENSE_TASKS_CAP {
+            Self {
+                dense: pid_max.max(1),
+                spill: 1,
+            }
+        } else {
+            Self {
+                dense: guard_common::DENSE_TASKS_CAP,
+                spill: guard_common::SPILL_TASKS,
+            }
+        }
     }
 }
 
@@ -322,5 +375,18 @@ mod tests {
             EBPF_OBJECT_SHA256
         );
         assert_eq!(EBPF_OBJECT_ORIGIN.to_string(), EBPF_OBJECT_ORIGIN.as_str());
+    }
+
+    #[test]
+    fn the_task_array_covers_every_thread_id_up_to_its_cap() {
+        let cap = guard_common::DENSE_TASKS_CAP;
+        let sizes = |dense, spill| TaskMapSizes { dense, spill };
+        assert_eq!(TaskMapSizes::for_pid_max(32768), sizes(32768, 1));
+        assert_eq!(TaskMapSizes::for_pid_max(cap), sizes(cap, 1));
+        assert_eq!(
+            TaskMapSizes::for_pid_max(4_194_304),
+            sizes(cap, guard_common::SPILL_TASKS)
+        );
+        assert_eq!(TaskMapSizes::for_pid_max(0), sizes(1, 1));
     }
 }

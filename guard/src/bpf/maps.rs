@@ -74,15 +74,26 @@ impl Probes {
     /// Records thread `tid` as a task of the container `entry` names (a task that was there
     /// before the watch, or before its sub-cgroup was found).
     pub fn seed_task(&mut self, tid: u32, entry: TaskEntry) -> Result<(), ProbeError> {
-        self.tasks.insert(tid, entry, 0).map_err(map_error("TASKS"))
+        if tid < self.tasks.len() {
+            self.tasks.set(tid, entry, 0).map_err(map_error("TASKS"))
+        } else {
+            self.tasks_spill
+                .insert(tid, entry, 0)
+                .map_err(map_error("TASKS_SPILL"))
+        }
     }
 
     /// The container the task map holds for thread `tid`, by cgroup id.
     pub fn task_cgroup(&self, tid: u32) -> Result<Option<u64>, ProbeError> {
-        match self.tasks.get(&tid, 0) {
+        if tid < self.tasks.len() {
+            // An empty entry has cgroup id 0 (no cgroup has it).
+            let entry = self.tasks.get(&tid, 0).map_err(map_error("TASKS"))?;
+            return Ok((entry.cgroup_id != 0).then_some(entry.cgroup_id));
+        }
+        match self.tasks_spill.get(&tid, 0) {
             Ok(entry) => Ok(Some(entry.cgroup_id)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(map_error("TASKS")(source)),
+            Err(source) => Err(map_error("TASKS_SPILL")(source)),
         }
     }
 
