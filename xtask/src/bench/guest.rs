@@ -277,7 +277,8 @@ pub(super) fn table(rows: &[GuestFootprint]) -> String {
          load and the storm's events included). Map memlock \
          is the kernel memory of guard's BPF maps (the sum of `memlock:` in the agent's \
          bpf-map fdinfo, ring buffer included); Slab+Percpu is the guest's own count of kernel \
-         memory beside it, with minus without.\n"
+         memory beside it, with minus without. The targets: MemAvailable at most 4 MiB apart, \
+         peak RSS at most idle + 2 MiB, map memlock at most 1.5 MiB.\n"
     );
     let _ = writeln!(
         out,
