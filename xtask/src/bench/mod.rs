@@ -59,7 +59,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         &args.guest_kernels[..]
     };
     let bin = cmd::prepare_guest_binaries(guest_kernels)?;
-    // The guest half first: minutes shorter than the host's, so a broken guest fails fast.
+    // The guest half first: a broken guest fails before the host's minutes of storms.
     let guest_rows = guest::measure(guest_kernels, &bin)?;
     if args.guest_only {
         println!("{}", guest::table(&guest_rows));
