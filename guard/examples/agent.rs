@@ -1,6 +1,9 @@
 //! A small guest agent that links guard as its users do: it starts the guard (refusing to run
 //! below the tier it needs), runs one container with the library's `agent::supervise`,
 //! forwards the live events to a subscriber of its own, and prints the reconciled report.
+//! `--no-guard` runs the same container the same way without starting the guard (no BPF, no
+//! pipeline, no report): the baseline `cargo xtask bench` measures the guard's memory against.
+//! Either way it says `agent: container agent-demo started` once the container runs.
 //!
 //! ```sh
 //! cargo build --release -p guard --example agent --features runtime
@@ -11,12 +14,15 @@
 //! subscriber (guard says what it found and what it lacks only through `tracing`); serve
 //! guard's exec helper from `main` before any thread starts (each container clones from it);
 //! keep its own `oom_score_adj` low (the runtime gives containers their own).
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::PathBuf,
+    process::{ExitCode, ExitStatus},
+};
 
 use guard::{
     EventDetail, Guard, GuardOptions, Tier,
     agent::{self, Ending},
-    limits::{LimitRequest, MemorySetting, PidsSetting},
+    limits::{LimitRequest, Limits, MemorySetting, PidsSetting},
     runtime::{ExecHelper, Runtime, RuntimeOptions, Source},
 };
 
@@ -28,11 +34,12 @@ struct Args {
     memory: MemorySetting,
     pids: PidsSetting,
     min_tier: Tier,
+    no_guard: bool,
     command: Vec<String>,
 }
 
 const USAGE: &str = "usage: agent --rootfs DIR [--memory 64M|50%|max] [--pids N|max] \
-                     [--min-tier 0|1|2] -- CMD...";
+                     [--min-tier 0|1|2] [--no-guard] -- CMD...";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
@@ -41,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
         memory: MemorySetting::Default,
         pids: PidsSetting::Default,
         min_tier: Tier::CgroupFilesOnly,
+        no_guard: false,
         command: Vec::new(),
     };
     while let Some(arg) = args.next() {
@@ -53,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
                 let tier: i64 = value()?.parse().map_err(|_| "--min-tier: 0, 1 or 2")?;
                 parsed.min_tier = Tier::try_from(tier).map_err(|e| format!("--min-tier: {e}"))?;
             }
+            "--no-guard" => parsed.no_guard = true,
             "--" => parsed.command = args.by_ref().collect(),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -103,13 +112,23 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let guard = Guard::start(GuardOptions {
-        min_tier: args.min_tier,
-        ..GuardOptions::default()
-    })
-    .await?;
-    eprintln!("agent: guard at tier {}", guard.tier());
+/// The one container's id: its cgroup is `/guard/agent-demo`.
+const ID: &str = "agent-demo";
+
+type Error = Box<dyn std::error::Error>;
+
+async fn run(args: Args) -> Result<ExitCode, Error> {
+    let guard = if args.no_guard {
+        None
+    } else {
+        let guard = Guard::start(GuardOptions {
+            min_tier: args.min_tier,
+            ..GuardOptions::default()
+        })
+        .await?;
+        eprintln!("agent: guard at tier {}", guard.tier());
+        Some(guard)
+    };
     let runtime = Runtime::new(RuntimeOptions {
         exec_helper: Some(ExecHelper::this_binary(&[EXEC_HELPER])?),
         ..RuntimeOptions::default()
@@ -121,7 +140,27 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             ..LimitRequest::default()
         })?
         .limits;
+    let source = Source::Rootfs {
+        rootfs: args.rootfs,
+        args: args.command,
+        env: Vec::new(),
+    };
+    let status = match &guard {
+        Some(guard) => guarded(guard, &runtime, &source, &limits).await?,
+        None => unguarded(&runtime, &source, &limits).await?,
+    };
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
+}
 
+async fn guarded(
+    guard: &Guard,
+    runtime: &Runtime,
+    source: &Source,
+    limits: &Limits,
+) -> Result<ExitStatus, Error> {
     // (3) The agent's own subscriber: a bounded queue; what it cannot keep up with is counted
     // by the guard (`Report::loss`), never buffered without bound.
     let mut events = guard.subscribe(4096);
@@ -146,22 +185,34 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         forwarded
     });
 
-    let source = Source::Rootfs {
-        rootfs: args.rootfs,
-        args: args.command,
-        env: Vec::new(),
-    };
-    let running = agent::supervise(&guard, &runtime, None, "agent-demo", &source, &limits).await?;
+    let running = agent::supervise(guard, runtime, None, ID, source, limits).await?;
+    eprintln!("agent: container {ID} started");
     let finished = running.finish(Ending::InitExits).await?;
     let _ = stop.send(());
     let forwarded = forwarder.await?;
     eprintln!("agent: forwarded {forwarded} event(s)");
     eprintln!("{}", finished.report.to_text());
     println!("{}", serde_json::to_string(&finished.report)?);
-    Ok(match finished.status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        _ => ExitCode::from(1),
-    })
+    Ok(finished.status)
+}
+
+/// The same container's life as `agent::supervise` and `finish` give it, minus the guard:
+/// create, start, wait for the init on a blocking thread, delete.
+async fn unguarded(
+    runtime: &Runtime,
+    source: &Source,
+    limits: &Limits,
+) -> Result<ExitStatus, Error> {
+    let mut container = runtime.create(ID, source, limits)?.container;
+    if let Err(error) = container.start() {
+        let _ = container.delete();
+        return Err(error.into());
+    }
+    eprintln!("agent: container {ID} started (no guard)");
+    let pid = container.init_pid();
+    let status = tokio::task::spawn_blocking(move || guard::runtime::wait_pid(pid)).await;
+    container.delete()?;
+    Ok(status??)
 }
 
 /// The agent's channel of its own; here, standard output.

@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Measure what the guard costs (fork storm vs no BPF and vs bpftrace, attach time,
-    /// memory) and write docs/BENCHMARKS.md.
+    /// memory; the memory in a 128 MiB guest too) and write docs/BENCHMARKS.md.
     Bench(bench::BenchArgs),
     /// Repeat the bomb scenario N times per kernel, with and without limits, and print a
     /// survival table (runs, survived, global OOMs, verdicts).

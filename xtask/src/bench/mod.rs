@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 use crate::cmd;
 
 mod bpf_stats;
+mod guest;
 mod readings;
 mod storm;
 
@@ -37,19 +38,42 @@ pub struct BenchArgs {
     /// Where to write the results table (relative to the workspace root).
     #[arg(long, default_value = "docs/BENCHMARKS.md")]
     pub output: PathBuf,
+    /// Guest kernels for the guest half (the guard's memory in a 128 MiB guest); repeatable.
+    #[arg(long = "guest-kernel", default_values_t = ["lean-guard".to_string()])]
+    pub guest_kernels: Vec<String>,
+    /// Skip the guest half.
+    #[arg(long, conflicts_with = "guest_only")]
+    pub no_guest: bool,
+    /// Only the guest half: print its table, leave the output file alone.
+    #[arg(long)]
+    pub guest_only: bool,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.rounds == 0 || args.forks == 0 || args.starts == 0 {
         bail!("--rounds, --forks and --starts must be at least 1");
     }
-    let bin = cmd::prepare_guest_binaries(&[])?;
+    let guest_kernels = if args.no_guest {
+        &[][..]
+    } else {
+        &args.guest_kernels[..]
+    };
+    let bin = cmd::prepare_guest_binaries(guest_kernels)?;
+    // The guest half first: a broken guest fails before the host's minutes of storms.
+    let guest_rows = guest::measure(guest_kernels, &bin)?;
+    if args.guest_only {
+        println!("{}", guest::table(&guest_rows));
+        return Ok(());
+    }
     let (guard, stress) = (bin.join("guard"), bin.join("guard-stress"));
     let cgroup = cgroup2_mount()?.join(format!("guard-bench-{}", std::process::id()));
     std::fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
     let result = measure(args, &guard, &stress, &cgroup);
     let _ = std::fs::remove_dir(&cgroup);
-    let table = result?;
+    let mut table = result?;
+    if !guest_rows.is_empty() {
+        table.push_str(&guest::table(&guest_rows));
+    }
     let output = xtask::paths::workspace_root().join(&args.output);
     if let Some(parent) = output.parent() {
         std::fs::create_dir_all(parent)?;
