@@ -235,6 +235,11 @@ impl Probes {
         Ok(probes)
     }
 
+    /// Whether the kretprobe on `pids_can_fork` is attached and armed (tier 2).
+    pub fn kretprobe_armed(&self) -> bool {
+        self.config.pids_kprobe != 0
+    }
+
     /// The ring buffer, for the event reader (only once).
     pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
         self.ring.take()
@@ -325,7 +330,12 @@ fn attach(
             }
             let kprobe: &mut KProbe = loaded.try_into().map_err(error)?;
             kprobe.load().map_err(error)?;
-            kprobe.attach(function, 0).map_err(error)?;
+            // The start does not read /proc/kallsyms: attaching is the test of the target
+            // symbol. Without it the guard stays at tier 1 (the start says so).
+            if let Err(source) = kprobe.attach(function, 0) {
+                warn!(program = name, %function, error = %source, "kretprobe not attached");
+                return Ok(false);
+            }
             armed(config);
         }
     }

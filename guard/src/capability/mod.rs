@@ -59,7 +59,9 @@ pub struct CapabilityReport {
     /// The kernel has kprobe events (tracefs `kprobe_events`: CONFIG_KPROBE_EVENTS).
     pub kprobes: bool,
     /// Every kretprobe target (`pids_can_fork`: the exact fork-denial cause) is a kernel
-    /// symbol, so tier 2 can attach.
+    /// symbol, so tier 2 can attach. `guard probe` reads it from `/proc/kallsyms`; a guard's
+    /// start learns it by attaching the kretprobe (reading kallsyms cost ~10 ms of a ~25 ms
+    /// start).
     pub pids_can_fork_symbol: bool,
     /// The kernel knows the tracefs filesystem (CONFIG_FTRACE's tracing core is built in).
     pub tracefs_supported: bool,
@@ -70,8 +72,9 @@ pub struct CapabilityReport {
     pub bpf_jit: bool,
     /// Pressure stall information is on (`/proc/pressure/memory` reads).
     pub psi: bool,
-    /// CONFIG_PSI is built in (PSI may still be disabled at boot).
-    pub psi_built_in: bool,
+    /// CONFIG_PSI is built in (PSI may still be disabled at boot), from `/proc/kallsyms`; None
+    /// where it was not read (a guard's start does not: `guard probe` does).
+    pub psi_built_in: Option<bool>,
     /// The cgroup v2 hierarchy and its controllers.
     pub cgroup_v2: CgroupReport,
     /// The highest tier this kernel allows: 2 with every tracepoint, BPF tracepoint programs,
@@ -88,6 +91,28 @@ impl CapabilityReport {
     /// Probes the running kernel. Mounts tracefs if the kernel has it and it is not mounted
     /// (the loader needs it anyway); everything else is read-only.
     pub fn probe() -> Self {
+        Self::probe_with(SymbolScan::Kallsyms)
+    }
+
+    /// [`probe`](Self::probe) without reading `/proc/kallsyms`, for a guard's start: kprobe
+    /// events stand for the kretprobe's target until attaching it says otherwise
+    /// ([`kretprobe_attached`](Self::kretprobe_attached)).
+    pub(crate) fn probe_for_start() -> Self {
+        Self::probe_with(SymbolScan::Skip)
+    }
+
+    /// What attaching the kretprobe showed: when it could not attach, the tier, the options
+    /// and the notes say so.
+    pub(crate) fn kretprobe_attached(&mut self, attached: bool) {
+        if self.pids_can_fork_symbol != attached {
+            self.pids_can_fork_symbol = attached;
+            self.tier = self.derive_tier();
+            self.options_to_lift_tier = self.derive_options_to_lift_tier();
+            self.notes = self.derive_notes();
+        }
+    }
+
+    fn probe_with(scan: SymbolScan) -> Self {
         let kernel_release = fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|text| text.trim().to_string())
             .unwrap_or_else(|error| format!("unknown ({error})"));
@@ -114,10 +139,17 @@ impl CapabilityReport {
         let kprobes = tracefs_root
             .as_ref()
             .is_ok_and(|root| root.join("kprobe_events").exists());
-        let wanted: Vec<&str> = signals::kprobe_functions().chain([PSI_SYMBOL]).collect();
-        let symbols = kallsyms_find(&wanted);
-        let pids_can_fork_symbol =
-            signals::kprobe_functions().all(|function| symbols.contains(function));
+        let (pids_can_fork_symbol, psi_built_in) = match scan {
+            SymbolScan::Kallsyms => {
+                let wanted: Vec<&str> = signals::kprobe_functions().chain([PSI_SYMBOL]).collect();
+                let symbols = kallsyms_find(&wanted);
+                (
+                    signals::kprobe_functions().all(|function| symbols.contains(function)),
+                    Some(symbols.contains(PSI_SYMBOL)),
+                )
+            }
+            SymbolScan::Skip => (kprobes, None),
+        };
         let psi = fs::read_to_string("/proc/pressure/memory").is_ok();
         let cgroup_v2 = probe_cgroup();
         let tracefs_error = tracefs_root
@@ -140,7 +172,7 @@ impl CapabilityReport {
             tracefs_error,
             bpf_jit: Path::new("/proc/sys/net/core/bpf_jit_enable").exists(),
             psi,
-            psi_built_in: symbols.contains(PSI_SYMBOL),
+            psi_built_in,
             cgroup_v2,
             tier: Tier::CgroupFilesOnly,
             options_to_lift_tier: Vec::new(),
@@ -238,6 +270,13 @@ fn filesystem_known(name: &str) -> bool {
         text.lines()
             .any(|line| line.split_whitespace().last() == Some(name))
     })
+}
+
+/// Whether a probe reads `/proc/kallsyms`.
+#[derive(Clone, Copy)]
+enum SymbolScan {
+    Kallsyms,
+    Skip,
 }
 
 /// Which of `symbols` `/proc/kallsyms` lists (addresses may be hidden; names are still

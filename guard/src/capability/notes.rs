@@ -96,8 +96,9 @@ impl CapabilityReport {
             );
         } else if !self.pids_can_fork_symbol {
             notes.push(
-                "pids_can_fork is not in /proc/kallsyms (CONFIG_KALLSYMS is off?): a fork \
-                 denial's cause is inferred from pids.events, not observed"
+                "the kretprobe on pids_can_fork cannot attach (not in /proc/kallsyms: \
+                 CONFIG_KALLSYMS is off?): a fork denial's cause is inferred from pids.events, \
+                 not observed"
                     .to_string(),
             );
         }
@@ -118,10 +119,17 @@ impl CapabilityReport {
             Some(_) => {}
         }
         if !self.psi {
-            notes.push(if self.psi_built_in {
-                "PSI is built in but disabled: boot with psi=1 for pressure stall figures".into()
-            } else {
-                "CONFIG_PSI is off: no pressure stall figures (/proc/pressure)".into()
+            notes.push(match self.psi_built_in {
+                Some(true) => {
+                    "PSI is built in but disabled: boot with psi=1 for pressure stall figures"
+                        .into()
+                }
+                Some(false) => {
+                    "CONFIG_PSI is off: no pressure stall figures (/proc/pressure)".into()
+                }
+                None => "no /proc/pressure: CONFIG_PSI is off or PSI is disabled at boot \
+                         (`guard probe` tells which): no pressure stall figures"
+                    .into(),
             });
         }
         notes
@@ -153,7 +161,7 @@ mod tests {
             tracefs_error: None,
             bpf_jit: true,
             psi: true,
-            psi_built_in: true,
+            psi_built_in: Some(true),
             cgroup_v2: CgroupReport {
                 mount: Some("/sys/fs/cgroup".into()),
                 controllers: vec!["memory".into(), "pids".into()],
@@ -185,7 +193,7 @@ mod tests {
         report.kprobes = false;
         report.bpf_jit = false;
         report.psi = false;
-        report.psi_built_in = false;
+        report.psi_built_in = Some(false);
         finish(report)
     }
 

@@ -184,8 +184,8 @@ impl Guard {
     /// Probes the kernel, loads and attaches the programs the tier allows, and starts the
     /// reader. Must be called inside a tokio runtime.
     pub async fn start(options: GuardOptions) -> Result<Self, GuardError> {
-        let capabilities = CapabilityReport::probe();
-        let tier = capabilities.tier.min(options.max_tier);
+        let mut capabilities = CapabilityReport::probe_for_start();
+        let mut tier = capabilities.tier.min(options.max_tier);
         if tier < options.min_tier {
             let capped = options.max_tier < capabilities.tier;
             return Err(GuardError::TierTooLow {
@@ -226,6 +226,21 @@ impl Guard {
             }
             let kprobes = tier >= Tier::TracepointsAndKprobes;
             let mut probes = Probes::load(options.stream, kprobes)?;
+            if kprobes && !probes.kretprobe_armed() {
+                capabilities.kretprobe_attached(false);
+                tier = capabilities.tier.min(options.max_tier);
+                if tier < options.min_tier {
+                    return Err(GuardError::TierTooLow {
+                        wanted: options.min_tier,
+                        got: tier,
+                        why: format!(
+                            "the kretprobe did not attach on {}",
+                            capabilities.kernel_release
+                        ),
+                        missing: capabilities.notes.join("; "),
+                    });
+                }
+            }
             if let (Some(ring), Some(lost)) = (probes.take_ring(), probes.take_lost()) {
                 let (sender, receiver) = mpsc::channel(16);
                 drain_requests = Some(sender);
