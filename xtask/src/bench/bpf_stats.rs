@@ -173,7 +173,11 @@ pub(super) fn table(
         );
     }
     if let [(first, a), (second, b)] = totals.as_slice() {
-        let _ = writeln!(out, "\n{first} / {second}, BPF time per fork: {:.2}", a / b);
+        let _ = writeln!(
+            out,
+            "\n{first} / {second}, BPF time per fork over every round: {:.2}",
+            a / b
+        );
     }
     out
 }

@@ -17,7 +17,9 @@ use anyhow::{Context, bail};
 use crate::cmd;
 
 mod bpf_stats;
+mod chart;
 mod guest;
+mod interval;
 mod readings;
 mod storm;
 
@@ -27,10 +29,12 @@ use storm::*;
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Forks per storm.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 10_000)]
     pub forks: u64,
-    /// Measured rounds (after one warm-up round).
-    #[arg(long, default_value_t = 5)]
+    /// Measured rounds (after one warm-up round). Each round runs every observer once, in
+    /// rotating order; the ratios' intervals come from pairing rounds, so more rounds give
+    /// narrower intervals (20 rounds take about 3 minutes here).
+    #[arg(long, default_value_t = 20)]
     pub rounds: usize,
     /// Cold starts measured for the attach time.
     #[arg(long, default_value_t = 10)]
@@ -70,20 +74,41 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
     let result = measure(args, &guard, &stress, &cgroup);
     let _ = std::fs::remove_dir(&cgroup);
-    let mut table = result?;
-    if !guest_rows.is_empty() {
-        table.push_str(&guest::table(&guest_rows));
-    }
+    let measured = result?;
     let output = xtask::paths::workspace_root().join(&args.output);
     if let Some(parent) = output.parent() {
         std::fs::create_dir_all(parent)?;
+    }
+    let chart = output.with_file_name(CHART);
+    chart::rounds(&chart, args.forks, &measured.rounds)?;
+    let mut table = measured.table;
+    writeln!(
+        table,
+        "\n![Forks per second of each round, per observer]({CHART})"
+    )?;
+    if !guest_rows.is_empty() {
+        table.push_str(&guest::table(&guest_rows));
     }
     std::fs::write(&output, &table).with_context(|| format!("writing {}", output.display()))?;
     println!("\n{table}\nwritten to {}", output.display());
     Ok(())
 }
 
-fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyhow::Result<String> {
+/// The chart of the rounds, beside the results file.
+const CHART: &str = "bench-rounds.svg";
+
+/// The host half's results: its markdown, and each observer's round wall times for the chart.
+struct Measured {
+    table: String,
+    rounds: Vec<(&'static str, Vec<f64>)>,
+}
+
+fn measure(
+    args: &BenchArgs,
+    guard: &Path,
+    stress: &Path,
+    cgroup: &Path,
+) -> anyhow::Result<Measured> {
     let observers = [
         Observer::None,
         Observer::Guard,
@@ -93,6 +118,8 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
     let mut walls: [Vec<f64>; 4] = Default::default();
     let _bpf_stats = bpf_stats::StatsEnabled::enable()?;
     let mut bpf_totals: [BTreeMap<String, bpf_stats::ProgramStats>; 4] = Default::default();
+    // Each round's BPF nanoseconds per fork, per observer: paired rounds give the interval.
+    let mut bpf_per_round: [Vec<f64>; 4] = Default::default();
     let mut logged_losses = Vec::new();
     let mut guard_peaks = Vec::new();
     let mut miscounts = Vec::new();
@@ -126,6 +153,8 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
             }
             walls[index].push(result.wall.as_secs_f64());
             bpf_stats::add(&mut bpf_totals[index], &result.bpf);
+            let storm_ns: u64 = result.bpf.values().map(|stats| stats.run_time_ns).sum();
+            bpf_per_round[index].push(storm_ns as f64 / args.forks as f64);
             if let Some(counted) = result.counted.filter(|&n| n != args.forks) {
                 miscounts.push(format!(
                     "{} counted {counted} of {}",
@@ -225,10 +254,12 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
     let per_registration_ms =
         (median(&mut with_many) - attach_median).max(0.0) / (REGISTERED - 1) as f64;
 
+    // Medians of copies: `walls` keeps round order, which the paired intervals need.
     let mut medians = [0.0; 4];
-    for (index, values) in walls.iter_mut().enumerate() {
-        medians[index] = median(values);
+    for (index, values) in walls.iter().enumerate() {
+        medians[index] = median(&mut values.clone());
     }
+    let versus_none = |index: usize| interval::paired_ratio(&walls[index], &walls[0]);
     let rate = |index: usize| args.forks as f64 / medians[index];
     let mut table = String::new();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -243,28 +274,31 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
         table,
         "Written by `cargo xtask bench` on {date}: kernel {}, {cpus} CPUs. Fork storm: \
          {} forks + exit + waitpid in a registered cgroup, {} interleaved rounds after a \
-         warm-up; medians, with min–max in brackets. Ratios compare runs of the same round \
-         set on the same machine; single figures on these noisy machines mean little.\n",
+         warm-up (each round runs every observer once, in rotating order); medians, with \
+         min–max in brackets. A ratio against no observer is the mean over rounds of that \
+         round's ratio, with its 95% bootstrap interval (10,000 resamples of the rounds); this \
+         machine has no hardware counters for `perf stat` (instructions: not supported), so \
+         wall time it is. Single figures on these noisy machines mean little.\n",
         kernel.trim(),
         args.forks,
         args.rounds
     )?;
     writeln!(
         table,
-        "| observer | forks/s (median) | wall s [min–max] | vs none |"
+        "| observer | forks/s (median) | wall s [min–max] | wall time vs none [95% interval] |"
     )?;
     writeln!(table, "| --- | --- | --- | --- |")?;
     for (index, observer) in observers.iter().enumerate() {
         let (min, max) = spread(&walls[index]);
         writeln!(
             table,
-            "| {} | {:.0} | {:.3} [{:.3}–{:.3}] | {:.3} |",
+            "| {} | {:.0} | {:.3} [{:.3}–{:.3}] | {} |",
             observer.name(),
             rate(index),
             medians[index],
             min,
             max,
-            medians[index] / medians[0]
+            versus_none(index).map_or("–".to_string(), |ratio| ratio.to_string())
         )?;
     }
     let (attach_min, attach_max) = spread(&attach);
@@ -272,15 +306,17 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
     writeln!(table)?;
     writeln!(table, "| measure | value |")?;
     writeln!(table, "| --- | --- |")?;
+    let show =
+        |ratio: Option<interval::Interval>| ratio.map_or("–".to_string(), |r| r.to_string());
     writeln!(
         table,
-        "| guard / none (fork-storm wall time) | {:.3} |",
-        medians[1] / medians[0]
+        "| guard / none (fork-storm wall time, mean of paired rounds [95% interval]) | {} |",
+        show(versus_none(1))
     )?;
     writeln!(
         table,
-        "| guard / bpftrace (fork-storm wall time) | {:.3} |",
-        medians[1] / medians[3]
+        "| guard / bpftrace (fork-storm wall time, paired rounds) | {} |",
+        show(interval::paired_ratio(&walls[1], &walls[3]))
     )?;
     writeln!(
         table,
@@ -338,6 +374,11 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
         measured_forks,
         medians[0] / args.forks as f64 * 1e9,
     ));
+    writeln!(
+        table,
+        "\nguard / bpftrace, BPF time per fork, mean of paired rounds [95% interval]: {}",
+        show(interval::paired_ratio(&bpf_per_round[1], &bpf_per_round[3]))
+    )?;
     writeln!(table)?;
     writeln!(table, "| measure | value |")?;
     writeln!(table, "| --- | --- |")?;
@@ -350,5 +391,10 @@ fn measure(args: &BenchArgs, guard: &Path, stress: &Path, cgroup: &Path) -> anyh
             miscounts.join("; ")
         }
     )?;
-    Ok(table)
+    let rounds = observers
+        .iter()
+        .zip(walls)
+        .map(|(observer, walls)| (observer.name(), walls))
+        .collect();
+    Ok(Measured { table, rounds })
 }
