@@ -88,6 +88,38 @@ pub fn format_rfc3339_nanos(unix_ns: i64) -> String {
     )
 }
 
+/// [`format_rfc3339_nanos`] appended to `out`, without allocating: the log writer formats one
+/// per record. Same bytes (a test holds them to it). An i64 of nanoseconds spans the years
+/// 1677 to 2262, so the width is fixed; the general path is only a guard for that.
+pub(crate) fn push_rfc3339_nanos(out: &mut Vec<u8>, unix_ns: i64) {
+    let secs = unix_ns.div_euclid(NANOS_PER_SEC);
+    let nanos = unix_ns.rem_euclid(NANOS_PER_SEC);
+    let second_of_day = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    if !(0..=9999).contains(&year) {
+        out.extend_from_slice(format_rfc3339_nanos(unix_ns).as_bytes());
+        return;
+    }
+    // Two digits at a time: each field's slot is fixed, so no lengths or padding to work out.
+    let two = |value: u32| [b'0' + (value / 10) as u8, b'0' + (value % 10) as u8];
+    let (year, second_of_day, nanos) = (year as u32, second_of_day as u32, nanos as u32);
+    let mut text = *b"0000-00-00T00:00:00.000000000Z";
+    text[0..2].copy_from_slice(&two(year / 100));
+    text[2..4].copy_from_slice(&two(year % 100));
+    text[5..7].copy_from_slice(&two(month));
+    text[8..10].copy_from_slice(&two(day));
+    text[11..13].copy_from_slice(&two(second_of_day / 3600));
+    text[14..16].copy_from_slice(&two(second_of_day % 3600 / 60));
+    text[17..19].copy_from_slice(&two(second_of_day % 60));
+    text[20] = b'0' + (nanos / 100_000_000) as u8;
+    let nanos = nanos % 100_000_000;
+    text[21..23].copy_from_slice(&two(nanos / 1_000_000));
+    text[23..25].copy_from_slice(&two(nanos / 10_000 % 100));
+    text[25..27].copy_from_slice(&two(nanos / 100 % 100));
+    text[27..29].copy_from_slice(&two(nanos % 100));
+    out.extend_from_slice(&text);
+}
+
 /// Parses RFC 3339 (`2026-11-29T20:03:15Z`, `…15.5+01:00`, `t`/space separator) or a bare
 /// date (`2026-11-29`, midnight UTC) to nanoseconds since the Unix epoch.
 pub fn parse_rfc3339(input: &str) -> Result<i64, TimeError> {
@@ -284,6 +316,22 @@ mod tests {
             format_rfc3339_nanos(951_782_400_000_000_000),
             "2000-02-29T00:00:00.000000000Z"
         );
+    }
+
+    #[test]
+    fn the_writers_formatting_is_the_general_one() {
+        let mut cases = vec![0, -1, 1, i64::MIN, i64::MAX, 951_782_400_000_000_000];
+        // A walk over the whole i64 range (years 1677 to 2262) that carries into every field.
+        let mut ns = -9_000_000_000_000_000_000i64;
+        for step in 0..100_000 {
+            cases.push(ns);
+            ns += (step % 997 + 1) * 350_000_123_457;
+        }
+        for ns in cases {
+            let mut pushed = b"x".to_vec();
+            push_rfc3339_nanos(&mut pushed, ns);
+            assert_eq!(pushed[1..], *format_rfc3339_nanos(ns).as_bytes(), "{ns}");
+        }
     }
 
     #[test]

@@ -319,11 +319,10 @@ impl LogWriter {
         container: Option<&str>,
         payload: &P,
     ) -> Result<Digest, WriterError> {
-        let wall = time::format_rfc3339_nanos(time::realtime_ns()?);
         let head = LineHead {
             seq: self.next_seq,
             boot_id: &self.boot_id,
-            wall: &wall,
+            wall_ns: time::realtime_ns()?,
             mono_ns: time::monotonic_ns()?,
             kind,
             container,
