@@ -286,9 +286,11 @@ pub fn digest_line(line: &[u8]) -> LineDigest {
 /// The fields of a record the writer fills in around the payload.
 pub(crate) struct LineHead<'a> {
     pub seq: u64,
-    pub boot_id: &'a str,
-    /// CLOCK_REALTIME nanoseconds, written as `wall` in RFC 3339.
-    pub wall_ns: i64,
+    /// The boot id as a JSON string ([`push_json_str`]): the same for every record of a
+    /// writer, so it is encoded once.
+    pub boot_id_json: &'a [u8],
+    /// RFC 3339 ([`time::WallText`](super::time::WallText)).
+    pub wall: &'a [u8],
     pub mono_ns: u64,
     pub kind: &'a str,
     pub container: Option<&'a str>,
@@ -299,36 +301,35 @@ pub(crate) struct LineHead<'a> {
 /// canonical layout and returns the SHA-256 of the line without the newline.
 ///
 /// The fixed fields are appended as bytes rather than through serde_json (this runs once per
-/// event); the result is byte for byte what serde_json writes for them, which
+/// event); the result is byte for byte what serde_json wrote for them, which
 /// `tests::encode_line_as_serde_json_did` holds it to. Only the payload goes through serde.
 pub(crate) fn encode_line<P: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     head: &LineHead<'_>,
     payload: &P,
 ) -> Result<Digest, RecordError> {
-    let payload_err = |source| RecordError::Payload {
-        kind: head.kind.to_owned(),
-        source,
-    };
     let mut numbers = itoa::Buffer::new();
     out.clear();
     out.extend_from_slice(b"{\"seq\":");
     out.extend_from_slice(numbers.format(head.seq).as_bytes());
     out.extend_from_slice(b",\"boot_id\":");
-    push_json_str(out, head.boot_id).map_err(payload_err)?;
+    out.extend_from_slice(head.boot_id_json);
     out.extend_from_slice(b",\"wall\":\"");
-    super::time::push_rfc3339_nanos(out, head.wall_ns);
+    out.extend_from_slice(head.wall);
     out.extend_from_slice(b"\",\"mono_ns\":");
     out.extend_from_slice(numbers.format(head.mono_ns).as_bytes());
     out.extend_from_slice(b",\"kind\":");
-    push_json_str(out, head.kind).map_err(payload_err)?;
+    push_json_str(out, head.kind);
     out.extend_from_slice(b",\"container\":");
     match head.container {
-        Some(container) => push_json_str(out, container).map_err(payload_err)?,
+        Some(container) => push_json_str(out, container),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"payload\":");
-    serde_json::to_writer(&mut *out, payload).map_err(payload_err)?;
+    serde_json::to_writer(&mut *out, payload).map_err(|source| RecordError::Payload {
+        kind: head.kind.to_owned(),
+        source,
+    })?;
     out.extend_from_slice(b",\"prev\":\"");
     push_hex(out, head.prev);
     out.push(b'"');
@@ -352,19 +353,37 @@ pub(crate) fn encode_line<P: Serialize + ?Sized>(
     Ok(digest)
 }
 
-/// A JSON string as serde_json writes it. Strings with nothing to escape (serde_json escapes
-/// only `"`, `\` and control characters; the boot id, kinds and container ids never hold
-/// them) are copied between quotes; others go through serde_json.
-fn push_json_str(out: &mut Vec<u8>, text: &str) -> Result<(), serde_json::Error> {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.reserve(text.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
-        Ok(())
-    } else {
-        serde_json::to_writer(out, text)
+/// `text` as a JSON string, escaped exactly as serde_json escapes it: `"` and `\` with a
+/// backslash, control characters as `\b \t \n \f \r` or `\u00xx` (lowercase hex), everything
+/// else (DEL, non-ASCII) as is. The common case, nothing to escape, is one copy.
+pub(crate) fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut plain_from = 0;
+    for (at, &b) in bytes.iter().enumerate() {
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x09 => b't',
+            0x0a => b'n',
+            0x0c => b'f',
+            0x0d => b'r',
+            0x00..=0x1f => b'u',
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain_from..at]);
+        plain_from = at + 1;
+        out.push(b'\\');
+        out.push(short);
+        if short == b'u' {
+            out.extend_from_slice(b"00");
+            push_hex(out, &[b]);
+        }
     }
+    out.extend_from_slice(&bytes[plain_from..]);
+    out.push(b'"');
 }
 
 /// The encoder as it was before `encode_line` wrote the fixed fields itself (every field
@@ -376,10 +395,11 @@ pub(crate) fn encode_line_reference<P: Serialize + ?Sized>(
     payload: &P,
 ) -> Result<Digest, serde_json::Error> {
     use std::io::Write as _;
-    let wall = super::time::format_rfc3339_nanos(head.wall_ns);
+    let boot_id: String = serde_json::from_slice(head.boot_id_json)?;
+    let wall = String::from_utf8_lossy(head.wall);
     out.clear();
     let _ = write!(out, "{{\"seq\":{},\"boot_id\":", head.seq);
-    serde_json::to_writer(&mut *out, head.boot_id)?;
+    serde_json::to_writer(&mut *out, &boot_id)?;
     let _ = write!(
         out,
         ",\"wall\":\"{}\",\"mono_ns\":{},\"kind\":",
@@ -411,8 +431,8 @@ mod tests {
         let mut out = Vec::new();
         let head = LineHead {
             seq: 7,
-            boot_id: "b",
-            wall_ns: 1_796_000_000_000_000_000,
+            boot_id_json: b"\"b\"",
+            wall: b"2026-11-29T20:03:15.000000000Z",
             mono_ns: 5,
             kind: "fork",
             container: Some("c\n1"),
@@ -524,12 +544,14 @@ mod tests {
         for (kind, payload) in &payloads {
             for container in containers {
                 for boot_id in boot_ids {
+                    let boot_id_json = serde_json::to_vec(boot_id).unwrap();
                     for wall_ns in walls {
+                        let wall = super::super::time::format_rfc3339_nanos(wall_ns);
                         let prev = sha256(&seq.to_le_bytes());
                         let head = LineHead {
                             seq: seq.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                            boot_id,
-                            wall_ns,
+                            boot_id_json: &boot_id_json,
+                            wall: wall.as_bytes(),
                             mono_ns: seq * 1_000_003,
                             kind,
                             container,
@@ -552,8 +574,8 @@ mod tests {
         let prev = GENESIS_DIGEST;
         let head = |kind| LineHead {
             seq: 1,
-            boot_id: "b",
-            wall_ns: 5,
+            boot_id_json: b"\"b\"",
+            wall: b"1970-01-01T00:00:00.000000005Z",
             mono_ns: 6,
             kind,
             container: None,
@@ -563,6 +585,18 @@ mod tests {
         encode_line(&mut new, &head(kinds::START), &start).unwrap();
         encode_line_reference(&mut old, &head(kinds::START), &start).unwrap();
         assert_eq!(new, old);
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let mut texts: Vec<String> = (0..=0x7fu8).map(|b| format!("a{}b", b as char)).collect();
+        texts.extend(["", "é", "🦀\u{7f}\u{80}", "\"\"\\\\", "\u{1f}x\u{0}"].map(str::to_owned));
+        texts.push((0..=0x7fu8).map(char::from).collect());
+        for text in texts {
+            let mut pushed = Vec::new();
+            push_json_str(&mut pushed, &text);
+            assert_eq!(pushed, serde_json::to_vec(&text).unwrap(), "{text:?}");
+        }
     }
 
     #[test]

@@ -88,36 +88,59 @@ pub fn format_rfc3339_nanos(unix_ns: i64) -> String {
     )
 }
 
-/// [`format_rfc3339_nanos`] appended to `out`, without allocating: the log writer formats one
-/// per record. Same bytes (a test holds them to it). An i64 of nanoseconds spans the years
-/// 1677 to 2262, so the width is fixed; the general path is only a guard for that.
-pub(crate) fn push_rfc3339_nanos(out: &mut Vec<u8>, unix_ns: i64) {
-    let secs = unix_ns.div_euclid(NANOS_PER_SEC);
-    let nanos = unix_ns.rem_euclid(NANOS_PER_SEC);
-    let second_of_day = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-    if !(0..=9999).contains(&year) {
-        out.extend_from_slice(format_rfc3339_nanos(unix_ns).as_bytes());
-        return;
+/// The log writer's `wall` text, one per record, without allocating: the same bytes as
+/// [`format_rfc3339_nanos`] (a test holds them to it). The date and time of day are kept from
+/// the previous reading when it was in the same second, so most records only format their
+/// nanoseconds. An i64 of nanoseconds spans the years 1677 to 2262: every field has a fixed
+/// width.
+pub(crate) struct WallText {
+    secs: i64,
+    text: [u8; 30],
+}
+
+impl WallText {
+    pub(crate) fn new() -> Self {
+        Self {
+            secs: 0,
+            text: *b"1970-01-01T00:00:00.000000000Z",
+        }
     }
-    // Two digits at a time: each field's slot is fixed, so no lengths or padding to work out.
-    let two = |value: u32| [b'0' + (value / 10) as u8, b'0' + (value % 10) as u8];
-    let (year, second_of_day, nanos) = (year as u32, second_of_day as u32, nanos as u32);
-    let mut text = *b"0000-00-00T00:00:00.000000000Z";
-    text[0..2].copy_from_slice(&two(year / 100));
-    text[2..4].copy_from_slice(&two(year % 100));
-    text[5..7].copy_from_slice(&two(month));
-    text[8..10].copy_from_slice(&two(day));
-    text[11..13].copy_from_slice(&two(second_of_day / 3600));
-    text[14..16].copy_from_slice(&two(second_of_day % 3600 / 60));
-    text[17..19].copy_from_slice(&two(second_of_day % 60));
-    text[20] = b'0' + (nanos / 100_000_000) as u8;
-    let nanos = nanos % 100_000_000;
-    text[21..23].copy_from_slice(&two(nanos / 1_000_000));
-    text[23..25].copy_from_slice(&two(nanos / 10_000 % 100));
-    text[25..27].copy_from_slice(&two(nanos / 100 % 100));
-    text[27..29].copy_from_slice(&two(nanos % 100));
-    out.extend_from_slice(&text);
+
+    /// `unix_ns` as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
+    pub(crate) fn format(&mut self, unix_ns: i64) -> &[u8; 30] {
+        let secs = unix_ns.div_euclid(NANOS_PER_SEC);
+        if secs != self.secs {
+            self.set_second(secs);
+        }
+        let nanos = unix_ns.rem_euclid(NANOS_PER_SEC) as u32;
+        self.text[20] = b'0' + (nanos / 100_000_000) as u8;
+        let nanos = nanos % 100_000_000;
+        self.text[21..23].copy_from_slice(&two_digits(nanos / 1_000_000));
+        self.text[23..25].copy_from_slice(&two_digits(nanos / 10_000 % 100));
+        self.text[25..27].copy_from_slice(&two_digits(nanos / 100 % 100));
+        self.text[27..29].copy_from_slice(&two_digits(nanos % 100));
+        &self.text
+    }
+
+    fn set_second(&mut self, secs: i64) {
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        // Years 1677..=2262 (see above), so four digits and never negative.
+        let year = year as u32;
+        let second_of_day = secs.rem_euclid(86_400) as u32;
+        self.text[0..2].copy_from_slice(&two_digits(year / 100));
+        self.text[2..4].copy_from_slice(&two_digits(year % 100));
+        self.text[5..7].copy_from_slice(&two_digits(month));
+        self.text[8..10].copy_from_slice(&two_digits(day));
+        self.text[11..13].copy_from_slice(&two_digits(second_of_day / 3600));
+        self.text[14..16].copy_from_slice(&two_digits(second_of_day % 3600 / 60));
+        self.text[17..19].copy_from_slice(&two_digits(second_of_day % 60));
+        self.secs = secs;
+    }
+}
+
+/// `value` (below 100) as two decimal digits.
+fn two_digits(value: u32) -> [u8; 2] {
+    [b'0' + (value / 10) as u8, b'0' + (value % 10) as u8]
 }
 
 /// Parses RFC 3339 (`2026-11-29T20:03:15Z`, `…15.5+01:00`, `t`/space separator) or a bare
@@ -327,10 +350,13 @@ mod tests {
             cases.push(ns);
             ns += (step % 997 + 1) * 350_000_123_457;
         }
-        for ns in cases {
-            let mut pushed = b"x".to_vec();
-            push_rfc3339_nanos(&mut pushed, ns);
-            assert_eq!(pushed[1..], *format_rfc3339_nanos(ns).as_bytes(), "{ns}");
+        // Readings close together, as a writer makes them, across second boundaries.
+        cases.extend((0..5_000).map(|i| 1_796_000_000_999_000_000 + i * 1_000_003));
+        // One formatter over all of them, as the writer keeps one: each second's date and time
+        // of day are reused only within that second.
+        let mut wall = WallText::new();
+        for ns in cases.iter().flat_map(|&ns| [ns, ns.saturating_add(1), ns]) {
+            assert_eq!(wall.format(ns), format_rfc3339_nanos(ns).as_bytes(), "{ns}");
         }
     }
 

@@ -56,7 +56,10 @@ pub struct LogWriter {
     dir: PathBuf,
     _lock: DirLock,
     options: LogOptions,
-    boot_id: String,
+    /// The boot id as a JSON string, as every record carries it.
+    boot_id_json: Vec<u8>,
+    /// Formats each record's `wall`, reusing the date within a second.
+    wall: time::WallText,
     file: LogFile,
     out: Output,
     file_bytes: u64,
@@ -109,10 +112,13 @@ impl LogWriter {
                 source,
             })?;
         let out = Output::new(file, options.test_split_writes, resume.file_bytes);
+        let mut boot_id_json = Vec::new();
+        record::push_json_str(&mut boot_id_json, &boot_id);
         let mut writer = Self {
             dir,
             _lock: lock,
-            boot_id,
+            boot_id_json,
+            wall: time::WallText::new(),
             file: resume.file,
             out,
             file_bytes: resume.file_bytes,
@@ -313,16 +319,17 @@ impl LogWriter {
     }
 
     fn encode<P: Serialize + ?Sized>(
-        &self,
+        &mut self,
         line: &mut Vec<u8>,
         kind: &str,
         container: Option<&str>,
         payload: &P,
     ) -> Result<Digest, WriterError> {
+        let wall = self.wall.format(time::realtime_ns()?);
         let head = LineHead {
             seq: self.next_seq,
-            boot_id: &self.boot_id,
-            wall_ns: time::realtime_ns()?,
+            boot_id_json: &self.boot_id_json,
+            wall,
             mono_ns: time::monotonic_ns()?,
             kind,
             container,
