@@ -220,14 +220,23 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 /// [`to_hex`] appended to `out`: the writer's `prev` and seal, without a String each.
 fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    // Digits into a stack buffer, then one copy: no capacity check per digit.
-    for chunk in bytes.chunks(32) {
-        let mut digits = [0u8; 64];
-        for (pair, b) in digits.chunks_exact_mut(2).zip(chunk) {
-            pair[0] = HEX_DIGITS[usize::from(b >> 4)];
-            pair[1] = HEX_DIGITS[usize::from(b & 15)];
+    // Two digits per byte from one table, into a stack buffer, then one copy: no capacity
+    // check per digit.
+    const PAIRS: [[u8; 2]; 256] = {
+        let mut pairs = [[0; 2]; 256];
+        let mut b = 0;
+        while b < 256 {
+            pairs[b] = [HEX_DIGITS[b >> 4], HEX_DIGITS[b & 15]];
+            b += 1;
         }
-        out.extend_from_slice(&digits[..chunk.len() * 2]);
+        pairs
+    };
+    for chunk in bytes.chunks(32) {
+        let mut digits = [[0u8; 2]; 32];
+        for (pair, &b) in digits.iter_mut().zip(chunk) {
+            *pair = PAIRS[usize::from(b)];
+        }
+        out.extend_from_slice(digits[..chunk.len()].as_flattened());
     }
 }
 
@@ -283,6 +292,20 @@ pub fn digest_line(line: &[u8]) -> LineDigest {
     LineDigest { line: whole, seal }
 }
 
+/// A record's payload as the writer encodes it: every `Serialize` type, through serde_json. A
+/// payload written once per event may write its JSON itself instead (the event sink's does),
+/// to exactly the bytes serde_json would write, which its tests must show.
+pub(crate) trait Payload {
+    /// Appends the payload as one JSON value.
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error>;
+}
+
+impl<T: Serialize + ?Sized> Payload for T {
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(out, self)
+    }
+}
+
 /// The fields of a record the writer fills in around the payload.
 pub(crate) struct LineHead<'a> {
     pub seq: u64,
@@ -303,7 +326,7 @@ pub(crate) struct LineHead<'a> {
 /// The fixed fields are appended as bytes rather than through serde_json (this runs once per
 /// event); the result is byte for byte what serde_json wrote for them, which
 /// `tests::encode_line_as_serde_json_did` holds it to. Only the payload goes through serde.
-pub(crate) fn encode_line<P: Serialize + ?Sized>(
+pub(crate) fn encode_line<P: Payload + ?Sized>(
     out: &mut Vec<u8>,
     head: &LineHead<'_>,
     payload: &P,
@@ -326,10 +349,12 @@ pub(crate) fn encode_line<P: Serialize + ?Sized>(
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"payload\":");
-    serde_json::to_writer(&mut *out, payload).map_err(|source| RecordError::Payload {
-        kind: head.kind.to_owned(),
-        source,
-    })?;
+    payload
+        .write_json(out)
+        .map_err(|source| RecordError::Payload {
+            kind: head.kind.to_owned(),
+            source,
+        })?;
     out.extend_from_slice(b",\"prev\":\"");
     push_hex(out, head.prev);
     out.push(b'"');
@@ -597,6 +622,14 @@ mod tests {
             push_json_str(&mut pushed, &text);
             assert_eq!(pushed, serde_json::to_vec(&text).unwrap(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn hex_is_lowercase_two_digits_per_byte() {
+        let bytes: Vec<u8> = (0..=255).chain(0..40).collect();
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(to_hex(&bytes), expected);
+        assert_eq!(to_hex(&[]), "");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub use output::{BUFFER_BYTES, Unwritten};
 
 use super::layout::{self, DirLock, LayoutError, LogFile};
 use super::record::{
-    self, Checkpoint, Digest, LineHead, Lost, RecordError, Rotate, Throttle, kinds,
+    self, Checkpoint, Digest, LineHead, Lost, Payload, RecordError, Rotate, Throttle, kinds,
 };
 use super::time;
 
@@ -161,6 +161,17 @@ impl LogWriter {
         container: Option<&str>,
         payload: &P,
     ) -> Result<u64, WriterError> {
+        self.append_payload(kind, container, payload)
+    }
+
+    /// [`append`](Self::append) of a payload that may write its JSON itself (the event sink's,
+    /// once per event).
+    pub(crate) fn append_payload<P: Payload + ?Sized>(
+        &mut self,
+        kind: &str,
+        container: Option<&str>,
+        payload: &P,
+    ) -> Result<u64, WriterError> {
         if kinds::RESERVED.contains(&kind) {
             return Err(WriterError::ReservedKind {
                 kind: kind.to_owned(),
@@ -277,7 +288,7 @@ impl LogWriter {
                 .is_some_and(|limit| self.file_bytes + line_len as u64 > limit)
     }
 
-    fn write_record<P: Serialize + ?Sized>(
+    fn write_record<P: Payload + ?Sized>(
         &mut self,
         kind: &str,
         container: Option<&str>,
@@ -294,7 +305,7 @@ impl LogWriter {
         result
     }
 
-    fn encode_and_write<P: Serialize + ?Sized>(
+    fn encode_and_write<P: Payload + ?Sized>(
         &mut self,
         line: &mut Vec<u8>,
         kind: &str,
@@ -318,7 +329,7 @@ impl LogWriter {
         Ok(seq)
     }
 
-    fn encode<P: Serialize + ?Sized>(
+    fn encode<P: Payload + ?Sized>(
         &mut self,
         line: &mut Vec<u8>,
         kind: &str,
