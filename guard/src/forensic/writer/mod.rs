@@ -10,7 +10,7 @@ mod resume;
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -67,7 +67,11 @@ pub struct LogWriter {
     next_seq: u64,
     head: Digest,
     since_checkpoint: u64,
-    last_sync: Instant,
+    /// CLOCK_MONOTONIC of the last record encoded: it also times the interval policy, so
+    /// each record reads the clock once for both.
+    last_mono_ns: u64,
+    /// `last_mono_ns` at the last sync.
+    last_sync_ns: u64,
     line: Vec<u8>,
     failed: Option<String>,
     stats: WriterStats,
@@ -126,7 +130,8 @@ impl LogWriter {
             next_seq: resume.next_seq,
             head: resume.head,
             since_checkpoint: 0,
-            last_sync: Instant::now(),
+            last_mono_ns: 0,
+            last_sync_ns: 0,
             line: Vec::with_capacity(1024),
             failed: None,
             stats: WriterStats::default(),
@@ -195,7 +200,12 @@ impl LogWriter {
         }
         match self.options.fsync {
             FsyncPolicy::Always => self.sync()?,
-            FsyncPolicy::Interval(every) if self.last_sync.elapsed() >= every => self.sync()?,
+            FsyncPolicy::Interval(every)
+                if Duration::from_nanos(self.last_mono_ns.saturating_sub(self.last_sync_ns))
+                    >= every =>
+            {
+                self.sync()?
+            }
             // Between syncs, what was written goes on to the disk in the background, so the
             // next sync waits less (a failure to start it is a sync error: the log's data may
             // not reach the disk).
@@ -343,12 +353,14 @@ impl LogWriter {
         container: Option<&str>,
         payload: &P,
     ) -> Result<Digest, WriterError> {
-        let wall = self.wall.format(time::realtime_ns()?);
+        let wall_ns = time::realtime_ns()?;
+        let mono_ns = time::monotonic_ns()?;
+        self.last_mono_ns = mono_ns;
         let head = LineHead {
             seq: self.next_seq,
             boot_id_json: &self.boot_id_json,
-            wall,
-            mono_ns: time::monotonic_ns()?,
+            wall: self.wall.format(wall_ns),
+            mono_ns,
             kind,
             container,
             prev: &self.head,
@@ -415,7 +427,7 @@ impl LogWriter {
     fn sync(&mut self) -> Result<(), WriterError> {
         self.flush_buffer()?;
         self.out.sync_data().map_err(|e| self.poison_sync(e))?;
-        self.last_sync = Instant::now();
+        self.last_sync_ns = self.last_mono_ns;
         Ok(())
     }
 
