@@ -208,15 +208,36 @@ pub fn is_valid_kind(kind: &str) -> bool {
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 /// Lowercase hex, two digits per byte.
 pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    // Only ASCII digits and letters were pushed.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`to_hex`] appended to `out`: the writer's `prev` and seal, without a String each.
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Two digits per byte from one table, into a stack buffer, then one copy: no capacity
+    // check per digit.
+    const PAIRS: [[u8; 2]; 256] = {
+        let mut pairs = [[0; 2]; 256];
+        let mut b = 0;
+        while b < 256 {
+            pairs[b] = [HEX_DIGITS[b >> 4], HEX_DIGITS[b & 15]];
+            b += 1;
+        }
+        pairs
+    };
+    for chunk in bytes.chunks(32) {
+        let mut digits = [[0u8; 2]; 32];
+        for (pair, &b) in digits.iter_mut().zip(chunk) {
+            *pair = PAIRS[usize::from(b)];
+        }
+        out.extend_from_slice(digits[..chunk.len()].as_flattened());
     }
-    out
 }
 
 /// SHA-256 of `bytes`.
@@ -271,11 +292,28 @@ pub fn digest_line(line: &[u8]) -> LineDigest {
     LineDigest { line: whole, seal }
 }
 
+/// A record's payload as the writer encodes it: every `Serialize` type, through serde_json. A
+/// payload written once per event may write its JSON itself instead (the event sink's does),
+/// to exactly the bytes serde_json would write, which its tests must show.
+pub(crate) trait Payload {
+    /// Appends the payload as one JSON value.
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error>;
+}
+
+impl<T: Serialize + ?Sized> Payload for T {
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(out, self)
+    }
+}
+
 /// The fields of a record the writer fills in around the payload.
 pub(crate) struct LineHead<'a> {
     pub seq: u64,
-    pub boot_id: &'a str,
-    pub wall: &'a str,
+    /// The boot id as a JSON string ([`push_json_str`]): the same for every record of a
+    /// writer, so it is encoded once.
+    pub boot_id_json: &'a [u8],
+    /// RFC 3339 ([`time::WallText`](super::time::WallText)).
+    pub wall: &'a [u8],
     pub mono_ns: u64,
     pub kind: &'a str,
     pub container: Option<&'a str>,
@@ -284,42 +322,50 @@ pub(crate) struct LineHead<'a> {
 
 /// Writes one complete line including its trailing newline into `out` (cleared first) in the
 /// canonical layout and returns the SHA-256 of the line without the newline.
-pub(crate) fn encode_line<P: Serialize + ?Sized>(
+///
+/// The fixed fields are appended as bytes rather than through serde_json (this runs once per
+/// event); the result is byte for byte what serde_json wrote for them, which
+/// `tests::encode_line_as_serde_json_did` holds it to. Only the payload goes through serde.
+pub(crate) fn encode_line<P: Payload + ?Sized>(
     out: &mut Vec<u8>,
     head: &LineHead<'_>,
     payload: &P,
 ) -> Result<Digest, RecordError> {
-    use std::io::Write as _;
-    let payload_err = |source| RecordError::Payload {
-        kind: head.kind.to_owned(),
-        source,
-    };
+    let mut numbers = itoa::Buffer::new();
     out.clear();
-    // Writes into a Vec cannot fail; serde_json errors can only come from the payload.
-    let _ = write!(out, "{{\"seq\":{},\"boot_id\":", head.seq);
-    serde_json::to_writer(&mut *out, head.boot_id).map_err(payload_err)?;
-    let _ = write!(
-        out,
-        ",\"wall\":\"{}\",\"mono_ns\":{},\"kind\":",
-        head.wall, head.mono_ns
-    );
-    serde_json::to_writer(&mut *out, head.kind).map_err(payload_err)?;
+    out.extend_from_slice(b"{\"seq\":");
+    out.extend_from_slice(numbers.format(head.seq).as_bytes());
+    out.extend_from_slice(b",\"boot_id\":");
+    out.extend_from_slice(head.boot_id_json);
+    out.extend_from_slice(b",\"wall\":\"");
+    out.extend_from_slice(head.wall);
+    out.extend_from_slice(b"\",\"mono_ns\":");
+    out.extend_from_slice(numbers.format(head.mono_ns).as_bytes());
+    out.extend_from_slice(b",\"kind\":");
+    push_json_str(out, head.kind);
     out.extend_from_slice(b",\"container\":");
-    serde_json::to_writer(&mut *out, &head.container).map_err(payload_err)?;
+    match head.container {
+        Some(container) => push_json_str(out, container),
+        None => out.extend_from_slice(b"null"),
+    }
     out.extend_from_slice(b",\"payload\":");
-    serde_json::to_writer(&mut *out, payload).map_err(payload_err)?;
+    payload
+        .write_json(out)
+        .map_err(|source| RecordError::Payload {
+            kind: head.kind.to_owned(),
+            source,
+        })?;
     out.extend_from_slice(b",\"prev\":\"");
-    out.extend_from_slice(to_hex(head.prev).as_bytes());
+    push_hex(out, head.prev);
     out.push(b'"');
     // The body is hashed once: its state seals the line, and the same state, continued over
     // the seal, is the whole line's digest (the next record's `prev`).
     let mut hasher = Sha256::new();
     hasher.update(&out[..]);
     let body_state = hasher.clone();
-    let seal = to_hex(&hasher.finalize());
     let body_len = out.len();
     out.extend_from_slice(HASH_MARKER);
-    out.extend_from_slice(seal.as_bytes());
+    push_hex(out, &hasher.finalize());
     out.extend_from_slice(b"\"}");
     if out.len() > MAX_LINE_BYTES {
         return Err(RecordError::TooLarge {
@@ -328,6 +374,75 @@ pub(crate) fn encode_line<P: Serialize + ?Sized>(
         });
     }
     let digest = body_state.chain_update(&out[body_len..]).finalize().into();
+    out.push(b'\n');
+    Ok(digest)
+}
+
+/// `text` as a JSON string, escaped exactly as serde_json escapes it: `"` and `\` with a
+/// backslash, control characters as `\b \t \n \f \r` or `\u00xx` (lowercase hex), everything
+/// else (DEL, non-ASCII) as is. The common case, nothing to escape, is one copy.
+pub(crate) fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut plain_from = 0;
+    for (at, &b) in bytes.iter().enumerate() {
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x09 => b't',
+            0x0a => b'n',
+            0x0c => b'f',
+            0x0d => b'r',
+            0x00..=0x1f => b'u',
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain_from..at]);
+        plain_from = at + 1;
+        out.push(b'\\');
+        out.push(short);
+        if short == b'u' {
+            out.extend_from_slice(b"00");
+            push_hex(out, &[b]);
+        }
+    }
+    out.extend_from_slice(&bytes[plain_from..]);
+    out.push(b'"');
+}
+
+/// The encoder as it was before `encode_line` wrote the fixed fields itself (every field
+/// through serde_json, numbers through `write!`): tests hold the log's bytes to it.
+#[cfg(test)]
+pub(crate) fn encode_line_reference<P: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    head: &LineHead<'_>,
+    payload: &P,
+) -> Result<Digest, serde_json::Error> {
+    use std::io::Write as _;
+    let boot_id: String = serde_json::from_slice(head.boot_id_json)?;
+    let wall = String::from_utf8_lossy(head.wall);
+    out.clear();
+    let _ = write!(out, "{{\"seq\":{},\"boot_id\":", head.seq);
+    serde_json::to_writer(&mut *out, &boot_id)?;
+    let _ = write!(
+        out,
+        ",\"wall\":\"{}\",\"mono_ns\":{},\"kind\":",
+        wall, head.mono_ns
+    );
+    serde_json::to_writer(&mut *out, head.kind)?;
+    out.extend_from_slice(b",\"container\":");
+    serde_json::to_writer(&mut *out, &head.container)?;
+    out.extend_from_slice(b",\"payload\":");
+    serde_json::to_writer(&mut *out, payload)?;
+    out.extend_from_slice(b",\"prev\":\"");
+    out.extend_from_slice(to_hex(head.prev).as_bytes());
+    out.push(b'"');
+    let seal = to_hex(&sha256(out));
+    out.extend_from_slice(HASH_MARKER);
+    out.extend_from_slice(seal.as_bytes());
+    out.extend_from_slice(b"\"}");
+    let digest = sha256(out);
     out.push(b'\n');
     Ok(digest)
 }
@@ -341,8 +456,8 @@ mod tests {
         let mut out = Vec::new();
         let head = LineHead {
             seq: 7,
-            boot_id: "b",
-            wall: "2026-11-29T20:03:15.000000000Z",
+            boot_id_json: b"\"b\"",
+            wall: b"2026-11-29T20:03:15.000000000Z",
             mono_ns: 5,
             kind: "fork",
             container: Some("c\n1"),
@@ -363,6 +478,158 @@ mod tests {
         edited[1] ^= 1;
         assert_eq!(digest_line(&edited).seal, Seal::Mismatch);
         assert_eq!(digest_line(b"{}").seal, Seal::Missing);
+    }
+
+    /// Every record kind the writer emits, and strings that need escaping in every field the
+    /// writer fills in: the same bytes and digest as the reference encoder.
+    #[test]
+    fn encode_line_as_serde_json_did() {
+        use serde_json::json;
+        let mut start = StartInfo::new(2, json!({"memory_max": 67_108_864, "pids_max": null}));
+        start.extra.insert(
+            "capabilities".into(),
+            json!({"tier": "2", "x": [1.5, -3, true]}),
+        );
+        let payloads: Vec<(&str, serde_json::Value)> = vec![
+            (kinds::START, serde_json::to_value(&start).unwrap()),
+            (
+                kinds::ROTATE,
+                serde_json::to_value(Rotate {
+                    prev_file: "guard-000004.jsonl".into(),
+                    prev_records: 155_345,
+                    prev_bytes: 67_108_752,
+                })
+                .unwrap(),
+            ),
+            (
+                kinds::CHECKPOINT,
+                serde_json::to_value(Checkpoint {
+                    count: 1000,
+                    head: GENESIS.into(),
+                })
+                .unwrap(),
+            ),
+            (
+                kinds::STOP,
+                serde_json::to_value(Checkpoint {
+                    count: u64::MAX,
+                    head: to_hex(&[0xab; 32]),
+                })
+                .unwrap(),
+            ),
+            (
+                kinds::REPAIR,
+                serde_json::to_value(Repair {
+                    file: "guard-000000.jsonl".into(),
+                    line: 3,
+                    removed_bytes: 17,
+                })
+                .unwrap(),
+            ),
+            (
+                kinds::LOST,
+                serde_json::to_value(Lost {
+                    source: "bpf_ringbuf".into(),
+                    event_kind: Some("fork".into()),
+                    cpu: Some(1),
+                    count: 9,
+                })
+                .unwrap(),
+            ),
+            (
+                kinds::LOST,
+                serde_json::to_value(Lost {
+                    source: "user_queue".into(),
+                    event_kind: None,
+                    cpu: None,
+                    count: 0,
+                })
+                .unwrap(),
+            ),
+            (
+                kinds::THROTTLE,
+                serde_json::to_value(Throttle {
+                    event_kind: "any".into(),
+                    suppressed: 12,
+                    window_ms: 1000,
+                })
+                .unwrap(),
+            ),
+            (
+                "fork",
+                json!({"cpu": 0, "seq": 1, "kind": "fork", "child_pid": 101}),
+            ),
+            ("report", json!("text \" \\ \n \u{1} \u{7f} é 🦀")),
+            ("limits_applied", json!(null)),
+        ];
+        let containers = [None, Some("web"), Some("c\n\"1\\"), Some("é\u{1f}\u{7f}x")];
+        let boot_ids = ["38d2a705-21b4-4970-8f33-2b78943172f3", "b\"\t\u{0}"];
+        let walls = [0, -1, 1_796_000_000_123_456_789, i64::MIN, i64::MAX];
+        let mut seq = 0u64;
+        for (kind, payload) in &payloads {
+            for container in containers {
+                for boot_id in boot_ids {
+                    let boot_id_json = serde_json::to_vec(boot_id).unwrap();
+                    for wall_ns in walls {
+                        let wall = super::super::time::format_rfc3339_nanos(wall_ns);
+                        let prev = sha256(&seq.to_le_bytes());
+                        let head = LineHead {
+                            seq: seq.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                            boot_id_json: &boot_id_json,
+                            wall: wall.as_bytes(),
+                            mono_ns: seq * 1_000_003,
+                            kind,
+                            container,
+                            prev: &prev,
+                        };
+                        seq += 1;
+                        // The typed payload where there is one, the JSON value otherwise: the
+                        // payload itself goes through serde_json on both paths.
+                        let (mut new, mut old) = (Vec::new(), Vec::new());
+                        let digest = encode_line(&mut new, &head, payload).unwrap();
+                        let expected = encode_line_reference(&mut old, &head, payload).unwrap();
+                        assert_eq!(String::from_utf8_lossy(&new), String::from_utf8_lossy(&old));
+                        assert_eq!(digest, expected);
+                    }
+                }
+            }
+        }
+        // The typed payloads themselves, not only their JSON values (key order is the
+        // struct's, not the map's).
+        let prev = GENESIS_DIGEST;
+        let head = |kind| LineHead {
+            seq: 1,
+            boot_id_json: b"\"b\"",
+            wall: b"1970-01-01T00:00:00.000000005Z",
+            mono_ns: 6,
+            kind,
+            container: None,
+            prev: &prev,
+        };
+        let (mut new, mut old) = (Vec::new(), Vec::new());
+        encode_line(&mut new, &head(kinds::START), &start).unwrap();
+        encode_line_reference(&mut old, &head(kinds::START), &start).unwrap();
+        assert_eq!(new, old);
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let mut texts: Vec<String> = (0..=0x7fu8).map(|b| format!("a{}b", b as char)).collect();
+        texts.extend(["", "é", "🦀\u{7f}\u{80}", "\"\"\\\\", "\u{1f}x\u{0}"].map(str::to_owned));
+        texts.push((0..=0x7fu8).map(char::from).collect());
+        for text in texts {
+            let mut pushed = Vec::new();
+            push_json_str(&mut pushed, &text);
+            assert_eq!(pushed, serde_json::to_vec(&text).unwrap(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn hex_is_lowercase_two_digits_per_byte() {
+        let bytes: Vec<u8> = (0..=255).chain(0..40).collect();
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(to_hex(&bytes), expected);
+        assert_eq!(to_hex(&[]), "");
     }
 
     #[test]

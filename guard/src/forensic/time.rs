@@ -88,6 +88,61 @@ pub fn format_rfc3339_nanos(unix_ns: i64) -> String {
     )
 }
 
+/// The log writer's `wall` text, one per record, without allocating: the same bytes as
+/// [`format_rfc3339_nanos`] (a test holds them to it). The date and time of day are kept from
+/// the previous reading when it was in the same second, so most records only format their
+/// nanoseconds. An i64 of nanoseconds spans the years 1677 to 2262: every field has a fixed
+/// width.
+pub(crate) struct WallText {
+    secs: i64,
+    text: [u8; 30],
+}
+
+impl WallText {
+    pub(crate) fn new() -> Self {
+        Self {
+            secs: 0,
+            text: *b"1970-01-01T00:00:00.000000000Z",
+        }
+    }
+
+    /// `unix_ns` as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
+    pub(crate) fn format(&mut self, unix_ns: i64) -> &[u8; 30] {
+        let secs = unix_ns.div_euclid(NANOS_PER_SEC);
+        if secs != self.secs {
+            self.set_second(secs);
+        }
+        let nanos = unix_ns.rem_euclid(NANOS_PER_SEC) as u32;
+        self.text[20] = b'0' + (nanos / 100_000_000) as u8;
+        let nanos = nanos % 100_000_000;
+        self.text[21..23].copy_from_slice(&two_digits(nanos / 1_000_000));
+        self.text[23..25].copy_from_slice(&two_digits(nanos / 10_000 % 100));
+        self.text[25..27].copy_from_slice(&two_digits(nanos / 100 % 100));
+        self.text[27..29].copy_from_slice(&two_digits(nanos % 100));
+        &self.text
+    }
+
+    fn set_second(&mut self, secs: i64) {
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        // Years 1677..=2262 (see above), so four digits and never negative.
+        let year = year as u32;
+        let second_of_day = secs.rem_euclid(86_400) as u32;
+        self.text[0..2].copy_from_slice(&two_digits(year / 100));
+        self.text[2..4].copy_from_slice(&two_digits(year % 100));
+        self.text[5..7].copy_from_slice(&two_digits(month));
+        self.text[8..10].copy_from_slice(&two_digits(day));
+        self.text[11..13].copy_from_slice(&two_digits(second_of_day / 3600));
+        self.text[14..16].copy_from_slice(&two_digits(second_of_day % 3600 / 60));
+        self.text[17..19].copy_from_slice(&two_digits(second_of_day % 60));
+        self.secs = secs;
+    }
+}
+
+/// `value` (below 100) as two decimal digits.
+fn two_digits(value: u32) -> [u8; 2] {
+    [b'0' + (value / 10) as u8, b'0' + (value % 10) as u8]
+}
+
 /// Parses RFC 3339 (`2026-11-29T20:03:15Z`, `…15.5+01:00`, `t`/space separator) or a bare
 /// date (`2026-11-29`, midnight UTC) to nanoseconds since the Unix epoch.
 pub fn parse_rfc3339(input: &str) -> Result<i64, TimeError> {
@@ -284,6 +339,25 @@ mod tests {
             format_rfc3339_nanos(951_782_400_000_000_000),
             "2000-02-29T00:00:00.000000000Z"
         );
+    }
+
+    #[test]
+    fn the_writers_formatting_is_the_general_one() {
+        let mut cases = vec![0, -1, 1, i64::MIN, i64::MAX, 951_782_400_000_000_000];
+        // A walk over the whole i64 range (years 1677 to 2262) that carries into every field.
+        let mut ns = -9_000_000_000_000_000_000i64;
+        for step in 0..100_000 {
+            cases.push(ns);
+            ns += (step % 997 + 1) * 350_000_123_457;
+        }
+        // Readings close together, as a writer makes them, across second boundaries.
+        cases.extend((0..5_000).map(|i| 1_796_000_000_999_000_000 + i * 1_000_003));
+        // One formatter over all of them, as the writer keeps one: each second's date and time
+        // of day are reused only within that second.
+        let mut wall = WallText::new();
+        for ns in cases.iter().flat_map(|&ns| [ns, ns.saturating_add(1), ns]) {
+            assert_eq!(wall.format(ns), format_rfc3339_nanos(ns).as_bytes(), "{ns}");
+        }
     }
 
     #[test]

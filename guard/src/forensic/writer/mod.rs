@@ -10,7 +10,7 @@ mod resume;
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -21,7 +21,7 @@ pub use output::{BUFFER_BYTES, Unwritten};
 
 use super::layout::{self, DirLock, LayoutError, LogFile};
 use super::record::{
-    self, Checkpoint, Digest, LineHead, Lost, RecordError, Rotate, Throttle, kinds,
+    self, Checkpoint, Digest, LineHead, Lost, Payload, RecordError, Rotate, Throttle, kinds,
 };
 use super::time;
 
@@ -56,7 +56,10 @@ pub struct LogWriter {
     dir: PathBuf,
     _lock: DirLock,
     options: LogOptions,
-    boot_id: String,
+    /// The boot id as a JSON string, as every record carries it.
+    boot_id_json: Vec<u8>,
+    /// Formats each record's `wall`, reusing the date within a second.
+    wall: time::WallText,
     file: LogFile,
     out: Output,
     file_bytes: u64,
@@ -64,7 +67,11 @@ pub struct LogWriter {
     next_seq: u64,
     head: Digest,
     since_checkpoint: u64,
-    last_sync: Instant,
+    /// CLOCK_MONOTONIC of the last record encoded: it also times the interval policy, so
+    /// each record reads the clock once for both.
+    last_mono_ns: u64,
+    /// `last_mono_ns` at the last sync.
+    last_sync_ns: u64,
     line: Vec<u8>,
     failed: Option<String>,
     stats: WriterStats,
@@ -109,10 +116,13 @@ impl LogWriter {
                 source,
             })?;
         let out = Output::new(file, options.test_split_writes, resume.file_bytes);
+        let mut boot_id_json = Vec::new();
+        record::push_json_str(&mut boot_id_json, &boot_id);
         let mut writer = Self {
             dir,
             _lock: lock,
-            boot_id,
+            boot_id_json,
+            wall: time::WallText::new(),
             file: resume.file,
             out,
             file_bytes: resume.file_bytes,
@@ -120,7 +130,8 @@ impl LogWriter {
             next_seq: resume.next_seq,
             head: resume.head,
             since_checkpoint: 0,
-            last_sync: Instant::now(),
+            last_mono_ns: 0,
+            last_sync_ns: 0,
             line: Vec::with_capacity(1024),
             failed: None,
             stats: WriterStats::default(),
@@ -155,6 +166,17 @@ impl LogWriter {
         container: Option<&str>,
         payload: &P,
     ) -> Result<u64, WriterError> {
+        self.append_payload(kind, container, payload)
+    }
+
+    /// [`append`](Self::append) of a payload that may write its JSON itself (the event sink's,
+    /// once per event).
+    pub(crate) fn append_payload<P: Payload + ?Sized>(
+        &mut self,
+        kind: &str,
+        container: Option<&str>,
+        payload: &P,
+    ) -> Result<u64, WriterError> {
         if kinds::RESERVED.contains(&kind) {
             return Err(WriterError::ReservedKind {
                 kind: kind.to_owned(),
@@ -178,8 +200,20 @@ impl LogWriter {
         }
         match self.options.fsync {
             FsyncPolicy::Always => self.sync()?,
-            FsyncPolicy::Interval(every) if self.last_sync.elapsed() >= every => self.sync()?,
-            FsyncPolicy::Interval(_) | FsyncPolicy::Never => {}
+            FsyncPolicy::Interval(every)
+                if Duration::from_nanos(self.last_mono_ns.saturating_sub(self.last_sync_ns))
+                    >= every =>
+            {
+                self.sync()?
+            }
+            // Between syncs, what was written goes on to the disk in the background, so the
+            // next sync waits less (a failure to start it is a sync error: the log's data may
+            // not reach the disk).
+            FsyncPolicy::Interval(_) => {
+                let started = self.out.start_writeback();
+                started.map_err(|e| self.poison_sync(e))?;
+            }
+            FsyncPolicy::Never => {}
         }
         Ok(seq)
     }
@@ -271,7 +305,7 @@ impl LogWriter {
                 .is_some_and(|limit| self.file_bytes + line_len as u64 > limit)
     }
 
-    fn write_record<P: Serialize + ?Sized>(
+    fn write_record<P: Payload + ?Sized>(
         &mut self,
         kind: &str,
         container: Option<&str>,
@@ -288,7 +322,7 @@ impl LogWriter {
         result
     }
 
-    fn encode_and_write<P: Serialize + ?Sized>(
+    fn encode_and_write<P: Payload + ?Sized>(
         &mut self,
         line: &mut Vec<u8>,
         kind: &str,
@@ -312,19 +346,21 @@ impl LogWriter {
         Ok(seq)
     }
 
-    fn encode<P: Serialize + ?Sized>(
-        &self,
+    fn encode<P: Payload + ?Sized>(
+        &mut self,
         line: &mut Vec<u8>,
         kind: &str,
         container: Option<&str>,
         payload: &P,
     ) -> Result<Digest, WriterError> {
-        let wall = time::format_rfc3339_nanos(time::realtime_ns()?);
+        let wall_ns = time::realtime_ns()?;
+        let mono_ns = time::monotonic_ns()?;
+        self.last_mono_ns = mono_ns;
         let head = LineHead {
             seq: self.next_seq,
-            boot_id: &self.boot_id,
-            wall: &wall,
-            mono_ns: time::monotonic_ns()?,
+            boot_id_json: &self.boot_id_json,
+            wall: self.wall.format(wall_ns),
+            mono_ns,
             kind,
             container,
             prev: &self.head,
@@ -391,7 +427,7 @@ impl LogWriter {
     fn sync(&mut self) -> Result<(), WriterError> {
         self.flush_buffer()?;
         self.out.sync_data().map_err(|e| self.poison_sync(e))?;
-        self.last_sync = Instant::now();
+        self.last_sync_ns = self.last_mono_ns;
         Ok(())
     }
 
