@@ -16,7 +16,8 @@ pub enum Counter {
     ReclaimPages = 7,
     /// Individual events suppressed by the rate bound.
     EventsThrottled = 8,
-    /// Task-map inserts that failed (map full): attribution of those tasks' OOM kills is lost.
+    /// Task-map inserts that failed: the spill hash for thread ids past the task array was
+    /// full (the array itself cannot be). Attribution of those tasks' OOM kills is lost.
     TaskMapFull = 9,
 }
 
