@@ -1,10 +1,12 @@
 //! The eBPF side as userspace sees it: loading the object, attaching every signal's programs,
-//! and typed access to their maps.
+//! typed access to their maps, and the programs' own log messages.
 mod loader;
 mod maps;
+mod program_log;
 
 pub(crate) use loader::Probes;
 pub use loader::{
     EBPF_OBJECT, EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, EbpfObjectOrigin, ProbeError,
     StreamOptions,
 };
+pub(crate) use program_log::forward_program_logs;

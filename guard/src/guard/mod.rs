@@ -185,24 +185,7 @@ impl Guard {
     /// reader. Must be called inside a tokio runtime.
     pub async fn start(options: GuardOptions) -> Result<Self, GuardError> {
         let mut capabilities = CapabilityReport::probe_for_start();
-        let mut tier = capabilities.tier.min(options.max_tier);
-        if tier < options.min_tier {
-            let capped = options.max_tier < capabilities.tier;
-            return Err(GuardError::TierTooLow {
-                wanted: options.min_tier,
-                got: tier,
-                why: if capped {
-                    format!("max_tier caps it; the kernel allows {}", capabilities.tier)
-                } else {
-                    format!("all that kernel {} allows", capabilities.kernel_release)
-                },
-                missing: if capped {
-                    "raise max_tier or lower min_tier".to_string()
-                } else {
-                    capabilities.notes.join("; ")
-                },
-            });
-        }
+        let mut tier = allowed_tier(&capabilities, &options)?;
         let hierarchy = match Hierarchy::find() {
             Ok(hierarchy) => Some(hierarchy),
             Err(error) => {
@@ -228,18 +211,7 @@ impl Guard {
             let mut probes = Probes::load(options.stream, kprobes)?;
             if kprobes && !probes.kretprobe_armed() {
                 capabilities.kretprobe_attached(false);
-                tier = capabilities.tier.min(options.max_tier);
-                if tier < options.min_tier {
-                    return Err(GuardError::TierTooLow {
-                        wanted: options.min_tier,
-                        got: tier,
-                        why: format!(
-                            "the kretprobe did not attach on {}",
-                            capabilities.kernel_release
-                        ),
-                        missing: capabilities.notes.join("; "),
-                    });
-                }
+                tier = allowed_tier(&capabilities, &options)?;
             }
             if let (Some(ring), Some(lost)) = (probes.take_ring(), probes.take_lost()) {
                 let (sender, receiver) = mpsc::channel(16);
@@ -254,7 +226,7 @@ impl Guard {
                 )));
             }
             if let Some(logger) = probes.take_logger() {
-                tasks.push(tokio::spawn(forward_program_logs(logger)));
+                tasks.push(tokio::spawn(crate::bpf::forward_program_logs(logger)));
             }
             Some(Arc::new(Mutex::new(probes)))
         } else {
@@ -486,17 +458,29 @@ impl Drop for Guard {
     }
 }
 
-/// Forwards the programs' own aya-log messages to our `log`/`tracing` subscriber.
-async fn forward_program_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
-    // SAFETY: the logger owns its ring buffer's fd for its lifetime, which the AsyncFd owns.
-    let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-    };
-    let Ok(mut logger) = registered else {
-        return;
-    };
-    while let Ok(mut ready) = logger.readable_mut().await {
-        ready.get_inner_mut().flush();
-        ready.clear_ready();
+/// The tier the guard runs at: what the kernel allows, capped by `max_tier`; refused below
+/// `min_tier`, naming what set it and what is missing.
+fn allowed_tier(
+    capabilities: &CapabilityReport,
+    options: &GuardOptions,
+) -> Result<Tier, GuardError> {
+    let tier = capabilities.tier.min(options.max_tier);
+    if tier >= options.min_tier {
+        return Ok(tier);
     }
+    let capped = options.max_tier < capabilities.tier;
+    Err(GuardError::TierTooLow {
+        wanted: options.min_tier,
+        got: tier,
+        why: if capped {
+            format!("max_tier caps it; the kernel allows {}", capabilities.tier)
+        } else {
+            format!("all that kernel {} allows", capabilities.kernel_release)
+        },
+        missing: if capped {
+            "raise max_tier or lower min_tier".to_string()
+        } else {
+            capabilities.notes.join("; ")
+        },
+    })
 }

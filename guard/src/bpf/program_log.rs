@@ -1,0 +1,16 @@
+//! The programs' own aya-log messages, forwarded as they arrive.
+
+/// Forwards the programs' own aya-log messages to our `log`/`tracing` subscriber.
+pub(crate) async fn forward_program_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer's fd for its lifetime, which the AsyncFd owns.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let Ok(mut logger) = registered else {
+        return;
+    };
+    while let Ok(mut ready) = logger.readable_mut().await {
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
+    }
+}
