@@ -15,8 +15,9 @@ fn on_exit() -> Option<()> {
     let config = maps::active_config()?;
     // Runs in the exiting task, still in its cgroup.
     let tid = container::current_tid();
+    let tracked = tasks::container_of(tid);
     tasks::forget(tid);
-    let container = container::current_container(config)?;
+    let container = tracked.or_else(|| container::current_container(config))?;
     container::bump(container.slot, Counter::Exits, 1);
     Some(())
 }

@@ -15,15 +15,16 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn on_fork(ctx: &TracePointContext) -> Option<()> {
     let config = maps::active_config()?;
-    // The tracepoint runs in the parent: the child starts in the parent's cgroup.
-    let container = container::current_container(config)?;
+    // The tracepoint runs in the parent: the child starts in the parent's container. The
+    // parent's pid is the current task's (the kernel fires it in the parent), so it is not
+    // read from the record.
+    let parent_pid = container::current_tid();
+    let container =
+        tasks::container_of(parent_pid).or_else(|| container::current_container(config))?;
     if !container::bump(container.slot, Counter::Forks, 1) {
         error!(ctx, "guard: counter slot {} out of range", container.slot);
         return None;
     }
-    // The record's `parent_pid` is the current task's pid (the kernel fires it in the parent),
-    // so the helper gives it without reading the record.
-    let parent_pid = container::current_tid();
     let child_pid: u32 = unsafe { ctx.read_at(config.offsets.fork_child_pid as usize) }.ok()?;
     tasks::track(child_pid, &container);
     // The parent may predate registration (or have moved in from elsewhere).

@@ -22,6 +22,12 @@ pub fn active_config() -> Option<&'static ProbeConfig> {
 #[map]
 pub static WATCHED: HashMap<u64, WatchEntry> = HashMap::with_max_entries(MAX_CONTAINERS, 0);
 
+/// Which cgroup each counter slot serves now (0: none): the task map's entries outlive an
+/// unwatch, and a slot is reused, so an entry counts only while its slot still names its
+/// cgroup. An array, so the check is a load, where `WATCHED` is a hash lookup.
+#[map]
+pub static SLOTS: Array<u64> = Array::with_max_entries(COUNTER_ROWS, 0);
+
 /// Sub-cgroups of watched containers that userspace has found (at watch time, and by inotify
 /// as they are created): cgroup id → its container. A task moved into one by another process
 /// is attributed through here (the attach program cannot read the moved task's ancestry).

@@ -33,8 +33,8 @@ fn on_mark_victim(ctx: &TracePointContext) -> Option<()> {
     let config = maps::active_config()?;
     let offsets = &config.offsets;
     let victim_pid: u32 = unsafe { ctx.read_at(offsets.oom_pid as usize) }.ok()?;
-    let (slot, cgroup_id) = match tasks::lookup(victim_pid) {
-        Some(task) => (task.slot, task.cgroup_id),
+    let (slot, cgroup_id) = match tasks::container_of(victim_pid) {
+        Some(container) => (container.slot, container.cgroup_id),
         None => (GLOBAL_SLOT, 0),
     };
     container::bump(slot, Counter::OomKills, 1);

@@ -10,7 +10,7 @@ use guard_common::{Counter, TaskEntry};
 
 use crate::{
     container::{self, Container},
-    maps::{TASKS, TASKS_SPILL},
+    maps::{SLOTS, TASKS, TASKS_SPILL},
 };
 
 /// Records `tid` as a task of `container`, counting a full spill map.
@@ -22,6 +22,8 @@ pub fn track(tid: u32, container: &Container) {
         None => {
             if TASKS_SPILL.insert(tid, entry, 0).is_err() {
                 container::bump(container.slot, Counter::TaskMapFull, 1);
+                // An older entry must not keep saying where the task was.
+                let _ = TASKS_SPILL.remove(tid);
             }
         }
     }
@@ -54,4 +56,20 @@ pub fn lookup(tid: u32) -> Option<TaskEntry> {
         Some(entry) => (entry.cgroup_id != 0).then_some(*entry),
         None => unsafe { TASKS_SPILL.get(tid) }.copied(),
     }
+}
+
+/// The watched container `tid` is recorded in: the task map is kept right by the fork and
+/// attach programs, so for a tracked task this replaces the cgroup-id helper and the
+/// `WATCHED` hash lookup with two array loads. None when the task is untracked or its
+/// container was unwatched since (its slot no longer names its cgroup): the caller then asks
+/// the task's cgroup ancestry.
+#[inline(always)]
+pub fn container_of(tid: u32) -> Option<Container> {
+    let entry = lookup(tid)?;
+    let serving = SLOTS.get(entry.slot)?;
+    (*serving == entry.cgroup_id).then_some(Container {
+        cgroup_id: entry.cgroup_id,
+        slot: entry.slot,
+        level: entry.level,
+    })
 }

@@ -148,6 +148,7 @@ pub(crate) struct Probes {
     pub(super) config_map: Array<MapData, ProbeConfig>,
     pub(super) config: ProbeConfig,
     pub(super) watched: HashMap<MapData, u64, WatchEntry>,
+    pub(super) slots: Array<MapData, u64>,
     pub(super) tasks: Array<MapData, TaskEntry>,
     pub(super) tasks_spill: HashMap<MapData, u32, TaskEntry>,
     pub(super) descendants: HashMap<MapData, u64, TaskEntry>,
@@ -213,6 +214,7 @@ impl Probes {
         let mut probes = Self {
             config_map: take_map(&mut ebpf, "CONFIG")?,
             watched: take_map(&mut ebpf, "WATCHED")?,
+            slots: take_map(&mut ebpf, "SLOTS")?,
             tasks: take_map(&mut ebpf, "TASKS")?,
             tasks_spill: take_map(&mut ebpf, "TASKS_SPILL")?,
             descendants: take_map(&mut ebpf, "DESCENDANTS")?,

@@ -23,13 +23,25 @@ impl Probes {
         self.counters
             .set(entry.slot, zeros, 0)
             .map_err(map_error("COUNTERS"))?;
+        self.slots
+            .set(entry.slot, cgroup_id, 0)
+            .map_err(map_error("SLOTS"))?;
         self.watched
             .insert(cgroup_id, entry, 0)
             .map_err(map_error("WATCHED"))
     }
 
-    /// Stops attributing events to a cgroup.
+    /// Stops attributing events to a cgroup: its slot stops naming it first, so the task
+    /// map's entries of its tasks no longer count.
     pub fn unwatch(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+        match self.watched.get(&cgroup_id, 0) {
+            Ok(entry) => self
+                .slots
+                .set(entry.slot, 0, 0)
+                .map_err(map_error("SLOTS"))?,
+            Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(map_error("WATCHED")(source)),
+        }
         self.watched
             .remove(&cgroup_id)
             .map_err(map_error("WATCHED"))

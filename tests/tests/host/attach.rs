@@ -192,3 +192,53 @@ async fn unwatch_after_the_cgroup_was_removed_says_so() {
     assert!(flags.contains("removed before this report"), "{flags}");
     assert_eq!(report.reconciliation.verdict, guard::Verdict::Incomplete);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_slot_does_not_count_the_unwatched_containers_tasks() {
+    if !root_or_skip("a_reused_slot_does_not_count_the_unwatched_containers_tasks") {
+        return;
+    }
+    // The task map's entries outlive an unwatch and the next container gets the freed counter
+    // slot: a task of the old container that forks afterwards must count nowhere. Two-sided:
+    // with the programs' slot check removed (`tasks::container_of` trusting any entry) its
+    // forks land in the new container's row.
+    const FORKS: u64 = 40;
+    let old = TestCgroup::create("slot-old");
+    let new = TestCgroup::create("slot-new");
+    let guard = Guard::start(unbounded()).await.unwrap();
+    guard.watch("old", &old.path).unwrap();
+    let mut shell = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "read go; i=0; while [ $i -lt {FORKS} ]; do /bin/true; i=$((i+1)); done"
+        ))
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The attach program records the shell as a task of "old" during this write.
+    move_to_cgroup(shell.id(), &old.path);
+    guard.unwatch("old").await.unwrap();
+    guard.watch("new", &new.path).unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = shell.stdin.take().unwrap();
+        writeln!(stdin, "go").unwrap();
+    }
+    assert!(shell.wait().unwrap().success());
+    // The slot works for the new container's own tasks.
+    let tally = guard_tests::host::run_stress(crate::STRESS, Some(&new.path), &["fork", "25"]);
+    assert!(tally.contains("\"succeeded\":25"), "{tally}");
+
+    let counters = guard.counters("new").await.unwrap();
+    let bpf = counters.bpf.unwrap();
+    assert_eq!(
+        bpf.forks, 25,
+        "only the new container's forks: {counters:?}"
+    );
+    // Its 25 children and guard-stress itself, which ran in the container.
+    assert_eq!(
+        bpf.exits, 26,
+        "only the new container's exits: {counters:?}"
+    );
+    drop((old, new));
+}
