@@ -152,13 +152,27 @@ pub(crate) fn own_rss_kib() -> Value {
 /// Waits until the container holds only its init (the wave's processes are gone and reaped).
 pub(crate) async fn leftovers_gone(cgroup: &Path, timeout: Duration) -> anyhow::Result<usize> {
     let procs = cgroup.join("cgroup.procs");
+    // A killed task leaves cgroup.procs when it exits, but stays in pids.current (and keeps
+    // its kernel stack charged) until the container's init reaps it: a fresh exec right after
+    // a bomb's OOM kill could still find the container full, so wait for the kernel's count.
+    // Reaped means pids.current counts no more than the live threads (cgroup.threads).
+    let (pids_current, threads) = (cgroup.join("pids.current"), cgroup.join("cgroup.threads"));
     let deadline = Instant::now() + timeout;
     loop {
         let count = std::fs::read_to_string(&procs)
             .with_context(|| format!("reading {}", procs.display()))?
             .lines()
             .count();
-        if count <= 1 || Instant::now() > deadline {
+        let tasks = std::fs::read_to_string(&pids_current)
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok());
+        let live = std::fs::read_to_string(&threads).map(|text| text.lines().count());
+        let reaped = match (tasks, live) {
+            (Some(tasks), Ok(live)) => tasks <= live,
+            _ => true,
+        };
+        let drained = count <= 1 && reaped;
+        if drained || Instant::now() > deadline {
             return Ok(count.saturating_sub(1));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
