@@ -187,11 +187,23 @@ pub fn guest(kernel: &str) -> Option<Guest> {
     Some(Guest { kernel, bin_dir })
 }
 
+/// The guest's memory for a kernel: 128 MiB, except Debian 6.1. Its 128 MiB guest starts the
+/// agent with about 36 MiB of MemAvailable: the limits' waves drew the global OOM killer
+/// beside the memcg kills there (2026-12-03), and the probe suites' deliberate global OOM
+/// (a 400 MiB allocation outside every container) once ended in "System is deadlocked on
+/// memory" (2026-12-05, 1 run in many): after the victim, what was left (the initramfs, the
+/// results in tmpfs, the agent at -1000) was unkillable. 256 MiB gives it room.
+pub fn memory_mib(kernel: &str) -> u32 {
+    if kernel == "6.1" { 256 } else { 128 }
+}
+
 impl Guest {
-    /// Runs a shell script in a 128 MiB guest with `guard` and `guard-stress` in /bin; the
-    /// guest must complete (a VM death or a timeout fails the test with the console tail).
+    /// Runs a shell script in a guest of [`memory_mib`] with `guard` and `guard-stress` in
+    /// /bin; the guest must complete (a VM death or a timeout fails the test with the console
+    /// tail).
     pub fn run(&self, label: &str, script: &str) -> Completed {
         let config = VmConfig::shell(&self.kernel, script)
+            .memory_mib(memory_mib(&self.kernel))
             .binary(self.bin_dir.join("guard"))
             .binary(self.bin_dir.join("guard-stress"))
             .timeout(Duration::from_secs(600))

@@ -47,13 +47,12 @@ pub(crate) fn selftest_in(
 /// memory.max before pids.max). The budget is the tenants wave's to prove (`tenants.rs`).
 const WAVES: &str = "--scenario waves --no-budget --memory 60%";
 
-/// The guest's memory for the limits' own tests: 128 MiB, except Debian 6.1. Its 128 MiB guest
-/// starts the agent with about 36 MiB of MemAvailable: at 60% of it (22 MiB) the fork+alloc
-/// bomb still drew the global OOM killer once beside 194 memcg kills (a CI run, 2026-12-03,
-/// seen once the kernel log's scope entered the verdict), and the guest budget there would be
-/// below its 10 MiB floor. 256 MiB gives it the room the measured kernel reserve asks for.
+/// The guest's memory for the limits' own tests: `guard_tests::guest::memory_mib` (256 MiB on
+/// Debian 6.1, whose 128 MiB guest leaves the agent about 36 MiB: at 60% of it the fork+alloc
+/// bomb drew the global OOM killer beside the memcg kills, and the guest budget there would be
+/// below its 10 MiB floor).
 pub(crate) fn guest_memory_mib(kernel: &str) -> u32 {
-    if kernel == "6.1" { 256 } else { 128 }
+    guard_tests::guest::memory_mib(kernel)
 }
 
 fn number(value: &Value) -> u64 {
