@@ -45,11 +45,7 @@ fn on_attach(ctx: &TracePointContext) -> Option<()> {
     let container = if pid == container::current_tid() {
         container::current_container(config)
     } else {
-        unsafe { DESCENDANTS.get(dst_id) }.map(|entry| Container {
-            cgroup_id: entry.cgroup_id,
-            slot: entry.slot,
-            level: entry.level,
-        })
+        unsafe { DESCENDANTS.get(dst_id) }.map(Container::of_entry)
     };
     match container {
         Some(container) => tasks::track(pid, &container),

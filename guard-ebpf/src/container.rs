@@ -15,6 +15,15 @@ pub struct Container {
 }
 
 impl Container {
+    /// The container a task-map or sub-cgroup entry names.
+    pub fn of_entry(entry: &TaskEntry) -> Self {
+        Self {
+            cgroup_id: entry.cgroup_id,
+            slot: entry.slot,
+            level: entry.level,
+        }
+    }
+
     pub fn task_entry(&self) -> TaskEntry {
         TaskEntry {
             cgroup_id: self.cgroup_id,

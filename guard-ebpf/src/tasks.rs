@@ -3,9 +3,10 @@
 //! end (hosts whose `pid_max` exceeds the cap). Every hook that tracks tasks goes through here.
 //!
 //! An entry is empty when its `cgroup_id` is 0 (no cgroup has id 0). Entries are written with
-//! plain stores: a reader racing a writer of the same thread id (two moves of one task at once)
-//! may see a torn entry, which the hash's atomic replace did not allow; only the OOM victim's
-//! attribution reads entries, and a task is not killed while it is being moved.
+//! plain stores: a reader racing a writer of the same thread id (a task forking or exiting
+//! while another process moves it) may see a torn entry, which the hash's atomic replace did
+//! not allow. A torn entry (one container's cgroup id, another's slot) fails the `SLOTS` check,
+//! so `container_of` falls back to the task's cgroup ancestry.
 use guard_common::{Counter, TaskEntry};
 
 use crate::{
@@ -67,9 +68,5 @@ pub fn lookup(tid: u32) -> Option<TaskEntry> {
 pub fn container_of(tid: u32) -> Option<Container> {
     let entry = lookup(tid)?;
     let serving = SLOTS.get(entry.slot)?;
-    (*serving == entry.cgroup_id).then_some(Container {
-        cgroup_id: entry.cgroup_id,
-        slot: entry.slot,
-        level: entry.level,
-    })
+    (*serving == entry.cgroup_id).then(|| Container::of_entry(&entry))
 }

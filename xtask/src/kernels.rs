@@ -88,8 +88,8 @@ fn measure(args: &KernelsArgs, kernel: &str, bin: &Path) -> anyhow::Result<Row> 
         let meminfo = done
             .file_str("meminfo")
             .context("no meminfo from the guest")?;
-        totals.push(meminfo_kb(&meminfo, "MemTotal")?);
-        available.push(meminfo_kb(&meminfo, "MemAvailable")?);
+        totals.push(meminfo_kb(&meminfo, "MemTotal").context("the guest's /proc/meminfo")?);
+        available.push(meminfo_kb(&meminfo, "MemAvailable").context("the guest's /proc/meminfo")?);
         let probe: Value = serde_json::from_str(&done.file_str("probe.json").unwrap_or_default())
             .context("guard probe --json printed no JSON")?;
         tier = probe["tier"].as_u64().unwrap_or(0);
@@ -128,14 +128,15 @@ fn manifest(kernel: &str) -> impl Fn(&str) -> Option<u64> {
     }
 }
 
-fn meminfo_kb(meminfo: &str, field: &str) -> anyhow::Result<u64> {
+/// A `Name:   1234 kB` line's number, as /proc/meminfo and /proc/<pid>/status write them.
+pub(crate) fn meminfo_kb(meminfo: &str, field: &str) -> anyhow::Result<u64> {
     meminfo
         .lines()
         .find_map(|line| {
             let rest = line.strip_prefix(field)?.strip_prefix(':')?;
             rest.split_whitespace().next()?.parse().ok()
         })
-        .with_context(|| format!("no {field} in the guest's /proc/meminfo"))
+        .with_context(|| format!("no {field} line"))
 }
 
 fn median(values: &mut [u64]) -> u64 {

@@ -106,10 +106,15 @@ impl CapabilityReport {
     pub(crate) fn kretprobe_attached(&mut self, attached: bool) {
         if self.pids_can_fork_symbol != attached {
             self.pids_can_fork_symbol = attached;
-            self.tier = self.derive_tier();
-            self.options_to_lift_tier = self.derive_options_to_lift_tier();
-            self.notes = self.derive_notes();
+            self.derive_conclusions();
         }
+    }
+
+    /// The tier, the options that would lift it and the notes, from the findings.
+    fn derive_conclusions(&mut self) {
+        self.tier = self.derive_tier();
+        self.options_to_lift_tier = self.derive_options_to_lift_tier();
+        self.notes = self.derive_notes();
     }
 
     fn probe_with(scan: SymbolScan) -> Self {
@@ -178,9 +183,7 @@ impl CapabilityReport {
             options_to_lift_tier: Vec::new(),
             notes: Vec::new(),
         };
-        report.tier = report.derive_tier();
-        report.options_to_lift_tier = report.derive_options_to_lift_tier();
-        report.notes = report.derive_notes();
+        report.derive_conclusions();
         report
     }
 

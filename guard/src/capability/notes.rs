@@ -174,9 +174,7 @@ mod tests {
     }
 
     fn finish(mut report: CapabilityReport) -> CapabilityReport {
-        report.tier = report.derive_tier();
-        report.options_to_lift_tier = report.derive_options_to_lift_tier();
-        report.notes = report.derive_notes();
+        report.derive_conclusions();
         report
     }
 

@@ -11,6 +11,8 @@
 use std::{fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context, bail};
+
+use crate::kernels::meminfo_kb;
 use xtask::vm::{self, VmConfig, VmResult};
 
 /// Guest memory: the size micro-VM sandboxes give their guests.
@@ -216,26 +218,16 @@ impl Reading {
     fn parse(meminfo: &str, status: &str, after: &str, maps: &str) -> anyhow::Result<Self> {
         let (count, memlock_bytes) = memlock(maps);
         Ok(Self {
-            mem_total_kib: kib(meminfo, "MemTotal").context("meminfo")?,
-            mem_available_kib: kib(meminfo, "MemAvailable").context("meminfo")?,
-            slab_kib: kib(meminfo, "Slab").context("meminfo")?,
-            percpu_kib: kib(meminfo, "Percpu").unwrap_or(0),
-            rss_kib: kib(status, "VmRSS").context("the agent's status")?,
-            hwm_kib: kib(after, "VmHWM").context("the agent's status after the storm")?,
+            mem_total_kib: meminfo_kb(meminfo, "MemTotal").context("meminfo")?,
+            mem_available_kib: meminfo_kb(meminfo, "MemAvailable").context("meminfo")?,
+            slab_kib: meminfo_kb(meminfo, "Slab").context("meminfo")?,
+            percpu_kib: meminfo_kb(meminfo, "Percpu").unwrap_or(0),
+            rss_kib: meminfo_kb(status, "VmRSS").context("the agent's status")?,
+            hwm_kib: meminfo_kb(after, "VmHWM").context("the agent's status after the storm")?,
             maps: count,
             memlock_bytes,
         })
     }
-}
-
-/// A `Name:   1234 kB` line's number, as /proc/meminfo and /proc/<pid>/status write them.
-fn kib(text: &str, field: &str) -> anyhow::Result<u64> {
-    text.lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .with_context(|| format!("no {field} line"))
 }
 
 /// The number of bpf-map fdinfo blocks in `fdinfo` and the sum of their `memlock:` (bytes).
@@ -346,8 +338,8 @@ mod tests {
     #[test]
     fn fields_match_whole_names_and_tolerate_what_is_absent() {
         // A prefix of a name is no field.
-        assert!(kib(MEMINFO, "Mem").is_err());
-        assert_eq!(kib(MEMINFO, "MemFree").unwrap(), 60112);
+        assert!(meminfo_kb(MEMINFO, "Mem").is_err());
+        assert_eq!(meminfo_kb(MEMINFO, "MemFree").unwrap(), 60112);
         let no_percpu = MEMINFO.replace("Percpu:              672 kB\n", "");
         let parsed = Reading::parse(&no_percpu, STATUS, STATUS, "").unwrap();
         assert_eq!(parsed.percpu_kib, 0);

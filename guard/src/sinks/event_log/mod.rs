@@ -355,37 +355,32 @@ impl Payload for LoggedPayload<'_> {
             cgroup_id,
             detail,
         } = &self.0;
-        let head = |out: &mut Vec<u8>| {
-            out.push(b'{');
-            if let Some(ring) = ring {
-                push_field(out, b"\"cpu\":", u64::from(ring.cpu));
-                push_field(out, b",\"seq\":", ring.seq);
-                out.push(b',');
-            }
-            push_field(out, b"\"ktime_ns\":", *ktime_ns);
-            push_field(out, b",\"cgroup_id\":", *cgroup_id);
-        };
-        match detail {
-            EventDetail::Fork(fork) => {
-                head(out);
-                push_field(
-                    out,
+        // The kind's own fields after the common head, each key with its comma.
+        let fields: &[(&[u8], u64)] = match detail {
+            EventDetail::Fork(fork) => &[
+                (
                     b",\"kind\":\"fork\",\"parent_pid\":",
                     u64::from(fork.parent_pid),
-                );
-                push_field(out, b",\"child_pid\":", u64::from(fork.child_pid));
-            }
-            EventDetail::Reclaim(reclaim) => {
-                head(out);
-                push_field(
-                    out,
-                    b",\"kind\":\"reclaim\",\"tid\":",
-                    u64::from(reclaim.tid),
-                );
-                push_field(out, b",\"duration_ns\":", reclaim.duration_ns);
-                push_field(out, b",\"nr_reclaimed\":", reclaim.nr_reclaimed);
-            }
+                ),
+                (b",\"child_pid\":", u64::from(fork.child_pid)),
+            ],
+            EventDetail::Reclaim(reclaim) => &[
+                (b",\"kind\":\"reclaim\",\"tid\":", u64::from(reclaim.tid)),
+                (b",\"duration_ns\":", reclaim.duration_ns),
+                (b",\"nr_reclaimed\":", reclaim.nr_reclaimed),
+            ],
             _ => return serde_json::to_writer(out, &self.0),
+        };
+        out.push(b'{');
+        if let Some(ring) = ring {
+            push_field(out, b"\"cpu\":", u64::from(ring.cpu));
+            push_field(out, b",\"seq\":", ring.seq);
+            out.push(b',');
+        }
+        push_field(out, b"\"ktime_ns\":", *ktime_ns);
+        push_field(out, b",\"cgroup_id\":", *cgroup_id);
+        for (key, value) in fields {
+            push_field(out, key, *value);
         }
         out.push(b'}');
         Ok(())
