@@ -3,8 +3,10 @@
 //! Every container gets: its limits in `linux.resources`, an explicit `cgroupsPath` of
 //! `<root>/<id>` (default root `/guard`, so the guard always knows where the cgroup is instead
 //! of depending on the runtime's naming), a cgroup namespace, a read-only cgroupfs at
-//! `/sys/fs/cgroup`, and an explicit `process.oomScoreAdj` (never the agent's inherited -1000,
-//! which makes a memcg OOM livelock: the OOM killer finds no victim and loops).
+//! `/sys/fs/cgroup`, an explicit `process.oomScoreAdj` (never the agent's inherited -1000,
+//! which makes a memcg OOM livelock: the OOM killer finds no victim and loops), and a seccomp
+//! filter that denies AF_VSOCK sockets and io_uring ([`seccomp`]: merged into a bundle's own
+//! profile, which is refused if it cannot be enforced).
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
@@ -15,6 +17,9 @@ use crate::{
     container_id::{ContainerId, ContainerIdError},
     limits::Limits,
 };
+
+pub mod seccomp;
+pub use seccomp::SeccompProfileError;
 
 /// Default parent of every container's cgroup, relative to the cgroup2 mount.
 pub const DEFAULT_CGROUP_ROOT: &str = "/guard";
@@ -74,6 +79,9 @@ pub enum SpecError {
     /// [`for_rootfs`] with no command.
     #[error("the container command is empty")]
     EmptyCommand,
+    /// The bundle's seccomp profile cannot be enforced, or would undo the guard's rule.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompProfileError),
 }
 
 /// How the spec is adjusted.
@@ -92,6 +100,9 @@ pub struct SpecOptions {
     /// Tests only: leave `cgroupsPath` unset, so the runtime picks its own cgroup name. Used to
     /// show the `/guard/<id>` checks fail without the explicit path.
     pub omit_cgroups_path: bool,
+    /// Tests only: leave the guard's seccomp rule out ([`seccomp`]; a bundle's own profile is
+    /// still checked and applied as written). Used to show what a tenant could do without it.
+    pub omit_seccomp_rule: bool,
     /// The kernel accounts swap per cgroup (CONFIG_SWAP: `memory.swap.max` exists). Without
     /// it the spec asks for no swap limit at all: the runtime would fail to write a file the
     /// kernel does not have, and there is no swap to dodge a limit with.
@@ -105,6 +116,7 @@ impl Default for SpecOptions {
             oom_score_adj: DEFAULT_OOM_SCORE_ADJ,
             init_oom_score_adj: None,
             omit_cgroups_path: false,
+            omit_seccomp_rule: false,
             swap_accounting: true,
         }
     }
@@ -283,6 +295,14 @@ pub fn apply(
         namespaces.push(cgroup);
     }
     linux.set_namespaces(Some(namespaces));
+
+    let profile = match (linux.seccomp(), options.omit_seccomp_rule) {
+        (Some(own), false) => Some(seccomp::merged(own)?),
+        (Some(own), true) => Some(seccomp::checked(own)?),
+        (None, false) => Some(seccomp::default_profile()?),
+        (None, true) => None,
+    };
+    linux.set_seccomp(profile);
 
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     mounts.retain(|mount| mount.destination() != Path::new(CGROUP_MOUNT));

@@ -1005,3 +1005,79 @@ fn config_files() {
     );
     matrix.done();
 }
+
+/// A bundle's seccomp profile that cannot be enforced as written, or that would let a tenant
+/// past the guard's rule (no AF_VSOCK sockets, no io_uring), refuses the container.
+#[test]
+fn seccomp_profiles() {
+    use guard::spec::{SpecOptions, apply, for_rootfs};
+    let mut matrix = Matrix::default();
+    let apply_profile = |profile: &str| {
+        let mut spec = for_rootfs(Path::new("/srv/rootfs"), &["sh".to_string()], &[]).unwrap();
+        let profile = serde_json::from_str(profile).unwrap();
+        spec.linux_mut()
+            .as_mut()
+            .unwrap()
+            .set_seccomp(Some(profile));
+        err(apply(
+            &mut spec,
+            "web",
+            &guard::limits::Limits {
+                memory_max: None,
+                swap_max: None,
+                pids_max: None,
+            },
+            &SpecOptions::default(),
+        ))
+    };
+    let cases = [
+        (
+            "a refusal libseccomp cannot name",
+            r#"{"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["no_such_call"], "action": "SCMP_ACT_ERRNO"}]}"#,
+            "the bundle's seccomp rule 0 (SCMP_ACT_ERRNO) names \"no_such_call\", a syscall \
+             libseccomp does not know: the restriction could not be enforced",
+        ),
+        (
+            "an allowance that admits AF_VSOCK",
+            r#"{"defaultAction": "SCMP_ACT_ERRNO",
+                "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"},
+                             {"names": ["socket"], "action": "SCMP_ACT_ALLOW",
+                              "args": [{"index": 0, "value": 2, "op": "SCMP_CMP_GE"}]}]}"#,
+            "the bundle's seccomp rule 1 (SCMP_ACT_ALLOW socket when arg0 SCMP_CMP_GE 2) lets \
+             AF_VSOCK sockets through, which guard denies to every container: narrow it to \
+             exclude domain 40",
+        ),
+        (
+            "an argument past the sixth",
+            r#"{"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
+                              "args": [{"index": 6, "value": 0, "op": "SCMP_CMP_EQ"}]}]}"#,
+            "the bundle's seccomp rule 0 compares argument 6: syscalls have six (0-5)",
+        ),
+        (
+            "notify as the default",
+            r#"{"defaultAction": "SCMP_ACT_NOTIFY"}"#,
+            "the bundle's seccomp profile cannot be enforced: SCMP_ACT_NOTIFY as the default \
+             action",
+        ),
+        (
+            "notify for write",
+            r#"{"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/seccomp.sock",
+                "syscalls": [{"names": ["write"], "action": "SCMP_ACT_NOTIFY"}]}"#,
+            "the bundle's seccomp profile cannot be enforced: SCMP_ACT_NOTIFY for write, which \
+             the notification itself needs",
+        ),
+        (
+            "notify without a listener",
+            r#"{"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]}"#,
+            "the bundle's seccomp profile cannot be enforced: SCMP_ACT_NOTIFY without a \
+             listenerPath",
+        ),
+    ];
+    for (case, profile, want) in cases {
+        matrix.expect(case, apply_profile(profile), want);
+    }
+    matrix.done();
+}
