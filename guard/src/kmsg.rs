@@ -6,6 +6,8 @@
 //! `Out of memory: Killed process <pid> (<comm>) …` for the global one. [`KmsgWatch`] reads
 //! `/dev/kmsg` from the moment it starts and tallies them; a reader that falls behind the
 //! kernel's log buffer is told so (EPIPE), and the tally counts it instead of pretending.
+//! Only the kernel's own records count (facility 0): the guest's root can write any text to
+//! `/dev/kmsg`, but the kernel logs it at a user facility.
 use std::{
     collections::BTreeSet,
     fs::File,
@@ -72,8 +74,14 @@ pub struct LoggedKill {
     pub comm: String,
 }
 
-/// The kill a kernel log message reports, if it is one. Takes the message text, with or
-/// without `/dev/kmsg`'s `level,seq,time,flags;` prefix.
+/// The facility of the kernel's own messages. A line written to `/dev/kmsg` from userspace
+/// never has it: the kernel gives such a line `LOG_USER` (1) unless it names another facility,
+/// and a named facility 0 is taken as none.
+const KERNEL_FACILITY: u32 = 0;
+
+/// The kill a `/dev/kmsg` record reports, if it is one: `prio,seq,time,flags;message`, where
+/// `prio` is the facility times 8 plus the level. Only the kernel's own records (facility 0)
+/// count: anyone who may write to `/dev/kmsg` can log the same text at another facility.
 ///
 /// ```
 /// use guard::kmsg::{OomScope, parse_kill};
@@ -82,15 +90,24 @@ pub struct LoggedKill {
 ///             total-vm:526892kB, anon-rss:52112kB, file-rss:4kB, shmem-rss:0kB";
 /// let kill = parse_kill(line).unwrap();
 /// assert_eq!((kill.scope, kill.pid, kill.comm.as_str()), (OomScope::Memcg, 1160, "stress"));
-/// let global = parse_kill("Out of memory: Killed process 77 (sh) total-vm:1kB").unwrap();
+/// let global = parse_kill("3,7,8,-;Out of memory: Killed process 77 (sh) total-vm:1kB").unwrap();
 /// assert_eq!(global.scope, OomScope::Global);
 /// assert_eq!(parse_kill("6,1,2,-;oom-kill:constraint=CONSTRAINT_MEMCG"), None);
+/// // `echo "<3>Out of memory: Killed process 77 (sh)" > /dev/kmsg` is logged at facility 1
+/// // (prio 8 + 3): not the kernel's.
+/// assert_eq!(parse_kill("11,9,10,-;Out of memory: Killed process 77 (sh) total-vm:1kB"), None);
 /// ```
 pub fn parse_kill(record: &str) -> Option<LoggedKill> {
-    let message = match record.split_once(';') {
-        Some((prefix, message)) if prefix.split(',').count() >= 3 => message,
-        _ => record,
-    };
+    let (prefix, message) = record.split_once(';')?;
+    let prio: u32 = prefix.split(',').next()?.parse().ok()?;
+    if prio >> 3 != KERNEL_FACILITY {
+        return None;
+    }
+    parse_message(message)
+}
+
+/// The kill a kernel message (without the record's prefix) reports, if it is one.
+fn parse_message(message: &str) -> Option<LoggedKill> {
     let (scope, rest) = if let Some(rest) = message.strip_prefix("Memory cgroup out of memory: ") {
         (OomScope::Memcg, rest)
     } else if let Some(rest) = message.strip_prefix("Out of memory: ") {
@@ -332,7 +349,7 @@ mod tests {
                 comm: "guard-stress".into()
             })
         );
-        let global = "Out of memory: Killed process 77 (a (b) c) total-vm:1kB";
+        let global = "3,7,8,-;Out of memory: Killed process 77 (a (b) c) total-vm:1kB";
         assert_eq!(
             parse_kill(global),
             Some(LoggedKill {
@@ -348,9 +365,11 @@ mod tests {
         for line in [
             "6,1,2,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null)",
             "4,5,6,-;guard-stress invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0",
-            "Out of memory: Killed process x (y)",
-            "Out of memory: Killed process 12",
-            "Memory cgroup stats for /guard/a:",
+            "3,1,2,-;Out of memory: Killed process x (y)",
+            "3,1,2,-;Out of memory: Killed process 12",
+            "6,1,2,-;Memory cgroup stats for /guard/a:",
+            // A message without the record's prefix: not a record of /dev/kmsg.
+            "Out of memory: Killed process 77 (sh) total-vm:1kB",
             "",
         ] {
             assert_eq!(parse_kill(line), None, "{line}");
@@ -358,10 +377,35 @@ mod tests {
     }
 
     #[test]
+    fn only_the_kernels_own_lines_count() {
+        // What `echo "<N>…" > /dev/kmsg` makes of each prefix: no facility given or facility 0
+        // named is LOG_USER (prio 8 + level); any other is kept.
+        let message = "Out of memory: Killed process 77 (sh) total-vm:1kB";
+        for prio in [8, 11, 14, 3 * 8 + 3, 23 * 8 + 7] {
+            assert_eq!(
+                parse_kill(&format!("{prio},5,6,-;{message}")),
+                None,
+                "{prio}"
+            );
+        }
+        // Two-sided: the same message at the kernel's facility, every level, is a kill.
+        for prio in 0..8 {
+            assert!(
+                parse_kill(&format!("{prio},5,6,-;{message}")).is_some(),
+                "{prio}"
+            );
+        }
+        // A prefix that is not a number is no record.
+        assert_eq!(parse_kill(&format!("x,5,6,-;{message}")), None);
+    }
+
+    #[test]
     fn the_tally_keeps_global_victims() {
         let mut tally = OomTally::default();
-        tally.add(parse_kill("Out of memory: Killed process 5 (sh) x").unwrap());
-        tally.add(parse_kill("Memory cgroup out of memory: Killed process 6 (a) x").unwrap());
+        tally.add(parse_kill("3,1,1,-;Out of memory: Killed process 5 (sh) x").unwrap());
+        tally.add(
+            parse_kill("3,2,2,-;Memory cgroup out of memory: Killed process 6 (a) x").unwrap(),
+        );
         assert_eq!((tally.global, tally.memcg), (1, 1));
         assert_eq!(tally.global_victims[0].pid, 5);
     }
@@ -370,9 +414,9 @@ mod tests {
     fn global_kills_are_found_among_a_containers_victims() {
         let mut tally = OomTally::default();
         for line in [
-            "Out of memory: Killed process 5 (sh) x",
-            "Out of memory: Killed process 9 (sh) x",
-            "Memory cgroup out of memory: Killed process 6 (a) x",
+            "3,1,1,-;Out of memory: Killed process 5 (sh) x",
+            "3,2,2,-;Out of memory: Killed process 9 (sh) x",
+            "3,3,3,-;Memory cgroup out of memory: Killed process 6 (a) x",
         ] {
             tally.add(parse_kill(line).unwrap());
         }
