@@ -3,6 +3,8 @@
 //! forwards the live events to a subscriber of its own, and prints the reconciled report.
 //! `--no-guard` runs the same container the same way without starting the guard (no BPF, no
 //! pipeline, no report): the baseline `cargo xtask bench` measures the guard's memory against.
+//! `--allow-unprivileged-bpf` is the runtime's opt-out: by default it closes bpf(2) to
+//! unprivileged processes before the container exists.
 //! Either way it says `agent: container agent-demo started` once the container runs.
 //!
 //! ```sh
@@ -35,11 +37,12 @@ struct Args {
     pids: PidsSetting,
     min_tier: Tier,
     no_guard: bool,
+    allow_unprivileged_bpf: bool,
     command: Vec<String>,
 }
 
 const USAGE: &str = "usage: agent --rootfs DIR [--memory 64M|50%|max] [--pids N|max] \
-                     [--min-tier 0|1|2] [--no-guard] -- CMD...";
+                     [--min-tier 0|1|2] [--no-guard] [--allow-unprivileged-bpf] -- CMD...";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
@@ -49,6 +52,7 @@ fn parse_args() -> Result<Args, String> {
         pids: PidsSetting::Default,
         min_tier: Tier::CgroupFilesOnly,
         no_guard: false,
+        allow_unprivileged_bpf: false,
         command: Vec::new(),
     };
     while let Some(arg) = args.next() {
@@ -62,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
                 parsed.min_tier = Tier::try_from(tier).map_err(|e| format!("--min-tier: {e}"))?;
             }
             "--no-guard" => parsed.no_guard = true,
+            "--allow-unprivileged-bpf" => parsed.allow_unprivileged_bpf = true,
             "--" => parsed.command = args.by_ref().collect(),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -131,8 +136,16 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
     };
     let runtime = Runtime::new(RuntimeOptions {
         exec_helper: Some(ExecHelper::this_binary(&[EXEC_HELPER])?),
+        allow_unprivileged_bpf: args.allow_unprivileged_bpf,
         ..RuntimeOptions::default()
     })?;
+    eprintln!(
+        "agent: kernel.unprivileged_bpf_disabled {}",
+        match runtime.unprivileged_bpf() {
+            Some(sysctl) => format!("{} -> {}", sysctl.before, sysctl.after),
+            None => "left as it is".to_string(),
+        }
+    );
     let limits = runtime
         .resolve(&LimitRequest {
             memory: args.memory,

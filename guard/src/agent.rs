@@ -43,17 +43,6 @@ use crate::{
 /// What a container's supervision can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// `kernel.unprivileged_bpf_disabled` could not be read or written
-    /// ([`close_unprivileged_bpf`]).
-    #[error("{what} {path}: {source}")]
-    Sysctl {
-        /// `reading` or `writing 2 to`.
-        what: &'static str,
-        /// The sysctl's file.
-        path: &'static str,
-        /// The I/O error.
-        source: std::io::Error,
-    },
     /// The guard's: watching the container ([`supervise`]) or its final report
     /// ([`Supervised::finish`]).
     #[error(transparent)]
@@ -93,48 +82,6 @@ pub enum AgentError {
         /// The task's join error.
         message: String,
     },
-}
-
-const UNPRIVILEGED_BPF: &str = "/proc/sys/kernel/unprivileged_bpf_disabled";
-
-/// `kernel.unprivileged_bpf_disabled` before and after [`close_unprivileged_bpf`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct UnprivilegedBpf {
-    /// The value before (0: open to every process).
-    pub before: u8,
-    /// The value after (1 or 2: closed).
-    pub after: u8,
-}
-
-/// Closes bpf(2) to processes without CAP_BPF, as Debian's kernels do by default: lean guest
-/// kernels (libkrunfw's) leave it open, and a container could then load BPF programs and
-/// create maps of its own. `2` (disabled, an administrator may reopen it), unless it is
-/// already disabled.
-pub fn close_unprivileged_bpf() -> Result<UnprivilegedBpf, AgentError> {
-    let read = || {
-        std::fs::read_to_string(UNPRIVILEGED_BPF)
-            .map(|text| text.trim().parse().unwrap_or(0))
-            .map_err(|source| AgentError::Sysctl {
-                what: "reading",
-                path: UNPRIVILEGED_BPF,
-                source,
-            })
-    };
-    let before = read()?;
-    if before == 0 {
-        std::fs::write(UNPRIVILEGED_BPF, "2").map_err(|source| AgentError::Sysctl {
-            what: "writing 2 to",
-            path: UNPRIVILEGED_BPF,
-            source,
-        })?;
-        tracing::info!(
-            "closed bpf(2) to unprivileged processes (kernel.unprivileged_bpf_disabled = 2)"
-        );
-    }
-    Ok(UnprivilegedBpf {
-        before,
-        after: read()?,
-    })
 }
 
 /// A container that is created, watched and started.

@@ -9,6 +9,9 @@
 //! [`Container::delete`] snapshots `memory.events`, `memory.events.local` and `pids.events`
 //! before removing the cgroup (removal erases them).
 //!
+//! Before any container exists, [`Runtime::new`] closes bpf(2) to unprivileged processes
+//! ([`unprivileged_bpf`]; [`RuntimeOptions::allow_unprivileged_bpf`] leaves it as it is).
+//!
 //! Every libcontainer call that clones runs under [`oom_score::preserving_caller`]: libcontainer
 //! writes the container's score into its caller, and the agent must stay at -1000. Creation
 //! avoids even the temporary change: the init gets its score from us before it starts.
@@ -21,6 +24,7 @@ mod exec_deadline;
 mod exec_helper;
 pub mod oom_score;
 mod records;
+mod unprivileged_bpf;
 mod verify;
 
 pub use budget::{BudgetRecord, raise_threads_max};
@@ -31,6 +35,7 @@ pub use exec_helper::{
 };
 use records::micros;
 pub use records::{CreationRecord, Removed, Timings};
+pub use unprivileged_bpf::{UnprivilegedBpf, close as close_unprivileged_bpf};
 pub use verify::check_read_back;
 
 use std::{
@@ -91,7 +96,8 @@ pub enum Source {
 
 /// How the runtime runs. The defaults: state under `/run/guard/containers`, bundles under
 /// `/run/guard/bundles`, the default [`SpecOptions`], pivot_root, the guest budget derived
-/// from the guest, the [`default_agent_reserve`], and no exec helper.
+/// from the guest, the [`default_agent_reserve`], no exec helper, and bpf(2) closed to
+/// unprivileged processes.
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     /// libcontainer's state folder (one sub-folder per container).
@@ -114,6 +120,11 @@ pub struct RuntimeOptions {
     /// With a helper the caller becomes a child subreaper: orphans of its descendants become
     /// its children, and it must reap them (guard's agent waits for what it execs).
     pub exec_helper: Option<ExecHelper>,
+    /// Leave `kernel.unprivileged_bpf_disabled` as the kernel has it. By default
+    /// [`Runtime::new`] sets it to 2 where it is 0 (lean guest kernels ship it open), so that
+    /// no container can create BPF maps or load programs of its own. Opt out only for a
+    /// workload that needs unprivileged BPF and a kernel whose BPF you trust tenants with.
+    pub allow_unprivileged_bpf: bool,
 }
 
 /// The agent reserve of a guard with default stream options, its log and one live subscriber.
@@ -136,6 +147,7 @@ impl Default for RuntimeOptions {
             budget: Some(BudgetRequest::default()),
             agent_reserve: default_agent_reserve(),
             exec_helper: None,
+            allow_unprivileged_bpf: false,
         }
     }
 }
@@ -145,14 +157,21 @@ pub struct Runtime {
     options: RuntimeOptions,
     hierarchy: Hierarchy,
     budget: Option<BudgetRecord>,
+    unprivileged_bpf: Option<UnprivilegedBpf>,
 }
 
 impl Runtime {
-    /// Validates the options, finds the cgroup v2 hierarchy, creates the state and bundle
-    /// folders, and (with a budget) derives the guest budget and applies it to the parent
-    /// cgroup, raising `kernel.threads-max` to fit. Needs root.
+    /// Validates the options, closes bpf(2) to unprivileged processes (unless
+    /// [`RuntimeOptions::allow_unprivileged_bpf`]), finds the cgroup v2 hierarchy, creates the
+    /// state and bundle folders, and (with a budget) derives the guest budget and applies it to
+    /// the parent cgroup, raising `kernel.threads-max` to fit. Needs root.
     pub fn new(mut options: RuntimeOptions) -> Result<Self, RuntimeError> {
         options.spec.validate()?;
+        let unprivileged_bpf = if options.allow_unprivileged_bpf {
+            None
+        } else {
+            Some(unprivileged_bpf::close()?)
+        };
         // CONFIG_SWAP is what gives cgroups memory.swap.max; /proc/swaps exists exactly with it.
         options.spec.swap_accounting &= Path::new("/proc/swaps").exists();
         let hierarchy = Hierarchy::find()?;
@@ -189,12 +208,19 @@ impl Runtime {
             options,
             hierarchy,
             budget,
+            unprivileged_bpf,
         })
     }
 
     /// The guest budget the parent cgroup holds (None: the runtime runs without one).
     pub fn budget(&self) -> Option<&BudgetRecord> {
         self.budget.as_ref()
+    }
+
+    /// `kernel.unprivileged_bpf_disabled` before and after [`Runtime::new`] closed it (None:
+    /// [`RuntimeOptions::allow_unprivileged_bpf`]).
+    pub fn unprivileged_bpf(&self) -> Option<UnprivilegedBpf> {
+        self.unprivileged_bpf
     }
 
     /// Resolves `request` against the guest's memory now and fits it into the budget: defaults

@@ -264,6 +264,8 @@ fn the_budget_refuses_the_root_cgroup_and_a_hierarchy_without_controllers() {
         let mut options = RuntimeOptions {
             state_root: scratch.join("state"),
             bundle_root: scratch.join("bundles"),
+            // This host's own setting is not the test's to change.
+            allow_unprivileged_bpf: true,
             ..RuntimeOptions::default()
         };
         options.spec.cgroup_root = cgroup_root.to_string();

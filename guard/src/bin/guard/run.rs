@@ -8,13 +8,15 @@ use std::{path::PathBuf, process::ExitCode, time::Instant};
 use anyhow::Context;
 use guard::{
     ContainerId, Guard, GuardOptions, Report as GuardReport, Tier,
-    agent::{self, Ending, Finished, UnprivilegedBpf},
+    agent::{self, Ending, Finished},
     cgroup::EventFiles,
     config::Config,
     limits::{
         BudgetRequest, LimitRequest, Limits, MemInfo, MemorySetting, PidsSetting, SwapSetting,
     },
-    runtime::{CreationRecord, Runtime, RuntimeOptions, Source, Timings, oom_score},
+    runtime::{
+        CreationRecord, Runtime, RuntimeOptions, Source, Timings, UnprivilegedBpf, oom_score,
+    },
     sinks::event_log::EventLog,
     spec::{DEFAULT_CGROUP_ROOT, DEFAULT_OOM_SCORE_ADJ, SpecOptions},
 };
@@ -101,6 +103,10 @@ pub struct RunArgs {
     /// Tests only: leave cgroupsPath out of the spec (the runtime picks its own cgroup).
     #[arg(long, hide = true)]
     omit_cgroups_path: bool,
+    /// Tests only: leave guard's seccomp rule (no AF_VSOCK sockets, no io_uring) out of the
+    /// container's spec, to show what a tenant could do without it.
+    #[arg(long, hide = true)]
+    omit_seccomp_rule: bool,
     #[command(flatten)]
     metrics: crate::metrics_args::MetricsArgs,
     #[command(flatten)]
@@ -281,11 +287,6 @@ async fn run_logged(
     started: Instant,
     stop_signals: &mut StopSignals,
 ) -> anyhow::Result<ExitCode> {
-    let unprivileged_bpf = if args.allow_unprivileged_bpf {
-        None
-    } else {
-        Some(agent::close_unprivileged_bpf()?)
-    };
     let runtime = Runtime::new(RuntimeOptions {
         spec: SpecOptions {
             cgroup_root: args
@@ -294,8 +295,10 @@ async fn run_logged(
                 .unwrap_or_else(|| DEFAULT_CGROUP_ROOT.to_string()),
             oom_score_adj: args.oom_score_adj,
             omit_cgroups_path: args.omit_cgroups_path,
+            omit_seccomp_rule: args.omit_seccomp_rule,
             ..SpecOptions::default()
         },
+        allow_unprivileged_bpf: args.allow_unprivileged_bpf,
         no_pivot: args.no_pivot,
         budget: (!args.no_budget).then(BudgetRequest::default),
         exec_helper: Some(crate::exec_helper()?),
@@ -369,7 +372,7 @@ async fn run_logged(
         agent_score_after_execs.transpose()?,
         started,
     );
-    report.unprivileged_bpf_disabled = unprivileged_bpf;
+    report.unprivileged_bpf_disabled = runtime.unprivileged_bpf();
     // Logged before anything is printed or written: what the log says is what was reported.
     let logged = match log {
         Some(log) => log

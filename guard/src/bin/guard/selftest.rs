@@ -206,7 +206,6 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     } else {
         Some(guard::runtime::raise_threads_max(THREADS_MAX)?)
     };
-    let unprivileged_bpf = agent::close_unprivileged_bpf()?;
     let id = "waves";
     let options = GuardOptions::default();
     let budget =
@@ -339,7 +338,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         "clamped": resolved.clamped,
         "limits_applied": single.as_ref().map(|finished| &finished.created),
         "threads_max": threads_max.map(|(before, after)| json!({"before": before, "after": after})),
-        "unprivileged_bpf_disabled": unprivileged_bpf,
+        "unprivileged_bpf_disabled": runtime.unprivileged_bpf(),
         "waves": waves,
         "tenants": tenants,
         "report": single.as_ref().map(|finished| &finished.report),
