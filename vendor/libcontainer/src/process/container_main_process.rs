@@ -211,8 +211,15 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
             &mut init_sender,
         )?;
 
+        // guard: only a notify profile has anything to hand over (and needs the container's
+        // state for it); an exec'd process, which has no state here, gets other profiles too
+        // (vendor/README.md).
         #[cfg(feature = "libseccomp")]
-        if let Some(seccomp) = linux.seccomp() {
+        if let Some(seccomp) = linux
+            .seccomp()
+            .as_ref()
+            .filter(|seccomp| crate::seccomp::is_notify(seccomp))
+        {
             let container = container_args
                 .container
                 .as_ref()
