@@ -321,6 +321,10 @@ watch outside -- sh -c 'echo $$ > /sys/fs/cgroup/cgroup.procs && exec guard-stre
 # larger than the guest, exhausts the guest (a global kill): the container's memory.events
 # (oom 1, oom_kill 2) cannot tell the two apart, the kernel log can.
 watch mixed --memory-max 1073741824 -- sh -c 'd=/sys/fs/cgroup/mixed; mkdir $d/init && echo $$ > $d/init/cgroup.procs && echo +memory > $d/cgroup.subtree_control && mkdir $d/small && echo 16777216 > $d/small/memory.max || exit 1; guard-stress --cgroup $d/small alloc 100; exec guard-stress alloc 400'
+# The memory bomb's kill, then the guest's root logs the same victim as the global OOM killer's
+# (with no facility and with facility 0 named, both logged by the kernel at LOG_USER): the
+# verdict must still count one memcg kill and no global one.
+watch forged --memory-max 16777216 -- sh -c 'guard-stress alloc 100 & p=$!; wait $p; for prio in 3 0; do echo "<$prio>Out of memory: Killed process $p (guard-stress) total-vm:1kB, anon-rss:1kB, file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:1kB oom_score_adj:0" > /dev/kmsg; done; echo "forged $p" >&2'
 echo scenarios: done
 "#;
 

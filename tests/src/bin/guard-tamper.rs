@@ -2,7 +2,8 @@
 //! as one JSON line `{"attempt":…,"ok":…,"error":…}`. Run inside a guarded container every
 //! attempt must fail; run as the guest's root (the two-sided control) every attempt succeeds,
 //! which shows each one is a real attempt. Nothing is changed where an attempt succeeds:
-//! limits are written back with their current value, the log is opened but never written.
+//! limits are written back with their current value, the log is opened but never written, a
+//! vsock connection is closed without a byte sent.
 use std::{
     fs::OpenOptions,
     io::Write,
@@ -11,7 +12,7 @@ use std::{
 };
 
 const USAGE: &str = "\
-usage: guard-tamper --cgroup DIR --log-file FILE
+usage: guard-tamper --cgroup DIR --log-file FILE [--vsock-port PORT]
 
 Attempts, each printed as a JSON line:
   write own memory.max / pids.max / cgroup.procs    DIR's files (their current value)
@@ -22,7 +23,12 @@ Attempts, each printed as a JSON line:
   open the log through /proc/PID/root               the same, through every visible process
   bpf map create / bpf prog load                    an array map; a tracepoint program
                                                     (a socket filter on kernels without
-                                                    tracepoint programs, so the control can)";
+                                                    tracepoint programs, so the control can)
+  vsock socket                                      socket(AF_VSOCK)
+  vsock connect to the host                         CID 2 at PORT (the host's evidence port;
+                                                    only with --vsock-port)
+  io_uring setup                                    io_uring_setup, which can make sockets
+                                                    without socket(2)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -60,6 +66,15 @@ fn main() -> ExitCode {
     );
     report("bpf map create", bpf_map_create());
     report("bpf prog load", bpf_prog_load());
+    report("vsock socket", vsock_socket().map(close));
+    if let Some(port) = option("--vsock-port") {
+        let Some(port) = port.to_str().and_then(|port| port.parse().ok()) else {
+            eprintln!("guard-tamper: --vsock-port takes a port number\n\n{USAGE}");
+            return ExitCode::from(2);
+        };
+        report("vsock connect to the host", vsock_connect(port));
+    }
+    report("io_uring setup", io_uring_setup().map(close));
     ExitCode::SUCCESS
 }
 
@@ -227,4 +242,53 @@ fn load_program(prog_type: u64) -> Result<(), String> {
     attr[1] = instructions.as_ptr() as u64;
     attr[2] = license.as_ptr() as u64;
     bpf(BPF_PROG_LOAD, &mut attr).map_err(|error| format!("BPF_PROG_LOAD: {error}"))
+}
+
+fn close(fd: libc::c_int) {
+    // SAFETY: a descriptor this process owns, closed once.
+    unsafe { libc::close(fd) };
+}
+
+fn vsock_socket() -> Result<libc::c_int, String> {
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("socket(AF_VSOCK): {}", errno_text()));
+    }
+    Ok(fd)
+}
+
+/// Connects to the host (CID 2) at `port`, then hangs up without sending anything.
+fn vsock_connect(port: u32) -> Result<(), String> {
+    let fd = vsock_socket()?;
+    // SAFETY: a zeroed sockaddr_vm is valid; its size is passed with it.
+    let connected = unsafe {
+        let mut address: libc::sockaddr_vm = std::mem::zeroed();
+        address.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        address.svm_cid = libc::VMADDR_CID_HOST;
+        address.svm_port = port;
+        libc::connect(
+            fd,
+            (&raw const address).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    let result = if connected == 0 {
+        Ok(())
+    } else {
+        Err(format!("connect to CID 2 port {port}: {}", errno_text()))
+    };
+    close(fd);
+    result
+}
+
+fn io_uring_setup() -> Result<libc::c_int, String> {
+    // struct io_uring_params is 120 bytes; zeroed asks for the defaults.
+    let mut params = [0u8; 120];
+    // SAFETY: a writable, zeroed io_uring_params for one entry.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(format!("io_uring_setup: {}", errno_text()));
+    }
+    Ok(fd as libc::c_int)
 }

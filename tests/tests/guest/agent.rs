@@ -1,6 +1,7 @@
 //! `examples/agent.rs`, the small agent that links guard as its users do, run in a guest: its
 //! container's fork loop meets pids.max, its own subscriber receives the events, and its
-//! report says the limit was enforced, reconciled with the kernel's count.
+//! report says the limit was enforced, reconciled with the kernel's count; and its runtime
+//! closes bpf(2) to unprivileged processes unless told not to.
 use std::time::Duration;
 
 use guard_tests::{
@@ -82,3 +83,73 @@ fn example_agent_enforces_and_forwards(kernel: &str) {
 }
 
 per_kernel!(example_agent_enforces_and_forwards);
+
+/// The library's runtime closes bpf(2) to unprivileged processes by default, on the path an
+/// agent takes (`Runtime::new`, here in the example agent without a guard): on a kernel that
+/// ships it open (as lean guest kernels do; the scenario opens it on Debian's), a container's
+/// `bpf(BPF_MAP_CREATE)` is refused and the sysctl reads 2 afterwards. Two-sided: with the
+/// documented opt-out (`RuntimeOptions::allow_unprivileged_bpf`, the example's
+/// `--allow-unprivileged-bpf`) the same container creates its map.
+fn example_agent_closes_unprivileged_bpf(kernel: &str) {
+    let Some(guest) = guest(kernel) else { return };
+    let agent = guest.bin_dir.join("examples").join("agent");
+    let tamper = guest.bin_dir.join("guard-tamper");
+    for binary in [&agent, &tamper] {
+        assert!(binary.is_file(), "{} is missing", binary.display());
+    }
+    let script = r#"set -e
+mkdir -p /tmp/rootfs/bin /tmp/rootfs/lib /tmp/rootfs/lib64
+cp /bin/busybox /tmp/rootfs/bin/ && ln -s busybox /tmp/rootfs/bin/sh
+cp -a /lib/. /tmp/rootfs/lib/ && cp -a /lib64/. /tmp/rootfs/lib64/
+cp /bin/guard-tamper /tmp/rootfs/bin/
+sysctl=/proc/sys/kernel/unprivileged_bpf_disabled
+for run in default allowed; do
+    opt=""; [ $run = allowed ] && opt=--allow-unprivileged-bpf
+    echo 0 > $sysctl
+    agent $opt --no-guard --rootfs /tmp/rootfs -- /bin/guard-tamper --cgroup /sys/fs/cgroup \
+        --log-file /none > /results/$run.out 2> /results/$run.err
+    echo "$run after=$(cat $sysctl)"
+done
+"#;
+    let config = VmConfig::shell(&guest.kernel, script)
+        .memory_mib(guest_memory_mib(kernel))
+        .binary(agent)
+        .binary(tamper)
+        .timeout(Duration::from_secs(600))
+        .label(format!("agent-bpf-{kernel}"));
+    let outcome = vm::run(&config).expect("the VM harness itself failed");
+    let done = outcome.expect_completed();
+    let stdout = done.stdout_str();
+    assert_eq!(done.exit_code, 0, "{stdout}\n{}", done.stderr_str());
+    let map_create = |run: &str| -> Value {
+        let out = done.file_str(&format!("{run}.out")).unwrap_or_default();
+        out.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|attempt| attempt["attempt"] == "bpf map create")
+            .unwrap_or_else(|| {
+                panic!(
+                    "{run}: no map attempt in {out}\n{}",
+                    done.file_str(&format!("{run}.err")).unwrap_or_default()
+                )
+            })
+    };
+    let default = map_create("default");
+    assert_eq!(default["ok"], false, "{default}");
+    assert!(
+        default["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("Operation not permitted")),
+        "{default}"
+    );
+    assert!(stdout.contains("default after=2"), "{stdout}");
+    let default_err = done.file_str("default.err").unwrap_or_default();
+    assert!(
+        default_err.contains("kernel.unprivileged_bpf_disabled 0 -> 2"),
+        "{default_err}"
+    );
+    let allowed = map_create("allowed");
+    assert_eq!(allowed["ok"], true, "the opt-out leaves it open: {allowed}");
+    assert!(stdout.contains("allowed after=0"), "{stdout}");
+}
+
+per_kernel!(example_agent_closes_unprivileged_bpf);

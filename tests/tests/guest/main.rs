@@ -1,9 +1,10 @@
 //! guard's guest-VM tests, in one binary: each boots the guest kernels (Debian's, and guard's
 //! lean ones built from libkrunfw's config) under QEMU with xtask's harness and asserts from
-//! the host on what the guest sends back. A mod per signal
-//! where a test is about one (fork_denied, oom_victim), and per theme otherwise: the harness
-//! itself (vm), the lean kernels' configs (kernels), the tier-0 fallback, the container runtime,
-//! the enforcement waves, the log stream over real vsock (stream).
+//! the host on what the guest sends back. A mod per signal where a test is about one
+//! (fork_denied, oom_victim), and per theme otherwise: the harness itself (vm), the lean
+//! kernels' configs (kernels), the tier-0 fallback, the container runtime and what a hostile
+//! container tries against it (tamper), the enforcement waves, the log stream over real vsock
+//! (stream).
 //!
 //! A test that runs on every guest kernel is written once, as `f(kernel)`, and declared with
 //! `per_kernel!(f)` (`guard_tests::guest`, which holds the kernel list): `cargo test` shows it
@@ -18,6 +19,7 @@ mod kernels;
 mod oom_victim;
 mod runtime;
 mod stream;
+mod tamper;
 mod tenants;
 mod tier0;
 mod vm;

@@ -149,6 +149,41 @@ fn a_global_kill_beside_a_limits_kill_is_named_by_the_kernel_log(kernel: &'stati
 
 per_kernel!(a_global_kill_beside_a_limits_kill_is_named_by_the_kernel_log);
 
+/// The guest's root writes the memory bomb's victim into `/dev/kmsg` as the global OOM
+/// killer's kill, word for word as the kernel logs one: the kernel gives such a line a user
+/// facility, and the verdict counts only the kernel's own, so the kill stays the container's
+/// limit's and the verdict `enforced`. Two-sided: the real global kill of `mixed` above, the
+/// same text at the kernel's facility, is counted; and this scenario read the forged lines as
+/// a global kill before the facility was checked (`logged_global_kills` 1, verdict
+/// `incomplete`).
+fn forged_kill_lines_are_not_counted(kernel: &'static str) {
+    let Some(done) = results(kernel) else { return };
+    let forged = scenario(done, "forged");
+    let err = done.file_str("forged.err").unwrap_or_default();
+    let pid: u64 = err
+        .lines()
+        .find_map(|line| line.strip_prefix("forged "))
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the scenario forged nothing: {err}"));
+    let oom = &forged.report()["oom"];
+    assert_eq!(forged.kernel("memory_events", "oom_kill"), 1, "{oom}");
+    assert_eq!(oom["memcg_kills"], 1, "{oom}");
+    assert_eq!(oom["global_kills"], 0, "{oom}");
+    assert_eq!(forged.verdict("memory"), "enforced", "{}", forged.report());
+    if facts(kernel).tier == 0 {
+        // No probes, no victims to match: the kernel log is not read at all.
+        assert!(oom["logged_global_kills"].is_null(), "{oom}");
+        return;
+    }
+    // The forged lines named the real victim: only their facility kept them out.
+    let kills = forged.events_of("oom_victim");
+    assert_eq!(kills.len(), 1, "{:?}", forged.events);
+    assert_eq!(kills[0]["detail"]["victim_pid"], pid, "{:?}", kills[0]);
+    assert_eq!(oom["logged_global_kills"], 0, "{oom}");
+}
+
+per_kernel!(forged_kill_lines_are_not_counted);
+
 /// A workload that moves itself into a grandchild of the watched cgroup (with limits of its
 /// own), is denied forks there and OOM-killed there: every event the container's, the verdict
 /// naming the sub-cgroup's limit. Two-sided: at tier 0 nothing is attributed (no probes), and
