@@ -71,7 +71,10 @@ pub(super) fn load(dir: &DirFd) -> Result<Tail, String> {
     let (report, chain) = forensic::verify_opened(
         &dir.path,
         &files,
-        &mut |file| dir.read(&file.name()),
+        &mut |file| {
+            dir.read(&file.name())
+                .map_err(|e| std::io::Error::new(e.kind(), error(&file.path, e)))
+        },
         &mut |_, records, bytes| {
             spans.push(FileSpan {
                 first_seq: next_first,

@@ -174,8 +174,9 @@ impl GuestStore {
         if bytes < quota.reserve_bytes.saturating_add(incoming) || inodes < quota.reserve_inodes {
             return Err(StreamVerdict::Failed {
                 error: format!(
-                    "the store's filesystem is at its free-space reserve ({bytes} bytes and \
-                     {inodes} inodes free; the collector keeps {} bytes and {} inodes)",
+                    "the store's filesystem has {bytes} bytes and {inodes} inodes free: too few \
+                     to write {incoming} more bytes and keep the collector's reserve ({} bytes, \
+                     {} inodes)",
                     quota.reserve_bytes, quota.reserve_inodes
                 ),
             });

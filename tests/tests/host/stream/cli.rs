@@ -23,22 +23,29 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A scratch folder the collector (nobody) owns, with a copy of `guard` it can run.
+/// A scratch folder the collector (an unprivileged user) owns, with a copy of `guard` it can
+/// run.
 pub(crate) struct NobodyHome {
     pub home: PathBuf,
     pub bin: PathBuf,
+    pub uid: u32,
 }
 
 impl NobodyHome {
     pub fn new(scratch: &TempDir) -> Self {
+        Self::for_user(scratch, NOBODY)
+    }
+
+    /// For `uid` (a user of the test's own, whose process count nothing else shares).
+    pub fn for_user(scratch: &TempDir, uid: u32) -> Self {
         let home = scratch.0.join("collector");
         std::fs::create_dir_all(&home).unwrap();
-        std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+        std::os::unix::fs::chown(&home, Some(uid), Some(uid)).unwrap();
         std::fs::set_permissions(&scratch.0, std::fs::Permissions::from_mode(0o755)).unwrap();
         // A copy nobody can run wherever the checkout is (a clone under /root is not).
         let bin = scratch.0.join("guard");
         std::fs::copy(crate::forensic_log::guard_bin(), &bin).unwrap();
-        Self { home, bin }
+        Self { home, bin, uid }
     }
 
     /// `guard collect ARGS` as nobody, its stdout piped.
@@ -48,8 +55,8 @@ impl NobodyHome {
         command
             .arg("collect")
             .args(args)
-            .uid(NOBODY)
-            .gid(NOBODY)
+            .uid(self.uid)
+            .gid(self.uid)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // SAFETY: setrlimit only, between fork and exec.
@@ -89,6 +96,27 @@ impl NobodyHome {
 pub(crate) fn wait_for_path(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for `path` to appear while `child` runs; its stderr if it exits first.
+pub(crate) fn wait_for_socket(child: &mut Child, path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
+            panic!(
+                "the collector exited ({status}) before {} appeared: {stderr}",
+                path.display()
+            );
+        }
         assert!(
             Instant::now() < deadline,
             "{} never appeared",

@@ -250,3 +250,45 @@ pub(crate) fn wait_for(what: &str, done: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A record a hostile guest makes up: sealed and chained onto `prev` (lowercase hex) exactly
+/// as the writer would, so that only its origin is wrong. Returns the line with its newline.
+pub(crate) fn forge(seq: u64, kind: &str, payload: &str, prev: &str) -> Vec<u8> {
+    use sha2::Digest as _;
+    let body = format!(
+        r#"{{"seq":{seq},"boot_id":"forged","wall":"2026-12-01T00:00:00.000000000Z","mono_ns":{},"kind":"{kind}","container":null,"payload":{payload},"prev":"{prev}""#,
+        1_000 + seq
+    );
+    let seal = hex(&sha2::Sha256::digest(body.as_bytes()));
+    format!("{body},\"hash\":\"{seal}\"}}\n").into_bytes()
+}
+
+/// The chain's value after `line` (with or without its newline): the next record's `prev`.
+pub(crate) fn head_after(line: &[u8]) -> String {
+    use sha2::Digest as _;
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    hex(&sha2::Sha256::digest(line))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A forged session of `records` made-up events after a start: what an impostor sends.
+pub(crate) fn forged_session(records: u64) -> Vec<Vec<u8>> {
+    let mut prev = guard::forensic::GENESIS.to_string();
+    let mut lines = Vec::new();
+    for seq in 0..=records {
+        let (kind, payload) = if seq == 0 {
+            ("start", r#"{"forged":true}"#.to_string())
+        } else if seq == records {
+            ("stop", format!(r#"{{"count":{seq},"head":"{prev}"}}"#))
+        } else {
+            ("oom_kill", format!(r#"{{"made_up":{seq}}}"#))
+        };
+        let line = forge(seq, kind, &payload, &prev);
+        prev = head_after(&line);
+        lines.push(line);
+    }
+    lines
+}

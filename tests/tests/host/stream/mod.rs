@@ -5,7 +5,10 @@
 //! inode exhaustion, links in the store; `limits`: the open-file and process limits; `crowd`:
 //! a thousand hostile connections beside a hundred guests. Throughout, every legitimate
 //! guest's copy must complete byte for byte.
+mod bounds;
 mod cli;
 mod disk;
 mod harness;
+mod identity;
+mod limits;
 mod verdicts;
