@@ -7,6 +7,7 @@
 //! guest's copy must complete byte for byte.
 mod bounds;
 mod cli;
+mod crowd;
 mod disk;
 mod harness;
 mod identity;
