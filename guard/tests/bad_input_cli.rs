@@ -661,10 +661,24 @@ fn stream_options() {
             ),
         ),
         (
-            args(&["collect", "--listen", "unix:", "--dir", "/tmp/x"]),
+            args(&["collect", "--listen", "unix:/tmp/s", "--dir", "/tmp/x"]),
             2,
             clap_error(
-                r#"invalid value 'unix:' for '--listen <ADDR>': stream address "unix:": unix: needs a socket path"#,
+                r#"invalid value 'unix:/tmp/s' for '--listen <NAME=unix:PATH>': expected NAME=unix:PATH (the name is the guest's identity: the host gives it, the hello must say it) or vsock:PORT (with --cid-table)"#,
+            ),
+        ),
+        (
+            args(&["collect", "--listen", "vm-1=unix:", "--dir", "/tmp/x"]),
+            2,
+            clap_error(
+                r#"invalid value 'vm-1=unix:' for '--listen <NAME=unix:PATH>': "unix:": expected unix:PATH after vm-1="#,
+            ),
+        ),
+        (
+            args(&["collect", "--listen", "vm-1=unix:/tmp/s", "--dir", "/tmp/x"]),
+            2,
+            guard_error(
+                "no key for guest vm-1: give --key vm-1=FILE or --key-dir DIR (or --no-auth, where only the agent can reach the guest's vsock)",
             ),
         ),
     ]);

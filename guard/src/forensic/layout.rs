@@ -10,6 +10,10 @@ use thiserror::Error;
 pub const FILE_PREFIX: &str = "guard-";
 /// What every log file's name ends with.
 pub const FILE_SUFFIX: &str = ".jsonl";
+/// A file is rotated only once it holds at least this many bytes, whatever `rotate_bytes`
+/// says: a stream collector refuses a `rotate` that comes sooner (docs/STREAM.md), so that a
+/// guest cannot spend a host's inodes one record per file.
+pub const ROTATE_MIN_FILE_BYTES: u64 = 1024;
 /// Held (flock) by the one writer; `verify --repair` takes it too so it never races a writer.
 pub const LOCK_FILE: &str = "guard.lock";
 

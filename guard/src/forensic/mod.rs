@@ -65,7 +65,7 @@ pub use stats::{Stats, stats};
 pub use verified::{ReadVerifiedError, read_verified};
 pub use verify::{
     ChainCheck, Defect, Problem, RepairOutcome, Session, TornTail, VerifyError, VerifyReport,
-    repair, verify, verify_with_chain,
+    repair, verify, verify_opened, verify_with_chain,
 };
 pub use writer::{FsyncPolicy, Head, LogOptions, LogWriter, Unwritten, WriterError, WriterStats};
 

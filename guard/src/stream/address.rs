@@ -6,7 +6,7 @@ use std::{
     io::{self, Read, Write},
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-        unix::net::{UnixListener, UnixStream},
+        unix::net::UnixStream,
     },
     path::PathBuf,
     str::FromStr,
@@ -18,7 +18,7 @@ use super::StreamError;
 /// The host's context id, as a guest addresses it.
 pub const HOST_CID: u32 = 2;
 
-/// A stream endpoint. Parses from `unix:PATH`, `vsock:PORT` (CID [`HOST_CID`]) or
+/// Where a sender connects. Parses from `unix:PATH`, `vsock:PORT` (CID [`HOST_CID`]) or
 /// `vsock:CID:PORT`, and displays as `unix:PATH` or `vsock:CID:PORT`.
 ///
 /// ```
@@ -191,63 +191,6 @@ impl Write for Connection {
     }
 }
 
-/// A listening socket, either kind.
-pub enum Listener {
-    /// A Unix socket.
-    Unix(UnixListener),
-    /// An AF_VSOCK socket listening on any CID.
-    Vsock(OwnedFd),
-}
-
-impl Listener {
-    /// Listens on `address`: a Unix socket path (an existing socket file there is replaced), or
-    /// a vsock port on any CID.
-    pub fn bind(address: &Address) -> Result<Self, StreamError> {
-        let failed = |source| StreamError::Listen {
-            address: address.to_string(),
-            source,
-        };
-        match address {
-            Address::Unix(path) => {
-                if std::fs::symlink_metadata(path)
-                    .is_ok_and(|meta| std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()))
-                {
-                    std::fs::remove_file(path).map_err(failed)?;
-                }
-                UnixListener::bind(path).map(Listener::Unix).map_err(failed)
-            }
-            Address::Vsock { port, .. } => vsock_listen(*port).map(Listener::Vsock).map_err(failed),
-        }
-    }
-
-    /// Waits for the next connection.
-    pub fn accept(&self) -> io::Result<Connection> {
-        match self {
-            Listener::Unix(listener) => listener.accept().map(|(stream, _)| Connection {
-                inner: Inner::Unix(stream),
-            }),
-            Listener::Vsock(fd) => {
-                // SAFETY: accept(2) on our listening socket, without the peer address.
-                let client = unsafe {
-                    libc::accept4(
-                        fd.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                        libc::SOCK_CLOEXEC,
-                    )
-                };
-                if client < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // SAFETY: accept returned a new descriptor that nothing else owns.
-                Ok(Connection {
-                    inner: Inner::Vsock(unsafe { File::from_raw_fd(client) }),
-                })
-            }
-        }
-    }
-}
-
 fn set_timeout(fd: RawFd, option: libc::c_int, timeout: Option<Duration>) -> io::Result<()> {
     let timeout = timeout.unwrap_or_default();
     let value = libc::timeval {
@@ -304,24 +247,6 @@ fn vsock_connect(cid: u32, port: u32) -> io::Result<File> {
         return Err(io::Error::last_os_error());
     }
     Ok(File::from(socket))
-}
-
-fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
-    let socket = vsock_socket()?;
-    let address = vsock_address(libc::VMADDR_CID_ANY, port);
-    // SAFETY: bind(2) and listen(2) with a sockaddr_vm of the right size.
-    unsafe {
-        if libc::bind(
-            socket.as_raw_fd(),
-            (&address as *const libc::sockaddr_vm).cast(),
-            size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-        ) < 0
-            || libc::listen(socket.as_raw_fd(), 128) < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(socket)
 }
 
 #[cfg(test)]

@@ -1,16 +1,20 @@
 //! The wire protocol (docs/STREAM.md): JSON control lines around the log's own lines, each
 //! ending in `\n`.
 //!
-//! guest → host `{"hello":{…}}`; host → guest `{"resume":{…}}` or `{"refused":{…}}`; then the
-//! guest sends log lines byte for byte, and the host answers `{"ack":{…}}` as it stores them.
+//! guest → host `{"hello":{…}}`; host → guest `{"challenge":{…}}`; guest → host
+//! `{"proof":{…}}` (skipped on a listener without a key); host → guest `{"resume":{…}}` or
+//! `{"refused":{…}}`; then the guest sends log lines byte for byte (and `{"heartbeat":{}}` when
+//! it has nothing to send), the host answers `{"ack":{…}}` as its copy reaches stable storage,
+//! and `{"ended":{…}}` with its verdict when it ends a stream that failed.
 use std::io::{self, BufRead};
 
 use serde::{Deserialize, Serialize};
 
+use super::StreamVerdict;
 use crate::forensic::record::MAX_LINE_BYTES;
 
 /// The protocol's version; a host refuses any other.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The longest control line either side accepts.
 pub const MAX_CONTROL_BYTES: usize = 64 << 10;
 /// The longest record line: the log's own bound.
@@ -22,10 +26,28 @@ pub const MAX_RECORD_BYTES: usize = MAX_LINE_BYTES;
 pub struct Hello {
     /// The protocol's version: [`VERSION`].
     pub version: u32,
-    /// The name the host stores this guest's log under ([`valid_guest_name`]).
+    /// The guest's name; the host refuses it unless it is the name the host gave the
+    /// transport the guest came on ([`valid_guest_name`]).
     pub guest: String,
-    /// The guest's boot id, for the operator's status line.
+    /// The guest's boot id, for the operator's status line (and inside the proof).
     pub boot_id: String,
+}
+
+/// The host's fresh random challenge, answered by a [`Proof`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Challenge {
+    /// 32 random bytes, 64 lowercase hex digits, new for every connection.
+    pub nonce: String,
+}
+
+/// The guest's answer to a [`Challenge`]: HMAC-SHA256 under the guest's key
+/// ([`StreamKey::proof`](super::StreamKey::proof)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proof {
+    /// 64 lowercase hex digits.
+    pub mac: String,
 }
 
 /// Where the guest is to continue: the host holds `next_seq` records whose last line hashes
@@ -39,12 +61,35 @@ pub struct Resume {
     pub head: String,
 }
 
-/// The host has stored (written to its file) every record below `next_seq`.
+/// The host holds every record below `next_seq` on stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ack {
-    /// Every record below this seq is in the host's copy. Never decreases.
+    /// Every record below this seq is in the host's copy, synced. Never decreases.
     pub next_seq: u64,
+}
+
+/// Why the host refused a connection, for the sender's health (the `reason` says it in words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalCode {
+    /// The first line is not a hello, or another protocol version.
+    BadHello,
+    /// The hello's name is not the name the host gave this transport.
+    NameMismatch,
+    /// The transport names no guest the host knows (an AF_VSOCK peer CID not in its table).
+    UnknownPeer,
+    /// The proof does not verify under the guest's key, or no proof came.
+    AuthenticationFailed,
+    /// Another authenticated connection of this guest is streaming (and not idle).
+    AlreadyStreaming,
+    /// The hello and proof did not arrive within the handshake deadline.
+    Timeout,
+    /// The collector is at a connection cap, or this connection was the oldest waiting one.
+    Busy,
+    /// The host cannot use this guest's copy (it does not verify, a path under the store is a
+    /// symbolic link, the store is unwritable).
+    CopyUnusable,
 }
 
 /// A control line: a JSON object with exactly one key, the variant's name in snake case.
@@ -54,22 +99,40 @@ pub struct Ack {
 ///
 /// let ack = Control::Ack(Ack { next_seq: 42 });
 /// assert_eq!(ack.to_line(), b"{\"ack\":{\"next_seq\":42}}\n");
+/// assert_eq!(Control::Heartbeat {}.to_line(), b"{\"heartbeat\":{}}\n");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Control {
     /// guest → host, first.
     Hello(Hello),
+    /// host → guest, after the hello, on a listener with a key.
+    Challenge(Challenge),
+    /// guest → host: the answer to the challenge.
+    Proof(Proof),
     /// host → guest: where to continue.
     Resume(Resume),
     /// host → guest, instead of a resume point; the host then closes.
     Refused {
-        /// Why.
+        /// Why, for the sender's health.
+        code: RefusalCode,
+        /// Why, in words.
         reason: String,
     },
-    /// host → guest: what is stored.
+    /// host → guest: what is stored and synced.
     Ack(Ack),
+    /// guest → host, when it has sent nothing for a while: the stream is alive
+    /// ([`HEARTBEAT_INTERVAL`](super::sender::HEARTBEAT_INTERVAL)); the host cuts a stream
+    /// silent for longer than its idle timeout.
+    Heartbeat {},
+    /// host → guest, last: the verdict of a stream the host ends as a failure (forked, gap,
+    /// invalid, over quota, failed, replaced, silent).
+    Ended(StreamVerdict),
 }
+
+/// The first bytes of a heartbeat line: what tells it from a record line (a record's first key
+/// is `seq`).
+pub const HEARTBEAT_PREFIX: &[u8] = b"{\"heartbeat\"";
 
 impl Control {
     /// The line as sent, with its newline.
@@ -175,10 +238,32 @@ mod tests {
         let line = hello.to_line();
         assert_eq!(
             std::str::from_utf8(&line).unwrap(),
-            "{\"hello\":{\"version\":1,\"guest\":\"vm-1\",\"boot_id\":\"b\"}}\n"
+            "{\"hello\":{\"version\":2,\"guest\":\"vm-1\",\"boot_id\":\"b\"}}\n"
         );
-        let parsed: Control = serde_json::from_slice(&line[..line.len() - 1]).unwrap();
-        assert_eq!(parsed, hello);
+        let refused = Control::Refused {
+            code: RefusalCode::AuthenticationFailed,
+            reason: "authentication failed".into(),
+        };
+        assert_eq!(
+            std::str::from_utf8(&refused.to_line()).unwrap(),
+            "{\"refused\":{\"code\":\"authentication_failed\",\"reason\":\"authentication \
+             failed\"}}\n"
+        );
+        let ended = Control::Ended(StreamVerdict::Forked { at_seq: 5 });
+        assert_eq!(
+            std::str::from_utf8(&ended.to_line()).unwrap(),
+            "{\"ended\":{\"verdict\":\"forked\",\"at_seq\":5}}\n"
+        );
+        for control in [hello, refused, ended, Control::Heartbeat {}] {
+            let line = control.to_line();
+            let parsed: Control = serde_json::from_slice(&line[..line.len() - 1]).unwrap();
+            assert_eq!(parsed, control);
+        }
+        assert!(
+            Control::Heartbeat {}
+                .to_line()
+                .starts_with(HEARTBEAT_PREFIX)
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::{
 };
 
 use guard::forensic::{self, Follower};
-use guard::stream::{Address, Collector, GuestStatus, Listener, StreamVerdict};
+use guard::stream::{Auth, Collector, Endpoint, GuestStatus, StreamVerdict};
 use guard_tests::{
     guest::{Guest, assert_log_verifies, facts, guest, json_file},
     vsock_kernels,
@@ -40,7 +40,6 @@ struct HostEnd {
     others: Mutex<Vec<GuestStatus>>,
     /// Short (Unix socket paths hold 107 bytes) and removed on drop.
     scratch: PathBuf,
-    socket: PathBuf,
 }
 
 impl HostEnd {
@@ -60,27 +59,28 @@ impl HostEnd {
             let _ = sender.lock().unwrap().send(status.clone());
         })
         .unwrap();
-        let socket = scratch.join("collector.sock");
-        let listener = Listener::bind(&Address::Unix(socket.clone())).unwrap();
-        let serving = collector.clone();
-        std::thread::spawn(move || serving.serve(&listener));
         Self {
             collector,
             statuses,
             others: Mutex::default(),
             scratch,
-            socket,
         }
     }
 
     /// A guest's vsock bridge whose port-[`PORT`] connections reach this collector (each
-    /// guest has a bridge of its own; its `<uds>_PORT` is a link to the one collector socket).
+    /// guest has a bridge of its own, and the collector a listener named after the guest at
+    /// its `<uds>_PORT`, as a VMM lays it out; no key yet: the guests stream without one).
     fn vsock_for(&self, guest: &str) -> VsockConfig {
         let dir = self.scratch.join(guest);
         std::fs::create_dir_all(&dir).unwrap();
         let vsock = VsockConfig::in_dir(&dir);
-        let _ = std::fs::remove_file(vsock.host_socket(PORT));
-        std::os::unix::fs::symlink(&self.socket, vsock.host_socket(PORT)).unwrap();
+        self.collector
+            .listen(Endpoint {
+                name: guest.to_string(),
+                path: vsock.host_socket(PORT),
+                auth: Auth::None,
+            })
+            .unwrap();
         vsock
     }
 
@@ -393,7 +393,8 @@ mkdir /results/original && cp /results/log/* /results/original/
 rm -f /results/log/guard-000001.jsonl /results/log/guard-00000[2-9].jsonl
 head -n {KEEP} /results/log/guard-000000.jsonl > /tmp/kept
 cat /tmp/kept > /results/log/guard-000000.jsonl
-guard exec --cgroup /sys/fs/cgroup/second $stream -- true > /results/second.out
+# The host refuses the rewritten history: the command says so with status 5.
+guard exec --cgroup /sys/fs/cgroup/second $stream -- true > /results/second.out || echo $? > /results/second.status
 guard log --dir /results/log verify --json > /results/rewritten-verify.json || true
 "#
     );
@@ -405,6 +406,12 @@ guard log --dir /results/log verify --json > /results/rewritten-verify.json || t
     ));
     let done = outcome.expect_completed();
     assert_eq!(done.exit_code, 0, "{}", done.stderr_str());
+    assert_eq!(
+        done.file_str("second.status").unwrap_or_default().trim(),
+        "5",
+        "the rewriting guest's command exits 5 (its log was not delivered): {}",
+        done.stderr_str()
+    );
     let rewritten = json_file(done, "rewritten-verify.json");
     assert!(
         matches!(rewritten["verdict"].as_str(), Some("ok" | "ended_abruptly")),

@@ -274,8 +274,8 @@ fn the_collector_serves_each_guests_stream() {
     let listen = scratch.0.join("collect.sock");
     let socket = scratch.0.join("metrics.sock");
     let mut collect = Command::new(guard_bin())
-        .args(["collect", "--json", "--listen"])
-        .arg(format!("unix:{}", listen.display()))
+        .args(["collect", "--json", "--no-auth", "--listen"])
+        .arg(format!("vm-7=unix:{}", listen.display()))
         .arg("--dir")
         .arg(scratch.0.join("copies"))
         .arg("--metrics")

@@ -1,9 +1,9 @@
-//! `guard collect`: the host end of `--stream`. Each guest's log is stored under
-//! `DIR/<guest>/` as it arrives, its chain checked record by record; every stream ends with a
-//! verdict on one status line.
+//! `guard collect`: the host end of `--stream`. Each guest, named by the transport it comes
+//! on, has its log stored under `DIR/<guest>/` as it arrives, its chain checked record by
+//! record; every stream ends with a verdict on one status line. `guard collect keygen FILE`
+//! makes a guest's key.
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
     process::ExitCode,
     sync::{Arc, Mutex, mpsc},
 };
@@ -11,30 +11,11 @@ use std::{
 use anyhow::Context as _;
 use guard::{
     metrics::{self, Snapshot, StreamFigures},
-    stream::{Address, Collector, GuestStatus, Listener},
+    stream::{CidTable, Collector, GuestStatus, StreamKey},
 };
 
-#[derive(clap::Args, Debug)]
-pub struct CollectArgs {
-    /// Where guests connect: `unix:PATH` (the host end of a VMM's vsock bridge, such as
-    /// Firecracker's or vhost-device-vsock's `<uds-path>_<port>`) or `vsock:PORT` (a host with
-    /// /dev/vhost-vsock).
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Address,
-    /// Where the copies go, one directory per guest (created if missing; nothing is written
-    /// outside it). Each copy is a log `guard log verify` reads.
-    #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
-    /// Print each status as one JSON object per line.
-    #[arg(long)]
-    pub json: bool,
-    /// Exit after this many streams have ended: status 0 if every one was `complete`, 1
-    /// otherwise. Default: run until interrupted.
-    #[arg(long, value_name = "N")]
-    pub streams: Option<u64>,
-    #[command(flatten)]
-    pub metrics: crate::metrics_args::MetricsArgs,
-}
+pub use crate::collect_args::CollectArgs;
+use crate::collect_args::CollectCommand;
 
 /// Each guest's figures as the statuses arrive, for `--metrics`.
 type Figures = Arc<Mutex<BTreeMap<String, StreamFigures>>>;
@@ -76,7 +57,9 @@ fn serve_metrics(args: &CollectArgs, figures: &Figures) -> anyhow::Result<()> {
 }
 
 fn note(figures: &Figures, status: &GuestStatus) {
-    let Some(guest) = &status.guest else { return };
+    let Some(guest) = status.guest.as_ref().filter(|_| status.is_stream()) else {
+        return;
+    };
     let Ok(mut figures) = figures.lock() else {
         return;
     };
@@ -92,42 +75,81 @@ fn note(figures: &Figures, status: &GuestStatus) {
             entry.connections += 1;
             entry.verdict = None;
         }
-        Some(verdict) => {
-            entry.verdict = serde_json::to_value(verdict)
-                .ok()
-                .and_then(|v| v.get("verdict").and_then(|v| v.as_str()).map(String::from));
-        }
+        Some(verdict) => entry.verdict = Some(verdict.name().to_string()),
     }
 }
 
 pub fn run(args: CollectArgs) -> anyhow::Result<ExitCode> {
+    if let Some(CollectCommand::Keygen { file }) = &args.command {
+        StreamKey::generate()?.write_new(file)?;
+        eprintln!("guard: a new stream key in {}", file.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let options = args.options()?;
+    let endpoints = args.endpoints()?;
+    let vm_dir = args.vm_dir();
+    let vsock = args.vsock()?;
+    if endpoints.is_empty() && vm_dir.is_none() && vsock.is_none() {
+        return Err(crate::args::UsageError(
+            "nowhere to listen: give --listen NAME=unix:PATH, --vm-dir DIR --port PORT or \
+             --listen vsock:PORT --cid-table FILE"
+                .into(),
+        )
+        .into());
+    }
+    let dir = options.dir.clone();
     let (sender, statuses) = mpsc::channel::<GuestStatus>();
     let sender = std::sync::Mutex::new(sender);
-    let collector = Collector::new(&args.dir, move |status| {
+    let collector = Collector::start(options, move |status| {
         if let Ok(sender) = sender.lock() {
             let _ = sender.send(status.clone());
         }
     })?;
-    let listener = Listener::bind(&args.listen)?;
+    for endpoint in endpoints {
+        let (name, path, keyed) = (
+            endpoint.name.clone(),
+            endpoint.path.clone(),
+            endpoint.auth.has_key(),
+        );
+        collector.listen(endpoint)?;
+        eprintln!(
+            "guard: guest {name} at unix:{}{}",
+            path.display(),
+            if keyed {
+                ""
+            } else {
+                " (no key: unauthenticated)"
+            }
+        );
+    }
+    if let Some(vm_dir) = vm_dir {
+        eprintln!(
+            "guard: VMs under {} at <name>/vsock_{}{}",
+            vm_dir.dir.display(),
+            vm_dir.port,
+            if vm_dir.no_auth {
+                " (keyless ones unauthenticated)"
+            } else {
+                ""
+            }
+        );
+        collector.watch_vm_dir(vm_dir)?;
+    }
+    if let Some((port, table)) = vsock {
+        let table = CidTable::read(&table, args.no_auth)?;
+        eprintln!(
+            "guard: vsock port {port}, guests {}",
+            table.names().join(", ")
+        );
+        collector.listen_vsock(port, table)?;
+    }
     let figures = Figures::default();
     serve_metrics(&args, &figures)?;
     eprintln!(
-        "guard: collecting on {} into {}",
-        args.listen,
-        args.dir.display()
+        "guard: collecting into {} (at most {} connections)",
+        dir.display(),
+        collector.max_connections()
     );
-    std::thread::Builder::new()
-        .name("guard-accept".into())
-        .spawn({
-            let collector = collector.clone();
-            move || {
-                if let Err(error) = collector.serve(&listener) {
-                    eprintln!("guard: error: {error}");
-                    std::process::exit(1);
-                }
-            }
-        })
-        .context("starting the accept thread")?;
     let (mut ended, mut all_complete) = (0, true);
     for status in statuses {
         note(&figures, &status);
@@ -139,12 +161,16 @@ pub fn run(args: CollectArgs) -> anyhow::Result<ExitCode> {
         let Some(verdict) = &status.verdict else {
             continue;
         };
+        if !status.is_stream() {
+            continue;
+        }
         ended += 1;
         all_complete &= verdict.is_complete();
         if args.streams.is_some_and(|wanted| ended >= wanted) {
             break;
         }
     }
+    drop(collector);
     Ok(if all_complete {
         ExitCode::SUCCESS
     } else {

@@ -169,7 +169,7 @@ async fn run_in_cgroup(
     drop(served);
     let report = guard.unwatch(id).await?;
     let global = guard.global_counters().await?;
-    crate::log_args::finish(log, std::slice::from_ref(&report), stream).await?;
+    let delivered = crate::log_args::finish(log, std::slice::from_ref(&report), stream).await?;
     // Everything is drained now: let the writer finish what is queued.
     if let Some(writer) = writer {
         writer.finish().await?;
@@ -194,9 +194,10 @@ async fn run_in_cgroup(
             );
         }
     }
-    Ok(if status.success() {
+    let code = if status.success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8)
-    })
+    };
+    Ok(crate::log_args::with_stream(code, delivered))
 }

@@ -1,17 +1,20 @@
 //! The `--log DIR` / `--fsync` / `--stream ADDR` options shared by the commands that write a
 //! forensic log.
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use guard::{
     Guard,
     forensic::{FsyncPolicy, LogOptions},
     sinks::event_log::EventLog,
-    stream::{Address, Sender, SenderOptions},
+    stream::{Address, Sender, SenderOptions, StreamKey},
 };
 
 /// How long a finishing stream waits for the host to acknowledge the log's last records.
 const STREAM_FINISH: Duration = Duration::from_secs(10);
+/// The exit status of a command whose own work succeeded but whose log stream did not deliver
+/// the whole log to the host (docs/ERRORS.md).
+pub const STREAM_NOT_DELIVERED: u8 = 5;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LogArgs {
@@ -37,9 +40,16 @@ pub struct StreamArgs {
     /// host's copy ends.
     #[arg(long, value_name = "ADDR")]
     pub stream: Option<Address>,
-    /// The name the collector stores this guest's log under. Default: the host name.
+    /// The name the collector stores this guest's log under: the name the host gave this
+    /// VM's transport (the host refuses any other). Default: the host name.
     #[arg(long, value_name = "NAME", requires = "stream", value_parser = parse_guest_name)]
     pub stream_name: Option<String>,
+    /// The guest's stream key (64 hex digits in a file only root may read, mode 0400, outside
+    /// every container's root filesystem and never on the kernel command line): the proof the
+    /// collector asks for. Without it, only a collector listening with --no-auth takes the
+    /// stream.
+    #[arg(long, value_name = "FILE", requires = "stream")]
+    pub stream_key: Option<PathBuf>,
 }
 
 fn parse_guest_name(name: &str) -> Result<String, String> {
@@ -65,27 +75,49 @@ impl StreamArgs {
                 .map(|name| name.trim().to_string())
                 .unwrap_or_else(|_| "guest".to_string()),
         };
-        Sender::start(dir, SenderOptions::new(address.clone(), name))
+        let mut options = SenderOptions::new(address.clone(), name);
+        if let Some(path) = &self.stream_key {
+            options = options.with_key(StreamKey::read(path)?);
+        }
+        Sender::start(dir, options)
             .map(Some)
             .context("starting the log stream")
     }
 }
 
 /// Ends a stream after the log was closed: its `stop` goes out, and what the host
-/// acknowledged is said.
-pub fn finish_stream(sender: Option<Sender>) {
-    let Some(sender) = sender else { return };
+/// acknowledged, or why it holds less, is said. False: the host does not hold the whole log.
+pub fn finish_stream(sender: Option<Sender>) -> bool {
+    let Some(sender) = sender else { return true };
     let stats = sender.finish(STREAM_FINISH);
+    let how = match (&stats.failure, stats.delivered) {
+        (_, true) => "the host holds the whole log".to_string(),
+        (Some(failure), false) => format!("NOT DELIVERED: {failure}"),
+        (None, false) => format!(
+            "NOT DELIVERED: no acknowledgement of the log's end within {STREAM_FINISH:?}{}",
+            stats
+                .last_error
+                .as_ref()
+                .map(|error| format!(" (last error: {error})"))
+                .unwrap_or_default()
+        ),
+    };
     eprintln!(
-        "guard: log stream: {} line(s) sent over {} connection(s), the host holds {} record(s){}",
-        stats.lines_sent,
-        stats.connections,
-        stats.acked_next_seq,
-        stats
-            .last_error
-            .map(|error| format!(" (last error: {error})"))
-            .unwrap_or_default()
+        "guard: log stream: {} line(s) sent over {} connection(s), {} record(s) acknowledged; \
+         {how}",
+        stats.lines_sent, stats.connections, stats.acked_next_seq,
     );
+    stats.delivered
+}
+
+/// A command's exit status once its stream is finished: a success whose log did not reach
+/// the host becomes [`STREAM_NOT_DELIVERED`]; a failure keeps its own status.
+pub fn with_stream(code: ExitCode, delivered: bool) -> ExitCode {
+    if !delivered && code == ExitCode::SUCCESS {
+        ExitCode::from(STREAM_NOT_DELIVERED)
+    } else {
+        code
+    }
 }
 
 impl LogArgs {
@@ -125,14 +157,14 @@ impl LogArgs {
 }
 
 /// Records the final reports, closes the log and says where it is and its head; then ends
-/// the stream.
+/// the stream. False: the stream did not deliver the whole log.
 pub async fn finish(
     log: Option<EventLog>,
     reports: &[guard::Report],
     sender: Option<Sender>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let Some(log) = log else {
-        return Ok(());
+        return Ok(true);
     };
     for report in reports {
         log.record("report", Some(&report.container), report)
@@ -145,6 +177,5 @@ pub async fn finish(
         head.next_seq,
         head.prev
     );
-    finish_stream(sender);
-    Ok(())
+    Ok(finish_stream(sender))
 }

@@ -15,6 +15,7 @@ macro_rules! outln {
 
 mod args;
 mod collect;
+mod collect_args;
 mod exec;
 mod log;
 mod log_args;
@@ -79,10 +80,11 @@ enum Command {
     /// Example: `guard metrics --log /var/lib/guard/log`
     Metrics(metrics::MetricsArgs),
     /// On the host: receive the forensic logs guests stream (`--stream`), one copy per guest,
-    /// each chain verified as records arrive, each stream ending with a verdict (complete,
-    /// guest died after seq N, gap, forked at seq K). See docs/STREAM.md.
+    /// each guest named by the socket (or CID) it comes on and proving it holds its key, each
+    /// chain verified as records arrive, each stream ending with a verdict (complete, guest
+    /// died after seq N, gap, forked at seq K, over quota). See docs/STREAM.md.
     ///
-    /// Example: `guard collect --listen unix:/run/guard/vsock.sock_7000 --dir /var/lib/guard/guests`
+    /// Example: `guard collect --dir /var/lib/guard/guests --vm-dir /run/vms --port 7000`
     Collect(collect::CollectArgs),
     /// Internal: clone one exec into its container from a single-threaded process (guard's
     /// runtime starts it with a request on descriptor 3).

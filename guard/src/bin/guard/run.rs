@@ -262,8 +262,8 @@ async fn run_guarded(
                     head.prev
                 );
             }
-            crate::log_args::finish_stream(stream);
-            Ok(code)
+            let delivered = crate::log_args::finish_stream(stream);
+            Ok(crate::log_args::with_stream(code, delivered))
         }
         (Ok(_), Err(error)) => Err(anyhow::Error::new(error).context("closing the forensic log")),
         (Err(error), Ok(_)) => Err(error),

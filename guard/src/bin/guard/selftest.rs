@@ -104,8 +104,8 @@ const WAVES: [Wave; 3] = [
 ];
 
 pub async fn run(args: SelftestArgs) -> anyhow::Result<ExitCode> {
-    selftest(&args).await?;
-    Ok(ExitCode::SUCCESS)
+    let delivered = selftest(&args).await?;
+    Ok(crate::log_args::with_stream(ExitCode::SUCCESS, delivered))
 }
 
 /// `after - before` for every number in two JSON trees of the same shape.
@@ -195,7 +195,8 @@ fn parse_memory(text: &str) -> Result<MemorySetting, String> {
         .map_err(|error: guard::limits::LimitsError| error.to_string())
 }
 
-async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
+/// Runs the selftest; false when its log stream did not deliver the whole log.
+async fn selftest(args: &SelftestArgs) -> anyhow::Result<bool> {
     let (no_limits, out, stress) = (args.no_limits, args.out.as_path(), args.stress.as_path());
     let budgeted = !(args.no_limits || args.no_budget);
     std::fs::create_dir_all(out)?;
@@ -328,7 +329,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     live.stop();
     drop(served);
     let head = log.close().await?;
-    crate::log_args::finish_stream(stream);
+    let delivered = crate::log_args::finish_stream(stream);
     let summary = json!({
         "no_limits": no_limits,
         "no_budget": !budgeted,
@@ -358,7 +359,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
             bail!("a limit was violated");
         }
     }
-    Ok(())
+    Ok(delivered)
 }
 
 /// One wave: its command in the container, waited for; the leftovers reaped; a fresh exec;

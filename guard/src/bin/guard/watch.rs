@@ -106,7 +106,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     for (id, _) in &targets {
         reports.push(guard.unwatch(id).await?);
     }
-    crate::log_args::finish(log, &reports, stream).await?;
+    let delivered = crate::log_args::finish(log, &reports, stream).await?;
     // Everything is drained now: the writer finishes what is queued.
     if let Some(writer) = writer
         && let Err(error) = writer.finish().await
@@ -120,5 +120,5 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             out!("{}", report.to_text());
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(crate::log_args::with_stream(ExitCode::SUCCESS, delivered))
 }

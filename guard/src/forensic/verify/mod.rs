@@ -97,6 +97,23 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
 /// caller that goes on appending to (or receiving) the same log.
 pub fn verify_with_chain(dir: &Path) -> Result<(VerifyReport, ChainCheck), VerifyError> {
     let files = layout::list_files(dir)?;
+    verify_opened(
+        dir,
+        &files,
+        &mut |file| File::open(&file.path),
+        &mut |_, _, _| {},
+    )
+}
+
+/// Like [`verify_with_chain`] over `files` (the log's, in index order) as `open` opens them (a
+/// collector's store opens every path without following links), telling `file_done` each
+/// file's complete records and bytes as it is checked.
+pub fn verify_opened(
+    dir: &Path,
+    files: &[LogFile],
+    open: &mut dyn FnMut(&LogFile) -> std::io::Result<File>,
+    file_done: &mut dyn FnMut(&LogFile, u64, u64),
+) -> Result<(VerifyReport, ChainCheck), VerifyError> {
     let mut report = VerifyReport::default();
     if files.is_empty() {
         report.problem = Some(Problem {
@@ -120,9 +137,16 @@ pub fn verify_with_chain(dir: &Path) -> Result<(VerifyReport, ChainCheck), Verif
         }
         report.files += 1;
         let is_newest = position + 1 == files.len();
-        if let Err(problem) = verify_file(file, is_newest, &mut chain, &mut report)? {
+        let handle = open(file).map_err(|source| VerifyError::Open {
+            path: file.path.clone(),
+            source,
+        })?;
+        if let Err(problem) = verify_file(file, handle, is_newest, &mut chain, &mut report)? {
             report.problem = Some(problem);
             return Ok((report, chain));
+        }
+        if let Some((_, records, bytes)) = chain.last_file() {
+            file_done(file, records, bytes);
         }
     }
     Ok((report, chain))
@@ -130,6 +154,7 @@ pub fn verify_with_chain(dir: &Path) -> Result<(VerifyReport, ChainCheck), Verif
 
 fn verify_file(
     file: &LogFile,
+    handle: File,
     is_newest: bool,
     chain: &mut ChainCheck,
     report: &mut VerifyReport,
@@ -139,10 +164,6 @@ fn verify_file(
         path: path.clone(),
         source,
     };
-    let handle = File::open(path).map_err(|source| VerifyError::Open {
-        path: path.clone(),
-        source,
-    })?;
     let mut lines = LineScanner::from_file(handle);
     let name = file.name();
     let mut line_no = 0u64;

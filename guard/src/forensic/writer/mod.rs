@@ -299,6 +299,7 @@ impl LogWriter {
 
     fn exceeds_rotate_bound(&self, line_len: usize) -> bool {
         self.file_records > 0
+            && self.file_bytes >= layout::ROTATE_MIN_FILE_BYTES
             && self
                 .options
                 .rotate_bytes

@@ -66,7 +66,8 @@ pub struct LogOptions {
     /// When records reach stable storage (default: `interval=100`).
     pub fsync: FsyncPolicy,
     /// Start a new file before a record would take the current one past this size, in bytes
-    /// (default 64 MiB; None: never rotate). A file always holds at least one record.
+    /// (default 64 MiB; None: never rotate). A file always holds at least one record, and at
+    /// least [`ROTATE_MIN_FILE_BYTES`](crate::forensic::layout::ROTATE_MIN_FILE_BYTES).
     pub rotate_bytes: Option<u64>,
     /// Write a `checkpoint` after this many records (0: never).
     pub checkpoint_every: u64,
