@@ -53,12 +53,13 @@ fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
         // four tenants at once. (Run after a --no-budget waves run in the same guest, the
         // budget, derived from what that run left, was too small and the tenants livelocked.)
         &format!(
-            "{} --stream vsock:{STREAM_PORT} --stream-name {guest_name}",
-            if args.no_limits { "--no-limits" } else { "" }
+            "{} --stream vsock:{STREAM_PORT} --stream-name {guest_name} --stream-key {}",
+            if args.no_limits { "--no-limits" } else { "" },
+            vm::GUEST_KEY_PATH
         ),
         format!("demo-{kernel}"),
     )
-    .vsock(host.vsock.clone());
+    .vm_entry(&host.vm);
     config.echo_console = Some("[guard]".to_string());
     let outcome = vm::run(&config)?;
     let done = match outcome.result {
@@ -142,12 +143,13 @@ fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
 /// The guest streams to this port (`guard --stream vsock:PORT`).
 const STREAM_PORT: u32 = 7000;
 
-/// `guard collect` on the host end of the guest's vsock bridge, its status lines printed as
-/// they come.
+/// `guard collect --vm-dir` on the host, as an orchestrator runs it for its VMs: the guest's
+/// directory under it holds the VM's key (the guest gets the same key in its initramfs) and
+/// the end of its vsock bridge. Its status lines are printed as they come.
 struct HostCollector {
     child: std::process::Child,
     lines: std::thread::JoinHandle<Vec<String>>,
-    vsock: vm::VsockConfig,
+    vm: vm::VmEntry,
     dir: std::path::PathBuf,
     scratch: std::path::PathBuf,
 }
@@ -158,19 +160,17 @@ impl HostCollector {
         // Unix socket paths hold 107 bytes: a short folder of our own.
         let scratch = std::env::temp_dir().join(format!("guard-demo-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&scratch);
-        std::fs::create_dir_all(&scratch)?;
-        let vsock = vm::VsockConfig::in_dir(&scratch);
+        let vms = scratch.join("vms");
+        std::fs::create_dir_all(&vms)?;
+        let vm = vm::VmEntry::create(&vms, guest)?;
         let dir = xtask::paths::target_dir().join("demo-host-copies");
         let _ = std::fs::remove_dir_all(dir.join(guest));
         let mut child = std::process::Command::new(bin.join("guard"))
             .arg("collect")
-            .arg("--listen")
-            .arg(format!(
-                "{guest}=unix:{}",
-                vsock.host_socket(STREAM_PORT).display()
-            ))
-            // No key yet in the demo's guest image: the socket reaches this one VM only.
-            .arg("--no-auth")
+            .arg("--vm-dir")
+            .arg(&vms)
+            .arg("--port")
+            .arg(STREAM_PORT.to_string())
             .arg("--dir")
             .arg(&dir)
             .args(["--streams", "1"])
@@ -191,7 +191,7 @@ impl HostCollector {
         });
         // The collector must listen before the guest connects (the guest retries, but the
         // demo should not start with a failed connection).
-        let socket = vsock.host_socket(STREAM_PORT);
+        let socket = vm.vsock().host_socket(STREAM_PORT);
         let started = std::time::Instant::now();
         while !socket.exists() && started.elapsed() < std::time::Duration::from_secs(10) {
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -199,7 +199,7 @@ impl HostCollector {
         Ok(Self {
             child,
             lines,
-            vsock,
+            vm,
             dir: dir.join(guest),
             scratch,
         })

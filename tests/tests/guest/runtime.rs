@@ -19,7 +19,7 @@
 //! proven by `tenants.rs`.
 
 use guard_tests::{
-    guest::{assert_log_verifies, json_file, unpack_log},
+    guest::{assert_log_verifies, unpack_log},
     per_kernel,
 };
 use std::collections::{BTreeMap, BTreeSet};

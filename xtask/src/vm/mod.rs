@@ -41,7 +41,7 @@ pub use catalog::{
 pub use control::{VmControl, Watcher};
 pub use image::GuestFile;
 pub use qemu::Accel;
-pub use vsock::VsockConfig;
+pub use vsock::{GUEST_KEY_PATH, VmEntry, VsockConfig};
 
 use crate::paths;
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -154,6 +154,17 @@ impl VmConfig {
     pub fn vsock(mut self, vsock: VsockConfig) -> Self {
         self.vsock = Some(vsock);
         self
+    }
+
+    /// The guest of a VM under a collector's `--vm-dir`: its vsock bridged to the entry's
+    /// directory, its stream key (if it has one) at [`GUEST_KEY_PATH`] (mode 0400) for the
+    /// guest commands' `--stream-key`.
+    pub fn vm_entry(self, entry: &VmEntry) -> Self {
+        let config = self.vsock(entry.vsock());
+        match entry.key_file() {
+            Some(key) => config.file(GUEST_KEY_PATH, key, 0o400),
+            None => config,
+        }
     }
 
     pub fn watcher(mut self, watcher: Watcher) -> Self {

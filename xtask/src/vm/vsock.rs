@@ -42,6 +42,85 @@ impl VsockConfig {
     }
 }
 
+/// Where a guest's stream key is in its initramfs: a file of the guest's root, mode 0400, on
+/// the guest's own root filesystem, which no container sees (each has a root of its own), and
+/// never on the kernel command line (`/proc/cmdline` is readable inside containers).
+pub const GUEST_KEY_PATH: &str = "/etc/guard/stream.key";
+
+/// One VM under a collector's `--vm-dir` (docs/STREAM.md), as an orchestrator lays it out:
+/// `DIR/<name>/` holding the VM's stream key `key` (64 hex digits, mode 0400), made under a
+/// dotted name and renamed into place once the key is written, so the collector never sees a
+/// VM without its key. The VMM's uds path is `DIR/<name>/vsock`: the collector listens at
+/// `DIR/<name>/vsock_<PORT>`, where the guest's connections to that port arrive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmEntry {
+    /// The VM's name: the collector's name for its stream, the guest's `--stream-name`.
+    pub name: String,
+    /// `DIR/<name>`.
+    pub dir: PathBuf,
+    /// The VM's stream key, 64 lowercase hex digits (None: a VM without one, for a collector
+    /// run with `--no-auth`).
+    pub key: Option<String>,
+}
+
+impl VmEntry {
+    /// Creates `vm_dir/<name>/` with a fresh random key.
+    pub fn create(vm_dir: &Path, name: &str) -> Result<Self> {
+        let mut bytes = [0u8; 32];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
+            &mut bytes,
+        )
+        .context("reading /dev/urandom")?;
+        let key: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+        Self::lay_out(vm_dir, name, Some(key))
+    }
+
+    /// Creates `vm_dir/<name>/` without a key: only a collector with `--no-auth` listens for
+    /// it (the two-sided runs that show what a key prevents).
+    pub fn create_without_key(vm_dir: &Path, name: &str) -> Result<Self> {
+        Self::lay_out(vm_dir, name, None)
+    }
+
+    fn lay_out(vm_dir: &Path, name: &str, key: Option<String>) -> Result<Self> {
+        let dir = vm_dir.join(name);
+        let staging = vm_dir.join(format!(".{name}"));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging)
+            .with_context(|| format!("creating {}", staging.display()))?;
+        let key_file = staging.join("key");
+        if let Some(key) = &key {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o400)
+                .open(&key_file)
+                .with_context(|| format!("creating {}", key_file.display()))?;
+            file.write_all(format!("{key}\n").as_bytes())
+                .with_context(|| format!("writing {}", key_file.display()))?;
+        }
+        std::fs::rename(&staging, &dir)
+            .with_context(|| format!("renaming {} to {}", staging.display(), dir.display()))?;
+        Ok(Self {
+            name: name.to_string(),
+            dir,
+            key,
+        })
+    }
+
+    /// The VM's vsock bridge: its uds path is `DIR/<name>/vsock`.
+    pub fn vsock(&self) -> VsockConfig {
+        VsockConfig::in_dir(&self.dir)
+    }
+
+    /// The key file's contents as the guest gets it at [`GUEST_KEY_PATH`] (None: no key).
+    pub fn key_file(&self) -> Option<Vec<u8>> {
+        self.key.as_ref().map(|key| format!("{key}\n").into_bytes())
+    }
+}
+
 /// The name of the bridge binary (`$GUARD_VHOST_VSOCK` overrides it).
 pub fn bridge_binary() -> String {
     std::env::var("GUARD_VHOST_VSOCK").unwrap_or_else(|_| "vhost-device-vsock".to_string())

@@ -1,233 +1,35 @@
 //! The log stream from real guests over real vsock, as the field carries it: the guest's
-//! `guard --stream vsock:PORT` connects to CID 2, rust-vmm's `vhost-device-vsock` maps the
-//! connection onto the host Unix socket `<uds>_PORT` (as Firecracker and libkrun do), and a
-//! collector there checks each guest's chain as records arrive. The host acts on the guest
+//! `guard --stream vsock:PORT --stream-key FILE` connects to CID 2, rust-vmm's
+//! `vhost-device-vsock` maps the connection onto the host Unix socket `<uds>_PORT` of that VM
+//! (as Firecracker and libkrun do), and a collector following a directory of VMs (each its own
+//! subdirectory, socket and key, as `guard collect --vm-dir` does) checks each guest's proof
+//! and chain as records arrive. The host acts on the guest
 //! (kills QEMU, panics the guest kernel, stalls the link) when its own copy shows the moment
 //! has come, never after a fixed sleep.
 //!
 //! Two-sided: each test asserts a verdict that a different outcome would not give (a death
 //! read as `complete`, a rewrite accepted, a copy that differs from the guest's bytes).
+mod custody;
+mod host;
+
 use std::{
-    path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
-        mpsc,
-    },
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use guard::forensic::{self, Follower};
-use guard::stream::{Auth, Collector, Endpoint, GuestStatus, StreamVerdict};
+use guard::forensic;
+use guard::stream::StreamVerdict;
 use guard_tests::{
-    guest::{Guest, assert_log_verifies, facts, guest, json_file},
+    guest::{assert_log_verifies, facts, guest, json_file},
     vsock_kernels,
 };
 use serde_json::Value;
-use xtask::vm::{self, Completed, VmConfig, VmOutcome, VmResult, VsockConfig, Watcher};
+use xtask::vm::{VmConfig, VmOutcome, VmResult, Watcher};
 
-/// The port the guests stream to.
-const PORT: u32 = 7000;
-
-/// The one-container waves as the enforcement suite runs them (waves.rs).
-const WAVES: &str = "--scenario waves --no-budget --memory 60%";
-
-/// A host end: a collector listening where the guests' vsock connections arrive.
-struct HostEnd {
-    collector: Collector,
-    statuses: mpsc::Receiver<GuestStatus>,
-    /// Statuses read while waiting for another guest's.
-    others: Mutex<Vec<GuestStatus>>,
-    /// Short (Unix socket paths hold 107 bytes) and removed on drop.
-    scratch: PathBuf,
-}
-
-impl HostEnd {
-    fn start(label: &str) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let scratch = std::env::temp_dir().join(format!(
-            "gs-{}-{}-{label}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&scratch);
-        std::fs::create_dir_all(&scratch).unwrap();
-        let (sender, statuses) = mpsc::channel();
-        let sender = Mutex::new(sender);
-        let collector = Collector::new(scratch.join("collected"), move |status| {
-            eprintln!("collector: {status}");
-            let _ = sender.lock().unwrap().send(status.clone());
-        })
-        .unwrap();
-        Self {
-            collector,
-            statuses,
-            others: Mutex::default(),
-            scratch,
-        }
-    }
-
-    /// A guest's vsock bridge whose port-[`PORT`] connections reach this collector (each
-    /// guest has a bridge of its own, and the collector a listener named after the guest at
-    /// its `<uds>_PORT`, as a VMM lays it out; no key yet: the guests stream without one).
-    fn vsock_for(&self, guest: &str) -> VsockConfig {
-        let dir = self.scratch.join(guest);
-        std::fs::create_dir_all(&dir).unwrap();
-        let vsock = VsockConfig::in_dir(&dir);
-        self.collector
-            .listen(Endpoint {
-                name: guest.to_string(),
-                path: vsock.host_socket(PORT),
-                auth: Auth::None,
-            })
-            .unwrap();
-        vsock
-    }
-
-    /// Every stream of `guest` that ends within `timeout` after the guest is gone, until one
-    /// ends with a verdict matching `last`.
-    /// Statuses of other guests met on the way are kept for their own call.
-    fn streams_until(
-        &self,
-        guest: &str,
-        last: impl Fn(&StreamVerdict) -> bool,
-        timeout: Duration,
-        context: &str,
-    ) -> Vec<GuestStatus> {
-        let deadline = Instant::now() + timeout;
-        let mut ended = Vec::new();
-        let mut others = self.others.lock().unwrap();
-        loop {
-            let status = match others
-                .iter()
-                .position(|s| s.guest.as_deref() == Some(guest))
-            {
-                Some(at) => others.remove(at),
-                None => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    self.statuses.recv_timeout(left).unwrap_or_else(|_| {
-                        panic!(
-                            "no final verdict for {guest} within {timeout:?}; streams: \
-                             {ended:#?}\n{context}"
-                        )
-                    })
-                }
-            };
-            if status.guest.as_deref() != Some(guest) {
-                others.push(status);
-                continue;
-            }
-            if let Some(verdict) = &status.verdict {
-                let done = last(verdict);
-                ended.push(status);
-                if done {
-                    return ended;
-                }
-            }
-        }
-    }
-
-    fn copy(&self, guest: &str) -> PathBuf {
-        self.collector.guest_dir(guest)
-    }
-}
-
-impl Drop for HostEnd {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.scratch);
-    }
-}
-
-/// The records of a log directory, read as they are appended: a watcher's view of the host's
-/// copy while the guest runs.
-struct CopyWatch {
-    follower: Follower,
-    records: Vec<forensic::Record>,
-}
-
-impl CopyWatch {
-    fn new(dir: &Path) -> Self {
-        Self {
-            follower: Follower::from_start(dir),
-            records: Vec::new(),
-        }
-    }
-
-    fn poll(&mut self) -> &[forensic::Record] {
-        let records = &mut self.records;
-        let _ = self.follower.poll(&mut |entry| {
-            if let Ok(entry) = entry {
-                records.push(entry.record);
-            }
-        });
-        &self.records
-    }
-}
-
-/// The `wave` record of `name` among `records`, and the number of records after it.
-fn wave<'a>(records: &'a [forensic::Record], name: &str) -> Option<(&'a forensic::Record, usize)> {
-    let at = records
-        .iter()
-        .position(|r| r.kind == "wave" && r.payload["wave"] == name)?;
-    Some((&records[at], records.len() - at - 1))
-}
-
-fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    forensic::layout::list_files(dir)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|file| (file.name(), std::fs::read(&file.path).unwrap()))
-        .collect()
-}
-
-/// The guest's files under `/results/<prefix>/`, as (file name, bytes), sorted.
-fn guest_files(done: &Completed, prefix: &str) -> Vec<(String, Vec<u8>)> {
-    let prefix = format!("{prefix}/");
-    let mut files: Vec<(String, Vec<u8>)> = done
-        .files
-        .iter()
-        .filter_map(|(path, bytes)| {
-            path.strip_prefix(&prefix)
-                .filter(|name| name.ends_with(".jsonl"))
-                .map(|name| (name.to_string(), bytes.clone()))
-        })
-        .collect();
-    files.sort();
-    files
-}
-
-fn boot(guest: &Guest, label: &str, script: &str, vsock: VsockConfig) -> VmConfig {
-    VmConfig::shell(&guest.kernel, script)
-        .binary(guest.bin_dir.join("guard"))
-        .binary(guest.bin_dir.join("guard-stress"))
-        .timeout(Duration::from_secs(600))
-        .label(format!("{label}-{}", guest.kernel))
-        .vsock(vsock)
-}
-
-fn run(config: &VmConfig) -> VmOutcome {
-    let outcome = vm::run(config).expect("the VM harness itself failed");
-    eprintln!(
-        "{}: boot {:?}, scenario {:?}, wall {:?}",
-        config.label.as_deref().unwrap_or("?"),
-        outcome.boot_time,
-        outcome.scenario_time,
-        outcome.wall_time
-    );
-    outcome
-}
-
-/// `guard log verify`'s exit code for `dir`.
-fn guard_log_verify(guest: &Guest, dir: &Path) -> i32 {
-    std::process::Command::new(guest.bin_dir.join("guard"))
-        .args(["log", "--dir"])
-        .arg(dir)
-        .arg("verify")
-        .status()
-        .expect("guard log verify runs")
-        .code()
-        .unwrap_or(-1)
-}
+use host::{
+    CopyWatch, HostEnd, WAVES, boot, files_of, guard_log_verify, guest_files, run,
+    stream_options, wave,
+};
 
 /// How the host ends the guest mid-wave.
 #[derive(Clone, Copy, Debug)]
@@ -252,8 +54,8 @@ fn guest_death(kernel: &str, death: Death) {
     let config = boot(
         &guest,
         &format!("stream-death-{death:?}"),
-        &format!("guard selftest {WAVES} --stream vsock:{PORT} --stream-name {name}"),
-        host.vsock_for(&name),
+        &format!("guard selftest {WAVES} {}", stream_options(&name)),
+        &host.vm(&name),
     )
     .watcher(Watcher::new(move |control| {
         if seen.lock().unwrap().is_some() {
@@ -384,9 +186,10 @@ fn rewritten_history_is_a_fork(kernel: &str) {
     const KEEP: u64 = 3;
     let name = "rewrite";
     let host = HostEnd::start("rewrite");
+    let stream = stream_options(name);
     let script = format!(
         r#"set -e
-stream="--log /results/log --stream vsock:{PORT} --stream-name {name}"
+stream="--log /results/log {stream}"
 guard exec --cgroup /sys/fs/cgroup/first --pids-max 16 $stream -- guard-stress hold 40 > /results/first.out
 mkdir /results/original && cp /results/log/* /results/original/
 # The rewrite: the first {KEEP} records kept, the rest replaced by a new session.
@@ -402,7 +205,7 @@ guard log --dir /results/log verify --json > /results/rewritten-verify.json || t
         &guest,
         "stream-rewrite",
         &script,
-        host.vsock_for(name),
+        &host.vm(name),
     ));
     let done = outcome.expect_completed();
     assert_eq!(done.exit_code, 0, "{}", done.stderr_str());
@@ -460,9 +263,10 @@ fn three_guests_fan_in(kernel: &str) {
         .map(|name| {
             let script = format!(
                 "guard exec --cgroup /sys/fs/cgroup/job --pids-max 32 --log /results/log \
-                 --stream vsock:{PORT} --stream-name {name} -- guard-stress hold 100 > /results/job.out"
+                 {} -- guard-stress hold 100 > /results/job.out",
+                stream_options(name)
             );
-            boot(&guest, &format!("stream-{name}"), &script, host.vsock_for(name))
+            boot(&guest, &format!("stream-{name}"), &script, &host.vm(name))
         })
         .collect();
     let outcomes: Vec<VmOutcome> = std::thread::scope(|scope| {
@@ -518,8 +322,8 @@ fn stalled_link_resumes(kernel: &str) {
     let config = boot(
         &guest,
         "stream-stall",
-        &format!("guard selftest {WAVES} --stream vsock:{PORT} --stream-name {name}"),
-        host.vsock_for(&name),
+        &format!("guard selftest {WAVES} {}", stream_options(&name)),
+        &host.vm(&name),
     )
     .watcher(Watcher::new(move |control| {
         let mut stall = seen.lock().unwrap();
