@@ -45,6 +45,12 @@ fn the_default_spec_gets_the_rule_and_the_test_option_leaves_it_out() {
     let seccomp = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
     assert_eq!(seccomp, default_profile().unwrap());
     assert_eq!(seccomp.default_action(), LinuxSeccompAction::ScmpActAllow);
+    // The compat ABIs too: a filter of the native ABI alone kills every 32-bit call, and
+    // i386's socketcall is refused its SYS_SOCKET through the same rule (libseccomp).
+    assert_eq!(
+        seccomp.architectures().as_deref(),
+        Some(&[Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32][..])
+    );
     let socket = rules_for(&seccomp, "socket");
     assert_eq!(socket.len(), 1);
     assert_eq!(socket[0].action(), LinuxSeccompAction::ScmpActErrno);
