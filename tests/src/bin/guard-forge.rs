@@ -132,7 +132,8 @@ fn connect(port: u32) -> Result<std::fs::File, (&'static str, String)> {
 }
 
 fn forge(port: u32, guest: &str, records: u64) -> Value {
-    let mut summary = json!({"socket": "ok", "connect": "ok", "replies": [], "sent": 0, "acked": 0});
+    let mut summary =
+        json!({"socket": "ok", "connect": "ok", "replies": [], "sent": 0, "acked": 0});
     let lines = match forged_log(records) {
         Ok(lines) => lines,
         Err(error) => {

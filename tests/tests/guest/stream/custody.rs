@@ -171,7 +171,11 @@ fn tenant_cannot_reach_or_forge_the_copy(kernel: &str) {
         assert!(status.authenticated, "{status}");
     }
     for step in ["default", "unfiltered"] {
-        assert_eq!(exit_of(&done, step), "0", "{step}: the agent's log was delivered");
+        assert_eq!(
+            exit_of(&done, step),
+            "0",
+            "{step}: the agent's log was delivered"
+        );
     }
     assert_eq!(exit_of(&done, "first"), "0");
     let copy = host.copy(&name);
@@ -231,10 +235,9 @@ fn without_a_key_the_tenant_forges_the_copy(kernel: &str) {
     );
     assert_ne!(files_of(&copy), guest_files(&done, "log"));
     assert!(
-        streams.iter().any(|status| matches!(
-            status.verdict,
-            Some(StreamVerdict::Forked { at_seq: 0 })
-        )),
+        streams
+            .iter()
+            .any(|status| matches!(status.verdict, Some(StreamVerdict::Forked { at_seq: 0 }))),
         "the agent's own history is refused as a fork: {streams:#?}"
     );
     assert_eq!(

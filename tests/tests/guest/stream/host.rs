@@ -179,7 +179,10 @@ impl CopyWatch {
 }
 
 /// The `wave` record of `name` among `records`, and the number of records after it.
-pub(super) fn wave<'a>(records: &'a [forensic::Record], name: &str) -> Option<(&'a forensic::Record, usize)> {
+pub(super) fn wave<'a>(
+    records: &'a [forensic::Record],
+    name: &str,
+) -> Option<(&'a forensic::Record, usize)> {
     let at = records
         .iter()
         .position(|r| r.kind == "wave" && r.payload["wave"] == name)?;

@@ -27,8 +27,8 @@ use serde_json::Value;
 use xtask::vm::{VmConfig, VmOutcome, VmResult, Watcher};
 
 use host::{
-    CopyWatch, HostEnd, WAVES, boot, files_of, guard_log_verify, guest_files, run,
-    stream_options, wave,
+    CopyWatch, HostEnd, WAVES, boot, files_of, guard_log_verify, guest_files, run, stream_options,
+    wave,
 };
 
 /// How the host ends the guest mid-wave.
@@ -201,12 +201,7 @@ guard exec --cgroup /sys/fs/cgroup/second $stream -- true > /results/second.out 
 guard log --dir /results/log verify --json > /results/rewritten-verify.json || true
 "#
     );
-    let outcome = run(&boot(
-        &guest,
-        "stream-rewrite",
-        &script,
-        &host.vm(name),
-    ));
+    let outcome = run(&boot(&guest, "stream-rewrite", &script, &host.vm(name)));
     let done = outcome.expect_completed();
     assert_eq!(done.exit_code, 0, "{}", done.stderr_str());
     assert_eq!(
