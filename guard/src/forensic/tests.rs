@@ -195,3 +195,28 @@ fn a_session_without_its_stop_is_an_abrupt_end() {
     assert_eq!((report.sessions, report.abrupt_earlier_sessions), (3, 1));
     assert_eq!(report.ended_abruptly(), None);
 }
+
+#[test]
+fn a_file_is_rotated_only_past_the_floor_whatever_the_bound() {
+    let scratch = Scratch::new("floor");
+    let options = LogOptions {
+        rotate_bytes: Some(1),
+        ..options()
+    };
+    let mut writer = LogWriter::create(&scratch.0, options, &serde_json::json!({})).unwrap();
+    for i in 0..40 {
+        writer.append("fork", Some("c1"), &i).unwrap();
+    }
+    writer.close().unwrap();
+    let files = layout::list_files(&scratch.0).unwrap();
+    assert!(files.len() > 3, "the log rotated: {files:?}");
+    for file in &files[..files.len() - 1] {
+        let bytes = std::fs::metadata(&file.path).unwrap().len();
+        assert!(
+            bytes >= layout::ROTATE_MIN_FILE_BYTES,
+            "{} rotated at {bytes} bytes",
+            file.name()
+        );
+    }
+    assert!(verify(&scratch.0).unwrap().is_clean());
+}

@@ -18,6 +18,7 @@ use crate::cmd;
 
 mod bpf_stats;
 mod chart;
+mod collector;
 mod guest;
 mod interval;
 mod readings;
@@ -51,11 +52,31 @@ pub struct BenchArgs {
     /// Only the guest half: print its table, leave the output file alone.
     #[arg(long)]
     pub guest_only: bool,
+    /// Rounds of the collector's throughput (durable acknowledgements against acknowledgements
+    /// on write, 1 guest and 100 at once); 0 skips it.
+    #[arg(long, default_value_t = 5)]
+    pub collector_rounds: usize,
+    /// Only the collector's throughput: its section of the output file is replaced, the rest
+    /// left alone.
+    #[arg(long, conflicts_with_all = ["guest_only", "no_guest"])]
+    pub collector_only: bool,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.rounds == 0 || args.forks == 0 || args.starts == 0 {
         bail!("--rounds, --forks and --starts must be at least 1");
+    }
+    if args.collector_only {
+        let bin = cmd::prepare_guest_binaries(&[])?;
+        let section = collector::measure(&bin, args.collector_rounds.max(1))?;
+        let doc = cmd::write_between_markers(
+            &args.output.to_string_lossy(),
+            collector::BEGIN,
+            collector::END,
+            &section,
+        )?;
+        println!("{section}\nwritten to {}", doc.display());
+        return Ok(());
     }
     let guest_kernels = if args.no_guest {
         &[][..]
@@ -88,6 +109,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     )?;
     if !guest_rows.is_empty() {
         table.push_str(&guest::table(&guest_rows));
+    }
+    if args.collector_rounds > 0 {
+        let section = collector::measure(&bin, args.collector_rounds)?;
+        write!(table, "{}\n{section}{}\n", collector::BEGIN, collector::END)?;
     }
     std::fs::write(&output, &table).with_context(|| format!("writing {}", output.display()))?;
     println!("\n{table}\nwritten to {}", output.display());

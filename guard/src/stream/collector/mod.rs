@@ -86,7 +86,12 @@ impl Drop for RuntimeOwner {
             listening.stop.notify_one();
         }
         if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            // Inside another runtime a blocking wait is not allowed: let the tasks end there.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                runtime.shutdown_background();
+            } else {
+                runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            }
         }
         self.shared.pool.stop();
         if let Some(committer) = &self.shared.committer {

@@ -67,7 +67,11 @@ impl Conn {
                 }
                 (synced, next_seq) = next_commit(&mut commits), if !commits.is_empty() => {
                     match synced {
-                        Ok(Ok(())) => self.ack(next_seq).await,
+                        Ok(Ok(())) => {
+                            if let Err(verdict) = self.ack(next_seq).await {
+                                return verdict;
+                            }
+                        }
                         Ok(Err(error)) => return self.ended(StreamVerdict::Failed { error }).await,
                         Err(_) => return StreamVerdict::Failed { error: "the commit thread stopped".into() },
                     }
@@ -154,11 +158,15 @@ impl Conn {
         verdict
     }
 
-    async fn ack(&self, next_seq: u64) {
-        let _ = self
-            .socket
+    /// Acknowledges every record below `next_seq`; a guest that reads nothing is cut.
+    async fn ack(&self, next_seq: u64) -> Result<(), StreamVerdict> {
+        self.socket
             .write_all(&Control::Ack(Ack { next_seq }).to_line())
-            .await;
+            .await
+            .map_err(|error| StreamVerdict::Cut {
+                after_seq: next_seq.checked_sub(1),
+                reason: format!("acknowledging: {error}"),
+            })
     }
 
     /// Hands the first `bytes` (whole lines) to a store thread; a verdict ends the stream.
@@ -231,7 +239,11 @@ impl Conn {
                 (Acks::Durable { .. }, Some(committer)) => {
                     commits.push_back((committer.request(durable), batch.next_seq));
                 }
-                _ => self.ack(batch.next_seq).await,
+                _ => {
+                    if let Err(verdict) = self.ack(batch.next_seq).await {
+                        return batch.verdict.or(Some(verdict));
+                    }
+                }
             }
         }
         batch.verdict

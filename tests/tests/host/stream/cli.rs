@@ -248,7 +248,7 @@ fn guard_exec_streams_into_an_unprivileged_guard_collect() {
     let wrong = scratch.0.join("wrong.key");
     nobody.keygen(&wrong, 0);
     let _ = std::fs::remove_file(&socket);
-    let collect = nobody.collect(
+    let mut collect = nobody.collect(
         &[
             "--listen",
             &format!("cli-guest=unix:{}", socket.display()),
@@ -275,6 +275,8 @@ fn guard_exec_streams_into_an_unprivileged_guard_collect() {
         "{stderr}"
     );
     assert_eq!(files_of(&copy), files_of(&log), "the copy is untouched");
+    let _ = collect.kill();
+    let _ = collect.wait();
 }
 
 /// `guard collect --vm-dir D --port P`: a VM directory renamed into place with its key gets a
