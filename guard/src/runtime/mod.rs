@@ -10,7 +10,7 @@
 //! before removing the cgroup (removal erases them).
 //!
 //! Before any container exists, [`Runtime::new`] closes bpf(2) to unprivileged processes
-//! ([`unprivileged_bpf`]; [`RuntimeOptions::allow_unprivileged_bpf`] leaves it as it is).
+//! ([`close_unprivileged_bpf`]; [`RuntimeOptions::allow_unprivileged_bpf`] leaves it as it is).
 //!
 //! Every libcontainer call that clones runs under [`oom_score::preserving_caller`]: libcontainer
 //! writes the container's score into its caller, and the agent must stay at -1000. Creation
