@@ -22,7 +22,10 @@ Exit status: the guest command's exit code; 100 if the VM died (kernel panic, in
 stderr.\n\n\
 Examples:\n  cargo xtask vm --kernel 6.1 -- guard probe --json\n  \
 cargo xtask vm --kernel 6.12 --no-build -- sh -c 'cat /sys/fs/cgroup/cgroup.controllers'\n  \
-cargo xtask vm --vsock /tmp/v -- guard exec --cgroup /sys/fs/cgroup/j --log /tmp/log --stream vsock:7000 -- true\n\n\
+guard collect keygen /tmp/v.key && guard collect --dir /tmp/copies --listen web=unix:/tmp/v/vsock_7000 \
+--key web=/tmp/v.key &\n  \
+cargo xtask vm --vsock /tmp/v --stream-key /tmp/v.key -- guard exec --cgroup /sys/fs/cgroup/j --log /tmp/log \
+--stream vsock:7000 --stream-name web --stream-key /etc/guard/stream.key -- true\n\n\
 Environment: GUARD_VM_ACCEL=tcg|kvm|auto (default auto: KVM only if a short probe boot works, cached per host boot), GUARD_QEMU, GUARD_BUSYBOX, \
 CARGO_TARGET_DIR, GUARD_KERNELS_DIR."
 )]
@@ -72,9 +75,14 @@ pub struct VmArgs {
     /// Give the guest a vsock device bridged to host Unix sockets in DIR (rust-vmm's
     /// vhost-device-vsock, as Firecracker and libkrun do): a guest connection to CID 2 port P
     /// arrives on DIR/vsock_P, where something must listen (e.g. `guard collect --listen
-    /// unix:DIR/vsock_7000 --dir COPIES`). Keep DIR short: Unix socket paths hold 107 bytes.
+    /// NAME=unix:DIR/vsock_7000 --key NAME=KEYFILE --dir COPIES`). Keep DIR short: Unix socket
+    /// paths hold 107 bytes.
     #[arg(long, value_name = "DIR")]
     vsock: Option<PathBuf>,
+    /// Put this stream key file (`guard collect keygen FILE`) in the guest at
+    /// /etc/guard/stream.key, mode 0400, for the guest command's `--stream-key`.
+    #[arg(long, value_name = "FILE")]
+    stream_key: Option<PathBuf>,
     /// Print the whole guest console after the run.
     #[arg(long)]
     console: bool,
@@ -98,6 +106,11 @@ pub fn run(args: VmArgs) -> Result<i32> {
         config.accel = accel;
     }
     config.vsock = args.vsock.as_deref().map(vm::VsockConfig::in_dir);
+    if let Some(key) = &args.stream_key {
+        let contents = std::fs::read(key)
+            .with_context(|| format!("reading --stream-key {}", key.display()))?;
+        config = config.file(vm::GUEST_KEY_PATH, contents, 0o400);
+    }
     config.oom_score_adj = match args.oom_score_adj.as_str() {
         "none" => None,
         value => Some(value.parse().with_context(|| {

@@ -6,7 +6,7 @@ use crate::paths;
 use crate::progress::{Progress, Total};
 use anyhow::{Context as _, Result, bail};
 use std::io::Read as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc;
@@ -140,6 +140,44 @@ fn results_port(cmd: &mut Command, machine: Machine, path: &Path) {
     }
 }
 
+/// QEMU's monitor socket: in the run folder, unless that path is too long for a Unix socket
+/// (107 bytes: a long label in a deep target folder), then a short one in the temporary folder,
+/// removed with this.
+struct MonitorSocket {
+    path: PathBuf,
+    temporary: bool,
+}
+
+impl MonitorSocket {
+    fn new(run_dir: &Path) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = run_dir.join("monitor.sock");
+        if path.as_os_str().len() <= 100 {
+            return Self {
+                path,
+                temporary: false,
+            };
+        }
+        Self {
+            path: std::env::temp_dir().join(format!(
+                "guard-qemu-{}-{}.sock",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            )),
+            temporary: true,
+        }
+    }
+}
+
+impl Drop for MonitorSocket {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
     let config = boot.config;
     let accel = match config.accel {
@@ -198,7 +236,8 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
             &bridge.vhost_socket,
         ));
     }
-    let monitor = boot.run_dir.join("monitor.sock");
+    let monitor_socket = MonitorSocket::new(boot.run_dir);
+    let monitor = monitor_socket.path.as_path();
     if config.watcher.is_some() {
         cmd.arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor.display()));
@@ -277,7 +316,7 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
                 console: &console,
                 elapsed: started.elapsed(),
                 qemu_pid: child.0.id(),
-                monitor: &monitor,
+                monitor,
                 bridge_pid: bridge.as_ref().map(vsock::Bridge::pid),
             };
             let mut hook = watcher.0.lock().unwrap_or_else(|e| e.into_inner());
