@@ -78,7 +78,16 @@ pub(super) async fn serve(shared: Arc<Shared>, socket: Socket, identity: Result<
         stopped: false,
     };
     let verdict = conn.run(identity).await;
-    conn.reader.release(&conn.ticket);
+    let Conn {
+        ticket,
+        mut reader,
+        mut status,
+        ..
+    } = conn;
+    // The connection leaves the registry before its verdict is told: whoever hears it and
+    // connects again must not find this one still streaming.
+    reader.release(&ticket);
+    drop(ticket);
     match &verdict {
         StreamVerdict::Refused { .. } => Counters::bump(&shared.counters.refused),
         StreamVerdict::Replaced { .. } | StreamVerdict::Cut { .. } => {
@@ -86,8 +95,8 @@ pub(super) async fn serve(shared: Arc<Shared>, socket: Socket, identity: Result<
         }
         _ => {}
     }
-    conn.status.verdict = Some(verdict);
-    shared.publish(&conn.status);
+    status.verdict = Some(verdict);
+    shared.publish(&status);
 }
 
 /// Sends a refusal (best effort) and gives its verdict.
