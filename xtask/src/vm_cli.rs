@@ -75,7 +75,7 @@ pub struct VmArgs {
     /// Give the guest a vsock device bridged to host Unix sockets in DIR (rust-vmm's
     /// vhost-device-vsock, as Firecracker and libkrun do): a guest connection to CID 2 port P
     /// arrives on DIR/vsock_P, where something must listen (e.g. `guard collect --listen
-    /// NAME=unix:DIR/vsock_7000 --key NAME=KEYFILE --dir COPIES`). Keep DIR short: Unix socket
+    /// NAME=unix:DIR/vsock_7000 --key NAME=FILE --dir COPIES`). Keep DIR short: Unix socket
     /// paths hold 107 bytes.
     #[arg(long, value_name = "DIR")]
     vsock: Option<PathBuf>,

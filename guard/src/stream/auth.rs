@@ -110,7 +110,7 @@ impl StreamKey {
     /// key.write_new(&path)?; // mode 0400, never over an existing file
     /// assert_eq!(StreamKey::read(&path)?, key);
     /// assert!(key.write_new(&path).is_err());
-    /// # std::fs::remove_file(&path)?;
+    /// # std::fs::remove_file(&path).unwrap();
     /// # Ok::<(), guard::stream::KeyError>(())
     /// ```
     pub fn read(path: &Path) -> Result<Self, KeyError> {

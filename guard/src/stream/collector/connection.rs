@@ -40,8 +40,14 @@ pub(super) struct Conn {
 }
 
 /// Serves one accepted connection to its verdict. `identity` is Err (why) for a peer the
-/// transport names no guest for.
-pub(super) async fn serve(shared: Arc<Shared>, socket: Socket, identity: Result<Identity, String>) {
+/// transport names no guest for; `admitted` is its place in the registry, taken at accept
+/// (Err: why there was none).
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    socket: Socket,
+    identity: Result<Identity, String>,
+    admitted: Result<(Ticket, u64), String>,
+) {
     Counters::bump(&shared.counters.accepted);
     let mut status = GuestStatus {
         guest: identity.as_ref().ok().map(|identity| identity.name.clone()),
@@ -53,7 +59,7 @@ pub(super) async fn serve(shared: Arc<Shared>, socket: Socket, identity: Result<
         matched: 0,
         verdict: None,
     };
-    let ticket = match shared.registry.admit(status.guest.as_deref()) {
+    let ticket = match admitted {
         Ok((ticket, evicted)) => {
             shared
                 .counters
@@ -62,7 +68,7 @@ pub(super) async fn serve(shared: Arc<Shared>, socket: Socket, identity: Result<
             ticket
         }
         Err(why) => {
-            let verdict = refuse(&socket, RefusalCode::Busy, why).await;
+            let verdict = refuse(&socket, RefusalCode::Busy, why);
             Counters::bump(&shared.counters.refused);
             status.verdict = Some(verdict);
             shared.publish(&status);
@@ -78,7 +84,16 @@ pub(super) async fn serve(shared: Arc<Shared>, socket: Socket, identity: Result<
         stopped: false,
     };
     let verdict = conn.run(identity).await;
-    conn.reader.release(&conn.ticket);
+    let Conn {
+        ticket,
+        mut reader,
+        mut status,
+        ..
+    } = conn;
+    // The connection leaves the registry before its verdict is told: whoever hears it and
+    // connects again must not find this one still streaming.
+    reader.release(&ticket);
+    drop(ticket);
     match &verdict {
         StreamVerdict::Refused { .. } => Counters::bump(&shared.counters.refused),
         StreamVerdict::Replaced { .. } | StreamVerdict::Cut { .. } => {
@@ -86,18 +101,19 @@ pub(super) async fn serve(shared: Arc<Shared>, socket: Socket, identity: Result<
         }
         _ => {}
     }
-    conn.status.verdict = Some(verdict);
-    shared.publish(&conn.status);
+    status.verdict = Some(verdict);
+    shared.publish(&status);
 }
 
-/// Sends a refusal (best effort) and gives its verdict.
-async fn refuse(socket: &Socket, code: RefusalCode, reason: String) -> StreamVerdict {
+/// Sends a refusal (one write that never waits: a flood of refused connections must close at
+/// once) and gives its verdict.
+fn refuse(socket: &Socket, code: RefusalCode, reason: String) -> StreamVerdict {
     let line = Control::Refused {
         code,
         reason: reason.clone(),
     }
     .to_line();
-    let _ = socket.write_all(&line).await;
+    socket.send_once(&line);
     StreamVerdict::Refused { code, reason }
 }
 
@@ -105,7 +121,7 @@ impl Conn {
     async fn run(&mut self, identity: Result<Identity, String>) -> StreamVerdict {
         let identity = match identity {
             Ok(identity) => identity,
-            Err(why) => return refuse(&self.socket, RefusalCode::UnknownPeer, why).await,
+            Err(why) => return refuse(&self.socket, RefusalCode::UnknownPeer, why),
         };
         let limits = self.shared.options.limits;
         let deadline = tokio::time::Instant::now() + limits.handshake_deadline;
@@ -127,7 +143,7 @@ impl Conn {
             },
         };
         if let Err((code, reason)) = handshake {
-            return refuse(&self.socket, code, reason).await;
+            return refuse(&self.socket, code, reason);
         }
         match self.ticket.become_stream(&identity.name) {
             Err(silent) => {
@@ -140,8 +156,7 @@ impl Conn {
                         identity.name,
                         silent.as_secs_f64()
                     ),
-                )
-                .await;
+                );
             }
             Ok(Some(mut gone)) => {
                 // The replaced stream lets go of the copy before this one opens it.
@@ -181,7 +196,7 @@ impl Conn {
         if let Err(verdict) = begun {
             self.end_store(&store).await;
             // The guest hears a refusal; the stream's verdict says why.
-            refuse(&self.socket, RefusalCode::CopyUnusable, verdict.to_string()).await;
+            refuse(&self.socket, RefusalCode::CopyUnusable, verdict.to_string());
             return verdict;
         }
         self.status.records = next_seq;

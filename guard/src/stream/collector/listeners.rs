@@ -74,12 +74,22 @@ pub(super) async fn accept_unix(
         }
     };
     loop {
+        let room = tokio::select! {
+            () = stop.notified() => break,
+            room = shared.registry.room() => room,
+        };
         tokio::select! {
             () = stop.notified() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let identity = lock(&identity).clone();
-                    tokio::spawn(connection::serve(shared.clone(), Socket::Unix(stream), Ok(identity)));
+                    let admitted = room.admit(Some(&identity.name));
+                    tokio::spawn(connection::serve(
+                        shared.clone(),
+                        Socket::Unix(stream),
+                        Ok(identity),
+                        admitted,
+                    ));
                 }
                 Err(error) => accept_failed(&shared, &path.display().to_string(), error).await,
             },
@@ -160,6 +170,10 @@ pub(super) async fn accept_vsock(
         }
     };
     loop {
+        let room = tokio::select! {
+            () = stop.notified() => return,
+            room = shared.registry.room() => room,
+        };
         let mut ready = tokio::select! {
             () = stop.notified() => return,
             ready = listener.readable() => match ready {
@@ -190,6 +204,12 @@ pub(super) async fn accept_vsock(
         // SAFETY: accept returned a new descriptor that nothing else owns.
         let client = unsafe { OwnedFd::from_raw_fd(client) };
         let identity = table.identity(peer.svm_cid);
+        let admitted = room.admit(
+            identity
+                .as_ref()
+                .ok()
+                .map(|identity| identity.name.as_str()),
+        );
         // SAFETY: the AsyncFd owns the descriptor for as long as it lives.
         match unsafe { AsyncFd::register(client) }.map_err(std::io::Error::from) {
             Ok(client) => {
@@ -197,6 +217,7 @@ pub(super) async fn accept_vsock(
                     shared.clone(),
                     Socket::Vsock(client),
                     identity,
+                    admitted,
                 ));
             }
             Err(error) => accept_failed(&shared, "vsock", error).await,

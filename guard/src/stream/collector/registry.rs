@@ -77,6 +77,8 @@ struct State {
     entries: HashMap<u64, Entry>,
     streaming: HashMap<String, u64>,
     line_bytes: usize,
+    /// Open files held for connections about to be accepted ([`Room`]).
+    reserved: u64,
 }
 
 impl State {
@@ -92,11 +94,15 @@ impl State {
             .map(|(id, _)| *id)
     }
 
-    /// Open files the connections not yet cut take.
-    fn fds(&self) -> u64 {
-        self.live()
-            .map(|(_, e)| if e.streaming { FDS_PER_STREAM } else { 1 })
-            .sum()
+    /// Open files the connections take: `live` ones only, or also those cut and closing.
+    fn fds(&self, live_only: bool) -> u64 {
+        self.reserved
+            + self
+                .entries
+                .values()
+                .filter(|e| !(live_only && e.leaving))
+                .map(|e| if e.streaming { FDS_PER_STREAM } else { 1 })
+                .sum::<u64>()
     }
 
     fn evict(&mut self, id: u64, why: String) {
@@ -114,7 +120,7 @@ pub(super) struct Registry {
     fd_budget: u64,
     epoch: Instant,
     state: Mutex<State>,
-    memory_freed: Notify,
+    freed: Notify,
 }
 
 /// A connection's place in the registry; leaving it (drop) frees the place.
@@ -132,7 +138,7 @@ impl Registry {
             fd_budget,
             epoch: Instant::now(),
             state: Mutex::default(),
-            memory_freed: Notify::new(),
+            freed: Notify::new(),
         })
     }
 
@@ -145,14 +151,24 @@ impl Registry {
             .max(1)
     }
 
+    /// [`Room::admit`] without a room held first (the unit tests').
+    #[cfg(test)]
+    pub fn admit(self: &Arc<Self>, guest: Option<&str>) -> Result<(Ticket, u64), String> {
+        let mut state = lock(&self.state);
+        self.admit_in(&mut state, guest)
+    }
+
     /// Takes in a new connection of `guest` (None: a peer no table names), making room by
     /// evicting the oldest connections in their handshake; Err (why) when there is none to
     /// evict. Returns the ticket and how many were evicted.
-    pub fn admit(self: &Arc<Self>, guest: Option<&str>) -> Result<(Ticket, u64), String> {
-        let mut state = lock(&self.state);
+    fn admit_in(
+        self: &Arc<Self>,
+        state: &mut State,
+        guest: Option<&str>,
+    ) -> Result<(Ticket, u64), String> {
         let mut evicted = 0;
         let cap = self.max_connections();
-        while state.live().count() >= cap || state.fds() + FDS_PER_STREAM > self.fd_budget {
+        while state.live().count() >= cap || state.fds(true) + FDS_PER_STREAM > self.fd_budget {
             let Some(oldest) = state.oldest_pending(None) else {
                 return Err(format!(
                     "the collector is at its cap of {cap} connections, all of them streams"
@@ -210,6 +226,33 @@ impl Registry {
         ))
     }
 
+    /// Waits until another connection fits in the open files (its accept must not fail nor
+    /// starve the copies of files), making room as admission would: the oldest connection in
+    /// its handshake is cut when even the ones closing already would not leave enough. Until
+    /// then the kernel holds the connection in the listener's backlog.
+    pub async fn room(self: &Arc<Self>) -> Room {
+        loop {
+            let freed = self.freed.notified();
+            {
+                let mut state = lock(&self.state);
+                if state.fds(false) + FDS_PER_STREAM <= self.fd_budget {
+                    state.reserved += 1;
+                    return Room {
+                        registry: self.clone(),
+                        held: true,
+                    };
+                }
+                if state.fds(true) + FDS_PER_STREAM > self.fd_budget
+                    && let Some(oldest) = state.oldest_pending(None)
+                {
+                    let why = "the collector is at its open-file limit".to_string();
+                    state.evict(oldest, why);
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), freed).await;
+        }
+    }
+
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
@@ -218,6 +261,33 @@ impl Registry {
     pub fn cut_all(&self) {
         for entry in lock(&self.state).entries.values() {
             entry.cut.cut(CutReason::Shutdown);
+        }
+    }
+}
+
+/// An open file held for a connection about to be accepted: every listener's accept counts
+/// against the open files before it happens, so no burst of accepts can exhaust them.
+pub(super) struct Room {
+    registry: Arc<Registry>,
+    held: bool,
+}
+
+impl Room {
+    /// The accepted connection takes the file held for it ([`Registry::admit`]).
+    pub fn admit(mut self, guest: Option<&str>) -> Result<(Ticket, u64), String> {
+        let registry = self.registry.clone();
+        let mut state = lock(&registry.state);
+        state.reserved -= 1;
+        self.held = false;
+        registry.admit_in(&mut state, guest)
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        if self.held {
+            lock(&self.registry.state).reserved -= 1;
+            self.registry.freed.notify_waiters();
         }
     }
 }
@@ -263,7 +333,7 @@ impl Ticket {
     pub async fn reserve(&self, bytes: usize) -> bool {
         let registry = &self.registry;
         loop {
-            let freed = registry.memory_freed.notified();
+            let freed = registry.freed.notified();
             {
                 let mut state = lock(&registry.state);
                 if state.line_bytes + bytes <= registry.limits.line_memory {
@@ -305,7 +375,7 @@ impl Ticket {
             entry.held -= bytes;
         }
         drop(state);
-        self.registry.memory_freed.notify_waiters();
+        self.registry.freed.notify_waiters();
     }
 }
 
@@ -321,117 +391,9 @@ impl Drop for Ticket {
             }
         }
         drop(state);
-        self.registry.memory_freed.notify_waiters();
+        self.registry.freed.notify_waiters();
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits(max_connections: usize, per_guest: usize) -> Limits {
-        Limits {
-            max_connections,
-            max_pending_per_guest: per_guest,
-            replace_after: Duration::ZERO,
-            line_memory: 100,
-            ..Limits::default()
-        }
-    }
-
-    fn cut_reason(ticket: &Ticket) -> Option<CutReason> {
-        lock(&ticket.cut.reason).clone()
-    }
-
-    #[test]
-    fn the_oldest_handshakes_make_room_and_streams_are_kept() {
-        let registry = Registry::new(limits(3, 2), 1_000);
-        let (a, _) = registry.admit(Some("a")).unwrap();
-        let (b, _) = registry.admit(Some("b")).unwrap();
-        assert!(a.become_stream("a").unwrap().is_none());
-        let (c, _) = registry.admit(Some("b")).unwrap();
-        // The global cap: b is the oldest in its handshake (a is a stream).
-        let (d, evicted) = registry.admit(Some("c")).unwrap();
-        assert_eq!(evicted, 1);
-        assert!(
-            matches!(cut_reason(&b), Some(CutReason::Evicted(why)) if why.contains("cap of 3"))
-        );
-        assert_eq!(
-            (cut_reason(&a), cut_reason(&c), cut_reason(&d)),
-            (None, None, None)
-        );
-        // The per-guest cap of 2: a third connection of b evicts the oldest of b's.
-        let registry = Registry::new(limits(10, 2), 1_000);
-        let (first, _) = registry.admit(Some("b")).unwrap();
-        let (second, _) = registry.admit(Some("b")).unwrap();
-        let (_other, _) = registry.admit(Some("c")).unwrap();
-        let (_third, evicted) = registry.admit(Some("b")).unwrap();
-        assert_eq!(evicted, 1);
-        assert!(
-            matches!(cut_reason(&first), Some(CutReason::Evicted(why)) if why.contains("newer connections of b"))
-        );
-        assert_eq!(cut_reason(&second), None);
-        // All streams: nothing to evict, the new one is refused.
-        let registry = Registry::new(limits(1, 8), 1_000);
-        let (only, _) = registry.admit(Some("a")).unwrap();
-        only.become_stream("a").unwrap();
-        let refused = registry.admit(Some("b")).err().expect("refused");
-        assert!(refused.contains("all of them streams"), "{refused}");
-    }
-
-    #[test]
-    fn open_files_lower_the_cap() {
-        let registry = Registry::new(limits(4096, 8), 5 * FDS_PER_STREAM);
-        assert_eq!(registry.max_connections(), 5);
-    }
-
-    #[test]
-    fn a_newer_stream_replaces_an_idle_one_only() {
-        let registry = Registry::new(limits(10, 8), 1_000);
-        let (old, _) = registry.admit(Some("a")).unwrap();
-        old.become_stream("a").unwrap();
-        let (new, _) = registry.admit(Some("a")).unwrap();
-        assert!(new.become_stream("a").unwrap().is_some());
-        assert_eq!(cut_reason(&old), Some(CutReason::Replaced));
-        let registry = Registry::new(
-            Limits {
-                replace_after: Duration::from_secs(3600),
-                ..limits(10, 8)
-            },
-            1_000,
-        );
-        let (old, _) = registry.admit(Some("a")).unwrap();
-        old.become_stream("a").unwrap();
-        let (new, _) = registry.admit(Some("a")).unwrap();
-        assert!(new.become_stream("a").is_err());
-        assert_eq!(cut_reason(&old), None);
-    }
-
-    #[test]
-    fn the_largest_holder_is_cut_when_line_memory_runs_out() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let registry = Registry::new(limits(10, 8), 1_000);
-        let (big, _) = registry.admit(Some("a")).unwrap();
-        let (small, _) = registry.admit(Some("b")).unwrap();
-        let (asking, _) = registry.admit(Some("c")).unwrap();
-        runtime.block_on(async {
-            assert!(big.reserve(70).await && small.reserve(20).await);
-            // Not enough: the largest holder is cut, and its memory awaited.
-            let freeing = async {
-                while cut_reason(&big).is_none() {
-                    tokio::task::yield_now().await;
-                }
-                big.release(70);
-            };
-            let (granted, ()) = tokio::join!(asking.reserve(50), freeing);
-            assert!(granted);
-            assert_eq!(cut_reason(&big), Some(CutReason::LineMemory));
-            assert_eq!(cut_reason(&small), None);
-            // The one asking is the largest itself: it is told so.
-            assert!(!asking.reserve(60).await);
-        });
-    }
-}
+mod tests;

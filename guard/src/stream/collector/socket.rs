@@ -76,6 +76,12 @@ impl Socket {
         }
     }
 
+    /// One write of `bytes` that never waits (a refusal: the connection closes next, whether
+    /// the peer reads it or not).
+    pub fn send_once(&self, bytes: &[u8]) {
+        let _ = self.try_write(bytes);
+    }
+
     /// Writes all of `bytes`, within the write timeout.
     pub async fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
         let writing = async {

@@ -2,7 +2,7 @@
 //! `guard collect` itself: every guest's copy completes byte for byte, the hostile connections
 //! are still open (nothing had to give), and the collector's threads stay what they were at
 //! its start while its open files and memory stay within their bounds. The figures are printed
-//! for the notes (docs/STREAM.md quotes them).
+//! for the notes (docs/STREAM.md, "Bounds", quotes a run).
 use std::{
     os::fd::AsRawFd as _,
     time::{Duration, Instant},

@@ -60,8 +60,9 @@ fn status_field(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Streams a fresh log as each of `guests`, all at once; true when every copy is the log.
-fn all_complete(guests: &[GuestEnd], copies: &Path, scratch: &TempDir) -> bool {
+/// Streams a fresh log as each of `guests`, all at once: Err with the senders' account unless
+/// every copy is the log.
+fn all_complete(guests: &[GuestEnd], copies: &Path, scratch: &TempDir) -> Result<(), String> {
     let senders: Vec<(Sender, std::path::PathBuf)> = guests
         .iter()
         .map(|guest| {
@@ -71,13 +72,18 @@ fn all_complete(guests: &[GuestEnd], copies: &Path, scratch: &TempDir) -> bool {
             (Sender::start(&log, guest.options()).unwrap(), log)
         })
         .collect();
-    senders
-        .into_iter()
-        .zip(guests)
-        .all(|((sender, log), guest)| {
-            sender.finish(Duration::from_secs(60)).delivered
-                && files_of(&copies.join(&guest.name)) == files_of(&log)
-        })
+    let mut failed = Vec::new();
+    for ((sender, log), guest) in senders.into_iter().zip(guests) {
+        let stats = sender.finish(Duration::from_secs(60));
+        if !stats.delivered || files_of(&copies.join(&guest.name)) != files_of(&log) {
+            failed.push(format!("{}: {stats:?}", guest.name));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("\n"))
+    }
 }
 
 /// Under an open-file limit of 128, 400 connections that never say a word are open against
@@ -99,22 +105,30 @@ fn the_open_file_limit_leaves_room_for_the_guests() {
     let _reap = KillOnDrop(collect.id());
     wait_for_socket(&mut collect, &guests[3].socket);
     let flood: Vec<Raw> = (0..400).map(|_| Raw::connect(&guests[0].socket)).collect();
-    assert!(all_complete(
-        &guests[1..3],
-        &home.home.join("copies"),
-        &scratch
-    ));
+    if let Err(e) = all_complete(&guests[1..3], &home.home.join("copies"), &scratch) {
+        let mut kinds = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(format!("/proc/{}/fd", collect.id())).unwrap() {
+            let target = std::fs::read_link(entry.unwrap().path())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let kind = target.split(['[', ':']).next().unwrap_or("").to_string();
+            *kinds
+                .entry(if target.contains("copies") {
+                    "copy".to_string()
+                } else {
+                    kind
+                })
+                .or_insert(0) += 1;
+        }
+        panic!("{e}\nfds: {kinds:?}");
+    }
     let fds = std::fs::read_dir(format!("/proc/{}/fd", collect.id()))
         .unwrap()
         .count();
     assert!(fds < 128, "{fds} open files");
     drop(flood);
     // Still serving after the flood.
-    assert!(all_complete(
-        &guests[3..],
-        &home.home.join("copies"),
-        &scratch
-    ));
+    all_complete(&guests[3..], &home.home.join("copies"), &scratch).unwrap();
     finish(collect, "at most");
 }
 
@@ -182,11 +196,7 @@ fn a_process_limit_costs_the_collector_nothing() {
             raw
         })
         .collect();
-    assert!(all_complete(
-        &guests[1..],
-        &home.home.join("copies"),
-        &scratch
-    ));
+    all_complete(&guests[1..], &home.home.join("copies"), &scratch).unwrap();
     assert_eq!(status_field(collect.id(), "Threads"), threads);
     drop(crowd);
     finish(collect, "collecting into");

@@ -2,9 +2,9 @@
 //! mod per theme. `verdicts`: every verdict a stream can reach; `cli`: the commands
 //! themselves; `identity`: guests that pretend to be another, hijack a resume, squat a name;
 //! `bounds`: slow, idle, long-lined and reconnecting connections; `disk`: quotas, a full disk,
-//! inode exhaustion, links in the store; `limits`: the open-file and process limits; `crowd`:
-//! a thousand hostile connections beside a hundred guests. Throughout, every legitimate
-//! guest's copy must complete byte for byte.
+//! inode exhaustion, links in the store; `limits`: the open-file and process limits;
+//! `vm_dir`: VMs coming and going; `crowd`: a thousand hostile connections beside a hundred
+//! guests. Throughout, every legitimate guest's copy must complete byte for byte.
 mod bounds;
 mod cli;
 mod crowd;
@@ -13,3 +13,4 @@ mod harness;
 mod identity;
 mod limits;
 mod verdicts;
+mod vm_dir;
