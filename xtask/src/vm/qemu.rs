@@ -6,7 +6,7 @@ use crate::paths;
 use crate::progress::{Progress, Total};
 use anyhow::{Context as _, Result, bail};
 use std::io::Read as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc;
@@ -198,7 +198,7 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
             &bridge.vhost_socket,
         ));
     }
-    let monitor = boot.run_dir.join("monitor.sock");
+    let monitor = monitor_socket(boot.run_dir);
     if config.watcher.is_some() {
         cmd.arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor.display()));
@@ -342,6 +342,9 @@ pub(super) fn boot(boot: &Boot<'_>) -> Result<RawRun> {
         let _ = child.0.kill();
     }
     let status = child.0.wait().context("waiting for QEMU")?;
+    if !monitor.starts_with(boot.run_dir) {
+        let _ = std::fs::remove_file(&monitor);
+    }
     let wall_time = started.elapsed();
     let _ = reader.join();
     // Output that raced the exit.
@@ -456,3 +459,18 @@ fn probe_kvm(kernel: &GuestKernel) -> bool {
 }
 
 const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// QEMU's monitor socket: in the run folder, unless that path is too long for a Unix socket
+/// (107 bytes; a checkout at a longer path than /work/main passes it with a long label), then
+/// in the temporary directory under a short name.
+fn monitor_socket(run_dir: &Path) -> PathBuf {
+    let beside = run_dir.join("monitor.sock");
+    if beside.as_os_str().len() <= 100 {
+        return beside;
+    }
+    let name = run_dir
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let stamp: String = name.split('-').take(3).collect::<Vec<_>>().join("-");
+    std::env::temp_dir().join(format!("guard-mon-{stamp}.sock"))
+}
