@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     bpf::StreamOptions,
-    events::{DecodeError, GuardEvent, KernelEvent},
+    events::{DecodeError, GuardEvent},
     forensic::{self, record::MAX_LINE_BYTES},
 };
 
@@ -44,7 +44,7 @@ impl MemoryBudget {
         let ring_bytes = u64::from(stream.ring_bytes);
         let ring_buffer = 2 * ring_bytes + 2 * 4096;
         let records = ring_bytes / SMALLEST_RECORD_BYTES;
-        let drained_batch = records * size_of::<Result<KernelEvent, DecodeError>>() as u64;
+        let drained_batch = records * size_of::<Result<GuardEvent, DecodeError>>() as u64;
         let per_event = size_of::<GuardEvent>() as u64 + EVENT_HEAP_BYTES;
         let subscriber_queues = subscriber_capacities
             .iter()

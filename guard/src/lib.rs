@@ -150,13 +150,13 @@ pub mod internals {
     use std::path::Path;
 
     pub use crate::{
-        events::KernelEvent,
+        events::GuardEvent,
         signals::{DecodeError, SignalError},
         tracefs::{Field, Format, TracefsError},
     };
 
-    /// Decodes one ring-buffer record.
-    pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    /// Decodes one ring-buffer record (into an event with no container yet).
+    pub fn decode(bytes: &[u8]) -> Result<GuardEvent, DecodeError> {
         crate::events::decode(bytes)
     }
 
