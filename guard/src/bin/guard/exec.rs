@@ -16,6 +16,8 @@ use guard::{
     sinks::json_lines::JsonLines,
 };
 
+use crate::evidence::Evidence;
+
 #[derive(clap::Args)]
 pub struct ExecArgs {
     /// Cgroup directory to create (must not exist) inside the cgroup v2 hierarchy.
@@ -63,9 +65,9 @@ pub struct ExecArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    log: crate::log_args::LogArgs,
+    log: crate::evidence::LogFlags,
     #[command(flatten)]
-    metrics: crate::metrics_args::MetricsArgs,
+    metrics: crate::evidence::MetricsFlags,
     /// The command and its arguments.
     #[arg(required = true, last = true)]
     command: Vec<String>,
@@ -141,13 +143,12 @@ async fn run_in_cgroup(
         pids_max: args.pids_max,
     };
     guard.watch_limited(id, &args.cgroup, limits)?;
-    let log = args.log.start(guard, serde_json::to_value(limits)?)?;
-    let stream = args.log.start_stream()?;
-    let served = crate::metrics_args::serve_guard(
-        metrics,
+    let mut evidence = Evidence::start(
         guard,
-        log.as_ref().map(guard::sinks::event_log::EventLog::gauge),
-    );
+        args.log.plan()?,
+        serde_json::to_value(limits)?,
+        metrics,
+    )?;
     let writer = args
         .events
         .as_deref()
@@ -166,10 +167,10 @@ async fn run_in_cgroup(
         .await?
         .context("waiting for the command")?;
     let elapsed = started.elapsed();
-    drop(served);
+    evidence.stop_metrics();
     let report = guard.unwatch(id).await?;
     let global = guard.global_counters().await?;
-    crate::log_args::finish(log, std::slice::from_ref(&report), stream).await?;
+    evidence.finish(std::slice::from_ref(&report)).await?;
     // Everything is drained now: let the writer finish what is queued.
     if let Some(writer) = writer {
         writer.finish().await?;

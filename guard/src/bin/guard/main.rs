@@ -15,12 +15,10 @@ macro_rules! outln {
 
 mod args;
 mod collect;
+mod evidence;
 mod exec;
 mod log;
-mod log_args;
-mod log_timeline;
 mod metrics;
-mod metrics_args;
 mod probe;
 mod run;
 mod selftest;

@@ -25,10 +25,12 @@ use guard::{
     forensic::{FsyncPolicy, LogOptions},
     limits::{BudgetRequest, LimitRequest, MemInfo, MemorySetting, PidsSetting},
     runtime::{Runtime, RuntimeOptions, Source, oom_score},
-    sinks::event_log::{EventLog, QUEUE_EVENTS},
+    sinks::event_log::QUEUE_EVENTS,
     spec::SpecOptions,
 };
 use serde_json::{Value, json};
+
+use crate::evidence::{Evidence, LogPlan};
 
 mod live;
 mod rootfs;
@@ -71,9 +73,9 @@ pub struct SelftestArgs {
     #[arg(long, default_value = "/bin/guard-stress")]
     stress: PathBuf,
     #[command(flatten)]
-    stream: crate::log_args::StreamArgs,
+    stream: crate::evidence::StreamFlags,
     #[command(flatten)]
-    metrics: crate::metrics_args::MetricsArgs,
+    metrics: crate::evidence::MetricsFlags,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -245,17 +247,16 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         args: vec!["/bin/guard-stress".into(), "reap".into()],
         env: Vec::new(),
     };
-    let log = EventLog::start(
-        &guard,
-        &out.join("log"),
-        LogOptions {
+    let plan = LogPlan {
+        dir: Some(out.join("log")),
+        options: LogOptions {
             fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
             ..LogOptions::default()
         },
-        serde_json::to_value(limits)?,
-    )?;
-    let stream = args.stream.start(&out.join("log"))?;
-    let served = crate::metrics_args::serve_guard(metrics, &guard, Some(log.gauge()));
+        stream: args.stream.clone(),
+    };
+    let mut evidence = Evidence::start(&guard, plan, serde_json::to_value(limits)?, metrics)?;
+    let log = evidence.log().context("the selftest's log")?;
     if let Some(record) = runtime.budget() {
         log.record("budget_applied", None, record).await?;
     }
@@ -268,7 +269,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     let mut waves = Vec::new();
     let mut single = None;
     if args.scenario != Scenario::Tenants {
-        let running = agent::supervise(&guard, &runtime, Some(&log), id, &source, &limits).await?;
+        let running = agent::supervise(&guard, &runtime, Some(log), id, &source, &limits).await?;
         writeln!(
             console,
             "[guard] container {id}: memory.max {:?}, pids.max {:?}, cgroup {}",
@@ -312,7 +313,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
             tenants::run(
                 &guard,
                 &runtime,
-                &log,
+                log,
                 &source,
                 args.memory_high,
                 &mut console,
@@ -327,9 +328,12 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     let global = guard.global_counters().await?;
     live.flush().await;
     live.stop();
-    drop(served);
-    let head = log.close().await?;
-    crate::log_args::finish_stream(stream);
+    evidence.stop_metrics();
+    let head = evidence
+        .close(&[])
+        .await?
+        .end_stream()
+        .context("the selftest's log")?;
     let summary = json!({
         "no_limits": no_limits,
         "no_budget": !budgeted,

@@ -8,6 +8,8 @@ use guard::{
     sinks::json_lines::JsonLines,
 };
 
+use crate::evidence::Evidence;
+
 #[derive(clap::Args)]
 pub struct WatchArgs {
     /// An existing cgroup v2 directory to watch; repeat for several. Its id is the directory
@@ -37,9 +39,9 @@ pub struct WatchArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    metrics: crate::metrics_args::MetricsArgs,
+    metrics: crate::evidence::MetricsFlags,
     #[command(flatten)]
-    log: crate::log_args::LogArgs,
+    log: crate::evidence::LogFlags,
 }
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
@@ -74,13 +76,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             guard.tier()
         );
     }
-    let log = args.log.start(&guard, serde_json::Value::Null)?;
-    let stream = args.log.start_stream()?;
-    let served = crate::metrics_args::serve_guard(
-        metrics,
-        &guard,
-        log.as_ref().map(guard::sinks::event_log::EventLog::gauge),
-    );
+    let mut evidence = Evidence::start(&guard, args.log.plan()?, serde_json::Value::Null, metrics)?;
     let writer = args
         .events
         .as_deref()
@@ -101,12 +97,12 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         _ = deadline => {}
     }
 
-    drop(served);
+    evidence.stop_metrics();
     let mut reports = Vec::new();
     for (id, _) in &targets {
         reports.push(guard.unwatch(id).await?);
     }
-    crate::log_args::finish(log, &reports, stream).await?;
+    evidence.finish(&reports).await?;
     // Everything is drained now: the writer finishes what is queued.
     if let Some(writer) = writer
         && let Err(error) = writer.finish().await
