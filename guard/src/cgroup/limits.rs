@@ -1,16 +1,17 @@
 //! Limits as the kernel holds them (`memory.max`, `memory.swap.max`, `pids.max`, the peaks),
-//! read back after they were written.
+//! read back after they were written, and the one way a limit file is written (for the
+//! controllers' `apply_*`).
 use std::{
     fmt,
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{CgroupError, read_optional};
+use super::{CgroupError, memory, pids, read_optional};
 
 /// A cgroup limit as the kernel writes it: a number or `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitValue {
     /// `max`: no limit.
@@ -66,7 +67,8 @@ impl fmt::Display for LimitValue {
 }
 
 /// Limits and peaks as the kernel holds them for one cgroup (None: no such file).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct HeldLimits {
     /// The cgroup read.
     pub cgroup: PathBuf,
@@ -86,24 +88,53 @@ pub struct HeldLimits {
 impl HeldLimits {
     /// Reads what `cgroup` holds now.
     pub fn read(cgroup: &Path) -> Result<Self, CgroupError> {
-        let limit = |name: &str| -> Result<Option<LimitValue>, CgroupError> {
-            let path = cgroup.join(name);
-            read_optional(&path)?
-                .map(|text| LimitValue::parse(&path, &text))
-                .transpose()
-        };
         let peak = |name: &str| -> Result<Option<u64>, CgroupError> {
-            Ok(limit(name)?.and_then(LimitValue::value))
+            Ok(read_limit(cgroup, name)?.and_then(LimitValue::value))
         };
         Ok(HeldLimits {
             cgroup: cgroup.to_path_buf(),
-            memory_max: limit("memory.max")?,
-            memory_swap_max: limit("memory.swap.max")?,
-            pids_max: limit("pids.max")?,
-            memory_peak: peak("memory.peak")?,
-            pids_peak: peak("pids.peak")?,
+            memory_max: read_limit(cgroup, memory::MAX)?,
+            memory_swap_max: read_limit(cgroup, memory::SWAP_MAX)?,
+            pids_max: read_limit(cgroup, pids::MAX)?,
+            memory_peak: peak(memory::PEAK)?,
+            pids_peak: peak(pids::PEAK)?,
         })
     }
+}
+
+/// The limit file `name` of `cgroup` (None: no such file).
+fn read_limit(cgroup: &Path, name: &str) -> Result<Option<LimitValue>, CgroupError> {
+    let path = cgroup.join(name);
+    read_optional(&path)?
+        .map(|text| LimitValue::parse(&path, &text))
+        .transpose()
+}
+
+/// Writes a limit file: `value`, or `max` for None. The controllers' `apply_*` functions
+/// are the only callers.
+pub(super) fn write_limit(
+    cgroup: &Path,
+    name: &str,
+    value: Option<u64>,
+) -> Result<(), CgroupError> {
+    let text = value.map_or("max".to_string(), |value| value.to_string());
+    super::write(cgroup, name, &text)
+}
+
+/// Writes `value` to the limit file `name` unless it already holds a smaller number, which is
+/// kept (an operator's tighter limit wins) and returned.
+pub(super) fn write_limit_unless_smaller(
+    cgroup: &Path,
+    name: &str,
+    value: u64,
+) -> Result<Option<u64>, CgroupError> {
+    if let Some(LimitValue::Value(held)) = read_limit(cgroup, name)?
+        && held < value
+    {
+        return Ok(Some(held));
+    }
+    write_limit(cgroup, name, Some(value))?;
+    Ok(None)
 }
 
 #[cfg(test)]

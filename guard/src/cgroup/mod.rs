@@ -1,9 +1,13 @@
 //! cgroup v2: the hierarchy (mount, ids, levels), the kernel's own files per cgroup (event
-//! counters, limits), and every read and write guard makes there. Errors name the file (and
-//! the value, for a write).
+//! counters, limits), and every read and write guard makes there. Each controller guard sets
+//! limits with has a module of its own, as youki's libcgroups has: [`memory`] and [`pids`]
+//! name their files and write their limits; nothing outside this module names a controller's
+//! file. Errors name the file (and the value, for a write).
 mod events;
 mod hierarchy;
 mod limits;
+pub mod memory;
+pub mod pids;
 mod procs;
 
 use std::{

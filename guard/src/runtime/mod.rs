@@ -169,7 +169,7 @@ impl Runtime {
                 let parent = hierarchy
                     .mount
                     .join(options.spec.cgroup_root.trim_start_matches('/'));
-                if let Some(held) = crate::cgroup::read(&parent, "memory.current")
+                if let Some(held) = crate::cgroup::read(&parent, crate::cgroup::memory::CURRENT)
                     .ok()
                     .flatten()
                     .and_then(|text| text.parse::<u64>().ok())
@@ -227,8 +227,12 @@ impl Runtime {
         };
         let held = record.held();
         for (file, asked, budget) in [
-            ("memory.max", limits.memory_max, held.memory_max),
-            ("pids.max", limits.pids_max, held.pids_max),
+            (
+                crate::cgroup::memory::MAX,
+                limits.memory_max,
+                held.memory_max,
+            ),
+            (crate::cgroup::pids::MAX, limits.pids_max, held.pids_max),
         ] {
             if let Some(asked) = asked.filter(|&asked| asked > budget) {
                 return Err(RuntimeError::LimitAboveBudget {

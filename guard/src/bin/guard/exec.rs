@@ -26,23 +26,27 @@ pub struct ExecArgs {
     /// Container id to report under (default: the cgroup's directory name).
     #[arg(long, value_parser = crate::args::container_id())]
     id: Option<ContainerId>,
-    /// Write pids.max of the new cgroup (needs the pids controller).
+    /// pids.max of the new cgroup: a count (needs the pids controller; `--pids-max` is the old
+    /// spelling).
     #[arg(
-        long,
+        long = "pids",
+        alias = "pids-max",
         allow_hyphen_values = true,
         value_name = "N",
         value_parser = crate::args::pids_count
     )]
-    pids_max: Option<u64>,
-    /// Write memory.max of the new cgroup, in bytes (67108864, 64M; needs the memory
-    /// controller); also sets memory.swap.max to 0 so swap cannot dodge it.
+    pids: Option<u64>,
+    /// memory.max of the new cgroup, in bytes (67108864, 64M; needs the memory controller);
+    /// also sets memory.swap.max to 0 so swap cannot dodge it (`--memory-max` is the old
+    /// spelling).
     #[arg(
-        long,
+        long = "memory",
+        alias = "memory-max",
         allow_hyphen_values = true,
         value_name = "BYTES",
         value_parser = crate::args::memory_bytes
     )]
-    memory_max: Option<u64>,
+    memory: Option<u64>,
     /// oom_score_adj for the command (-1000..=1000). A guest agent runs at -1000 and children
     /// inherit it: at -1000 the memcg OOM killer finds no victim and the cgroup livelocks.
     #[arg(
@@ -124,23 +128,19 @@ async fn run_in_cgroup(
     args: &ExecArgs,
     metrics: Option<guard::metrics::MetricsListener>,
 ) -> anyhow::Result<ExitCode> {
-    if let Some(pids) = args.pids_max {
-        cgroup::write(&args.cgroup, "pids.max", &pids.to_string())?;
+    if let Some(pids) = args.pids {
+        cgroup::pids::apply_max(&args.cgroup, Some(pids))?;
     }
     // With a memory limit, no swap either (where the kernel accounts swap), so swap cannot
     // dodge it.
-    let mut swap_max = None;
-    if let Some(bytes) = args.memory_max {
-        cgroup::write(&args.cgroup, "memory.max", &bytes.to_string())?;
-        if cgroup::read(&args.cgroup, "memory.swap.max")?.is_some() {
-            cgroup::write(&args.cgroup, "memory.swap.max", "0")?;
-            swap_max = Some(0);
-        }
-    }
+    let swap_max = match args.memory {
+        Some(bytes) => cgroup::memory::apply_max_without_swap(&args.cgroup, bytes)?,
+        None => None,
+    };
     let limits = Limits {
-        memory_max: args.memory_max,
+        memory_max: args.memory,
         swap_max,
-        pids_max: args.pids_max,
+        pids_max: args.pids,
     };
     guard.watch_limited(id, &args.cgroup, limits)?;
     let mut evidence = Evidence::start(

@@ -158,7 +158,10 @@ pub(crate) async fn leftovers_gone(cgroup: &Path, timeout: Duration) -> anyhow::
     // its kernel stack charged) until the container's init reaps it: a fresh exec right after
     // a bomb's OOM kill could still find the container full, so wait for the kernel's count.
     // Reaped means pids.current counts no more than the live threads (cgroup.threads).
-    let (pids_current, threads) = (cgroup.join("pids.current"), cgroup.join("cgroup.threads"));
+    let (pids_current, threads) = (
+        cgroup.join(guard::cgroup::pids::CURRENT),
+        cgroup.join("cgroup.threads"),
+    );
     let deadline = Instant::now() + timeout;
     loop {
         let count = std::fs::read_to_string(&procs)
