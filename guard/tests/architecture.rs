@@ -171,6 +171,65 @@ fn no_source_file_is_over_500_lines() {
     assert!(long.is_empty(), "over {MAX_LINES} lines: {long:?}");
 }
 
+/// The code of a source file: before its test module, without comment lines.
+fn code_of(text: &str) -> String {
+    text.split("#[cfg(test)]")
+        .next()
+        .unwrap_or(text)
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The file names a controller's module declares (`pub const MAX: &str = "memory.max";`).
+fn declared_names(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("pub const "))
+        .filter_map(|rest| rest.split_once("&str = \"")?.1.split_once('"'))
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+/// Each controller's files are named in its own module (`cgroup/memory.rs`, `cgroup/pids.rs`)
+/// and nowhere else in the library or the binary, so that every write of a limit goes through
+/// the controller's `apply_*`: a string literal naming one of them elsewhere fails here.
+#[test]
+fn controller_files_are_named_by_their_controller_only() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut names = Vec::new();
+    for controller in ["memory", "pids"] {
+        let file = src.join(format!("cgroup/{controller}.rs"));
+        let declared = declared_names(&std::fs::read_to_string(&file).unwrap());
+        assert!(
+            declared.contains(&format!("{controller}.max")),
+            "{} declares {declared:?}",
+            file.display()
+        );
+        names.extend(declared.into_iter().map(|name| (name, file.clone())));
+    }
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut found = Vec::new();
+    for file in &files {
+        if file.file_name().is_some_and(|name| name == "tests.rs")
+            || names.iter().any(|(_, home)| home == file)
+        {
+            continue;
+        }
+        let code = code_of(&std::fs::read_to_string(file).unwrap());
+        for (name, _) in &names {
+            if code.contains(&format!("\"{name}\"")) {
+                found.push(format!("{} names {name:?}", file.display()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "use the controller's constant or apply_* (guard::cgroup::memory, ::pids): {found:#?}"
+    );
+}
+
 #[test]
 fn references_reads_groups_and_paths() {
     let text = "use crate::{\n    Tier,\n    cgroup::{self, EventFiles},\n    verdict::report::Report,\n};\nlet x = crate::events::decode(b);";
