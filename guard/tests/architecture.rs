@@ -32,19 +32,17 @@ fn room(src: &Path, file: &Path) -> Option<String> {
 
 /// The rooms a file names through `crate::…`, including `use crate::{a, b::c}` groups.
 fn references(text: &str) -> BTreeSet<String> {
-    let mut rooms = BTreeSet::new();
     // Only code: comments may name any room, and the test modules may reach anywhere.
-    let code: String = text
-        .split("#[cfg(test)]")
-        .next()
-        .unwrap_or(text)
-        .lines()
-        .filter(|line| !line.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let mut rest = code.as_str();
-    while let Some(at) = rest.find("crate::") {
-        rest = &rest[at + "crate::".len()..];
+    names_after(&code_of(text), "crate::")
+}
+
+/// The first name of every path that starts with `prefix` (`crate::`, `super::`), including
+/// each item of a `prefix{a, b::c}` group.
+fn names_after(code: &str, prefix: &str) -> BTreeSet<String> {
+    let mut rooms = BTreeSet::new();
+    let mut rest = code;
+    while let Some(at) = rest.find(prefix) {
+        rest = &rest[at + prefix.len()..];
         if let Some(group) = rest.strip_prefix('{') {
             // Each item of the group at depth 1 starts with the room it names.
             let mut depth = 0;
@@ -228,6 +226,73 @@ fn controller_files_are_named_by_their_controller_only() {
         found.is_empty(),
         "use the controller's constant or apply_* (guard::cgroup::memory, ::pids): {found:#?}"
     );
+}
+
+/// Within each room, its files (each a module below the room's `mod.rs`) depend on each other in
+/// one direction only, as the rooms do: `super::x` and `crate::room::x` are read as edges
+/// between the room's modules (the room's own `mod.rs`, which gathers them, is left out). A
+/// cycle such as two files importing each other fails here, naming them.
+#[test]
+fn the_modules_of_each_room_form_a_dag() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let dir = entry.unwrap().path();
+        let Some(room) = dir.file_name().and_then(|name| name.to_str()) else {
+            continue;
+        };
+        if !dir.is_dir() || room == "bin" {
+            continue;
+        }
+        let mut files = Vec::new();
+        sources(&dir, &mut files);
+        // A module of the room: the first component below it (`writer` for writer/output.rs).
+        let module_of = |file: &Path| -> Option<String> {
+            let first = file.strip_prefix(&dir).ok()?.components().next()?;
+            let name = first.as_os_str().to_str()?.trim_end_matches(".rs");
+            (name != "mod" && name != "tests").then(|| name.to_string())
+        };
+        let modules: BTreeSet<String> = files.iter().filter_map(|f| module_of(f)).collect();
+        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for file in &files {
+            let Some(from) = module_of(file) else {
+                continue;
+            };
+            let code = code_of(&std::fs::read_to_string(file).unwrap());
+            let mut named = names_after(&code, &format!("crate::{room}::"));
+            // `super::` is the room itself only one level down.
+            if file.parent() == Some(dir.as_path()) {
+                named.extend(names_after(&code, "super::"));
+            }
+            let edges = graph.entry(from.clone()).or_default();
+            edges.extend(
+                named
+                    .into_iter()
+                    .filter(|name| *name != from && modules.contains(name)),
+            );
+        }
+        let mut remaining = graph;
+        while !remaining.is_empty() {
+            let free: Vec<String> = remaining
+                .iter()
+                .filter(|(_, deps)| deps.iter().all(|dep| !remaining.contains_key(dep)))
+                .map(|(module, _)| module.clone())
+                .collect();
+            assert!(
+                !free.is_empty(),
+                "the modules of guard/src/{room} have a cycle among {:?}",
+                remaining
+                    .iter()
+                    .map(|(module, deps)| format!("{module} -> {deps:?}"))
+                    .collect::<Vec<_>>()
+            );
+            for module in &free {
+                remaining.remove(module);
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked > 10, "read too few rooms: {checked}");
 }
 
 #[test]

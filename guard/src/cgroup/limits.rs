@@ -1,6 +1,5 @@
 //! Limits as the kernel holds them (`memory.max`, `memory.swap.max`, `pids.max`, the peaks),
-//! read back after they were written, and the one way a limit file is written (for the
-//! controllers' `apply_*`).
+//! read back after they were written.
 use std::{
     fmt,
     path::{Path, PathBuf},
@@ -8,7 +7,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{CgroupError, memory, pids, read_optional};
+use super::{CgroupError, memory, pids, read_limit};
 
 /// A cgroup limit as the kernel writes it: a number or `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,41 +99,6 @@ impl HeldLimits {
             pids_peak: peak(pids::PEAK)?,
         })
     }
-}
-
-/// The limit file `name` of `cgroup` (None: no such file).
-fn read_limit(cgroup: &Path, name: &str) -> Result<Option<LimitValue>, CgroupError> {
-    let path = cgroup.join(name);
-    read_optional(&path)?
-        .map(|text| LimitValue::parse(&path, &text))
-        .transpose()
-}
-
-/// Writes a limit file: `value`, or `max` for None. The controllers' `apply_*` functions
-/// are the only callers.
-pub(super) fn write_limit(
-    cgroup: &Path,
-    name: &str,
-    value: Option<u64>,
-) -> Result<(), CgroupError> {
-    let text = value.map_or("max".to_string(), |value| value.to_string());
-    super::write(cgroup, name, &text)
-}
-
-/// Writes `value` to the limit file `name` unless it already holds a smaller number, which is
-/// kept (an operator's tighter limit wins) and returned.
-pub(super) fn write_limit_unless_smaller(
-    cgroup: &Path,
-    name: &str,
-    value: u64,
-) -> Result<Option<u64>, CgroupError> {
-    if let Some(LimitValue::Value(held)) = read_limit(cgroup, name)?
-        && held < value
-    {
-        return Ok(Some(held));
-    }
-    write_limit(cgroup, name, Some(value))?;
-    Ok(None)
 }
 
 #[cfg(test)]

@@ -4,10 +4,7 @@
 //! [`EventFiles::read`](super::EventFiles::read), both with these names.
 use std::path::Path;
 
-use super::{
-    CgroupError,
-    limits::{write_limit, write_limit_unless_smaller},
-};
+use super::{CgroupError, write_limit, write_limit_unless_smaller};
 
 /// The memory limit: the OOM killer acts beyond it.
 pub const MAX: &str = "memory.max";

@@ -199,6 +199,37 @@ pub fn write(cgroup: &Path, name: &str, value: &str) -> Result<(), CgroupError> 
         })
 }
 
+/// The limit file `name` of `cgroup` (None: no such file).
+fn read_limit(cgroup: &Path, name: &str) -> Result<Option<LimitValue>, CgroupError> {
+    let path = cgroup.join(name);
+    read_optional(&path)?
+        .map(|text| LimitValue::parse(&path, &text))
+        .transpose()
+}
+
+/// Writes a limit file: `value`, or `max` for None. The controllers' `apply_*` functions
+/// are the only callers.
+fn write_limit(cgroup: &Path, name: &str, value: Option<u64>) -> Result<(), CgroupError> {
+    let text = value.map_or("max".to_string(), |value| value.to_string());
+    write(cgroup, name, &text)
+}
+
+/// Writes `value` to the limit file `name` unless it already holds a smaller number, which is
+/// kept (an operator's tighter limit wins) and returned.
+fn write_limit_unless_smaller(
+    cgroup: &Path,
+    name: &str,
+    value: u64,
+) -> Result<Option<u64>, CgroupError> {
+    if let Some(LimitValue::Value(held)) = read_limit(cgroup, name)?
+        && held < value
+    {
+        return Ok(Some(held));
+    }
+    write_limit(cgroup, name, Some(value))?;
+    Ok(None)
+}
+
 /// Why a controller's file (`memory.max`) is missing from an existing cgroup, when the reason
 /// is that its parent does not pass the controller on. None when that is not the reason.
 fn controller_off(cgroup: &Path, name: &str, value: &str) -> Option<ControllerOff> {

@@ -4,10 +4,7 @@
 //! [`EventFiles::read`](super::EventFiles::read), both with these names.
 use std::path::Path;
 
-use super::{
-    CgroupError,
-    limits::{write_limit, write_limit_unless_smaller},
-};
+use super::{CgroupError, write_limit, write_limit_unless_smaller};
 
 /// The task limit: forks beyond it fail with EAGAIN.
 pub const MAX: &str = "pids.max";

@@ -24,10 +24,10 @@ mod records;
 mod verify;
 
 pub use budget::{BudgetRecord, raise_threads_max};
-pub use container::{Container, Created, ExecJob};
+pub use container::{Container, Created};
 pub use error::RuntimeError;
 pub use exec_helper::{
-    ExecHelper, peak_anon_kib as exec_helper_peak_anon_kib, serve as serve_exec_helper,
+    ExecHelper, ExecJob, peak_anon_kib as exec_helper_peak_anon_kib, serve as serve_exec_helper,
 };
 use records::micros;
 pub use records::{CreationRecord, Removed, Timings};
