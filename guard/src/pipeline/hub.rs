@@ -14,7 +14,7 @@ use tracing::warn;
 
 use crate::{
     counters::{Delivered, HealthState, ReaderHealth, ReaderLoss},
-    events::{DecodeError, EventDetail, EventSource, GuardEvent, Lost, ReaderFault},
+    events::{DecodeError, EventDetail, GuardEvent, Lost, ReaderFault},
 };
 
 /// Per container: an OOM storm under emulation marks a few hundred victims.
@@ -179,7 +179,6 @@ impl Hub {
             self.kernel_lost[index] = totals[index];
             self.publish_synthetic(
                 0,
-                EventSource::Bpf,
                 EventDetail::Lost(Lost {
                     event_kind: kind.name(),
                     count: grown,
@@ -200,7 +199,6 @@ impl Hub {
         }
         self.publish_synthetic(
             0,
-            EventSource::Guard,
             EventDetail::ReaderFault(ReaderFault {
                 error: reason.to_string(),
                 faults: self.health.faults,
@@ -210,10 +208,10 @@ impl Hub {
     }
 
     /// Publishes an event guard made itself (a kernel file snapshot, a loss, a fault).
-    pub fn publish_synthetic(&mut self, cgroup_id: u64, source: EventSource, detail: EventDetail) {
+    pub fn publish_synthetic(&mut self, cgroup_id: u64, detail: EventDetail) {
         self.drop_closed_subscribers();
         let container = self.attribute(cgroup_id);
-        self.publish(GuardEvent::synthetic(container, cgroup_id, source, detail));
+        self.publish(GuardEvent::synthetic(container, cgroup_id, detail));
     }
 
     fn attribute(&self, cgroup_id: u64) -> Option<String> {
@@ -251,7 +249,6 @@ mod tests {
             ring: Some(RingPosition { cpu, seq }),
             ktime_ns: seq,
             cgroup_id,
-            source: EventSource::Bpf,
             detail,
         }
     }

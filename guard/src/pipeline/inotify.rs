@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use super::{hub::Hub, lock};
 use crate::{
     cgroup::{KeyedCounts, memory, pids},
-    events::{EventDetail, EventSource, KernelFile},
+    events::{EventDetail, KernelFile},
 };
 
 /// The files whose changes are streamed.
@@ -220,7 +220,7 @@ async fn run(
         };
         let mut hub = lock(&hub);
         for (cgroup_id, detail) in snapshots {
-            hub.publish_synthetic(cgroup_id, EventSource::CgroupFiles, detail);
+            hub.publish_synthetic(cgroup_id, detail);
         }
     }
 }

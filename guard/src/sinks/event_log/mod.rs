@@ -408,7 +408,7 @@ pub fn append_event(writer: &mut LogWriter, event: &GuardEvent) -> Result<(), Ev
     let container = event.container.as_deref();
     match &event.detail {
         EventDetail::Lost(lost) => {
-            writer.append_lost(container, &lost.to_record(event.source))?;
+            writer.append_lost(container, &lost.to_record(event.source()))?;
         }
         EventDetail::Throttle(throttle) => {
             writer.append_throttle(container, &throttle.to_record())?;
