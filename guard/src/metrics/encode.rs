@@ -2,7 +2,7 @@
 //! format (escaping, HELP/TYPE/UNIT lines, `_total`, `# EOF`). A report's JSON is the one shape
 //! both a live guard (`serde_json::to_value(report)`) and a forensic log (its `report`
 //! records) have, so `guard metrics --log` and a live `/metrics` cannot drift apart; it is
-//! read back into the report's own types ([`super::report`]), never by paths.
+//! read back into the report's own types (`metrics/report.rs`), never by paths.
 use prometheus_client::{
     encoding::text,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
