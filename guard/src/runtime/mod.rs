@@ -107,7 +107,7 @@ pub struct RuntimeOptions {
     /// budget, each container alone holds its limits (the two-sided runs do this).
     pub budget: Option<BudgetRequest>,
     /// The agent's own growth, kept out of the budget: its buffers, full
-    /// ([`crate::budget::MemoryBudget::total`]).
+    /// ([`crate::footprint::Footprint::total`]).
     pub agent_reserve: u64,
     /// The process each exec and create clones from (see [`ExecHelper`]). None: the caller
     /// itself, safe only while no other thread of the caller can hold a lock at the clone.
@@ -118,8 +118,8 @@ pub struct RuntimeOptions {
 
 /// The agent reserve of a guard with default stream options, its log and one live subscriber.
 pub fn default_agent_reserve() -> u64 {
-    crate::budget::MemoryBudget::new(
-        &crate::StreamOptions::default(),
+    crate::footprint::Footprint::new(
+        &crate::RingOptions::default(),
         &[crate::sinks::event_log::QUEUE_EVENTS, 4096],
         true,
     )

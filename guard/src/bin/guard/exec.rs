@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use guard::{
-    ContainerId, Guard, GuardOptions, StreamOptions, Tier,
+    ContainerId, Guard, GuardOptions, RingOptions, Tier,
     cgroup::{self, Hierarchy},
     limits::Limits,
     sinks::json_lines::JsonLines,
@@ -60,7 +60,7 @@ pub struct ExecArgs {
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2), default_value_t = 2)]
     max_tier: u8,
     /// Individual events per container per CPU per second (0 = unbounded; counters stay exact).
-    #[arg(long, default_value_t = StreamOptions::default().max_events_per_sec)]
+    #[arg(long, default_value_t = RingOptions::default().max_events_per_sec)]
     max_events_per_sec: u32,
     /// Write each event as a JSON line to this file as it arrives.
     #[arg(long, value_name = "FILE")]
@@ -105,9 +105,9 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--cgroup {}", args.cgroup.display()))?;
     let options = GuardOptions {
         max_tier: Tier::try_from(i64::from(args.max_tier))?,
-        stream: StreamOptions {
+        ring: RingOptions {
             max_events_per_sec: args.max_events_per_sec,
-            ..StreamOptions::default()
+            ..RingOptions::default()
         },
         ..GuardOptions::default()
     };

@@ -215,7 +215,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     let id = "waves";
     let options = GuardOptions::default();
     let budget =
-        guard::budget::MemoryBudget::new(&options.stream, &[QUEUE_EVENTS, LIVE_QUEUE_EVENTS], true);
+        guard::footprint::Footprint::new(&options.ring, &[QUEUE_EVENTS, LIVE_QUEUE_EVENTS], true);
     let metrics = args.metrics.bind().await?;
     let guard = std::sync::Arc::new(Guard::start(options).await?);
     // The defaults are computed now, with the guard loaded: what is really available.

@@ -4,8 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use guard::{
-    ContainerId, Guard, GuardOptions, StreamOptions, cgroup::Hierarchy,
-    sinks::json_lines::JsonLines,
+    ContainerId, Guard, GuardOptions, RingOptions, cgroup::Hierarchy, sinks::json_lines::JsonLines,
 };
 
 use crate::evidence::Evidence;
@@ -33,7 +32,7 @@ pub struct WatchArgs {
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
     /// Individual events per container per CPU per second (0 = unbounded; counters stay exact).
-    #[arg(long, default_value_t = StreamOptions::default().max_events_per_sec)]
+    #[arg(long, default_value_t = RingOptions::default().max_events_per_sec)]
     max_events_per_sec: u32,
     /// Print the final reports as JSON.
     #[arg(long)]
@@ -58,9 +57,9 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("watching {id} at {}", path.display()))?;
     }
     let options = GuardOptions {
-        stream: StreamOptions {
+        ring: RingOptions {
             max_events_per_sec: args.max_events_per_sec,
-            ..StreamOptions::default()
+            ..RingOptions::default()
         },
         ..GuardOptions::default()
     };
