@@ -295,6 +295,135 @@ fn the_modules_of_each_room_form_a_dag() {
     assert!(checked > 10, "read too few rooms: {checked}");
 }
 
+/// The text of docs/ARCHITECTURE.md from the heading `from` to the next heading of its level.
+fn doc_section(from: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ARCHITECTURE.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text
+        .find(from)
+        .unwrap_or_else(|| panic!("{} has no {from:?}", path.display()));
+    let level = from.split(' ').next().unwrap();
+    let rest = &text[start + from.len()..];
+    let end = rest
+        .match_indices(&format!("\n{level} "))
+        .map(|(at, _)| at)
+        .next()
+        .unwrap_or(rest.len());
+    rest[..end].to_string()
+}
+
+/// Lines of `lib.rs` at its top level (not inside `internals` or a deprecated module).
+fn top_level(lib: &str) -> impl Iterator<Item = &str> {
+    lib.lines()
+        .filter(|line| !line.starts_with(char::is_whitespace))
+}
+
+/// Every room `lib.rs` declares is on the map: docs/ARCHITECTURE.md's table of rooms names it in
+/// its rooms column.
+#[test]
+fn every_room_is_in_the_architecture() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    let section = doc_section("## The rooms of the library");
+    let table: String = section
+        .split("\n### ")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .filter(|line| line.starts_with('|'))
+        // The rooms column: `| layer | rooms | what they hold |`.
+        .filter_map(|line| line.split('|').nth(2))
+        .collect();
+    let missing: Vec<&str> = top_level(&lib)
+        .filter_map(|line| line.strip_prefix("pub mod ").or(line.strip_prefix("mod ")))
+        .filter_map(|rest| rest.strip_suffix(';'))
+        .filter(|room| {
+            !table.contains(&format!("`{room}`")) && !table.contains(&format!("`{room}/`"))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "rooms of lib.rs missing from docs/ARCHITECTURE.md's table: {missing:?}"
+    );
+}
+
+/// Every name and module `lib.rs` exports is in docs/ARCHITECTURE.md's public surface.
+#[test]
+fn the_public_surface_is_in_the_architecture() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    let surface = doc_section("### The public surface");
+    let mut exported: Vec<String> = top_level(&lib)
+        .filter_map(|line| line.strip_prefix("pub mod "))
+        .filter_map(|rest| rest.strip_suffix(';'))
+        .map(str::to_string)
+        .collect();
+    for statement in lib.split(';') {
+        let statement = statement.trim_start();
+        let Some(path) = statement.strip_prefix("pub use ") else {
+            continue;
+        };
+        if statement.starts_with("pub use crate::") {
+            continue; // `internals`, hidden
+        }
+        let items = match path.split_once('{') {
+            Some((_, group)) => group.trim_end_matches('}').to_string(),
+            None => path.to_string(),
+        };
+        for item in items.split(',') {
+            let name = item.trim().rsplit("::").next().unwrap_or("").trim();
+            if !name.is_empty() && name != "self" {
+                exported.push(name.to_string());
+            }
+        }
+    }
+    assert!(exported.len() > 20, "read too few names: {exported:?}");
+    let missing: Vec<&String> = exported
+        .iter()
+        .filter(|name| !surface.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "exported by lib.rs but not in docs/ARCHITECTURE.md's public surface: {missing:?}"
+    );
+}
+
+/// Every signal has its eBPF file and its row in docs/ARCHITECTURE.md's table of signals, and
+/// a signal with a ring-buffer record decodes it with `Streamed` (and one without, does not).
+#[test]
+fn every_signal_has_its_files_and_its_row() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let table = doc_section("## Signals");
+    let mut signals = Vec::new();
+    for entry in std::fs::read_dir(root.join("guard/src/signals")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        if name == "mod" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            root.join(format!("guard-ebpf/src/{name}.rs")).exists(),
+            "signal {name} has no guard-ebpf/src/{name}.rs"
+        );
+        assert!(
+            table.contains(&format!("| `{name}` |")),
+            "signal {name} has no row in docs/ARCHITECTURE.md's table of signals"
+        );
+        let record = root
+            .join(format!("guard-common/src/events/{name}.rs"))
+            .exists();
+        assert_eq!(
+            record,
+            text.contains("impl Streamed for"),
+            "signal {name}: a ring-buffer record (guard-common/src/events/{name}.rs) and a \
+             payload with `Streamed` come together"
+        );
+        signals.push(name);
+    }
+    assert!(signals.len() >= 7, "read too few signals: {signals:?}");
+}
+
 #[test]
 fn references_reads_groups_and_paths() {
     let text = "use crate::{\n    Tier,\n    cgroup::{self, EventFiles},\n    verdict::report::Report,\n};\nlet x = crate::events::decode(b);";
