@@ -364,4 +364,28 @@ mod tests {
             assert_eq!(json["kind"], kind.name());
         }
     }
+
+    /// The synthetic kinds' names in the table are the ones they serialise with.
+    #[test]
+    fn synthetic_kinds_are_named_as_serialised() {
+        let details = [
+            EventDetail::KernelFile(KernelFile {
+                file: "pids.events",
+                counts: KeyedCounts::default(),
+            }),
+            EventDetail::Lost(Lost {
+                event_kind: "fork",
+                count: 1,
+            }),
+            EventDetail::ReaderFault(ReaderFault {
+                error: "x".into(),
+                faults: 1,
+                restarting: true,
+            }),
+        ];
+        for detail in details {
+            let json = serde_json::to_value(&detail).unwrap();
+            assert_eq!(json["kind"], detail.kind_name());
+        }
+    }
 }
