@@ -212,7 +212,7 @@ impl Programs {
             }
         }
 
-        let mut probes = Self {
+        let mut programs = Self {
             config_map: take_map(&mut ebpf, "CONFIG")?,
             watched: take_map(&mut ebpf, "WATCHED")?,
             slots: take_map(&mut ebpf, "SLOTS")?,
@@ -233,9 +233,9 @@ impl Programs {
                 )),
             })?,
         };
-        probes.config.ready = 1;
-        probes.write_config()?;
-        Ok(probes)
+        programs.config.ready = 1;
+        programs.write_config()?;
+        Ok(programs)
     }
 
     /// Whether the kretprobe on `pids_can_fork` is attached and armed (tier 2).
