@@ -7,7 +7,7 @@
 //!
 //! # Where to start
 //!
-//! - [`Guard::start`] with [`GuardOptions`] (its [`StreamOptions`] size the event stream)
+//! - [`Guard::start`] with [`GuardOptions`] (its [`RingOptions`] size the events' ring buffer)
 //!   probes the kernel, loads the programs its [`Tier`] allows and starts the event reader.
 //!   It needs root and a tokio runtime.
 //! - [`Guard::watch`] registers a container's cgroup ([`Guard::watch_limited`] also names the
@@ -110,8 +110,8 @@ pub mod forensic;
 pub mod verdict;
 
 // What agents ask for and run.
-pub mod budget;
 mod container_id;
+pub mod footprint;
 pub mod limits;
 
 // The façade.
@@ -126,9 +126,7 @@ pub mod runtime;
 #[cfg(feature = "runtime")]
 pub mod spec;
 
-pub use bpf::{
-    EBPF_OBJECT, EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, EbpfObjectOrigin, StreamOptions,
-};
+pub use bpf::{EBPF_OBJECT, EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, EbpfObjectOrigin, RingOptions};
 pub use capability::{CapabilityReport, CgroupReport, TracepointPresence};
 pub use container_id::{ContainerId, ContainerIdError, MAX_ID_LEN};
 pub use counters::{
@@ -142,6 +140,22 @@ pub use pipeline::fault::FaultPoint;
 pub use tier::{Tier, TierError};
 pub use verdict::{Verdict, report::Report};
 
+/// The ring buffer's options, under their old name (a stream is the log's, to a host).
+#[deprecated(
+    note = "renamed `RingOptions` (`guard::stream` ships the log; this sizes the ring buffer)"
+)]
+pub type StreamOptions = RingOptions;
+
+/// The agent's own memory, under its old name.
+#[deprecated(
+    note = "renamed `footprint` (the guest budget the containers share is `limits::GuestBudget`)"
+)]
+pub mod budget {
+    /// The agent's own memory bound, under its old name.
+    #[deprecated(note = "renamed `footprint::Footprint`")]
+    pub type MemoryBudget = crate::footprint::Footprint;
+}
+
 /// Parsers and decoders of untrusted input, exposed for guard's own fuzzing and bad-input tests
 /// (feature `internals`); not a stable API.
 #[cfg(feature = "internals")]
@@ -150,13 +164,13 @@ pub mod internals {
     use std::path::Path;
 
     pub use crate::{
-        events::KernelEvent,
+        events::GuardEvent,
         signals::{DecodeError, SignalError},
         tracefs::{Field, Format, TracefsError},
     };
 
-    /// Decodes one ring-buffer record.
-    pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    /// Decodes one ring-buffer record (into an event with no container yet).
+    pub fn decode(bytes: &[u8]) -> Result<GuardEvent, DecodeError> {
         crate::events::decode(bytes)
     }
 

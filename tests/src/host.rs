@@ -7,7 +7,7 @@ use std::{
 };
 
 use guard::{
-    Guard, GuardOptions, StreamOptions, cgroup::Hierarchy, forensic::LogOptions,
+    Guard, GuardOptions, RingOptions, cgroup::Hierarchy, forensic::LogOptions,
     sinks::event_log::EventLog,
 };
 
@@ -15,9 +15,9 @@ use guard::{
 /// some).
 pub fn unbounded() -> GuardOptions {
     GuardOptions {
-        stream: StreamOptions {
+        ring: RingOptions {
             max_events_per_sec: 0,
-            ..StreamOptions::default()
+            ..RingOptions::default()
         },
         ..GuardOptions::default()
     }

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Tier,
-    bpf::{EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, ProbeError, Probes, StreamOptions},
+    bpf::{BpfError, EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, Programs, RingOptions},
     capability::CapabilityReport,
     cgroup::{CgroupError, EventFiles, Hierarchy},
     container_id::{ContainerId, ContainerIdError},
@@ -47,7 +47,7 @@ pub enum GuardError {
     /// (registering a container in [`Guard::watch`], forgetting it in [`Guard::unwatch`],
     /// reading counters). The message names the map or program.
     #[error(transparent)]
-    Probe(#[from] ProbeError),
+    Bpf(#[from] BpfError),
     /// A cgroup could not be used or read. From [`Guard::watch`]: no cgroup v2 hierarchy is
     /// mounted, or the path is not a cgroup directory under it (missing, outside the mount,
     /// too deep, a file, another filesystem), or its event files do not parse. From
@@ -124,8 +124,8 @@ pub enum GuardError {
 /// How the guard runs.
 #[derive(Debug, Clone)]
 pub struct GuardOptions {
-    /// Sizes and rate bound of the event stream (defaults: [`StreamOptions::default`]).
-    pub stream: StreamOptions,
+    /// Sizes and rate bound of the ring buffer (defaults: [`RingOptions::default`]).
+    pub ring: RingOptions,
     /// How often the reader polls for records that did not wake it (default 10 ms); after a
     /// fault it also waits this long times the faults in a row before restarting.
     pub poll_interval: Duration,
@@ -146,7 +146,7 @@ pub struct GuardOptions {
 impl Default for GuardOptions {
     fn default() -> Self {
         Self {
-            stream: StreamOptions::default(),
+            ring: RingOptions::default(),
             poll_interval: Duration::from_millis(10),
             max_tier: Tier::TracepointsAndKprobes,
             min_tier: Tier::CgroupFilesOnly,
@@ -167,7 +167,7 @@ pub struct Guard {
     hierarchy: Option<Hierarchy>,
     capabilities: CapabilityReport,
     tier: Tier,
-    probes: Option<Arc<Mutex<Probes>>>,
+    probes: Option<Arc<Mutex<Programs>>>,
     registry: Mutex<Registry>,
     hub: Arc<Mutex<Hub>>,
     drain_requests: Option<mpsc::Sender<DrainRequest>>,
@@ -181,7 +181,7 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Probes the kernel, loads and attaches the programs the tier allows, and starts the
+    /// Programs the kernel, loads and attaches the programs the tier allows, and starts the
     /// reader. Must be called inside a tokio runtime.
     pub async fn start(options: GuardOptions) -> Result<Self, GuardError> {
         let mut capabilities = CapabilityReport::probe_for_start();
@@ -208,7 +208,7 @@ impl Guard {
                 );
             }
             let kprobes = tier >= Tier::TracepointsAndKprobes;
-            let mut probes = Probes::load(options.stream, kprobes)?;
+            let mut probes = Programs::load(options.ring, kprobes)?;
             if kprobes && !probes.kretprobe_armed() {
                 capabilities.kretprobe_attached(false);
                 tier = allowed_tier(&capabilities, &options)?;

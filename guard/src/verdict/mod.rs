@@ -8,7 +8,7 @@
 //! usage went past it).
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     Tier,
@@ -26,7 +26,7 @@ pub use memory::MEMORY_OVERCHARGE_SLACK;
 /// container's overall verdict is the worst of its limits', raised to [`Verdict::Incomplete`]
 /// when events were lost or the cgroup was removed before the report. Serialized in snake
 /// case (`not_exercised`, …); displayed in words (`not exercised`, …).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// Nothing reached the limit, or no limit was in force (none asked for, and the kernel
@@ -47,6 +47,18 @@ pub enum Verdict {
     /// or no file), `pids.peak` above `pids.max`, or `memory.peak` above `memory.max` by more
     /// than [`MEMORY_OVERCHARGE_SLACK`].
     Violated,
+}
+
+impl Verdict {
+    /// Its name, as serialised (`not_exercised`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::NotExercised => "not_exercised",
+            Verdict::Enforced => "enforced",
+            Verdict::Incomplete => "incomplete",
+            Verdict::Violated => "violated",
+        }
+    }
 }
 
 impl fmt::Display for Verdict {
@@ -71,7 +83,8 @@ pub struct LimitVerdict {
 }
 
 /// How the container's OOM kills split between its own limit and the global OOM killer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct OomSummary {
     /// Kills the probes attributed to this container (None at tier 0).
     pub bpf_kills: Option<u64>,
@@ -342,5 +355,17 @@ mod tests {
         assert!(result.flags.iter().any(|flag| flag.starts_with("tier 0")));
         evidence.events_lost = 5;
         assert_eq!(reconcile(&evidence).verdict, Verdict::Incomplete);
+    }
+
+    #[test]
+    fn verdict_names_are_the_serialised_ones() {
+        for verdict in [
+            Verdict::NotExercised,
+            Verdict::Enforced,
+            Verdict::Incomplete,
+            Verdict::Violated,
+        ] {
+            assert_eq!(serde_json::to_value(verdict).unwrap(), verdict.name());
+        }
     }
 }

@@ -93,7 +93,7 @@ fn micro(count: u64) -> String {
     let mut decoded = 0u64;
     for index in 0..count {
         let record = &records[(index as usize) % records.len()];
-        decoded += decode(as_bytes(record)).map_or(0, |event| event.seq & 1);
+        decoded += decode(as_bytes(record)).map_or(0, |event| event.ktime_ns & 1);
     }
     let decode_ns = started.elapsed().as_nanos() as f64 / count as f64;
     // A typical fork record line is ~330 bytes.
@@ -120,7 +120,10 @@ fn run(count: u64, dir: &str, fsync: FsyncPolicy) -> Result<String, Box<dyn std:
     let started = Instant::now();
     for seq in 1..=count {
         let record = fork_record(seq);
-        let event = GuardEvent::from_record(container.clone(), decode(as_bytes(&record))?);
+        let event = GuardEvent {
+            container: container.clone(),
+            ..decode(as_bytes(&record))?
+        };
         event_log::append_event(&mut writer, &event)?;
     }
     writer.close()?;

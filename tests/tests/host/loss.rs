@@ -2,7 +2,7 @@
 //! (delivered + lost = the kernel's count) and in-band, to subscribers and in the forensic log.
 use std::time::Duration;
 
-use guard::{EventDetail, Guard, GuardOptions, StreamOptions};
+use guard::{EventDetail, Guard, GuardOptions, RingOptions};
 use guard_tests::host::{TestCgroup, event_log, root_or_skip, run_stress};
 
 use crate::STRESS;
@@ -14,7 +14,7 @@ async fn forced_overflow_is_accounted_exactly_and_in_band() {
     }
     // A one-page ring that is never drained during the storm must overflow.
     let options = GuardOptions {
-        stream: StreamOptions {
+        ring: RingOptions {
             ring_bytes: 4096,
             wakeup_bytes: u64::MAX,
             max_events_per_sec: 0,

@@ -1,6 +1,6 @@
 //! Host-kernel test of the throttle signal: the rate bound suppresses events, never counts,
 //! and says how many it suppressed.
-use guard::{Guard, GuardOptions, StreamOptions};
+use guard::{Guard, GuardOptions, RingOptions};
 use guard_tests::host::{TestCgroup, root_or_skip, run_stress};
 
 use crate::STRESS;
@@ -11,9 +11,9 @@ async fn rate_bound_keeps_counters_exact() {
         return;
     }
     let options = GuardOptions {
-        stream: StreamOptions {
+        ring: RingOptions {
             max_events_per_sec: 100,
-            ..StreamOptions::default()
+            ..RingOptions::default()
         },
         ..GuardOptions::default()
     };

@@ -14,8 +14,10 @@ use guard::{
     stream::{CidTable, Collector, GuestStatus, StreamKey},
 };
 
-pub use crate::collect_args::CollectArgs;
-use crate::collect_args::CollectCommand;
+mod args;
+
+pub use args::CollectArgs;
+use args::CollectCommand;
 
 /// Each guest's figures as the statuses arrive, for `--metrics`.
 type Figures = Arc<Mutex<BTreeMap<String, StreamFigures>>>;

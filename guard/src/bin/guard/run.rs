@@ -22,6 +22,8 @@ use guard::{
 };
 use serde::Serialize;
 
+use crate::evidence::Evidence;
+
 mod human;
 use human::print_human;
 
@@ -108,9 +110,9 @@ pub struct RunArgs {
     #[arg(long, hide = true)]
     omit_seccomp_rule: bool,
     #[command(flatten)]
-    metrics: crate::metrics_args::MetricsArgs,
+    metrics: crate::evidence::MetricsFlags,
     #[command(flatten)]
-    log: crate::log_args::LogArgs,
+    log: crate::evidence::LogFlags,
     /// The command and its arguments (required with --rootfs).
     #[arg(last = true)]
     command: Vec<String>,
@@ -227,44 +229,29 @@ async fn run_guarded(
         .await
         .context("starting the guard")?,
     );
-    let log = args.log.start(&guard, serde_json::to_value(limits)?)?;
-    let stream = args.log.start_stream()?;
-    let served = crate::metrics_args::serve_guard(
-        metrics,
+    let evidence = Evidence::start(
         &guard,
-        log.as_ref().map(guard::sinks::event_log::EventLog::gauge),
-    );
+        args.log.plan()?,
+        serde_json::to_value(limits)?,
+        metrics,
+    )?;
     let result = run_logged(
         &args,
         &id,
         &guard,
-        log.as_ref(),
+        evidence.log(),
         request,
         source,
         started,
         &mut stop_signals,
     )
     .await;
-    drop(served);
     // Close the log whatever happened, so it ends with its `stop` record; a log error is
-    // reported (after the container's own error, if there was one), never swallowed.
-    let closed = match log {
-        Some(log) => log.close().await.map(Some),
-        None => Ok(None),
-    };
+    // reported (after the container's own error, if there was one), never swallowed. The
+    // report is already in the log (`run_logged` recorded it).
+    let closed = evidence.close(&[]).await;
     match (result, closed) {
-        (Ok(code), Ok(head)) => {
-            if let Some(head) = head {
-                eprintln!(
-                    "guard: forensic log in {}: {} records, head {}",
-                    head.file.display(),
-                    head.next_seq,
-                    head.prev
-                );
-            }
-            let delivered = crate::log_args::finish_stream(stream);
-            Ok(crate::log_args::with_stream(code, delivered))
-        }
+        (Ok(code), Ok(closed)) => Ok(closed.announce().exit_code(code)),
         (Ok(_), Err(error)) => Err(anyhow::Error::new(error).context("closing the forensic log")),
         (Err(error), Ok(_)) => Err(error),
         (Err(error), Err(log_error)) => {

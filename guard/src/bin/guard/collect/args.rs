@@ -36,10 +36,10 @@ fn parse_listen(text: &str) -> Result<ListenSpec, String> {
             "{name:?} is not a guest name (1 to 64 of A-Z a-z 0-9 . _ -, not starting with a dot)"
         ));
     }
-    match address.strip_prefix("unix:") {
-        Some(path) if !path.is_empty() => Ok(ListenSpec::Named {
+    match guard::stream::address::unix_socket_path(address) {
+        Some(Ok(path)) => Ok(ListenSpec::Named {
             name: name.to_string(),
-            path: PathBuf::from(path),
+            path,
         }),
         _ => Err(format!("{address:?}: expected unix:PATH after {name}=")),
     }
@@ -141,7 +141,7 @@ pub struct CollectArgs {
     #[arg(long, value_name = "MS", value_parser = parse_duration_ms, default_value = "5")]
     pub commit_interval: Duration,
     #[command(flatten)]
-    pub metrics: crate::metrics_args::MetricsArgs,
+    pub metrics: crate::evidence::MetricsFlags,
 }
 
 #[derive(clap::Subcommand, Debug)]

@@ -1,0 +1,100 @@
+//! The `--log DIR` / `--fsync` / `--stream ADDR` flags of the commands that write a forensic
+//! log (exec, watch, run; selftest has `--stream` alone: its log's place is fixed).
+use std::path::PathBuf;
+
+use anyhow::Context;
+use guard::{
+    forensic::{FsyncPolicy, LogOptions},
+    stream::{Address, Sender, SenderOptions, StreamKey},
+};
+
+use super::LogPlan;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogFlags {
+    /// Write the hash-chained forensic log (every event, the limits, the final report) into
+    /// this directory; keep it outside every container's root filesystem.
+    #[arg(long = "log", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// When the log reaches the disk: `always` (every record), `interval=<ms>`, or `never`.
+    /// Default: interval=100.
+    #[arg(long, value_name = "POLICY")]
+    pub fsync: Option<FsyncPolicy>,
+    #[command(flatten)]
+    pub stream: StreamFlags,
+}
+
+/// `--stream ADDR` / `--stream-name NAME`: ship the forensic log to a host collector as it is
+/// written (`guard collect`; see docs/STREAM.md).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct StreamFlags {
+    /// Also send every record of the forensic log, byte for byte, to a collector:
+    /// `vsock:PORT` (the host, CID 2), `vsock:CID:PORT`, or `unix:PATH`. Needs a log. A
+    /// stalled or absent collector never slows the guard: the stream resumes where the
+    /// host's copy ends.
+    #[arg(long, value_name = "ADDR")]
+    pub stream: Option<Address>,
+    /// The name the collector stores this guest's log under: the name the host gave this
+    /// VM's transport (the host refuses any other). Default: the host name.
+    #[arg(long, value_name = "NAME", requires = "stream", value_parser = parse_guest_name)]
+    pub stream_name: Option<String>,
+    /// The guest's stream key (64 hex digits in a file only root may read, mode 0400, outside
+    /// every container's root filesystem and never on the kernel command line): the proof the
+    /// collector asks for. Without it, only a collector listening with --no-auth takes the
+    /// stream.
+    #[arg(long, value_name = "FILE", requires = "stream")]
+    pub stream_key: Option<PathBuf>,
+}
+
+fn parse_guest_name(name: &str) -> Result<String, String> {
+    if guard::stream::wire::valid_guest_name(name) {
+        Ok(name.to_string())
+    } else {
+        Err(guard::stream::StreamError::GuestName {
+            name: name.to_string(),
+        }
+        .to_string())
+    }
+}
+
+impl StreamFlags {
+    /// Starts shipping the log in `dir`, if asked to.
+    pub fn start(&self, dir: &std::path::Path) -> anyhow::Result<Option<Sender>> {
+        let Some(address) = &self.stream else {
+            return Ok(None);
+        };
+        let name = match &self.stream_name {
+            Some(name) => name.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_string())
+                .unwrap_or_else(|_| "guest".to_string()),
+        };
+        let mut options = SenderOptions::new(address.clone(), name);
+        if let Some(path) = &self.stream_key {
+            options = options.with_key(StreamKey::read(path)?);
+        }
+        Sender::start(dir, options)
+            .map(Some)
+            .context("starting the log stream")
+    }
+}
+
+impl LogFlags {
+    /// The log these flags ask for (none without `--log`, which `--stream` needs).
+    pub fn plan(&self) -> anyhow::Result<LogPlan> {
+        if self.dir.is_none() && self.stream.stream.is_some() {
+            return Err(crate::args::UsageError(
+                "--stream ships the forensic log: give --log DIR too".into(),
+            )
+            .into());
+        }
+        Ok(LogPlan {
+            dir: self.dir.clone(),
+            options: LogOptions {
+                fsync: self.fsync.unwrap_or(LogOptions::default().fsync),
+                ..LogOptions::default()
+            },
+            stream: self.stream.clone(),
+        })
+    }
+}
