@@ -129,7 +129,7 @@ pub mod spec;
 pub use bpf::{
     EBPF_OBJECT, EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, EbpfObjectOrigin, StreamOptions,
 };
-pub use capability::{CapabilityReport, CgroupReport, TracepointPresence};
+pub use capability::{CapabilityReport, CgroupReport, Privilege, TracepointPresence};
 pub use container_id::{ContainerId, ContainerIdError, MAX_ID_LEN};
 pub use counters::{
     BpfCounters, ContainerCounters, Delivered, GlobalCounters, HealthState, LossReport,

@@ -583,11 +583,15 @@ async fn a_required_tier_above_what_guard_can_reach_is_refused() {
             kernel.tier
         )
     } else {
+        let why = if kernel.privilege.permits_bpf() {
+            format!("all that kernel {} allows", kernel.kernel_release)
+        } else {
+            "this process may not use BPF".to_string()
+        };
         format!(
-            "guard would run at tier 0 (cgroup event files only) (all that kernel {} allows), \
-             below the required tier 1 (tracepoints): {}",
-            kernel.kernel_release,
-            kernel.notes.join("; ")
+            "guard would run at tier 0 (cgroup event files only) ({why}), below the required \
+             tier 1 (tracepoints): {}",
+            kernel.blockers(Tier::Tracepoints).join("; ")
         )
     };
     assert_eq!(message, want);

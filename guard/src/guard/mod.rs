@@ -106,17 +106,19 @@ pub enum GuardError {
         /// The path given.
         cgroup: PathBuf,
     },
-    /// [`Guard::start`] when the tier the kernel allows, capped by
-    /// [`GuardOptions::max_tier`], is below [`GuardOptions::min_tier`].
+    /// [`Guard::start`] when the tier the kernel and this process's privilege allow, capped
+    /// by [`GuardOptions::max_tier`], is below [`GuardOptions::min_tier`]. `missing` names
+    /// only what keeps that tier away: the capabilities to grant first (or root), then what
+    /// the kernel lacks ([`CapabilityReport::blockers`]).
     #[error("guard would run at tier {got} ({why}), below the required tier {wanted}: {missing}")]
     TierTooLow {
         /// [`GuardOptions::min_tier`].
         wanted: Tier,
         /// The tier the guard would run at.
         got: Tier,
-        /// What set the tier: the kernel, or `max_tier`.
+        /// What set the tier: the process's privilege, the kernel, or `max_tier`.
         why: String,
-        /// What is missing, from the capability report's notes (or the options to change).
+        /// What keeps the tier away, from the capability report (or the options to change).
         missing: String,
     },
 }
@@ -186,6 +188,12 @@ impl Guard {
     pub async fn start(options: GuardOptions) -> Result<Self, GuardError> {
         let mut capabilities = CapabilityReport::probe_for_start();
         let mut tier = allowed_tier(&capabilities, &options)?;
+        if tier < options.max_tier
+            && let Some(note) = capabilities.privilege.note()
+        {
+            // Tier 0 for want of privilege is the agent's to fix, never silent.
+            warn!("guard runs at tier {tier}: {note}");
+        }
         let hierarchy = match Hierarchy::find() {
             Ok(hierarchy) => Some(hierarchy),
             Err(error) => {
@@ -474,13 +482,15 @@ fn allowed_tier(
         got: tier,
         why: if capped {
             format!("max_tier caps it; the kernel allows {}", capabilities.tier)
+        } else if !capabilities.privilege.permits_bpf() {
+            "this process may not use BPF".to_string()
         } else {
             format!("all that kernel {} allows", capabilities.kernel_release)
         },
         missing: if capped {
             "raise max_tier or lower min_tier".to_string()
         } else {
-            capabilities.notes.join("; ")
+            capabilities.blockers(options.min_tier).join("; ")
         },
     })
 }

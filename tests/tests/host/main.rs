@@ -12,6 +12,7 @@ mod fork;
 mod fork_denied;
 mod loss;
 mod metrics;
+mod privilege;
 mod reader_fault;
 mod stream;
 mod throttle;
