@@ -29,6 +29,7 @@ use crate::{
         inotify::{FileWatchError, FileWatcher},
         lock,
         ring::{self, DrainRequest},
+        task,
     },
     verdict::report::Report,
 };
@@ -90,13 +91,21 @@ pub enum GuardError {
     /// event files in [`Guard::watch`] (e.g. the inotify watch limit).
     #[error(transparent)]
     FileWatch(#[from] FileWatchError),
-    /// The event reader is gone. [`Guard::drain`] returns it once the reader gave up after
-    /// repeated faults ([`Guard::health`] then says `Stopped`); the calls that drain first
-    /// ([`Guard::counters`], [`Guard::report`], [`Guard::loss`], …) read the kernel's exact
-    /// counters anyway in that case, and return it only if the reader ended some other way
-    /// (its task cancelled, as when the tokio runtime shuts down).
+    /// The event reader is gone: it gave up after repeated faults, its task died, or the
+    /// tokio runtime shut down ([`Guard::health`] says which, as `Stopped`). Only
+    /// [`Guard::drain`] returns it: the calls that drain first ([`Guard::counters`],
+    /// [`Guard::report`], [`Guard::loss`], [`Guard::unwatch`], …) read the kernel's exact
+    /// counters anyway, and a report then says the stream stopped (verdict `incomplete`).
     #[error("the event reader has stopped")]
     ReaderStopped,
+    /// [`Guard::start`] found it could not run here: a tokio runtime without the IO or time
+    /// driver (tokio would panic in every one of the guard's tasks), or an event reader that
+    /// cannot poll the ring buffer.
+    #[error("guard cannot run here: {reason}")]
+    CannotRun {
+        /// What is missing, and what to change.
+        reason: String,
+    },
     /// [`Guard::watch`] with the root cgroup, which holds the agent and the whole guest.
     #[error(
         "{cgroup} is the root cgroup: it holds the agent and every process of the guest, not a \
@@ -184,8 +193,11 @@ pub struct Guard {
 
 impl Guard {
     /// Probes the kernel, loads and attaches the programs the tier allows, and starts the
-    /// reader. Must be called inside a tokio runtime.
+    /// reader. Must be called inside a tokio runtime with its IO and time drivers
+    /// (`enable_all()`); a runtime without them is [`GuardError::CannotRun`] (tokio panics
+    /// where a driver is missing: the panic is caught, and printed by the default hook).
     pub async fn start(options: GuardOptions) -> Result<Self, GuardError> {
+        task::check_runtime().map_err(|reason| GuardError::CannotRun { reason })?;
         let mut capabilities = CapabilityReport::probe_for_start();
         let mut tier = allowed_tier(&capabilities, &options)?;
         if tier < options.max_tier
@@ -222,16 +234,23 @@ impl Guard {
                 tier = allowed_tier(&capabilities, &options)?;
             }
             if let (Some(ring), Some(lost)) = (probes.take_ring(), probes.take_lost()) {
+                let ring = ring::pollable(ring).map_err(|error| GuardError::CannotRun {
+                    reason: format!("the event reader cannot poll the ring buffer: {error}"),
+                })?;
                 let (sender, receiver) = mpsc::channel(16);
                 drain_requests = Some(sender);
-                tasks.push(tokio::spawn(ring::run(
-                    ring,
-                    lost,
+                tasks.push(task::spawn(
+                    "the event reader",
                     Arc::clone(&hub),
-                    receiver,
-                    options.poll_interval,
-                    Arc::clone(&injected_panics),
-                )));
+                    ring::run(
+                        ring,
+                        lost,
+                        Arc::clone(&hub),
+                        receiver,
+                        options.poll_interval,
+                        Arc::clone(&injected_panics),
+                    ),
+                ));
             }
             if let Some(logger) = probes.take_logger() {
                 tasks.push(tokio::spawn(crate::bpf::forward_program_logs(logger)));
@@ -243,13 +262,17 @@ impl Guard {
         let (file_watcher, file_task, created_cgroups) = FileWatcher::start(Arc::clone(&hub))?;
         tasks.push(file_task);
         if let (Some(probes), Some(hierarchy)) = (&probes, &hierarchy) {
-            tasks.push(tokio::spawn(subtree::adopt_created(
-                created_cgroups,
-                Arc::clone(probes),
+            tasks.push(task::spawn(
+                "the sub-cgroup adopter",
                 Arc::clone(&hub),
-                hierarchy.clone(),
-                file_watcher.clone(),
-            )));
+                subtree::adopt_created(
+                    created_cgroups,
+                    Arc::clone(probes),
+                    Arc::clone(&hub),
+                    hierarchy.clone(),
+                    file_watcher.clone(),
+                ),
+            ));
         }
         let kernel_log = match (options.read_kernel_log, &probes) {
             (true, Some(_)) => KmsgWatch::start()
@@ -392,24 +415,43 @@ impl Guard {
 
     /// Stops watching `id`, returning its final report (read after a full drain). Call it
     /// before the cgroup is removed: removal erases the kernel's event files.
+    ///
+    /// The container is forgotten whatever happens: a report that cannot be read (its
+    /// cgroup's files unreadable) is the error returned, and where the event reader is gone
+    /// the report is still made from the kernel's exact counters, flagged `incomplete`.
     pub async fn unwatch(&self, id: &str) -> Result<Report, GuardError> {
-        let report = self.report(id).await?;
-        let id = ContainerId::parse(id)?;
+        let parsed = ContainerId::parse(id)?;
+        if !lock(&self.registry).by_id.contains_key(&parsed) {
+            return Err(GuardError::NotWatched { id: id.to_string() });
+        }
+        let report = self.report(id).await;
+        self.forget(&parsed)?;
+        report
+    }
+
+    /// Removes `id` from the registry, the programs' maps, inotify and the hub. Every step
+    /// runs even if one fails (the first error is returned): the container is never left
+    /// half-watched.
+    fn forget(&self, id: &ContainerId) -> Result<(), GuardError> {
         let mut registry = lock(&self.registry);
         let watched = registry
             .by_id
-            .remove(&id)
+            .remove(id)
             .ok_or_else(|| GuardError::NotWatched { id: id.to_string() })?;
+        let mut result = Ok(());
         if let Some(probes) = &self.probes {
             let mut probes = lock(probes);
-            probes.unwatch(watched.identity.id)?;
+            result = probes
+                .unwatch(watched.identity.id)
+                .map_err(GuardError::from);
             subtree::forget(&mut probes, watched.identity.id);
-            probes.set_watched_levels(registry.watched_levels())?;
+            let levels = probes.set_watched_levels(registry.watched_levels());
+            result = result.and(levels.map_err(GuardError::from));
         }
         registry.free_slots.insert(watched.slot);
         self.file_watcher.remove(watched.identity.id);
         lock(&self.hub).forget(watched.identity.id);
-        Ok(report)
+        result
     }
 
     /// Makes the event reader panic on its next drain, as a bug in it would (feature

@@ -118,7 +118,7 @@ pub(super) async fn adopt_created(
     hub: Arc<Mutex<Hub>>,
     hierarchy: Hierarchy,
     watcher: FileWatcher,
-) {
+) -> Result<(), String> {
     while let Some((container, dir)) = created.recv().await {
         let mut probes = lock(&probes);
         // Unwatched meanwhile: its sub-cgroups are no longer ours.
@@ -134,4 +134,6 @@ pub(super) async fn adopt_created(
             Err(error) => warn!(dir = %dir.display(), %error, "cannot adopt a new sub-cgroup"),
         }
     }
+    // The inotify watcher went away: its own end is recorded.
+    Ok(())
 }

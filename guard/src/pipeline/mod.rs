@@ -6,6 +6,7 @@ pub(crate) mod fault;
 pub(crate) mod hub;
 pub(crate) mod inotify;
 pub(crate) mod ring;
+pub(crate) mod task;
 
 use std::sync::{Mutex, MutexGuard};
 

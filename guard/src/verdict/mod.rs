@@ -146,6 +146,7 @@ pub struct LoggedKills {
 ///     ancestor_ooms: 0,
 ///     cgroup_gone: false,
 ///     kernel_log: None,
+///     stream_stopped: None,
 /// };
 /// let result = reconcile(&evidence);
 /// assert_eq!(result.pids.verdict, Verdict::Enforced);
@@ -184,6 +185,9 @@ pub struct Evidence<'a> {
     /// The kernel log's scope of the container's kills (None: not read, or no probes to
     /// name the victims).
     pub kernel_log: Option<LoggedKills>,
+    /// Why the event stream stopped before this report (the reader gave up or died), if it
+    /// did: individual events after it are missing.
+    pub stream_stopped: Option<&'a str>,
 }
 
 /// The reconciled result for one container.
@@ -215,6 +219,13 @@ pub fn reconcile(evidence: &Evidence<'_>) -> Reconciliation {
             "{} event(s) were lost in the ring buffer: individual events are missing (counters \
              are exact)",
             evidence.events_lost
+        ));
+        verdict = verdict.max(Verdict::Incomplete);
+    }
+    if let Some(reason) = evidence.stream_stopped {
+        flags.push(format!(
+            "the event stream stopped ({reason}): events after it are missing, OOM victims \
+             among them (counters are exact)"
         ));
         verdict = verdict.max(Verdict::Incomplete);
     }
@@ -324,6 +335,7 @@ pub(super) mod fixtures {
             ancestor_ooms: 0,
             cgroup_gone: false,
             kernel_log: None,
+            stream_stopped: None,
         }
     }
 }
