@@ -7,26 +7,25 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
 };
 
-use guard_common::{MAX_CONTAINERS, TaskEntry, WatchEntry};
+use guard_common::{TaskEntry, WatchEntry};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
     Tier,
-    bpf::{EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, ProbeError, Probes, StreamOptions},
+    bpf::{EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, Probes},
     capability::CapabilityReport,
     cgroup::{CgroupError, EventFiles, Hierarchy},
-    container_id::{ContainerId, ContainerIdError},
+    container_id::ContainerId,
     events::GuardEvent,
     kmsg::KmsgWatch,
     limits::Limits,
     pipeline::{
         fault::InjectedPanics,
         hub::Hub,
-        inotify::{FileWatchError, FileWatcher},
+        inotify::FileWatcher,
         lock,
         ring::{self, DrainRequest},
         task,
@@ -34,137 +33,16 @@ use crate::{
     verdict::report::Report,
 };
 
+mod error;
+mod options;
 mod query;
 mod registry;
 mod subtree;
 
+pub use error::GuardError;
+pub use options::GuardOptions;
+use options::allowed_tier;
 use registry::{Registry, Watched};
-
-/// What a [`Guard`] call can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum GuardError {
-    /// The eBPF side failed: at [`Guard::start`], loading the object, reading the tracepoint
-    /// layouts or attaching a program; later, an update or read of one of the programs' maps
-    /// (registering a container in [`Guard::watch`], forgetting it in [`Guard::unwatch`],
-    /// reading counters). The message names the map or program.
-    #[error(transparent)]
-    Probe(#[from] ProbeError),
-    /// A cgroup could not be used or read. From [`Guard::watch`]: no cgroup v2 hierarchy is
-    /// mounted, or the path is not a cgroup directory under it (missing, outside the mount,
-    /// too deep, a file, another filesystem), or its event files do not parse. From
-    /// [`Guard::report`] and [`Guard::unwatch`]: its limit or event files could not be read
-    /// (a removed cgroup is not an error: its files read as absent).
-    #[error(transparent)]
-    Cgroup(#[from] CgroupError),
-    /// The container id is not valid (see [`ContainerId::parse`]); from every call that takes
-    /// one.
-    #[error(transparent)]
-    ContainerId(#[from] ContainerIdError),
-    /// [`Guard::watch`] with an id that is already watched.
-    #[error("container {id} is already watched (cgroup {cgroup})")]
-    AlreadyWatched {
-        /// The id.
-        id: String,
-        /// The cgroup it is watched at.
-        cgroup: PathBuf,
-    },
-    /// [`Guard::watch`] with a cgroup that is already watched under another id.
-    #[error("cgroup {cgroup} is already watched as container {id}")]
-    CgroupTaken {
-        /// The id it is watched as.
-        id: String,
-        /// The cgroup.
-        cgroup: PathBuf,
-    },
-    /// [`Guard::counters`], [`Guard::report`] or [`Guard::unwatch`] with an id that is not
-    /// watched (never was, or already unwatched).
-    #[error("container {id} is not watched")]
-    NotWatched {
-        /// The id.
-        id: String,
-    },
-    /// [`Guard::watch`] while 1024 containers (every counter slot) are watched; unwatching one
-    /// frees its slot.
-    #[error("all {MAX_CONTAINERS} container slots are in use")]
-    SlotsExhausted,
-    /// inotify failed: creating the instance at [`Guard::start`], or watching a container's
-    /// event files in [`Guard::watch`] (e.g. the inotify watch limit).
-    #[error(transparent)]
-    FileWatch(#[from] FileWatchError),
-    /// The event reader is gone: it gave up after repeated faults, its task died, or the
-    /// tokio runtime shut down ([`Guard::health`] says which, as `Stopped`). Only
-    /// [`Guard::drain`] returns it: the calls that drain first ([`Guard::counters`],
-    /// [`Guard::report`], [`Guard::loss`], [`Guard::unwatch`], …) read the kernel's exact
-    /// counters anyway, and a report then says the stream stopped (verdict `incomplete`).
-    #[error("the event reader has stopped")]
-    ReaderStopped,
-    /// [`Guard::start`] found it could not run here: a tokio runtime without the IO or time
-    /// driver (tokio would panic in every one of the guard's tasks), or an event reader that
-    /// cannot poll the ring buffer.
-    #[error("guard cannot run here: {reason}")]
-    CannotRun {
-        /// What is missing, and what to change.
-        reason: String,
-    },
-    /// [`Guard::watch`] with the root cgroup, which holds the agent and the whole guest.
-    #[error(
-        "{cgroup} is the root cgroup: it holds the agent and every process of the guest, not a \
-         container; watch the container's own cgroup"
-    )]
-    RootCgroup {
-        /// The path given.
-        cgroup: PathBuf,
-    },
-    /// [`Guard::start`] when the tier the kernel and this process's privilege allow, capped
-    /// by [`GuardOptions::max_tier`], is below [`GuardOptions::min_tier`]. `missing` names
-    /// only what keeps that tier away: the capabilities to grant first (or root), then what
-    /// the kernel lacks ([`CapabilityReport::blockers`]).
-    #[error("guard would run at tier {got} ({why}), below the required tier {wanted}: {missing}")]
-    TierTooLow {
-        /// [`GuardOptions::min_tier`].
-        wanted: Tier,
-        /// The tier the guard would run at.
-        got: Tier,
-        /// What set the tier: the process's privilege, the kernel, or `max_tier`.
-        why: String,
-        /// What keeps the tier away, from the capability report (or the options to change).
-        missing: String,
-    },
-}
-
-/// How the guard runs.
-#[derive(Debug, Clone)]
-pub struct GuardOptions {
-    /// Sizes and rate bound of the event stream (defaults: [`StreamOptions::default`]).
-    pub stream: StreamOptions,
-    /// How often the reader polls for records that did not wake it (default 10 ms); after a
-    /// fault it also waits this long times the faults in a row before restarting.
-    pub poll_interval: Duration,
-    /// Never run above this tier, even if the kernel allows it (tests exercise each tier).
-    /// Default: [`Tier::TracepointsAndKprobes`], no cap.
-    pub max_tier: Tier,
-    /// Refuse to start below this tier ([`GuardError::TierTooLow`], naming what the kernel
-    /// lacks). The default accepts tier 0 (the kernel's event files only, no live events); an
-    /// agent that relies on events or BPF counters asks for [`Tier::Tracepoints`].
-    pub min_tier: Tier,
-    /// Read the kernel log (`/dev/kmsg`, a thread of its own) for the scope of each OOM kill:
-    /// a report then names the global OOM killer's kills of a container's tasks even where
-    /// the container's own limit was hit too. Where the log cannot be opened, the split rests
-    /// on `memory.events` alone (logged at start). Default: true; ignored at tier 0.
-    pub read_kernel_log: bool,
-}
-
-impl Default for GuardOptions {
-    fn default() -> Self {
-        Self {
-            stream: StreamOptions::default(),
-            poll_interval: Duration::from_millis(10),
-            max_tier: Tier::TracepointsAndKprobes,
-            min_tier: Tier::CgroupFilesOnly,
-            read_kernel_log: true,
-        }
-    }
-}
 
 /// The guard: load it once, watch containers, read their counters and events.
 ///
@@ -506,33 +384,4 @@ impl Drop for Guard {
             task.abort();
         }
     }
-}
-
-/// The tier the guard runs at: what the kernel allows, capped by `max_tier`; refused below
-/// `min_tier`, naming what set it and what is missing.
-fn allowed_tier(
-    capabilities: &CapabilityReport,
-    options: &GuardOptions,
-) -> Result<Tier, GuardError> {
-    let tier = capabilities.tier.min(options.max_tier);
-    if tier >= options.min_tier {
-        return Ok(tier);
-    }
-    let capped = options.max_tier < capabilities.tier;
-    Err(GuardError::TierTooLow {
-        wanted: options.min_tier,
-        got: tier,
-        why: if capped {
-            format!("max_tier caps it; the kernel allows {}", capabilities.tier)
-        } else if !capabilities.privilege.permits_bpf() {
-            "this process may not use BPF".to_string()
-        } else {
-            format!("all that kernel {} allows", capabilities.kernel_release)
-        },
-        missing: if capped {
-            "raise max_tier or lower min_tier".to_string()
-        } else {
-            capabilities.blockers(options.min_tier).join("; ")
-        },
-    })
 }
