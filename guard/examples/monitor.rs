@@ -111,7 +111,9 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         let _ = cgroup::remove(&args.cgroup);
         return Err(error.into());
     }
-    let mut events = guard.subscribe(4096);
+    // This container's events: the subscription ends when it is unwatched.
+    let events = guard.subscribe_container(&id, 4096)?;
+    let printer = tokio::spawn(tally(events));
     let mut command = Command::new(&args.command[0]);
     command.args(&args.command[1..]);
     cgroup::command_inside(&mut command, &args.cgroup, 0)?;
@@ -121,28 +123,18 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         args.cgroup.display(),
         std::process::id()
     );
-    let mut tally = Tally::default();
     let status = match spawned {
-        Ok(mut child) => {
-            let mut waiter = tokio::task::spawn_blocking(move || child.wait());
-            loop {
-                tokio::select! {
-                    status = &mut waiter => break Some(status??),
-                    Some(event) = events.recv() => tally.add(&event),
-                }
-            }
-        }
+        Ok(mut child) => Some(tokio::task::spawn_blocking(move || child.wait()).await??),
         Err(error) => {
             eprintln!("monitor: running {:?}: {error}", args.command[0]);
             None
         }
     };
     let report = guard.unwatch(&id).await?;
-    // The report drained every event into the queue: take the rest.
-    while let Ok(event) = events.try_recv() {
-        tally.add(&event);
-    }
-    eprintln!("monitor: {}", tally.summary());
+    eprintln!("monitor: {}", printer.await?.summary());
+    // The programs leave the kernel before the process goes on (a drop would do it on a
+    // thread of its own).
+    guard.shutdown().await;
     eprintln!("{}", report.to_text());
     println!("{}", serde_json::to_string(&report)?);
     cgroup::remove(&args.cgroup)?;
@@ -150,6 +142,15 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
         Some(0) => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
     })
+}
+
+/// Reads a container's events until its subscription ends.
+async fn tally(mut events: tokio::sync::mpsc::Receiver<GuardEvent>) -> Tally {
+    let mut tally = Tally::default();
+    while let Some(event) = events.recv().await {
+        tally.add(&event);
+    }
+    tally
 }
 
 /// The events by kind; fork denials and OOM kills are printed as they come.

@@ -38,6 +38,7 @@ mod options;
 mod query;
 mod registry;
 mod subtree;
+mod teardown;
 
 pub use error::GuardError;
 pub use options::GuardOptions;
@@ -145,7 +146,7 @@ impl Guard {
                 Arc::clone(&hub),
                 subtree::adopt_created(
                     created_cgroups,
-                    Arc::clone(probes),
+                    Arc::downgrade(probes),
                     Arc::clone(&hub),
                     hierarchy.clone(),
                     file_watcher.clone(),
@@ -339,13 +340,51 @@ impl Guard {
         self.injected_panics.add(point);
     }
 
-    /// A live stream of attributed events, from now on (nothing is replayed). The queue holds
+    /// A live stream of attributed events, from now on (nothing is replayed), of every
+    /// container ([`Guard::subscribe_container`] takes one's). The queue holds
     /// `capacity` events, at least one: `subscribe(0)` gets a queue of one event, neither an
     /// unbounded nor a closed one. A subscriber that falls further behind loses the excess,
     /// counted in [`LossReport`](crate::LossReport)'s `reader.subscriber_drops`; it never
-    /// slows the reader. Dropping the receiver ends the subscription.
+    /// slows the reader. Dropping the receiver ends the subscription; the guard's end
+    /// ([`Guard::shutdown`], or dropping it) ends it too.
     pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<GuardEvent> {
         self.subscribe_counted(capacity).0
+    }
+
+    /// A live stream of one container's events, from now on: its own, and the guard-wide
+    /// ones that say its stream is incomplete (`lost`, `reader_fault`). Bounded like
+    /// [`Guard::subscribe`]'s. It ends (`recv` gives `None`) when the container is unwatched,
+    /// once every event up to its final report has been queued: a subscriber knows its
+    /// container's stream is over.
+    ///
+    /// ```no_run
+    /// # async fn demo(guard: &guard::Guard) -> Result<(), guard::GuardError> {
+    /// let mut events = guard.subscribe_container("web-1", 1024)?;
+    /// let printer = tokio::spawn(async move {
+    ///     while let Some(event) = events.recv().await {
+    ///         println!("{}", event.detail.kind_name());
+    ///     }
+    ///     // web-1 was unwatched: nothing more will come.
+    /// });
+    /// // … the container runs …
+    /// let report = guard.unwatch("web-1").await?;
+    /// printer.await.ok();
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe_container(
+        &self,
+        id: &str,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<GuardEvent>, GuardError> {
+        let id = ContainerId::parse(id)?;
+        // The registry stays locked while the hub subscribes: an unwatch cannot come between
+        // and leave a subscription that never ends.
+        let registry = lock(&self.registry);
+        let watched = registry
+            .by_id
+            .get(&id)
+            .ok_or_else(|| GuardError::NotWatched { id: id.to_string() })?;
+        Ok(lock(&self.hub).subscribe_container(capacity, watched.identity.id))
     }
 
     /// Like [`Guard::subscribe`], with this subscription's own count of dropped events (for a
@@ -364,24 +403,3 @@ impl Guard {
 /// Guards alive in this process with programs loaded: a second one is almost always a
 /// mistake (see [`Guard::start`]'s warning).
 static LOADED_GUARDS: AtomicUsize = AtomicUsize::new(0);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let watched = self.watched();
-        if !watched.is_empty() {
-            // Their final reports can no longer be taken: say so rather than lose them quietly.
-            warn!(
-                containers = %watched.join(", "),
-                "the guard is dropped while it still watches {} container(s): their final \
-                 reports are lost (call unwatch for each before dropping the guard)",
-                watched.len()
-            );
-        }
-        if self.probes.is_some() {
-            LOADED_GUARDS.fetch_sub(1, Ordering::Relaxed);
-        }
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}

@@ -15,6 +15,8 @@ mod metrics;
 mod privilege;
 mod reader_fault;
 mod stream;
+mod subscription;
+mod teardown;
 mod throttle;
 mod timeline;
 
