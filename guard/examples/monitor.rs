@@ -100,11 +100,9 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
             .map(|name| name.to_string_lossy().into_owned())
             .ok_or("--cgroup has no directory name to use as the id: give --id")?,
     };
-    let guard = Guard::start(GuardOptions {
-        min_tier: args.min_tier,
-        ..GuardOptions::default()
-    })
-    .await?;
+    let mut options = GuardOptions::default();
+    options.min_tier = args.min_tier;
+    let guard = Guard::start(options).await?;
     eprintln!("monitor: guard at tier {}", u8::from(guard.tier()));
     cgroup::create(&args.cgroup)?;
     if let Err(error) = guard.watch(&id, &args.cgroup) {

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 /// Counters the BPF programs keep in the kernel: exact, whatever happened to the stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct BpfCounters {
     /// Forks and thread creations (`sched_process_fork`) by the container's tasks.
     pub forks: u64,
@@ -52,6 +53,7 @@ impl BpfCounters {
 
 /// Per-container tallies of the events the reader received (0 for a container: none).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Delivered {
     /// Fork events received.
     pub forks: u64,
@@ -69,6 +71,7 @@ pub struct Delivered {
 
 /// One container's counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ContainerCounters {
     /// The container's id.
     pub container: String,
@@ -83,6 +86,7 @@ pub struct ContainerCounters {
 /// Events that belong to no registered container: OOM kills of tasks outside every container
 /// (global OOM, or the agent itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct GlobalCounters {
     /// The kernel's counts for tasks in no container (None at tier 0). Only OOM kills are
     /// counted here: the programs attribute nothing else outside a container.
@@ -94,6 +98,7 @@ pub struct GlobalCounters {
 /// Userspace-side losses: a reader can always tell "nothing happened" from "something happened
 /// that we did not see".
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ReaderLoss {
     /// Records missing from a CPU's sequence (lost in the kernel, seen from userspace).
     pub sequence_gaps: u64,
@@ -109,6 +114,7 @@ pub struct ReaderLoss {
 /// How the event reader is doing. Faults also reach subscribers in-band, as `reader_fault`
 /// events.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ReaderHealth {
     /// Healthy, recovered after faults, or stopped.
     pub state: HealthState,
@@ -123,6 +129,7 @@ pub struct ReaderHealth {
 /// The event reader's state (serialized in snake case: `healthy`, `recovered`, `stopped`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum HealthState {
     /// Never faulted.
     #[default]
@@ -136,6 +143,7 @@ pub enum HealthState {
 
 /// Everything lost anywhere between the kernel and the subscribers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct LossReport {
     /// Ring-buffer reserve failures in the kernel, by event kind name.
     pub kernel_reserve_failures: BTreeMap<String, u64>,

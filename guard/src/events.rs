@@ -17,6 +17,7 @@ use crate::{cgroup::KeyedCounts, signals};
 /// What happened, by kind. Serialised with its kind's name as `"kind"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum EventDetail {
     /// A task of the container forked (rate-bounded).
     Fork(Fork),
@@ -110,6 +111,7 @@ pub struct RingPosition {
 
 /// An event attributed to a registered container, as subscribers receive it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct GuardEvent {
     /// The container id, or None when the event belongs to no container (or its cgroup was
     /// unregistered before the event was read).

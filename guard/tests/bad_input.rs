@@ -565,12 +565,10 @@ fn cgroup_paths_without_bpf() {
 #[tokio::test]
 async fn a_required_tier_above_what_guard_can_reach_is_refused() {
     let kernel = guard::CapabilityReport::probe();
-    let result = Guard::start(GuardOptions {
-        max_tier: Tier::CgroupFilesOnly,
-        min_tier: Tier::Tracepoints,
-        ..GuardOptions::default()
-    })
-    .await;
+    let mut options = GuardOptions::default();
+    options.max_tier = Tier::CgroupFilesOnly;
+    options.min_tier = Tier::Tracepoints;
+    let result = Guard::start(options).await;
     let Err(error) = result else {
         panic!("a guard capped at tier 0 started although tier 1 was required");
     };
@@ -605,12 +603,9 @@ async fn guard_watch_refuses_what_is_not_a_cgroup() {
         return;
     };
     let mount = hierarchy.mount.display().to_string();
-    let guard = Guard::start(GuardOptions {
-        max_tier: Tier::CgroupFilesOnly,
-        ..GuardOptions::default()
-    })
-    .await
-    .unwrap();
+    let mut options = GuardOptions::default();
+    options.max_tier = Tier::CgroupFilesOnly;
+    let guard = Guard::start(options).await.unwrap();
     let missing = hierarchy.mount.join("guard-bad-input-no-such-cgroup");
     let file = hierarchy.mount.join("cgroup.procs");
     let cases = [

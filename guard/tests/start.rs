@@ -9,10 +9,8 @@ fn start_on(build: impl FnOnce(&mut tokio::runtime::Builder)) -> Result<Tier, St
     build(&mut builder);
     let runtime = builder.build().expect("a runtime");
     runtime.block_on(async {
-        let options = GuardOptions {
-            max_tier: Tier::CgroupFilesOnly,
-            ..GuardOptions::default()
-        };
+        let mut options = GuardOptions::default();
+        options.max_tier = Tier::CgroupFilesOnly;
         Guard::start(options)
             .await
             .map(|guard| guard.tier())

@@ -7,20 +7,15 @@ use std::{
 };
 
 use guard::{
-    Guard, GuardOptions, StreamOptions, cgroup::Hierarchy, forensic::LogOptions,
-    sinks::event_log::EventLog,
+    Guard, GuardOptions, cgroup::Hierarchy, forensic::LogOptions, sinks::event_log::EventLog,
 };
 
 /// Options for exact-count tests: every event streamed (the default rate bound could suppress
 /// some).
 pub fn unbounded() -> GuardOptions {
-    GuardOptions {
-        stream: StreamOptions {
-            max_events_per_sec: 0,
-            ..StreamOptions::default()
-        },
-        ..GuardOptions::default()
-    }
+    let mut options = GuardOptions::default();
+    options.stream.max_events_per_sec = 0;
+    options
 }
 
 /// A fresh cgroup `name`, and a guard (started with [`unbounded`]) watching it as container

@@ -60,6 +60,7 @@ impl std::fmt::Display for EbpfObjectOrigin {
 
 /// The eBPF side failed (inside [`GuardError::Probe`](crate::GuardError::Probe)).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProbeError {
     /// tracefs could not be mounted, or a tracepoint's `format` file is unusable.
     #[error(transparent)]
@@ -117,6 +118,7 @@ pub enum ProbeError {
 /// assert_eq!(options.max_events_per_sec, 2000);
 /// ```
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct StreamOptions {
     /// Ring-buffer size in bytes (a power of two, at least a page; the kernel refuses others
     /// when the guard starts). Default 256 KiB. The kernel maps it twice: see

@@ -36,6 +36,7 @@ pub struct TracepointPresence {
 
 /// The cgroup v2 hierarchy as the probe found it.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct CgroupReport {
     /// Where cgroup2 is mounted, if it is.
     pub mount: Option<String>,
@@ -47,6 +48,7 @@ pub struct CgroupReport {
 
 /// Everything `guard probe` reports.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct CapabilityReport {
     /// `/proc/sys/kernel/osrelease` (or `unknown (…)` with the read's error).
     pub kernel_release: String,

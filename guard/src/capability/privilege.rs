@@ -21,6 +21,7 @@ const CAP_BPF: u32 = 39;
 
 /// Whether this process may load and attach guard's programs, and what it lacks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Privilege {
     /// The process's effective uid.
     pub euid: u32,

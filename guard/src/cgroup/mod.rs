@@ -20,6 +20,7 @@ pub use procs::command_inside;
 /// A read or write of a cgroup (or of the mount table) that failed; every variant names the
 /// path.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CgroupError {
     /// A file that exists could not be read (a missing file is not an error: it reads as
     /// absent).

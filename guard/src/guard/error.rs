@@ -14,6 +14,7 @@ use crate::{
 
 /// What a [`Guard`] call can fail with.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GuardError {
     /// The eBPF side failed: at [`Guard::start`], loading the object, reading the tracepoint
     /// layouts or attaching a program; later, an update or read of one of the programs' maps

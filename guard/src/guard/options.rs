@@ -7,6 +7,7 @@ use crate::{Tier, bpf::StreamOptions, capability::CapabilityReport};
 
 /// How the guard runs.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GuardOptions {
     /// Sizes and rate bound of the event stream (defaults: [`StreamOptions::default`]).
     pub stream: StreamOptions,

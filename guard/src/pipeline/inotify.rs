@@ -25,6 +25,7 @@ pub(crate) const WATCHED_FILES: [&str; 2] = ["memory.events", "pids.events"];
 
 /// inotify failed (inside [`GuardError::FileWatch`](crate::GuardError::FileWatch)).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FileWatchError {
     /// The inotify instance could not be created (at [`Guard::start`](crate::Guard::start)).
     #[error("creating an inotify instance: {0}")]

@@ -28,6 +28,7 @@ pub use memory::MEMORY_OVERCHARGE_SLACK;
 /// case (`not_exercised`, …); displayed in words (`not exercised`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Verdict {
     /// Nothing reached the limit, or no limit was in force (none asked for, and the kernel
     /// holds `max` or has no such file): pids: `pids.events max` and the probes' denials are
@@ -62,6 +63,7 @@ impl fmt::Display for Verdict {
 
 /// One limit's verdict and the evidence for it, in words a reader can check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct LimitVerdict {
     /// The verdict.
     pub verdict: Verdict,
@@ -72,6 +74,7 @@ pub struct LimitVerdict {
 
 /// How the container's OOM kills split between its own limit and the global OOM killer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct OomSummary {
     /// Kills the probes attributed to this container (None at tier 0).
     pub bpf_kills: Option<u64>,
@@ -192,6 +195,7 @@ pub struct Evidence<'a> {
 
 /// The reconciled result for one container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Reconciliation {
     /// `pids.max`'s verdict.
     pub pids: LimitVerdict,

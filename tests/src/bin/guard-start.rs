@@ -29,10 +29,8 @@ async fn main() -> ExitCode {
         eprintln!("usage: guard-start MIN_TIER (0, 1 or 2) [shutdown|drop]");
         return ExitCode::from(2);
     };
-    let options = GuardOptions {
-        min_tier,
-        ..GuardOptions::default()
-    };
+    let mut options = GuardOptions::default();
+    options.min_tier = min_tier;
     let guard = match Guard::start(options).await {
         Ok(guard) => guard,
         Err(error) => {

@@ -97,14 +97,9 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     Hierarchy::find()?
         .identify(parent)
         .with_context(|| format!("--cgroup {}", args.cgroup.display()))?;
-    let options = GuardOptions {
-        max_tier: Tier::try_from(i64::from(args.max_tier))?,
-        stream: StreamOptions {
-            max_events_per_sec: args.max_events_per_sec,
-            ..StreamOptions::default()
-        },
-        ..GuardOptions::default()
-    };
+    let mut options = GuardOptions::default();
+    options.max_tier = Tier::try_from(i64::from(args.max_tier))?;
+    options.stream.max_events_per_sec = args.max_events_per_sec;
     let metrics = args.metrics.bind().await?;
     let guard = Arc::new(Guard::start(options).await?);
     cgroup::create(&args.cgroup)?;
