@@ -130,7 +130,7 @@ pub struct GuardEvent {
 
 impl GuardEvent {
     /// A decoded ring-buffer record, attributed to `container` (what the hub publishes).
-    pub fn from_record(container: Option<String>, event: KernelEvent) -> Self {
+    pub(crate) fn from_record(container: Option<String>, event: KernelEvent) -> Self {
         Self {
             container,
             ring: Some(RingPosition {
@@ -182,7 +182,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 }
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` uses, so events order across sources.
-pub fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

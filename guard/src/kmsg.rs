@@ -76,6 +76,7 @@ pub struct LoggedKill {
 /// without `/dev/kmsg`'s `level,seq,time,flags;` prefix.
 ///
 /// ```
+/// # #[cfg(feature = "internals")] {
 /// use guard::kmsg::{OomScope, parse_kill};
 ///
 /// let line = "3,1742,98765432,-;Memory cgroup out of memory: Killed process 1160 (stress) \
@@ -85,6 +86,7 @@ pub struct LoggedKill {
 /// let global = parse_kill("Out of memory: Killed process 77 (sh) total-vm:1kB").unwrap();
 /// assert_eq!(global.scope, OomScope::Global);
 /// assert_eq!(parse_kill("6,1,2,-;oom-kill:constraint=CONSTRAINT_MEMCG"), None);
+/// # }
 /// ```
 pub fn parse_kill(record: &str) -> Option<LoggedKill> {
     let message = match record.split_once(';') {

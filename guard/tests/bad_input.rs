@@ -538,7 +538,11 @@ fn cgroup_paths_without_bpf() {
     std::fs::write(tree.0.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
     matrix.expect(
         "memory.max without +memory in the parent",
-        err(guard::cgroup::write(&child, "memory.max", "67108864")),
+        err(guard::cgroup::files::write(
+            &child,
+            "memory.max",
+            "67108864",
+        )),
         &format!(
             "writing 67108864 to {child}/memory.max: the file does not exist because the parent \
              cgroup {parent} does not enable the memory controller for its children (its \
@@ -553,7 +557,7 @@ fn cgroup_paths_without_bpf() {
     // With the controller passed on, a missing file is only missing (no swap accounting).
     matrix.expect(
         "pids.max with +pids in the parent (the file is just missing)",
-        err(guard::cgroup::write(&child, "pids.max", "5"))
+        err(guard::cgroup::files::write(&child, "pids.max", "5"))
             .map_err(|error| error.split(": ").last().unwrap_or_default().to_string()),
         "No such file or directory (os error 2)",
     );

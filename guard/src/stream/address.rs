@@ -22,7 +22,7 @@ pub const HOST_CID: u32 = 2;
 /// `vsock:CID:PORT`, and displays as `unix:PATH` or `vsock:CID:PORT`.
 ///
 /// ```
-/// use guard::stream::{Address, address::HOST_CID};
+/// use guard::stream::{Address, HOST_CID};
 ///
 /// let host: Address = "vsock:7000".parse()?;
 /// assert_eq!(host, Address::Vsock { cid: HOST_CID, port: 7000 });

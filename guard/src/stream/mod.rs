@@ -1,24 +1,24 @@
 //! Evidence off the guest as it happens: the forensic log streamed, byte for byte, to a host
 //! collector that verifies each guest's chain as records arrive (docs/STREAM.md).
 //!
-//! - [`address`]: `unix:PATH` and `vsock:PORT`, connecting and listening.
-//! - [`wire`]: the protocol's control lines and bounded line reading.
-//! - [`sender`]: the guest side, [`Sender`]: follows the local log and ships it, resuming where
-//!   the host's copy ends; [`LogTail`] hands an agent the same lines for its own channel.
-//! - [`collector`]: the host side, [`Collector`]: one thread per connection, one copy per guest
-//!   (`store.rs`), and a [`StreamVerdict`] for every stream.
+//! - [`Address`]: `unix:PATH` and `vsock:PORT`, connecting and listening (`address.rs`).
+//! - `wire.rs`: the protocol's control lines and bounded line reading.
+//! - The guest side, [`Sender`]: follows the local log and ships it, resuming where the host's
+//!   copy ends; [`LogTail`] hands an agent the same lines for its own channel (`sender.rs`).
+//! - The host side, [`Collector`]: one thread per connection, one copy per guest (`store.rs`),
+//!   and a [`StreamVerdict`] for every stream (`collector.rs`).
 use std::{fmt, path::PathBuf};
 
 use serde::Serialize;
 
-pub mod address;
-pub mod collector;
-pub mod sender;
+pub(crate) mod address;
+pub(crate) mod collector;
+pub(crate) mod sender;
 mod store;
-pub mod wire;
+internal_mod!(wire);
 
-pub use address::{Address, Connection, Listener};
-pub use collector::{Collector, GuestStatus};
+pub use address::{Address, Connection, HOST_CID, Listener};
+pub use collector::{Collector, GuestStatus, HELLO_TIMEOUT};
 pub use sender::{LogTail, Sender, SenderOptions, SenderStats};
 
 /// What setting up a stream can fail with. Once a stream runs, its failures are not errors:
@@ -51,8 +51,8 @@ pub enum StreamError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// [`Sender::start`] with a guest name the host would refuse
-    /// ([`wire::valid_guest_name`]).
+    /// [`Sender::start`] with a guest name the host would refuse (the wire protocol's rule,
+    /// docs/STREAM.md).
     #[error("guest name {name:?}: 1 to 64 of A-Z a-z 0-9 . _ -, not starting with a dot")]
     GuestName {
         /// The name given.

@@ -18,9 +18,10 @@ use crate::{
 
 mod memory;
 mod pids;
-pub mod report;
+pub(crate) mod report;
 
 pub use memory::MEMORY_OVERCHARGE_SLACK;
+pub use report::Report;
 
 /// What the evidence says about a limit, or a container. Ordered from best to worst news: a
 /// container's overall verdict is the worst of its limits', raised to [`Verdict::Incomplete`]
@@ -99,7 +100,7 @@ pub struct OomSummary {
 
 /// What the kernel log says about a container's OOM kills (`guard::kmsg`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LoggedKills {
+pub(crate) struct LoggedKills {
     /// The container's OOM victims (as the probes saw them) that the log reports killed by
     /// the global OOM killer.
     pub global: u64,
@@ -107,66 +108,10 @@ pub struct LoggedKills {
     pub overruns: u64,
 }
 
-/// Everything reconciliation needs about one container. [`Guard::report`](crate::Guard::report)
-/// gathers it from the kernel; built by hand, it shows what a verdict would be.
-///
-/// ```
-/// use std::path::{Path, PathBuf};
-/// use guard::cgroup::{CgroupError, EventFiles, HeldLimits, KeyedCounts, LimitValue};
-/// use guard::verdict::{Evidence, reconcile};
-/// use guard::{BpfCounters, Tier, Verdict};
-///
-/// let keyed = |text: &str| KeyedCounts::parse(Path::new("test"), text).map(Some);
-/// let applied = HeldLimits {
-///     cgroup: PathBuf::from("/sys/fs/cgroup/guard/web"),
-///     memory_max: Some(LimitValue::Value(32 << 20)),
-///     memory_swap_max: Some(LimitValue::Value(0)),
-///     pids_max: Some(LimitValue::Value(64)),
-///     memory_peak: None,
-///     pids_peak: None,
-/// };
-/// // A fork bomb: pids.max refused 12 forks; memory.max was never reached.
-/// let kernel = EventFiles {
-///     memory_events: keyed("max 0\noom 0\noom_kill 0\n")?,
-///     memory_events_local: None,
-///     pids_events: keyed("max 12\n")?,
-///     pids_events_local: None,
-/// };
-/// let bpf = BpfCounters {
-///     forks: 63,
-///     fork_denied: 12,
-///     fork_denied_pids_max: Some(12),
-///     ..BpfCounters::default()
-/// };
-/// let mut evidence = Evidence {
-///     tier: Tier::TracepointsAndKprobes,
-///     requested_memory_max: Some(32 << 20),
-///     requested_pids_max: Some(64),
-///     applied: &applied,
-///     kernel: &kernel,
-///     bpf: Some(&bpf),
-///     events_lost: 0,
-///     ancestor_ooms: 0,
-///     cgroup_gone: false,
-///     kernel_log: None,
-///     stream_stopped: None,
-/// };
-/// let result = reconcile(&evidence);
-/// assert_eq!(result.pids.verdict, Verdict::Enforced);
-/// assert_eq!(result.memory.verdict, Verdict::NotExercised);
-/// assert_eq!(result.verdict, Verdict::Enforced);
-///
-/// // Records lost in the ring buffer: the counters are exact, the events are not all there.
-/// evidence.events_lost = 3;
-/// assert_eq!(reconcile(&evidence).verdict, Verdict::Incomplete);
-///
-/// // The agent asked for 128 tasks, the kernel holds 64.
-/// evidence.requested_pids_max = Some(128);
-/// assert_eq!(reconcile(&evidence).pids.verdict, Verdict::Violated);
-/// # Ok::<(), CgroupError>(())
-/// ```
+/// Everything reconciliation needs about one container: [`Guard::report`](crate::Guard::report)
+/// gathers it from the kernel (the unit tests below build it by hand).
 #[derive(Debug, Clone)]
-pub struct Evidence<'a> {
+pub(crate) struct Evidence<'a> {
     /// The tier the guard ran at (tier 0 adds a flag that there is no per-event detail).
     pub tier: Tier,
     /// What the agent asked for (None: unknown, e.g. a cgroup the guard did not create).
@@ -213,7 +158,7 @@ pub struct Reconciliation {
 /// Reconciles one container's evidence: a verdict per limit with its numbers, the OOM kills
 /// by killer, the flags, and the overall verdict. Pure: the same evidence, the same result
 /// (see [`Evidence`] for an example).
-pub fn reconcile(evidence: &Evidence<'_>) -> Reconciliation {
+pub(crate) fn reconcile(evidence: &Evidence<'_>) -> Reconciliation {
     let mut flags = Vec::new();
     let pids = pids::verdict(evidence, &mut flags);
     let (memory, oom) = memory::verdict(evidence, &mut flags);
@@ -358,5 +303,35 @@ mod tests {
         assert!(result.flags.iter().any(|flag| flag.starts_with("tier 0")));
         evidence.events_lost = 5;
         assert_eq!(reconcile(&evidence).verdict, Verdict::Incomplete);
+    }
+
+    /// A fork bomb that pids.max stopped: enforced; then lost records, then a limit the
+    /// kernel does not hold.
+    #[test]
+    fn a_fork_bomb_stopped_by_pids_max_is_enforced() {
+        let applied = applied(Some(32 << 20), Some(64));
+        let kernel = files("max 0\noom 0\noom_kill 0\n", "max 12\n");
+        let bpf = BpfCounters {
+            forks: 63,
+            fork_denied: 12,
+            fork_denied_pids_max: Some(12),
+            ..BpfCounters::default()
+        };
+        let mut evidence = Evidence {
+            tier: Tier::TracepointsAndKprobes,
+            requested_memory_max: Some(32 << 20),
+            requested_pids_max: Some(64),
+            ..evidence(&applied, &kernel, Some(&bpf))
+        };
+        let result = reconcile(&evidence);
+        assert_eq!(result.pids.verdict, Verdict::Enforced);
+        assert_eq!(result.memory.verdict, Verdict::NotExercised);
+        assert_eq!(result.verdict, Verdict::Enforced);
+        // Records lost in the ring buffer: the counters are exact, the events not all there.
+        evidence.events_lost = 3;
+        assert_eq!(reconcile(&evidence).verdict, Verdict::Incomplete);
+        // The agent asked for 128 tasks, the kernel holds 64.
+        evidence.requested_pids_max = Some(128);
+        assert_eq!(reconcile(&evidence).pids.verdict, Verdict::Violated);
     }
 }

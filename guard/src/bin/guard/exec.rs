@@ -118,15 +118,15 @@ async fn run_in_cgroup(
     metrics: Option<guard::metrics::MetricsListener>,
 ) -> anyhow::Result<ExitCode> {
     if let Some(pids) = args.pids_max {
-        cgroup::write(&args.cgroup, "pids.max", &pids.to_string())?;
+        cgroup::files::write(&args.cgroup, "pids.max", &pids.to_string())?;
     }
     // With a memory limit, no swap either (where the kernel accounts swap), so swap cannot
     // dodge it.
     let mut swap_max = None;
     if let Some(bytes) = args.memory_max {
-        cgroup::write(&args.cgroup, "memory.max", &bytes.to_string())?;
-        if cgroup::read(&args.cgroup, "memory.swap.max")?.is_some() {
-            cgroup::write(&args.cgroup, "memory.swap.max", "0")?;
+        cgroup::files::write(&args.cgroup, "memory.max", &bytes.to_string())?;
+        if cgroup::files::read(&args.cgroup, "memory.swap.max")?.is_some() {
+            cgroup::files::write(&args.cgroup, "memory.swap.max", "0")?;
             swap_max = Some(0);
         }
     }
