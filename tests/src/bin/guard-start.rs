@@ -3,8 +3,8 @@
 //! the guard's end (its programs gone from this process once `shutdown` returns, or soon after
 //! a drop that returned at once).
 //!
-//! usage: guard-start MIN_TIER [shutdown|drop]. Prints `tier N` and the privilege diagnosis as
-//! JSON, or `error: …` (exit 1); with an ending, then a JSON line of the BPF descriptors this
+//! usage: guard-start MIN_TIER [shutdown|drop]. Prints `tier N` and the privilege diagnosis
+//! and the capability notes as JSON, or `error: …` (exit 1); with an ending, then a JSON line of the BPF descriptors this
 //! process holds before and after it. guard's warnings go to stderr.
 use std::{
     process::ExitCode,
@@ -39,9 +39,10 @@ async fn main() -> ExitCode {
         }
     };
     println!("tier {}", u8::from(guard.tier()));
+    let capabilities = guard.capabilities();
     println!(
         "{}",
-        serde_json::to_string(&guard.capabilities().privilege).unwrap_or_default()
+        serde_json::json!({"privilege": capabilities.privilege, "notes": capabilities.notes})
     );
     let before = bpf_descriptors();
     let started = Instant::now();
