@@ -24,9 +24,8 @@ mod pod;
 
 pub use config::{ABSENT, ProbeConfig, TracepointOffsets};
 pub use counters::{COUNTER_SLOTS, Counter, CounterRow};
-pub use events::{
-    COMM_LEN, DenialCause, ForkDeniedEvent, ForkEvent, OomVictimEvent, ReclaimEvent, ThrottleEvent,
-};
+// Every record at the root: a new signal's record needs no line here.
+pub use events::*;
 pub use header::EventHeader;
 pub use kind::{EVENT_KIND_SLOTS, EventKind};
 pub use maps::{LostCounts, TaskEntry, ThrottleWindow, WatchEntry};

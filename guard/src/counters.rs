@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 
 use guard_common::{COUNTER_SLOTS, Counter};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// Counters the BPF programs keep in the kernel: exact, whatever happened to the stream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// Counters the BPF programs keep in the kernel: exact, whatever happened to the stream. Read
+/// back from JSON, a missing field is 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct BpfCounters {
     /// Forks and thread creations (`sched_process_fork`) by the container's tasks.
@@ -51,8 +53,10 @@ impl BpfCounters {
     }
 }
 
-/// Per-container tallies of the events the reader received (0 for a container: none).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Per-container tallies of the events the reader received (0 for a container: none). Each
+/// streamed payload adds to its own (`signals::Streamed::tally`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct Delivered {
     /// Fork events received.
@@ -67,6 +71,20 @@ pub struct Delivered {
     pub throttle_records: u64,
     /// The individual events those throttle records say were suppressed, summed.
     pub suppressed: u64,
+}
+
+impl Delivered {
+    /// Each tally with its name (its field's, as serialised).
+    pub fn by_name(&self) -> [(&'static str, u64); 6] {
+        [
+            ("forks", self.forks),
+            ("fork_denied", self.fork_denied),
+            ("oom_victims", self.oom_victims),
+            ("reclaims", self.reclaims),
+            ("throttle_records", self.throttle_records),
+            ("suppressed", self.suppressed),
+        ]
+    }
 }
 
 /// One container's counters.
@@ -97,7 +115,8 @@ pub struct GlobalCounters {
 
 /// Userspace-side losses: a reader can always tell "nothing happened" from "something happened
 /// that we did not see".
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct ReaderLoss {
     /// Records missing from a CPU's sequence (lost in the kernel, seen from userspace).
@@ -113,7 +132,8 @@ pub struct ReaderLoss {
 
 /// How the event reader is doing. Faults also reach subscribers in-band, as `reader_fault`
 /// events.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct ReaderHealth {
     /// Healthy, recovered after faults, or stopped.
@@ -127,7 +147,7 @@ pub struct ReaderHealth {
 }
 
 /// The event reader's state (serialized in snake case: `healthy`, `recovered`, `stopped`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum HealthState {
@@ -141,8 +161,20 @@ pub enum HealthState {
     Stopped,
 }
 
+impl HealthState {
+    /// Its name, as serialised.
+    pub fn name(self) -> &'static str {
+        match self {
+            HealthState::Healthy => "healthy",
+            HealthState::Recovered => "recovered",
+            HealthState::Stopped => "stopped",
+        }
+    }
+}
+
 /// Everything lost anywhere between the kernel and the subscribers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct LossReport {
     /// Ring-buffer reserve failures in the kernel, by event kind name.
@@ -152,4 +184,35 @@ pub struct LossReport {
     /// Whether the reader faulted on the way (its faults are not losses by themselves: the
     /// sequence check above counts any record that went missing).
     pub reader_health: ReaderHealth,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names the metrics label tallies and states with are the serialised ones.
+    #[test]
+    fn names_are_the_serialised_ones() {
+        let delivered = Delivered {
+            forks: 1,
+            fork_denied: 2,
+            oom_victims: 3,
+            reclaims: 4,
+            throttle_records: 5,
+            suppressed: 6,
+        };
+        let json = serde_json::to_value(delivered).unwrap();
+        let names = delivered.by_name();
+        assert_eq!(json.as_object().unwrap().len(), names.len());
+        for (name, value) in names {
+            assert_eq!(json[name], value, "{name}");
+        }
+        for state in [
+            HealthState::Healthy,
+            HealthState::Recovered,
+            HealthState::Stopped,
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.name());
+        }
+    }
 }

@@ -1,7 +1,9 @@
-//! Events as subscribers receive them. Kernel events are decoded ring-buffer records (each
-//! signal decodes its own, in `signals/`); synthetic events are made by guard itself (a kernel
-//! event file that changed, a loss tally, a reader fault) and carry no ring position.
-use guard_common::{EventHeader, EventKind};
+//! Events as subscribers receive them: one type, [`GuardEvent`], from the ring buffer to the
+//! log. Kernel events are decoded ring-buffer records (each signal decodes its own, in
+//! `signals/`); synthetic events are made by guard itself (a kernel event file that changed, a
+//! loss tally, a reader fault) and carry no ring position. The hub fills in the container; the
+//! log leaves it out of the payload (the record names it).
+use guard_common::EventHeader;
 use serde::Serialize;
 
 pub use crate::signals::{
@@ -12,32 +14,101 @@ pub use crate::signals::{
     reclaim::Reclaim,
     throttle::Throttle,
 };
-use crate::{cgroup::KeyedCounts, signals};
+use crate::{
+    cgroup::KeyedCounts,
+    counters::Delivered,
+    forensic,
+    signals::{self, Streamed},
+};
 
-/// What happened, by kind. Serialised with its kind's name as `"kind"`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum EventDetail {
-    /// A task of the container forked (rate-bounded).
-    Fork(Fork),
-    /// A fork-family syscall of the container failed with EAGAIN (rate-bounded).
-    ForkDenied(ForkDenied),
-    /// The OOM killer chose a victim, in the container or, with no container, anywhere in the
-    /// guest (never rate-bounded).
-    OomVictim(OomVictim),
-    /// A memcg direct reclaim run of the container's task finished (rate-bounded).
-    Reclaim(Reclaim),
-    /// Individual events of the container suppressed by the rate bound (counters stay exact).
-    Throttle(Throttle),
-    /// A kernel event file of the container changed (inotify): its new counts.
-    KernelFile(KernelFile),
-    /// Records of one kind the programs could not deliver (ring buffer full), from the
-    /// kernel's loss counters, so loss is in-band.
-    Lost(Lost),
-    /// The event reader faulted: live events may have been delayed; kernel counters were not
-    /// affected.
-    ReaderFault(ReaderFault),
+/// The table of kinds: every payload once. A streamed payload's kind, decoding and tally are
+/// its signal's ([`Streamed`]); a synthetic one names its kind here and is never tallied. The
+/// enum, [`EventDetail::kind_name`], the tally and the decoding by kind all follow from it.
+macro_rules! event_details {
+    (
+        streamed { $( $(#[$sdoc:meta])* $streamed:ident, )+ }
+        synthetic { $( $(#[$gdoc:meta])* $synthetic:ident = $name:literal, )+ }
+    ) => {
+        /// What happened, by kind. Serialised with its kind's name as `"kind"`.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+        #[serde(tag = "kind", rename_all = "snake_case")]
+        #[non_exhaustive]
+        pub enum EventDetail {
+            $( $(#[$sdoc])* $streamed($streamed), )+
+            $( $(#[$gdoc])* $synthetic($synthetic), )+
+        }
+
+        impl EventDetail {
+            /// The kind's stable name (the `kind` of its log record).
+            pub fn kind_name(&self) -> &'static str {
+                match self {
+                    $( EventDetail::$streamed(_) => <$streamed as Streamed>::KIND.name(), )+
+                    $( EventDetail::$synthetic(_) => $name, )+
+                }
+            }
+
+            /// Counts one received event in its container's tallies (synthetic events are not
+            /// counted).
+            pub(crate) fn tally(&self, delivered: &mut Delivered) {
+                match self {
+                    $( EventDetail::$streamed(payload) => payload.tally(delivered), )+
+                    $( EventDetail::$synthetic(_) => {} )+
+                }
+            }
+
+            /// Decodes the record of the kind its header names (`raw_kind`).
+            fn decode(raw_kind: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
+                $(
+                    if raw_kind == <$streamed as Streamed>::KIND as u16 {
+                        return <$streamed as Streamed>::decode(bytes).map(EventDetail::$streamed);
+                    }
+                )+
+                Err(DecodeError::UnknownKind { kind: raw_kind })
+            }
+        }
+
+        $(
+            impl From<$streamed> for EventDetail {
+                fn from(payload: $streamed) -> Self {
+                    EventDetail::$streamed(payload)
+                }
+            }
+        )+
+        $(
+            impl From<$synthetic> for EventDetail {
+                fn from(payload: $synthetic) -> Self {
+                    EventDetail::$synthetic(payload)
+                }
+            }
+        )+
+    };
+}
+
+event_details! {
+    streamed {
+        /// A task of the container forked (rate-bounded).
+        Fork,
+        /// A fork-family syscall of the container failed with EAGAIN (rate-bounded).
+        ForkDenied,
+        /// The OOM killer chose a victim, in the container or, with no container, anywhere in
+        /// the guest (never rate-bounded).
+        OomVictim,
+        /// A memcg direct reclaim run of the container's task finished (rate-bounded).
+        Reclaim,
+        /// Individual events of the container suppressed by the rate bound (counters stay
+        /// exact).
+        Throttle,
+    }
+    synthetic {
+        /// A kernel event file of the container changed (inotify): its new counts.
+        KernelFile = "kernel_file",
+        /// Records of one kind the programs could not deliver (ring buffer full), from the
+        /// kernel's loss counters, so loss is in-band.
+        Lost = "lost",
+        /// The event reader faulted: live events may have been delayed; kernel counters were
+        /// not affected.
+        ReaderFault = "reader_fault",
+    }
 }
 
 /// A kernel event file's counts after a change.
@@ -58,6 +129,18 @@ pub struct Lost {
     pub count: u64,
 }
 
+impl Lost {
+    /// The forensic log's `lost` record of it (docs/LOG-FORMAT.md), as lost at `source`.
+    pub fn to_record(&self, source: EventSource) -> forensic::Lost {
+        forensic::Lost {
+            source: source.lost_at().to_string(),
+            event_kind: Some(self.event_kind.to_string()),
+            cpu: None,
+            count: self.count,
+        }
+    }
+}
+
 /// A fault of the event reader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReaderFault {
@@ -69,35 +152,29 @@ pub struct ReaderFault {
     pub restarting: bool,
 }
 
-impl EventDetail {
-    /// The kind's stable name (the `kind` of its log record).
-    pub fn kind_name(&self) -> &'static str {
-        match self {
-            EventDetail::Fork(_) => EventKind::Fork.name(),
-            EventDetail::ForkDenied(_) => EventKind::ForkDenied.name(),
-            EventDetail::OomVictim(_) => EventKind::OomVictim.name(),
-            EventDetail::Reclaim(_) => EventKind::Reclaim.name(),
-            EventDetail::Throttle(_) => EventKind::Throttle.name(),
-            EventDetail::KernelFile(_) => "kernel_file",
-            EventDetail::Lost(_) => "lost",
-            EventDetail::ReaderFault(_) => "reader_fault",
-        }
-    }
+/// Where an event came from. Not yet in the events' JSON or the log: every live event so far
+/// is the BPF programs', and a record's kind says the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventSource {
+    /// guard's BPF programs: a ring-buffer record, or their loss counters.
+    #[default]
+    Bpf,
+    /// The kernel's cgroup event files, read when inotify said they changed.
+    CgroupFiles,
+    /// guard itself: its event reader's faults.
+    Guard,
 }
 
-/// One decoded ring-buffer record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct KernelEvent {
-    /// The CPU whose program wrote it.
-    pub cpu: u32,
-    /// That CPU's sequence number, from 1 with no gaps unless records were lost.
-    pub seq: u64,
-    /// When it was written: `bpf_ktime_get_ns`, CLOCK_MONOTONIC.
-    pub ktime_ns: u64,
-    /// The cgroup id of the container it was attributed to (0: no container).
-    pub cgroup_id: u64,
-    /// The signal's payload.
-    pub detail: EventDetail,
+impl EventSource {
+    /// Where events of this source are lost, as a `lost` record's `source` names it.
+    pub fn lost_at(self) -> &'static str {
+        match self {
+            EventSource::Bpf => "bpf_ringbuf",
+            EventSource::CgroupFiles => "cgroup_files",
+            EventSource::Guard => "guard",
+        }
+    }
 }
 
 /// Where a kernel event was in the ring buffer: its CPU and that CPU's sequence number.
@@ -109,12 +186,12 @@ pub struct RingPosition {
     pub seq: u64,
 }
 
-/// An event attributed to a registered container, as subscribers receive it.
+/// An event, from its decoding to the log. Subscribers receive it attributed to its container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct GuardEvent {
     /// The container id, or None when the event belongs to no container (or its cgroup was
-    /// unregistered before the event was read).
+    /// unregistered before the event was read). Filled in by the hub.
     pub container: Option<String>,
     /// Where the record was in the ring buffer; None for a synthetic event.
     #[serde(flatten)]
@@ -128,19 +205,16 @@ pub struct GuardEvent {
     pub detail: EventDetail,
 }
 
+/// The decoded ring-buffer record was a type of its own; it is a [`GuardEvent`] with no
+/// container yet.
+#[deprecated(note = "a decoded record is a `GuardEvent` whose container the hub fills in")]
+pub type KernelEvent = GuardEvent;
+
 impl GuardEvent {
-    /// A decoded ring-buffer record, attributed to `container` (what the hub publishes).
-    pub(crate) fn from_record(container: Option<String>, event: KernelEvent) -> Self {
-        Self {
-            container,
-            ring: Some(RingPosition {
-                cpu: event.cpu,
-                seq: event.seq,
-            }),
-            ktime_ns: event.ktime_ns,
-            cgroup_id: event.cgroup_id,
-            detail: event.detail,
-        }
+    /// A decoded ring-buffer record, attributed to `container`.
+    #[deprecated(note = "a decoded record is already a `GuardEvent`: set its `container`")]
+    pub fn from_record(container: Option<String>, event: GuardEvent) -> Self {
+        Self { container, ..event }
     }
 
     /// An event guard made itself, now.
@@ -157,27 +231,32 @@ impl GuardEvent {
             detail,
         }
     }
+
+    /// Where it came from. Every event has one source today, which its kind says, so it is
+    /// not stored: a second live source for the same kinds makes it a field (8 bytes more an
+    /// event, in every queue the footprint bounds).
+    pub fn source(&self) -> EventSource {
+        match self.detail {
+            EventDetail::KernelFile(_) => EventSource::CgroupFiles,
+            EventDetail::ReaderFault(_) => EventSource::Guard,
+            _ => EventSource::Bpf,
+        }
+    }
 }
 
-/// Decodes one ring-buffer record: the header, then the signal its kind names.
-pub(crate) fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+/// Decodes one ring-buffer record: the header, then the payload of the signal its kind names.
+/// The event has no container yet: the hub attributes it.
+pub(crate) fn decode(bytes: &[u8]) -> Result<GuardEvent, DecodeError> {
     let header: EventHeader = signals::read_record(bytes, "event header")?;
-    let detail = match EventKind::from_raw(header.kind) {
-        Some(EventKind::Fork) => EventDetail::Fork(signals::fork::decode(bytes)?),
-        Some(EventKind::ForkDenied) => {
-            EventDetail::ForkDenied(signals::fork_denied::decode(bytes)?)
-        }
-        Some(EventKind::OomVictim) => EventDetail::OomVictim(signals::oom_victim::decode(bytes)?),
-        Some(EventKind::Reclaim) => EventDetail::Reclaim(signals::reclaim::decode(bytes)?),
-        Some(EventKind::Throttle) => EventDetail::Throttle(signals::throttle::decode(bytes)?),
-        None => return Err(DecodeError::UnknownKind { kind: header.kind }),
-    };
-    Ok(KernelEvent {
-        cpu: header.cpu,
-        seq: header.seq,
+    Ok(GuardEvent {
+        container: None,
+        ring: Some(RingPosition {
+            cpu: header.cpu,
+            seq: header.seq,
+        }),
         ktime_ns: header.ktime_ns,
         cgroup_id: header.cgroup_id,
-        detail,
+        detail: EventDetail::decode(header.kind, bytes)?,
     })
 }
 
@@ -194,7 +273,7 @@ pub(crate) fn monotonic_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use guard_common::ForkEvent;
+    use guard_common::{EventKind, ForkEvent};
 
     use super::*;
     use crate::signals::fixtures::as_bytes;
@@ -217,7 +296,8 @@ mod tests {
     #[test]
     fn decodes_the_header_and_the_signal() {
         let event = decode(&as_bytes(&fork_record())).unwrap();
-        assert_eq!((event.cpu, event.seq, event.cgroup_id), (1, 7, 1234));
+        assert_eq!(event.ring, Some(RingPosition { cpu: 1, seq: 7 }));
+        assert_eq!((event.cgroup_id, event.container), (1234, None));
         assert_eq!(
             event.detail,
             EventDetail::Fork(Fork {
@@ -245,8 +325,10 @@ mod tests {
     /// The serialised `kind` is the kind's name, and a synthetic event has no ring position.
     #[test]
     fn serialises_kind_names_and_ring_positions() {
-        let kernel =
-            GuardEvent::from_record(Some("c".into()), decode(&as_bytes(&fork_record())).unwrap());
+        let kernel = GuardEvent {
+            container: Some("c".into()),
+            ..decode(&as_bytes(&fork_record())).unwrap()
+        };
         let json = serde_json::to_value(&kernel).unwrap();
         assert_eq!(json["detail"]["kind"], kernel.detail.kind_name());
         assert_eq!(
@@ -269,5 +351,44 @@ mod tests {
             "{json}"
         );
         assert!(json["ktime_ns"].as_u64().unwrap() > 0);
+    }
+
+    /// Every kind of the one list (guard-common's `kind.rs`) has its payload in the table, and
+    /// each is serialised and logged under its kind's name: a kind added without its table
+    /// line, or named differently there, fails here.
+    #[test]
+    fn every_kind_decodes_to_its_own_payload() {
+        for &kind in EventKind::ALL {
+            let mut record = vec![0u8; 256];
+            record[..2].copy_from_slice(&(kind as u16).to_ne_bytes());
+            let event = decode(&record).unwrap_or_else(|error| panic!("{}: {error}", kind.name()));
+            assert_eq!(event.detail.kind_name(), kind.name());
+            let json = serde_json::to_value(&event.detail).unwrap();
+            assert_eq!(json["kind"], kind.name());
+        }
+    }
+
+    /// The synthetic kinds' names in the table are the ones they serialise with.
+    #[test]
+    fn synthetic_kinds_are_named_as_serialised() {
+        let details = [
+            EventDetail::KernelFile(KernelFile {
+                file: "pids.events",
+                counts: KeyedCounts::default(),
+            }),
+            EventDetail::Lost(Lost {
+                event_kind: "fork",
+                count: 1,
+            }),
+            EventDetail::ReaderFault(ReaderFault {
+                error: "x".into(),
+                faults: 1,
+                restarting: true,
+            }),
+        ];
+        for detail in details {
+            let json = serde_json::to_value(&detail).unwrap();
+            assert_eq!(json["kind"], detail.kind_name());
+        }
     }
 }

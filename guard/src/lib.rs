@@ -7,7 +7,7 @@
 //!
 //! # Where to start
 //!
-//! - [`Guard::start`] with [`GuardOptions`] (its [`StreamOptions`] size the event stream)
+//! - [`Guard::start`] with [`GuardOptions`] (its [`RingOptions`] size the events' ring buffer)
 //!   probes the kernel, loads the programs its [`Tier`] allows and starts the event reader.
 //!   It needs a tokio runtime with its IO and time drivers, and root (or the capabilities
 //!   [`Privilege`] names: without them the guard runs at tier 0 and says what to grant).
@@ -135,8 +135,8 @@ pub mod forensic;
 pub mod verdict;
 
 // What agents ask for and run.
-pub mod budget;
 mod container_id;
+pub mod footprint;
 pub mod limits;
 
 // The façade.
@@ -151,9 +151,7 @@ pub mod runtime;
 #[cfg(feature = "runtime")]
 pub mod spec;
 
-pub use bpf::{
-    EBPF_OBJECT, EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, EbpfObjectOrigin, StreamOptions,
-};
+pub use bpf::{EBPF_OBJECT, EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, EbpfObjectOrigin, RingOptions};
 pub use capability::{CapabilityReport, CgroupReport, Privilege, TracepointPresence};
 pub use container_id::{ContainerId, ContainerIdError, MAX_ID_LEN};
 pub use counters::{
@@ -167,6 +165,22 @@ pub use pipeline::fault::FaultPoint;
 pub use tier::{Tier, TierError};
 pub use verdict::{Report, Verdict};
 
+/// The ring buffer's options, under their old name (a stream is the log's, to a host).
+#[deprecated(
+    note = "renamed `RingOptions` (`guard::stream` ships the log; this sizes the ring buffer)"
+)]
+pub type StreamOptions = RingOptions;
+
+/// The agent's own memory, under its old name.
+#[deprecated(
+    note = "renamed `footprint` (the guest budget the containers share is `limits::GuestBudget`)"
+)]
+pub mod budget {
+    /// The agent's own memory bound, under its old name.
+    #[deprecated(note = "renamed `footprint::Footprint`")]
+    pub type MemoryBudget = crate::footprint::Footprint;
+}
+
 /// Parsers and decoders of untrusted input, exposed for guard's own fuzzing and bad-input tests
 /// (feature `internals`); not a stable API.
 #[cfg(feature = "internals")]
@@ -175,7 +189,7 @@ pub mod internals {
     use std::path::Path;
 
     pub use crate::{
-        events::KernelEvent,
+        events::GuardEvent,
         signals::{DecodeError, SignalError},
         tracefs::{Field, Format, TracefsError},
     };
@@ -184,18 +198,18 @@ pub mod internals {
     /// benchmark's path).
     pub fn append_event(
         writer: &mut crate::forensic::LogWriter,
-        event: &crate::GuardEvent,
+        event: &GuardEvent,
     ) -> Result<(), crate::sinks::event_log::EventLogError> {
         crate::sinks::event_log::append_event(writer, event)
     }
 
     /// A decoded record as the hub publishes it, attributed to `container`.
-    pub fn attributed(container: Option<String>, event: KernelEvent) -> crate::GuardEvent {
-        crate::GuardEvent::from_record(container, event)
+    pub fn attributed(container: Option<String>, event: GuardEvent) -> GuardEvent {
+        GuardEvent { container, ..event }
     }
 
-    /// Decodes one ring-buffer record.
-    pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    /// Decodes one ring-buffer record (into an event with no container yet).
+    pub fn decode(bytes: &[u8]) -> Result<GuardEvent, DecodeError> {
         crate::events::decode(bytes)
     }
 

@@ -214,24 +214,32 @@ fn limits() {
             ),
         ),
         (
+            args(&["exec", "--cgroup", "/x", "--memory", "50%", "--", "true"]),
+            2,
+            clap_error(
+                r#"invalid value '50%' for '--memory <BYTES>': memory limit "50%": guard exec takes bytes (e.g. 33554432 or 32M); a percentage or "max" are for guard run"#,
+            ),
+        ),
+        // The old spelling is an alias: the value is checked, the flag named as it is now.
+        (
+            args(&["exec", "--cgroup", "/x", "--pids-max", "-5", "--", "true"]),
+            2,
+            clap_error(r#"invalid value '-5' for '--pids <N>': pids limit "-5" is negative"#),
+        ),
+        (
             args(&[
                 "exec",
                 "--cgroup",
                 "/x",
                 "--memory-max",
-                "50%",
+                "max",
                 "--",
                 "true",
             ]),
             2,
             clap_error(
-                r#"invalid value '50%' for '--memory-max <BYTES>': memory limit "50%": guard exec takes bytes (e.g. 33554432 or 32M); a percentage or "max" are for guard run"#,
+                r#"invalid value 'max' for '--memory <BYTES>': memory limit "max": guard exec takes bytes (e.g. 33554432 or 32M); a percentage or "max" are for guard run"#,
             ),
-        ),
-        (
-            args(&["exec", "--cgroup", "/x", "--pids-max", "-5", "--", "true"]),
-            2,
-            clap_error(r#"invalid value '-5' for '--pids-max <N>': pids limit "-5" is negative"#),
         ),
         (
             args(&[

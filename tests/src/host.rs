@@ -14,7 +14,7 @@ use guard::{
 /// some).
 pub fn unbounded() -> GuardOptions {
     let mut options = GuardOptions::default();
-    options.stream.max_events_per_sec = 0;
+    options.ring.max_events_per_sec = 0;
     options
 }
 

@@ -28,8 +28,10 @@ pub fn run(data: &[u8]) {
         Ok(event) => {
             // The header as the ABI lays it out (native endian, like the kernel writes it).
             let kind = u16::from_ne_bytes(field(data, 0));
-            assert_eq!(event.cpu, u32::from_ne_bytes(field(data, 4)));
-            assert_eq!(event.seq, u64::from_ne_bytes(field(data, 8)));
+            let ring = event.ring.expect("a decoded record has its ring position");
+            assert_eq!(ring.cpu, u32::from_ne_bytes(field(data, 4)));
+            assert_eq!(ring.seq, u64::from_ne_bytes(field(data, 8)));
+            assert_eq!(event.container, None, "the hub attributes, not the decoder");
             assert_eq!(event.ktime_ns, u64::from_ne_bytes(field(data, 16)));
             assert_eq!(event.cgroup_id, u64::from_ne_bytes(field(data, 24)));
             let kind = EventKind::from_raw(kind).expect("decoded an unknown kind");

@@ -58,10 +58,10 @@ impl std::fmt::Display for EbpfObjectOrigin {
     }
 }
 
-/// The eBPF side failed (inside [`GuardError::Probe`](crate::GuardError::Probe)).
+/// The eBPF side failed (inside [`GuardError::Bpf`](crate::GuardError::Bpf)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ProbeError {
+pub enum BpfError {
     /// tracefs could not be mounted, or a tracepoint's `format` file is unusable.
     #[error(transparent)]
     Tracefs(#[from] TracefsError),
@@ -104,25 +104,26 @@ pub enum ProbeError {
     },
 }
 
-/// Sizes and thresholds of the event stream.
+/// Sizes and thresholds of the ring buffer that carries individual events from the programs
+/// to the reader (not the log's stream to a host: that is [`guard::stream`](crate::stream)).
 ///
 /// The defaults: a 256 KiB ring buffer (262144 bytes), a wakeup once 32 KiB (32768 bytes)
 /// wait, and at most 2000 individual events per container per CPU per second.
 ///
 /// ```
-/// use guard::StreamOptions;
+/// use guard::RingOptions;
 ///
-/// let options = StreamOptions::default();
+/// let options = RingOptions::default();
 /// assert_eq!(options.ring_bytes, 256 * 1024);
 /// assert_eq!(options.wakeup_bytes, 32 * 1024);
 /// assert_eq!(options.max_events_per_sec, 2000);
 /// ```
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
-pub struct StreamOptions {
+pub struct RingOptions {
     /// Ring-buffer size in bytes (a power of two, at least a page; the kernel refuses others
     /// when the guard starts). Default 256 KiB. The kernel maps it twice: see
-    /// [`MemoryBudget`](crate::budget::MemoryBudget).
+    /// [`Footprint`](crate::footprint::Footprint).
     pub ring_bytes: u32,
     /// Wake the reader once this many bytes wait; it polls for less (0 = wake on every record).
     /// Default 32 KiB.
@@ -133,7 +134,7 @@ pub struct StreamOptions {
     pub max_events_per_sec: u32,
 }
 
-impl Default for StreamOptions {
+impl Default for RingOptions {
     fn default() -> Self {
         Self {
             ring_bytes: 256 * 1024,
@@ -144,7 +145,7 @@ impl Default for StreamOptions {
 }
 
 /// The loaded, attached programs and their maps.
-pub(crate) struct Probes {
+pub(crate) struct Programs {
     // Owns the programs and their links: dropping it detaches everything.
     _ebpf: Ebpf,
     pub(super) config_map: Array<MapData, ProbeConfig>,
@@ -161,19 +162,19 @@ pub(crate) struct Probes {
     pub(super) nr_cpus: usize,
 }
 
-fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, BpfError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap { name })?;
-    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+    let map = ebpf.take_map(name).ok_or(BpfError::MissingMap { name })?;
+    T::try_from(map).map_err(|source| BpfError::Map { name, source })
 }
 
-impl Probes {
+impl Programs {
     /// Mounts tracefs if needed, raises RLIMIT_MEMLOCK, loads the object, reads tracepoint
     /// layouts, attaches every signal's programs (kretprobes only `with_kprobes`), and only
     /// then arms them (`ready = 1`).
-    pub fn load(options: StreamOptions, with_kprobes: bool) -> Result<Self, ProbeError> {
+    pub fn load(options: RingOptions, with_kprobes: bool) -> Result<Self, BpfError> {
         let tracefs_root = tracefs::ensure_mounted()?;
         raise_memlock_limit();
 
@@ -213,7 +214,7 @@ impl Probes {
             }
         }
 
-        let mut probes = Self {
+        let mut programs = Self {
             config_map: take_map(&mut ebpf, "CONFIG")?,
             watched: take_map(&mut ebpf, "WATCHED")?,
             slots: take_map(&mut ebpf, "SLOTS")?,
@@ -226,7 +227,7 @@ impl Probes {
             _ebpf: ebpf,
             config,
             logger,
-            nr_cpus: aya::util::nr_cpus().map_err(|(path, error)| ProbeError::Map {
+            nr_cpus: aya::util::nr_cpus().map_err(|(path, error)| BpfError::Map {
                 name: "COUNTERS",
                 source: MapError::IoError(std::io::Error::new(
                     error.kind(),
@@ -234,9 +235,9 @@ impl Probes {
                 )),
             })?,
         };
-        probes.config.ready = 1;
-        probes.write_config()?;
-        Ok(probes)
+        programs.config.ready = 1;
+        programs.write_config()?;
+        Ok(programs)
     }
 
     /// Whether the kretprobe on `pids_can_fork` is attached and armed (tier 2).
@@ -312,16 +313,16 @@ fn attach(
     program: &Program,
     with_kprobes: bool,
     config: &mut ProbeConfig,
-) -> Result<bool, ProbeError> {
+) -> Result<bool, BpfError> {
     let name = program.name;
-    let error = |source| ProbeError::Program {
+    let error = |source| BpfError::Program {
         name,
         tracepoint: program.hook.describe(),
         source,
     };
     let loaded = ebpf
         .program_mut(name)
-        .ok_or(ProbeError::MissingProgram { name })?;
+        .ok_or(BpfError::MissingProgram { name })?;
     match program.hook {
         Hook::Tracepoint { category, name: tp } => {
             let tracepoint: &mut TracePoint = loaded.try_into().map_err(error)?;

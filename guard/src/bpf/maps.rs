@@ -3,21 +3,21 @@
 use aya::maps::{MapError, PerCpuValues};
 use guard_common::{COUNTER_SLOTS, CounterRow, TaskEntry, WatchEntry};
 
-use super::loader::{ProbeError, Probes};
+use super::loader::{BpfError, Programs};
 
-fn map_error(name: &'static str) -> impl FnOnce(MapError) -> ProbeError {
-    move |source| ProbeError::Map { name, source }
+fn map_error(name: &'static str) -> impl FnOnce(MapError) -> BpfError {
+    move |source| BpfError::Map { name, source }
 }
 
-impl Probes {
-    pub(super) fn write_config(&mut self) -> Result<(), ProbeError> {
+impl Programs {
+    pub(super) fn write_config(&mut self) -> Result<(), BpfError> {
         self.config_map
             .set(0, self.config, 0)
             .map_err(map_error("CONFIG"))
     }
 
     /// Registers a cgroup: its counters start at zero, then programs see it.
-    pub fn watch(&mut self, cgroup_id: u64, entry: WatchEntry) -> Result<(), ProbeError> {
+    pub fn watch(&mut self, cgroup_id: u64, entry: WatchEntry) -> Result<(), BpfError> {
         let zeros = PerCpuValues::try_from(vec![CounterRow::default(); self.nr_cpus])
             .map_err(|source| map_error("COUNTERS")(MapError::IoError(source)))?;
         self.counters
@@ -33,7 +33,7 @@ impl Probes {
 
     /// Stops attributing events to a cgroup: its slot stops naming it first, so the task
     /// map's entries of its tasks no longer count.
-    pub fn unwatch(&mut self, cgroup_id: u64) -> Result<(), ProbeError> {
+    pub fn unwatch(&mut self, cgroup_id: u64) -> Result<(), BpfError> {
         match self.watched.get(&cgroup_id, 0) {
             Ok(entry) => self
                 .slots
@@ -48,7 +48,7 @@ impl Probes {
     }
 
     /// Tells the programs at which cgroup levels containers are registered.
-    pub fn set_watched_levels(&mut self, levels: u64) -> Result<(), ProbeError> {
+    pub fn set_watched_levels(&mut self, levels: u64) -> Result<(), BpfError> {
         if self.config.watched_levels != levels {
             self.config.watched_levels = levels;
             self.write_config()?;
@@ -58,7 +58,7 @@ impl Probes {
 
     /// Registers `cgroup_id` as a sub-cgroup of the container `entry` names, so that a task
     /// another process moves there is attributed to the container.
-    pub fn add_descendant(&mut self, cgroup_id: u64, entry: TaskEntry) -> Result<(), ProbeError> {
+    pub fn add_descendant(&mut self, cgroup_id: u64, entry: TaskEntry) -> Result<(), BpfError> {
         self.descendants
             .insert(cgroup_id, entry, 0)
             .map_err(map_error("DESCENDANTS"))
@@ -85,7 +85,7 @@ impl Probes {
 
     /// Records thread `tid` as a task of the container `entry` names (a task that was there
     /// before the watch, or before its sub-cgroup was found).
-    pub fn seed_task(&mut self, tid: u32, entry: TaskEntry) -> Result<(), ProbeError> {
+    pub fn seed_task(&mut self, tid: u32, entry: TaskEntry) -> Result<(), BpfError> {
         if tid < self.tasks.len() {
             self.tasks.set(tid, entry, 0).map_err(map_error("TASKS"))
         } else {
@@ -96,7 +96,7 @@ impl Probes {
     }
 
     /// The container the task map holds for thread `tid`, by cgroup id.
-    pub fn task_cgroup(&self, tid: u32) -> Result<Option<u64>, ProbeError> {
+    pub fn task_cgroup(&self, tid: u32) -> Result<Option<u64>, BpfError> {
         if tid < self.tasks.len() {
             // An empty entry has cgroup id 0 (no cgroup has it).
             let entry = self.tasks.get(&tid, 0).map_err(map_error("TASKS"))?;
@@ -110,7 +110,7 @@ impl Probes {
     }
 
     /// One container's counters summed over every CPU.
-    pub fn counters(&self, slot: u32) -> Result<[u64; COUNTER_SLOTS], ProbeError> {
+    pub fn counters(&self, slot: u32) -> Result<[u64; COUNTER_SLOTS], BpfError> {
         let per_cpu = self.counters.get(&slot, 0).map_err(map_error("COUNTERS"))?;
         let mut total = [0u64; COUNTER_SLOTS];
         for cpu in per_cpu.iter() {

@@ -4,9 +4,8 @@ mod loader;
 mod maps;
 mod program_log;
 
-pub(crate) use loader::Probes;
+pub(crate) use loader::Programs;
 pub use loader::{
-    EBPF_OBJECT, EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, EbpfObjectOrigin, ProbeError,
-    StreamOptions,
+    BpfError, EBPF_OBJECT, EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, EbpfObjectOrigin, RingOptions,
 };
 pub(crate) use program_log::forward_program_logs;

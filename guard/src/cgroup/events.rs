@@ -2,12 +2,12 @@
 //! `pids.events` (flat keyed files), the ground truth the BPF counters are reconciled with.
 use std::{collections::BTreeMap, path::Path};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{CgroupError, read_optional};
+use super::{CgroupError, memory, pids, read_optional};
 
 /// A flat keyed file (`key value` per line), e.g. `memory.events`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct KeyedCounts(pub BTreeMap<String, u64>);
 
@@ -69,7 +69,8 @@ impl KeyedCounts {
 }
 
 /// A snapshot of a cgroup's event files; None where the file does not exist.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct EventFiles {
     /// `memory.events`: the cgroup and its descendants (`max`, `oom`, `oom_kill`, …).
     pub memory_events: Option<KeyedCounts>,
@@ -84,10 +85,10 @@ pub struct EventFiles {
 impl EventFiles {
     /// The names of the files read, in field order.
     pub const FILES: [&'static str; 4] = [
-        "memory.events",
-        "memory.events.local",
-        "pids.events",
-        "pids.events.local",
+        memory::EVENTS,
+        memory::EVENTS_LOCAL,
+        pids::EVENTS,
+        pids::EVENTS_LOCAL,
     ];
 
     /// Reads the files of `cgroup` now (a file that does not exist reads as None, so a removed
@@ -100,11 +101,27 @@ impl EventFiles {
                 .transpose()
         };
         Ok(Self {
-            memory_events: read("memory.events")?,
-            memory_events_local: read("memory.events.local")?,
-            pids_events: read("pids.events")?,
-            pids_events_local: read("pids.events.local")?,
+            memory_events: read(memory::EVENTS)?,
+            memory_events_local: read(memory::EVENTS_LOCAL)?,
+            pids_events: read(pids::EVENTS)?,
+            pids_events_local: read(pids::EVENTS_LOCAL)?,
         })
+    }
+
+    /// Each file's counts with its name, in [`EventFiles::FILES`]'s order.
+    pub fn by_file(&self) -> [(&'static str, Option<&KeyedCounts>); 4] {
+        let [
+            memory_events,
+            memory_events_local,
+            pids_events,
+            pids_events_local,
+        ] = Self::FILES;
+        [
+            (memory_events, self.memory_events.as_ref()),
+            (memory_events_local, self.memory_events_local.as_ref()),
+            (pids_events, self.pids_events.as_ref()),
+            (pids_events_local, self.pids_events_local.as_ref()),
+        ]
     }
 
     /// What happened between `earlier` and this snapshot.

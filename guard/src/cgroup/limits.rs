@@ -5,12 +5,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{CgroupError, read_optional};
+use super::{CgroupError, memory, pids, read_limit};
 
 /// A cgroup limit as the kernel writes it: a number or `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitValue {
     /// `max`: no limit.
@@ -66,7 +66,8 @@ impl fmt::Display for LimitValue {
 }
 
 /// Limits and peaks as the kernel holds them for one cgroup (None: no such file).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct HeldLimits {
     /// The cgroup read.
     pub cgroup: PathBuf,
@@ -86,22 +87,16 @@ pub struct HeldLimits {
 impl HeldLimits {
     /// Reads what `cgroup` holds now.
     pub fn read(cgroup: &Path) -> Result<Self, CgroupError> {
-        let limit = |name: &str| -> Result<Option<LimitValue>, CgroupError> {
-            let path = cgroup.join(name);
-            read_optional(&path)?
-                .map(|text| LimitValue::parse(&path, &text))
-                .transpose()
-        };
         let peak = |name: &str| -> Result<Option<u64>, CgroupError> {
-            Ok(limit(name)?.and_then(LimitValue::value))
+            Ok(read_limit(cgroup, name)?.and_then(LimitValue::value))
         };
         Ok(HeldLimits {
             cgroup: cgroup.to_path_buf(),
-            memory_max: limit("memory.max")?,
-            memory_swap_max: limit("memory.swap.max")?,
-            pids_max: limit("pids.max")?,
-            memory_peak: peak("memory.peak")?,
-            pids_peak: peak("pids.peak")?,
+            memory_max: read_limit(cgroup, memory::MAX)?,
+            memory_swap_max: read_limit(cgroup, memory::SWAP_MAX)?,
+            pids_max: read_limit(cgroup, pids::MAX)?,
+            memory_peak: peak(memory::PEAK)?,
+            pids_peak: peak(pids::PEAK)?,
         })
     }
 }

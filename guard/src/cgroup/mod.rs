@@ -1,10 +1,14 @@
 //! cgroup v2: the hierarchy (mount, ids, levels), the kernel's own files per cgroup (event
-//! counters, limits), and every read and write guard makes there. Errors name the file (and
-//! the value, for a write).
+//! counters, limits), and every read and write guard makes there. Each controller guard sets
+//! limits with has a module of its own, as youki's libcgroups has: [`memory`] and [`pids`]
+//! name their files and write their limits; nothing outside this module names a controller's
+//! file. Errors name the file (and the value, for a write).
 mod events;
 internal_mod!(files);
 mod hierarchy;
 mod limits;
+pub mod memory;
+pub mod pids;
 mod procs;
 
 use std::{
@@ -158,6 +162,37 @@ fn read_optional(path: &Path) -> Result<Option<String>, CgroupError> {
             source,
         }),
     }
+}
+
+/// The limit file `name` of `cgroup` (None: no such file).
+fn read_limit(cgroup: &Path, name: &str) -> Result<Option<LimitValue>, CgroupError> {
+    let path = cgroup.join(name);
+    read_optional(&path)?
+        .map(|text| LimitValue::parse(&path, &text))
+        .transpose()
+}
+
+/// Writes a limit file: `value`, or `max` for None. The controllers' `apply_*` functions
+/// are the only callers.
+fn write_limit(cgroup: &Path, name: &str, value: Option<u64>) -> Result<(), CgroupError> {
+    let text = value.map_or("max".to_string(), |value| value.to_string());
+    write(cgroup, name, &text)
+}
+
+/// Writes `value` to the limit file `name` unless it already holds a smaller number, which is
+/// kept (an operator's tighter limit wins) and returned.
+fn write_limit_unless_smaller(
+    cgroup: &Path,
+    name: &str,
+    value: u64,
+) -> Result<Option<u64>, CgroupError> {
+    if let Some(LimitValue::Value(held)) = read_limit(cgroup, name)?
+        && held < value
+    {
+        return Ok(Some(held));
+    }
+    write_limit(cgroup, name, Some(value))?;
+    Ok(None)
 }
 
 /// Creates the cgroup directory `path` (which must not exist yet).

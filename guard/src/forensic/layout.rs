@@ -13,6 +13,48 @@ pub const FILE_SUFFIX: &str = ".jsonl";
 /// Held (flock) by the one writer; `verify --repair` takes it too so it never races a writer.
 pub const LOCK_FILE: &str = "guard.lock";
 
+/// A log file that could not be opened or read: the I/O error reading, verifying and writing
+/// a log share ([`ReaderError::File`](super::ReaderError::File),
+/// [`VerifyError::File`](super::VerifyError::File),
+/// [`WriterError::File`](super::WriterError::File)).
+#[derive(Debug, Error)]
+pub enum FileError {
+    /// A log file could not be opened (or, at rotation, created: it must not exist yet).
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A log file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl FileError {
+    /// Opening `path` failed with the error it is given.
+    pub(crate) fn open(path: &Path) -> impl Fn(std::io::Error) -> Self + Copy + '_ {
+        move |source| FileError::Open {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Reading `path` failed with the error it is given.
+    pub(crate) fn read(path: &Path) -> impl Fn(std::io::Error) -> Self + Copy + '_ {
+        move |source| FileError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// The log directory cannot be listed or locked.
 #[derive(Debug, Error)]
 pub enum LayoutError {

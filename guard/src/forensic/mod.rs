@@ -56,7 +56,7 @@ pub(crate) mod verified;
 pub(crate) mod verify;
 pub(crate) mod writer;
 
-pub use layout::{LayoutError, LogFile};
+pub use layout::{FileError, LayoutError, LogFile};
 pub use reader::{Entry, Filter, Follower, LogReader, ReaderError};
 pub use record::{Checkpoint, GENESIS, Lost, Record, Repair, Rotate, StartInfo, Throttle, kinds};
 /// Payloads and `StartInfo::limits` are JSON values: re-exported so callers need no extra dependency.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::layout::{self, LayoutError, LogFile};
+use super::layout::{self, FileError, LayoutError, LogFile};
 use super::lines::{Line, LineScanner};
 use super::record::{MAX_LINE_BYTES, Record};
 use super::time;
@@ -20,22 +20,9 @@ pub enum ReaderError {
     /// The directory cannot be listed, or holds two files with one index.
     #[error(transparent)]
     Layout(#[from] LayoutError),
-    /// A log file could not be opened.
-    #[error("cannot open {path}: {source}")]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A log file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// A log file could not be opened or read.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// A line that is not a record (not JSON, wrong fields, over 4 MiB); reading goes on.
     #[error("{path}:{line}: unreadable record: {reason}")]
     BadLine {
@@ -147,10 +134,7 @@ impl LogReader {
                 let handle = match File::open(&file.path) {
                     Ok(handle) => handle,
                     Err(source) => {
-                        return Some(Err(ReaderError::Open {
-                            path: file.path,
-                            source,
-                        }));
+                        return Some(Err(FileError::open(&file.path)(source).into()));
                     }
                 };
                 self.current = Some(OpenFile {
@@ -167,10 +151,7 @@ impl LogReader {
                     continue;
                 }
                 Err(source) => {
-                    return Some(Err(ReaderError::Read {
-                        path: current.path.to_path_buf(),
-                        source,
-                    }));
+                    return Some(Err(FileError::read(&current.path)(source).into()));
                 }
             };
             current.line += 1;
@@ -304,17 +285,9 @@ impl Follower {
             Ok(file) => file,
             // Not created yet (empty log directory): nothing to read.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => {
-                return Err(ReaderError::Open {
-                    path: self.path.to_path_buf(),
-                    source,
-                });
-            }
+            Err(source) => return Err(FileError::open(&self.path)(source).into()),
         };
-        let read_err = |source| ReaderError::Read {
-            path: self.path.to_path_buf(),
-            source,
-        };
+        let read_err = FileError::read(&self.path);
         let len = file.metadata().map_err(read_err)?.len();
         if len < self.offset + self.torn {
             // Truncated under us (verify --repair removed a torn tail): resume at the new end.

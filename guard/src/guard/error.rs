@@ -8,7 +8,7 @@ use super::{Guard, GuardOptions};
 #[allow(unused_imports, reason = "the doc links name them")]
 use crate::{CapabilityReport, ContainerId};
 use crate::{
-    Tier, bpf::ProbeError, cgroup::CgroupError, container_id::ContainerIdError,
+    Tier, bpf::BpfError, cgroup::CgroupError, container_id::ContainerIdError,
     pipeline::inotify::FileWatchError,
 };
 
@@ -21,7 +21,7 @@ pub enum GuardError {
     /// (registering a container in [`Guard::watch`], forgetting it in [`Guard::unwatch`],
     /// reading counters). The message names the map or program.
     #[error(transparent)]
-    Probe(#[from] ProbeError),
+    Bpf(#[from] BpfError),
     /// A cgroup could not be used or read. From [`Guard::watch`]: no cgroup v2 hierarchy is
     /// mounted, or the path is not a cgroup directory under it (missing, outside the mount,
     /// too deep, a file, another filesystem), or its event files do not parse. From

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Tier,
-    bpf::{EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, Probes},
+    bpf::{EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, Programs},
     capability::CapabilityReport,
     cgroup::{CgroupError, EventFiles, Hierarchy},
     container_id::ContainerId,
@@ -57,7 +57,7 @@ pub struct Guard {
     hierarchy: Option<Hierarchy>,
     capabilities: CapabilityReport,
     tier: Tier,
-    probes: Option<Arc<Mutex<Probes>>>,
+    probes: Option<Arc<Mutex<Programs>>>,
     registry: Mutex<Registry>,
     hub: Arc<Mutex<Hub>>,
     drain_requests: Option<mpsc::Sender<DrainRequest>>,
@@ -107,7 +107,7 @@ impl Guard {
                 );
             }
             let kprobes = tier >= Tier::TracepointsAndKprobes;
-            let mut probes = Probes::load(options.stream, kprobes)?;
+            let mut probes = Programs::load(options.ring, kprobes)?;
             if kprobes && !probes.kretprobe_armed() {
                 capabilities.kretprobe_attached(false);
                 tier = allowed_tier(&capabilities, &options)?;

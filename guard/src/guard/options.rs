@@ -3,14 +3,14 @@
 use std::time::Duration;
 
 use super::GuardError;
-use crate::{Tier, bpf::StreamOptions, capability::CapabilityReport};
+use crate::{Tier, bpf::RingOptions, capability::CapabilityReport};
 
 /// How the guard runs.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct GuardOptions {
-    /// Sizes and rate bound of the event stream (defaults: [`StreamOptions::default`]).
-    pub stream: StreamOptions,
+    /// Sizes and rate bound of the ring buffer (defaults: [`RingOptions::default`]).
+    pub ring: RingOptions,
     /// How often the reader polls for records that did not wake it (default 10 ms); after a
     /// fault it also waits this long times the faults in a row before restarting.
     pub poll_interval: Duration,
@@ -31,7 +31,7 @@ pub struct GuardOptions {
 impl Default for GuardOptions {
     fn default() -> Self {
         Self {
-            stream: StreamOptions::default(),
+            ring: RingOptions::default(),
             poll_interval: Duration::from_millis(10),
             max_tier: Tier::TracepointsAndKprobes,
             min_tier: Tier::CgroupFilesOnly,

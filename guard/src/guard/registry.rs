@@ -32,7 +32,7 @@ pub(super) fn ancestor_ooms(cgroup: &Path, mount: &Path) -> u64 {
         .ancestors()
         .skip(1)
         .take_while(|dir| *dir != mount && dir.starts_with(mount))
-        .filter_map(|dir| std::fs::read_to_string(dir.join("memory.events")).ok())
+        .filter_map(|dir| std::fs::read_to_string(dir.join(crate::cgroup::memory::EVENTS)).ok())
         .filter_map(|text| {
             text.lines()
                 .find_map(|line| line.strip_prefix("oom "))

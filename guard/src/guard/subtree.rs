@@ -9,7 +9,7 @@
 //! moved in before it is in `cgroup.threads`.
 use std::{
     path::{Path, PathBuf},
-    sync::{Mutex, Weak},
+    sync::{Arc, Mutex, Weak},
 };
 
 use guard_common::TaskEntry;
@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use super::GuardError;
 use crate::{
-    bpf::Probes,
+    bpf::Programs,
     cgroup::{self, CgroupError, Hierarchy},
     pipeline::{hub::Hub, inotify::FileWatcher, lock},
 };
@@ -45,7 +45,7 @@ impl Adopted {
 /// Registers the sub-cgroups below `dir` (and `dir` itself unless it is the container's own
 /// cgroup), watches each for new ones, and seeds the task map from each one's threads.
 pub(super) fn adopt(
-    probes: &mut Probes,
+    probes: &mut Programs,
     hierarchy: &Hierarchy,
     watcher: &FileWatcher,
     container: TaskEntry,
@@ -107,15 +107,15 @@ fn child_cgroups(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Forgets every sub-cgroup registered for the container `cgroup_id`.
-pub(super) fn forget(probes: &mut Probes, cgroup_id: u64) {
+pub(super) fn forget(probes: &mut Programs, cgroup_id: u64) {
     probes.remove_descendants_of(cgroup_id);
 }
 
 /// Adopts sub-cgroups as inotify reports their creation, while their container is watched.
 pub(super) async fn adopt_created(
     mut created: mpsc::UnboundedReceiver<(TaskEntry, PathBuf)>,
-    probes: Weak<Mutex<Probes>>,
-    hub: std::sync::Arc<Mutex<Hub>>,
+    probes: Weak<Mutex<Programs>>,
+    hub: Arc<Mutex<Hub>>,
     hierarchy: Hierarchy,
     watcher: FileWatcher,
 ) -> Result<(), String> {

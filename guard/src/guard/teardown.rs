@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex, atomic::Ordering};
 use tracing::warn;
 
 use super::{Guard, LOADED_GUARDS};
-use crate::{bpf::Probes, kmsg::KmsgWatch, pipeline::lock};
+use crate::{bpf::Programs, kmsg::KmsgWatch, pipeline::lock};
 
 /// What is slow to close.
 struct Teardown {
-    probes: Option<Arc<Mutex<Probes>>>,
+    probes: Option<Arc<Mutex<Programs>>>,
     kernel_log: Option<KmsgWatch>,
 }
 

@@ -62,7 +62,7 @@ pub fn kernel_reserve(total: u64) -> u64 {
 }
 
 /// The budget of a guest whose memory is `meminfo`, with the agent's own growth bounded by
-/// `agent_reserve` bytes (its buffers, full: [`crate::budget::MemoryBudget::total`]). Pure: the
+/// `agent_reserve` bytes (its buffers, full: [`crate::footprint::Footprint::total`]). Pure: the
 /// same meminfo gives the same budget.
 ///
 /// A requested memory budget above what the guest can give (available minus the reserves) is

@@ -425,7 +425,7 @@ impl LimitRequest {
                 });
             }
             clamped.push(Clamp {
-                file: "memory.max",
+                file: crate::cgroup::memory::MAX,
                 default: bytes,
                 clamped_to: budget.memory_max,
             });
@@ -439,7 +439,7 @@ impl LimitRequest {
                 });
             }
             clamped.push(Clamp {
-                file: "pids.max",
+                file: crate::cgroup::pids::MAX,
                 default: count,
                 clamped_to: budget.pids_max,
             });

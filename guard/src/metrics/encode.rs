@@ -1,7 +1,8 @@
-//! OpenMetrics text from the reports' JSON, with the Prometheus project's Rust client doing the
+//! OpenMetrics text from the reports, with the Prometheus project's Rust client doing the
 //! format (escaping, HELP/TYPE/UNIT lines, `_total`, `# EOF`). A report's JSON is the one shape
 //! both a live guard (`serde_json::to_value(report)`) and a forensic log (its `report`
-//! records) have, so `guard metrics --log` and a live `/metrics` cannot drift apart.
+//! records) have, so `guard metrics --log` and a live `/metrics` cannot drift apart; it is
+//! read back into the report's own types (`metrics/report.rs`), never by paths.
 use prometheus_client::{
     encoding::text,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -11,7 +12,8 @@ use serde::Serialize;
 use serde_json::Value;
 use std::sync::atomic::AtomicU64;
 
-use super::MetricsError;
+use super::{MetricsError, report::ScrapedReport};
+use crate::{cgroup::LimitValue, counters::LossReport};
 
 /// Labels as (name, value) pairs.
 type Labels = Vec<(String, String)>;
@@ -72,15 +74,6 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .iter()
         .map(|(name, value)| (name.to_string(), value.to_string()))
         .collect()
-}
-
-fn number(value: &Value, pointer: &str) -> Option<u64> {
-    value.pointer(pointer).and_then(Value::as_u64)
-}
-
-/// A cgroup limit as the report serializes it: `{"value": N}`, or `"max"` (no limit: None).
-fn limit(value: &Value, pointer: &str) -> Option<u64> {
-    value.pointer(pointer)?.get("value")?.as_u64()
 }
 
 /// The client adds the final full stop itself.
@@ -213,97 +206,85 @@ pub fn render(snapshot: &Snapshot) -> Result<String, MetricsError> {
         None,
     );
 
-    for report in &snapshot.reports {
-        let Some(container) = report.get("container").and_then(Value::as_str) else {
-            continue;
-        };
+    let reports: Vec<ScrapedReport> = snapshot
+        .reports
+        .iter()
+        .filter_map(ScrapedReport::read)
+        .collect();
+    for report in &reports {
         let one = |pairs: &[(&str, &str)]| {
-            let mut all = labels(&[("container", container)]);
+            let mut all = labels(&[("container", &report.container)]);
             all.extend(labels(pairs));
             all
         };
-        if report
-            .pointer("/counters/bpf")
-            .is_some_and(Value::is_object)
-        {
-            let bpf = |field: &str| number(report, &format!("/counters/bpf/{field}"));
-            set(&forks, one(&[]), bpf("forks"));
-            set(&exits, one(&[]), bpf("exits"));
-            match (bpf("fork_denied"), bpf("fork_denied_pids_max")) {
-                (Some(all), Some(pids_max)) => {
+        let counters = report.counters.as_ref();
+        if let Some(bpf) = counters.and_then(|counters| counters.bpf) {
+            set(&forks, one(&[]), Some(bpf.forks));
+            set(&exits, one(&[]), Some(bpf.exits));
+            match bpf.fork_denied_pids_max {
+                Some(pids_max) => {
                     set(&denied, one(&[("cause", "pids_max")]), Some(pids_max));
                     set(
                         &denied,
                         one(&[("cause", "other")]),
-                        Some(all.saturating_sub(pids_max)),
+                        Some(bpf.fork_denied.saturating_sub(pids_max)),
                     );
                 }
-                (all, None) => set(&denied, one(&[("cause", "unknown")]), all),
-                (None, Some(_)) => {}
+                None => set(&denied, one(&[("cause", "unknown")]), Some(bpf.fork_denied)),
             }
-            set(&bpf_kills, one(&[]), bpf("oom_kills"));
-            set(&reclaims, one(&[]), bpf("reclaim_runs"));
-            if let Some(ns) = bpf("reclaim_ns") {
-                reclaim_stall
-                    .get_or_create(&one(&[]))
-                    .inc_by(ns as f64 / 1e9);
-            }
-            set(&reclaimed, one(&[]), bpf("reclaim_pages"));
-            set(&throttled, one(&[]), bpf("events_throttled"));
-            set(&task_map_full, one(&[]), bpf("task_map_full"));
+            set(&bpf_kills, one(&[]), Some(bpf.oom_kills));
+            set(&reclaims, one(&[]), Some(bpf.reclaim_runs));
+            reclaim_stall
+                .get_or_create(&one(&[]))
+                .inc_by(bpf.reclaim_ns as f64 / 1e9);
+            set(&reclaimed, one(&[]), Some(bpf.reclaim_pages));
+            set(&throttled, one(&[]), Some(bpf.events_throttled));
+            set(&task_map_full, one(&[]), Some(bpf.task_map_full));
         }
-        if let Some(kinds) = report
-            .pointer("/counters/delivered")
-            .and_then(Value::as_object)
-        {
-            for (kind, count) in kinds {
-                set(&delivered, one(&[("kind", kind)]), count.as_u64());
+        if let Some(tallies) = counters.and_then(|counters| counters.delivered) {
+            for (kind, count) in tallies.by_name() {
+                set(&delivered, one(&[("kind", kind)]), Some(count));
             }
         }
-        for (field, file) in [
-            ("memory_events", "memory.events"),
-            ("memory_events_local", "memory.events.local"),
-            ("pids_events", "pids.events"),
-            ("pids_events_local", "pids.events.local"),
+        if let Some(files) = &report.kernel_since_watch {
+            for (file, counts) in files.by_file() {
+                for (event, count) in counts.into_iter().flat_map(|counts| &counts.0) {
+                    set(
+                        &kernel_events,
+                        one(&[("file", file), ("event", event)]),
+                        Some(*count),
+                    );
+                }
+            }
+        }
+        if let Some(oom) = &report.oom {
+            for (scope, kills) in [
+                ("memcg", oom.memcg_kills),
+                ("ancestor", oom.ancestor_kills),
+                ("global", oom.global_kills),
+            ] {
+                set(&oom_kills, one(&[("scope", scope)]), Some(kills));
+            }
+        }
+        if let Some(applied) = &report.applied {
+            let limit = |value: Option<LimitValue>| value.and_then(LimitValue::value);
+            set_gauge(&memory_max, one(&[]), limit(applied.memory_max));
+            set_gauge(&memory_peak, one(&[]), applied.memory_peak);
+            set_gauge(&pids_max, one(&[]), limit(applied.pids_max));
+            set_gauge(&pids_peak, one(&[]), applied.pids_peak);
+        }
+        for (limit, verdict) in [
+            ("pids", report.pids.as_ref().map(|judged| judged.verdict)),
+            (
+                "memory",
+                report.memory.as_ref().map(|judged| judged.verdict),
+            ),
+            ("overall", report.verdict),
         ] {
-            let Some(counts) = report
-                .pointer(&format!("/kernel_since_watch/{field}"))
-                .and_then(Value::as_object)
-            else {
-                continue;
-            };
-            for (event, count) in counts {
-                set(
-                    &kernel_events,
-                    one(&[("file", file), ("event", event)]),
-                    count.as_u64(),
-                );
-            }
-        }
-        for scope in ["memcg", "ancestor", "global"] {
-            set(
-                &oom_kills,
-                one(&[("scope", scope)]),
-                number(report, &format!("/oom/{scope}_kills")),
-            );
-        }
-        set_gauge(&memory_max, one(&[]), limit(report, "/applied/memory_max"));
-        set_gauge(
-            &memory_peak,
-            one(&[]),
-            number(report, "/applied/memory_peak"),
-        );
-        set_gauge(&pids_max, one(&[]), limit(report, "/applied/pids_max"));
-        set_gauge(&pids_peak, one(&[]), number(report, "/applied/pids_peak"));
-        for (limit, pointer) in [
-            ("pids", "/pids/verdict"),
-            ("memory", "/memory/verdict"),
-            ("overall", "/verdict"),
-        ] {
-            if let Some(verdict) = report.pointer(pointer).and_then(Value::as_str) {
+            if let Some(verdict) = verdict {
                 set_gauge(
                     &verdicts,
-                    one(&[("limit", limit), ("verdict", verdict)]),
+                    one(&[("limit", limit), ("verdict", verdict.name())]),
                     Some(1),
                 );
             }
@@ -311,69 +292,58 @@ pub fn render(snapshot: &Snapshot) -> Result<String, MetricsError> {
     }
 
     // The guard as a whole: losses and the reader's health.
-    let loss = snapshot
-        .loss
-        .as_ref()
-        .or_else(|| snapshot.reports.first().and_then(|r| r.get("loss")));
+    let loss = match &snapshot.loss {
+        Some(loss) => serde_json::from_value::<LossReport>(loss.clone()).ok(),
+        None => reports.first().and_then(|report| report.loss.clone()),
+    };
     if let Some(loss) = loss {
         let lost = b.counters(
             "guard_events_lost",
             "Events lost before userspace saw them: ring-buffer reserve failures in the \
              kernel by event kind, sequence gaps and undecodable records in the reader.",
         );
-        if let Some(kinds) = loss
-            .get("kernel_reserve_failures")
-            .and_then(Value::as_object)
-        {
-            for (kind, count) in kinds {
-                set(
-                    &lost,
-                    labels(&[("where", "kernel"), ("kind", kind)]),
-                    count.as_u64(),
-                );
-            }
+        for (kind, count) in &loss.kernel_reserve_failures {
+            set(
+                &lost,
+                labels(&[("where", "kernel"), ("kind", kind)]),
+                Some(*count),
+            );
         }
         set(
             &lost,
             labels(&[("where", "reader"), ("kind", "sequence_gap")]),
-            number(loss, "/reader/sequence_gaps"),
+            Some(loss.reader.sequence_gaps),
         );
         set(
             &lost,
             labels(&[("where", "reader"), ("kind", "undecodable")]),
-            number(loss, "/reader/undecodable"),
+            Some(loss.reader.undecodable),
         );
         let drops = b.counters(
             "guard_subscriber_drops",
             "Events dropped because a subscriber's queue was full, summed over subscribers.",
         );
-        set(
-            &drops,
-            labels(&[]),
-            number(loss, "/reader/subscriber_drops"),
-        );
+        set(&drops, labels(&[]), Some(loss.reader.subscriber_drops));
         let faults = b.counters(
             "guard_reader_faults",
             "Faults (panics, failed polls) the ring-buffer reader caught.",
         );
-        set(&faults, labels(&[]), number(loss, "/reader_health/faults"));
+        set(&faults, labels(&[]), Some(loss.reader_health.faults));
         let restarts = b.counters(
             "guard_reader_restarts",
             "Times the ring-buffer reader resumed after a fault.",
         );
-        set(
-            &restarts,
-            labels(&[]),
-            number(loss, "/reader_health/restarts"),
+        set(&restarts, labels(&[]), Some(loss.reader_health.restarts));
+        let health = b.gauges(
+            "guard_reader_state",
+            "The reader's state: 1 for the state it is in (healthy, recovered, stopped).",
+            None,
         );
-        if let Some(state) = loss.pointer("/reader_health/state").and_then(Value::as_str) {
-            let health = b.gauges(
-                "guard_reader_state",
-                "The reader's state: 1 for the state it is in (healthy, recovered, stopped).",
-                None,
-            );
-            set_gauge(&health, labels(&[("state", state)]), Some(1));
-        }
+        set_gauge(
+            &health,
+            labels(&[("state", loss.reader_health.state.name())]),
+            Some(1),
+        );
     }
     if let Some(tier) = snapshot.tier {
         let gauge = b.gauges(

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 pub mod encode;
 mod from_log;
 mod live;
+mod report;
 pub mod serve;
 #[cfg(test)]
 mod tests;

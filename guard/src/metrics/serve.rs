@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tracing::{debug, warn};
 
 use super::MetricsError;
+use crate::stream::address::unix_socket_path;
 
 /// OpenMetrics' media type; Prometheus asks for it and accepts it.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -39,11 +40,8 @@ impl FromStr for MetricsAddress {
             address: text.to_string(),
             why: why.to_string(),
         };
-        if let Some(path) = text.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err(bad("unix: needs a socket path"));
-            }
-            return Ok(MetricsAddress::Unix(PathBuf::from(path)));
+        if let Some(path) = unix_socket_path(text) {
+            return path.map(MetricsAddress::Unix).map_err(bad);
         }
         text.parse().map(MetricsAddress::Tcp).map_err(|_| {
             bad("expected HOST:PORT with a numeric address (127.0.0.1:9464, [::1]:9464) or unix:PATH")

@@ -12,7 +12,7 @@ use tracing::warn;
 use super::fanout::Subscribers;
 use crate::{
     counters::{Delivered, HealthState, ReaderHealth, ReaderLoss},
-    events::{DecodeError, EventDetail, GuardEvent, KernelEvent, Lost, ReaderFault},
+    events::{DecodeError, EventDetail, GuardEvent, Lost, ReaderFault},
 };
 
 /// Per container: an OOM storm under emulation marks a few hundred victims.
@@ -102,9 +102,9 @@ impl Hub {
         self.kernel_lost[kind as usize]
     }
 
-    /// One drained batch of ring-buffer records: checks each CPU's sequence, tallies and
-    /// publishes what decoded, counts what did not.
-    pub fn absorb(&mut self, records: Vec<Result<KernelEvent, DecodeError>>) {
+    /// One drained batch of ring-buffer records: checks each CPU's sequence, tallies,
+    /// attributes and publishes what decoded, counts what did not.
+    pub fn absorb(&mut self, records: Vec<Result<GuardEvent, DecodeError>>) {
         self.drop_closed_subscribers();
         for record in records {
             let mut event = match record {
@@ -117,19 +117,20 @@ impl Hub {
             };
             // Sequence numbers start at 1 on every CPU, so gaps before the first record count.
             // A cross-check of the kernel's own loss counts (which the in-band records use).
-            let last = self.last_seq.entry(event.cpu).or_insert(0);
-            self.loss.sequence_gaps += event.seq.saturating_sub(*last + 1);
-            *last = (*last).max(event.seq);
-            tally(
-                self.delivered.entry(event.cgroup_id).or_default(),
-                &event.detail,
-            );
+            if let Some(ring) = event.ring {
+                let last = self.last_seq.entry(ring.cpu).or_insert(0);
+                self.loss.sequence_gaps += ring.seq.saturating_sub(*last + 1);
+                *last = (*last).max(ring.seq);
+            }
+            event
+                .detail
+                .tally(self.delivered.entry(event.cgroup_id).or_default());
             if let EventDetail::OomVictim(victim) = &event.detail {
                 self.remember_victim(event.cgroup_id, victim.victim_pid);
             }
-            let container = self.attribute(event.cgroup_id);
+            event.container = self.attribute(event.cgroup_id);
             self.name_where(&mut event);
-            self.publish(GuardEvent::from_record(container, event));
+            self.publish(event);
         }
     }
 
@@ -145,7 +146,7 @@ impl Hub {
 
     /// Names the sub-cgroup a denial or an OOM happened in, when it was below the container's
     /// own cgroup (and the sub-cgroup belongs to the container the event is attributed to).
-    fn name_where(&self, event: &mut KernelEvent) {
+    fn name_where(&self, event: &mut GuardEvent) {
         let sub_cgroup = |id: u64| {
             self.sub_cgroups
                 .get(&id)
@@ -226,48 +227,42 @@ impl Hub {
     }
 }
 
-/// Counts one received event in its container's tallies (synthetic events are not counted).
-fn tally(delivered: &mut Delivered, detail: &EventDetail) {
-    match detail {
-        EventDetail::Fork(_) => delivered.forks += 1,
-        EventDetail::ForkDenied(_) => delivered.fork_denied += 1,
-        EventDetail::OomVictim(_) => delivered.oom_victims += 1,
-        EventDetail::Reclaim(_) => delivered.reclaims += 1,
-        EventDetail::Throttle(throttle) => {
-            delivered.throttle_records += 1;
-            delivered.suppressed += throttle.suppressed;
-        }
-        EventDetail::KernelFile(_) | EventDetail::Lost(_) | EventDetail::ReaderFault(_) => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::events::{Fork, Throttle};
+    use crate::events::{Fork, RingPosition, Throttle};
 
-    fn fork(cpu: u32, seq: u64, cgroup_id: u64) -> Result<KernelEvent, DecodeError> {
-        Ok(KernelEvent {
-            cpu,
-            seq,
+    /// A decoded ring-buffer record, not yet attributed.
+    fn record(cpu: u32, seq: u64, cgroup_id: u64, detail: EventDetail) -> GuardEvent {
+        GuardEvent {
+            container: None,
+            ring: Some(RingPosition { cpu, seq }),
             ktime_ns: seq,
             cgroup_id,
-            detail: EventDetail::Fork(Fork {
+            detail,
+        }
+    }
+
+    fn fork(cpu: u32, seq: u64, cgroup_id: u64) -> Result<GuardEvent, DecodeError> {
+        Ok(record(
+            cpu,
+            seq,
+            cgroup_id,
+            EventDetail::Fork(Fork {
                 parent_pid: 1,
                 child_pid: 2,
             }),
-        })
+        ))
     }
 
-    fn denial(cgroup_id: u64, task_cgroup_id: u64) -> Result<KernelEvent, DecodeError> {
-        Ok(KernelEvent {
-            cpu: 0,
-            seq: 1,
-            ktime_ns: 1,
+    fn denial(cgroup_id: u64, task_cgroup_id: u64) -> Result<GuardEvent, DecodeError> {
+        Ok(record(
+            0,
+            1,
             cgroup_id,
-            detail: EventDetail::ForkDenied(crate::events::ForkDenied {
+            EventDetail::ForkDenied(crate::events::ForkDenied {
                 tgid: 1,
                 tid: 1,
                 ret: -11,
@@ -276,16 +271,15 @@ mod tests {
                 task_cgroup_id,
                 sub_cgroup: None,
             }),
-        })
+        ))
     }
 
-    fn victim(seq: u64, cgroup_id: u64, pid: u32) -> Result<KernelEvent, DecodeError> {
-        Ok(KernelEvent {
-            cpu: 0,
+    fn victim(seq: u64, cgroup_id: u64, pid: u32) -> Result<GuardEvent, DecodeError> {
+        Ok(record(
+            0,
             seq,
-            ktime_ns: seq,
             cgroup_id,
-            detail: EventDetail::OomVictim(crate::events::OomVictim {
+            EventDetail::OomVictim(crate::events::OomVictim {
                 victim_pid: pid,
                 comm: "bomb".into(),
                 outside_containers: cgroup_id == 0,
@@ -294,7 +288,7 @@ mod tests {
                 rss: None,
                 oom_score_adj: 0,
             }),
-        })
+        ))
     }
 
     #[test]
@@ -462,17 +456,16 @@ mod tests {
     #[test]
     fn throttle_records_tally_what_they_suppressed() {
         let mut hub = Hub::default();
-        let record = KernelEvent {
-            cpu: 0,
-            seq: 1,
-            ktime_ns: 1,
-            cgroup_id: 7,
-            detail: EventDetail::Throttle(Throttle {
+        let throttle = record(
+            0,
+            1,
+            7,
+            EventDetail::Throttle(Throttle {
                 suppressed: 40,
                 window_ns: 1,
             }),
-        };
-        hub.absorb(vec![Ok(record)]);
+        );
+        hub.absorb(vec![Ok(throttle)]);
         let delivered = hub.delivered(7);
         assert_eq!((delivered.throttle_records, delivered.suppressed), (1, 40));
     }

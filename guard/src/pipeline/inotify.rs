@@ -16,12 +16,12 @@ use tracing::{debug, warn};
 
 use super::{hub::Hub, lock};
 use crate::{
-    cgroup::KeyedCounts,
+    cgroup::{KeyedCounts, memory, pids},
     events::{EventDetail, KernelFile},
 };
 
 /// The files whose changes are streamed.
-pub(crate) const WATCHED_FILES: [&str; 2] = ["memory.events", "pids.events"];
+pub(crate) const WATCHED_FILES: [&str; 2] = [memory::EVENTS, pids::EVENTS];
 
 /// inotify failed (inside [`GuardError::FileWatch`](crate::GuardError::FileWatch)).
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::{RuntimeError, io_error};
 use crate::{
-    cgroup::{self, CgroupError, HeldLimits, Hierarchy, LimitValue},
+    cgroup::{self, CgroupError, HeldLimits, Hierarchy, LimitValue, memory, pids},
     limits::GuestBudget,
 };
 
@@ -88,10 +88,23 @@ pub fn apply(
         enable_controllers(&dir)?;
     }
     let mut kept = Vec::new();
-    write_unless_smaller(&dir, "memory.max", budget.memory_max, &mut kept)?;
-    write_unless_smaller(&dir, "pids.max", budget.pids_max, &mut kept)?;
+    for (file, held) in [
+        (
+            memory::MAX,
+            memory::apply_max_unless_smaller(&dir, budget.memory_max)?,
+        ),
+        (
+            pids::MAX,
+            pids::apply_max_unless_smaller(&dir, budget.pids_max)?,
+        ),
+    ] {
+        if let Some(held) = held {
+            warn!(file = %dir.join(file).display(), held, "keeping the smaller limit already there");
+            kept.push(file);
+        }
+    }
     if swap_accounting {
-        cgroup::write(&dir, "memory.swap.max", "0")?;
+        memory::apply_swap_max(&dir, Some(0))?;
     }
     let threads_max = raise_threads_max(budget.threads_max)?;
     let read_back = HeldLimits::read(&dir)?;
@@ -123,28 +136,6 @@ fn enable_controllers(dir: &Path) -> Result<(), RuntimeError> {
     })
 }
 
-/// Writes `value` to `name` unless the file already holds a smaller number, which is kept (an
-/// operator's tighter limit wins) and named in `kept`.
-fn write_unless_smaller(
-    dir: &Path,
-    name: &'static str,
-    value: u64,
-    kept: &mut Vec<&'static str>,
-) -> Result<(), RuntimeError> {
-    let path = dir.join(name);
-    let held = cgroup::read(dir, name)?
-        .map(|text| LimitValue::parse(&path, &text))
-        .transpose()?;
-    if let Some(LimitValue::Value(held)) = held
-        && held < value
-    {
-        warn!(file = %path.display(), held, budget = value, "keeping the smaller limit already there");
-        kept.push(name);
-        return Ok(());
-    }
-    Ok(cgroup::write(dir, name, &value.to_string())?)
-}
-
 /// Raises `kernel.threads-max` to `wanted` when it is lower (a 128 MiB guest's kernel derives
 /// about 490 from its memory, below a single container's default pids.max): (before, after).
 /// Never lowers it.
@@ -173,19 +164,20 @@ mod tests {
     fn a_smaller_limit_already_there_is_kept_and_named_a_larger_one_lowered() {
         let dir = std::env::temp_dir().join(format!("guard-budget-kept-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("memory.max"), "1048576\n").unwrap();
-        std::fs::write(dir.join("pids.max"), "max\n").unwrap();
-        let mut kept = Vec::new();
-        write_unless_smaller(&dir, "memory.max", 64 << 20, &mut kept).unwrap();
-        write_unless_smaller(&dir, "pids.max", 512, &mut kept).unwrap();
-        assert_eq!(kept, ["memory.max"]);
+        std::fs::write(dir.join(memory::MAX), "1048576\n").unwrap();
+        std::fs::write(dir.join(pids::MAX), "max\n").unwrap();
+        assert_eq!(
+            memory::apply_max_unless_smaller(&dir, 64 << 20).unwrap(),
+            Some(1_048_576)
+        );
+        assert_eq!(pids::apply_max_unless_smaller(&dir, 512).unwrap(), None);
         let read = |name| std::fs::read_to_string(dir.join(name)).unwrap();
-        assert_eq!(read("memory.max").trim(), "1048576");
-        assert_eq!(read("pids.max").trim(), "512");
+        assert_eq!(read(memory::MAX).trim(), "1048576");
+        assert_eq!(read(pids::MAX).trim(), "512");
         // A held value that is not a limit is an error naming the file, not a silent write.
-        std::fs::write(dir.join("pids.max"), "lots\n").unwrap();
-        let error = write_unless_smaller(&dir, "pids.max", 512, &mut kept).unwrap_err();
-        assert!(error.to_string().contains("pids.max"), "{error}");
+        std::fs::write(dir.join(pids::MAX), "lots\n").unwrap();
+        let error = pids::apply_max_unless_smaller(&dir, 512).unwrap_err();
+        assert!(error.to_string().contains(pids::MAX), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

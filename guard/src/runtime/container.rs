@@ -1,24 +1,16 @@
 //! A created container: start it, exec into it, signal it, wait for it, delete it.
 use std::{
-    collections::HashMap,
     fs,
     path::{Path, PathBuf},
     process::ExitStatus,
     time::Instant,
 };
 
-use libcontainer::{
-    container::{Container as Youki, builder::ContainerBuilder},
-    signal::Signal,
-    syscall::syscall::SyscallType,
-};
-
-use serde::{Deserialize, Serialize};
+use libcontainer::{container::Container as Youki, signal::Signal};
 
 use super::{
-    CreationRecord, ExecHelper, Removed, RuntimeError, Timings,
-    exec_deadline::{Deadline, EXEC_DEADLINE},
-    exec_helper, micros, oom_score, wait_pid, youki_error,
+    CreationRecord, ExecHelper, Removed, RuntimeError, Timings, exec_helper::ExecJob, micros,
+    oom_score, wait_pid, youki_error,
 };
 use crate::{cgroup::EventFiles, container_id::ContainerId};
 
@@ -155,70 +147,5 @@ impl Container {
             cgroup: self.cgroup.clone(),
             final_events,
         })
-    }
-}
-
-/// One exec into a running container, made by [`Container::exec_job`]; what an exec helper
-/// is sent.
-#[derive(Serialize, Deserialize)]
-pub struct ExecJob {
-    pub(super) id: ContainerId,
-    pub(super) state_root: PathBuf,
-    pub(super) cgroup: PathBuf,
-    pub(super) args: Vec<String>,
-    pub(super) env: HashMap<String, String>,
-    pub(super) score: i32,
-    #[serde(skip)]
-    pub(super) helper: Option<ExecHelper>,
-}
-
-impl ExecJob {
-    /// Clones the process into the container; returns its pid (a child of this process). With
-    /// an [`ExecHelper`] the clone happens there, else in this process under a deadline.
-    pub fn run(mut self) -> Result<i32, RuntimeError> {
-        if let Some(helper) = self.helper.take() {
-            return exec_helper::run(exec_helper::Job::Exec(self), &helper, EXEC_DEADLINE);
-        }
-        let deadline = Deadline::arm(&self.cgroup, EXEC_DEADLINE);
-        let id = self.id.clone();
-        let built = self.clone_into_container();
-        let killed = deadline.disarm();
-        match built {
-            Err(error) if killed > 0 => Err(RuntimeError::ExecStuck {
-                id: id.to_string(),
-                killed,
-                seconds: EXEC_DEADLINE.as_secs(),
-                source: Box::new(error),
-            }),
-            other => other,
-        }
-    }
-
-    /// libcontainer's exec, here and now (an exec helper calls it from its only thread).
-    pub(super) fn clone_into_container(self) -> Result<i32, RuntimeError> {
-        let Self {
-            id,
-            state_root,
-            args,
-            env,
-            score,
-            ..
-        } = self;
-        let built = oom_score::preserving_caller(|| {
-            // libcontainer's exec builds a process spec without oomScoreAdj, so the process
-            // would inherit the caller's score (-1000 for an agent: the memcg OOM livelock).
-            // Give the caller the container's score for the clone; preserving_caller restores.
-            oom_score::set_own_oom_score_adj(score)?;
-            ContainerBuilder::new(id.to_string(), SyscallType::default())
-                .with_root_path(state_root)
-                .map_err(youki_error("exec into", &id))?
-                .as_tenant()
-                .with_container_args(args)
-                .with_env(env)
-                .with_detach(true)
-                .build()
-                .map_err(youki_error("exec into", &id))
-        });
-        Ok(built??.as_raw())
     }
 }

@@ -24,10 +24,10 @@ mod records;
 mod verify;
 
 pub use budget::{BudgetRecord, raise_threads_max};
-pub use container::{Container, Created, ExecJob};
+pub use container::{Container, Created};
 pub use error::RuntimeError;
 pub use exec_helper::{
-    ExecHelper, peak_anon_kib as exec_helper_peak_anon_kib, serve as serve_exec_helper,
+    ExecHelper, ExecJob, peak_anon_kib as exec_helper_peak_anon_kib, serve as serve_exec_helper,
 };
 use records::micros;
 pub use records::{CreationRecord, Removed, Timings};
@@ -107,7 +107,7 @@ pub struct RuntimeOptions {
     /// budget, each container alone holds its limits (the two-sided runs do this).
     pub budget: Option<BudgetRequest>,
     /// The agent's own growth, kept out of the budget: its buffers, full
-    /// ([`crate::budget::MemoryBudget::total`]).
+    /// ([`crate::footprint::Footprint::total`]).
     pub agent_reserve: u64,
     /// The process each exec and create clones from (see [`ExecHelper`]). None: the caller
     /// itself, safe only while no other thread of the caller can hold a lock at the clone.
@@ -118,8 +118,8 @@ pub struct RuntimeOptions {
 
 /// The agent reserve of a guard with default stream options, its log and one live subscriber.
 pub fn default_agent_reserve() -> u64 {
-    crate::budget::MemoryBudget::new(
-        &crate::StreamOptions::default(),
+    crate::footprint::Footprint::new(
+        &crate::RingOptions::default(),
         &[crate::sinks::event_log::QUEUE_EVENTS, 4096],
         true,
     )
@@ -169,7 +169,7 @@ impl Runtime {
                 let parent = hierarchy
                     .mount
                     .join(options.spec.cgroup_root.trim_start_matches('/'));
-                if let Some(held) = crate::cgroup::read(&parent, "memory.current")
+                if let Some(held) = crate::cgroup::read(&parent, crate::cgroup::memory::CURRENT)
                     .ok()
                     .flatten()
                     .and_then(|text| text.parse::<u64>().ok())
@@ -227,8 +227,12 @@ impl Runtime {
         };
         let held = record.held();
         for (file, asked, budget) in [
-            ("memory.max", limits.memory_max, held.memory_max),
-            ("pids.max", limits.pids_max, held.pids_max),
+            (
+                crate::cgroup::memory::MAX,
+                limits.memory_max,
+                held.memory_max,
+            ),
+            (crate::cgroup::pids::MAX, limits.pids_max, held.pids_max),
         ] {
             if let Some(asked) = asked.filter(|&asked| asked > budget) {
                 return Err(RuntimeError::LimitAboveBudget {

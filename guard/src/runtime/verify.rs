@@ -7,7 +7,7 @@ use tracing::{debug, warn};
 
 use super::{Container, CreationRecord, Runtime, RuntimeError, oom_score};
 use crate::{
-    cgroup::{self, CgroupError, HeldLimits, LimitValue},
+    cgroup::{self, CgroupError, HeldLimits, LimitValue, memory, pids},
     container_id::ContainerId,
     limits::{Limits, MemInfo},
 };
@@ -47,17 +47,14 @@ impl Runtime {
         // libcgroups 0.7 writes memory.swap.max only when memory+swap - memory is non-zero:
         // "no swap" (0) would silently stay "max". The init has not run the workload yet (it
         // waits for start), so writing it here is still before anything can swap.
-        let swap_file = cgroup.join("memory.swap.max");
-        let swap_value = limits
-            .swap_max
-            .map_or("max".to_string(), |bytes| bytes.to_string());
+        let swap_file = cgroup.join(memory::SWAP_MAX);
         debug!(
             container = %id,
-            left_by_libcontainer = ?cgroup::read(&cgroup, "memory.swap.max"),
-            writing = %swap_value,
-            "memory.swap.max"
+            left_by_libcontainer = ?cgroup::read(&cgroup, memory::SWAP_MAX),
+            writing = ?limits.swap_max,
+            "writing the swap limit"
         );
-        match cgroup::write(&cgroup, "memory.swap.max", &swap_value) {
+        match memory::apply_swap_max(&cgroup, limits.swap_max) {
             Ok(()) => {}
             Err(CgroupError::Write { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 let meminfo = MemInfo::read().map_err(|error| RuntimeError::Io {
@@ -124,10 +121,10 @@ pub fn check_read_back(
                 }),
             }
         };
-    check("memory.max", limits.memory_max, read_back.memory_max, false)?;
-    check("pids.max", limits.pids_max, read_back.pids_max, false)?;
+    check(memory::MAX, limits.memory_max, read_back.memory_max, false)?;
+    check(pids::MAX, limits.pids_max, read_back.pids_max, false)?;
     check(
-        "memory.swap.max",
+        memory::SWAP_MAX,
         limits.swap_max,
         read_back.memory_swap_max,
         true,

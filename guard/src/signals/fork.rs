@@ -1,9 +1,10 @@
 //! The fork signal: `sched:sched_process_fork`. Counts forks per container, tracks the child in
 //! the task map, streams the fork.
-use guard_common::{ForkEvent, TracepointOffsets};
+use guard_common::{EventKind, ForkEvent, TracepointOffsets};
 use serde::Serialize;
 
-use super::{DecodeError, Formats, Program, Signal, SignalError, read_record, required};
+use super::{DecodeError, Formats, Program, Signal, SignalError, Streamed, read_record, required};
+use crate::counters::Delivered;
 
 pub(crate) static SIGNAL: Signal = Signal {
     name: "fork",
@@ -27,12 +28,20 @@ pub struct Fork {
     pub child_pid: u32,
 }
 
-pub(crate) fn decode(bytes: &[u8]) -> Result<Fork, DecodeError> {
-    let fork: ForkEvent = read_record(bytes, "fork event")?;
-    Ok(Fork {
-        parent_pid: fork.parent_pid,
-        child_pid: fork.child_pid,
-    })
+impl Streamed for Fork {
+    const KIND: EventKind = EventKind::Fork;
+
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let fork: ForkEvent = read_record(bytes, "fork event")?;
+        Ok(Fork {
+            parent_pid: fork.parent_pid,
+            child_pid: fork.child_pid,
+        })
+    }
+
+    fn tally(&self, delivered: &mut Delivered) {
+        delivered.forks += 1;
+    }
 }
 
 #[cfg(test)]
@@ -67,14 +76,14 @@ mod tests {
         };
         let bytes = as_bytes(&record);
         assert_eq!(
-            decode(&bytes),
+            Fork::decode(&bytes),
             Ok(Fork {
                 parent_pid: 10,
                 child_pid: 11
             })
         );
         assert!(matches!(
-            decode(&bytes[..36]),
+            Fork::decode(&bytes[..36]),
             Err(DecodeError::Short { needed: 40, .. })
         ));
     }

@@ -2,10 +2,13 @@
 //! watched container, plus (tier 2) a kretprobe on `pids_can_fork` that names pids.max as the
 //! exact cause. EAGAIN alone is ambiguous (RLIMIT_NPROC and threads-max give it too): without
 //! the kretprobe the cause is `inferred` and the verdict reconciles with `pids.events`.
-use guard_common::{DenialCause, ForkDeniedEvent, ProbeConfig, TracepointOffsets};
+use guard_common::{DenialCause, EventKind, ForkDeniedEvent, ProbeConfig, TracepointOffsets};
 use serde::Serialize;
 
-use super::{DecodeError, Formats, Hook, Program, Signal, SignalError, read_record, required};
+use super::{
+    DecodeError, Formats, Hook, Program, Signal, SignalError, Streamed, read_record, required,
+};
+use crate::counters::Delivered;
 
 const SYSCALL_EXITS: [&str; 4] = [
     "sys_exit_clone",
@@ -78,17 +81,25 @@ pub struct ForkDenied {
     pub sub_cgroup: Option<String>,
 }
 
-pub(crate) fn decode(bytes: &[u8]) -> Result<ForkDenied, DecodeError> {
-    let denied: ForkDeniedEvent = read_record(bytes, "fork-denied event")?;
-    Ok(ForkDenied {
-        tgid: denied.tgid,
-        tid: denied.tid,
-        ret: denied.ret,
-        cause: DenialCause::from_raw(denied.cause),
-        syscall_nr: denied.syscall_nr,
-        task_cgroup_id: denied.task_cgroup_id,
-        sub_cgroup: None,
-    })
+impl Streamed for ForkDenied {
+    const KIND: EventKind = EventKind::ForkDenied;
+
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let denied: ForkDeniedEvent = read_record(bytes, "fork-denied event")?;
+        Ok(ForkDenied {
+            tgid: denied.tgid,
+            tid: denied.tid,
+            ret: denied.ret,
+            cause: DenialCause::from_raw(denied.cause),
+            syscall_nr: denied.syscall_nr,
+            task_cgroup_id: denied.task_cgroup_id,
+            sub_cgroup: None,
+        })
+    }
+
+    fn tally(&self, delivered: &mut Delivered) {
+        delivered.fork_denied += 1;
+    }
 }
 
 #[cfg(test)]
@@ -121,11 +132,11 @@ mod tests {
             cause: DenialCause::PidsMax as u32,
             ..Default::default()
         };
-        let decoded = decode(&as_bytes(&denied)).unwrap();
+        let decoded = ForkDenied::decode(&as_bytes(&denied)).unwrap();
         assert_eq!((decoded.ret, decoded.cause), (-11, DenialCause::PidsMax));
         denied.cause = 77;
         assert_eq!(
-            decode(&as_bytes(&denied)).unwrap().cause,
+            ForkDenied::decode(&as_bytes(&denied)).unwrap().cause,
             DenialCause::Inferred
         );
     }

@@ -2,15 +2,20 @@
 //! move between cgroups, a denied fork, an OOM kill, a memcg reclaim, a throttled stream). Its
 //! eBPF hook is `guard-ebpf/src/<signal>.rs`, its ring-buffer record (when it streams one)
 //! `guard-common/src/events/<signal>.rs`, and here, `<signal>.rs`, is the userspace side: where
-//! its programs attach, which tracepoint fields they read, and how its record decodes into the
-//! payload subscribers see.
+//! its programs attach, which tracepoint fields they read, and, for a signal that streams, its
+//! payload: the kind its records carry, how they decode and what each adds to its container's
+//! tallies ([`Streamed`]).
 //!
 //! The loader and the capability probe iterate [`ALL`]; no other place lists tracepoints.
+//! `events::EventDetail` lists each streamed payload once; no other place lists kinds.
 use std::path::Path;
 
-use guard_common::{ABSENT, ProbeConfig, TracepointOffsets};
+use guard_common::{ABSENT, EventKind, ProbeConfig, TracepointOffsets};
 
-use crate::tracefs::{Format, TracefsError};
+use crate::{
+    counters::Delivered,
+    tracefs::{Format, TracefsError},
+};
 
 pub(crate) mod attach;
 pub(crate) mod exit;
@@ -39,6 +44,18 @@ pub(crate) struct Signal {
     pub programs: &'static [Program],
     /// Fills in the tracepoint field offsets its programs read.
     pub read_offsets: fn(&Formats<'_>, &mut TracepointOffsets) -> Result<(), SignalError>,
+}
+
+/// The payload of a signal that streams records: what the ring buffer's reader needs to turn a
+/// record into an event, and what the event adds to its container's tallies. A signal owns
+/// all three, in its own file; `events::EventDetail` names the payload once.
+pub(crate) trait Streamed: Sized {
+    /// The kind its records carry in their header.
+    const KIND: EventKind;
+    /// Decodes a whole record (its header first) into the payload.
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError>;
+    /// Counts one delivered event in its container's tallies.
+    fn tally(&self, delivered: &mut Delivered);
 }
 
 /// One eBPF program and where it attaches.

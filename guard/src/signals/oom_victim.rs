@@ -1,12 +1,14 @@
 //! The oom_victim signal: `oom:mark_victim`, the OOM killer chose a victim. The program runs in
 //! the task whose allocation triggered the OOM, so the victim's container comes from the task
 //! map, never from the current cgroup; a victim in no container is a global OOM kill.
-use guard_common::{ABSENT, OomVictimEvent, TracepointOffsets};
+use guard_common::{ABSENT, EventKind, OomVictimEvent, TracepointOffsets};
 use serde::Serialize;
 
 use super::{
-    DecodeError, Formats, Program, Signal, SignalError, narrow, optional, read_record, required,
+    DecodeError, Formats, Program, Signal, SignalError, Streamed, narrow, optional, read_record,
+    required,
 };
+use crate::counters::Delivered;
 
 pub(crate) static SIGNAL: Signal = Signal {
     name: "oom_victim",
@@ -65,27 +67,35 @@ pub struct OomRss {
     pub shmem_rss_kb: u64,
 }
 
-pub(crate) fn decode(bytes: &[u8]) -> Result<OomVictim, DecodeError> {
-    let oom: OomVictimEvent = read_record(bytes, "OOM victim event")?;
-    let comm_len = oom
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(oom.comm.len());
-    Ok(OomVictim {
-        victim_pid: oom.victim_pid,
-        comm: String::from_utf8_lossy(&oom.comm[..comm_len]).into_owned(),
-        outside_containers: oom.header.cgroup_id == 0,
-        trigger_cgroup_id: oom.trigger_cgroup_id,
-        trigger_sub_cgroup: None,
-        rss: (oom.has_rss != 0).then_some(OomRss {
-            total_vm_kb: oom.total_vm_kb,
-            anon_rss_kb: oom.anon_rss_kb,
-            file_rss_kb: oom.file_rss_kb,
-            shmem_rss_kb: oom.shmem_rss_kb,
-        }),
-        oom_score_adj: oom.oom_score_adj,
-    })
+impl Streamed for OomVictim {
+    const KIND: EventKind = EventKind::OomVictim;
+
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let oom: OomVictimEvent = read_record(bytes, "OOM victim event")?;
+        let comm_len = oom
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(oom.comm.len());
+        Ok(OomVictim {
+            victim_pid: oom.victim_pid,
+            comm: String::from_utf8_lossy(&oom.comm[..comm_len]).into_owned(),
+            outside_containers: oom.header.cgroup_id == 0,
+            trigger_cgroup_id: oom.trigger_cgroup_id,
+            trigger_sub_cgroup: None,
+            rss: (oom.has_rss != 0).then_some(OomRss {
+                total_vm_kb: oom.total_vm_kb,
+                anon_rss_kb: oom.anon_rss_kb,
+                file_rss_kb: oom.file_rss_kb,
+                shmem_rss_kb: oom.shmem_rss_kb,
+            }),
+            oom_score_adj: oom.oom_score_adj,
+        })
+    }
+
+    fn tally(&self, delivered: &mut Delivered) {
+        delivered.oom_victims += 1;
+    }
 }
 
 #[cfg(test)]
@@ -136,14 +146,14 @@ mod tests {
             ..Default::default()
         };
         oom.comm[..4].copy_from_slice(b"hog\0");
-        let victim = decode(&as_bytes(&oom)).unwrap();
+        let victim = OomVictim::decode(&as_bytes(&oom)).unwrap();
         assert_eq!((victim.victim_pid, victim.comm.as_str()), (42, "hog"));
         assert!(victim.outside_containers);
         assert_eq!(victim.rss.unwrap().anon_rss_kb, 1024);
         // Without the rss fields the event says so instead of reporting zeros.
         oom.has_rss = 0;
         oom.header.cgroup_id = 7;
-        let victim = decode(&as_bytes(&oom)).unwrap();
+        let victim = OomVictim::decode(&as_bytes(&oom)).unwrap();
         assert!(victim.rss.is_none() && !victim.outside_containers);
     }
 }

@@ -1,10 +1,11 @@
 //! The reclaim signal: `vmscan:mm_vmscan_memcg_reclaim_{begin,end}`, memory pressure. Direct
 //! reclaim runs in the charging task's context, so the current task's container is the one
 //! under pressure; the programs time each run and count the pages it reclaimed.
-use guard_common::{ReclaimEvent, TracepointOffsets};
+use guard_common::{EventKind, ReclaimEvent, TracepointOffsets};
 use serde::Serialize;
 
-use super::{DecodeError, Formats, Program, Signal, SignalError, read_record, required};
+use super::{DecodeError, Formats, Program, Signal, SignalError, Streamed, read_record, required};
+use crate::counters::Delivered;
 
 pub(crate) static SIGNAL: Signal = Signal {
     name: "reclaim",
@@ -32,13 +33,21 @@ pub struct Reclaim {
     pub nr_reclaimed: u64,
 }
 
-pub(crate) fn decode(bytes: &[u8]) -> Result<Reclaim, DecodeError> {
-    let reclaim: ReclaimEvent = read_record(bytes, "reclaim event")?;
-    Ok(Reclaim {
-        tid: reclaim.tid,
-        duration_ns: reclaim.duration_ns,
-        nr_reclaimed: reclaim.nr_reclaimed,
-    })
+impl Streamed for Reclaim {
+    const KIND: EventKind = EventKind::Reclaim;
+
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let reclaim: ReclaimEvent = read_record(bytes, "reclaim event")?;
+        Ok(Reclaim {
+            tid: reclaim.tid,
+            duration_ns: reclaim.duration_ns,
+            nr_reclaimed: reclaim.nr_reclaimed,
+        })
+    }
+
+    fn tally(&self, delivered: &mut Delivered) {
+        delivered.reclaims += 1;
+    }
 }
 
 #[cfg(test)]

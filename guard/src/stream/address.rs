@@ -65,11 +65,8 @@ impl FromStr for Address {
             address: text.to_string(),
             why: why.to_string(),
         };
-        if let Some(path) = text.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err(bad("unix: needs a socket path"));
-            }
-            return Ok(Address::Unix(PathBuf::from(path)));
+        if let Some(path) = unix_socket_path(text) {
+            return path.map(Address::Unix).map_err(bad);
         }
         let Some(rest) = text.strip_prefix("vsock:") else {
             return Err(bad("expected unix:PATH, vsock:PORT or vsock:CID:PORT"));
@@ -89,6 +86,18 @@ impl FromStr for Address {
             }),
         }
     }
+}
+
+/// The socket path of a `unix:PATH` address, the form every socket address of guard's takes
+/// for a Unix socket (a stream's, the metrics server's): None when `text` is not one,
+/// Err(why) when its path is empty.
+pub(crate) fn unix_socket_path(text: &str) -> Option<Result<PathBuf, &'static str>> {
+    let path = text.strip_prefix("unix:")?;
+    Some(if path.is_empty() {
+        Err("unix: needs a socket path")
+    } else {
+        Ok(PathBuf::from(path))
+    })
 }
 
 /// One stream connection, either kind.
@@ -353,5 +362,15 @@ mod tests {
             let error = bad.parse::<Address>().unwrap_err().to_string();
             assert!(error.contains(bad) && error.contains(why), "{error}");
         }
+    }
+
+    #[test]
+    fn a_unix_socket_path_is_what_follows_unix() {
+        assert_eq!(
+            unix_socket_path("unix:/run/g.sock"),
+            Some(Ok("/run/g.sock".into()))
+        );
+        assert!(unix_socket_path("unix:").unwrap().is_err());
+        assert_eq!(unix_socket_path("vsock:7000"), None);
     }
 }

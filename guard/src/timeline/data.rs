@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::forensic::{Record, kinds, time::parse_rfc3339};
+use crate::{
+    cgroup::{memory, pids},
+    forensic::{Record, kinds, time::parse_rfc3339},
+};
 
 /// One value at a time, seconds from the log's first record.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -152,13 +155,13 @@ pub fn timeline(records: &[Record], only: Option<&str>) -> Timeline {
             "kernel_file" => {
                 let counts = payload["counts"].as_object();
                 match payload["file"].as_str() {
-                    Some("memory.events") => {
+                    Some(memory::EVENTS) => {
                         for (key, count) in counts.into_iter().flatten() {
                             let series = track.memory_events.entry(key.clone()).or_default();
                             push_change(series, t, count.as_u64().unwrap_or(0) as f64);
                         }
                     }
-                    Some("pids.events") => {
+                    Some(pids::EVENTS) => {
                         if let Some(max) = payload["counts"]["max"].as_u64() {
                             push_change(&mut track.pids_max, t, max as f64);
                         }

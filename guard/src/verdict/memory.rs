@@ -98,7 +98,7 @@ pub(super) fn verdict(
         ));
     }
     let limit = match limit_in_force(
-        "memory.max",
+        crate::cgroup::memory::MAX,
         evidence.requested_memory_max,
         evidence.applied.memory_max,
     ) {

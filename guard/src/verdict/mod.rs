@@ -8,7 +8,7 @@
 //! usage went past it).
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     Tier,
@@ -27,7 +27,7 @@ pub use report::Report;
 /// container's overall verdict is the worst of its limits', raised to [`Verdict::Incomplete`]
 /// when events were lost or the cgroup was removed before the report. Serialized in snake
 /// case (`not_exercised`, …); displayed in words (`not exercised`, …).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Verdict {
@@ -49,6 +49,18 @@ pub enum Verdict {
     /// or no file), `pids.peak` above `pids.max`, or `memory.peak` above `memory.max` by more
     /// than [`MEMORY_OVERCHARGE_SLACK`].
     Violated,
+}
+
+impl Verdict {
+    /// Its name, as serialised (`not_exercised`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::NotExercised => "not_exercised",
+            Verdict::Enforced => "enforced",
+            Verdict::Incomplete => "incomplete",
+            Verdict::Violated => "violated",
+        }
+    }
 }
 
 impl fmt::Display for Verdict {
@@ -74,7 +86,8 @@ pub struct LimitVerdict {
 }
 
 /// How the container's OOM kills split between its own limit and the global OOM killer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct OomSummary {
     /// Kills the probes attributed to this container (None at tier 0).
@@ -333,5 +346,17 @@ mod tests {
         // The agent asked for 128 tasks, the kernel holds 64.
         evidence.requested_pids_max = Some(128);
         assert_eq!(reconcile(&evidence).pids.verdict, Verdict::Violated);
+    }
+
+    #[test]
+    fn verdict_names_are_the_serialised_ones() {
+        for verdict in [
+            Verdict::NotExercised,
+            Verdict::Enforced,
+            Verdict::Incomplete,
+            Verdict::Violated,
+        ] {
+            assert_eq!(serde_json::to_value(verdict).unwrap(), verdict.name());
+        }
     }
 }

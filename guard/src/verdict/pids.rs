@@ -4,7 +4,7 @@ use super::{Evidence, LimitVerdict, Verdict, limit_in_force};
 
 pub(super) fn verdict(evidence: &Evidence<'_>, flags: &mut Vec<String>) -> LimitVerdict {
     let limit = match limit_in_force(
-        "pids.max",
+        crate::cgroup::pids::MAX,
         evidence.requested_pids_max,
         evidence.applied.pids_max,
     ) {

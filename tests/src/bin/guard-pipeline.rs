@@ -91,7 +91,7 @@ fn micro(count: u64) -> String {
     let mut decoded = 0u64;
     for index in 0..count {
         let record = &records[(index as usize) % records.len()];
-        decoded += decode(as_bytes(record)).map_or(0, |event| event.seq & 1);
+        decoded += decode(as_bytes(record)).map_or(0, |event| event.ktime_ns & 1);
     }
     let decode_ns = started.elapsed().as_nanos() as f64 / count as f64;
     // A typical fork record line is ~330 bytes.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use guard::forensic::serde_json::json;
 use guard::forensic::{
-    self, Defect, FsyncPolicy, LogOptions, LogWriter, RepairOutcome, StartInfo, VerifyReport,
-    WriterError,
+    self, Defect, FileError, FsyncPolicy, LogOptions, LogWriter, RepairOutcome, StartInfo,
+    VerifyReport, WriterError,
 };
 
 /// A scratch directory removed on drop (the stream tests use it too).
@@ -629,7 +629,10 @@ fn writer_reports_errors_and_refuses_bad_input() {
         .map(|i| writer.append("fork", None, &json!({"i": i, "pad": "x".repeat(100)})))
         .find_map(Result::err)
         .expect("rotation must fail");
-    assert!(matches!(error, WriterError::Open { .. }), "{error}");
+    assert!(
+        matches!(error, WriterError::File(FileError::Open { .. })),
+        "{error}"
+    );
     assert!(matches!(
         writer.append("fork", None, &json!({})),
         Err(WriterError::Poisoned { .. })

@@ -14,9 +14,9 @@ async fn forced_overflow_is_accounted_exactly_and_in_band() {
     }
     // A one-page ring that is never drained during the storm must overflow.
     let mut options = GuardOptions::default();
-    options.stream.ring_bytes = 4096;
-    options.stream.wakeup_bytes = u64::MAX;
-    options.stream.max_events_per_sec = 0;
+    options.ring.ring_bytes = 4096;
+    options.ring.wakeup_bytes = u64::MAX;
+    options.ring.max_events_per_sec = 0;
     options.poll_interval = Duration::from_secs(3600);
     let cgroup = TestCgroup::create("overflow");
     let guard = Guard::start(options).await.unwrap();

@@ -11,7 +11,7 @@ async fn rate_bound_keeps_counters_exact() {
         return;
     }
     let mut options = GuardOptions::default();
-    options.stream.max_events_per_sec = 100;
+    options.ring.max_events_per_sec = 100;
     let cgroup = TestCgroup::create("throttled");
     let guard = Guard::start(options).await.unwrap();
     guard.watch("throttled", &cgroup.path).unwrap();

@@ -62,7 +62,7 @@ pub fn swap(text: &str) -> Result<SwapSetting, LimitsError> {
     text.parse()
 }
 
-/// `guard exec --memory-max`: bytes, with the same syntax and checks as `guard run --memory`.
+/// `guard exec --memory`: bytes, with the same syntax and checks as `guard run --memory`.
 pub fn memory_bytes(text: &str) -> Result<u64, String> {
     match memory(text).map_err(|e| e.to_string())? {
         MemorySetting::Bytes(bytes) => Ok(bytes),
@@ -73,12 +73,12 @@ pub fn memory_bytes(text: &str) -> Result<u64, String> {
     }
 }
 
-/// `guard exec --pids-max`: a count, with the same checks as `guard run --pids`.
+/// `guard exec --pids`: a count, with the same checks as `guard run --pids`.
 pub fn pids_count(text: &str) -> Result<u64, String> {
     match pids(text).map_err(|e| e.to_string())? {
         PidsSetting::Count(count) => Ok(count),
         _ => Err(format!(
-            "pids limit {text:?}: guard exec takes a count; leave --pids-max out for no limit"
+            "pids limit {text:?}: guard exec takes a count; leave --pids out for no limit"
         )),
     }
 }

@@ -33,7 +33,7 @@ pub struct CollectArgs {
     #[arg(long, value_name = "N")]
     pub streams: Option<u64>,
     #[command(flatten)]
-    pub metrics: crate::metrics_args::MetricsArgs,
+    pub metrics: crate::evidence::MetricsFlags,
 }
 
 /// Each guest's figures as the statuses arrive, for `--metrics`.

@@ -10,11 +10,13 @@ use std::{
 
 use anyhow::{Context, bail};
 use guard::{
-    ContainerId, Guard, GuardOptions, StreamOptions, Tier,
+    ContainerId, Guard, GuardOptions, RingOptions, Tier,
     cgroup::{self, Hierarchy},
     limits::Limits,
     sinks::json_lines::JsonLines,
 };
+
+use crate::evidence::Evidence;
 
 #[derive(clap::Args)]
 pub struct ExecArgs {
@@ -24,23 +26,27 @@ pub struct ExecArgs {
     /// Container id to report under (default: the cgroup's directory name).
     #[arg(long, value_parser = crate::args::container_id())]
     id: Option<ContainerId>,
-    /// Write pids.max of the new cgroup (needs the pids controller).
+    /// pids.max of the new cgroup: a count (needs the pids controller; `--pids-max` is the old
+    /// spelling).
     #[arg(
-        long,
+        long = "pids",
+        alias = "pids-max",
         allow_hyphen_values = true,
         value_name = "N",
         value_parser = crate::args::pids_count
     )]
-    pids_max: Option<u64>,
-    /// Write memory.max of the new cgroup, in bytes (67108864, 64M; needs the memory
-    /// controller); also sets memory.swap.max to 0 so swap cannot dodge it.
+    pids: Option<u64>,
+    /// memory.max of the new cgroup, in bytes (67108864, 64M; needs the memory controller);
+    /// also sets memory.swap.max to 0 so swap cannot dodge it (`--memory-max` is the old
+    /// spelling).
     #[arg(
-        long,
+        long = "memory",
+        alias = "memory-max",
         allow_hyphen_values = true,
         value_name = "BYTES",
         value_parser = crate::args::memory_bytes
     )]
-    memory_max: Option<u64>,
+    memory: Option<u64>,
     /// oom_score_adj for the command (-1000..=1000). A guest agent runs at -1000 and children
     /// inherit it: at -1000 the memcg OOM killer finds no victim and the cgroup livelocks.
     #[arg(
@@ -54,7 +60,7 @@ pub struct ExecArgs {
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2), default_value_t = 2)]
     max_tier: u8,
     /// Individual events per container per CPU per second (0 = unbounded; counters stay exact).
-    #[arg(long, default_value_t = StreamOptions::default().max_events_per_sec)]
+    #[arg(long, default_value_t = RingOptions::default().max_events_per_sec)]
     max_events_per_sec: u32,
     /// Write each event as a JSON line to this file as it arrives.
     #[arg(long, value_name = "FILE")]
@@ -63,9 +69,9 @@ pub struct ExecArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    log: crate::log_args::LogArgs,
+    log: crate::evidence::LogFlags,
     #[command(flatten)]
-    metrics: crate::metrics_args::MetricsArgs,
+    metrics: crate::evidence::MetricsFlags,
     /// The command and its arguments.
     #[arg(required = true, last = true)]
     command: Vec<String>,
@@ -99,7 +105,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--cgroup {}", args.cgroup.display()))?;
     let mut options = GuardOptions::default();
     options.max_tier = Tier::try_from(i64::from(args.max_tier))?;
-    options.stream.max_events_per_sec = args.max_events_per_sec;
+    options.ring.max_events_per_sec = args.max_events_per_sec;
     let metrics = args.metrics.bind().await?;
     let guard = Arc::new(Guard::start(options).await?);
     cgroup::create(&args.cgroup)?;
@@ -117,32 +123,27 @@ async fn run_in_cgroup(
     args: &ExecArgs,
     metrics: Option<guard::metrics::MetricsListener>,
 ) -> anyhow::Result<ExitCode> {
-    if let Some(pids) = args.pids_max {
-        cgroup::files::write(&args.cgroup, "pids.max", &pids.to_string())?;
+    if let Some(pids) = args.pids {
+        cgroup::pids::apply_max(&args.cgroup, Some(pids))?;
     }
     // With a memory limit, no swap either (where the kernel accounts swap), so swap cannot
     // dodge it.
-    let mut swap_max = None;
-    if let Some(bytes) = args.memory_max {
-        cgroup::files::write(&args.cgroup, "memory.max", &bytes.to_string())?;
-        if cgroup::files::read(&args.cgroup, "memory.swap.max")?.is_some() {
-            cgroup::files::write(&args.cgroup, "memory.swap.max", "0")?;
-            swap_max = Some(0);
-        }
-    }
+    let swap_max = match args.memory {
+        Some(bytes) => cgroup::memory::apply_max_without_swap(&args.cgroup, bytes)?,
+        None => None,
+    };
     let limits = Limits {
-        memory_max: args.memory_max,
+        memory_max: args.memory,
         swap_max,
-        pids_max: args.pids_max,
+        pids_max: args.pids,
     };
     guard.watch_limited(id, &args.cgroup, limits)?;
-    let log = args.log.start(guard, serde_json::to_value(limits)?)?;
-    let stream = args.log.start_stream()?;
-    let served = crate::metrics_args::serve_guard(
-        metrics,
+    let mut evidence = Evidence::start(
         guard,
-        log.as_ref().map(guard::sinks::event_log::EventLog::gauge),
-    );
+        args.log.plan()?,
+        serde_json::to_value(limits)?,
+        metrics,
+    )?;
     let writer = args
         .events
         .as_deref()
@@ -161,10 +162,10 @@ async fn run_in_cgroup(
         .await?
         .context("waiting for the command")?;
     let elapsed = started.elapsed();
-    drop(served);
+    evidence.stop_metrics();
     let report = guard.unwatch(id).await?;
     let global = guard.global_counters().await?;
-    crate::log_args::finish(log, std::slice::from_ref(&report), stream).await?;
+    evidence.finish(std::slice::from_ref(&report)).await?;
     // Everything is drained now: let the writer finish what is queued.
     if let Some(writer) = writer {
         writer.finish().await?;

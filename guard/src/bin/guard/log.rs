@@ -10,6 +10,8 @@ use guard::forensic::{
     self, Entry, Filter, Follower, LogReader, ReaderError, RepairOutcome, VerifyReport, time,
 };
 
+mod timeline;
+
 pub const DEFAULT_LOG_DIR: &str = "/var/lib/guard/log";
 
 /// Exit status of `verify` when the only defect is a torn final line (repairable).
@@ -42,7 +44,7 @@ pub enum LogCommand {
     Stats(StatsArgs),
     /// Draw an incident per container over time (.svg or .png): memory.events, pids.events,
     /// fork denials, OOM kills, reclaim stall, losses, waves.
-    Timeline(crate::log_timeline::TimelineArgs),
+    Timeline(timeline::TimelineArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -95,7 +97,7 @@ pub fn run(args: LogArgs) -> anyhow::Result<ExitCode> {
         LogCommand::Follow(follow_args) => follow(&args.dir, &follow_args),
         LogCommand::Verify(verify_args) => verify(&args.dir, &verify_args),
         LogCommand::Stats(stats_args) => stats(&args.dir, &stats_args),
-        LogCommand::Timeline(timeline_args) => crate::log_timeline::run(&args.dir, &timeline_args),
+        LogCommand::Timeline(timeline_args) => timeline::run(&args.dir, &timeline_args),
     };
     match result {
         // A closed pipe (`guard log show | head`) is the reader being done, not a failure.

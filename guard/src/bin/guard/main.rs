@@ -15,12 +15,10 @@ macro_rules! outln {
 
 mod args;
 mod collect;
+mod evidence;
 mod exec;
 mod log;
-mod log_args;
-mod log_timeline;
 mod metrics;
-mod metrics_args;
 mod probe;
 mod run;
 mod selftest;
@@ -54,7 +52,7 @@ enum Command {
     /// Run a command in a fresh cgroup (optionally with pids.max / memory.max), watched; print
     /// its reconciled report when it exits.
     ///
-    /// Example: `guard exec --cgroup /sys/fs/cgroup/demo --pids-max 64 -- sh -c 'for i in 1 2 3; do true; done'`
+    /// Example: `guard exec --cgroup /sys/fs/cgroup/demo --pids 64 -- sh -c 'for i in 1 2 3; do true; done'`
     Exec(exec::ExecArgs),
     /// Watch existing cgroups (any cgroup v2 host: beside Docker, systemd or Kubernetes):
     /// stream their events and print their reports on Ctrl-C (or after --duration).

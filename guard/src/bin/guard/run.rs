@@ -20,6 +20,8 @@ use guard::{
 };
 use serde::Serialize;
 
+use crate::evidence::Evidence;
+
 mod human;
 use human::print_human;
 
@@ -102,9 +104,9 @@ pub struct RunArgs {
     #[arg(long, hide = true)]
     omit_cgroups_path: bool,
     #[command(flatten)]
-    metrics: crate::metrics_args::MetricsArgs,
+    metrics: crate::evidence::MetricsFlags,
     #[command(flatten)]
-    log: crate::log_args::LogArgs,
+    log: crate::evidence::LogFlags,
     /// The command and its arguments (required with --rootfs).
     #[arg(last = true)]
     command: Vec<String>,
@@ -222,42 +224,30 @@ async fn run_guarded(
         .await
         .context("starting the guard")?,
     );
-    let log = args.log.start(&guard, serde_json::to_value(limits)?)?;
-    let stream = args.log.start_stream()?;
-    let served = crate::metrics_args::serve_guard(
-        metrics,
+    let evidence = Evidence::start(
         &guard,
-        log.as_ref().map(guard::sinks::event_log::EventLog::gauge),
-    );
+        args.log.plan()?,
+        serde_json::to_value(limits)?,
+        metrics,
+    )?;
     let result = run_logged(
         &args,
         &id,
         &guard,
-        log.as_ref(),
+        evidence.log(),
         request,
         source,
         started,
         &mut stop_signals,
     )
     .await;
-    drop(served);
     // Close the log whatever happened, so it ends with its `stop` record; a log error is
-    // reported (after the container's own error, if there was one), never swallowed.
-    let closed = match log {
-        Some(log) => log.close().await.map(Some),
-        None => Ok(None),
-    };
+    // reported (after the container's own error, if there was one), never swallowed. The
+    // report is already in the log (`run_logged` recorded it).
+    let closed = evidence.close(&[]).await;
     match (result, closed) {
-        (Ok(code), Ok(head)) => {
-            if let Some(head) = head {
-                eprintln!(
-                    "guard: forensic log in {}: {} records, head {}",
-                    head.file.display(),
-                    head.next_seq,
-                    head.prev
-                );
-            }
-            crate::log_args::finish_stream(stream);
+        (Ok(code), Ok(closed)) => {
+            closed.announce();
             Ok(code)
         }
         (Ok(_), Err(error)) => Err(anyhow::Error::new(error).context("closing the forensic log")),

@@ -25,10 +25,12 @@ use guard::{
     forensic::{FsyncPolicy, LogOptions},
     limits::{BudgetRequest, LimitRequest, MemInfo, MemorySetting, PidsSetting},
     runtime::{Runtime, RuntimeOptions, Source, oom_score},
-    sinks::event_log::{EventLog, QUEUE_EVENTS},
+    sinks::event_log::QUEUE_EVENTS,
     spec::SpecOptions,
 };
 use serde_json::{Value, json};
+
+use crate::evidence::{Evidence, LogPlan};
 
 mod live;
 mod rootfs;
@@ -71,9 +73,9 @@ pub struct SelftestArgs {
     #[arg(long, default_value = "/bin/guard-stress")]
     stress: PathBuf,
     #[command(flatten)]
-    stream: crate::log_args::StreamArgs,
+    stream: crate::evidence::StreamFlags,
     #[command(flatten)]
-    metrics: crate::metrics_args::MetricsArgs,
+    metrics: crate::evidence::MetricsFlags,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -156,7 +158,10 @@ pub(crate) async fn leftovers_gone(cgroup: &Path, timeout: Duration) -> anyhow::
     // its kernel stack charged) until the container's init reaps it: a fresh exec right after
     // a bomb's OOM kill could still find the container full, so wait for the kernel's count.
     // Reaped means pids.current counts no more than the live threads (cgroup.threads).
-    let (pids_current, threads) = (cgroup.join("pids.current"), cgroup.join("cgroup.threads"));
+    let (pids_current, threads) = (
+        cgroup.join(guard::cgroup::pids::CURRENT),
+        cgroup.join("cgroup.threads"),
+    );
     let deadline = Instant::now() + timeout;
     loop {
         let count = std::fs::read_to_string(&procs)
@@ -210,7 +215,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     let id = "waves";
     let options = GuardOptions::default();
     let budget =
-        guard::budget::MemoryBudget::new(&options.stream, &[QUEUE_EVENTS, LIVE_QUEUE_EVENTS], true);
+        guard::footprint::Footprint::new(&options.ring, &[QUEUE_EVENTS, LIVE_QUEUE_EVENTS], true);
     let metrics = args.metrics.bind().await?;
     let guard = std::sync::Arc::new(Guard::start(options).await?);
     // The defaults are computed now, with the guard loaded: what is really available.
@@ -245,17 +250,16 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
         args: vec!["/bin/guard-stress".into(), "reap".into()],
         env: Vec::new(),
     };
-    let log = EventLog::start(
-        &guard,
-        &out.join("log"),
-        LogOptions {
+    let plan = LogPlan {
+        dir: Some(out.join("log")),
+        options: LogOptions {
             fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
             ..LogOptions::default()
         },
-        serde_json::to_value(limits)?,
-    )?;
-    let stream = args.stream.start(&out.join("log"))?;
-    let served = crate::metrics_args::serve_guard(metrics, &guard, Some(log.gauge()));
+        stream: args.stream.clone(),
+    };
+    let mut evidence = Evidence::start(&guard, plan, serde_json::to_value(limits)?, metrics)?;
+    let log = evidence.log().context("the selftest's log")?;
     if let Some(record) = runtime.budget() {
         log.record("budget_applied", None, record).await?;
     }
@@ -268,7 +272,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     let mut waves = Vec::new();
     let mut single = None;
     if args.scenario != Scenario::Tenants {
-        let running = agent::supervise(&guard, &runtime, Some(&log), id, &source, &limits).await?;
+        let running = agent::supervise(&guard, &runtime, Some(log), id, &source, &limits).await?;
         writeln!(
             console,
             "[guard] container {id}: memory.max {:?}, pids.max {:?}, cgroup {}",
@@ -312,7 +316,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
             tenants::run(
                 &guard,
                 &runtime,
-                &log,
+                log,
                 &source,
                 args.memory_high,
                 &mut console,
@@ -327,9 +331,12 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<()> {
     let global = guard.global_counters().await?;
     live.flush().await;
     live.stop();
-    drop(served);
-    let head = log.close().await?;
-    crate::log_args::finish_stream(stream);
+    evidence.stop_metrics();
+    let head = evidence
+        .close(&[])
+        .await?
+        .end_stream()
+        .context("the selftest's log")?;
     let summary = json!({
         "no_limits": no_limits,
         "no_budget": !budgeted,

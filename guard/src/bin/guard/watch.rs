@@ -4,9 +4,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use guard::{
-    ContainerId, Guard, GuardOptions, StreamOptions, cgroup::Hierarchy,
-    sinks::json_lines::JsonLines,
+    ContainerId, Guard, GuardOptions, RingOptions, cgroup::Hierarchy, sinks::json_lines::JsonLines,
 };
+
+use crate::evidence::Evidence;
 
 #[derive(clap::Args)]
 pub struct WatchArgs {
@@ -31,15 +32,15 @@ pub struct WatchArgs {
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
     /// Individual events per container per CPU per second (0 = unbounded; counters stay exact).
-    #[arg(long, default_value_t = StreamOptions::default().max_events_per_sec)]
+    #[arg(long, default_value_t = RingOptions::default().max_events_per_sec)]
     max_events_per_sec: u32,
     /// Print the final reports as JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    metrics: crate::metrics_args::MetricsArgs,
+    metrics: crate::evidence::MetricsFlags,
     #[command(flatten)]
-    log: crate::log_args::LogArgs,
+    log: crate::evidence::LogFlags,
 }
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
@@ -56,7 +57,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("watching {id} at {}", path.display()))?;
     }
     let mut options = GuardOptions::default();
-    options.stream.max_events_per_sec = args.max_events_per_sec;
+    options.ring.max_events_per_sec = args.max_events_per_sec;
     let metrics = args.metrics.bind().await?;
     let guard = std::sync::Arc::new(Guard::start(options).await?);
     for (id, path) in &targets {
@@ -69,13 +70,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             guard.tier()
         );
     }
-    let log = args.log.start(&guard, serde_json::Value::Null)?;
-    let stream = args.log.start_stream()?;
-    let served = crate::metrics_args::serve_guard(
-        metrics,
-        &guard,
-        log.as_ref().map(guard::sinks::event_log::EventLog::gauge),
-    );
+    let mut evidence = Evidence::start(&guard, args.log.plan()?, serde_json::Value::Null, metrics)?;
     let writer = args
         .events
         .as_deref()
@@ -96,12 +91,12 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         _ = deadline => {}
     }
 
-    drop(served);
+    evidence.stop_metrics();
     let mut reports = Vec::new();
     for (id, _) in &targets {
         reports.push(guard.unwatch(id).await?);
     }
-    crate::log_args::finish(log, &reports, stream).await?;
+    evidence.finish(&reports).await?;
     // Everything is drained now: the writer finishes what is queued.
     if let Some(writer) = writer
         && let Err(error) = writer.finish().await

@@ -13,7 +13,7 @@ use thiserror::Error;
 pub use repair::{RepairOutcome, repair};
 pub use report::{Defect, Problem, Session, TornTail, VerifyReport};
 
-use super::layout::{self, LayoutError, LogFile};
+use super::layout::{self, FileError, LayoutError, LogFile};
 use super::lines::{Line, LineScanner};
 use super::record::{self, Checkpoint, Digest, GENESIS_DIGEST, Rotate, Seal, kinds};
 use super::time;
@@ -26,22 +26,9 @@ pub enum VerifyError {
     /// locked by a writer.
     #[error(transparent)]
     Layout(#[from] LayoutError),
-    /// A log file could not be opened.
-    #[error("cannot open {path}: {source}")]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A log file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// A log file could not be opened or read.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// [`repair`] could not truncate the torn tail.
     #[error("cannot truncate {path}: {source}")]
     Truncate {
@@ -135,14 +122,8 @@ fn verify_file(
     report: &mut VerifyReport,
 ) -> Result<Result<(), Problem>, VerifyError> {
     let path = &file.path;
-    let read_err = |source| VerifyError::Read {
-        path: path.clone(),
-        source,
-    };
-    let handle = File::open(path).map_err(|source| VerifyError::Open {
-        path: path.clone(),
-        source,
-    })?;
+    let read_err = FileError::read(path);
+    let handle = File::open(path).map_err(FileError::open(path))?;
     let mut lines = LineScanner::from_file(handle);
     let name = file.name();
     let mut line_no = 0u64;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use super::Unwritten;
-use crate::forensic::layout::LayoutError;
+use crate::forensic::layout::{FileError, LayoutError};
 use crate::forensic::record::RecordError;
 use crate::forensic::time::TimeError;
 
@@ -33,22 +33,9 @@ pub enum WriterError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// A log file could not be opened or, at rotation, created (it must not exist yet).
-    #[error("cannot open {path}: {source}")]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The newest file (or the one before it) could not be read while resuming.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// A log file could not be opened or read.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// On reopening, the newest file ends with a torn line and
     /// [`LogOptions::repair_torn_tail`](super::LogOptions::repair_torn_tail) is off.
     #[error(

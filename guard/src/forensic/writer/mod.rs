@@ -19,7 +19,7 @@ pub use options::{FsyncPolicy, LogOptions};
 use output::Output;
 pub use output::{BUFFER_BYTES, Unwritten};
 
-use super::layout::{self, DirLock, LayoutError, LogFile};
+use super::layout::{self, DirLock, FileError, LayoutError, LogFile};
 use super::record::{
     self, Checkpoint, Digest, LineHead, Lost, Payload, RecordError, Rotate, Throttle, kinds,
 };
@@ -111,10 +111,7 @@ impl LogWriter {
             .create(true)
             .append(true)
             .open(&resume.file.path)
-            .map_err(|source| WriterError::Open {
-                path: resume.file.path.clone(),
-                source,
-            })?;
+            .map_err(FileError::open(&resume.file.path))?;
         let out = Output::new(file, options.test_split_writes, resume.file_bytes);
         let mut boot_id_json = Vec::new();
         record::push_json_str(&mut boot_id_json, &boot_id);
@@ -379,12 +376,7 @@ impl LogWriter {
             .create_new(true)
             .append(true)
             .open(&next.path)
-            .map_err(|source| {
-                self.poison(WriterError::Open {
-                    path: next.path.clone(),
-                    source,
-                })
-            })?;
+            .map_err(|source| self.poison(FileError::open(&next.path)(source).into()))?;
         let rotate = Rotate {
             prev_file: self.file.name(),
             prev_records: self.file_records,

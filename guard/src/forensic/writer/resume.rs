@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::path::Path;
 
 use super::WriterError;
-use crate::forensic::layout::{self, LogFile};
+use crate::forensic::layout::{self, FileError, LogFile};
 use crate::forensic::lines::{Line, LineScanner};
 use crate::forensic::record::{self, Digest, GENESIS_DIGEST, MAX_LINE_BYTES, Repair, Rotate};
 
@@ -126,10 +126,7 @@ struct FileScan {
 }
 
 fn scan_file(path: &Path) -> Result<FileScan, WriterError> {
-    let read_err = |source| WriterError::Read {
-        path: path.to_owned(),
-        source,
-    };
+    let read_err = FileError::read(path);
     let mut lines = LineScanner::from_file(File::open(path).map_err(read_err)?);
     let mut scan = FileScan {
         complete_bytes: 0,

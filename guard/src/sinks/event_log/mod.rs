@@ -20,9 +20,7 @@ use tracing::error;
 use crate::{
     Guard,
     events::{EventDetail, GuardEvent, RingPosition},
-    forensic::{
-        Head, LogOptions, LogWriter, Lost, StartInfo, Throttle, WriterError, record::Payload,
-    },
+    forensic::{Head, LogOptions, LogWriter, Lost, StartInfo, WriterError, record::Payload},
 };
 
 /// Events the log may fall behind by before it loses some (counted in-band). At the writer's
@@ -341,6 +339,17 @@ struct EventPayload<'a> {
     detail: &'a EventDetail,
 }
 
+impl<'a> EventPayload<'a> {
+    fn of(event: &'a GuardEvent) -> Self {
+        Self {
+            ring: event.ring,
+            ktime_ns: event.ktime_ns,
+            cgroup_id: event.cgroup_id,
+            detail: &event.detail,
+        }
+    }
+}
+
 /// The payload as it is logged. The rate-bounded kinds made of integers (fork, reclaim) are
 /// written directly: serde's flattening and per-key escaping cost as much as the rest of the
 /// line. The bytes are serde_json's for [`EventPayload`] (a test holds every kind to it); the
@@ -393,7 +402,8 @@ fn push_field(out: &mut Vec<u8>, key: &[u8], value: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
-/// Appends one streamed event as its log record (`lost` and `throttle` in their own forms).
+/// Appends one streamed event as its log record (`lost` and `throttle` in their own forms,
+/// which their payloads give).
 pub(crate) fn append_event(
     writer: &mut LogWriter,
     event: &GuardEvent,
@@ -401,29 +411,13 @@ pub(crate) fn append_event(
     let container = event.container.as_deref();
     match &event.detail {
         EventDetail::Lost(lost) => {
-            let lost = Lost {
-                source: "bpf_ringbuf".to_string(),
-                event_kind: Some(lost.event_kind.to_string()),
-                cpu: None,
-                count: lost.count,
-            };
-            writer.append_lost(container, &lost)?;
+            writer.append_lost(container, &lost.to_record(event.source()))?;
         }
         EventDetail::Throttle(throttle) => {
-            let throttle = Throttle {
-                event_kind: "any".to_string(),
-                suppressed: throttle.suppressed,
-                window_ms: throttle.window_ns / 1_000_000,
-            };
-            writer.append_throttle(container, &throttle)?;
+            writer.append_throttle(container, &throttle.to_record())?;
         }
         detail => {
-            let payload = LoggedPayload(EventPayload {
-                ring: event.ring,
-                ktime_ns: event.ktime_ns,
-                cgroup_id: event.cgroup_id,
-                detail,
-            });
+            let payload = LoggedPayload(EventPayload::of(event));
             writer.append_payload(detail.kind_name(), container, &payload)?;
         }
     }

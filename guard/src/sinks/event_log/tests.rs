@@ -93,3 +93,25 @@ fn logged_payloads_are_serde_jsons() {
         }
     }
 }
+
+/// `lost` and `throttle` are logged in the forms docs/LOG-FORMAT.md gives them, not as the
+/// events' own payloads: the bytes of both, as the log holds them.
+#[test]
+fn lost_and_throttle_payloads_keep_their_logged_form() {
+    let lost = crate::events::Lost {
+        event_kind: "oom_victim",
+        count: 3,
+    };
+    assert_eq!(
+        serde_json::to_string(&lost.to_record(crate::events::EventSource::Bpf)).unwrap(),
+        r#"{"source":"bpf_ringbuf","event_kind":"oom_victim","cpu":null,"count":3}"#
+    );
+    let throttle = ThrottleDetail {
+        suppressed: 5,
+        window_ns: 1_999_999_999,
+    };
+    assert_eq!(
+        serde_json::to_string(&throttle.to_record()).unwrap(),
+        r#"{"event_kind":"any","suppressed":5,"window_ms":1999}"#
+    );
+}

@@ -1,5 +1,5 @@
 //! `guard run`'s report for a terminal.
-use guard::cgroup::{KeyedCounts, LimitValue};
+use guard::cgroup::{KeyedCounts, LimitValue, memory, pids};
 
 use super::Report;
 
@@ -45,9 +45,9 @@ pub(super) fn print_human(report: &Report) {
         }
         None => outln!("  final {name:<20} absent"),
     };
-    line("memory.events", &events.memory_events);
-    line("memory.events.local", &events.memory_events_local);
-    line("pids.events", &events.pids_events);
+    line(memory::EVENTS, &events.memory_events);
+    line(memory::EVENTS_LOCAL, &events.memory_events_local);
+    line(pids::EVENTS, &events.pids_events);
     let t = report.timings;
     outln!(
         "  times: create {} µs, start {} µs, delete {} µs, wall {} ms",

@@ -143,11 +143,7 @@ pub async fn run(
         let memory_high = match (memory_high_percent, resolved.limits.memory_max) {
             (Some(percent), Some(max)) => {
                 let high = max / 100 * u64::from(percent);
-                guard::cgroup::files::write(
-                    supervised.container().cgroup(),
-                    "memory.high",
-                    &high.to_string(),
-                )?;
+                guard::cgroup::memory::apply_high(supervised.container().cgroup(), Some(high))?;
                 Some(high)
             }
             _ => None,

@@ -11,7 +11,7 @@ use guard::{
 
 /// `--metrics ADDR`.
 #[derive(clap::Args, Debug, Default)]
-pub struct MetricsArgs {
+pub struct MetricsFlags {
     /// Serve every counter of the report, per container, as OpenMetrics text at
     /// http://ADDR/metrics while the command runs, for Prometheus to scrape: HOST:PORT
     /// (127.0.0.1:9464; port 0 picks a free one, printed on stderr) or unix:PATH. The metrics
@@ -34,7 +34,7 @@ impl Drop for Served {
     }
 }
 
-impl MetricsArgs {
+impl MetricsFlags {
     /// Binds the address (before anything else runs, so a taken port fails the command at
     /// once) and says where it serves.
     pub async fn bind(&self) -> anyhow::Result<Option<MetricsListener>> {

@@ -1,13 +1,15 @@
-//! The agent's memory budget. Everything the guard buffers is bounded by a constant or an
-//! option: the ring buffer, one drained batch, each subscriber's queue, the log's buffers and
-//! the per-container registry. [`MemoryBudget`] adds those bounds up, so that an agent can hold
-//! its resident memory to "what it had after start + the budget" (`guard selftest` checks this
-//! under the bomb waves; docs/MEMORY.md has the numbers).
+//! The agent's own memory: its footprint. Everything the guard buffers is bounded by a constant
+//! or an option: the ring buffer, one drained batch, each subscriber's queue, the log's buffers
+//! and the per-container registry. [`Footprint`] adds those bounds up, so that an agent can hold
+//! its resident memory to "what it had after start + its footprint" (`guard selftest` checks
+//! this under the bomb waves; docs/MEMORY.md has the numbers). It is not the guest budget
+//! ([`crate::limits::GuestBudget`], what the containers share), of which it is the agent's
+//! reserve.
 use serde::Serialize;
 
 use crate::{
-    bpf::StreamOptions,
-    events::{DecodeError, GuardEvent, KernelEvent},
+    bpf::RingOptions,
+    events::{DecodeError, GuardEvent},
     forensic::{self, record::MAX_LINE_BYTES},
 };
 
@@ -23,7 +25,7 @@ const PER_CONTAINER_BYTES: u64 = 1024;
 
 /// Upper bounds, in bytes, of everything the guard buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct MemoryBudget {
+pub struct Footprint {
     /// The ring buffer's data, mapped twice (the kernel maps it back to back so records can
     /// wrap), plus its two metadata pages.
     pub ring_buffer: u64,
@@ -37,14 +39,14 @@ pub struct MemoryBudget {
     pub registry: u64,
 }
 
-impl MemoryBudget {
-    /// The budget of a guard streaming with `stream`, with subscribers of these capacities,
-    /// with or without a forensic log.
-    pub fn new(stream: &StreamOptions, subscriber_capacities: &[usize], log: bool) -> Self {
-        let ring_bytes = u64::from(stream.ring_bytes);
+impl Footprint {
+    /// The footprint of a guard whose ring buffer is `ring`, with subscribers of these
+    /// capacities, with or without a forensic log.
+    pub fn new(ring: &RingOptions, subscriber_capacities: &[usize], log: bool) -> Self {
+        let ring_bytes = u64::from(ring.ring_bytes);
         let ring_buffer = 2 * ring_bytes + 2 * 4096;
         let records = ring_bytes / SMALLEST_RECORD_BYTES;
-        let drained_batch = records * size_of::<Result<KernelEvent, DecodeError>>() as u64;
+        let drained_batch = records * size_of::<Result<GuardEvent, DecodeError>>() as u64;
         let per_event = size_of::<GuardEvent>() as u64 + EVENT_HEAP_BYTES;
         let subscriber_queues = subscriber_capacities
             .iter()
@@ -80,22 +82,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_agent_budget_fits_a_small_guest() {
+    fn the_default_agent_footprint_fits_a_small_guest() {
         // `guard run` / `guard selftest`: the log's queue and one live printer.
-        let budget = MemoryBudget::new(
-            &StreamOptions::default(),
+        let footprint = Footprint::new(
+            &RingOptions::default(),
             &[crate::sinks::event_log::QUEUE_EVENTS, 4096],
             true,
         );
-        assert_eq!(budget.ring_buffer, 2 * 256 * 1024 + 8192);
+        assert_eq!(footprint.ring_buffer, 2 * 256 * 1024 + 8192);
         // A tenth of a 128 MiB guest at most, on top of what the agent holds after start.
-        assert!(budget.total() < 13 << 20, "{budget:?}");
+        assert!(footprint.total() < 13 << 20, "{footprint:?}");
     }
 
     #[test]
-    fn queues_scale_the_budget() {
-        let small = MemoryBudget::new(&StreamOptions::default(), &[1000], false);
-        let large = MemoryBudget::new(&StreamOptions::default(), &[2000], false);
+    fn queues_scale_the_footprint() {
+        let small = Footprint::new(&RingOptions::default(), &[1000], false);
+        let large = Footprint::new(&RingOptions::default(), &[2000], false);
         assert_eq!(
             large.subscriber_queues,
             2 * small.subscriber_queues,
