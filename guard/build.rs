@@ -101,13 +101,14 @@ fn from_source(out_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
             prebuilt::OBJECT_ENV
         );
     }
-    // The programs and the ABI they share with the library: editing either rebuilds the object
-    // (the build-dependency on guard-ebpf covers its dependencies' versions).
+    // The programs, the ABI they share with the library, and the lock file that holds their
+    // dependencies' versions: editing any of them rebuilds the object.
     println!("cargo::rerun-if-changed={}", package_dir.display());
-    let common = workspace.join("guard-common");
     // Only if there: cargo reruns a script on every build for a path that does not exist.
-    if common.is_dir() {
-        println!("cargo::rerun-if-changed={}", common.display());
+    for path in [workspace.join("guard-common"), workspace.join("Cargo.lock")] {
+        if path.exists() {
+            println!("cargo::rerun-if-changed={}", path.display());
+        }
     }
 
     let target_arch = env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH not set")?;

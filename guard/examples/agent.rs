@@ -126,11 +126,9 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
     let guard = if args.no_guard {
         None
     } else {
-        let guard = Guard::start(GuardOptions {
-            min_tier: args.min_tier,
-            ..GuardOptions::default()
-        })
-        .await?;
+        let mut options = GuardOptions::default();
+        options.min_tier = args.min_tier;
+        let guard = Guard::start(options).await?;
         eprintln!("agent: guard at tier {}", guard.tier());
         Some(guard)
     };

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// back from JSON, a missing field is 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct BpfCounters {
     /// Forks and thread creations (`sched_process_fork`) by the container's tasks.
     pub forks: u64,
@@ -56,6 +57,7 @@ impl BpfCounters {
 /// streamed payload adds to its own (`signals::Streamed::tally`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct Delivered {
     /// Fork events received.
     pub forks: u64,
@@ -87,6 +89,7 @@ impl Delivered {
 
 /// One container's counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ContainerCounters {
     /// The container's id.
     pub container: String,
@@ -101,6 +104,7 @@ pub struct ContainerCounters {
 /// Events that belong to no registered container: OOM kills of tasks outside every container
 /// (global OOM, or the agent itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct GlobalCounters {
     /// The kernel's counts for tasks in no container (None at tier 0). Only OOM kills are
     /// counted here: the programs attribute nothing else outside a container.
@@ -113,6 +117,7 @@ pub struct GlobalCounters {
 /// that we did not see".
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct ReaderLoss {
     /// Records missing from a CPU's sequence (lost in the kernel, seen from userspace).
     pub sequence_gaps: u64,
@@ -129,6 +134,7 @@ pub struct ReaderLoss {
 /// events.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct ReaderHealth {
     /// Healthy, recovered after faults, or stopped.
     pub state: HealthState,
@@ -143,6 +149,7 @@ pub struct ReaderHealth {
 /// The event reader's state (serialized in snake case: `healthy`, `recovered`, `stopped`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum HealthState {
     /// Never faulted.
     #[default]
@@ -168,6 +175,7 @@ impl HealthState {
 /// Everything lost anywhere between the kernel and the subscribers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct LossReport {
     /// Ring-buffer reserve failures in the kernel, by event kind name.
     pub kernel_reserve_failures: BTreeMap<String, u64>,

@@ -32,6 +32,7 @@ macro_rules! event_details {
         /// What happened, by kind. Serialised with its kind's name as `"kind"`.
         #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
         #[serde(tag = "kind", rename_all = "snake_case")]
+        #[non_exhaustive]
         pub enum EventDetail {
             $( $(#[$sdoc])* $streamed($streamed), )+
             $( $(#[$gdoc])* $synthetic($synthetic), )+
@@ -154,6 +155,7 @@ pub struct ReaderFault {
 /// Where an event came from. Not yet in the events' JSON or the log: every live event so far
 /// is the BPF programs', and a record's kind says the rest.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EventSource {
     /// guard's BPF programs: a ring-buffer record, or their loss counters.
     #[default]
@@ -186,6 +188,7 @@ pub struct RingPosition {
 
 /// An event, from its decoding to the log. Subscribers receive it attributed to its container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct GuardEvent {
     /// The container id, or None when the event belongs to no container (or its cgroup was
     /// unregistered before the event was read). Filled in by the hub.
@@ -258,7 +261,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<GuardEvent, DecodeError> {
 }
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` uses, so events order across sources.
-pub fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

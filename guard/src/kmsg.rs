@@ -84,6 +84,7 @@ const KERNEL_FACILITY: u32 = 0;
 /// count: anyone who may write to `/dev/kmsg` can log the same text at another facility.
 ///
 /// ```
+/// # #[cfg(feature = "internals")] {
 /// use guard::kmsg::{OomScope, parse_kill};
 ///
 /// let line = "3,1742,98765432,-;Memory cgroup out of memory: Killed process 1160 (stress) \
@@ -96,6 +97,7 @@ const KERNEL_FACILITY: u32 = 0;
 /// // `echo "<3>Out of memory: Killed process 77 (sh)" > /dev/kmsg` is logged at facility 1
 /// // (prio 8 + 3): not the kernel's.
 /// assert_eq!(parse_kill("11,9,10,-;Out of memory: Killed process 77 (sh) total-vm:1kB"), None);
+/// # }
 /// ```
 pub fn parse_kill(record: &str) -> Option<LoggedKill> {
     let (prefix, message) = record.split_once(';')?;

@@ -9,12 +9,18 @@
 //!
 //! - [`Guard::start`] with [`GuardOptions`] (its [`RingOptions`] size the events' ring buffer)
 //!   probes the kernel, loads the programs its [`Tier`] allows and starts the event reader.
-//!   It needs root and a tokio runtime.
+//!   It needs a tokio runtime with its IO and time drivers, and root (or the capabilities
+//!   [`Privilege`] names: without them the guard runs at tier 0 and says what to grant).
 //! - [`Guard::watch`] registers a container's cgroup ([`Guard::watch_limited`] also names the
 //!   limits the agent applied, for the report to check); [`Guard::unwatch`] ends it with its
 //!   final [`Report`], read before the cgroup is removed.
-//! - [`Guard::subscribe`] hands out live, attributed [`GuardEvent`]s through a bounded queue:
-//!   what a slow subscriber misses is counted, the reader never waits for it.
+//! - [`Guard::subscribe_container`] hands out a container's live [`GuardEvent`]s through a
+//!   bounded queue that ends when the container is unwatched ([`Guard::subscribe`]: every
+//!   container's): what a slow subscriber misses is counted, the reader never waits for it.
+//! - [`cgroup::create`] and [`cgroup::command_inside`] make a cgroup and start a command in it
+//!   (a monitoring agent without a container runtime: `examples/monitor.rs`).
+//! - [`Guard::shutdown`] ends the guard off the runtime's threads (a drop does the same work
+//!   on a thread of its own).
 //! - [`Guard::counters`] gives a container's exact counters, [`Guard::report`] its reconciled
 //!   [`Report`] with a [`Verdict`] per limit, and [`Guard::loss`] everything lost on the way.
 //! - [`forensic`] is the hash-chained log: writer, verifier and readers (docs/LOG-FORMAT.md is
@@ -54,22 +60,23 @@
 //! use guard::{Guard, GuardOptions, Tier};
 //!
 //! // As root, inside a tokio runtime; refuse to run without live events.
-//! let options = GuardOptions {
-//!     min_tier: Tier::Tracepoints,
-//!     ..GuardOptions::default()
-//! };
+//! let mut options = GuardOptions::default();
+//! options.min_tier = Tier::Tracepoints;
 //! let guard = Guard::start(options).await?;
 //! guard.watch("web", "/sys/fs/cgroup/guard/web")?;
-//! let mut events = guard.subscribe(1024);
+//! let mut events = guard.subscribe_container("web", 1024)?;
+//! let printer = tokio::spawn(async move {
+//!     while let Some(event) = events.recv().await {
+//!         println!("web: {}", event.detail.kind_name());
+//!     }
+//! });
 //! // … the container runs …
-//! while let Ok(event) = events.try_recv() {
-//!     let container = event.container.as_deref().unwrap_or("-");
-//!     println!("{container}: {}", event.detail.kind_name());
-//! }
 //! let counters = guard.counters("web").await?;
 //! println!("forks: {:?}", counters.bpf.map(|bpf| bpf.forks));
 //! let report = guard.unwatch("web").await?; // before the cgroup is removed
+//! printer.await.ok(); // the subscription ended with the unwatch
 //! println!("{}", report.to_text());
+//! guard.shutdown().await;
 //! # Ok(())
 //! # }
 //! ```
@@ -79,9 +86,27 @@
 //! `runtime` (containers: the `runtime`, `spec` and `agent` modules), `config` (the agent's
 //! TOML file), `cli` (the `guard` binary); none is on by default, so an agent that only
 //! monitors compiles neither libcontainer nor a command line. `internals` and
-//! `fault-injection` exist for guard's own tests and fuzzers.
+//! `fault-injection` exist for guard's own binary, tests and fuzzers, and are no stable API:
+//! `internals` opens the parsers and decoders of untrusted input (`guard::internals`), the
+//! kernel log's reader (`kmsg`), the forensic log's layout, record and time helpers
+//! (`forensic::{layout, record, time}`), the stream's wire (`stream::wire`) and the raw cgroup
+//! file access (`cgroup::files`); `fault-injection` adds `Guard::inject_reader_panic`.
 
 #![deny(missing_docs)]
+
+/// Declares a module public with the feature `internals` (guard's own binary, tests and
+/// fuzzers use it) and crate-private without it: not part of the API agents build on.
+macro_rules! internal_mod {
+    ($(#[$attr:meta])* $name:ident) => {
+        #[cfg(feature = "internals")]
+        $(#[$attr])*
+        pub mod $name;
+        #[cfg(not(feature = "internals"))]
+        #[allow(dead_code, reason = "parts serve only guard's binary, tests and fuzzers")]
+        $(#[$attr])*
+        pub(crate) mod $name;
+    };
+}
 
 // The plain data every layer shares.
 pub mod counters;
@@ -92,7 +117,7 @@ mod bpf;
 mod capability;
 pub mod cgroup;
 pub mod events;
-pub mod kmsg;
+internal_mod!(kmsg);
 mod signals;
 mod tracefs;
 
@@ -127,7 +152,7 @@ pub mod runtime;
 pub mod spec;
 
 pub use bpf::{EBPF_OBJECT, EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, EbpfObjectOrigin, RingOptions};
-pub use capability::{CapabilityReport, CgroupReport, TracepointPresence};
+pub use capability::{CapabilityReport, CgroupReport, Privilege, TracepointPresence};
 pub use container_id::{ContainerId, ContainerIdError, MAX_ID_LEN};
 pub use counters::{
     BpfCounters, ContainerCounters, Delivered, GlobalCounters, HealthState, LossReport,
@@ -138,7 +163,7 @@ pub use guard::{Guard, GuardError, GuardOptions};
 #[cfg(feature = "fault-injection")]
 pub use pipeline::fault::FaultPoint;
 pub use tier::{Tier, TierError};
-pub use verdict::{Verdict, report::Report};
+pub use verdict::{Report, Verdict};
 
 /// The ring buffer's options, under their old name (a stream is the log's, to a host).
 #[deprecated(
@@ -168,6 +193,20 @@ pub mod internals {
         signals::{DecodeError, SignalError},
         tracefs::{Field, Format, TracefsError},
     };
+
+    /// Appends one streamed event to a forensic log as the event log does (the pipeline
+    /// benchmark's path).
+    pub fn append_event(
+        writer: &mut crate::forensic::LogWriter,
+        event: &GuardEvent,
+    ) -> Result<(), crate::sinks::event_log::EventLogError> {
+        crate::sinks::event_log::append_event(writer, event)
+    }
+
+    /// A decoded record as the hub publishes it, attributed to `container`.
+    pub fn attributed(container: Option<String>, event: GuardEvent) -> GuardEvent {
+        GuardEvent { container, ..event }
+    }
 
     /// Decodes one ring-buffer record (into an event with no container yet).
     pub fn decode(bytes: &[u8]) -> Result<GuardEvent, DecodeError> {

@@ -75,13 +75,35 @@ pub enum TracefsError {
 
 /// The tracefs root, mounting it at [`TRACEFS`] when neither location is mounted.
 pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
-    for root in [TRACEFS, DEBUGFS_TRACING] {
-        if Path::new(root).join("events").is_dir() {
-            return Ok(PathBuf::from(root));
-        }
+    if let Some(root) = mounted() {
+        return Ok(root);
     }
     mount_tracefs(Path::new(TRACEFS))?;
     Ok(PathBuf::from(TRACEFS))
+}
+
+/// Where tracefs is mounted, if it is: found by its `events` folder, or by the mount table
+/// where this process may not look inside (tracefs is root's alone).
+pub fn mounted() -> Option<PathBuf> {
+    if let Some(root) = [TRACEFS, DEBUGFS_TRACING]
+        .into_iter()
+        .find(|root| Path::new(root).join("events").is_dir())
+    {
+        return Some(PathBuf::from(root));
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let points: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, filesystem) = line.split_once(" - ")?;
+            let point = mount.split_whitespace().nth(4)?;
+            filesystem.starts_with("tracefs ").then_some(point)
+        })
+        .collect();
+    [TRACEFS, DEBUGFS_TRACING]
+        .into_iter()
+        .find(|root| points.contains(root))
+        .map(PathBuf::from)
 }
 
 fn mount_tracefs(target: &Path) -> Result<(), TracefsError> {

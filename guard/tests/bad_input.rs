@@ -538,7 +538,11 @@ fn cgroup_paths_without_bpf() {
     std::fs::write(tree.0.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
     matrix.expect(
         "memory.max without +memory in the parent",
-        err(guard::cgroup::write(&child, "memory.max", "67108864")),
+        err(guard::cgroup::files::write(
+            &child,
+            "memory.max",
+            "67108864",
+        )),
         &format!(
             "writing 67108864 to {child}/memory.max: the file does not exist because the parent \
              cgroup {parent} does not enable the memory controller for its children (its \
@@ -553,7 +557,7 @@ fn cgroup_paths_without_bpf() {
     // With the controller passed on, a missing file is only missing (no swap accounting).
     matrix.expect(
         "pids.max with +pids in the parent (the file is just missing)",
-        err(guard::cgroup::write(&child, "pids.max", "5"))
+        err(guard::cgroup::files::write(&child, "pids.max", "5"))
             .map_err(|error| error.split(": ").last().unwrap_or_default().to_string()),
         "No such file or directory (os error 2)",
     );
@@ -565,12 +569,10 @@ fn cgroup_paths_without_bpf() {
 #[tokio::test]
 async fn a_required_tier_above_what_guard_can_reach_is_refused() {
     let kernel = guard::CapabilityReport::probe();
-    let result = Guard::start(GuardOptions {
-        max_tier: Tier::CgroupFilesOnly,
-        min_tier: Tier::Tracepoints,
-        ..GuardOptions::default()
-    })
-    .await;
+    let mut options = GuardOptions::default();
+    options.max_tier = Tier::CgroupFilesOnly;
+    options.min_tier = Tier::Tracepoints;
+    let result = Guard::start(options).await;
     let Err(error) = result else {
         panic!("a guard capped at tier 0 started although tier 1 was required");
     };
@@ -583,11 +585,15 @@ async fn a_required_tier_above_what_guard_can_reach_is_refused() {
             kernel.tier
         )
     } else {
+        let why = if kernel.privilege.permits_bpf() {
+            format!("all that kernel {} allows", kernel.kernel_release)
+        } else {
+            "this process may not use BPF".to_string()
+        };
         format!(
-            "guard would run at tier 0 (cgroup event files only) (all that kernel {} allows), \
-             below the required tier 1 (tracepoints): {}",
-            kernel.kernel_release,
-            kernel.notes.join("; ")
+            "guard would run at tier 0 (cgroup event files only) ({why}), below the required \
+             tier 1 (tracepoints): {}",
+            kernel.blockers(Tier::Tracepoints).join("; ")
         )
     };
     assert_eq!(message, want);
@@ -601,12 +607,9 @@ async fn guard_watch_refuses_what_is_not_a_cgroup() {
         return;
     };
     let mount = hierarchy.mount.display().to_string();
-    let guard = Guard::start(GuardOptions {
-        max_tier: Tier::CgroupFilesOnly,
-        ..GuardOptions::default()
-    })
-    .await
-    .unwrap();
+    let mut options = GuardOptions::default();
+    options.max_tier = Tier::CgroupFilesOnly;
+    let guard = Guard::start(options).await.unwrap();
     let missing = hierarchy.mount.join("guard-bad-input-no-such-cgroup");
     let file = hierarchy.mount.join("cgroup.procs");
     let cases = [

@@ -7,20 +7,15 @@ use std::{
 };
 
 use guard::{
-    Guard, GuardOptions, RingOptions, cgroup::Hierarchy, forensic::LogOptions,
-    sinks::event_log::EventLog,
+    Guard, GuardOptions, cgroup::Hierarchy, forensic::LogOptions, sinks::event_log::EventLog,
 };
 
 /// Options for exact-count tests: every event streamed (the default rate bound could suppress
 /// some).
 pub fn unbounded() -> GuardOptions {
-    GuardOptions {
-        ring: RingOptions {
-            max_events_per_sec: 0,
-            ..RingOptions::default()
-        },
-        ..GuardOptions::default()
-    }
+    let mut options = GuardOptions::default();
+    options.ring.max_events_per_sec = 0;
+    options
 }
 
 /// A fresh cgroup `name`, and a guard (started with [`unbounded`]) watching it as container

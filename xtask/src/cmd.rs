@@ -21,8 +21,8 @@ pub fn run(command: &mut Command) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
-/// Builds the release `guard`, `guard-stress` and the example agent that guests run (a debug guard would crowd a
-/// 128 MiB guest) and returns their folder.
+/// Builds the release `guard`, `guard-stress` and the two example agents that guests run (a
+/// debug guard would crowd a 128 MiB guest) and returns their folder.
 pub fn build_guest_binaries() -> anyhow::Result<std::path::PathBuf> {
     run(cargo().args([
         "build",
@@ -32,9 +32,11 @@ pub fn build_guest_binaries() -> anyhow::Result<std::path::PathBuf> {
         "-p",
         "guard-tests",
         "--bins",
-        // The example agent runs in a guest test too.
+        // The example agents run in guest tests too: with libcontainer, and monitoring only.
         "--example",
         "agent",
+        "--example",
+        "monitor",
         // The binary is the library's `cli` feature.
         "--features",
         "guard/cli",

@@ -42,18 +42,31 @@ pub struct EbpfObjectArgs {
     /// The loading machine's byte order.
     #[arg(long, default_value = HOST_ENDIAN, value_parser = ["little", "big"])]
     pub target_endian: String,
-    /// The child cargo's target dir (kept between runs, so a second build is quick).
-    /// Default: <target>/ebpf-object.
+    /// The child cargo's target dir, kept between runs so a second build is quick. Without it
+    /// the build happens in a temporary folder, removed at the end: nothing is written
+    /// outside --out (the eBPF build takes a minute or two each time then).
     #[arg(long, value_name = "DIR")]
     pub target_dir: Option<PathBuf>,
 }
 
 pub fn run(args: &EbpfObjectArgs) -> anyhow::Result<()> {
-    let target_dir = args
-        .target_dir
-        .clone()
-        .unwrap_or_else(|| xtask::paths::target_dir().join("ebpf-object"));
-    let (object, sha256) = build(args, &target_dir, true)?;
+    let (object, sha256) = match &args.target_dir {
+        Some(target_dir) => build(args, target_dir, true)?,
+        None => {
+            let scratch =
+                std::env::temp_dir().join(format!("guard-ebpf-object-{}", std::process::id()));
+            let built = build(args, &scratch, true);
+            if let Err(error) = std::fs::remove_dir_all(&scratch)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                eprintln!(
+                    "ebpf-object: could not remove {}: {error}",
+                    scratch.display()
+                );
+            }
+            built?
+        }
+    };
     println!(
         "ebpf-object: {} ({} bytes), sha256 {sha256}\n\
          build guard against it with:\n  GUARD_EBPF_OBJECT={} cargo build -p guard",
@@ -125,11 +138,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// CI: guard builds against a prebuilt object with neither nightly nor bpf-linker (stand-ins
-/// for `rustup` and `bpf-linker` that fail lead PATH), quietly; a wrong hash, a missing hash
-/// and AYA_BUILD_SKIP alone each fail with their message. The object is the one guard's own
-/// build script made, byte for byte.
-pub fn check_prebuilt() -> anyhow::Result<()> {
+/// The object CI's prebuilt checks use, in `<target>/ebpf-object-check/object`: built with the
+/// child target dir of guard's latest source build (then all fresh, a second), and checked
+/// to be byte for byte the object that build embedded. Returns its path and hash.
+pub fn object_for_checks() -> anyhow::Result<(PathBuf, String)> {
     let scratch = xtask::paths::target_dir().join("ebpf-object-check");
     // The child target dir of guard's latest source build: the same command finds it all
     // fresh (a second, where a dir of its own would rebuild core for bpf, most of a minute).
@@ -158,7 +170,17 @@ pub fn check_prebuilt() -> anyhow::Result<()> {
         }
         println!("prebuilt: the same bytes as {}", embedded.display());
     }
+    Ok((object, sha256))
+}
 
+/// CI: guard builds against a prebuilt object with neither nightly nor bpf-linker (stand-ins
+/// for `rustup` and `bpf-linker` that fail lead PATH), quietly; a wrong hash, a missing hash
+/// and AYA_BUILD_SKIP alone each fail with their message. The object is the one guard's own
+/// build script made, byte for byte. Returns the object's path.
+pub fn check_prebuilt() -> anyhow::Result<PathBuf> {
+    let scratch = xtask::paths::target_dir().join("ebpf-object-check");
+    let (object, sha256) = object_for_checks()?;
+    let object_path = object.clone();
     let stand_ins = scratch.join("bin");
     let invoked = scratch.join("invoked");
     std::fs::create_dir_all(&stand_ins)?;
@@ -221,7 +243,7 @@ pub fn check_prebuilt() -> anyhow::Result<()> {
     for (env, message) in &cases {
         check_guard(&path, env, Some(message))?;
     }
-    Ok(())
+    Ok(object_path)
 }
 
 /// `cargo check -p guard` with `env` on top of a clean one and `path` as PATH; succeeds

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cmd;
 mod demo;
+mod dependent;
 mod ebpf_object;
 mod fuzz;
 mod kernels;
@@ -36,6 +37,11 @@ enum Command {
     /// Everything CI checks: fmt, clippy (host crates and the eBPF crate), unit tests, host
     /// BPF tests (as root) and the guest VM suite.
     Test(test::TestArgs),
+    /// Build the agent crate outside the workspace (tests/dependent) as guard's dependents do
+    /// (stable toolchain, prebuilt eBPF object, no lock file of guard's), check the git and
+    /// registry forms resolve to guard's vendored loader, and run it on the host: its start
+    /// must open no vmlinux BTF, its peak RSS stay within 2 MiB of idle (part of `test`).
+    Dependent,
     /// What guard's kernel fragment costs: boot each lean kernel a few times and tabulate tier,
     /// image size, build and boot time, MemTotal and MemAvailable (into docs/KERNELS.md).
     Kernels(kernels::KernelsArgs),
@@ -56,6 +62,10 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(&args),
         Command::Soak(args) => soak::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Dependent => {
+            let (object, _) = ebpf_object::object_for_checks()?;
+            dependent::check(&object)
+        }
         Command::Setup(args) => setup::run(args),
         Command::EbpfObject(args) => ebpf_object::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),

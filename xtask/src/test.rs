@@ -106,8 +106,14 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     // bpf-linker (seconds: the object comes from the child build guard's own build script
     // already made fresh, and guard alone is checked once more).
     let prebuilt_started = Instant::now();
-    crate::ebpf_object::check_prebuilt().context("the prebuilt eBPF object check failed")?;
+    let object =
+        crate::ebpf_object::check_prebuilt().context("the prebuilt eBPF object check failed")?;
     steps.push(("prebuilt eBPF object", prebuilt_started.elapsed()));
+    // An agent outside the workspace, as guard's dependents build it: the vendored loader
+    // (no BTF opened, peak near idle) by path, git and registry alike.
+    let dependent_started = Instant::now();
+    crate::dependent::check(&object).context("the dependent check failed")?;
+    steps.push(("dependent agent", dependent_started.elapsed()));
     steps.push((
         "tests (unit, host, guest)",
         cmd::run(

@@ -60,6 +60,7 @@ impl std::fmt::Display for EbpfObjectOrigin {
 
 /// The eBPF side failed (inside [`GuardError::Bpf`](crate::GuardError::Bpf)).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BpfError {
     /// tracefs could not be mounted, or a tracepoint's `format` file is unusable.
     #[error(transparent)]
@@ -118,6 +119,7 @@ pub enum BpfError {
 /// assert_eq!(options.max_events_per_sec, 2000);
 /// ```
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct RingOptions {
     /// Ring-buffer size in bytes (a power of two, at least a page; the kernel refuses others
     /// when the guard starts). Default 256 KiB. The kernel maps it twice: see

@@ -6,8 +6,12 @@ pub(crate) async fn forward_program_logs(logger: aya_log::EbpfLogger<&'static dy
     let registered = unsafe {
         tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
     };
-    let Ok(mut logger) = registered else {
-        return;
+    let mut logger = match registered {
+        Ok(logger) => logger,
+        Err(error) => {
+            tracing::warn!(error = %error.into_parts().1, "eBPF programs' own log messages will not be shown");
+            return;
+        }
     };
     while let Ok(mut ready) = logger.readable_mut().await {
         ready.get_inner_mut().flush();

@@ -13,6 +13,10 @@ use serde::Serialize;
 use crate::{Tier, cgroup::Hierarchy, signals, tracefs};
 
 mod notes;
+mod privilege;
+
+pub use privilege::Privilege;
+use privilege::TracefsAccess;
 
 /// A function that exists exactly when the kernel has CONFIG_PSI (`psi=0` or
 /// CONFIG_PSI_DEFAULT_DISABLED only hide /proc/pressure).
@@ -32,6 +36,7 @@ pub struct TracepointPresence {
 
 /// The cgroup v2 hierarchy as the probe found it.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct CgroupReport {
     /// Where cgroup2 is mounted, if it is.
     pub mount: Option<String>,
@@ -43,14 +48,19 @@ pub struct CgroupReport {
 
 /// Everything `guard probe` reports.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct CapabilityReport {
     /// `/proc/sys/kernel/osrelease` (or `unknown (…)` with the read's error).
     pub kernel_release: String,
+    /// Whether this process may use BPF, and what it lacks: probed first, since a refusal
+    /// hides every BPF feature behind it.
+    pub privilege: Privilege,
     /// The kernel exposes its BTF (`/sys/kernel/btf/vmlinux`); guard does not need it.
     pub btf: bool,
-    /// The kernel loads BPF tracepoint programs.
+    /// The kernel loads BPF tracepoint programs (false too where `privilege` forbade the
+    /// probe: the notes then say nothing of the kernel's BPF).
     pub bpf_tracepoint_programs: bool,
-    /// The kernel has BPF ring buffers (5.8+).
+    /// The kernel has BPF ring buffers (5.8+; false too where `privilege` forbade the probe).
     pub bpf_ring_buffer: bool,
     /// Where tracefs is mounted (None: it could not be; the notes say why).
     pub tracefs: Option<String>,
@@ -122,12 +132,30 @@ impl CapabilityReport {
             .map(|text| text.trim().to_string())
             .unwrap_or_else(|error| format!("unknown ({error})"));
         let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
-        let bpf_tracepoint_programs =
-            is_program_supported(ProgramType::TracePoint).unwrap_or(false);
-        let bpf_ring_buffer = is_map_supported(MapType::RingBuf).unwrap_or(false);
         let tracefs_supported = filesystem_known("tracefs");
-        // Without tracefs in the kernel a mount can only fail: do not try.
-        let tracefs_root = if tracefs_supported {
+        // Privilege first: without it every BPF probe below would fail as if the kernel
+        // lacked the feature.
+        let mut privilege = Privilege::probe(&kernel_release, tracefs_access(tracefs_supported));
+        let (bpf_tracepoint_programs, bpf_ring_buffer) = if privilege.permits_bpf() {
+            let programs = is_program_supported(ProgramType::TracePoint);
+            if let Err(aya::programs::ProgramError::SyscallError(error)) = &programs
+                && matches!(
+                    error.io_error.raw_os_error(),
+                    Some(libc::EPERM | libc::EACCES)
+                )
+            {
+                privilege.bpf_refused = Some(error.io_error.to_string());
+            }
+            (
+                programs.unwrap_or(false),
+                is_map_supported(MapType::RingBuf).unwrap_or(false),
+            )
+        } else {
+            (false, false)
+        };
+        // Without tracefs in the kernel a mount can only fail, and without the privilege to
+        // use it there is nothing to mount it for: do not try.
+        let tracefs_root = if tracefs_supported && privilege.permits_bpf() {
             tracefs::ensure_mounted().map_err(|error| error.to_string())
         } else {
             Err(String::new())
@@ -166,6 +194,7 @@ impl CapabilityReport {
 
         let mut report = Self {
             kernel_release,
+            privilege,
             btf,
             bpf_tracepoint_programs,
             bpf_ring_buffer,
@@ -192,7 +221,8 @@ impl CapabilityReport {
     }
 
     fn derive_tier(&self) -> Tier {
-        let tracing = self.bpf_tracepoint_programs
+        let tracing = self.privilege.permits_bpf()
+            && self.bpf_tracepoint_programs
             && self.bpf_ring_buffer
             && self.tracefs.is_some()
             && self.baseline_tracepoints_present();
@@ -210,6 +240,14 @@ impl CapabilityReport {
         let mut line = |key: &str, value: &str| out.push_str(&format!("{key:<28} {value}\n"));
         line("kernel", &self.kernel_release);
         line("tier", &self.tier.to_string());
+        line(
+            "BPF permitted",
+            if self.privilege.permits_bpf() {
+                "yes"
+            } else {
+                "no (see the notes)"
+            },
+        );
         line("BTF", yes_no(self.btf));
         line(
             "BPF tracepoint programs",
@@ -264,6 +302,18 @@ fn probe_cgroup() -> CgroupReport {
         mount: Some(hierarchy.mount.display().to_string()),
         controllers,
         missing_controllers,
+    }
+}
+
+/// tracefs as this process finds it.
+fn tracefs_access(supported: bool) -> TracefsAccess {
+    if !supported {
+        return TracefsAccess::NotInKernel;
+    }
+    match tracefs::mounted() {
+        Some(root) if fs::read_dir(root.join("events")).is_ok() => TracefsAccess::Readable,
+        Some(_) => TracefsAccess::Refused,
+        None => TracefsAccess::NotMounted,
     }
 }
 

@@ -21,21 +21,23 @@ impl CapabilityReport {
     }
 
     /// The kernel options that lift the tier, lowest tier first: what kernels/guard.config
-    /// turns on, less what this kernel already has.
+    /// turns on, less what this kernel already has. Where this process may not use BPF, only
+    /// what could be seen without it (tracefs in /proc/filesystems).
     pub(super) fn derive_options_to_lift_tier(&self) -> Vec<String> {
         let mut options = Vec::new();
+        let seen = self.privilege.permits_bpf();
         if self.tier < Tier::Tracepoints {
             if !self.tracefs_supported {
                 options.push("CONFIG_FTRACE");
             }
-            if !self.tracefs_supported || self.syscall_tracepoints_missing() {
+            if !self.tracefs_supported || (seen && self.syscall_tracepoints_missing()) {
                 options.push("CONFIG_FTRACE_SYSCALLS");
             }
-            if !self.bpf_tracepoint_programs {
+            if seen && !self.bpf_tracepoint_programs {
                 options.push("CONFIG_BPF_EVENTS");
             }
         }
-        if self.tier < Tier::TracepointsAndKprobes {
+        if seen && self.tier < Tier::TracepointsAndKprobes {
             if !self.kprobes {
                 options.extend(["CONFIG_KPROBES", "CONFIG_KPROBE_EVENTS"]);
             } else if !self.pids_can_fork_symbol {
@@ -45,8 +47,23 @@ impl CapabilityReport {
         options.into_iter().map(String::from).collect()
     }
 
+    /// Every note: what keeps the top tier away, then remarks on what runs.
     pub(super) fn derive_notes(&self) -> Vec<String> {
+        let mut notes = self.blockers(Tier::TracepointsAndKprobes);
+        notes.extend(self.remarks());
+        notes
+    }
+
+    /// What keeps `tier` away, and only that: the privilege first (a process that may not use
+    /// BPF sees none of the kernel's BPF features, so nothing is said of them), then what the
+    /// kernel lacks for each tier up to `tier`. Empty when nothing does (or for tier 0).
+    pub fn blockers(&self, tier: Tier) -> Vec<String> {
         let mut notes = Vec::new();
+        if tier < Tier::Tracepoints {
+            return notes;
+        }
+        notes.extend(self.privilege.note());
+        let seen = self.privilege.permits_bpf();
         if !self.tracefs_supported {
             notes.push(
                 "CONFIG_FTRACE is off (no tracefs in /proc/filesystems): the kernel has no \
@@ -56,6 +73,9 @@ impl CapabilityReport {
             );
         } else if let Some(error) = &self.tracefs_error {
             notes.push(format!("tracefs could not be mounted: {error}"));
+        }
+        if !seen {
+            return notes;
         }
         if self.tracefs.is_some() {
             if self.syscall_tracepoints_missing() {
@@ -88,6 +108,9 @@ impl CapabilityReport {
                     .to_string(),
             );
         }
+        if tier < Tier::TracepointsAndKprobes {
+            return notes;
+        }
         if !self.kprobes {
             notes.push(
                 "CONFIG_KPROBE_EVENTS is off (no kprobe_events): no kretprobe on pids_can_fork, \
@@ -102,6 +125,13 @@ impl CapabilityReport {
                     .to_string(),
             );
         }
+        notes
+    }
+
+    /// What does not keep a tier away but is worth knowing: the interpreter, the cgroup
+    /// controllers, PSI.
+    fn remarks(&self) -> Vec<String> {
+        let mut notes = Vec::new();
         if self.tier >= Tier::Tracepoints && !self.bpf_jit {
             notes.push(
                 "CONFIG_BPF_JIT is off: guard's programs run in the BPF interpreter (slower per \
@@ -113,7 +143,7 @@ impl CapabilityReport {
             None => notes.push("no cgroup v2 hierarchy is mounted".to_string()),
             Some(mount) if !self.cgroup_v2.missing_controllers.is_empty() => notes.push(format!(
                 "cgroup v2 hierarchy at {mount} lacks the {} controller(s): limits cannot be \
-                 enforced here (host tests cover BPF and attribution only)",
+                 enforced here, only watched",
                 self.cgroup_v2.missing_controllers.join(", ")
             )),
             Some(_) => {}
@@ -145,6 +175,7 @@ mod tests {
     fn full_kernel() -> CapabilityReport {
         CapabilityReport {
             kernel_release: "6.12.117".into(),
+            privilege: crate::capability::privilege::granted(),
             btf: true,
             bpf_tracepoint_programs: true,
             bpf_ring_buffer: true,
@@ -269,5 +300,63 @@ mod tests {
             report.notes,
             ["PSI is built in but disabled: boot with psi=1 for pressure stall figures"]
         );
+    }
+
+    /// What a process without the privilege sees of a full kernel: its probes of BPF failed,
+    /// which says nothing about the kernel.
+    fn unprivileged() -> CapabilityReport {
+        let mut report = full_kernel();
+        report.privilege = crate::capability::privilege::refused();
+        report.bpf_tracepoint_programs = false;
+        report.bpf_ring_buffer = false;
+        report.tracefs = None;
+        report.kprobes = false;
+        for tracepoint in &mut report.tracepoints {
+            tracepoint.present = false;
+        }
+        finish(report)
+    }
+
+    #[test]
+    fn a_missing_privilege_is_named_and_no_kernel_option_blamed() {
+        let report = unprivileged();
+        assert_eq!(report.tier, Tier::CgroupFilesOnly);
+        assert!(report.options_to_lift_tier.is_empty(), "{report:?}");
+        let blockers = report.blockers(Tier::Tracepoints);
+        assert_eq!(
+            blockers,
+            [
+                "not permitted to use BPF: this process (euid 65534) lacks CAP_BPF, CAP_PERFMON \
+                 and CAP_DAC_READ_SEARCH; run the agent as root, or grant it CAP_BPF + \
+                 CAP_PERFMON + CAP_DAC_READ_SEARCH"
+            ]
+        );
+        let notes = report.notes.join("\n");
+        for blamed in ["CONFIG_", "ring buffers", "tracepoints"] {
+            assert!(!notes.contains(blamed), "{notes}");
+        }
+        // A kernel without tracefs lacks it whatever the privilege: that is said too.
+        let mut lean = unprivileged();
+        lean.tracefs_supported = false;
+        let lean = finish(lean);
+        assert_eq!(lean.blockers(Tier::Tracepoints).len(), 2);
+        assert!(lean.blockers(Tier::Tracepoints)[1].starts_with("CONFIG_FTRACE is off"));
+    }
+
+    #[test]
+    fn a_tier_is_refused_for_what_keeps_it_away_only() {
+        let mut tier_1 = full_kernel();
+        tier_1.kprobes = false;
+        tier_1.bpf_jit = false;
+        tier_1.psi = false;
+        tier_1.cgroup_v2.missing_controllers = vec!["memory".into()];
+        let report = finish(tier_1);
+        assert!(report.blockers(Tier::Tracepoints).is_empty());
+        let blockers = report.blockers(Tier::TracepointsAndKprobes);
+        assert_eq!(blockers.len(), 1, "{blockers:?}");
+        assert!(blockers[0].starts_with("CONFIG_KPROBE_EVENTS is off"));
+        // The remarks stay in the notes.
+        assert_eq!(report.notes.len(), 4, "{:?}", report.notes);
+        assert!(report.blockers(Tier::CgroupFilesOnly).is_empty());
     }
 }

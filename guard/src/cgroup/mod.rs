@@ -4,6 +4,7 @@
 //! name their files and write their limits; nothing outside this module names a controller's
 //! file. Errors name the file (and the value, for a write).
 mod events;
+internal_mod!(files);
 mod hierarchy;
 mod limits;
 pub mod memory;
@@ -17,6 +18,8 @@ use std::{
 };
 
 pub use events::{EventFiles, KeyedCounts};
+#[allow(unused_imports, reason = "the runtime feature's and the binary's")]
+pub(crate) use files::{read, read_ids, write};
 pub use hierarchy::{CgroupIdentity, Hierarchy};
 pub use limits::{HeldLimits, LimitValue};
 pub use procs::command_inside;
@@ -24,6 +27,7 @@ pub use procs::command_inside;
 /// A read or write of a cgroup (or of the mount table) that failed; every variant names the
 /// path.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CgroupError {
     /// A file that exists could not be read (a missing file is not an error: it reads as
     /// absent).
@@ -92,10 +96,10 @@ pub enum CgroupError {
         mount: PathBuf,
     },
     /// A controller's file is missing from an existing cgroup because the parent does not
-    /// enable the controller for its children ([`write()`]).
+    /// enable the controller for its children (`cgroup::files::write`).
     #[error("{0}")]
     ControllerOff(Box<ControllerOff>),
-    /// A write the kernel refused, or a file that does not exist ([`write()`]).
+    /// A write the kernel refused, or a file that does not exist (`cgroup::files::write`).
     #[error("writing {value} to {path}: {source}")]
     Write {
         /// The file.
@@ -160,45 +164,6 @@ fn read_optional(path: &Path) -> Result<Option<String>, CgroupError> {
     }
 }
 
-/// The text of the file `name` of `cgroup`, trimmed; None when it does not exist.
-pub fn read(cgroup: &Path, name: &str) -> Result<Option<String>, CgroupError> {
-    Ok(read_optional(&cgroup.join(name))?.map(|text| text.trim().to_string()))
-}
-
-/// The ids listed in `cgroup`'s `name` (`cgroup.procs`, `cgroup.threads`), one per line; none
-/// when the file does not exist (the cgroup was removed meanwhile).
-pub fn read_ids(cgroup: &Path, name: &str) -> Result<Vec<u32>, CgroupError> {
-    Ok(read_optional(&cgroup.join(name))?
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| line.trim().parse().ok())
-        .collect())
-}
-
-/// Writes `value` to the file `name` of `cgroup`: the one way guard changes a cgroup. The file
-/// must exist: cgroupfs refuses to create one with EACCES, which would hide that the kernel
-/// simply lacks it (no `memory.swap.max` without CONFIG_SWAP), so a missing file is NotFound.
-pub fn write(cgroup: &Path, name: &str, value: &str) -> Result<(), CgroupError> {
-    use std::io::Write as _;
-    let path = cgroup.join(name);
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .and_then(|mut file| file.write_all(value.as_bytes()))
-        .map_err(|source| {
-            if source.kind() == io::ErrorKind::NotFound
-                && let Some(off) = controller_off(cgroup, name, value)
-            {
-                return CgroupError::ControllerOff(Box::new(off));
-            }
-            CgroupError::Write {
-                path,
-                value: value.to_string(),
-                source,
-            }
-        })
-}
-
 /// The limit file `name` of `cgroup` (None: no such file).
 fn read_limit(cgroup: &Path, name: &str) -> Result<Option<LimitValue>, CgroupError> {
     let path = cgroup.join(name);
@@ -228,30 +193,6 @@ fn write_limit_unless_smaller(
     }
     write_limit(cgroup, name, Some(value))?;
     Ok(None)
-}
-
-/// Why a controller's file (`memory.max`) is missing from an existing cgroup, when the reason
-/// is that its parent does not pass the controller on. None when that is not the reason.
-fn controller_off(cgroup: &Path, name: &str, value: &str) -> Option<ControllerOff> {
-    let (controller, _) = name.split_once('.')?;
-    if controller == "cgroup" || !cgroup.is_dir() {
-        return None;
-    }
-    let parent = cgroup.parent()?;
-    let parent_file =
-        |file: &str| fs::read_to_string(parent.join(file)).map(|text| text.trim().to_string());
-    let enabled = parent_file("cgroup.subtree_control").ok()?;
-    if enabled.split_whitespace().any(|on| on == controller) {
-        return None;
-    }
-    Some(ControllerOff {
-        path: cgroup.join(name),
-        value: value.to_string(),
-        controller: controller.to_string(),
-        parent: parent.to_path_buf(),
-        enabled,
-        available: parent_file("cgroup.controllers").unwrap_or_default(),
-    })
 }
 
 /// Creates the cgroup directory `path` (which must not exist yet).

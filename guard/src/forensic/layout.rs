@@ -125,12 +125,14 @@ impl LogFile {
 /// The name of the file with `index`: at least six digits, zero-padded.
 ///
 /// ```
+/// # #[cfg(feature = "internals")] {
 /// use guard::forensic::layout::{file_name, parse_file_name};
 ///
 /// assert_eq!(file_name(3), "guard-000003.jsonl");
 /// assert_eq!(parse_file_name("guard-1234567.jsonl"), Some(1_234_567));
 /// assert_eq!(parse_file_name("guard-03.jsonl"), None);
 /// assert_eq!(parse_file_name("guard.lock"), None);
+/// # }
 /// ```
 pub fn file_name(index: u64) -> String {
     format!("{FILE_PREFIX}{index:06}{FILE_SUFFIX}")

@@ -66,13 +66,15 @@ pub fn monotonic_ns() -> Result<u64, TimeError> {
 /// Formats as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`: fixed width, so timestamps also sort as strings.
 ///
 /// ```
+/// # #[cfg(feature = "internals")] {
 /// use guard::forensic::time::{format_rfc3339_nanos, parse_rfc3339};
 ///
 /// let ns = parse_rfc3339("2026-11-29T20:03:15.5+01:00")?;
 /// assert_eq!(format_rfc3339_nanos(ns), "2026-11-29T19:03:15.500000000Z");
 /// assert_eq!(format_rfc3339_nanos(0), "1970-01-01T00:00:00.000000000Z");
 /// assert!(parse_rfc3339("2026-13-01").is_err());
-/// # Ok::<(), guard::forensic::time::TimeError>(())
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn format_rfc3339_nanos(unix_ns: i64) -> String {
     let secs = unix_ns.div_euclid(NANOS_PER_SEC);
@@ -230,13 +232,15 @@ pub fn parse_rfc3339(input: &str) -> Result<i64, TimeError> {
 /// Parses a relative duration: one or more `<number><unit>` with units ms, s, m, h, d.
 ///
 /// ```
+/// # #[cfg(feature = "internals")] {
 /// use std::time::Duration;
 /// use guard::forensic::time::parse_duration;
 ///
 /// assert_eq!(parse_duration("1h30m")?, Duration::from_secs(5400));
 /// assert_eq!(parse_duration("500ms")?, Duration::from_millis(500));
 /// assert!(parse_duration("10").is_err()); // a unit is required
-/// # Ok::<(), guard::forensic::time::TimeError>(())
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn parse_duration(input: &str) -> Result<Duration, TimeError> {
     let bad = |reason| TimeError::BadDuration {

@@ -7,153 +7,43 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
 };
 
-use guard_common::{MAX_CONTAINERS, TaskEntry, WatchEntry};
+use guard_common::{TaskEntry, WatchEntry};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::{
     Tier,
-    bpf::{BpfError, EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, Programs, RingOptions},
+    bpf::{EBPF_OBJECT_ORIGIN, EBPF_OBJECT_SHA256, Programs},
     capability::CapabilityReport,
     cgroup::{CgroupError, EventFiles, Hierarchy},
-    container_id::{ContainerId, ContainerIdError},
+    container_id::ContainerId,
     events::GuardEvent,
     kmsg::KmsgWatch,
     limits::Limits,
     pipeline::{
         fault::InjectedPanics,
         hub::Hub,
-        inotify::{FileWatchError, FileWatcher},
+        inotify::FileWatcher,
         lock,
         ring::{self, DrainRequest},
+        task,
     },
     verdict::report::Report,
 };
 
+mod error;
+mod options;
 mod query;
 mod registry;
 mod subtree;
+mod teardown;
 
+pub use error::GuardError;
+pub use options::GuardOptions;
+use options::allowed_tier;
 use registry::{Registry, Watched};
-
-/// What a [`Guard`] call can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum GuardError {
-    /// The eBPF side failed: at [`Guard::start`], loading the object, reading the tracepoint
-    /// layouts or attaching a program; later, an update or read of one of the programs' maps
-    /// (registering a container in [`Guard::watch`], forgetting it in [`Guard::unwatch`],
-    /// reading counters). The message names the map or program.
-    #[error(transparent)]
-    Bpf(#[from] BpfError),
-    /// A cgroup could not be used or read. From [`Guard::watch`]: no cgroup v2 hierarchy is
-    /// mounted, or the path is not a cgroup directory under it (missing, outside the mount,
-    /// too deep, a file, another filesystem), or its event files do not parse. From
-    /// [`Guard::report`] and [`Guard::unwatch`]: its limit or event files could not be read
-    /// (a removed cgroup is not an error: its files read as absent).
-    #[error(transparent)]
-    Cgroup(#[from] CgroupError),
-    /// The container id is not valid (see [`ContainerId::parse`]); from every call that takes
-    /// one.
-    #[error(transparent)]
-    ContainerId(#[from] ContainerIdError),
-    /// [`Guard::watch`] with an id that is already watched.
-    #[error("container {id} is already watched (cgroup {cgroup})")]
-    AlreadyWatched {
-        /// The id.
-        id: String,
-        /// The cgroup it is watched at.
-        cgroup: PathBuf,
-    },
-    /// [`Guard::watch`] with a cgroup that is already watched under another id.
-    #[error("cgroup {cgroup} is already watched as container {id}")]
-    CgroupTaken {
-        /// The id it is watched as.
-        id: String,
-        /// The cgroup.
-        cgroup: PathBuf,
-    },
-    /// [`Guard::counters`], [`Guard::report`] or [`Guard::unwatch`] with an id that is not
-    /// watched (never was, or already unwatched).
-    #[error("container {id} is not watched")]
-    NotWatched {
-        /// The id.
-        id: String,
-    },
-    /// [`Guard::watch`] while 1024 containers (every counter slot) are watched; unwatching one
-    /// frees its slot.
-    #[error("all {MAX_CONTAINERS} container slots are in use")]
-    SlotsExhausted,
-    /// inotify failed: creating the instance at [`Guard::start`], or watching a container's
-    /// event files in [`Guard::watch`] (e.g. the inotify watch limit).
-    #[error(transparent)]
-    FileWatch(#[from] FileWatchError),
-    /// The event reader is gone. [`Guard::drain`] returns it once the reader gave up after
-    /// repeated faults ([`Guard::health`] then says `Stopped`); the calls that drain first
-    /// ([`Guard::counters`], [`Guard::report`], [`Guard::loss`], …) read the kernel's exact
-    /// counters anyway in that case, and return it only if the reader ended some other way
-    /// (its task cancelled, as when the tokio runtime shuts down).
-    #[error("the event reader has stopped")]
-    ReaderStopped,
-    /// [`Guard::watch`] with the root cgroup, which holds the agent and the whole guest.
-    #[error(
-        "{cgroup} is the root cgroup: it holds the agent and every process of the guest, not a \
-         container; watch the container's own cgroup"
-    )]
-    RootCgroup {
-        /// The path given.
-        cgroup: PathBuf,
-    },
-    /// [`Guard::start`] when the tier the kernel allows, capped by
-    /// [`GuardOptions::max_tier`], is below [`GuardOptions::min_tier`].
-    #[error("guard would run at tier {got} ({why}), below the required tier {wanted}: {missing}")]
-    TierTooLow {
-        /// [`GuardOptions::min_tier`].
-        wanted: Tier,
-        /// The tier the guard would run at.
-        got: Tier,
-        /// What set the tier: the kernel, or `max_tier`.
-        why: String,
-        /// What is missing, from the capability report's notes (or the options to change).
-        missing: String,
-    },
-}
-
-/// How the guard runs.
-#[derive(Debug, Clone)]
-pub struct GuardOptions {
-    /// Sizes and rate bound of the ring buffer (defaults: [`RingOptions::default`]).
-    pub ring: RingOptions,
-    /// How often the reader polls for records that did not wake it (default 10 ms); after a
-    /// fault it also waits this long times the faults in a row before restarting.
-    pub poll_interval: Duration,
-    /// Never run above this tier, even if the kernel allows it (tests exercise each tier).
-    /// Default: [`Tier::TracepointsAndKprobes`], no cap.
-    pub max_tier: Tier,
-    /// Refuse to start below this tier ([`GuardError::TierTooLow`], naming what the kernel
-    /// lacks). The default accepts tier 0 (the kernel's event files only, no live events); an
-    /// agent that relies on events or BPF counters asks for [`Tier::Tracepoints`].
-    pub min_tier: Tier,
-    /// Read the kernel log (`/dev/kmsg`, a thread of its own) for the scope of each OOM kill:
-    /// a report then names the global OOM killer's kills of a container's tasks even where
-    /// the container's own limit was hit too. Where the log cannot be opened, the split rests
-    /// on `memory.events` alone (logged at start). Default: true; ignored at tier 0.
-    pub read_kernel_log: bool,
-}
-
-impl Default for GuardOptions {
-    fn default() -> Self {
-        Self {
-            ring: RingOptions::default(),
-            poll_interval: Duration::from_millis(10),
-            max_tier: Tier::TracepointsAndKprobes,
-            min_tier: Tier::CgroupFilesOnly,
-            read_kernel_log: true,
-        }
-    }
-}
 
 /// The guard: load it once, watch containers, read their counters and events.
 ///
@@ -181,11 +71,20 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Programs the kernel, loads and attaches the programs the tier allows, and starts the
-    /// reader. Must be called inside a tokio runtime.
+    /// Probes the kernel, loads and attaches the programs the tier allows, and starts the
+    /// reader. Must be called inside a tokio runtime with its IO and time drivers
+    /// (`enable_all()`); a runtime without them is [`GuardError::CannotRun`] (tokio panics
+    /// where a driver is missing: the panic is caught, and printed by the default hook).
     pub async fn start(options: GuardOptions) -> Result<Self, GuardError> {
+        task::check_runtime().map_err(|reason| GuardError::CannotRun { reason })?;
         let mut capabilities = CapabilityReport::probe_for_start();
         let mut tier = allowed_tier(&capabilities, &options)?;
+        if tier < options.max_tier
+            && let Some(note) = capabilities.privilege.note()
+        {
+            // Tier 0 for want of privilege is the agent's to fix, never silent.
+            warn!("guard runs at tier {tier}: {note}");
+        }
         let hierarchy = match Hierarchy::find() {
             Ok(hierarchy) => Some(hierarchy),
             Err(error) => {
@@ -214,16 +113,23 @@ impl Guard {
                 tier = allowed_tier(&capabilities, &options)?;
             }
             if let (Some(ring), Some(lost)) = (probes.take_ring(), probes.take_lost()) {
+                let ring = ring::pollable(ring).map_err(|error| GuardError::CannotRun {
+                    reason: format!("the event reader cannot poll the ring buffer: {error}"),
+                })?;
                 let (sender, receiver) = mpsc::channel(16);
                 drain_requests = Some(sender);
-                tasks.push(tokio::spawn(ring::run(
-                    ring,
-                    lost,
+                tasks.push(task::spawn(
+                    "the event reader",
                     Arc::clone(&hub),
-                    receiver,
-                    options.poll_interval,
-                    Arc::clone(&injected_panics),
-                )));
+                    ring::run(
+                        ring,
+                        lost,
+                        Arc::clone(&hub),
+                        receiver,
+                        options.poll_interval,
+                        Arc::clone(&injected_panics),
+                    ),
+                ));
             }
             if let Some(logger) = probes.take_logger() {
                 tasks.push(tokio::spawn(crate::bpf::forward_program_logs(logger)));
@@ -235,13 +141,17 @@ impl Guard {
         let (file_watcher, file_task, created_cgroups) = FileWatcher::start(Arc::clone(&hub))?;
         tasks.push(file_task);
         if let (Some(probes), Some(hierarchy)) = (&probes, &hierarchy) {
-            tasks.push(tokio::spawn(subtree::adopt_created(
-                created_cgroups,
-                Arc::clone(probes),
+            tasks.push(task::spawn(
+                "the sub-cgroup adopter",
                 Arc::clone(&hub),
-                hierarchy.clone(),
-                file_watcher.clone(),
-            )));
+                subtree::adopt_created(
+                    created_cgroups,
+                    Arc::downgrade(probes),
+                    Arc::clone(&hub),
+                    hierarchy.clone(),
+                    file_watcher.clone(),
+                ),
+            ));
         }
         let kernel_log = match (options.read_kernel_log, &probes) {
             (true, Some(_)) => KmsgWatch::start()
@@ -384,24 +294,43 @@ impl Guard {
 
     /// Stops watching `id`, returning its final report (read after a full drain). Call it
     /// before the cgroup is removed: removal erases the kernel's event files.
+    ///
+    /// The container is forgotten whatever happens: a report that cannot be read (its
+    /// cgroup's files unreadable) is the error returned, and where the event reader is gone
+    /// the report is still made from the kernel's exact counters, flagged `incomplete`.
     pub async fn unwatch(&self, id: &str) -> Result<Report, GuardError> {
-        let report = self.report(id).await?;
-        let id = ContainerId::parse(id)?;
+        let parsed = ContainerId::parse(id)?;
+        if !lock(&self.registry).by_id.contains_key(&parsed) {
+            return Err(GuardError::NotWatched { id: id.to_string() });
+        }
+        let report = self.report(id).await;
+        self.forget(&parsed)?;
+        report
+    }
+
+    /// Removes `id` from the registry, the programs' maps, inotify and the hub. Every step
+    /// runs even if one fails (the first error is returned): the container is never left
+    /// half-watched.
+    fn forget(&self, id: &ContainerId) -> Result<(), GuardError> {
         let mut registry = lock(&self.registry);
         let watched = registry
             .by_id
-            .remove(&id)
+            .remove(id)
             .ok_or_else(|| GuardError::NotWatched { id: id.to_string() })?;
+        let mut result = Ok(());
         if let Some(probes) = &self.probes {
             let mut probes = lock(probes);
-            probes.unwatch(watched.identity.id)?;
+            result = probes
+                .unwatch(watched.identity.id)
+                .map_err(GuardError::from);
             subtree::forget(&mut probes, watched.identity.id);
-            probes.set_watched_levels(registry.watched_levels())?;
+            let levels = probes.set_watched_levels(registry.watched_levels());
+            result = result.and(levels.map_err(GuardError::from));
         }
         registry.free_slots.insert(watched.slot);
         self.file_watcher.remove(watched.identity.id);
         lock(&self.hub).forget(watched.identity.id);
-        Ok(report)
+        result
     }
 
     /// Makes the event reader panic on its next drain, as a bug in it would (feature
@@ -411,13 +340,51 @@ impl Guard {
         self.injected_panics.add(point);
     }
 
-    /// A live stream of attributed events, from now on (nothing is replayed). The queue holds
+    /// A live stream of attributed events, from now on (nothing is replayed), of every
+    /// container ([`Guard::subscribe_container`] takes one's). The queue holds
     /// `capacity` events, at least one: `subscribe(0)` gets a queue of one event, neither an
     /// unbounded nor a closed one. A subscriber that falls further behind loses the excess,
     /// counted in [`LossReport`](crate::LossReport)'s `reader.subscriber_drops`; it never
-    /// slows the reader. Dropping the receiver ends the subscription.
+    /// slows the reader. Dropping the receiver ends the subscription; the guard's end
+    /// ([`Guard::shutdown`], or dropping it) ends it too.
     pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<GuardEvent> {
         self.subscribe_counted(capacity).0
+    }
+
+    /// A live stream of one container's events, from now on: its own, and the guard-wide
+    /// ones that say its stream is incomplete (`lost`, `reader_fault`). Bounded like
+    /// [`Guard::subscribe`]'s. It ends (`recv` gives `None`) when the container is unwatched,
+    /// once every event up to its final report has been queued: a subscriber knows its
+    /// container's stream is over.
+    ///
+    /// ```no_run
+    /// # async fn demo(guard: &guard::Guard) -> Result<(), guard::GuardError> {
+    /// let mut events = guard.subscribe_container("web-1", 1024)?;
+    /// let printer = tokio::spawn(async move {
+    ///     while let Some(event) = events.recv().await {
+    ///         println!("{}", event.detail.kind_name());
+    ///     }
+    ///     // web-1 was unwatched: nothing more will come.
+    /// });
+    /// // … the container runs …
+    /// let report = guard.unwatch("web-1").await?;
+    /// printer.await.ok();
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe_container(
+        &self,
+        id: &str,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<GuardEvent>, GuardError> {
+        let id = ContainerId::parse(id)?;
+        // The registry stays locked while the hub subscribes: an unwatch cannot come between
+        // and leave a subscription that never ends.
+        let registry = lock(&self.registry);
+        let watched = registry
+            .by_id
+            .get(&id)
+            .ok_or_else(|| GuardError::NotWatched { id: id.to_string() })?;
+        Ok(lock(&self.hub).subscribe_container(capacity, watched.identity.id))
     }
 
     /// Like [`Guard::subscribe`], with this subscription's own count of dropped events (for a
@@ -436,51 +403,3 @@ impl Guard {
 /// Guards alive in this process with programs loaded: a second one is almost always a
 /// mistake (see [`Guard::start`]'s warning).
 static LOADED_GUARDS: AtomicUsize = AtomicUsize::new(0);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let watched = self.watched();
-        if !watched.is_empty() {
-            // Their final reports can no longer be taken: say so rather than lose them quietly.
-            warn!(
-                containers = %watched.join(", "),
-                "the guard is dropped while it still watches {} container(s): their final \
-                 reports are lost (call unwatch for each before dropping the guard)",
-                watched.len()
-            );
-        }
-        if self.probes.is_some() {
-            LOADED_GUARDS.fetch_sub(1, Ordering::Relaxed);
-        }
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-/// The tier the guard runs at: what the kernel allows, capped by `max_tier`; refused below
-/// `min_tier`, naming what set it and what is missing.
-fn allowed_tier(
-    capabilities: &CapabilityReport,
-    options: &GuardOptions,
-) -> Result<Tier, GuardError> {
-    let tier = capabilities.tier.min(options.max_tier);
-    if tier >= options.min_tier {
-        return Ok(tier);
-    }
-    let capped = options.max_tier < capabilities.tier;
-    Err(GuardError::TierTooLow {
-        wanted: options.min_tier,
-        got: tier,
-        why: if capped {
-            format!("max_tier caps it; the kernel allows {}", capabilities.tier)
-        } else {
-            format!("all that kernel {} allows", capabilities.kernel_release)
-        },
-        missing: if capped {
-            "raise max_tier or lower min_tier".to_string()
-        } else {
-            capabilities.notes.join("; ")
-        },
-    })
-}

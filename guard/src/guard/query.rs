@@ -29,14 +29,16 @@ impl Guard {
     /// The container's report now: limits read back, counters, the kernel's event files since
     /// watching began, and the reconciled verdict.
     pub async fn report(&self, id: &str) -> Result<Report, GuardError> {
-        let counters = self.counters(id).await?;
+        let id_parsed = ContainerId::parse(id)?;
+        let stream_stopped = self.drain_or_why_not().await;
+        let counters = self.counters_now(&id_parsed)?;
         // counters() has just drained: no second round trip to the reader.
         let loss = self.loss_as_of_last_drain();
         let (cgroup, requested, baseline, ancestor_baseline) = {
             let registry = lock(&self.registry);
             let watched = registry
                 .by_id
-                .get(&ContainerId::parse(id)?)
+                .get(&id_parsed)
                 .ok_or_else(|| GuardError::NotWatched { id: id.to_string() })?;
             (
                 watched.cgroup.clone(),
@@ -68,6 +70,7 @@ impl Guard {
             ancestor_ooms,
             cgroup_gone,
             kernel_log,
+            stream_stopped: stream_stopped.as_deref(),
         });
         Ok(Report {
             container: counters.container.clone(),
@@ -83,12 +86,18 @@ impl Guard {
         })
     }
 
-    /// Drains when the reader runs; when it gave up after repeated faults, the kernel's
-    /// counters are still exact and are read anyway ([`Guard::health`] tells the agent).
-    async fn drain_if_running(&self) -> Result<(), GuardError> {
+    /// Drains when the reader runs; None then. When it is gone (gave up, died, or the
+    /// runtime is shutting down), why: the kernel's counters are still exact and are read
+    /// anyway, and a report says the stream stopped.
+    async fn drain_or_why_not(&self) -> Option<String> {
         match self.drain().await {
-            Err(GuardError::ReaderStopped) if self.health().state == HealthState::Stopped => Ok(()),
-            other => other,
+            Ok(()) => None,
+            Err(_) => Some(
+                self.health()
+                    .last_fault
+                    .filter(|_| self.health().state == HealthState::Stopped)
+                    .unwrap_or_else(|| GuardError::ReaderStopped.to_string()),
+            ),
         }
     }
 
@@ -105,15 +114,21 @@ impl Guard {
         done.await.map_err(|_| GuardError::ReaderStopped)
     }
 
-    /// Exact counters for `id`, after draining pending events.
+    /// Exact counters for `id`, after draining pending events (the BPF counters are exact
+    /// even where the event reader is gone; `delivered` then stops where it stopped).
     pub async fn counters(&self, id: &str) -> Result<ContainerCounters, GuardError> {
         let id = ContainerId::parse(id)?;
-        self.drain_if_running().await?;
+        self.drain_or_why_not().await;
+        self.counters_now(&id)
+    }
+
+    /// `id`'s counters as they stand, without a drain.
+    fn counters_now(&self, id: &ContainerId) -> Result<ContainerCounters, GuardError> {
         let (cgroup_id, slot) = {
             let registry = lock(&self.registry);
             let watched = registry
                 .by_id
-                .get(&id)
+                .get(id)
                 .ok_or_else(|| GuardError::NotWatched { id: id.to_string() })?;
             (watched.identity.id, watched.slot)
         };
@@ -141,7 +156,7 @@ impl Guard {
 
     /// Counters of events outside every container, after draining pending events.
     pub async fn global_counters(&self) -> Result<GlobalCounters, GuardError> {
-        self.drain_if_running().await?;
+        self.drain_or_why_not().await;
         Ok(GlobalCounters {
             bpf: self.bpf_counters(GLOBAL_SLOT)?,
             delivered: lock(&self.hub).delivered(0),
@@ -159,7 +174,7 @@ impl Guard {
 
     /// Losses so far, after draining pending events.
     pub async fn loss(&self) -> Result<LossReport, GuardError> {
-        self.drain_if_running().await?;
+        self.drain_or_why_not().await;
         Ok(self.loss_as_of_last_drain())
     }
 

@@ -9,7 +9,7 @@
 //! moved in before it is in `cgroup.threads`.
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
 };
 
 use guard_common::TaskEntry;
@@ -114,12 +114,17 @@ pub(super) fn forget(probes: &mut Programs, cgroup_id: u64) {
 /// Adopts sub-cgroups as inotify reports their creation, while their container is watched.
 pub(super) async fn adopt_created(
     mut created: mpsc::UnboundedReceiver<(TaskEntry, PathBuf)>,
-    probes: Arc<Mutex<Programs>>,
+    probes: Weak<Mutex<Programs>>,
     hub: Arc<Mutex<Hub>>,
     hierarchy: Hierarchy,
     watcher: FileWatcher,
-) {
+) -> Result<(), String> {
     while let Some((container, dir)) = created.recv().await {
+        // Weak: the guard alone owns the programs, so they are never closed on this task's
+        // worker thread (a teardown waits on the kernel).
+        let Some(probes) = probes.upgrade() else {
+            return Ok(());
+        };
         let mut probes = lock(&probes);
         // Unwatched meanwhile: its sub-cgroups are no longer ours.
         if !probes.is_watched(container.cgroup_id) {
@@ -134,4 +139,6 @@ pub(super) async fn adopt_created(
             Err(error) => warn!(dir = %dir.display(), %error, "cannot adopt a new sub-cgroup"),
         }
     }
+    // The inotify watcher went away: its own end is recorded.
+    Ok(())
 }

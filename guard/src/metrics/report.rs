@@ -118,6 +118,7 @@ mod tests {
             ancestor_ooms: 0,
             cgroup_gone: false,
             kernel_log: None,
+            stream_stopped: None,
         };
         Report {
             container: "web".into(),

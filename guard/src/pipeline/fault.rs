@@ -1,5 +1,5 @@
 //! Fault injection for tests of the reader's recovery (feature `fault-injection` exposes it
-//! through `Guard::inject_reader_panic`; the checks cost two relaxed loads per drain).
+//! through `Guard::inject_reader_panic`; the checks cost three relaxed loads per drain).
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Where an injected panic strikes a drain (feature `fault-injection`).
@@ -10,6 +10,9 @@ pub enum FaultPoint {
     /// After the batch left the ring buffer, before it was counted: the batch is lost, and the
     /// sequence check must say so.
     AfterReading,
+    /// In the reader's task, outside the drain that catches panics: the task dies, as a bug
+    /// there or an aborted task would end it. Nothing restarts it; the guard's health says so.
+    OutsideDrain,
 }
 
 /// Test hook: panics the reader injects into its next drains (see `Guard::inject_reader_panic`).
@@ -17,6 +20,7 @@ pub enum FaultPoint {
 pub struct InjectedPanics {
     before_reading: AtomicU32,
     after_reading: AtomicU32,
+    outside_drain: AtomicU32,
 }
 
 impl InjectedPanics {
@@ -29,6 +33,7 @@ impl InjectedPanics {
         match point {
             FaultPoint::BeforeReading => &self.before_reading,
             FaultPoint::AfterReading => &self.after_reading,
+            FaultPoint::OutsideDrain => &self.outside_drain,
         }
     }
 

@@ -2,16 +2,14 @@
 //! the reader and the inotify watcher hand it what they read, the guard reads its tallies.
 use std::{
     collections::HashMap,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::AtomicU64},
 };
 
 use guard_common::{EVENT_KIND_SLOTS, EventKind};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::fanout::Subscribers;
 use crate::{
     counters::{Delivered, HealthState, ReaderHealth, ReaderLoss},
     events::{DecodeError, EventDetail, GuardEvent, Lost, ReaderFault},
@@ -39,25 +37,23 @@ pub(crate) struct Hub {
     kernel_lost: [u64; EVENT_KIND_SLOTS as usize],
     /// The highest sequence number seen per CPU.
     last_seq: HashMap<u32, u64>,
-    subscribers: Vec<Subscriber>,
-}
-
-struct Subscriber {
-    sender: mpsc::Sender<GuardEvent>,
-    /// Events this subscriber lost because its buffer was full.
-    dropped: Arc<AtomicU64>,
+    subscribers: Subscribers,
 }
 
 impl Hub {
-    /// A new subscription and its own count of dropped events.
+    /// A new subscription to every event and its own count of dropped events.
     pub fn subscribe(&mut self, capacity: usize) -> (mpsc::Receiver<GuardEvent>, Arc<AtomicU64>) {
-        let (sender, receiver) = mpsc::channel(capacity.max(1));
-        let dropped = Arc::new(AtomicU64::new(0));
-        self.subscribers.push(Subscriber {
-            sender,
-            dropped: Arc::clone(&dropped),
-        });
-        (receiver, dropped)
+        self.subscribers.add(capacity, None)
+    }
+
+    /// A new subscription to the events of the container of `cgroup_id`, ended by
+    /// [`forget`](Self::forget).
+    pub fn subscribe_container(
+        &mut self,
+        capacity: usize,
+        cgroup_id: u64,
+    ) -> mpsc::Receiver<GuardEvent> {
+        self.subscribers.add(capacity, Some(cgroup_id)).0
     }
 
     /// Events of cgroup `cgroup_id` belong to container `id` from now on.
@@ -75,8 +71,9 @@ impl Hub {
         self.names.get(&cgroup_id)
     }
 
-    /// Forgets a container's name and tallies.
+    /// Forgets a container's name and tallies, and ends its subscriptions.
     pub fn forget(&mut self, cgroup_id: u64) {
+        self.subscribers.end_container(cgroup_id);
         self.names.remove(&cgroup_id);
         self.delivered.remove(&cgroup_id);
         self.oom_victims.remove(&cgroup_id);
@@ -222,23 +219,18 @@ impl Hub {
     }
 
     fn drop_closed_subscribers(&mut self) {
-        self.subscribers
-            .retain(|subscriber| !subscriber.sender.is_closed());
+        self.subscribers.drop_closed();
     }
 
     fn publish(&mut self, event: GuardEvent) {
-        // A slow subscriber never blocks the reader: it loses events, counted.
-        for subscriber in &self.subscribers {
-            if subscriber.sender.try_send(event.clone()).is_err() {
-                self.loss.subscriber_drops += 1;
-                subscriber.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.loss.subscriber_drops += self.subscribers.publish(&event);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
     use crate::events::{Fork, RingPosition, Throttle};
 

@@ -25,10 +25,15 @@ pub(crate) const WATCHED_FILES: [&str; 2] = [memory::EVENTS, pids::EVENTS];
 
 /// inotify failed (inside [`GuardError::FileWatch`](crate::GuardError::FileWatch)).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FileWatchError {
     /// The inotify instance could not be created (at [`Guard::start`](crate::Guard::start)).
     #[error("creating an inotify instance: {0}")]
     Init(std::io::Error),
+    /// The runtime could not poll the inotify instance (at
+    /// [`Guard::start`](crate::Guard::start)).
+    #[error("polling the inotify instance: {0}")]
+    Poll(std::io::Error),
     /// A file or directory could not be watched (e.g. the inotify watch limit).
     #[error("watching {path} with inotify: {source}")]
     AddWatch {
@@ -63,7 +68,8 @@ pub(crate) struct FileWatcher {
 pub(crate) type CreatedCgroups = mpsc::UnboundedReceiver<(TaskEntry, PathBuf)>;
 
 impl FileWatcher {
-    /// Creates the instance and spawns the task that turns notifications into events.
+    /// Creates the instance, registered with the runtime here (a watcher that could not poll
+    /// is refused at start), and spawns the task that turns notifications into events.
     pub fn start(
         hub: Arc<Mutex<Hub>>,
     ) -> Result<(Self, tokio::task::JoinHandle<()>, CreatedCgroups), FileWatchError> {
@@ -73,14 +79,21 @@ impl FileWatcher {
             return Err(FileWatchError::Init(std::io::Error::last_os_error()));
         }
         let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+        // SAFETY: the Arc keeps the fd open and unchanged for as long as the AsyncFd lives.
+        let registered = unsafe {
+            AsyncFd::register_with_interest(
+                SharedFd(Arc::clone(&fd)),
+                tokio::io::Interest::READABLE,
+            )
+        }
+        .map_err(|error| FileWatchError::Poll(error.into_parts().1))?;
         let targets = Arc::new(Mutex::new(HashMap::new()));
         let (created_sender, created) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(
-            Arc::clone(&fd),
-            Arc::clone(&targets),
-            hub,
-            created_sender,
-        ));
+        let task = super::task::spawn(
+            "the inotify watcher",
+            Arc::clone(&hub),
+            run(registered, Arc::clone(&targets), hub, created_sender),
+        );
         Ok((Self { fd, targets }, task, created))
     }
 
@@ -156,31 +169,20 @@ impl AsRawFd for SharedFd {
     }
 }
 
+/// Turns notifications into events until polling or reading fails (the guard's health then
+/// says so: kernel event files are no longer streamed); aborted when the guard goes away.
 async fn run(
-    fd: Arc<OwnedFd>,
+    fd: AsyncFd<SharedFd>,
     targets: Arc<Mutex<HashMap<i32, Target>>>,
     hub: Arc<Mutex<Hub>>,
     created: mpsc::UnboundedSender<(TaskEntry, PathBuf)>,
-) {
-    // SAFETY: the Arc keeps the fd open and unchanged for as long as the AsyncFd lives.
-    let registered =
-        unsafe { AsyncFd::register_with_interest(SharedFd(fd), tokio::io::Interest::READABLE) };
-    let fd = match registered {
-        Ok(fd) => fd,
-        Err(error) => {
-            warn!(%error, "cannot poll inotify; kernel event files are not streamed");
-            return;
-        }
-    };
+) -> Result<(), String> {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
-        let mut ready = match fd.readable().await {
-            Ok(ready) => ready,
-            Err(error) => {
-                warn!(%error, "polling inotify failed; kernel event files are not streamed");
-                return;
-            }
-        };
+        let mut ready = fd
+            .readable()
+            .await
+            .map_err(|error| format!("polling inotify failed: {error}"))?;
         // SAFETY: reading into a live buffer of the given length.
         let read = unsafe {
             libc::read(
@@ -195,8 +197,7 @@ async fn run(
                 ready.clear_ready();
                 continue;
             }
-            warn!(%error, "reading inotify failed; kernel event files are not streamed");
-            return;
+            return Err(format!("reading inotify failed: {error}"));
         }
         let changed = changed_descriptors(&buffer[..read as usize]);
         let snapshots: Vec<(u64, EventDetail)> = {

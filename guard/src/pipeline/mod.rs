@@ -2,10 +2,12 @@
 //! watcher feed one [`hub::Hub`], which attributes events to containers, tallies them, counts
 //! what went missing, and fans them out to bounded subscriber queues. Sinks (`crate::sinks`)
 //! are subscribers like any other.
+pub(crate) mod fanout;
 pub(crate) mod fault;
 pub(crate) mod hub;
 pub(crate) mod inotify;
 pub(crate) mod ring;
+pub(crate) mod task;
 
 use std::sync::{Mutex, MutexGuard};
 

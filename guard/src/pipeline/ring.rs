@@ -19,7 +19,7 @@ use tracing::{error, warn};
 use super::{
     fault::{FaultPoint, InjectedPanics},
     hub::Hub,
-    lock,
+    lock, task,
 };
 use crate::events;
 
@@ -45,11 +45,22 @@ struct Fault {
     pending: Option<DrainRequest>,
 }
 
+/// The ring buffer, once registered with the runtime's IO driver and released: a reader that
+/// could not poll it is refused at start, not restarted ten times.
+pub(crate) fn pollable(ring: RingBuf<MapData>) -> Result<RingBuf<MapData>, std::io::Error> {
+    // SAFETY: the RingBuf owns its map's fd and keeps it open while the AsyncFd has it.
+    match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
+        Ok(registered) => Ok(registered.into_inner()),
+        Err(error) => Err(error.into_parts().1),
+    }
+}
+
 /// Runs until every [`DrainRequest`] sender is dropped (the guard went away). A fault (a panic
 /// while draining, a failed poll) is recorded in the health state, published as a
 /// `reader_fault` event, and followed by a restart on the same ring buffer: the kernel keeps
 /// the consumer position in the map, so the reader resumes exactly where it stopped, and the
-/// per-CPU sequence check would count any record that went missing.
+/// per-CPU sequence check would count any record that went missing. Giving up is recorded
+/// here too; the task then ends with `Ok` (`pipeline::task` records other ends).
 pub(crate) async fn run(
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, LostCounts>,
@@ -57,7 +68,7 @@ pub(crate) async fn run(
     requests: mpsc::Receiver<DrainRequest>,
     poll_interval: Duration,
     injected: Arc<InjectedPanics>,
-) {
+) -> Result<(), String> {
     let mut reader = Reader {
         lost,
         hub,
@@ -70,7 +81,7 @@ pub(crate) async fn run(
     let mut pending = None;
     loop {
         let Served::Fault(fault) = reader.serve(ring, pending).await else {
-            return;
+            return Ok(());
         };
         reader.consecutive_faults += 1;
         let consecutive = reader.consecutive_faults;
@@ -78,7 +89,7 @@ pub(crate) async fn run(
         lock(&reader.hub).record_fault(&fault.reason, give_up);
         if give_up {
             error!(reason = %fault.reason, consecutive, "event reader faulted too often; live events stop");
-            return;
+            return Ok(());
         }
         error!(reason = %fault.reason, consecutive, "event reader faulted; restarting it");
         // Backing off keeps a persistent fault from spinning a CPU the containers need.
@@ -155,6 +166,7 @@ impl Reader {
                     None => return Served::Closed,
                 },
             };
+            self.injected.strike(FaultPoint::OutsideDrain);
         }
     }
 
@@ -164,12 +176,10 @@ impl Reader {
             drain(ring, &self.lost, &self.hub, &self.injected)
         }))
         .map_err(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|text| text.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_string());
-            format!("panic while draining the ring buffer: {message}")
+            format!(
+                "panic while draining the ring buffer: {}",
+                task::panic_message(panic.as_ref())
+            )
         })
     }
 }

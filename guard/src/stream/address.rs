@@ -22,7 +22,7 @@ pub const HOST_CID: u32 = 2;
 /// `vsock:CID:PORT`, and displays as `unix:PATH` or `vsock:CID:PORT`.
 ///
 /// ```
-/// use guard::stream::{Address, address::HOST_CID};
+/// use guard::stream::{Address, HOST_CID};
 ///
 /// let host: Address = "vsock:7000".parse()?;
 /// assert_eq!(host, Address::Vsock { cid: HOST_CID, port: 7000 });
@@ -91,14 +91,6 @@ impl FromStr for Address {
 /// The socket path of a `unix:PATH` address, the form every socket address of guard's takes
 /// for a Unix socket (a stream's, the metrics server's): None when `text` is not one,
 /// Err(why) when its path is empty.
-///
-/// ```
-/// use guard::stream::address::unix_socket_path;
-///
-/// assert_eq!(unix_socket_path("unix:/run/g.sock"), Some(Ok("/run/g.sock".into())));
-/// assert!(unix_socket_path("unix:").unwrap().is_err());
-/// assert_eq!(unix_socket_path("vsock:7000"), None);
-/// ```
 pub fn unix_socket_path(text: &str) -> Option<Result<PathBuf, &'static str>> {
     let path = text.strip_prefix("unix:")?;
     Some(if path.is_empty() {
@@ -295,5 +287,15 @@ mod tests {
             let error = bad.parse::<Address>().unwrap_err().to_string();
             assert!(error.contains(bad) && error.contains(why), "{error}");
         }
+    }
+
+    #[test]
+    fn a_unix_socket_path_is_what_follows_unix() {
+        assert_eq!(
+            unix_socket_path("unix:/run/g.sock"),
+            Some(Ok("/run/g.sock".into()))
+        );
+        assert!(unix_socket_path("unix:").unwrap().is_err());
+        assert_eq!(unix_socket_path("vsock:7000"), None);
     }
 }

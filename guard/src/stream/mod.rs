@@ -1,27 +1,27 @@
 //! Evidence off the guest as it happens: the forensic log streamed, byte for byte, to a host
 //! collector that verifies each guest's chain as records arrive (docs/STREAM.md).
 //!
-//! - [`address`]: `unix:PATH` and `vsock:PORT`, connecting and listening.
-//! - [`wire`]: the protocol's control lines and bounded line reading.
-//! - [`auth`]: the per-VM [`StreamKey`] and the proof that a stream comes from the agent.
-//! - [`sender`]: the guest side, [`Sender`]: follows the local log and ships it, resuming where
+//! - `address.rs`: `unix:PATH` and `vsock:PORT`, connecting and listening.
+//! - `wire.rs`: the protocol's control lines and bounded line reading.
+//! - `auth.rs`: the per-VM [`StreamKey`] and the proof that a stream comes from the agent.
+//! - `sender.rs`: the guest side, [`Sender`]: follows the local log and ships it, resuming where
 //!   the host's copy ends; [`LogTail`] hands an agent the same lines for its own channel.
-//! - [`collector`]: the host side, [`Collector`]: guests named by the transport they come on,
+//! - `collector.rs`: the host side, [`Collector`]: guests named by the transport they come on,
 //!   event-driven and bounded, one copy per guest (`store`), durable acknowledgements, and a
 //!   [`StreamVerdict`] for every stream.
 use std::{fmt, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub mod address;
-pub mod auth;
-pub mod collector;
-pub mod sender;
+internal_mod!(address);
+internal_mod!(auth);
+pub(crate) mod collector;
+pub(crate) mod sender;
 mod store;
 mod tail;
-pub mod wire;
+internal_mod!(wire);
 
-pub use address::{Address, Connection};
+pub use address::{Address, Connection, HOST_CID};
 pub use auth::{KeyError, StreamKey};
 pub use collector::{
     Acks, Auth, CidTable, Collector, CollectorCounters, CollectorOptions, Endpoint, GuestStatus,
@@ -62,8 +62,8 @@ pub enum StreamError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// [`Sender::start`] with a guest name the host would refuse
-    /// ([`wire::valid_guest_name`]).
+    /// [`Sender::start`] with a guest name the host would refuse (the wire protocol's rule,
+    /// docs/STREAM.md).
     #[error("guest name {name:?}: 1 to 64 of A-Z a-z 0-9 . _ -, not starting with a dot")]
     GuestName {
         /// The name given.

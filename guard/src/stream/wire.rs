@@ -95,11 +95,13 @@ pub enum RefusalCode {
 /// A control line: a JSON object with exactly one key, the variant's name in snake case.
 ///
 /// ```
+/// # #[cfg(feature = "internals")] {
 /// use guard::stream::wire::{Ack, Control};
 ///
 /// let ack = Control::Ack(Ack { next_seq: 42 });
 /// assert_eq!(ack.to_line(), b"{\"ack\":{\"next_seq\":42}}\n");
 /// assert_eq!(Control::Heartbeat {}.to_line(), b"{\"heartbeat\":{}}\n");
+/// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -147,12 +149,14 @@ impl Control {
 /// with a dot.
 ///
 /// ```
+/// # #[cfg(feature = "internals")] {
 /// use guard::stream::wire::valid_guest_name;
 ///
 /// assert!(valid_guest_name("web-1") && valid_guest_name("guest_2.test"));
 /// for bad in ["", "..", ".hidden", "a/b", "a b"] {
 ///     assert!(!valid_guest_name(bad));
 /// }
+/// # }
 /// ```
 pub fn valid_guest_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -178,6 +182,7 @@ pub enum ReadLine {
 /// Reads one line of at most `max` bytes (without the newline), never buffering more.
 ///
 /// ```
+/// # #[cfg(feature = "internals")] {
 /// use std::io::BufReader;
 /// use guard::stream::wire::{ReadLine, read_line};
 ///
@@ -186,6 +191,7 @@ pub enum ReadLine {
 /// assert_eq!(read_line(&mut reader, 5)?, ReadLine::TooLong);
 /// let mut reader = BufReader::new(&b"xy"[..]);
 /// assert_eq!(read_line(&mut reader, 8)?, ReadLine::Torn(2));
+/// # }
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn read_line(reader: &mut impl BufRead, max: usize) -> io::Result<ReadLine> {

@@ -18,9 +18,10 @@ use crate::{
 
 mod memory;
 mod pids;
-pub mod report;
+pub(crate) mod report;
 
 pub use memory::MEMORY_OVERCHARGE_SLACK;
+pub use report::Report;
 
 /// What the evidence says about a limit, or a container. Ordered from best to worst news: a
 /// container's overall verdict is the worst of its limits', raised to [`Verdict::Incomplete`]
@@ -28,6 +29,7 @@ pub use memory::MEMORY_OVERCHARGE_SLACK;
 /// case (`not_exercised`, …); displayed in words (`not exercised`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Verdict {
     /// Nothing reached the limit, or no limit was in force (none asked for, and the kernel
     /// holds `max` or has no such file): pids: `pids.events max` and the probes' denials are
@@ -74,6 +76,7 @@ impl fmt::Display for Verdict {
 
 /// One limit's verdict and the evidence for it, in words a reader can check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct LimitVerdict {
     /// The verdict.
     pub verdict: Verdict,
@@ -85,6 +88,7 @@ pub struct LimitVerdict {
 /// How the container's OOM kills split between its own limit and the global OOM killer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct OomSummary {
     /// Kills the probes attributed to this container (None at tier 0).
     pub bpf_kills: Option<u64>,
@@ -109,7 +113,7 @@ pub struct OomSummary {
 
 /// What the kernel log says about a container's OOM kills (`guard::kmsg`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LoggedKills {
+pub(crate) struct LoggedKills {
     /// The container's OOM victims (as the probes saw them) that the log reports killed by
     /// the global OOM killer.
     pub global: u64,
@@ -117,65 +121,10 @@ pub struct LoggedKills {
     pub overruns: u64,
 }
 
-/// Everything reconciliation needs about one container. [`Guard::report`](crate::Guard::report)
-/// gathers it from the kernel; built by hand, it shows what a verdict would be.
-///
-/// ```
-/// use std::path::{Path, PathBuf};
-/// use guard::cgroup::{CgroupError, EventFiles, HeldLimits, KeyedCounts, LimitValue};
-/// use guard::verdict::{Evidence, reconcile};
-/// use guard::{BpfCounters, Tier, Verdict};
-///
-/// let keyed = |text: &str| KeyedCounts::parse(Path::new("test"), text).map(Some);
-/// let applied = HeldLimits {
-///     cgroup: PathBuf::from("/sys/fs/cgroup/guard/web"),
-///     memory_max: Some(LimitValue::Value(32 << 20)),
-///     memory_swap_max: Some(LimitValue::Value(0)),
-///     pids_max: Some(LimitValue::Value(64)),
-///     memory_peak: None,
-///     pids_peak: None,
-/// };
-/// // A fork bomb: pids.max refused 12 forks; memory.max was never reached.
-/// let kernel = EventFiles {
-///     memory_events: keyed("max 0\noom 0\noom_kill 0\n")?,
-///     memory_events_local: None,
-///     pids_events: keyed("max 12\n")?,
-///     pids_events_local: None,
-/// };
-/// let bpf = BpfCounters {
-///     forks: 63,
-///     fork_denied: 12,
-///     fork_denied_pids_max: Some(12),
-///     ..BpfCounters::default()
-/// };
-/// let mut evidence = Evidence {
-///     tier: Tier::TracepointsAndKprobes,
-///     requested_memory_max: Some(32 << 20),
-///     requested_pids_max: Some(64),
-///     applied: &applied,
-///     kernel: &kernel,
-///     bpf: Some(&bpf),
-///     events_lost: 0,
-///     ancestor_ooms: 0,
-///     cgroup_gone: false,
-///     kernel_log: None,
-/// };
-/// let result = reconcile(&evidence);
-/// assert_eq!(result.pids.verdict, Verdict::Enforced);
-/// assert_eq!(result.memory.verdict, Verdict::NotExercised);
-/// assert_eq!(result.verdict, Verdict::Enforced);
-///
-/// // Records lost in the ring buffer: the counters are exact, the events are not all there.
-/// evidence.events_lost = 3;
-/// assert_eq!(reconcile(&evidence).verdict, Verdict::Incomplete);
-///
-/// // The agent asked for 128 tasks, the kernel holds 64.
-/// evidence.requested_pids_max = Some(128);
-/// assert_eq!(reconcile(&evidence).pids.verdict, Verdict::Violated);
-/// # Ok::<(), CgroupError>(())
-/// ```
+/// Everything reconciliation needs about one container: [`Guard::report`](crate::Guard::report)
+/// gathers it from the kernel (the unit tests below build it by hand).
 #[derive(Debug, Clone)]
-pub struct Evidence<'a> {
+pub(crate) struct Evidence<'a> {
     /// The tier the guard ran at (tier 0 adds a flag that there is no per-event detail).
     pub tier: Tier,
     /// What the agent asked for (None: unknown, e.g. a cgroup the guard did not create).
@@ -197,10 +146,14 @@ pub struct Evidence<'a> {
     /// The kernel log's scope of the container's kills (None: not read, or no probes to
     /// name the victims).
     pub kernel_log: Option<LoggedKills>,
+    /// Why the event stream stopped before this report (the reader gave up or died), if it
+    /// did: individual events after it are missing.
+    pub stream_stopped: Option<&'a str>,
 }
 
 /// The reconciled result for one container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Reconciliation {
     /// `pids.max`'s verdict.
     pub pids: LimitVerdict,
@@ -218,7 +171,7 @@ pub struct Reconciliation {
 /// Reconciles one container's evidence: a verdict per limit with its numbers, the OOM kills
 /// by killer, the flags, and the overall verdict. Pure: the same evidence, the same result
 /// (see [`Evidence`] for an example).
-pub fn reconcile(evidence: &Evidence<'_>) -> Reconciliation {
+pub(crate) fn reconcile(evidence: &Evidence<'_>) -> Reconciliation {
     let mut flags = Vec::new();
     let pids = pids::verdict(evidence, &mut flags);
     let (memory, oom) = memory::verdict(evidence, &mut flags);
@@ -228,6 +181,13 @@ pub fn reconcile(evidence: &Evidence<'_>) -> Reconciliation {
             "{} event(s) were lost in the ring buffer: individual events are missing (counters \
              are exact)",
             evidence.events_lost
+        ));
+        verdict = verdict.max(Verdict::Incomplete);
+    }
+    if let Some(reason) = evidence.stream_stopped {
+        flags.push(format!(
+            "the event stream stopped ({reason}): events after it are missing, OOM victims \
+             among them (counters are exact)"
         ));
         verdict = verdict.max(Verdict::Incomplete);
     }
@@ -337,6 +297,7 @@ pub(super) mod fixtures {
             ancestor_ooms: 0,
             cgroup_gone: false,
             kernel_log: None,
+            stream_stopped: None,
         }
     }
 }
@@ -355,6 +316,36 @@ mod tests {
         assert!(result.flags.iter().any(|flag| flag.starts_with("tier 0")));
         evidence.events_lost = 5;
         assert_eq!(reconcile(&evidence).verdict, Verdict::Incomplete);
+    }
+
+    /// A fork bomb that pids.max stopped: enforced; then lost records, then a limit the
+    /// kernel does not hold.
+    #[test]
+    fn a_fork_bomb_stopped_by_pids_max_is_enforced() {
+        let applied = applied(Some(32 << 20), Some(64));
+        let kernel = files("max 0\noom 0\noom_kill 0\n", "max 12\n");
+        let bpf = BpfCounters {
+            forks: 63,
+            fork_denied: 12,
+            fork_denied_pids_max: Some(12),
+            ..BpfCounters::default()
+        };
+        let mut evidence = Evidence {
+            tier: Tier::TracepointsAndKprobes,
+            requested_memory_max: Some(32 << 20),
+            requested_pids_max: Some(64),
+            ..evidence(&applied, &kernel, Some(&bpf))
+        };
+        let result = reconcile(&evidence);
+        assert_eq!(result.pids.verdict, Verdict::Enforced);
+        assert_eq!(result.memory.verdict, Verdict::NotExercised);
+        assert_eq!(result.verdict, Verdict::Enforced);
+        // Records lost in the ring buffer: the counters are exact, the events not all there.
+        evidence.events_lost = 3;
+        assert_eq!(reconcile(&evidence).verdict, Verdict::Incomplete);
+        // The agent asked for 128 tasks, the kernel holds 64.
+        evidence.requested_pids_max = Some(128);
+        assert_eq!(reconcile(&evidence).pids.verdict, Verdict::Violated);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::{
 
 /// A container's report.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Report {
     /// The container's id.
     pub container: String,

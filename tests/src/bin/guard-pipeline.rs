@@ -1,6 +1,6 @@
 //! guard-pipeline: the userspace ceiling of the event pipeline, without the kernel. Synthetic
 //! fork records go through the same decode → attribution → hash-chained log path as live ones
-//! (the ring-buffer decoder, `sinks::event_log::append_event`, `LogWriter` with the chosen
+//! (the ring-buffer decoder, the event log's `append_event`, `LogWriter` with the chosen
 //! fsync policy).
 //!
 //! usage: guard-pipeline EVENTS LOG_DIR [FSYNC]   (FSYNC: always | interval=<ms> | never;
@@ -11,10 +11,8 @@
 use std::{process::ExitCode, time::Instant};
 
 use guard::{
-    GuardEvent,
     forensic::{FsyncPolicy, LogOptions, LogWriter, StartInfo},
-    internals::decode,
-    sinks::event_log,
+    internals::{append_event, attributed, decode},
 };
 use guard_common::{EventHeader, EventKind, ForkEvent};
 use sha2::Digest as _;
@@ -120,11 +118,8 @@ fn run(count: u64, dir: &str, fsync: FsyncPolicy) -> Result<String, Box<dyn std:
     let started = Instant::now();
     for seq in 1..=count {
         let record = fork_record(seq);
-        let event = GuardEvent {
-            container: container.clone(),
-            ..decode(as_bytes(&record))?
-        };
-        event_log::append_event(&mut writer, &event)?;
+        let event = attributed(container.clone(), decode(as_bytes(&record))?);
+        append_event(&mut writer, &event)?;
     }
     writer.close()?;
     let seconds = started.elapsed().as_secs_f64();

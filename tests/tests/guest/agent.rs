@@ -1,7 +1,9 @@
 //! `examples/agent.rs`, the small agent that links guard as its users do, run in a guest: its
 //! container's fork loop meets pids.max, its own subscriber receives the events, and its
 //! report says the limit was enforced, reconciled with the kernel's count; and its runtime
-//! closes bpf(2) to unprivileged processes unless told not to.
+//! closes bpf(2) to unprivileged processes unless told not to. And `examples/monitor.rs`, the
+//! monitoring-only agent (no libcontainer): its command's forks counted, every one delivered
+//! to its container's subscription, which ends at the unwatch.
 use std::time::Duration;
 
 use guard_tests::{
@@ -153,3 +155,68 @@ done
 }
 
 per_kernel!(example_agent_closes_unprivileged_bpf);
+
+/// The monitoring example's command: forks it makes inside the cgroup it watches.
+const MONITOR_SCENARIO: &str = r#"set -e
+monitor --cgroup /sys/fs/cgroup/monitor-test --min-tier 0 -- /bin/sh -c 'i=0; while [ $i -lt 40 ]; do /bin/true; i=$((i+1)); done'
+"#;
+
+fn example_monitor_counts_and_ends_its_subscription(kernel: &str) {
+    let Some(guest) = guest(kernel) else { return };
+    let monitor = guest.bin_dir.join("examples").join("monitor");
+    assert!(
+        monitor.is_file(),
+        "{} is missing: cargo build --release -p guard --example monitor (cargo xtask test \
+         does)",
+        monitor.display()
+    );
+    let config = VmConfig::shell(&guest.kernel, MONITOR_SCENARIO)
+        .memory_mib(guest_memory_mib(kernel))
+        .binary(monitor)
+        .timeout(Duration::from_secs(600))
+        .label(format!("monitor-{kernel}"));
+    let outcome = vm::run(&config).expect("the VM harness itself failed");
+    let done = outcome.expect_completed();
+    let (stdout, stderr) = (done.stdout_str(), done.stderr_str());
+    assert_eq!(done.exit_code, 0, "{stderr}");
+    let tier = facts(kernel).tier;
+    assert!(
+        stderr.contains(&format!("monitor: guard at tier {tier}\n")),
+        "{stderr}"
+    );
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|error| panic!("the monitor's report: {error}\n{stdout}"));
+    assert_eq!(report["pids"]["verdict"], "not_exercised", "{report}");
+    // What the container's subscription received, counted by the example until it ended.
+    let received = |kind: &str| -> u64 {
+        stderr
+            .lines()
+            .filter_map(|line| line.strip_prefix("monitor: "))
+            .find(|line| line.contains(" event(s): "))
+            .and_then(|line| {
+                line.split_whitespace()
+                    .find_map(|field| field.strip_prefix(&format!("{kind}=")))
+            })
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(0)
+    };
+    if tier > 0 {
+        let forks = report["counters"]["bpf"]["forks"].as_u64().unwrap_or(0);
+        assert!(forks >= 40, "the 40 forks of the loop: {report}");
+        assert_eq!(
+            report["counters"]["delivered"]["forks"].as_u64(),
+            Some(forks),
+            "every fork delivered: {report}"
+        );
+        assert_eq!(
+            received("fork"),
+            forks,
+            "every fork reached the subscription before it ended: {stderr}"
+        );
+    } else {
+        assert!(report["counters"]["bpf"].is_null(), "{report}");
+        assert_eq!(received("fork"), 0, "{stderr}");
+    }
+}
+
+per_kernel!(example_monitor_counts_and_ends_its_subscription);

@@ -164,12 +164,9 @@ async fn a_full_filesystem_stops_the_event_log_loudly() {
     let tmpfs = Tmpfs::mount("enospc-events", "size=128k");
     let dir = tmpfs.path().join("log");
     // Tier 0 loads no BPF: only the log is under test.
-    let guard = Guard::start(GuardOptions {
-        max_tier: Tier::CgroupFilesOnly,
-        ..GuardOptions::default()
-    })
-    .await
-    .unwrap();
+    let mut guard_options = GuardOptions::default();
+    guard_options.max_tier = Tier::CgroupFilesOnly;
+    let guard = Guard::start(guard_options).await.unwrap();
     let log = EventLog::start(&guard, &dir, options(FsyncPolicy::Always), json!(null)).unwrap();
     let mut last_ok = 0;
     let error = loop {

@@ -2,7 +2,7 @@
 //! (and ancestry), subscribers, and the two-sided checks that show the counts come from the
 //! probe.
 //! The host's cgroup v2 hierarchy lacks memory/pids controllers; these tests need neither.
-use guard::{Guard, GuardOptions, Tier};
+use guard::{Guard, Tier};
 use guard_tests::host::{TestCgroup, root_or_skip, run_stress, unbounded, watched_container};
 
 use crate::STRESS;
@@ -85,10 +85,8 @@ async fn without_programs_nothing_is_counted() {
     // Two-sided: with the programs not attached (tier 0 forced), the same forks yield no BPF
     // counter at all and no events, so the exact-count assertions above would fail.
     let cgroup = TestCgroup::create("unprobed");
-    let options = GuardOptions {
-        max_tier: Tier::CgroupFilesOnly,
-        ..unbounded()
-    };
+    let mut options = unbounded();
+    options.max_tier = Tier::CgroupFilesOnly;
     let guard = Guard::start(options).await.unwrap();
     assert_eq!(guard.tier(), Tier::CgroupFilesOnly);
     guard.watch("unprobed", &cgroup.path).unwrap();

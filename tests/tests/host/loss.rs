@@ -2,7 +2,7 @@
 //! (delivered + lost = the kernel's count) and in-band, to subscribers and in the forensic log.
 use std::time::Duration;
 
-use guard::{EventDetail, Guard, GuardOptions, RingOptions};
+use guard::{EventDetail, Guard, GuardOptions};
 use guard_tests::host::{TestCgroup, event_log, root_or_skip, run_stress};
 
 use crate::STRESS;
@@ -13,15 +13,11 @@ async fn forced_overflow_is_accounted_exactly_and_in_band() {
         return;
     }
     // A one-page ring that is never drained during the storm must overflow.
-    let options = GuardOptions {
-        ring: RingOptions {
-            ring_bytes: 4096,
-            wakeup_bytes: u64::MAX,
-            max_events_per_sec: 0,
-        },
-        poll_interval: Duration::from_secs(3600),
-        ..GuardOptions::default()
-    };
+    let mut options = GuardOptions::default();
+    options.ring.ring_bytes = 4096;
+    options.ring.wakeup_bytes = u64::MAX;
+    options.ring.max_events_per_sec = 0;
+    options.poll_interval = Duration::from_secs(3600);
     let cgroup = TestCgroup::create("overflow");
     let guard = Guard::start(options).await.unwrap();
     guard.watch("overflow", &cgroup.path).unwrap();

@@ -12,8 +12,11 @@ mod fork;
 mod fork_denied;
 mod loss;
 mod metrics;
+mod privilege;
 mod reader_fault;
 mod stream;
+mod subscription;
+mod teardown;
 mod throttle;
 mod timeline;
 

@@ -2,9 +2,12 @@
 //! faulting reader is reported (health state and an in-band `reader_fault` event), restarts
 //! on the same ring buffer without losing or double-counting a record, and when it gives up
 //! the kernel's counters are still read, exact.
-use std::collections::HashSet;
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
-use guard::{EventDetail, FaultPoint, GuardEvent, HealthState, events::ReaderFault};
+use guard::{EventDetail, FaultPoint, GuardEvent, HealthState, Verdict, events::ReaderFault};
 use guard_tests::host::{event_log, root_or_skip, run_stress, watched_container};
 use tokio::sync::mpsc;
 
@@ -164,4 +167,72 @@ async fn a_reader_that_gives_up_leaves_the_kernel_counters_readable() {
         ),
         "{faults:?}"
     );
+}
+
+/// A reader whose task dies (a panic outside the drain that catches them): the guard's health
+/// says so with the panic, `unwatch` still forgets the container and reports the kernel's
+/// exact counters, flagged incomplete, and the same cgroup can be watched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_reader_is_reported_and_unwatch_still_forgets() {
+    if !root_or_skip("a_killed_reader_is_reported_and_unwatch_still_forgets") {
+        return;
+    }
+    let (cgroup, guard) = watched_container("reader-killed").await;
+    let mut events = guard.subscribe(10_000);
+    guard.inject_reader_panic(FaultPoint::OutsideDrain);
+    run_stress(STRESS, Some(&cgroup.path), &["fork", "100"]);
+    // The task dies at its next wakeup (a tick at most 10 ms away); its end is recorded by
+    // the task that ran it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while guard.health().state == HealthState::Healthy {
+        assert!(
+            Instant::now() < deadline,
+            "the reader's death was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = guard.health();
+    assert_eq!(health.state, HealthState::Stopped, "{health:?}");
+    let reason = "the event reader stopped: panicked: injected reader fault (OutsideDrain)";
+    assert_eq!(health.last_fault.as_deref(), Some(reason), "{health:?}");
+    assert_eq!(
+        guard.drain().await.unwrap_err().to_string(),
+        "the event reader has stopped"
+    );
+    let (_, faults) = received(&mut events);
+    assert!(
+        faults
+            .iter()
+            .any(|fault| fault.error == reason && !fault.restarting),
+        "the death reaches subscribers in-band: {faults:?}"
+    );
+
+    let report = guard.unwatch("reader-killed").await.unwrap();
+    assert_eq!(
+        report.counters.bpf.as_ref().unwrap().forks,
+        100,
+        "{report:?}"
+    );
+    assert_eq!(report.reconciliation.verdict, Verdict::Incomplete);
+    let flag = format!(
+        "the event stream stopped ({reason}): events after it are missing, OOM victims among \
+         them (counters are exact)"
+    );
+    assert!(
+        report.reconciliation.flags.contains(&flag),
+        "{:?}",
+        report.reconciliation.flags
+    );
+    assert!(guard.watched().is_empty());
+    assert_eq!(
+        guard
+            .counters("reader-killed")
+            .await
+            .unwrap_err()
+            .to_string(),
+        "container reader-killed is not watched"
+    );
+    // Forgotten everywhere: its id and its cgroup are free again.
+    guard.watch("reader-killed", &cgroup.path).unwrap();
+    guard.unwatch("reader-killed").await.unwrap();
 }

@@ -1,6 +1,6 @@
 //! Host-kernel test of the throttle signal: the rate bound suppresses events, never counts,
 //! and says how many it suppressed.
-use guard::{Guard, GuardOptions, RingOptions};
+use guard::{Guard, GuardOptions};
 use guard_tests::host::{TestCgroup, root_or_skip, run_stress};
 
 use crate::STRESS;
@@ -10,13 +10,8 @@ async fn rate_bound_keeps_counters_exact() {
     if !root_or_skip("rate_bound_keeps_counters_exact") {
         return;
     }
-    let options = GuardOptions {
-        ring: RingOptions {
-            max_events_per_sec: 100,
-            ..RingOptions::default()
-        },
-        ..GuardOptions::default()
-    };
+    let mut options = GuardOptions::default();
+    options.ring.max_events_per_sec = 100;
     let cgroup = TestCgroup::create("throttled");
     let guard = Guard::start(options).await.unwrap();
     guard.watch("throttled", &cgroup.path).unwrap();

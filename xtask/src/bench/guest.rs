@@ -8,6 +8,10 @@
 //! VmHWM, its peak; then it kills the container and waits for the agent to exit. Every wait is
 //! on a condition (a line in the agent's output, a file the container makes, a process gone):
 //! TCG guests are 10–50× slower than hardware.
+//!
+//! Then the dependent (`tests/dependent/`: guard's monitoring example, built outside the
+//! workspace as an agent's crate builds it) runs the same storm [`READINGS`] times in a cgroup
+//! of its own: its idle RSS once it watches, its VmHWM after the storm.
 use std::{fmt::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context, bail};
@@ -86,6 +90,28 @@ run_agent() {
     wait $pid || true
 }
 for mode in @ORDER@; do run_agent $mode; done
+# The dependent: the same storm, a plain command in a cgroup it makes and watches.
+m=0
+run_monitor() {
+    m=$((m + 1))
+    dir=/results/monitor-$m
+    mkdir -p $dir
+    rm -f /tmp/go /tmp/done /tmp/finish
+    say "dependent reading $m: starting it"
+    monitor --cgroup /sys/fs/cgroup/monitor-demo --min-tier 0 -- /bin/sh -c \
+        "until [ -e /tmp/go ]; do sleep 0.1; done; i=0; while [ \$i -lt $FORKS ]; do /bin/true; i=\$((i + 1)); done; touch /tmp/done; until [ -e /tmp/finish ]; do sleep 0.1; done" \
+        > /tmp/monitor-$m.out 2> $dir/agent.err &
+    pid=$!
+    until_agent dependent "it watched" grep -q 'monitor: watching' $dir/agent.err
+    cat /proc/$pid/status > $dir/status
+    touch /tmp/go
+    until_agent dependent "the storm ended" test -e /tmp/done
+    cat /proc/$pid/status > $dir/status-after
+    say "dependent reading $m: VmRSS $(field VmRSS $dir/status) kB, after $FORKS forks VmHWM $(field VmHWM $dir/status-after) kB"
+    touch /tmp/finish
+    wait $pid
+}
+i=0; while [ $i -lt @READINGS@ ]; do run_monitor; i=$((i + 1)); done
 "#;
 
 /// One kernel's readings, medians over [`READINGS`] agent runs per mode.
@@ -103,9 +129,17 @@ pub(super) struct GuestFootprint {
     pub rss_peak_kib: u64,
     pub maps: usize,
     pub map_memlock_kib: u64,
+    /// The dependent's idle VmRSS and its VmHWM after the storm.
+    pub dependent_idle_kib: u64,
+    pub dependent_peak_kib: u64,
 }
 
-pub(super) fn measure(kernels: &[String], bin_dir: &Path) -> anyhow::Result<Vec<GuestFootprint>> {
+/// Measures each kernel with the example agent from `bin_dir` and the `dependent` binary.
+pub(super) fn measure(
+    kernels: &[String],
+    bin_dir: &Path,
+    dependent: &Path,
+) -> anyhow::Result<Vec<GuestFootprint>> {
     let agent = bin_dir.join("examples").join("agent");
     if !kernels.is_empty() && !agent.is_file() {
         bail!(
@@ -115,21 +149,23 @@ pub(super) fn measure(kernels: &[String], bin_dir: &Path) -> anyhow::Result<Vec<
     }
     kernels
         .iter()
-        .map(|kernel| measure_one(kernel, &agent))
+        .map(|kernel| measure_one(kernel, &agent, dependent))
         .collect()
 }
 
-fn measure_one(kernel: &str, agent: &Path) -> anyhow::Result<GuestFootprint> {
+fn measure_one(kernel: &str, agent: &Path, dependent: &Path) -> anyhow::Result<GuestFootprint> {
     println!(
         "guest {kernel}: one {MEMORY_MIB} MiB boot, {} agent runs (with and without guard)",
         2 * READINGS
     );
     let scenario = SCENARIO
         .replace("@ORDER@", &ORDER.join(" "))
-        .replace("@FORKS@", &FORKS.to_string());
+        .replace("@FORKS@", &FORKS.to_string())
+        .replace("@READINGS@", &READINGS.to_string());
     let mut config = VmConfig::shell(kernel, &scenario)
         .memory_mib(MEMORY_MIB)
         .binary(agent)
+        .binary(dependent)
         .timeout(Duration::from_secs(600))
         .label(format!("bench-guest-{kernel}"));
     config.echo_console = Some(PROGRESS.to_string());
@@ -180,6 +216,19 @@ fn measure_one(kernel: &str, agent: &Path) -> anyhow::Result<GuestFootprint> {
     let median_of = |readings: &[Reading], value: fn(&Reading) -> u64| {
         median(readings.iter().map(value).collect())
     };
+    let mut dependent = Vec::new();
+    for index in 1..=READINGS {
+        let name = format!("monitor-{index}");
+        let file = |what: &str| {
+            done.file_str(&format!("{name}/{what}"))
+                .with_context(|| format!("the {kernel} guest sent no {name}/{what}"))
+        };
+        let (idle, after) = (file("status")?, file("status-after")?);
+        dependent.push((
+            meminfo_kb(&idle, "VmRSS").context("the dependent's status")?,
+            meminfo_kb(&after, "VmHWM").context("the dependent's status after the storm")?,
+        ));
+    }
     let slab_percpu = |r: &Reading| r.slab_kib + r.percpu_kib;
     Ok(GuestFootprint {
         kernel: kernel.to_string(),
@@ -194,6 +243,8 @@ fn measure_one(kernel: &str, agent: &Path) -> anyhow::Result<GuestFootprint> {
         rss_peak_kib: median_of(&with, |r| r.hwm_kib),
         maps: with.iter().map(|r| r.maps).max().unwrap_or(0),
         map_memlock_kib: median_of(&with, |r| r.memlock_bytes) / 1024,
+        dependent_idle_kib: median(dependent.iter().map(|(idle, _)| *idle).collect()),
+        dependent_peak_kib: median(dependent.iter().map(|(_, peak)| *peak).collect()),
     })
 }
 
@@ -269,20 +320,26 @@ pub(super) fn table(rows: &[GuestFootprint]) -> String {
          load and the storm's events included). Map memlock \
          is the kernel memory of guard's BPF maps (the sum of `memlock:` in the agent's \
          bpf-map fdinfo, ring buffer included); Slab+Percpu is the guest's own count of kernel \
-         memory beside it, with minus without. The targets: MemAvailable at most 4 MiB apart, \
-         peak RSS at most idle + 2 MiB, map memlock at most 1.5 MiB.\n"
+         memory beside it, with minus without. The dependent is `tests/dependent/` (guard's \
+         monitoring example built outside guard's workspace, as an agent's own crate: its own \
+         lock file, the stable toolchain, a prebuilt eBPF object) running the same storm \
+         {READINGS} times in a cgroup it watches, without libcontainer: its idle RSS once it \
+         watches, its VmHWM after the storm. The targets: MemAvailable at most 4 MiB apart, \
+         peak RSS at most idle + 2 MiB (the agent's and the dependent's), map memlock at most \
+         1.5 MiB.\n"
     );
     let _ = writeln!(
         out,
         "| kernel | tier | MemTotal | MemAvailable without guard | with guard | delta | \
-         agent RSS without guard | agent idle RSS | agent peak RSS | Slab+Percpu delta | \
-         map memlock |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+         agent RSS without guard | agent idle RSS | agent peak RSS | dependent idle RSS | \
+         dependent peak RSS | Slab+Percpu delta | map memlock |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for row in rows {
         let _ = writeln!(
             out,
             "| {} | {} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.2} MiB | {:.1} MiB | {:.1} MiB \
-             | {:.1} MiB | {:+.2} MiB | {:.2} MiB ({} maps) |",
+             | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:+.2} MiB | {:.2} MiB ({} maps) |",
             row.kernel,
             row.tier.map_or("-".to_string(), |tier| tier.to_string()),
             mib(row.mem_total_kib),
@@ -292,6 +349,8 @@ pub(super) fn table(rows: &[GuestFootprint]) -> String {
             mib(row.rss_without_kib),
             mib(row.rss_idle_kib),
             mib(row.rss_peak_kib),
+            mib(row.dependent_idle_kib),
+            mib(row.dependent_peak_kib),
             row.slab_percpu_delta_kib as f64 / 1024.0,
             mib(row.map_memlock_kib),
             row.maps,

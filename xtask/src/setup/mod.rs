@@ -39,6 +39,8 @@ const APT_PACKAGES: &[&str] = &[
     // libcontainer's seccomp (its `libseccomp` feature) links the C library; the guest gets
     // libseccomp.so.2 with the binaries (ldd).
     "libseccomp-dev",
+    // The dependent check: an agent's start must open no vmlinux BTF.
+    "strace",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const VHOST_DEVICE_VSOCK_VERSION: &str = "0.3.0";
@@ -50,7 +52,7 @@ const VHOST_DEVICE_VSOCK_VERSION: &str = "0.3.0";
     long_about = "Install everything the build and the tests need on a fresh Debian 12 machine, \
 idempotently:\n\
   1. apt packages: qemu-system-x86 cpio busybox-static bpftrace xz-utils zstd fonts-dejavu-core \
-libseccomp-dev (apt-get update only if one is missing), \
+libseccomp-dev strace (apt-get update only if one is missing), \
 and the Python package prometheus-client (its OpenMetrics parser checks guard's metrics)\n\
   2. the nightly toolchain with rust-src (for -Z build-std=core on bpfel-unknown-none)\n\
   3. bpf-linker 0.13 built against rustc's own LLVM 22 (no system LLVM needed); its LLVM \

@@ -103,14 +103,9 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     Hierarchy::find()?
         .identify(parent)
         .with_context(|| format!("--cgroup {}", args.cgroup.display()))?;
-    let options = GuardOptions {
-        max_tier: Tier::try_from(i64::from(args.max_tier))?,
-        ring: RingOptions {
-            max_events_per_sec: args.max_events_per_sec,
-            ..RingOptions::default()
-        },
-        ..GuardOptions::default()
-    };
+    let mut options = GuardOptions::default();
+    options.max_tier = Tier::try_from(i64::from(args.max_tier))?;
+    options.ring.max_events_per_sec = args.max_events_per_sec;
     let metrics = args.metrics.bind().await?;
     let guard = Arc::new(Guard::start(options).await?);
     cgroup::create(&args.cgroup)?;

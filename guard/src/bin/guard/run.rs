@@ -222,9 +222,10 @@ async fn run_guarded(
     };
     let metrics = args.metrics.bind().await?;
     let guard = std::sync::Arc::new(
-        Guard::start(GuardOptions {
-            max_tier,
-            ..GuardOptions::default()
+        Guard::start({
+            let mut options = GuardOptions::default();
+            options.max_tier = max_tier;
+            options
         })
         .await
         .context("starting the guard")?,

@@ -56,13 +56,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             .identify(path)
             .with_context(|| format!("watching {id} at {}", path.display()))?;
     }
-    let options = GuardOptions {
-        ring: RingOptions {
-            max_events_per_sec: args.max_events_per_sec,
-            ..RingOptions::default()
-        },
-        ..GuardOptions::default()
-    };
+    let mut options = GuardOptions::default();
+    options.ring.max_events_per_sec = args.max_events_per_sec;
     let metrics = args.metrics.bind().await?;
     let guard = std::sync::Arc::new(Guard::start(options).await?);
     for (id, path) in &targets {

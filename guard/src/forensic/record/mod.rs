@@ -197,10 +197,12 @@ pub fn kernel_release() -> String {
 /// Whether `kind` may name a record: `[a-z][a-z0-9_]*`.
 ///
 /// ```
+/// # #[cfg(feature = "internals")] {
 /// use guard::forensic::record::is_valid_kind;
 ///
 /// assert!(is_valid_kind("oom_kill") && is_valid_kind("fork2"));
 /// assert!(!is_valid_kind("fork-denied") && !is_valid_kind("Fork") && !is_valid_kind(""));
+/// # }
 /// ```
 pub fn is_valid_kind(kind: &str) -> bool {
     let mut bytes = kind.bytes();

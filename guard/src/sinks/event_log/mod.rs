@@ -404,7 +404,10 @@ fn push_field(out: &mut Vec<u8>, key: &[u8], value: u64) {
 
 /// Appends one streamed event as its log record (`lost` and `throttle` in their own forms,
 /// which their payloads give).
-pub fn append_event(writer: &mut LogWriter, event: &GuardEvent) -> Result<(), EventLogError> {
+pub(crate) fn append_event(
+    writer: &mut LogWriter,
+    event: &GuardEvent,
+) -> Result<(), EventLogError> {
     let container = event.container.as_deref();
     match &event.detail {
         EventDetail::Lost(lost) => {

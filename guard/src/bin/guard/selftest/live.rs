@@ -96,7 +96,8 @@ impl Printer {
                     lost.count, lost.event_kind
                 );
             }
-            EventDetail::Fork(_) | EventDetail::KernelFile(_) | EventDetail::ReaderFault(_) => {}
+            // Forks, kernel file snapshots, reader faults, and kinds added later.
+            _ => {}
         }
     }
 

@@ -75,7 +75,7 @@ fn command(args: &[&str]) -> Vec<String> {
 /// Kills every process of a container's cgroup but its init; returns one line per process
 /// (pid, name, state, what it waits in), the diagnosis of a wave that did not end.
 fn kill_workloads(cgroup: &Path, init: i32) -> Vec<String> {
-    let pids = guard::cgroup::read_ids(cgroup, "cgroup.procs").unwrap_or_default();
+    let pids = guard::cgroup::files::read_ids(cgroup, "cgroup.procs").unwrap_or_default();
     let mut lines = Vec::new();
     for pid in pids
         .into_iter()
