@@ -206,9 +206,11 @@ fn a_thousand_hostile_connections_beside_a_hundred_guests() {
     );
     assert_eq!(open, HOSTILE, "nothing had to give");
     assert_eq!(peak.threads, idle.threads, "no thread per connection");
-    // Five files per stream (its socket, the copy's directory twice, its lock, its file), a
-    // few more for a moment (a listing, a rotation's old file awaiting its sync).
-    let bound = idle.fds + HOSTILE as u64 + 5 * GUESTS as u64 + 64;
+    // Five files per stream (its socket, the copy's directory twice, its lock, its file), and
+    // for a moment a sixth: the old file of a rotation, held by the group commit until its
+    // sync. The guests' logs are alike, so they rotate in the same rounds (a slack of 64 alone
+    // was passed by 21 once); a few more for a moment (a listing).
+    let bound = idle.fds + HOSTILE as u64 + 6 * GUESTS as u64 + 64;
     assert!(peak.fds <= bound, "{} open files, bound {bound}", peak.fds);
     // The line memory budget (64 MiB by default) bounds what the connections hold.
     assert!(
