@@ -82,7 +82,7 @@ impl Nonce {
     }
 
     /// 64 lowercase hex digits.
-    pub fn to_hex(&self) -> String {
+    pub fn to_hex(self) -> String {
         hex(&self.0)
     }
 

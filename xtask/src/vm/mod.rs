@@ -16,8 +16,8 @@
 //!
 //! Boot: QEMU `-kernel` takes the uncompressed `vmlinux` setup extracts (PVH entry: no BIOS
 //! load, no in-guest decompression; ~3 s to init under TCG instead of 4.5–7 s), else the
-//! `vmlinuz`. Command line: `console=ttyS0 panic=-1 oops=panic psi=1 quiet rdinit=/init`
-//! plus [`VmConfig::extra_cmdline`]. Accelerator: [`Accel`] (TCG unless a KVM probe boots).
+//! `vmlinuz`. Command line: `console=ttyS0 panic=-1 oops=panic reboot=t psi=1 quiet
+//! no_timer_check rdinit=/init` plus [`VmConfig::extra_cmdline`]. Accelerator: [`Accel`] (TCG unless a KVM probe boots).
 //!
 //! Host side: a guest that powers off after sending everything is [`VmResult::Completed`];
 //! one whose QEMU exits before that (kernel panic: `panic=-1` plus `-no-reboot`) is
