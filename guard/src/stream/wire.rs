@@ -124,7 +124,7 @@ pub enum Control {
     /// host → guest: what is stored and synced.
     Ack(Ack),
     /// guest → host, when it has sent nothing for a while: the stream is alive
-    /// ([`HEARTBEAT_INTERVAL`](super::sender::HEARTBEAT_INTERVAL)); the host cuts a stream
+    /// (`HEARTBEAT_INTERVAL`, the sender's); the host cuts a stream
     /// silent for longer than its idle timeout.
     Heartbeat {},
     /// host → guest, last: the verdict of a stream the host ends as a failure (forked, gap,
