@@ -261,6 +261,10 @@ fn sigkill_at_random_moments_never_loses_a_complete_record() {
             command.arg("--repair");
         }
         let mut child = command.spawn().unwrap();
+        // The test's own repair holds the directory's flock for a moment, and a child that
+        // another test of this binary forks in that moment inherits the lock until its exec:
+        // a writer started right after may find it still held. Retry that start, a few times.
+        let mut lock_retries = 0;
         // Condition-based: kill once the log has grown past a random size. Only a writer that
         // makes no progress at all for a long time fails the test: a loaded machine may stall
         // any single fsync for seconds.
@@ -275,6 +279,12 @@ fn sigkill_at_random_moments_never_loses_a_complete_record() {
                     .unwrap()
                     .read_to_string(&mut stderr)
                     .unwrap();
+                if stderr.contains("is locked by another process") && lock_retries < 50 {
+                    lock_retries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                    child = command.spawn().unwrap();
+                    continue;
+                }
                 panic!("iteration {iteration}: writer exited early ({status}): {stderr}");
             }
             assert!(
