@@ -22,8 +22,19 @@ def verify(log_dir):
                     rec = json.loads(line)
                 except ValueError as e:
                     return f"{name}:{no}: not JSON: {e}"
-                if type(rec.get("seq")) is not int or rec["seq"] != seq:
+                if type(rec.get("seq")) is not int:
                     return f"{name}:{no}: seq {rec.get('seq')!r}, expected {seq}"
+                if rec["seq"] != seq or rec.get("kind") == "gap":
+                    # A jump is allowed only right before a gap record naming exactly the
+                    # missing seqs, its kinds adding up to as many (a writer's outage).
+                    gap = rec.get("payload") if rec.get("kind") == "gap" else None
+                    if not isinstance(gap, dict):
+                        return f"{name}:{no}: seq {rec['seq']!r}, expected {seq}"
+                    kinds = gap.get("kinds")
+                    if rec["seq"] <= seq or gap.get("first_seq") != seq or gap.get("last_seq") != rec["seq"] - 1 \
+                            or not isinstance(kinds, dict) or sum(kinds.values()) != rec["seq"] - seq:
+                        return f"{name}:{no}: gap record does not name the missing seqs {seq}..={rec['seq'] - 1}"
+                    seq = rec["seq"]
                 if rec.get("prev") != prev:
                     return f"{name}:{no}: prev is not the SHA-256 of the previous line"
                 if no == 1 and rec.get("kind") != ("start" if seq == 0 else "rotate"):

@@ -184,6 +184,9 @@ pub struct LossReport {
     /// Whether the reader faulted on the way (its faults are not losses by themselves: the
     /// sequence check above counts any record that went missing).
     pub reader_health: ReaderHealth,
+    /// The forensic log could not write some records: from which seq, why, whether it writes
+    /// again (None: the log is whole, or there is none). The counters above stay exact.
+    pub log_incomplete: Option<crate::forensic::LogIncomplete>,
 }
 
 #[cfg(test)]

@@ -58,7 +58,9 @@ pub(crate) mod writer;
 
 pub use layout::{FileError, LayoutError, LogFile};
 pub use reader::{Entry, Filter, Follower, LogReader, ReaderError};
-pub use record::{Checkpoint, GENESIS, Lost, Record, Repair, Rotate, StartInfo, Throttle, kinds};
+pub use record::{
+    Checkpoint, GENESIS, Gap, Lost, Record, Repair, Rotate, StartInfo, Throttle, kinds,
+};
 /// Payloads and `StartInfo::limits` are JSON values: re-exported so callers need no extra dependency.
 pub use serde_json;
 pub use stats::{Stats, stats};
@@ -67,7 +69,10 @@ pub use verify::{
     ChainCheck, Defect, Problem, RepairOutcome, Session, TornTail, VerifyError, VerifyReport,
     repair, verify, verify_opened, verify_with_chain,
 };
-pub use writer::{FsyncPolicy, Head, LogOptions, LogWriter, Unwritten, WriterError, WriterStats};
+pub use writer::{
+    FsyncPolicy, Head, LogIncomplete, LogOptions, LogWriter, RETRY_EVERY, Unwritten, WriterError,
+    WriterStats,
+};
 
 #[cfg(test)]
 mod tests;

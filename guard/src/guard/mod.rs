@@ -68,6 +68,8 @@ pub struct Guard {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     injected_panics: Arc<InjectedPanics>,
+    /// Whether the forensic log is whole, as its sink last said (None: whole, or no log).
+    log_incomplete: Arc<Mutex<Option<crate::forensic::LogIncomplete>>>,
 }
 
 impl Guard {
@@ -178,6 +180,7 @@ impl Guard {
             kernel_log,
             tasks,
             injected_panics,
+            log_incomplete: Arc::default(),
         })
     }
 

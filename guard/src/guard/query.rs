@@ -191,7 +191,22 @@ impl Guard {
             kernel_reserve_failures,
             reader: hub.loss(),
             reader_health: hub.health().clone(),
+            log_incomplete: self.log_incomplete(),
         }
+    }
+
+    /// From which seq the forensic log is incomplete and why, as the log's sink
+    /// ([`EventLog`](crate::sinks::event_log::EventLog)) last said; None while it is whole (or
+    /// there is no log). Every report's [`LossReport`] carries it too.
+    pub fn log_incomplete(&self) -> Option<crate::forensic::LogIncomplete> {
+        lock(&self.log_incomplete).clone()
+    }
+
+    /// Where the log's sink says whether the log is whole.
+    pub(crate) fn log_incomplete_slot(
+        &self,
+    ) -> std::sync::Arc<std::sync::Mutex<Option<crate::forensic::LogIncomplete>>> {
+        std::sync::Arc::clone(&self.log_incomplete)
     }
 
     /// The event reader's health: whether it faulted, resumed, or gave up.

@@ -44,6 +44,8 @@ pub struct LogFigures {
     pub write_errors: Option<u64>,
     /// Records that never reached the file (None: not known).
     pub records_not_written: Option<u64>,
+    /// The first seq the log misses (None: whole, or not known).
+    pub incomplete_from_seq: Option<u64>,
 }
 
 /// One guest's stream, as a collector holds it.
@@ -359,7 +361,8 @@ pub fn render(snapshot: &Snapshot) -> Result<String, MetricsError> {
         set(&records, labels(&[]), Some(log.records));
         let errors = b.counters(
             "guard_log_write_errors",
-            "Failed writes or fsyncs of the forensic log (it stops at the first).",
+            "Failed writes or fsyncs of the forensic log that began an outage (it retries, and \
+             names the missing seqs in a gap record).",
         );
         set(&errors, labels(&[]), log.write_errors);
         let unwritten = b.counters(
@@ -367,6 +370,14 @@ pub fn render(snapshot: &Snapshot) -> Result<String, MetricsError> {
             "Records that never reached the forensic log's file.",
         );
         set(&unwritten, labels(&[]), log.records_not_written);
+        if log.incomplete_from_seq.is_some() {
+            let from = b.gauges(
+                "guard_log_incomplete_from_seq",
+                "The first seq the forensic log misses: records it could not write.",
+                None,
+            );
+            set_gauge(&from, labels(&[]), log.incomplete_from_seq);
+        }
     }
     if !snapshot.streams.is_empty() {
         let records = b.gauges(

@@ -46,6 +46,7 @@ pub fn snapshot_of_log(dir: &Path) -> Result<Snapshot, MetricsError> {
             records: verified.records,
             write_errors: None,
             records_not_written: None,
+            incomplete_from_seq: None,
         }),
         streams: Vec::new(),
     })

@@ -29,6 +29,7 @@ pub async fn snapshot(guard: &Guard, log: Option<&EventLogGauge>) -> Snapshot {
                 records: log.records(),
                 write_errors: Some(stats.write_errors),
                 records_not_written: Some(stats.records_not_written),
+                incomplete_from_seq: stats.incomplete.map(|log| log.first_missing_seq),
             }
         }),
         streams: Vec::new(),

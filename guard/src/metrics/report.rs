@@ -153,6 +153,7 @@ mod tests {
                     restarts: 1,
                     last_fault: Some("boom".into()),
                 },
+                log_incomplete: None,
             },
             reconciliation: reconcile(&evidence),
             applied,

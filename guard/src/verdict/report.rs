@@ -107,6 +107,9 @@ impl Report {
                 health.last_fault.as_deref().unwrap_or("?")
             );
         }
+        if let Some(log) = &self.loss.log_incomplete {
+            let _ = writeln!(out, "  ! forensic {log}");
+        }
         let _ = writeln!(out, "  verdict     {}", r.verdict);
         out
     }

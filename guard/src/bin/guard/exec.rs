@@ -163,12 +163,16 @@ async fn run_in_cgroup(
         .context("waiting for the command")?;
     let elapsed = started.elapsed();
     evidence.stop_metrics();
-    let report = guard.unwatch(id).await?;
+    let mut report = guard.unwatch(id).await?;
     let global = guard.global_counters().await?;
-    let ended = evidence.finish(std::slice::from_ref(&report)).await?;
-    // Everything is drained now: let the writer finish what is queued.
-    if let Some(writer) = writer {
-        writer.finish().await?;
+    let mut ended = evidence.finish(std::slice::from_ref(&report)).await?;
+    ended.flag(std::slice::from_mut(&mut report));
+    // Everything is drained now: let the writer finish what is queued (its failure never
+    // costs the report).
+    if let Some(writer) = writer
+        && let Err(error) = writer.finish().await
+    {
+        ended.events_failed(&error);
     }
     if args.json {
         let output = serde_json::json!({

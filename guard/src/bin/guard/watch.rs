@@ -96,12 +96,13 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     for (id, _) in &targets {
         reports.push(guard.unwatch(id).await?);
     }
-    let ended = evidence.finish(&reports).await?;
+    let mut ended = evidence.finish(&reports).await?;
+    ended.flag(&mut reports);
     // Everything is drained now: the writer finishes what is queued.
     if let Some(writer) = writer
         && let Err(error) = writer.finish().await
     {
-        eprintln!("guard: {error}");
+        ended.events_failed(&error);
     }
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&reports)?);

@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
+mod gap;
+pub use gap::Gap;
+
 /// SHA-256 output.
 pub type Digest = [u8; 32];
 
@@ -42,9 +45,12 @@ pub mod kinds {
     pub const LOST: &str = "lost";
     /// Events sampled away under a storm ([`Throttle`](super::Throttle)).
     pub const THROTTLE: &str = "throttle";
+    /// The first record after an outage: the seqs the writer could not write
+    /// ([`Gap`](super::Gap)).
+    pub const GAP: &str = "gap";
 
     /// Kinds only the writer itself may emit.
-    pub const RESERVED: &[&str] = &[START, ROTATE, CHECKPOINT, STOP, REPAIR];
+    pub const RESERVED: &[&str] = &[START, ROTATE, CHECKPOINT, STOP, REPAIR, GAP];
 }
 
 /// A record that cannot be written; nothing was written.

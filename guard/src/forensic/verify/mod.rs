@@ -1,5 +1,6 @@
 //! Streaming verification of a whole log (every file, in order, constant memory) and the one
 //! repair it allows: truncating a torn final line.
+mod gap;
 mod repair;
 mod report;
 
@@ -72,6 +73,8 @@ pub struct ChainCheck {
     boot_mono: Option<(String, u64)>,
     /// The previous file's name, complete records and bytes, for the next rotate record.
     finished_file: Option<(String, u64, u64)>,
+    /// The seqs the last `gap` checked names.
+    last_gap_count: u64,
 }
 
 /// Verifies the log in `dir` end to end. I/O errors are errors; everything about the content
@@ -88,18 +91,19 @@ pub fn verify_with_chain(dir: &Path) -> Result<(VerifyReport, ChainCheck), Verif
         dir,
         &files,
         &mut |file| File::open(&file.path),
-        &mut |_, _, _| {},
+        &mut |_, _, _, _| {},
     )
 }
 
 /// Like [`verify_with_chain`] over `files` (the log's, in index order) as `open` opens them (a
 /// collector's store opens every path without following links), telling `file_done` each
-/// file's complete records and bytes as it is checked.
+/// file's complete records and bytes, and the seq after its last record (a `gap` makes seqs
+/// and records differ), as it is checked.
 pub fn verify_opened(
     dir: &Path,
     files: &[LogFile],
     open: &mut dyn FnMut(&LogFile) -> std::io::Result<File>,
-    file_done: &mut dyn FnMut(&LogFile, u64, u64),
+    file_done: &mut dyn FnMut(&LogFile, u64, u64, u64),
 ) -> Result<(VerifyReport, ChainCheck), VerifyError> {
     let mut report = VerifyReport::default();
     if files.is_empty() {
@@ -130,7 +134,7 @@ pub fn verify_opened(
             return Ok((report, chain));
         }
         if let Some((_, records, bytes)) = chain.last_file() {
-            file_done(file, records, bytes);
+            file_done(file, records, bytes, chain.next_seq());
         }
     }
     Ok((report, chain))
@@ -182,6 +186,10 @@ fn verify_file(
             Err(defect) => return Ok(Err(problem(defect))),
         };
         track_session(report, &kind, chain.next_seq - 1);
+        if kind == kinds::GAP {
+            report.gaps += 1;
+            report.missing_records += chain.last_gap_count;
+        }
         report.records += 1;
         report.last_seq = Some(chain.next_seq - 1);
         report.head = Some(record::to_hex(&chain.prev));
@@ -234,6 +242,7 @@ impl ChainCheck {
             prev_line: None,
             boot_mono: None,
             finished_file: None,
+            last_gap_count: 0,
         }
     }
 
@@ -311,11 +320,8 @@ fn check_line(
     } else if fields.kind == kinds::ROTATE {
         return Err(Defect::RotateInsideFile);
     }
-    if fields.seq != chain.next_seq {
-        return Err(Defect::SeqMismatch {
-            found: fields.seq,
-            expected: chain.next_seq,
-        });
+    if fields.seq != chain.next_seq || fields.kind == kinds::GAP {
+        gap::check(line, &fields.kind, fields.seq, chain.next_seq)?;
     }
     if fields.prev != record::to_hex(&chain.prev) {
         return Err(Defect::PrevMismatch {
@@ -345,7 +351,10 @@ fn check_line(
             found: fields.mono_ns,
         });
     }
-    chain.next_seq += 1;
+    if fields.kind == kinds::GAP {
+        chain.last_gap_count = fields.seq - chain.next_seq;
+    }
+    chain.next_seq = fields.seq.saturating_add(1);
     chain.prev = digest.line;
     chain.prev_line = Some((file_name.to_owned(), line_no));
     chain.boot_mono = Some((fields.boot_id, fields.mono_ns));

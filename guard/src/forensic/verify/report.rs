@@ -88,6 +88,12 @@ pub enum Defect {
     /// A file other than the newest holds no record: only a crash right after rotation leaves
     /// an empty file, and then it is the newest.
     EmptyInnerFile,
+    /// A `gap` record that does not name exactly the seqs missing before it (or a gap where
+    /// none is missing): a jump in seq is accepted only with an honest gap right after it.
+    GapMismatch {
+        /// What it names and what is missing.
+        detail: String,
+    },
 }
 
 impl fmt::Display for Defect {
@@ -158,6 +164,9 @@ impl fmt::Display for Defect {
                 f,
                 "file holds no record but is not the newest file: it was emptied"
             ),
+            Self::GapMismatch { detail } => {
+                write!(f, "gap record does not name the missing seqs: {detail}")
+            }
         }
     }
 }
@@ -240,6 +249,10 @@ pub struct VerifyReport {
     pub head: Option<String>,
     /// The seq of the last good record.
     pub last_seq: Option<u64>,
+    /// `gap` records checked: outages of the writer, each naming the seqs it could not write.
+    pub gaps: u64,
+    /// Seqs the gaps name: records the writer counted but could not write.
+    pub missing_records: u64,
     /// A partial final line in the newest file, if any (not a problem by itself).
     pub torn_tail: Option<TornTail>,
     /// The first defect; verification stops there.

@@ -70,8 +70,8 @@ pub enum WriterError {
         /// What is wrong.
         reason: String,
     },
-    /// A write(2) failed: the writer stops (every later append, flush or close fails with
-    /// [`WriterError::Poisoned`]).
+    /// A write(2) failed: the writer is in an outage (every later append, and a flush that
+    /// cannot write yet, fails with [`WriterError::Outage`] until a retry writes the `gap`).
     #[error(
         "cannot write to {path}: {source}{}",
         .unwritten.map_or(String::new(), |unwritten| format!("; {unwritten}"))
@@ -85,7 +85,8 @@ pub enum WriterError {
         /// reach the file; None when none were pending.
         unwritten: Option<Unwritten>,
     },
-    /// An fdatasync of the file, or an fsync of the directory, failed: the writer stops.
+    /// An fdatasync of the file, or an fsync of the directory, failed: the writer is in an
+    /// outage.
     #[error("cannot fsync {path}: {source}")]
     Sync {
         /// The file (or directory).
@@ -93,12 +94,18 @@ pub enum WriterError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Any call that writes, after an earlier write or sync error stopped the writer.
-    #[error("log writer for {path} stopped after an earlier error ({cause}); reopen the log")]
-    Poisoned {
+    /// Any call that writes during an outage (after a write or sync error, until a retry
+    /// writes the `gap` record): the record's seq is in the gap's range.
+    #[error(
+        "the log cannot write to {path} since seq {first_seq} ({cause}); records are counted and \
+         it tries again every second"
+    )]
+    Outage {
         /// The file.
         path: PathBuf,
-        /// The first error's text.
+        /// The first seq not in the log.
+        first_seq: u64,
+        /// The error that began the outage.
         cause: String,
     },
     /// The record cannot be encoded (a bad kind, a payload that does not serialize, a line

@@ -5,6 +5,7 @@
 //! finds where an existing log continues, `options` is how a writer is configured.
 mod error;
 mod options;
+mod outage;
 mod output;
 mod resume;
 
@@ -16,8 +17,9 @@ use serde::Serialize;
 
 pub use error::WriterError;
 pub use options::{FsyncPolicy, LogOptions};
-use output::Output;
+pub use outage::{LogIncomplete, RETRY_EVERY};
 pub use output::{BUFFER_BYTES, Unwritten};
+use output::{Complete, Output};
 
 use super::layout::{self, DirLock, FileError, LayoutError, LogFile};
 use super::record::{
@@ -28,14 +30,14 @@ use super::time;
 /// Where the kernel gives the boot id every record carries.
 pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
-/// What went wrong while writing, counted (the writer stops at its first write error, so
-/// `write_errors` is 0 or 1 per writer; callers sum over sessions).
+/// What went wrong while writing, counted (one write error per outage: the writer retries
+/// quietly until it writes again).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct WriterStats {
-    /// Failed write(2) or fdatasync calls.
+    /// Failed write(2) or fdatasync calls that began an outage.
     pub write_errors: u64,
     /// Records accepted (or being written) that never reached the file, plus every record
-    /// refused after the failure.
+    /// refused during an outage (their seqs are the gaps' ranges).
     pub records_not_written: u64,
 }
 
@@ -73,7 +75,10 @@ pub struct LogWriter {
     /// `last_mono_ns` at the last sync.
     last_sync_ns: u64,
     line: Vec<u8>,
-    failed: Option<String>,
+    /// Set while writes fail: what is missing since, and when to try again.
+    outage: Option<outage::Outage>,
+    /// Since the first failure: the log is not whole.
+    incomplete: Option<LogIncomplete>,
     stats: WriterStats,
     closed: bool,
 }
@@ -112,7 +117,13 @@ impl LogWriter {
             .append(true)
             .open(&resume.file.path)
             .map_err(FileError::open(&resume.file.path))?;
-        let out = Output::new(file, options.test_split_writes, resume.file_bytes);
+        let complete = Complete {
+            next_seq: resume.next_seq,
+            end: resume.file_bytes,
+            head: resume.head,
+            records: resume.file_records,
+        };
+        let out = Output::new(file, options.test_split_writes, complete);
         let mut boot_id_json = Vec::new();
         record::push_json_str(&mut boot_id_json, &boot_id);
         let mut writer = Self {
@@ -130,7 +141,8 @@ impl LogWriter {
             last_mono_ns: 0,
             last_sync_ns: 0,
             line: Vec::with_capacity(1024),
-            failed: None,
+            outage: None,
+            incomplete: None,
             stats: WriterStats::default(),
             closed: false,
             options,
@@ -243,8 +255,12 @@ impl LogWriter {
         self.sync_unless_never()
     }
 
-    /// Writes a `stop` record, flushes and (unless `never`) fsyncs.
+    /// Writes a `stop` record, flushes and (unless `never`) fsyncs. A writer in an outage
+    /// tries once more first (its `gap`, then the `stop`).
     pub fn close(mut self) -> Result<(), WriterError> {
+        if self.outage.is_some() {
+            self.try_resume()?;
+        }
         self.write_checkpoint(kinds::STOP)?;
         self.sync_unless_never()?;
         self.closed = true;
@@ -271,9 +287,16 @@ impl LogWriter {
         self.stats
     }
 
-    /// Whether a write or sync failed: every later append is refused (and counted).
+    /// Whether the log cannot write now: appends are refused (and counted, their seqs kept
+    /// for the `gap` record written when a retry succeeds).
     pub fn is_failed(&self) -> bool {
-        self.failed.is_some()
+        self.outage.is_some()
+    }
+
+    /// Since the first write error: from which seq the log is incomplete, why, and whether it
+    /// writes again. None while the log is whole.
+    pub fn incomplete(&self) -> Option<&LogIncomplete> {
+        self.incomplete.as_ref()
     }
 
     /// Checkpoint and stop payloads describe the chain right before them, so any rotation must
@@ -310,9 +333,8 @@ impl LogWriter {
         payload: &P,
         may_rotate: bool,
     ) -> Result<u64, WriterError> {
-        if let Some(error) = self.poisoned() {
-            self.stats.records_not_written += 1;
-            return Err(error);
+        if self.outage.is_some() && !self.retry_if_due() {
+            return Err(self.miss(kind));
         }
         let mut line = std::mem::take(&mut self.line);
         let result = self.encode_and_write(&mut line, kind, container, payload, may_rotate);
@@ -330,11 +352,13 @@ impl LogWriter {
     ) -> Result<u64, WriterError> {
         let mut digest = self.encode(line, kind, container, payload)?;
         if may_rotate && self.exceeds_rotate_bound(line.len()) {
-            self.rotate()?;
+            // A rotation that fails begins an outage: this record is its first missing one.
+            self.rotate()
+                .map_err(|e| self.missed_by_rotation(e, kind))?;
             digest = self.encode(line, kind, container, payload)?;
         }
         let seq = self.next_seq;
-        if let Err(source) = self.out.write_line(seq, line) {
+        if let Err(source) = self.out.write_line(seq, line, digest) {
             return Err(self.fail_write(source));
         }
         self.next_seq += 1;
@@ -384,7 +408,13 @@ impl LogWriter {
             prev_bytes: self.file_bytes,
         };
         // The old output was flushed and synced above: dropping it only closes the descriptor.
-        self.out = Output::new(file, self.options.test_split_writes, 0);
+        let complete = Complete {
+            next_seq: self.next_seq,
+            end: 0,
+            head: self.head,
+            records: 0,
+        };
+        self.out = Output::new(file, self.options.test_split_writes, complete);
         tracing::debug!(from = %self.file.path.display(), to = %next.path.display(), "log rotated");
         self.file = next;
         self.file_bytes = 0;
@@ -411,8 +441,9 @@ impl LogWriter {
     }
 
     fn flush_buffer(&mut self) -> Result<(), WriterError> {
-        if let Some(error) = self.poisoned() {
-            return Err(error);
+        // Nothing is buffered during an outage: a flush is an occasion to retry.
+        if self.outage.is_some() && !self.retry_if_due() {
+            return Err(self.still_out());
         }
         self.out.flush().map_err(|source| self.fail_write(source))
     }
@@ -425,15 +456,18 @@ impl LogWriter {
     }
 
     /// A failed write: which accepted records did not reach the file, counted, and the
-    /// writer stopped.
+    /// writer in an outage until a retry succeeds.
     fn fail_write(&mut self, source: std::io::Error) -> WriterError {
-        let unwritten = self.out.discard_pending();
+        let discarded = self.out.discard_pending();
+        let unwritten = discarded.unwritten;
         self.stats.records_not_written += unwritten.map_or(0, |u| u.count());
-        self.poison(WriterError::Write {
+        let error = WriterError::Write {
             path: self.file.path.clone(),
             source,
             unwritten,
-        })
+        };
+        self.begin_outage(&error, discarded);
+        error
     }
 
     fn poison_sync(&mut self, source: std::io::Error) -> WriterError {
@@ -443,27 +477,19 @@ impl LogWriter {
         })
     }
 
-    /// The error every write returns once the writer has stopped.
-    fn poisoned(&self) -> Option<WriterError> {
-        self.failed.as_ref().map(|cause| WriterError::Poisoned {
-            path: self.file.path.clone(),
-            cause: cause.clone(),
-        })
-    }
-
-    /// After a failed write the file may end in a partial line: refuse further appends so the
-    /// damage stays a torn tail that verify reports, instead of garbage mid-log.
+    /// A failed sync or file creation: nothing buffered is lost, but the log is in an outage
+    /// from the next seq on.
     fn poison(&mut self, error: WriterError) -> WriterError {
-        tracing::error!(%error, "forensic log write failed");
-        self.stats.write_errors += 1;
-        self.failed = Some(error.to_string());
+        let discarded = self.out.discard_pending();
+        self.stats.records_not_written += discarded.unwritten.map_or(0, |u| u.count());
+        self.begin_outage(&error, discarded);
         error
     }
 }
 
 impl Drop for LogWriter {
     fn drop(&mut self) {
-        if self.closed || self.failed.is_some() {
+        if self.closed || self.outage.is_some() {
             return;
         }
         // Drop cannot return errors; close() is the way to see them. Still never swallow one.

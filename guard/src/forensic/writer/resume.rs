@@ -118,14 +118,14 @@ pub(super) fn resume_point(
 }
 
 /// Scan of one file: complete lines, the last of them, and any torn tail.
-struct FileScan {
-    complete_bytes: u64,
-    records: u64,
+pub(super) struct FileScan {
+    pub complete_bytes: u64,
+    pub records: u64,
     last_line: Vec<u8>,
     torn_bytes: u64,
 }
 
-fn scan_file(path: &Path) -> Result<FileScan, WriterError> {
+pub(super) fn scan_file(path: &Path) -> Result<FileScan, WriterError> {
     let read_err = FileError::read(path);
     let mut lines = LineScanner::from_file(File::open(path).map_err(read_err)?);
     let mut scan = FileScan {

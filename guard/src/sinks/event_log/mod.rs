@@ -20,7 +20,9 @@ use tracing::error;
 use crate::{
     Guard,
     events::{EventDetail, GuardEvent, RingPosition},
-    forensic::{Head, LogOptions, LogWriter, Lost, StartInfo, WriterError, record::Payload},
+    forensic::{
+        Head, LogIncomplete, LogOptions, LogWriter, Lost, StartInfo, WriterError, record::Payload,
+    },
 };
 
 /// Events the log may fall behind by before it loses some (counted in-band). At the writer's
@@ -50,7 +52,8 @@ pub enum EventLogError {
     /// [`Guard`] was dropped), or it panicked.
     #[error("the forensic log task stopped")]
     Stopped,
-    /// From `close` after a write error: the first error and everything not written since.
+    /// From `close` when the log still cannot write: the first error and everything not
+    /// written since.
     #[error("{cause}; {not_written} record(s) were not written in all")]
     Incomplete {
         /// The error that stopped the writer.
@@ -63,14 +66,17 @@ pub enum EventLogError {
 /// What the log could not write, for an agent that watches its own health.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EventLogStats {
-    /// Failed writes or syncs (the log stops writing at the first).
+    /// Failed writes or syncs that began an outage (the log retries every second, and writes
+    /// a `gap` record naming the missing seqs when it can).
     pub write_errors: u64,
     /// Records (events, losses, the agent's own) that are not in the log: accepted ones that
     /// never reached the file, those refused after a failure, and single records refused as
     /// invalid (e.g. too large).
     pub records_not_written: u64,
-    /// The error that stopped the log.
+    /// The error that began the first outage.
     pub failure: Option<String>,
+    /// From which seq the log is incomplete, why, and whether it writes again (None: whole).
+    pub incomplete: Option<LogIncomplete>,
 }
 
 /// Reads a running log's figures (see [`EventLog::gauge`]).
@@ -106,9 +112,11 @@ enum Command {
 }
 
 /// A running log of one guard's events. A write error (e.g. ENOSPC) does not end it: the
-/// error is logged at once, every later record is refused and counted ([`EventLog::stats`]),
-/// [`EventLog::record`] returns the error, and [`EventLog::close`] returns the first error with
-/// the count of records not written.
+/// error is logged at once, records are refused and counted ([`EventLog::stats`]) while the
+/// writer retries every second, [`EventLog::record`] returns the error, and when a write
+/// succeeds again a `gap` record names the missing seqs. The guard's health and reports say
+/// from which seq the log is incomplete. [`EventLog::close`] returns the first error with the
+/// count of records not written only if the log still cannot write at the end.
 pub struct EventLog {
     commands: mpsc::Sender<Command>,
     task: JoinHandle<Result<Head, EventLogError>>,
@@ -138,12 +146,18 @@ impl EventLog {
         let (commands, receiver) = mpsc::channel(64);
         let stats = Arc::new(Mutex::new(EventLogStats::default()));
         let next_seq = Arc::new(AtomicU64::new(writer.head().next_seq));
+        let accounts = Accounts {
+            shared: Arc::clone(&stats),
+            guard: guard.log_incomplete_slot(),
+            failure: None,
+            refused: 0,
+        };
         let task = tokio::spawn(run(
             writer,
             events,
             dropped,
             receiver,
-            Arc::clone(&stats),
+            accounts,
             Arc::clone(&next_seq),
         ));
         Ok(Self {
@@ -211,6 +225,8 @@ impl EventLog {
 /// The log's task: keeps its accounts of what could not be written.
 struct Accounts {
     shared: Arc<Mutex<EventLogStats>>,
+    /// Where the guard's health and reports read whether the log is whole.
+    guard: Arc<Mutex<Option<LogIncomplete>>>,
     /// The error that stopped the writer (its Display: the error itself is not Clone).
     failure: Option<String>,
     /// Records refused one by one while the writer still worked.
@@ -227,23 +243,35 @@ impl Accounts {
         };
         if writer.is_failed() {
             if self.failure.is_none() {
-                error!(%error, "the forensic log stopped writing; later records are counted as not written");
+                error!(%error, "the forensic log cannot write; records are counted, it retries every second and writes a gap record when it can");
                 self.failure = Some(error.to_string());
             }
         } else {
             error!(%error, "a record was not written to the forensic log");
             self.refused += 1;
         }
+        self.publish(writer);
+    }
+
+    /// Shares the writer's figures and whether the log is whole (after every error, and on
+    /// every flush, which is when an outage can end).
+    fn publish(&self, writer: &LogWriter) {
         let stats = writer.stats();
+        let incomplete = writer.incomplete().cloned();
         let now = EventLogStats {
             write_errors: stats.write_errors,
             records_not_written: stats.records_not_written + self.refused,
             failure: self.failure.clone(),
+            incomplete: incomplete.clone(),
         };
         *self
             .shared
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = now;
+        *self
+            .guard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = incomplete;
     }
 }
 
@@ -252,16 +280,11 @@ async fn run(
     mut events: mpsc::Receiver<GuardEvent>,
     dropped: Arc<AtomicU64>,
     mut commands: mpsc::Receiver<Command>,
-    shared: Arc<Mutex<EventLogStats>>,
+    mut accounts: Accounts,
     next_seq: Arc<AtomicU64>,
 ) -> Result<Head, EventLogError> {
     let mut reported_drops = 0;
     let mut tick = tokio::time::interval(FLUSH_EVERY);
-    let mut accounts = Accounts {
-        shared,
-        failure: None,
-        refused: 0,
-    };
     // After a failure the loop goes on: events keep being taken (and counted as not
     // written) so that the count is exact, and the agent's records get the error.
     loop {
@@ -287,6 +310,9 @@ async fn run(
                 let result = append_drops(&mut writer, &dropped, &mut reported_drops)
                     .and_then(|()| writer.flush().map_err(EventLogError::from));
                 accounts.note(&writer, result);
+                if accounts.failure.is_some() {
+                    accounts.publish(&writer);
+                }
                 next_seq.store(writer.head().next_seq, Ordering::Relaxed);
             }
         }
@@ -297,8 +323,12 @@ async fn run(
     }
     let result = append_drops(&mut writer, &dropped, &mut reported_drops);
     accounts.note(&writer, result);
-    if let Some(cause) = accounts.failure.take() {
+    // One last attempt, whatever the backoff: the gap before the `stop`.
+    let _ = writer.retry();
+    accounts.publish(&writer);
+    if writer.is_failed() {
         // Never swallowed: the agent learns the first error and the full count here.
+        let cause = accounts.failure.take().unwrap_or_default();
         let not_written = writer.stats().records_not_written + accounts.refused;
         return Err(EventLogError::Incomplete { cause, not_written });
     }

@@ -7,10 +7,12 @@ use crate::forensic::{self, ChainCheck, layout};
 
 use super::nofollow::{DirFd, error};
 
-/// One file of the copy: where its records start, how many, how many bytes.
+/// One file of the copy: where its records start and end, how many, how many bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct FileSpan {
     pub first_seq: u64,
+    /// The seq after its last record (more than `first_seq + records` after a `gap`).
+    pub end_seq: u64,
     pub records: u64,
     pub bytes: u64,
 }
@@ -75,13 +77,14 @@ pub(super) fn load(dir: &DirFd) -> Result<Tail, String> {
             dir.read(&file.name())
                 .map_err(|e| std::io::Error::new(e.kind(), error(&file.path, e)))
         },
-        &mut |_, records, bytes| {
+        &mut |_, records, bytes, end_seq| {
             spans.push(FileSpan {
                 first_seq: next_first,
+                end_seq,
                 records,
                 bytes,
             });
-            next_first += records;
+            next_first = end_seq;
         },
     )
     .map_err(|e| e.to_string())?;

@@ -210,7 +210,8 @@ impl GuestStore {
                 Err(error) => Err(StreamVerdict::Failed { error }),
             };
         }
-        if position.seq > next {
+        // A jump is a writer's outage only when a `gap` record names it: the chain checks it.
+        if position.seq > next && position.kind != kinds::GAP {
             return Err(StreamVerdict::Gap {
                 from: next,
                 to: position.seq - 1,
@@ -281,12 +282,14 @@ impl GuestStore {
         if new_file {
             tail.files.push(FileSpan {
                 first_seq: position.seq,
+                end_seq: position.seq,
                 records: 0,
                 bytes: 0,
             });
         }
         let span = tail.files.last_mut().expect("a file");
         span.records += 1;
+        span.end_seq = position.seq + 1;
         span.bytes += bytes;
         tail.total_bytes += bytes;
         tail.stopped = position.kind == kinds::STOP;

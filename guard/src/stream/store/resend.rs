@@ -26,7 +26,7 @@ impl ResendCursor {
     ) -> Result<bool, String> {
         let Some(file_index) = files
             .iter()
-            .position(|span| seq >= span.first_seq && seq < span.first_seq + span.records)
+            .position(|span| seq >= span.first_seq && seq < span.end_seq)
         else {
             return Ok(false);
         };
@@ -55,8 +55,19 @@ impl ResendCursor {
                 return Ok(false);
             }
             cursor.line.pop();
-            cursor.next_seq += 1;
+            // Seqs follow lines except across a `gap`, whose seq says where they go on; a seq
+            // inside the gap is held by no line.
+            cursor.next_seq = seq_of(&cursor.line).map_or(cursor.next_seq, |held| held) + 1;
         }
-        Ok(cursor.line == line)
+        Ok(cursor.next_seq == seq + 1 && cursor.line == line)
     }
+}
+
+/// A held line's seq (None: not a record, which the held copy's verification rules out).
+fn seq_of(line: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    serde_json::from_slice::<Seq>(line).ok().map(|s| s.seq)
 }

@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use guard::{
     Guard, Report,
-    forensic::{Head, LogOptions},
+    forensic::{Head, LogIncomplete, LogOptions},
     metrics::MetricsListener,
     sinks::event_log::{EventLog, EventLogError},
     stream::Sender,
@@ -23,6 +23,10 @@ const STREAM_FINISH: Duration = Duration::from_secs(10);
 /// The exit status of a command whose own work succeeded but whose log stream did not deliver
 /// the whole log to the host (docs/ERRORS.md).
 pub const STREAM_NOT_DELIVERED: u8 = 5;
+/// The exit status of a command whose own work succeeded but whose forensic log (or events
+/// file) misses records it could not write; it wins over [`STREAM_NOT_DELIVERED`]
+/// (docs/ERRORS.md).
+pub const LOG_INCOMPLETE: u8 = 6;
 
 /// The log a command writes: where (None: no log), how, and whether it is streamed.
 pub struct LogPlan {
@@ -84,30 +88,47 @@ impl Evidence {
     }
 
     /// Stops serving metrics, records `reports` and closes the log; the stream is still to be
-    /// ended ([`Closed`]).
+    /// ended ([`Closed`]). A log that cannot write never costs the reports: its failure is in
+    /// [`Closed`] (and said on stderr), not an error.
     pub async fn close(mut self, reports: &[Report]) -> Result<Closed, EventLogError> {
         self.stop_metrics();
-        let head = match self.log {
-            Some(log) => {
-                for report in reports {
-                    log.record("report", Some(&report.container), report)
-                        .await?;
-                }
-                Some(log.close().await?)
-            }
-            None => None,
-        };
-        Ok(Closed {
-            head,
+        let mut closed = Closed {
+            head: None,
+            incomplete: None,
+            log_error: None,
             stream: self.stream,
-        })
+        };
+        if let Some(log) = self.log {
+            let gauge = log.gauge();
+            for report in reports {
+                if let Err(error) = log.record("report", Some(&report.container), report).await {
+                    eprintln!(
+                        "guard: the report of {} is not in the forensic log: {error}",
+                        report.container
+                    );
+                }
+            }
+            match log.close().await {
+                Ok(head) => closed.head = Some(head),
+                Err(error) => {
+                    eprintln!("guard: error: closing the forensic log: {error}");
+                    closed.log_error = Some(error.to_string());
+                }
+            }
+            closed.incomplete = gauge.stats().incomplete;
+        }
+        Ok(closed)
     }
 }
 
 /// A closed log and its stream, still open until the host has the log's last records.
 pub struct Closed {
-    /// The log's head (None: no log).
+    /// The log's head (None: no log, or it could not be closed).
     pub head: Option<Head>,
+    /// From which seq the log misses records, and why (None: whole, or no log).
+    pub incomplete: Option<LogIncomplete>,
+    /// Why the log could not be closed with its `stop` record (it still could not write).
+    pub log_error: Option<String>,
     stream: Option<Sender>,
 }
 
@@ -153,9 +174,21 @@ impl Closed {
             }
             None => true,
         };
+        let mut why_incomplete = self
+            .incomplete
+            .as_ref()
+            .map(|log| format!("forensic {log}"));
+        if let Some(error) = &self.log_error {
+            why_incomplete = Some(match why_incomplete {
+                Some(why) => format!("{why}; not closed: {error}"),
+                None => format!("forensic log not closed: {error}"),
+            });
+        }
         Ended {
             head: self.head,
             delivered,
+            incomplete: self.incomplete,
+            why_incomplete,
         }
     }
 }
@@ -166,12 +199,45 @@ pub struct Ended {
     pub head: Option<Head>,
     /// False: the stream did not deliver the whole log to the host.
     pub delivered: bool,
+    /// From which seq the log misses records (for every report printed).
+    pub incomplete: Option<LogIncomplete>,
+    /// Why the evidence is incomplete (the log, the events file): the last stderr line.
+    why_incomplete: Option<String>,
 }
 
 impl Ended {
-    /// A command's exit status once its stream ended: a success whose log did not reach the
-    /// host becomes [`STREAM_NOT_DELIVERED`]; a failure keeps its own status.
+    /// Flags `reports` with the log's final state (their copies in the log carry the state
+    /// when they were recorded).
+    pub fn flag(&self, reports: &mut [Report]) {
+        if let Some(incomplete) = &self.incomplete {
+            for report in reports {
+                report.loss.log_incomplete = Some(incomplete.clone());
+            }
+        }
+    }
+
+    /// An events file (`--events`) that failed: the evidence is incomplete too.
+    pub fn events_failed(&mut self, error: &dyn std::fmt::Display) {
+        eprintln!("guard: {error}");
+        let why = format!("events file incomplete: {error}");
+        self.why_incomplete = Some(match self.why_incomplete.take() {
+            Some(earlier) => format!("{earlier}; {why}"),
+            None => why,
+        });
+    }
+
+    /// A command's exit status once its stream ended, said last on stderr when it is not its
+    /// own: a success whose log (or events file) misses records becomes [`LOG_INCOMPLETE`],
+    /// else one whose log did not reach the host [`STREAM_NOT_DELIVERED`]; a failure keeps its
+    /// own status.
     pub fn exit_code(&self, code: ExitCode) -> ExitCode {
+        if let Some(why) = &self.why_incomplete {
+            if code == ExitCode::SUCCESS {
+                eprintln!("guard: {why} (exit status {LOG_INCOMPLETE})");
+                return ExitCode::from(LOG_INCOMPLETE);
+            }
+            eprintln!("guard: {why}");
+        }
         if !self.delivered && code == ExitCode::SUCCESS {
             ExitCode::from(STREAM_NOT_DELIVERED)
         } else {
