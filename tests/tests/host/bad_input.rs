@@ -10,16 +10,16 @@ use std::{
 use guard::{
     Guard, GuardOptions, Tier,
     forensic::{self, FsyncPolicy, LogOptions, LogReader, LogWriter, StartInfo, WriterStats},
-    sinks::event_log::{EventLog, EventLogStats},
+    sinks::event_log::EventLog,
 };
 use guard_tests::host::root_or_skip;
 use serde_json::json;
 
 /// A tmpfs mounted on a fresh directory, unmounted and removed on drop.
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(tag: &str, options: &str) -> Self {
+    pub(crate) fn mount(tag: &str, options: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("guard-bad-{tag}-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let target = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
@@ -49,7 +49,7 @@ impl Tmpfs {
         Self(dir)
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -134,13 +134,15 @@ fn a_full_filesystem_is_an_error_naming_the_records_not_written() {
         }
     );
 
-    // Later appends are refused, named as such, and counted.
+    // Later appends are refused during the outage, named as such, and counted.
     let refused = writer.append("fork", None, &json!({})).unwrap_err();
     assert_eq!(
         refused.to_string(),
         format!(
-            "log writer for {} stopped after an earlier error ({error}); reopen the log",
-            file.display()
+            "the log cannot write to {} since seq {} ({error}); records are counted and it tries \
+             again every second",
+            file.display(),
+            last_in_file + 1
         )
     );
     assert_eq!(
@@ -190,29 +192,46 @@ async fn a_full_filesystem_stops_the_event_log_loudly() {
     assert_eq!(
         refused.to_string(),
         format!(
-            "forensic log: log writer for {} stopped after an earlier error ({}); reopen the log",
+            "forensic log: the log cannot write to {} since seq {} ({}); records are counted and \
+             it tries again every second",
             file.display(),
+            last_ok + 1,
             first.trim_start_matches("forensic log: ")
         )
     );
+    let stats = log.stats();
     assert_eq!(
-        log.stats(),
-        EventLogStats {
-            write_errors: 1,
-            records_not_written: 2,
-            failure: Some(first.clone()),
-        }
+        (
+            stats.write_errors,
+            stats.records_not_written,
+            stats.failure.as_deref()
+        ),
+        (1, 2, Some(first.as_str()))
     );
+    // The guard's own figures say it too, for its health and every report.
+    let incomplete = stats.incomplete.expect("flagged");
+    assert_eq!(
+        (incomplete.first_missing_seq, incomplete.resumed),
+        (last_ok + 1, false)
+    );
+    assert_eq!(guard.log_incomplete(), Some(incomplete));
     // `always`: every acknowledged record is on disk, and nothing else.
     assert_eq!(seqs_in(&dir), (0..=last_ok).collect::<Vec<_>>());
-    let closed = log.close().await.unwrap_err();
-    assert_eq!(
-        closed.to_string(),
-        format!("{first}; 2 record(s) were not written in all")
+    // The close tries once more: the disk is still (nearly) full, so either nothing more fits
+    // (the first error, with the count) or a gap did and the `stop` did not.
+    let closed = log.close().await.unwrap_err().to_string();
+    assert!(
+        closed == format!("{first}; 2 record(s) were not written in all")
+            || closed.contains("No space left on device"),
+        "{closed}"
     );
     let report = forensic::verify(&dir).unwrap();
     assert_eq!(report.problem, None);
-    assert_eq!(report.last_seq, Some(last_ok));
+    assert!(report.last_seq >= Some(last_ok), "{report:?}");
+    assert!(
+        report.gaps <= 1 && report.missing_records <= 3,
+        "{report:?}"
+    );
 }
 
 /// A read-only filesystem: the log directory cannot be created, or its lock file cannot.

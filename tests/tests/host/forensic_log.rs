@@ -645,7 +645,7 @@ fn writer_reports_errors_and_refuses_bad_input() {
     );
     assert!(matches!(
         writer.append("fork", None, &json!({})),
-        Err(WriterError::Poisoned { .. })
+        Err(WriterError::Outage { .. })
     ));
     // A second writer on the same directory is refused while the first holds it.
     assert!(LogWriter::create(log.path(), options(None), &start_info()).is_err());

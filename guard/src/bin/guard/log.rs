@@ -274,6 +274,14 @@ fn print_report(dir: &std::path::Path, report: &VerifyReport) -> ExitCode {
             report.abrupt_earlier_sessions
         );
     }
+    if report.gaps > 0 {
+        outln!(
+            "note: {} gap record(s) name {} record(s) the writer counted but could not write \
+             (a full or failing disk)",
+            report.gaps,
+            report.missing_records
+        );
+    }
     if let Some(session) = report.ended_abruptly() {
         outln!("ENDED ABRUPTLY: {}", abrupt_end(&session));
         outln!("{summary} verified; head {head}");
@@ -321,6 +329,8 @@ fn print_json_report(report: &VerifyReport) -> ExitCode {
         "head": report.head,
         "sessions": report.sessions,
         "abrupt_earlier_sessions": report.abrupt_earlier_sessions,
+        "gaps": report.gaps,
+        "missing_records": report.missing_records,
         "last_session": session,
         "ended_abruptly": report.ended_abruptly().map(|session| abrupt_end(&session)),
         "torn_tail": report.torn_tail.as_ref().map(ToString::to_string),
