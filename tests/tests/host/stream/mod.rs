@@ -4,11 +4,13 @@
 //! `bounds`: slow, idle, long-lined and reconnecting connections; `disk`: quotas, a full disk,
 //! inode exhaustion, links in the store; `limits`: the open-file and process limits;
 //! `vm_dir`: VMs coming and going; `crowd`: a thousand hostile connections beside a hundred
-//! guests. Throughout, every legitimate guest's copy must complete byte for byte.
+//! guests; `gaps`: a guest log's outage, honest and lying. Throughout, every legitimate
+//! guest's copy must complete byte for byte.
 mod bounds;
 mod cli;
 mod crowd;
 mod disk;
+mod gaps;
 mod harness;
 mod identity;
 mod limits;
