@@ -108,6 +108,7 @@ enum Command {
         payload: Value,
         reply: oneshot::Sender<Result<u64, EventLogError>>,
     },
+    Retry,
     Close,
 }
 
@@ -214,6 +215,12 @@ impl EventLog {
         answer.await.map_err(|_| EventLogError::Stopped)?
     }
 
+    /// During an outage, asks the writer to try again now, whatever its backoff (before the
+    /// records that matter most, such as the final reports).
+    pub async fn retry(&self) {
+        let _ = self.commands.send(Command::Retry).await;
+    }
+
     /// Writes what is queued (call after [`Guard::drain`] to include every event), closes the
     /// log with its `stop` record and returns its head.
     pub async fn close(self) -> Result<Head, EventLogError> {
@@ -303,6 +310,10 @@ async fn run(
                         .map_err(EventLogError::from);
                     accounts.note(&writer, appended.as_ref());
                     let _ = reply.send(appended);
+                }
+                Some(Command::Retry) => {
+                    let _ = writer.retry();
+                    accounts.publish(&writer);
                 }
                 Some(Command::Close) | None => break,
             },

@@ -97,14 +97,20 @@ fn an_honest_gap_is_accepted_and_the_copy_completes() {
         Some(StreamVerdict::Complete { last_seq: 9 }),
         "{status}"
     );
-    assert_eq!(files_of(&host.collector.guest_dir("vm-gap")), files_of(&log));
+    assert_eq!(
+        files_of(&host.collector.guest_dir("vm-gap")),
+        files_of(&log)
+    );
 }
+
+/// Whether a stream's verdict is the refusal a case expects.
+type Refused = fn(&Option<StreamVerdict>) -> bool;
 
 #[test]
 fn a_lying_gap_or_a_bare_jump_is_refused() {
     let scratch = TempDir::new("lying-gap");
     let host = Host::start(&scratch);
-    let cases: [(&str, Vec<Vec<u8>>, fn(&Option<StreamVerdict>) -> bool); 4] = [
+    let cases: [(&str, Vec<Vec<u8>>, Refused); 4] = [
         // Names 5..=6 where 4..=6 are missing.
         (
             "vm-late",

@@ -100,6 +100,8 @@ impl Evidence {
         };
         if let Some(log) = self.log {
             let gauge = log.gauge();
+            // A log in an outage gets one more chance before the reports.
+            log.retry().await;
             for report in reports {
                 if let Err(error) = log.record("report", Some(&report.container), report).await {
                     eprintln!(
