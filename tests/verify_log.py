@@ -2,7 +2,10 @@
 """Independent verifier for a guard forensic log (docs/LOG-FORMAT.md), stdlib only.
 Usage: verify_log.py DIR... -- prints "DIR: OK" or "DIR: BAD <why>" each; exit 0 only if all OK."""
 import hashlib, json, os, re, sys
-
+def gap_names(rec, seq):  # a seq jump only right before a gap naming exactly the missing seqs
+    g, s = rec.get("payload"), rec["seq"]
+    return rec.get("kind") == "gap" and isinstance(g, dict) and s > seq and g.get("first_seq") == seq and g.get("last_seq") == s - 1 \
+        and isinstance(g.get("kinds"), dict) and all(type(n) is int for n in g["kinds"].values()) and sum(g["kinds"].values()) == s - seq
 def verify(log_dir):
     names = [n for n in os.listdir(log_dir) if re.fullmatch(r"guard-\d{6,}\.jsonl", n)]
     names.sort(key=lambda n: int(n[6:-6]))
@@ -13,8 +16,7 @@ def verify(log_dir):
         if i < len(names) - 1 and not os.path.getsize(os.path.join(log_dir, name)): return f"{name}: empty but not the newest file"
         with open(os.path.join(log_dir, name), "rb") as f:  # streams: one line in memory
             for no, line in enumerate(f, 1):
-                if not line.endswith(b"\n"):
-                    return f"{name}:{no}: torn final line (no newline)"
+                if not line.endswith(b"\n"): return f"{name}:{no}: torn final line (no newline)"
                 line = line[:-1]
                 if line[-75:] != b',"hash":"' + hashlib.sha256(line[:-75]).hexdigest().encode() + b'"}':
                     return f"{name}:{no}: hash does not match the line"
@@ -22,26 +24,13 @@ def verify(log_dir):
                     rec = json.loads(line)
                 except ValueError as e:
                     return f"{name}:{no}: not JSON: {e}"
-                if type(rec.get("seq")) is not int:
-                    return f"{name}:{no}: seq {rec.get('seq')!r}, expected {seq}"
-                if rec["seq"] != seq or rec.get("kind") == "gap":
-                    # A jump is allowed only right before a gap record naming exactly the
-                    # missing seqs, its kinds adding up to as many (a writer's outage).
-                    gap = rec.get("payload") if rec.get("kind") == "gap" else None
-                    if not isinstance(gap, dict):
-                        return f"{name}:{no}: seq {rec['seq']!r}, expected {seq}"
-                    kinds = gap.get("kinds")
-                    if rec["seq"] <= seq or gap.get("first_seq") != seq or gap.get("last_seq") != rec["seq"] - 1 \
-                            or not isinstance(kinds, dict) or sum(kinds.values()) != rec["seq"] - seq:
-                        return f"{name}:{no}: gap record does not name the missing seqs {seq}..={rec['seq'] - 1}"
-                    seq = rec["seq"]
-                if rec.get("prev") != prev:
-                    return f"{name}:{no}: prev is not the SHA-256 of the previous line"
-                if no == 1 and rec.get("kind") != ("start" if seq == 0 else "rotate"):
+                if type(rec.get("seq")) is not int or (rec["seq"] != seq or rec.get("kind") == "gap") and not gap_names(rec, seq):
+                    return f"{name}:{no}: seq {rec.get('seq')!r}, expected {seq} (or a gap record naming exactly the seqs skipped)"
+                if rec.get("prev") != prev: return f"{name}:{no}: prev is not the SHA-256 of the previous line"
+                if no == 1 and rec.get("kind") != ("start" if rec["seq"] == 0 else "rotate"):
                     return f"{name}:1: a file must begin with start (first file) or rotate"
-                seq, prev = seq + 1, hashlib.sha256(line).hexdigest()
+                seq, prev = rec["seq"] + 1, hashlib.sha256(line).hexdigest()
     return None if seq else "no records"
-
 bad = 0
 for log_dir in sys.argv[1:]:
     why = verify(log_dir)

@@ -35,6 +35,20 @@ fn log_lines(tail: &[(u64, &str, String)]) -> Vec<Vec<u8>> {
     lines
 }
 
+/// What the independent verifier (`tests/verify_log.py`) says of a log of `lines`.
+fn python_says(scratch: &TempDir, name: &str, lines: &[Vec<u8>]) -> String {
+    let dir = scratch.0.join(format!("py-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("guard-000000.jsonl"), lines.concat()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/verify_log.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Seqs 4..=6 missing, named by the gap at 7; then an event and the stop.
 fn honest() -> Vec<Vec<u8>> {
     log_lines(&[
@@ -69,6 +83,7 @@ fn an_honest_gap_is_accepted_and_the_copy_completes() {
     let report = forensic::verify(&log).unwrap();
     assert!(report.is_clean(), "{report:?}");
     assert_eq!((report.gaps, report.missing_records), (1, 3));
+    assert!(python_says(&scratch, "honest", &lines).ends_with(": OK\n"));
     let stats = ship(&guest, &log, Duration::from_secs(30));
     assert!(stats.delivered, "{stats:?}");
     assert_eq!(stats.acked_next_seq, 10, "{stats:?}");
@@ -151,5 +166,8 @@ fn a_lying_gap_or_a_bare_jump_is_refused() {
         let held = forensic::verify(&copy).unwrap();
         assert_eq!(held.last_seq, Some(3), "{name}: {held:?}");
         assert!(held.problem.is_none(), "{name}: {held:?}");
+        // The independent verifier refuses the same lie.
+        let said = python_says(&scratch, name, &lines);
+        assert!(said.contains(": BAD "), "{name}: {said}");
     }
 }
