@@ -316,3 +316,53 @@ fn a_log_that_stays_full_still_prints_the_report() {
     assert_eq!(code, 4, "guard log verify: {said}");
     assert!(python_verify(&log).contains(": OK"));
 }
+
+/// An events file that cannot be written (`--events /dev/full`) never costs the report either:
+/// it comes out on stdout, and the status (6) and the last stderr line say why the evidence is
+/// incomplete.
+#[test]
+fn a_failing_events_file_still_prints_the_report() {
+    if !root_or_skip("a_failing_events_file_still_prints_the_report") {
+        return;
+    }
+    let cgroup = TestCgroup::create("outage-events");
+    let child = Command::new(bin())
+        .args(["watch", "--json", "--events", "/dev/full", "--cgroup"])
+        .arg(format!("storm={}", cgroup.path.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("guard runs");
+    let mut watch = Watch {
+        stderr: Arc::new(Mutex::new(String::new())),
+        reader: std::thread::spawn(|| {}),
+        child,
+    };
+    let pipe = watch.child.stderr.take().unwrap();
+    let gathered = Arc::clone(&watch.stderr);
+    watch.reader = std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut all = gathered.lock().unwrap();
+            all.push_str(&line);
+            all.push('\n');
+        }
+    });
+    wait_for("guard watching", 60, || watch.said("guard: watching"));
+    let storm = Storm::start(&cgroup.path);
+    storm.rounds(2);
+    drop(storm);
+    let (output, stderr) = watch.interrupt();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let reports: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("no report on stdout ({e}): {stdout:?}\nstderr:\n{stderr}"));
+    assert!(
+        reports[0]["counters"]["delivered"]["forks"].as_u64() > Some(0),
+        "{reports}"
+    );
+    assert_eq!(output.status.code(), Some(6), "stderr:\n{stderr}");
+    let last_line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last_line.contains("events file incomplete") && last_line.contains("/dev/full"),
+        "last stderr line: {last_line}"
+    );
+}
