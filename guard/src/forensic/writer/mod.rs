@@ -454,37 +454,6 @@ impl LogWriter {
         self.last_sync_ns = self.last_mono_ns;
         Ok(())
     }
-
-    /// A failed write: which accepted records did not reach the file, counted, and the
-    /// writer in an outage until a retry succeeds.
-    fn fail_write(&mut self, source: std::io::Error) -> WriterError {
-        let discarded = self.out.discard_pending();
-        let unwritten = discarded.unwritten;
-        self.stats.records_not_written += unwritten.map_or(0, |u| u.count());
-        let error = WriterError::Write {
-            path: self.file.path.clone(),
-            source,
-            unwritten,
-        };
-        self.begin_outage(&error, discarded);
-        error
-    }
-
-    fn poison_sync(&mut self, source: std::io::Error) -> WriterError {
-        self.poison(WriterError::Sync {
-            path: self.file.path.clone(),
-            source,
-        })
-    }
-
-    /// A failed sync or file creation: nothing buffered is lost, but the log is in an outage
-    /// from the next seq on.
-    fn poison(&mut self, error: WriterError) -> WriterError {
-        let discarded = self.out.discard_pending();
-        self.stats.records_not_written += discarded.unwritten.map_or(0, |u| u.count());
-        self.begin_outage(&error, discarded);
-        error
-    }
 }
 
 impl Drop for LogWriter {

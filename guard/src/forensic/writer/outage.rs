@@ -88,6 +88,37 @@ fn retry_after(now_ns: u64) -> u64 {
 }
 
 impl LogWriter {
+    /// A failed write: which accepted records did not reach the file, counted, and the
+    /// writer in an outage until a retry succeeds.
+    pub(super) fn fail_write(&mut self, source: std::io::Error) -> WriterError {
+        let discarded = self.out.discard_pending();
+        let unwritten = discarded.unwritten;
+        self.stats.records_not_written += unwritten.map_or(0, |u| u.count());
+        let error = WriterError::Write {
+            path: self.file.path.clone(),
+            source,
+            unwritten,
+        };
+        self.begin_outage(&error, discarded);
+        error
+    }
+
+    pub(super) fn poison_sync(&mut self, source: std::io::Error) -> WriterError {
+        self.poison(WriterError::Sync {
+            path: self.file.path.clone(),
+            source,
+        })
+    }
+
+    /// A failed sync or file creation: nothing buffered is lost, but the log is in an outage
+    /// from the next seq on.
+    pub(super) fn poison(&mut self, error: WriterError) -> WriterError {
+        let discarded = self.out.discard_pending();
+        self.stats.records_not_written += discarded.unwritten.map_or(0, |u| u.count());
+        self.begin_outage(&error, discarded);
+        error
+    }
+
     /// During an outage, tries to write again now, whatever the backoff (a closing log's last
     /// chance); Ok when the log writes.
     pub fn retry(&mut self) -> Result<(), WriterError> {
