@@ -42,6 +42,9 @@ pub mod kinds {
     pub const LOST: &str = "lost";
     /// Events sampled away under a storm ([`Throttle`](super::Throttle)).
     pub const THROTTLE: &str = "throttle";
+    /// A container's events of one kind folded into one record under a storm
+    /// ([`SummaryRecord`](crate::forensic::SummaryRecord)).
+    pub const SUMMARY: &str = "summary";
 
     /// Kinds only the writer itself may emit.
     pub const RESERVED: &[&str] = &[START, ROTATE, CHECKPOINT, STOP, REPAIR];

@@ -1,4 +1,5 @@
 use super::*;
+use crate::events::RingPosition;
 use crate::events::{
     Fork, ForkDenied, KernelFile, OomRss, OomVictim, ReaderFault, Reclaim,
     Throttle as ThrottleDetail,
