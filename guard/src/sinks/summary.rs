@@ -113,7 +113,12 @@ impl fmt::Display for SummaryPolicy {
         if self.is_off() {
             return f.write_str("off");
         }
-        write!(f, "{}/{}ms", self.burst, self.interval.as_millis())
+        let ms = self.interval.as_millis();
+        if ms % 1000 == 0 {
+            write!(f, "{}/{}s", self.burst, ms / 1000)
+        } else {
+            write!(f, "{}/{ms}ms", self.burst)
+        }
     }
 }
 

@@ -448,7 +448,8 @@ fn policies_parse_and_print() {
         "16/2.5s".parse::<SummaryPolicy>().unwrap(),
         policy(16, 2500)
     );
-    assert_eq!(policy(8, 1000).to_string(), "8/1000ms");
+    assert_eq!(policy(8, 1000).to_string(), "8/1s");
+    assert_eq!(policy(0, 250).to_string(), "0/250ms");
     assert_eq!(SummaryPolicy::off().to_string(), "off");
     for bad in [
         "",
