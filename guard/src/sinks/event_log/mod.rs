@@ -305,11 +305,17 @@ async fn run(
             },
             command = commands.recv() => match command {
                 Some(Command::Record { kind, container, payload, reply }) => {
-                    // The container's events come before its own records (its report).
-                    summaries.flush_container(container.as_deref(), &mut |step| {
+                    // The events queued so far, and the container's pending summaries, come
+                    // before the agent's record (a report written after `Guard::drain`
+                    // follows every event it counts).
+                    let mut write = |step| {
                         let result = append_step(&mut writer, step);
                         accounts.note(&writer, result);
-                    });
+                    };
+                    while let Ok(event) = events.try_recv() {
+                        summaries.offer(event, &mut write);
+                    }
+                    summaries.flush_container(container.as_deref(), &mut write);
                     let appended = writer
                         .append(&kind, container.as_deref(), &payload)
                         .map_err(EventLogError::from);
