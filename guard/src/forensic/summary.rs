@@ -75,3 +75,51 @@ pub fn summarized(record: &Record) -> Option<(&str, u64)> {
     let count = record.payload.get("count")?.as_u64()?;
     Some((of, count))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::forensic::Filter;
+
+    fn record(kind: &str, payload: Value) -> Record {
+        Record {
+            seq: 1,
+            boot_id: "b".into(),
+            wall: "2026-12-07T00:00:00Z".into(),
+            mono_ns: 1,
+            kind: kind.into(),
+            container: Some("web".into()),
+            payload,
+            prev: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn summaries_count_as_their_events_and_pass_their_kinds_filter() {
+        let summary = record(
+            "summary",
+            json!({"of": "reclaim", "count": 12, "first_ktime_ns": 1, "last_ktime_ns": 2,
+                   "sums": {"duration_ns": 5}, "examples": [], "last": {}}),
+        );
+        assert_eq!(summarized(&summary), Some(("reclaim", 12)));
+        assert_eq!(events_of(&summary, "reclaim"), 12);
+        assert_eq!(events_of(&record("reclaim", json!({})), "reclaim"), 1);
+        assert_eq!(events_of(&record("fork", json!({})), "reclaim"), 0);
+        let read = SummaryRecord::of_record(&summary).unwrap();
+        assert_eq!(
+            (read.count, read.sums["duration_ns"].as_u64()),
+            (12, Some(5))
+        );
+        // A malformed summary counts as nothing rather than failing a reader.
+        assert_eq!(summarized(&record("summary", json!({"of": "fork"}))), None);
+        let filter = |kind: &str| Filter {
+            kind: Some(kind.into()),
+            ..Filter::default()
+        };
+        assert!(filter("reclaim").matches(&summary) && filter("summary").matches(&summary));
+        assert!(!filter("fork").matches(&summary));
+    }
+}
