@@ -114,7 +114,7 @@ impl fmt::Display for SummaryPolicy {
             return f.write_str("off");
         }
         let ms = self.interval.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}/{}s", self.burst, ms / 1000)
         } else {
             write!(f, "{}/{ms}ms", self.burst)
