@@ -20,6 +20,10 @@ pub struct DemoArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 128)]
     pub memory: u32,
+    /// The selftest's `--summaries` policy (`off`, or BURST/INTERVAL such as `8/1s`), to
+    /// compare the log's size with and without interval summaries.
+    #[arg(long, value_name = "POLICY")]
+    pub summaries: Option<String>,
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
@@ -53,8 +57,12 @@ fn demo(args: &DemoArgs, kernel: &str, bin: &Path) -> anyhow::Result<()> {
         // four tenants at once. (Run after a --no-budget waves run in the same guest, the
         // budget, derived from what that run left, was too small and the tenants livelocked.)
         &format!(
-            "{} --stream vsock:{STREAM_PORT} --stream-name {guest_name} --stream-key {}",
+            "{} {} --stream vsock:{STREAM_PORT} --stream-name {guest_name} --stream-key {}",
             if args.no_limits { "--no-limits" } else { "" },
+            args.summaries
+                .as_ref()
+                .map(|policy| format!("--summaries {policy}"))
+                .unwrap_or_default(),
             vm::GUEST_KEY_PATH
         ),
         format!("demo-{kernel}"),

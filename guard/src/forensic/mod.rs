@@ -51,6 +51,7 @@ mod lines;
 pub(crate) mod reader;
 internal_mod!(record);
 pub(crate) mod stats;
+pub(crate) mod summary;
 internal_mod!(time);
 pub(crate) mod verified;
 pub(crate) mod verify;
@@ -64,6 +65,7 @@ pub use record::{
 /// Payloads and `StartInfo::limits` are JSON values: re-exported so callers need no extra dependency.
 pub use serde_json;
 pub use stats::{Stats, stats};
+pub use summary::{SummaryRecord, events_of, summarized};
 pub use verified::{ReadVerifiedError, read_verified};
 pub use verify::{
     ChainCheck, Defect, Problem, RepairOutcome, Session, TornTail, VerifyError, VerifyReport,

@@ -71,7 +71,7 @@ pub struct Entry {
 pub struct Filter {
     /// Only records about this container.
     pub container: Option<String>,
-    /// Only records of this kind.
+    /// Only records of this kind, and the `summary` records that fold events of it.
     pub kind: Option<String>,
     /// Only records whose wall time is at or after this (Unix nanoseconds).
     pub since_ns: Option<i64>,
@@ -83,6 +83,7 @@ impl Filter {
     pub fn matches(&self, record: &Record) -> bool {
         if let Some(kind) = &self.kind
             && *kind != record.kind
+            && super::summarized(record).is_none_or(|(of, _)| of != kind)
         {
             return false;
         }

@@ -21,6 +21,11 @@ pub struct Stats {
     pub per_kind: BTreeMap<String, u64>,
     /// Container id → kind → count (records without a container are not listed here).
     pub per_container: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Kind → events folded into `summary` records (none of them has a record of its own):
+    /// events of a kind = its records + this.
+    pub summarized: BTreeMap<String, u64>,
+    /// Container id → kind → events folded into that container's `summary` records.
+    pub per_container_summarized: BTreeMap<String, BTreeMap<String, u64>>,
     /// Lines that could not be read as records (see `guard log verify`).
     pub unreadable_lines: u64,
     /// Whether a file ends with a partial line.
@@ -55,6 +60,17 @@ pub fn stats(dir: &Path) -> Result<Stats, ReaderError> {
             stats.first_wall = Some(record.wall.clone());
         }
         *stats.per_kind.entry(record.kind.clone()).or_default() += 1;
+        if let Some((of, count)) = super::summarized(&record) {
+            *stats.summarized.entry(of.to_string()).or_default() += count;
+            if let Some(container) = &record.container {
+                *stats
+                    .per_container_summarized
+                    .entry(container.clone())
+                    .or_default()
+                    .entry(of.to_string())
+                    .or_default() += count;
+            }
+        }
         if let Some(container) = record.container {
             *stats
                 .per_container

@@ -1,8 +1,10 @@
 //! Events as JSON lines (one `GuardEvent` per line) to a file or standard output: the
-//! `--events` option of `guard exec` and `guard watch`.
+//! `--events` option of `guard exec` and `guard watch`. Storms become summary lines as in the
+//! forensic log ([`super::summary`]): the file obeys the same bounds.
 use std::{
     io::Write,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use tokio::{
@@ -10,7 +12,20 @@ use tokio::{
     task::JoinHandle,
 };
 
+use super::summary::{EventPayload, Step, Summarizer, Summary, SummaryPolicy};
 use crate::{Guard, events::GuardEvent};
+
+/// How often summaries whose interval has passed are written.
+const TICK: Duration = Duration::from_millis(100);
+
+/// How the JSON-lines sink writes.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct JsonLinesOptions {
+    /// When a container's repetitive events become summary lines ([`SummaryPolicy::off`]:
+    /// one line per event).
+    pub summaries: SummaryPolicy,
+}
 
 /// Events a JSON-lines file may fall behind by before it loses some (counted by the guard).
 pub const QUEUE_EVENTS: usize = 65_536;
@@ -53,12 +68,28 @@ pub struct JsonLines {
 
 impl JsonLines {
     /// Subscribes to `guard` (a queue of [`QUEUE_EVENTS`]) and writes every event to `path`
-    /// (`-`: standard output), from a task of its own: call it inside a tokio runtime.
+    /// (`-`: standard output), from a task of its own: call it inside a tokio runtime. Storms
+    /// become summaries with the default [`SummaryPolicy`].
     pub fn start(guard: &Guard, path: &Path) -> Result<Self, JsonLinesError> {
+        Self::start_with(guard, path, JsonLinesOptions::default())
+    }
+
+    /// [`JsonLines::start`] with `options`.
+    pub fn start_with(
+        guard: &Guard,
+        path: &Path,
+        options: JsonLinesOptions,
+    ) -> Result<Self, JsonLinesError> {
         let out = open(path)?;
         let (stop, stopped) = oneshot::channel();
         let events = guard.subscribe(QUEUE_EVENTS);
-        let task = tokio::spawn(write(events, out, path.to_path_buf(), stopped));
+        let task = tokio::spawn(write_with(
+            events,
+            out,
+            path.to_path_buf(),
+            stopped,
+            options,
+        ));
         Ok(Self {
             stop,
             task,
@@ -88,41 +119,120 @@ pub fn open(path: &Path) -> Result<Box<dyn Write + Send>, JsonLinesError> {
     Ok(Box::new(std::io::BufWriter::new(file)))
 }
 
-/// Writes every event until the stream ends or `stop` fires, then what is still queued.
-/// Flushes whenever it has caught up: one write per burst, not per event.
+/// Writes every event until the stream ends or `stop` fires, then what is still queued, with
+/// the default [`SummaryPolicy`].
 pub async fn write(
+    events: mpsc::Receiver<GuardEvent>,
+    out: Box<dyn Write + Send>,
+    path: PathBuf,
+    stop: oneshot::Receiver<()>,
+) -> Result<(), JsonLinesError> {
+    write_with(events, out, path, stop, JsonLinesOptions::default()).await
+}
+
+/// [`write()`] with `options`. Flushes whenever it has caught up: one write per burst, not
+/// per event.
+pub async fn write_with(
     mut events: mpsc::Receiver<GuardEvent>,
-    mut out: Box<dyn Write + Send>,
+    out: Box<dyn Write + Send>,
     path: PathBuf,
     mut stop: oneshot::Receiver<()>,
+    options: JsonLinesOptions,
 ) -> Result<(), JsonLinesError> {
     let error = |source| JsonLinesError::Write {
         path: path.clone(),
         source,
     };
+    let mut summaries = Summarizer::new(options.summaries);
+    let mut tick = tokio::time::interval(TICK);
+    let mut sink = Lines { out, failed: None };
     loop {
         tokio::select! {
             event = events.recv() => match event {
                 Some(event) => {
-                    write_line(&mut out, &event).map_err(error)?;
+                    summaries.offer(event, &mut |step| sink.write(&step));
                     if events.is_empty() {
-                        out.flush().map_err(error)?;
+                        sink.out.flush().map_err(error)?;
                     }
                 }
                 None => break,
             },
+            _ = tick.tick() => {
+                let now = crate::events::monotonic_ns();
+                summaries.tick(now, &mut |step| sink.write(&step));
+            }
             _ = &mut stop => {
                 while let Ok(event) = events.try_recv() {
-                    write_line(&mut out, &event).map_err(error)?;
+                    summaries.offer(event, &mut |step| sink.write(&step));
                 }
                 break;
             }
         }
+        if sink.failed.is_some() {
+            break;
+        }
     }
-    out.flush().map_err(error)
+    summaries.flush_all(&mut |step| sink.write(&step));
+    if let Some(e) = sink.failed {
+        return Err(error(e));
+    }
+    sink.out.flush().map_err(error)
 }
 
-fn write_line(out: &mut dyn Write, event: &GuardEvent) -> std::io::Result<()> {
-    let line = serde_json::to_string(event).map_err(std::io::Error::other)?;
+/// The file and its first write error: the summarizer's callback cannot return one, so the
+/// loop checks it after each step and stops there.
+struct Lines {
+    out: Box<dyn Write + Send>,
+    failed: Option<std::io::Error>,
+}
+
+impl Lines {
+    fn write(&mut self, step: &Step) {
+        if self.failed.is_none()
+            && let Err(e) = write_step(&mut self.out, step)
+        {
+            self.failed = Some(e);
+        }
+    }
+}
+
+fn write_step(out: &mut dyn Write, step: &Step) -> std::io::Result<()> {
+    let line = match step {
+        Step::Event(event) => serde_json::to_string(event),
+        Step::Summary(summary) => serde_json::to_string(&SummaryLine::of(summary)),
+    }
+    .map_err(std::io::Error::other)?;
     writeln!(out, "{line}")
+}
+
+/// A summary as an events-file line: shaped as an event's (`container`, `ktime_ns`,
+/// `cgroup_id`, `detail` with its `kind`), the `summary` record's payload in `detail`.
+#[derive(serde::Serialize)]
+struct SummaryLine<'a> {
+    container: Option<&'a str>,
+    ktime_ns: u64,
+    cgroup_id: u64,
+    detail: SummaryDetail<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct SummaryDetail<'a> {
+    kind: &'static str,
+    #[serde(flatten)]
+    summary: &'a Summary,
+}
+
+impl<'a> SummaryLine<'a> {
+    fn of(summary: &'a Summary) -> Self {
+        let last = summary.last_event();
+        Self {
+            container: summary.container.as_deref(),
+            ktime_ns: summary.last_ktime_ns,
+            cgroup_id: last.map_or(0, |e| EventPayload::of(e).cgroup_id),
+            detail: SummaryDetail {
+                kind: crate::forensic::kinds::SUMMARY,
+                summary,
+            },
+        }
+    }
 }

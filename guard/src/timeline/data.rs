@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::{
     cgroup::{memory, pids},
-    forensic::{Record, kinds, time::parse_rfc3339},
+    forensic::{Record, SummaryRecord, kinds, time::parse_rfc3339},
 };
 
 /// One value at a time, seconds from the log's first record.
@@ -28,6 +28,9 @@ pub struct Kill {
     pub pid: u64,
     /// The victim's command name.
     pub comm: String,
+    /// Its number among the kills streamed (1 for the first), counting those a `summary`
+    /// folded without naming them.
+    pub n: u64,
 }
 
 /// A stretch of time the agent named (a selftest wave), from a record that carries `wave`
@@ -50,10 +53,13 @@ pub struct Track {
     pub memory_events: BTreeMap<String, Vec<Point>>,
     /// `pids.events` `max` at each change: forks pids.max refused, by the kernel's count.
     pub pids_max: Vec<Point>,
-    /// Fork denials the probes streamed, cumulative (throttled ones are in `throttled`).
+    /// Fork denials the probes streamed, cumulative (throttled ones are in `throttled`); a
+    /// `summary` adds its count at its last event's time.
     pub fork_denials: Vec<Point>,
-    /// Every OOM victim the probes streamed.
+    /// Every OOM victim the log names: its own records, and a summary's examples and last.
     pub oom_kills: Vec<Kill>,
+    /// OOM kills the probes streamed, cumulative: named or folded into summaries.
+    pub oom_kills_streamed: Vec<Point>,
     /// Milliseconds spent in memcg direct reclaim per bucket of [`Timeline::bucket_s`].
     pub reclaim_stall_ms: Vec<Point>,
     /// Events the rate bound suppressed, cumulative.
@@ -152,32 +158,12 @@ pub fn timeline(records: &[Record], only: Option<&str>) -> Timeline {
             .or_default();
         let payload = &record.payload;
         match record.kind.as_str() {
-            "kernel_file" => {
-                let counts = payload["counts"].as_object();
-                match payload["file"].as_str() {
-                    Some(memory::EVENTS) => {
-                        for (key, count) in counts.into_iter().flatten() {
-                            let series = track.memory_events.entry(key.clone()).or_default();
-                            push_change(series, t, count.as_u64().unwrap_or(0) as f64);
-                        }
-                    }
-                    Some(pids::EVENTS) => {
-                        if let Some(max) = payload["counts"]["max"].as_u64() {
-                            push_change(&mut track.pids_max, t, max as f64);
-                        }
-                    }
-                    _ => {}
-                }
+            "kernel_file" => kernel_file(track, payload, t),
+            "fork_denied" => add_count(&mut track.fork_denials, t, 1),
+            "oom_victim" => {
+                add_kill(track, payload, t);
+                add_count(&mut track.oom_kills_streamed, t, 1);
             }
-            "fork_denied" => {
-                let count = track.fork_denials.last().map_or(0.0, |p| p.value) + 1.0;
-                track.fork_denials.push(Point { t, value: count });
-            }
-            "oom_victim" => track.oom_kills.push(Kill {
-                t,
-                pid: payload["victim_pid"].as_u64().unwrap_or(0),
-                comm: payload["comm"].as_str().unwrap_or("?").to_string(),
-            }),
             "reclaim" => {
                 let bucket = (t / bucket_s) as u64;
                 *stall_ns
@@ -185,6 +171,51 @@ pub fn timeline(records: &[Record], only: Option<&str>) -> Timeline {
                     .or_default()
                     .entry(bucket)
                     .or_default() += payload["duration_ns"].as_u64().unwrap_or(0);
+            }
+            kinds::SUMMARY => {
+                let Some(summary) = SummaryRecord::of_record(record) else {
+                    continue;
+                };
+                // Times from the events' own clock, placed against this record's.
+                let at = |ktime_ns: u64| {
+                    (t - record.mono_ns.saturating_sub(ktime_ns) as f64 / 1e9).max(0.0)
+                };
+                let (first, last) = (at(summary.first_ktime_ns), at(summary.last_ktime_ns));
+                match summary.of.as_str() {
+                    "kernel_file" => kernel_file(track, &summary.last, last),
+                    "fork_denied" => add_count(&mut track.fork_denials, last, summary.count),
+                    "oom_victim" => {
+                        let before = track
+                            .oom_kills_streamed
+                            .last()
+                            .map_or(0, |p| p.value as u64);
+                        for (i, example) in summary.examples.iter().enumerate() {
+                            let time = example["ktime_ns"].as_u64().map_or(first, at);
+                            add_kill(track, example, time);
+                            if let Some(kill) = track.oom_kills.last_mut() {
+                                kill.n = before + i as u64 + 1;
+                            }
+                        }
+                        if summary.count > summary.examples.len() as u64 {
+                            add_kill(track, &summary.last, last);
+                            if let Some(kill) = track.oom_kills.last_mut() {
+                                kill.n = before + summary.count;
+                            }
+                        }
+                        add_count(&mut track.oom_kills_streamed, last, summary.count);
+                    }
+                    "reclaim" => {
+                        // Spread evenly over the buckets the span covers.
+                        let total = summary.sums.get("duration_ns").and_then(Value::as_u64);
+                        let (from, to) = ((first / bucket_s) as u64, (last / bucket_s) as u64);
+                        let share = total.unwrap_or(0) / (to - from + 1);
+                        let buckets = stall_ns.entry(container.to_string()).or_default();
+                        for bucket in from..=to {
+                            *buckets.entry(bucket).or_default() += share;
+                        }
+                    }
+                    _ => {}
+                }
             }
             kinds::THROTTLE => {
                 let count = track.throttled.last().map_or(0.0, |p| p.value)
@@ -210,6 +241,46 @@ pub fn timeline(records: &[Record], only: Option<&str>) -> Timeline {
         }
     }
     timeline
+}
+
+/// A kernel event file's snapshot (a `kernel_file` record's payload) at `t`.
+fn kernel_file(track: &mut Track, payload: &Value, t: f64) {
+    let counts = payload["counts"].as_object();
+    match payload["file"].as_str() {
+        Some(memory::EVENTS) => {
+            for (key, count) in counts.into_iter().flatten() {
+                let series = track.memory_events.entry(key.clone()).or_default();
+                push_change(series, t, count.as_u64().unwrap_or(0) as f64);
+            }
+        }
+        Some(pids::EVENTS) => {
+            if let Some(max) = payload["counts"]["max"].as_u64() {
+                push_change(&mut track.pids_max, t, max as f64);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// An OOM victim an `oom_victim` payload names, at `t`: the next kill streamed.
+fn add_kill(track: &mut Track, payload: &Value, t: f64) {
+    let n = track
+        .oom_kills_streamed
+        .last()
+        .map_or(0, |p| p.value as u64)
+        + 1;
+    track.oom_kills.push(Kill {
+        t,
+        pid: payload["victim_pid"].as_u64().unwrap_or(0),
+        comm: payload["comm"].as_str().unwrap_or("?").to_string(),
+        n,
+    });
+}
+
+/// `count` more at `t` on a cumulative series.
+fn add_count(series: &mut Vec<Point>, t: f64, count: u64) {
+    let value = series.last().map_or(0.0, |p| p.value) + count as f64;
+    series.push(Point { t, value });
 }
 
 /// The stretch a record ending at `t` names: `wave` and `elapsed_ms` in its payload.
@@ -239,7 +310,7 @@ pub fn totals(track: &Track) -> Value {
         "memory_events_oom": track.memory_events.get("oom").map_or(0.0, |s| last(s)),
         "pids_events_max": last(&track.pids_max),
         "fork_denials_streamed": last(&track.fork_denials),
-        "oom_kills_streamed": track.oom_kills.len(),
+        "oom_kills_streamed": last(&track.oom_kills_streamed) as u64,
         "reclaim_stall_ms": track.reclaim_stall_ms.iter().map(|p| p.value).sum::<f64>(),
         "throttled": last(&track.throttled),
         "spans": track.spans.iter().map(|s| s.label.clone()).collect::<Vec<_>>(),

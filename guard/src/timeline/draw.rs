@@ -162,7 +162,7 @@ fn panel<DB: DrawingBackend>(
     let top = count_series
         .iter()
         .flat_map(|(_, _, points)| points.iter().map(|p| p.value))
-        .chain(std::iter::once(track.oom_kills.len() as f64))
+        .chain(track.oom_kills_streamed.last().map(|p| p.value))
         .fold(1.0f64, f64::max)
         * 1.15;
     let mut chart = ChartBuilder::on(&upper)
@@ -170,7 +170,7 @@ fn panel<DB: DrawingBackend>(
             format!(
                 "container {id}: OOM kills {} (probes), memory.events oom_kill {}, pids.events \
                  max {}, {} events throttled (counted, not streamed)",
-                track.oom_kills.len(),
+                track.oom_kills_streamed.last().map_or(0.0, |p| p.value),
                 track
                     .memory_events
                     .get("oom_kill")
@@ -223,20 +223,17 @@ fn panel<DB: DrawingBackend>(
                 track
                     .oom_kills
                     .iter()
-                    .enumerate()
-                    .map(|(i, kill)| Cross::new((kill.t, (i + 1) as f64), 4, RED.filled())),
+                    .map(|kill| Cross::new((kill.t, kill.n as f64), 4, RED.filled())),
             )?
             .label("OOM kill (probes)")
             .legend(|(x, y)| Cross::new((x + 8, y), 4, RED.filled()));
-        chart.draw_series(track.oom_kills.iter().take(KILLS_NAMED).enumerate().map(
-            |(i, kill)| {
-                Text::new(
-                    format!("{} {}", kill.comm, kill.pid),
-                    (kill.t, (i + 1) as f64 + top * 0.04),
-                    (FONT, 11),
-                )
-            },
-        ))?;
+        chart.draw_series(track.oom_kills.iter().take(KILLS_NAMED).map(|kill| {
+            Text::new(
+                format!("{} {}", kill.comm, kill.pid),
+                (kill.t, kill.n as f64 + top * 0.04),
+                (FONT, 11),
+            )
+        }))?;
     }
     if any_series {
         chart

@@ -6,7 +6,7 @@
 
 use guard_tests::{
     guest::{assert_log_verifies, facts, guest, json_file, unpack_log},
-    per_kernel,
+    log_records, logged_count, per_kernel,
 };
 use serde_json::Value;
 use xtask::vm::{self, Completed, VmConfig, VmResult};
@@ -336,20 +336,50 @@ fn limits_hold_against_three_waves(kernel: &str) {
     // The forensic log verifies with the independent verifier and holds the three waves.
     let log = unpack_log(&done, "log", kernel);
     assert_log_verifies(&log);
-    let kinds: Vec<String> = std::fs::read_dir(&log)
-        .unwrap()
-        .filter_map(|entry| std::fs::read_to_string(entry.unwrap().path()).ok())
-        .flat_map(|text| {
-            text.lines()
-                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .map(|record| record["kind"].as_str().unwrap_or_default().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let count = |kind: &str| kinds.iter().filter(|k| *k == kind).count();
+    let records = log_records(&log);
+    let count = |kind: &str| records.iter().filter(|r| r["kind"] == kind).count();
     assert_eq!(count("wave"), 3);
     assert_eq!(count("limits_applied"), 1);
     assert_eq!(count("report"), 1);
+    // The waves' storms are summarized, and the log still holds every event the guard
+    // delivered, up to the container's report: its own records plus its summaries' counts
+    // (short only by what the log's queue dropped, which `lost` records count).
+    let at = records.iter().position(|r| r["kind"] == "report").unwrap();
+    let report = &records[at]["payload"];
+    let id = records[at]["container"].as_str().unwrap();
+    let dropped: u64 = records
+        .iter()
+        .filter(|r| r["kind"] == "lost" && r["payload"]["source"] == "user_queue")
+        .map(|r| r["payload"]["count"].as_u64().unwrap_or(0))
+        .sum();
+    for (kind, key) in [
+        ("fork", "forks"),
+        ("fork_denied", "fork_denied"),
+        ("oom_victim", "oom_victims"),
+        ("reclaim", "reclaims"),
+    ] {
+        let delivered = report["counters"]["delivered"][key].as_u64().unwrap();
+        let logged = logged_count(&records[..at], kind, Some(id));
+        assert!(
+            logged <= delivered && delivered - logged <= dropped,
+            "{kernel}: {kind}: {logged} logged, {delivered} delivered, {dropped} dropped"
+        );
+    }
+    if facts(kernel).tier > 0 {
+        assert!(
+            count("summary") > 0,
+            "{kernel}: the waves' storms were not summarized"
+        );
+    }
+    eprintln!(
+        "{kernel}: log {} records ({} summaries), {} bytes",
+        records.len(),
+        count("summary"),
+        std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum::<u64>()
+    );
 }
 
 per_kernel!(limits_hold_against_three_waves);

@@ -61,15 +61,13 @@ async fn forced_overflow_is_accounted_exactly_and_in_band() {
         report.problem.is_none() && report.torn_tail.is_none(),
         "{report:?}"
     );
-    let (mut logged_forks, mut logged_lost) = (0, 0);
-    for entry in guard::forensic::LogReader::open(&log_dir).unwrap() {
-        let entry = entry.unwrap();
-        match entry.record.kind.as_str() {
-            "fork" => logged_forks += 1,
-            "lost" => logged_lost += entry.record.payload["count"].as_u64().unwrap(),
-            _ => {}
-        }
-    }
+    let records = guard_tests::log_records(&log_dir);
+    let logged_forks = guard_tests::logged_count(&records, "fork", None);
+    let logged_lost: u64 = records
+        .iter()
+        .filter(|record| record["kind"] == "lost")
+        .map(|record| record["payload"]["count"].as_u64().unwrap())
+        .sum();
     assert_eq!(logged_forks, counters.delivered.forks);
     assert_eq!(logged_lost, lost);
     std::fs::remove_dir_all(&log_dir).unwrap();

@@ -17,6 +17,7 @@ mod privilege;
 mod reader_fault;
 mod stream;
 mod subscription;
+mod summaries;
 mod teardown;
 mod throttle;
 mod timeline;

@@ -85,14 +85,9 @@ async fn a_reader_panic_is_reported_and_the_restart_counts_exactly() {
     );
     // The forensic log holds the fault, and every fork once.
     log.close().await.unwrap();
-    let (mut logged_forks, mut logged_faults) = (0, 0);
-    for entry in guard::forensic::LogReader::open(&log_dir).unwrap() {
-        match entry.unwrap().record.kind.as_str() {
-            "fork" => logged_forks += 1,
-            "reader_fault" => logged_faults += 1,
-            _ => {}
-        }
-    }
+    let records = guard_tests::log_records(&log_dir);
+    let logged_forks = guard_tests::logged_count(&records, "fork", None);
+    let logged_faults = guard_tests::logged_count(&records, "reader_fault", None);
     assert_eq!((logged_forks, logged_faults), (500, 1));
     std::fs::remove_dir_all(&log_dir).unwrap();
 }

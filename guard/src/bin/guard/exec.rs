@@ -147,7 +147,7 @@ async fn run_in_cgroup(
     let writer = args
         .events
         .as_deref()
-        .map(|path| JsonLines::start(guard, path))
+        .map(|path| JsonLines::start_with(guard, path, args.log.summaries.events_file()))
         .transpose()?;
 
     let started = Instant::now();

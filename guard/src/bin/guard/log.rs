@@ -363,16 +363,40 @@ fn stats(dir: &std::path::Path, args: &StatsArgs) -> anyhow::Result<ExitCode> {
             stats.unreadable_lines, stats.torn_tail
         )?;
     }
-    writeln!(out, "\n{:<20} {:>12}", "KIND", "RECORDS")?;
-    for (kind, count) in &stats.per_kind {
-        writeln!(out, "{kind:<20} {count:>12}")?;
+    // EVENTS: the kind's own records plus the events its `summary` records folded.
+    writeln!(out, "\n{:<20} {:>12} {:>12}", "KIND", "RECORDS", "EVENTS")?;
+    let kinds: std::collections::BTreeSet<&String> = stats
+        .per_kind
+        .keys()
+        .chain(stats.summarized.keys())
+        .collect();
+    for kind in kinds {
+        let records = stats.per_kind.get(kind).copied().unwrap_or(0);
+        let events = records + stats.summarized.get(kind).copied().unwrap_or(0);
+        writeln!(out, "{kind:<20} {records:>12} {events:>12}")?;
     }
     if !stats.per_container.is_empty() {
         writeln!(out, "\n{:<24} {:>12}  BY KIND", "CONTAINER", "RECORDS")?;
         for (container, kinds) in &stats.per_container {
             let total: u64 = kinds.values().sum();
-            let by_kind: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            let folded = stats.per_container_summarized.get(container);
+            let by_kind: Vec<String> = kinds
+                .iter()
+                .map(|(k, n)| format!("{k}={n}"))
+                .chain(
+                    folded
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, n)| format!("{k}+={n}")),
+                )
+                .collect();
             writeln!(out, "{container:<24} {total:>12}  {}", by_kind.join(" "))?;
+        }
+        if !stats.summarized.is_empty() {
+            writeln!(
+                out,
+                "(kind+=N: N more events of the kind, folded into summary records)"
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

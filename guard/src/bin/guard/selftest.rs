@@ -73,6 +73,8 @@ pub struct SelftestArgs {
     #[arg(long, default_value = "/bin/guard-stress")]
     stress: PathBuf,
     #[command(flatten)]
+    summaries: crate::evidence::SummaryFlags,
+    #[command(flatten)]
     stream: crate::evidence::StreamFlags,
     #[command(flatten)]
     metrics: crate::evidence::MetricsFlags,
@@ -260,6 +262,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<bool> {
             fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
             ..LogOptions::default()
         },
+        summaries: args.summaries.policy(),
         stream: args.stream.clone(),
     };
     let mut evidence = Evidence::start(&guard, plan, serde_json::to_value(limits)?, metrics)?;

@@ -48,6 +48,9 @@ pub mod kinds {
     /// The first record after an outage: the seqs the writer could not write
     /// ([`Gap`](super::Gap)).
     pub const GAP: &str = "gap";
+    /// A container's events of one kind folded into one record under a storm
+    /// ([`SummaryRecord`](crate::forensic::SummaryRecord)).
+    pub const SUMMARY: &str = "summary";
 
     /// Kinds only the writer itself may emit.
     pub const RESERVED: &[&str] = &[START, ROTATE, CHECKPOINT, STOP, REPAIR, GAP];

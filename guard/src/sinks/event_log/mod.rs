@@ -17,11 +17,13 @@ use tokio::{
 };
 use tracing::error;
 
+use super::summary::{EventPayload, Step, Summarizer, SummaryPolicy};
 use crate::{
     Guard,
-    events::{EventDetail, GuardEvent, RingPosition},
+    events::{EventDetail, GuardEvent, monotonic_ns},
     forensic::{
-        Head, LogIncomplete, LogOptions, LogWriter, Lost, StartInfo, WriterError, record::Payload,
+        Head, LogIncomplete, LogOptions, LogWriter, Lost, StartInfo, WriterError, kinds,
+        record::Payload,
     },
 };
 
@@ -101,6 +103,27 @@ impl EventLogGauge {
     }
 }
 
+/// How the event log writes: the log's own options and its summary policy. `From<LogOptions>`
+/// gives the default policy, so [`EventLog::start`] takes either.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct EventLogOptions {
+    /// The log file's options (fsync, rotation, checkpoints, …).
+    pub log: LogOptions,
+    /// When a container's repetitive events become `summary` records
+    /// ([`SummaryPolicy::off`]: one record per event).
+    pub summaries: SummaryPolicy,
+}
+
+impl From<LogOptions> for EventLogOptions {
+    fn from(log: LogOptions) -> Self {
+        Self {
+            log,
+            summaries: SummaryPolicy::default(),
+        }
+    }
+}
+
 enum Command {
     Record {
         kind: String,
@@ -130,13 +153,19 @@ impl EventLog {
     /// Creates (or continues) the log in `dir`; its first record states the guard's version,
     /// the kernel, the tier, the capability report and `limits`. Subscribes to `guard` with a
     /// queue of [`QUEUE_EVENTS`] and writes from a task of its own: call it inside a tokio
-    /// runtime. Events the queue drops become in-band `lost` records (`user_queue`).
+    /// runtime. Events the queue drops become in-band `lost` records (`user_queue`). Storms
+    /// become `summary` records as `options` say (a bare [`LogOptions`] takes the default
+    /// [`SummaryPolicy`]).
     pub fn start(
         guard: &Guard,
         dir: &Path,
-        options: LogOptions,
+        options: impl Into<EventLogOptions>,
         limits: Value,
     ) -> Result<Self, EventLogError> {
+        let EventLogOptions {
+            log: options,
+            summaries,
+        } = options.into();
         let mut start = StartInfo::new(u8::from(guard.tier()), limits);
         start.extra.insert(
             "capabilities".to_string(),
@@ -155,6 +184,7 @@ impl EventLog {
         };
         let task = tokio::spawn(run(
             writer,
+            Summarizer::new(summaries),
             events,
             dropped,
             receiver,
@@ -284,6 +314,7 @@ impl Accounts {
 
 async fn run(
     mut writer: LogWriter,
+    mut summaries: Summarizer,
     mut events: mpsc::Receiver<GuardEvent>,
     dropped: Arc<AtomicU64>,
     mut commands: mpsc::Receiver<Command>,
@@ -297,14 +328,25 @@ async fn run(
     loop {
         tokio::select! {
             event = events.recv() => match event {
-                Some(event) => {
-                    let result = append_event(&mut writer, &event);
+                Some(event) => summaries.offer(event, &mut |step| {
+                    let result = append_step(&mut writer, step);
                     accounts.note(&writer, result);
-                }
+                }),
                 None => break,
             },
             command = commands.recv() => match command {
                 Some(Command::Record { kind, container, payload, reply }) => {
+                    // The events queued so far, and the container's pending summaries, come
+                    // before the agent's record (a report written after `Guard::drain`
+                    // follows every event it counts).
+                    let mut write = |step| {
+                        let result = append_step(&mut writer, step);
+                        accounts.note(&writer, result);
+                    };
+                    while let Ok(event) = events.try_recv() {
+                        summaries.offer(event, &mut write);
+                    }
+                    summaries.flush_container(container.as_deref(), &mut write);
                     let appended = writer
                         .append(&kind, container.as_deref(), &payload)
                         .map_err(EventLogError::from);
@@ -318,6 +360,10 @@ async fn run(
                 Some(Command::Close) | None => break,
             },
             _ = tick.tick() => {
+                summaries.tick(monotonic_ns(), &mut |step| {
+                    let result = append_step(&mut writer, step);
+                    accounts.note(&writer, result);
+                });
                 let result = append_drops(&mut writer, &dropped, &mut reported_drops)
                     .and_then(|()| writer.flush().map_err(EventLogError::from));
                 accounts.note(&writer, result);
@@ -328,10 +374,15 @@ async fn run(
             }
         }
     }
-    while let Ok(event) = events.try_recv() {
-        let result = append_event(&mut writer, &event);
+    let mut write = |step| {
+        let result = append_step(&mut writer, step);
         accounts.note(&writer, result);
+    };
+    while let Ok(event) = events.try_recv() {
+        summaries.offer(event, &mut write);
     }
+    // Nothing is held back at the end.
+    summaries.flush_all(&mut write);
     let result = append_drops(&mut writer, &dropped, &mut reported_drops);
     accounts.note(&writer, result);
     // One last attempt, whatever the backoff: the gap before the `stop`.
@@ -367,28 +418,6 @@ fn append_drops(
         *reported = total;
     }
     Ok(())
-}
-
-/// An event's log payload: the event without its container (the record names it).
-#[derive(Serialize)]
-struct EventPayload<'a> {
-    #[serde(flatten)]
-    ring: Option<RingPosition>,
-    ktime_ns: u64,
-    cgroup_id: u64,
-    #[serde(flatten)]
-    detail: &'a EventDetail,
-}
-
-impl<'a> EventPayload<'a> {
-    fn of(event: &'a GuardEvent) -> Self {
-        Self {
-            ring: event.ring,
-            ktime_ns: event.ktime_ns,
-            cgroup_id: event.cgroup_id,
-            detail: &event.detail,
-        }
-    }
 }
 
 /// The payload as it is logged. The rate-bounded kinds made of integers (fork, reclaim) are
@@ -441,6 +470,17 @@ impl Payload for LoggedPayload<'_> {
 fn push_field(out: &mut Vec<u8>, key: &[u8], value: u64) {
     out.extend_from_slice(key);
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// Appends what the summarizer passed on: an event as its own record, or a summary.
+fn append_step(writer: &mut LogWriter, step: Step) -> Result<(), EventLogError> {
+    match step {
+        Step::Event(event) => append_event(writer, &event),
+        Step::Summary(summary) => {
+            writer.append(kinds::SUMMARY, summary.container.as_deref(), &summary)?;
+            Ok(())
+        }
+    }
 }
 
 /// Appends one streamed event as its log record (`lost` and `throttle` in their own forms,

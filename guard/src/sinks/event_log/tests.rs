@@ -1,4 +1,5 @@
 use super::*;
+use crate::events::RingPosition;
 use crate::events::{
     Fork, ForkDenied, KernelFile, OomRss, OomVictim, ReaderFault, Reclaim,
     Throttle as ThrottleDetail,
@@ -114,4 +115,129 @@ fn lost_and_throttle_payloads_keep_their_logged_form() {
         serde_json::to_string(&throttle.to_record()).unwrap(),
         r#"{"event_kind":"any","suppressed":5,"window_ms":1999}"#
     );
+}
+
+/// The worst case docs/LOG-FORMAT.md ("Summaries") states, from the real encoder: per
+/// container and kind, the default burst of individual records and one summary (4 examples
+/// and the last) per interval, for a 12-byte container id and the largest payloads a kind
+/// has (OOM victims with their rss, memory.events with every key at 10^12).
+#[test]
+fn the_documented_worst_case_holds() {
+    use crate::{
+        forensic::record::{LineHead, encode_line},
+        sinks::summary::{Step, Summarizer, SummaryPolicy},
+    };
+    let container = "tenant-00042";
+    let line_bytes = |kind: &str, payload: &dyn Fn(&mut Vec<u8>)| {
+        let mut body = Vec::new();
+        payload(&mut body);
+        let head = LineHead {
+            seq: 12_345_678,
+            boot_id_json: b"\"bbf75fb0-d6ab-4a99-bdb5-4b8b5d482a4a\"",
+            wall: b"2026-11-29T20:35:40.728171350Z",
+            mono_ns: 2_209_810_392_294,
+            kind,
+            container: Some(container),
+            prev: &[0; 32],
+        };
+        let mut out = Vec::new();
+        encode_line(&mut out, &head, &Raw(body)).unwrap();
+        out.len() as u64
+    };
+    let big = 1_000_000_000_000u64;
+    let kernel_file = EventDetail::KernelFile(KernelFile {
+        file: "memory.events",
+        counts: crate::cgroup::KeyedCounts(
+            ["low", "high", "max", "oom", "oom_kill", "oom_group_kill"]
+                .into_iter()
+                .map(|k| (k.to_owned(), big))
+                .collect(),
+        ),
+    });
+    let kinds = [
+        EventDetail::Fork(Fork {
+            parent_pid: 4_194_304,
+            child_pid: 4_194_304,
+        }),
+        EventDetail::ForkDenied(ForkDenied {
+            tgid: 4_194_304,
+            tid: 4_194_304,
+            ret: -11,
+            cause: guard_common::DenialCause::PidsMax,
+            syscall_nr: 435,
+            task_cgroup_id: big,
+            sub_cgroup: None,
+        }),
+        EventDetail::OomVictim(OomVictim {
+            victim_pid: 4_194_304,
+            comm: "guard-stress-xx".into(),
+            outside_containers: false,
+            trigger_cgroup_id: big,
+            trigger_sub_cgroup: None,
+            rss: Some(OomRss {
+                total_vm_kb: big,
+                anon_rss_kb: big,
+                file_rss_kb: big,
+                shmem_rss_kb: big,
+            }),
+            oom_score_adj: -1000,
+        }),
+        EventDetail::Reclaim(Reclaim {
+            tid: 4_194_304,
+            duration_ns: big,
+            nr_reclaimed: big,
+        }),
+        kernel_file.clone(),
+        kernel_file,
+    ];
+    let policy = SummaryPolicy::default();
+    let mut per_container = 0;
+    for detail in kinds {
+        let event = GuardEvent {
+            container: Some(container.into()),
+            ring: Some(RingPosition { cpu: 63, seq: big }),
+            ktime_ns: big,
+            cgroup_id: big,
+            detail,
+        };
+        let record = line_bytes(event.detail.kind_name(), &|out| {
+            LoggedPayload(EventPayload::of(&event))
+                .write_json(out)
+                .unwrap()
+        });
+        let mut summarizer = Summarizer::new(SummaryPolicy::new(0, policy.interval));
+        let mut summary = None;
+        for _ in 0..1_000 {
+            summarizer.offer(event.clone(), &mut |_| {});
+        }
+        summarizer.flush_all(&mut |step| {
+            if let Step::Summary(s) = step {
+                summary = Some(s)
+            }
+        });
+        let summary = summary.unwrap();
+        let summary_bytes = line_bytes("summary", &|out| {
+            serde_json::to_writer(out, &summary).unwrap()
+        });
+        let worst = u64::from(policy.burst) * record + summary_bytes;
+        eprintln!(
+            "{}: record {record} B, summary {summary_bytes} B, worst {worst} B per {:?}",
+            event.detail.kind_name(),
+            policy.interval
+        );
+        assert!(worst <= 8 * 1024, "{worst}");
+        per_container += worst;
+    }
+    eprintln!("per container: {per_container} B per {:?}", policy.interval);
+    assert!(per_container <= 40 * 1024, "{per_container}");
+}
+
+/// A payload's bytes as they are.
+struct Raw(Vec<u8>);
+
+impl Payload for Raw {
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        out.extend_from_slice(&self.0);
+        Ok(())
+    }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use guard::{
     forensic::{FsyncPolicy, LogOptions},
+    sinks::{json_lines::JsonLinesOptions, summary::SummaryPolicy},
     stream::{Address, Sender, SenderOptions, StreamKey},
 };
 
@@ -21,7 +22,36 @@ pub struct LogFlags {
     #[arg(long, value_name = "POLICY")]
     pub fsync: Option<FsyncPolicy>,
     #[command(flatten)]
+    pub summaries: SummaryFlags,
+    #[command(flatten)]
     pub stream: StreamFlags,
+}
+
+/// `--summaries POLICY`: how storms are folded in the log and the events file.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SummaryFlags {
+    /// How a storm is written, in the log and the --events file: `BURST/INTERVAL` keeps the
+    /// first BURST events of a container's burst of one kind (fork, fork_denied, oom_victim,
+    /// reclaim, kernel_file) as records of their own, then writes one `summary` record per
+    /// INTERVAL (`ms` or `s`) with their count, first and last time, totals and first few
+    /// events; a quiet INTERVAL ends the burst. `off`: one record per event. Counters and
+    /// reports are exact either way. Default: 8/1s (docs/LOG-FORMAT.md, "Summaries").
+    #[arg(long = "summaries", value_name = "POLICY")]
+    pub policy: Option<SummaryPolicy>,
+}
+
+impl SummaryFlags {
+    /// The policy asked for, or the default.
+    pub fn policy(&self) -> SummaryPolicy {
+        self.policy.unwrap_or_default()
+    }
+
+    /// The `--events` file's options.
+    pub fn events_file(&self) -> JsonLinesOptions {
+        let mut options = JsonLinesOptions::default();
+        options.summaries = self.policy();
+        options
+    }
 }
 
 /// `--stream ADDR` / `--stream-name NAME`: ship the forensic log to a host collector as it is
@@ -94,6 +124,7 @@ impl LogFlags {
                 fsync: self.fsync.unwrap_or(LogOptions::default().fsync),
                 ..LogOptions::default()
             },
+            summaries: self.summaries.policy(),
             stream: self.stream.clone(),
         })
     }

@@ -8,14 +8,17 @@ use guard::{
     Guard, Report,
     forensic::{Head, LogIncomplete, LogOptions},
     metrics::MetricsListener,
-    sinks::event_log::{EventLog, EventLogError},
+    sinks::{
+        event_log::{EventLog, EventLogError, EventLogOptions},
+        summary::SummaryPolicy,
+    },
     stream::Sender,
 };
 
 mod log_flags;
 mod metrics_flags;
 
-pub use log_flags::{LogFlags, StreamFlags};
+pub use log_flags::{LogFlags, StreamFlags, SummaryFlags};
 pub use metrics_flags::MetricsFlags;
 
 /// How long a finishing stream waits for the host to acknowledge the log's last records.
@@ -32,6 +35,8 @@ pub const LOG_INCOMPLETE: u8 = 6;
 pub struct LogPlan {
     pub dir: Option<PathBuf>,
     pub options: LogOptions,
+    /// When storms become `summary` records.
+    pub summaries: SummaryPolicy,
     pub stream: StreamFlags,
 }
 
@@ -52,9 +57,11 @@ impl Evidence {
         limits: serde_json::Value,
         metrics: Option<MetricsListener>,
     ) -> anyhow::Result<Self> {
+        let mut options = EventLogOptions::from(plan.options);
+        options.summaries = plan.summaries;
         let log = match &plan.dir {
             Some(dir) => Some(
-                EventLog::start(guard, dir, plan.options, limits)
+                EventLog::start(guard, dir, options, limits)
                     .with_context(|| format!("starting the forensic log in {}", dir.display()))?,
             ),
             None => None,
