@@ -58,16 +58,22 @@ pub(crate) mod writer;
 
 pub use layout::{FileError, LayoutError, LogFile};
 pub use reader::{Entry, Filter, Follower, LogReader, ReaderError};
-pub use record::{Checkpoint, GENESIS, Lost, Record, Repair, Rotate, StartInfo, Throttle, kinds};
+pub use record::{
+    BudgetExhausted, BudgetSummary, Checkpoint, Dropped, GENESIS, Lost, Record, Repair, Rotate,
+    StartInfo, Throttle, kinds,
+};
 /// Payloads and `StartInfo::limits` are JSON values: re-exported so callers need no extra dependency.
 pub use serde_json;
 pub use stats::{Stats, stats};
 pub use verified::{ReadVerifiedError, read_verified};
 pub use verify::{
-    ChainCheck, Defect, Problem, RepairOutcome, Session, TornTail, VerifyError, VerifyReport,
-    repair, verify, verify_opened, verify_with_chain,
+    ChainCheck, Defect, DroppedSpan, Problem, RepairOutcome, Session, TornTail, VerifyError,
+    VerifyReport, repair, verify, verify_opened, verify_with_chain,
 };
-pub use writer::{FsyncPolicy, Head, LogOptions, LogWriter, Unwritten, WriterError, WriterStats};
+pub use writer::{
+    Backing, ByteBudget, FILES_PER_BUDGET, FsyncPolicy, Head, KEPT_KINDS, LogOptions, LogWriter,
+    MIN_BUDGET_BYTES, Unwritten, WriterError, WriterStats, default_budget,
+};
 
 #[cfg(test)]
 mod tests;

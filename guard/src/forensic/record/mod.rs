@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
+mod budget;
+pub use budget::{BudgetExhausted, BudgetSummary, Dropped};
+
 /// SHA-256 output.
 pub type Digest = [u8; 32];
 
@@ -42,9 +45,25 @@ pub mod kinds {
     pub const LOST: &str = "lost";
     /// Events sampled away under a storm ([`Throttle`](super::Throttle)).
     pub const THROTTLE: &str = "throttle";
+    /// Files removed to stay within the byte budget ([`Dropped`](super::Dropped)).
+    pub const DROPPED: &str = "dropped";
+    /// Individual events stop: the budget is exhausted
+    /// ([`BudgetExhausted`](super::BudgetExhausted)).
+    pub const BUDGET_EXHAUSTED: &str = "budget_exhausted";
+    /// What the budget cost, before `stop` ([`BudgetSummary`](super::BudgetSummary)).
+    pub const LOG_BUDGET: &str = "log_budget";
 
     /// Kinds only the writer itself may emit.
-    pub const RESERVED: &[&str] = &[START, ROTATE, CHECKPOINT, STOP, REPAIR];
+    pub const RESERVED: &[&str] = &[
+        START,
+        ROTATE,
+        CHECKPOINT,
+        STOP,
+        REPAIR,
+        DROPPED,
+        BUDGET_EXHAUSTED,
+        LOG_BUDGET,
+    ];
 }
 
 /// A record that cannot be written; nothing was written.

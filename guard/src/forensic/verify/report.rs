@@ -88,6 +88,17 @@ pub enum Defect {
     /// A file other than the newest holds no record: only a crash right after rotation leaves
     /// an empty file, and then it is the newest.
     EmptyInnerFile,
+    /// A `dropped` record that does not match the log: its files, seqs or head disagree with
+    /// the files present (or with where the missing ones must have ended).
+    DroppedMismatch {
+        /// What disagrees.
+        detail: String,
+    },
+    /// Files are missing after the head and no `dropped` record names them.
+    UnrecordedGap {
+        /// Which files and records.
+        detail: String,
+    },
 }
 
 impl fmt::Display for Defect {
@@ -158,6 +169,10 @@ impl fmt::Display for Defect {
                 f,
                 "file holds no record but is not the newest file: it was emptied"
             ),
+            Self::DroppedMismatch { detail } => {
+                write!(f, "dropped record disagrees with the log: {detail}")
+            }
+            Self::UnrecordedGap { detail } => write!(f, "{detail}"),
         }
     }
 }
@@ -244,6 +259,9 @@ pub struct VerifyReport {
     pub torn_tail: Option<TornTail>,
     /// The first defect; verification stops there.
     pub problem: Option<Problem>,
+    /// Files removed under the byte budget, as the `dropped` records name them (a gap they do
+    /// not account for is the [`problem`](Self::problem)).
+    pub dropped: Option<super::DroppedSpan>,
 }
 
 impl VerifyReport {

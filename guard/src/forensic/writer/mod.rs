@@ -3,6 +3,8 @@
 //!
 //! `output` is the buffered file output that knows which records reached the file, `resume`
 //! finds where an existing log continues, `options` is how a writer is configured.
+mod budget;
+mod budget_setting;
 mod error;
 mod options;
 mod output;
@@ -14,6 +16,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use budget::{FILES_PER_BUDGET, KEPT_KINDS};
+pub use budget_setting::{Backing, ByteBudget, MIN_BUDGET_BYTES, default_budget};
 pub use error::WriterError;
 pub use options::{FsyncPolicy, LogOptions};
 use output::Output;
@@ -37,6 +41,9 @@ pub struct WriterStats {
     /// Records accepted (or being written) that never reached the file, plus every record
     /// refused after the failure.
     pub records_not_written: u64,
+    /// Events not written because the log's byte budget was exhausted (not write errors: the
+    /// writer goes on).
+    pub records_over_budget: u64,
 }
 
 /// Where the next record goes, as of the last record written.
@@ -75,6 +82,7 @@ pub struct LogWriter {
     line: Vec<u8>,
     failed: Option<String>,
     stats: WriterStats,
+    budget: Option<budget::Budget>,
     closed: bool,
 }
 
@@ -113,6 +121,9 @@ impl LogWriter {
             .open(&resume.file.path)
             .map_err(FileError::open(&resume.file.path))?;
         let out = Output::new(file, options.test_split_writes, resume.file_bytes);
+        let budget = budget_setting::resolve(options.budget, &dir)?
+            .map(|bytes| budget::Budget::open(bytes, &files, &resume.file, options.acked.clone()))
+            .transpose()?;
         let mut boot_id_json = Vec::new();
         record::push_json_str(&mut boot_id_json, &boot_id);
         let mut writer = Self {
@@ -132,6 +143,7 @@ impl LogWriter {
             line: Vec::with_capacity(1024),
             failed: None,
             stats: WriterStats::default(),
+            budget,
             closed: false,
             options,
         };
@@ -245,6 +257,7 @@ impl LogWriter {
 
     /// Writes a `stop` record, flushes and (unless `never`) fsyncs.
     pub fn close(mut self) -> Result<(), WriterError> {
+        self.write_budget_summary()?;
         self.write_checkpoint(kinds::STOP)?;
         self.sync_unless_never()?;
         self.closed = true;
@@ -298,8 +311,7 @@ impl LogWriter {
         self.file_records > 0
             && self.file_bytes >= layout::ROTATE_MIN_FILE_BYTES
             && self
-                .options
-                .rotate_bytes
+                .rotate_limit()
                 .is_some_and(|limit| self.file_bytes + line_len as u64 > limit)
     }
 
@@ -333,6 +345,7 @@ impl LogWriter {
             self.rotate()?;
             digest = self.encode(line, kind, container, payload)?;
         }
+        self.admit(kind, line.len())?;
         let seq = self.next_seq;
         if let Err(source) = self.out.write_line(seq, line) {
             return Err(self.fail_write(source));
@@ -383,6 +396,7 @@ impl LogWriter {
             prev_records: self.file_records,
             prev_bytes: self.file_bytes,
         };
+        let old = (self.file.index, self.file_bytes);
         // The old output was flushed and synced above: dropping it only closes the descriptor.
         self.out = Output::new(file, self.options.test_split_writes, 0);
         tracing::debug!(from = %self.file.path.display(), to = %next.path.display(), "log rotated");
@@ -391,7 +405,7 @@ impl LogWriter {
         self.file_records = 0;
         self.sync_dir_unless_never()?;
         self.write_record(kinds::ROTATE, None, &rotate, false)?;
-        Ok(())
+        self.drop_for_budget(old.0, old.1)
     }
 
     fn sync_unless_never(&mut self) -> Result<(), WriterError> {
@@ -472,3 +486,6 @@ impl Drop for LogWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod budget_tests;
