@@ -131,6 +131,7 @@ fn a_full_filesystem_is_an_error_naming_the_records_not_written() {
         WriterStats {
             write_errors: 1,
             records_not_written: failed_seq - last_in_file,
+            records_over_budget: 0,
         }
     );
 

@@ -77,6 +77,7 @@ fn options(rotate_bytes: Option<u64>) -> LogOptions {
         boot_id: Some("3f1c7c55-7d0a-4a43-9a4e-2f0c1b9e8d77".to_owned()),
         repair_torn_tail: false,
         test_split_writes: None,
+        ..LogOptions::default()
     }
 }
 

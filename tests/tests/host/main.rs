@@ -10,6 +10,7 @@ mod bad_input;
 mod forensic_log;
 mod fork;
 mod fork_denied;
+mod log_budget;
 mod loss;
 mod metrics;
 mod privilege;
