@@ -43,6 +43,8 @@ pub(super) struct Budget {
     dropped: Option<Dropped>,
     /// The host holds every record below this seq (the stream's ack), if a stream reports it.
     acked: Option<Arc<AtomicU64>>,
+    /// The ack the last attempt to make room at a refusal saw.
+    tried_acked: u64,
     exhausted: bool,
     events_refused: u64,
 }
@@ -66,6 +68,7 @@ impl Budget {
             closed,
             dropped,
             acked,
+            tried_acked: 0,
             exhausted: false,
             events_refused: 0,
         })
@@ -105,20 +108,33 @@ impl LogWriter {
     }
 
     /// Whether a line of `len` bytes of `kind` fits the budget; a refused event is counted,
-    /// and the first one says in-band that events stop.
-    pub(super) fn admit(&mut self, kind: &str, len: usize) -> Result<(), WriterError> {
+    /// and the first one of a stretch says in-band that events stop. True: room was made by
+    /// writing a `dropped` record first, so the line must be encoded again (its seq and prev).
+    pub(super) fn admit(&mut self, kind: &str, len: usize) -> Result<bool, WriterError> {
         let Some(budget) = &mut self.budget else {
-            return Ok(());
+            return Ok(false);
         };
-        let total = budget.closed_bytes() + self.file_bytes + len as u64;
         let kept = is_kept(kind);
-        let limit = if kept {
-            budget.bytes
-        } else {
-            budget.bytes - budget.reserve()
-        };
-        if total <= limit {
-            return Ok(());
+        let reserve = if kept { 0 } else { budget.reserve() };
+        let mut total = budget.closed_bytes() + self.file_bytes + len as u64;
+        if total + reserve <= budget.bytes {
+            return Ok(false);
+        }
+        // The host may have acknowledged more since the last rotation: room to make now.
+        let acked = budget
+            .acked
+            .as_ref()
+            .map(|acked| acked.load(Ordering::Relaxed));
+        if acked.is_some_and(|acked| acked > budget.tried_acked) {
+            budget.tried_acked = acked.unwrap_or(0);
+            // A few bytes more: the line, encoded again, may carry a longer seq.
+            self.make_room(len as u64 + reserve + 64)?;
+            total = self.budget_total() + len as u64;
+        }
+        let budget = self.budget.as_mut().expect("checked above");
+        if total + reserve + 64 <= budget.bytes {
+            budget.exhausted = false;
+            return Ok(true);
         }
         let refused = WriterError::OverBudget {
             kind: kind.to_owned(),
@@ -145,56 +161,84 @@ impl LogWriter {
         Err(refused)
     }
 
-    /// After a rotation from file `old` of `old_bytes`: removes the oldest files after the head
-    /// until the new file and the reserve fit, recording it first.
+    fn budget_total(&self) -> u64 {
+        self.budget
+            .as_ref()
+            .map_or(0, |budget| budget.closed_bytes() + self.file_bytes)
+    }
+
+    /// After a rotation from file `old` of `old_bytes`: makes room for the new file and the
+    /// reserve.
     pub(super) fn drop_for_budget(&mut self, old: u64, old_bytes: u64) -> Result<(), WriterError> {
         let Some(budget) = &mut self.budget else {
             return Ok(());
         };
         budget.closed.push((old, old_bytes));
         let need = budget.file_bytes() + budget.reserve();
-        let mut total = budget.closed_bytes();
-        let mut victims = Vec::new();
-        for &(index, bytes) in &budget.closed {
-            if total + need <= budget.bytes {
-                break;
-            }
-            if index != 0 {
-                victims.push((index, bytes));
-                total -= bytes;
-            }
-        }
-        let Some(&(last, _)) = victims.last() else {
+        self.make_room(need)
+    }
+
+    /// Removes the oldest files after the head until `need` more bytes fit, recording it
+    /// first. With a stream, only files the host holds wholly (acknowledged) are removed.
+    fn make_room(&mut self, need: u64) -> Result<(), WriterError> {
+        let Some(budget) = &self.budget else {
             return Ok(());
         };
-        // The record goes first: a crash before the files are gone leaves a claim the files
-        // still present bear out; the reverse would leave a gap nothing accounts for.
+        let mut total = self.budget_total();
+        let candidates: Vec<(u64, u64)> = budget
+            .closed
+            .iter()
+            .copied()
+            .filter(|&(index, _)| index != 0)
+            .collect();
+        if total + need <= budget.bytes || candidates.is_empty() {
+            return Ok(());
+        }
+        let (limit, acked) = (
+            budget.bytes,
+            budget.acked.as_ref().map(|a| a.load(Ordering::Relaxed)),
+        );
+        // A file's end is where the next file's `rotate` says; they must be on disk.
         self.flush_buffer()?;
-        let (end_seq, end_head) = first_line(&self.dir.join(layout::file_name(last + 1)))
-            .map(|(seq, prev)| (seq - 1, prev))?;
+        let mut victims = Vec::new();
+        let mut end = None;
+        for (position, &(index, bytes)) in candidates.iter().enumerate() {
+            if total + need <= limit {
+                break;
+            }
+            let next = candidates
+                .get(position + 1)
+                .map_or(self.file.index, |c| c.0);
+            let (seq, prev) = first_line(&self.dir.join(layout::file_name(next)))?;
+            if acked.is_some_and(|acked| acked < seq) {
+                break;
+            }
+            victims.push((index, bytes));
+            total -= bytes;
+            end = Some((seq - 1, prev));
+        }
+        let Some((end_seq, end_head)) = end else {
+            return Ok(());
+        };
         let budget = self.budget.as_mut().expect("checked above");
         let first_seq = match &budget.dropped {
             Some(earlier) => earlier.first_seq,
             None => first_line(&self.dir.join(layout::file_name(victims[0].0)))?.0,
         };
-        let acked = budget
-            .acked
-            .as_ref()
-            .is_some_and(|acked| acked.load(Ordering::Relaxed) > end_seq);
         let first_file = budget.dropped.as_ref().map_or_else(
             || layout::file_name(victims[0].0),
             |earlier| earlier.first_file.clone(),
         );
         let dropped = Dropped {
             first_file,
-            last_file: layout::file_name(last),
+            last_file: layout::file_name(victims[victims.len() - 1].0),
             first_seq,
             last_seq: end_seq,
             head: end_head,
             records: end_seq - first_seq + 1,
             bytes: victims.iter().map(|(_, bytes)| bytes).sum(),
             files_now: victims.len() as u64,
-            acked,
+            acked: acked.is_some_and(|acked| acked > end_seq),
             budget_bytes: budget.bytes,
         };
         budget
@@ -204,9 +248,11 @@ impl LogWriter {
         tracing::info!(
             first = %dropped.first_file,
             last = %dropped.last_file,
-            acked,
+            acked = dropped.acked,
             "forensic log: removed the oldest files to stay within the byte budget"
         );
+        // The record goes first: a crash before the files are gone leaves a claim the files
+        // still present bear out; the reverse would leave a gap nothing accounts for.
         self.write_record(kinds::DROPPED, None, &dropped, false)?;
         self.sync_unless_never()?;
         for (index, _) in victims {

@@ -347,3 +347,57 @@ fn budgets_parse_and_default_by_backing() {
         MIN_BUDGET_BYTES
     );
 }
+
+#[test]
+fn with_a_stream_only_what_the_host_holds_is_removed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let scratch = Scratch::new("acked");
+    let acked = Arc::new(AtomicU64::new(0));
+    let options = LogOptions {
+        acked: Some(Arc::clone(&acked)),
+        ..options(ByteBudget::Bytes(BUDGET))
+    };
+    let mut writer = LogWriter::create(&scratch.0, options, &json!({})).unwrap();
+    let event = |writer: &mut LogWriter, i: u64| {
+        writer.append(
+            "reclaim",
+            Some("t"),
+            &json!({"pid": i, "comm": "alloc", "pad": "x".repeat(80)}),
+        )
+    };
+    // The host holds nothing: nothing is removed, events stop at the budget.
+    let refused = (0..3_000)
+        .filter(|&i| event(&mut writer, i).is_err())
+        .count();
+    assert!(refused > 1_000, "{refused}");
+    assert_eq!(
+        writer.budget_counts().0,
+        0,
+        "nothing the host lacks is removed"
+    );
+    writer.flush().unwrap();
+    assert!(dir_bytes(&scratch.0) <= BUDGET);
+    // The host acknowledges everything: the next event makes room and goes in.
+    acked.store(writer.head().next_seq, Ordering::Relaxed);
+    event(&mut writer, 0).unwrap();
+    let (dropped, _) = writer.budget_counts();
+    assert!(dropped > 0);
+    writer.close().unwrap();
+    assert!(dir_bytes(&scratch.0) <= BUDGET);
+    let records: Vec<_> = crate::forensic::LogReader::open(&scratch.0)
+        .unwrap()
+        .map(|entry| entry.unwrap().record)
+        .collect();
+    let drop = records.iter().find(|r| r.kind == "dropped").unwrap();
+    assert_eq!(drop.payload["acked"], json!(true));
+    let exhausted = records
+        .iter()
+        .position(|r| r.kind == "budget_exhausted")
+        .unwrap();
+    assert!(
+        records[exhausted..].iter().any(|r| r.kind == "reclaim"),
+        "events resumed"
+    );
+    assert!(verify(&scratch.0).unwrap().is_clean());
+}

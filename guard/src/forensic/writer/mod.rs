@@ -345,7 +345,9 @@ impl LogWriter {
             self.rotate()?;
             digest = self.encode(line, kind, container, payload)?;
         }
-        self.admit(kind, line.len())?;
+        if self.admit(kind, line.len())? {
+            digest = self.encode(line, kind, container, payload)?;
+        }
         let seq = self.next_seq;
         if let Err(source) = self.out.write_line(seq, line) {
             return Err(self.fail_write(source));
