@@ -73,6 +73,8 @@ pub struct SelftestArgs {
     #[arg(long, default_value = "/bin/guard-stress")]
     stress: PathBuf,
     #[command(flatten)]
+    log_budget: crate::evidence::BudgetFlag,
+    #[command(flatten)]
     stream: crate::evidence::StreamFlags,
     #[command(flatten)]
     metrics: crate::evidence::MetricsFlags,
@@ -258,6 +260,8 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<bool> {
         dir: Some(out.join("log")),
         options: LogOptions {
             fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
+            budget: args.log_budget.budget(),
+            acked: args.stream.acked(),
             ..LogOptions::default()
         },
         stream: args.stream.clone(),

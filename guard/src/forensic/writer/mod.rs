@@ -55,6 +55,9 @@ pub struct Head {
     pub prev: String,
     /// The file the next record goes to (unless it rotates).
     pub file: PathBuf,
+    /// Records removed under the byte budget, and events not written because it was
+    /// exhausted ([`LogWriter::budget_counts`]).
+    pub budget_counts: (u64, u64),
 }
 
 /// The single writer of a log directory. Not thread-safe by design: the pipeline funnels
@@ -271,6 +274,7 @@ impl LogWriter {
             next_seq: self.next_seq,
             prev: record::to_hex(&self.head),
             file: self.file.path.clone(),
+            budget_counts: self.budget_counts(),
         }
     }
 
