@@ -240,6 +240,10 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<bool> {
     let runtime = Runtime::new(RuntimeOptions {
         budget: budgeted.then_some(BudgetRequest {
             kernel_reserve: args.kernel_reserve,
+            log_reserve: Some(guard::forensic::ram_reserve(
+                args.log_budget.budget(),
+                &args.out.join("log"),
+            )?),
             ..BudgetRequest::default()
         }),
         spec: SpecOptions {

@@ -132,6 +132,21 @@ pub fn resolve(setting: ByteBudget, dir: &Path) -> Result<Option<u64>, WriterErr
     }
 }
 
+/// What a log in `dir` (or, while it does not exist yet, its nearest existing ancestor) takes
+/// of the guest's memory at most under `setting`: its budget where the filesystem is RAM-backed,
+/// 0 on a disk (and 0 for an unbounded log in RAM, which no reserve can cover:
+/// docs/LIMITS.md). The guest budget subtracts it (`limits::BudgetRequest::log_reserve`).
+pub fn ram_reserve(setting: ByteBudget, dir: &Path) -> Result<u64, WriterError> {
+    let existing = dir
+        .ancestors()
+        .find(|a| a.is_dir())
+        .unwrap_or(Path::new("/"));
+    match backing_of(existing)? {
+        (Backing::Ram, _) => Ok(resolve(setting, existing)?.unwrap_or(0)),
+        (Backing::Disk, _) => Ok(0),
+    }
+}
+
 /// statfs(2) of `dir`: what backs it and its free bytes (None when it reports no size).
 pub fn backing_of(dir: &Path) -> Result<(Backing, Option<u64>), WriterError> {
     use std::os::unix::ffi::OsStrExt as _;
