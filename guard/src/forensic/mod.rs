@@ -73,6 +73,7 @@ pub use verify::{
 pub use writer::{
     Backing, ByteBudget, FILES_PER_BUDGET, FsyncPolicy, Head, KEPT_KINDS, LogOptions, LogWriter,
     MIN_BUDGET_BYTES, Unwritten, WriterError, WriterStats, default_budget, ram_reserve,
+    resolve_budget,
 };
 
 #[cfg(test)]

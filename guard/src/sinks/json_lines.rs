@@ -66,6 +66,29 @@ impl JsonLines {
         })
     }
 
+    /// [`JsonLines::start`] within a byte budget (None: none; standard output has none): the
+    /// file never grows past it ([`BudgetedLines`](super::events_budget::BudgetedLines)).
+    pub fn start_within(
+        guard: &Guard,
+        path: &Path,
+        budget: Option<u64>,
+    ) -> Result<Self, JsonLinesError> {
+        let out = match (open(path)?, budget) {
+            (out, Some(budget)) if path.as_os_str() != "-" => {
+                Box::new(super::events_budget::BudgetedLines::new(out, budget))
+            }
+            (out, _) => out,
+        };
+        let (stop, stopped) = oneshot::channel();
+        let events = guard.subscribe(QUEUE_EVENTS);
+        let task = tokio::spawn(write(events, out, path.to_path_buf(), stopped));
+        Ok(Self {
+            stop,
+            task,
+            path: path.to_path_buf(),
+        })
+    }
+
     /// Writes what is queued and ends (call after `Guard::drain` to include every event).
     pub async fn finish(self) -> Result<(), JsonLinesError> {
         let _ = self.stop.send(());

@@ -147,7 +147,7 @@ async fn run_in_cgroup(
     let writer = args
         .events
         .as_deref()
-        .map(|path| JsonLines::start(guard, path))
+        .map(|path| JsonLines::start_within(guard, path, args.log.budget.for_events(path)?))
         .transpose()?;
 
     let started = Instant::now();

@@ -74,7 +74,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let writer = args
         .events
         .as_deref()
-        .map(|path| JsonLines::start(&guard, path))
+        .map(|path| JsonLines::start_within(&guard, path, args.log.budget.for_events(path)?))
         .transpose()?;
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

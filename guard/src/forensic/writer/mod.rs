@@ -17,7 +17,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use budget::{FILES_PER_BUDGET, KEPT_KINDS};
-pub use budget_setting::{Backing, ByteBudget, MIN_BUDGET_BYTES, default_budget, ram_reserve};
+pub use budget_setting::{
+    Backing, ByteBudget, MIN_BUDGET_BYTES, default_budget, ram_reserve, resolve as resolve_budget,
+};
 pub use error::WriterError;
 pub use options::{FsyncPolicy, LogOptions};
 use output::Output;

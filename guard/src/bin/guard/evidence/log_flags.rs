@@ -44,6 +44,18 @@ impl BudgetFlag {
     pub fn budget(&self) -> ByteBudget {
         self.log_budget.unwrap_or_default()
     }
+
+    /// The `--events` file's budget: the same setting, resolved where that file lives.
+    pub fn for_events(&self, path: &std::path::Path) -> anyhow::Result<Option<u64>> {
+        if path.as_os_str() == "-" {
+            return Ok(None);
+        }
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        Ok(guard::forensic::resolve_budget(self.budget(), dir)?)
+    }
 }
 
 /// `--stream ADDR` / `--stream-name NAME`: ship the forensic log to a host collector as it is
