@@ -144,11 +144,13 @@ async fn run_in_cgroup(
         serde_json::to_value(limits)?,
         metrics,
     )?;
-    let writer = args
-        .events
-        .as_deref()
-        .map(|path| JsonLines::start_within(guard, path, args.log.budget.for_events(path)?))
-        .transpose()?;
+    let writer = match args.events.as_deref() {
+        Some(path) => {
+            let budget = args.log.budget.for_events(path)?;
+            Some(JsonLines::start_within(guard, path, budget)?)
+        }
+        None => None,
+    };
 
     let started = Instant::now();
     let mut command = Command::new(&args.command[0]);

@@ -71,11 +71,13 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let mut evidence = Evidence::start(&guard, args.log.plan()?, serde_json::Value::Null, metrics)?;
-    let writer = args
-        .events
-        .as_deref()
-        .map(|path| JsonLines::start_within(&guard, path, args.log.budget.for_events(path)?))
-        .transpose()?;
+    let writer = match args.events.as_deref() {
+        Some(path) => {
+            let budget = args.log.budget.for_events(path)?;
+            Some(JsonLines::start_within(&guard, path, budget)?)
+        }
+        None => None,
+    };
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing a SIGTERM handler")?;
