@@ -187,3 +187,79 @@ fn a_lying_dropped_record_is_refused_by_both_verifiers() {
         );
     }
 }
+
+/// Every line of `dir` checked as the collector's store checks a copy it receives: line by
+/// line with the verifier's `ChainCheck`, each file announced as the next begins.
+fn store_check(dir: &Path) -> Result<(), String> {
+    let mut chain = forensic::ChainCheck::new();
+    let mut finished: Option<(String, u64, u64)> = None;
+    for file in forensic::layout::list_files(dir).unwrap() {
+        if let Some((name, records, bytes)) = finished.take() {
+            chain.end_file(name, records, bytes);
+        }
+        let text = std::fs::read_to_string(&file.path).unwrap();
+        let (mut records, mut bytes) = (0, 0);
+        for (i, line) in text.split_inclusive('\n').enumerate() {
+            chain
+                .check(
+                    line.trim_end_matches('\n').as_bytes(),
+                    i as u64 + 1,
+                    &file.name(),
+                )
+                .map_err(|defect| format!("{}:{}: {defect}", file.name(), i + 1))?;
+            records += 1;
+            bytes += line.len() as u64;
+        }
+        finished = Some((file.name(), records, bytes));
+    }
+    Ok(())
+}
+
+/// A seq and `prev` of a file's first line.
+fn first_line(path: &Path) -> (u64, String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let record: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    (
+        record["seq"].as_u64().unwrap(),
+        record["prev"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn the_store_takes_a_dropped_record_only_as_its_copy_bears_it_out() {
+    // With a stream only files the host holds are removed: its copy is whole, and a `dropped`
+    // record names files it has. Three files, unbudgeted; then a record naming file 1.
+    let dir = TempDir::new("store");
+    let options = LogOptions {
+        fsync: FsyncPolicy::Never,
+        boot_id: Some("host-budget".into()),
+        rotate_bytes: Some(2048),
+        budget: ByteBudget::Unbounded,
+        ..LogOptions::default()
+    };
+    let mut writer = LogWriter::create(&dir.0, options, &json!({})).unwrap();
+    while forensic::layout::list_files(&dir.0).unwrap().len() < 3 {
+        writer
+            .append("fork", Some("t"), &json!({"child_pid": 7}))
+            .unwrap();
+        writer.flush().unwrap();
+    }
+    writer.close().unwrap();
+    let (first_seq, _) = first_line(&dir.0.join("guard-000001.jsonl"));
+    let (next, head) = first_line(&dir.0.join("guard-000002.jsonl"));
+    let truth = json!({
+        "first_file": "guard-000001.jsonl", "last_file": "guard-000001.jsonl",
+        "first_seq": first_seq, "last_seq": next - 1, "head": head,
+        "records": next - first_seq, "bytes": 0, "files_now": 1, "acked": true,
+        "budget_bytes": BUDGET,
+    });
+    forge(&dir.0, "dropped", &truth);
+    store_check(&dir.0).unwrap();
+
+    let mut lie = truth.clone();
+    lie["last_seq"] = json!(next);
+    lie["records"] = json!(next - first_seq + 1);
+    forge(&dir.0, "dropped", &lie);
+    let refused = store_check(&dir.0).unwrap_err();
+    assert!(refused.contains("dropped record disagrees"), "{refused}");
+}
