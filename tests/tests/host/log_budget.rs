@@ -150,6 +150,9 @@ fn last_dropped(dir: &Path) -> Value {
         .unwrap()
 }
 
+/// A lie told in a `dropped` record: what it says, and how.
+type Lie = (&'static str, fn(&mut Value));
+
 #[test]
 fn a_lying_dropped_record_is_refused_by_both_verifiers() {
     // The truth, repeated, is accepted: it is what the files bear out.
@@ -159,7 +162,7 @@ fn a_lying_dropped_record_is_refused_by_both_verifiers() {
     assert_eq!(rust_defect(&dir.0), None);
     assert!(python(&dir.0).ends_with(": OK\n"), "{}", python(&dir.0));
 
-    let lies: [(&str, fn(&mut Value)); 3] = [
+    let lies: [Lie; 3] = [
         ("one record fewer", |p| {
             p["last_seq"] = json!(p["last_seq"].as_u64().unwrap() - 1);
             p["records"] = json!(p["records"].as_u64().unwrap() - 1);
