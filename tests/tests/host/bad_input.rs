@@ -67,6 +67,9 @@ fn options(fsync: FsyncPolicy) -> LogOptions {
     LogOptions {
         fsync,
         boot_id: Some("bad-input-test".to_string()),
+        // These tests fill a small filesystem on purpose: a byte budget (by default a quarter
+        // of the free space) would keep the log from ever meeting ENOSPC.
+        budget: guard::forensic::ByteBudget::Unbounded,
         ..LogOptions::default()
     }
 }
