@@ -341,3 +341,7 @@ fn earlier_drop(files: &[LogFile], budget: u64) -> Result<Option<Dropped>, Write
         budget_bytes: budget,
     }))
 }
+
+#[cfg(test)]
+#[path = "budget_tests.rs"]
+mod tests;

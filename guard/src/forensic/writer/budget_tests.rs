@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::*;
+use super::super::*;
 use crate::forensic::record::{Dropped, kinds};
 use crate::forensic::{Defect, verify};
 

@@ -494,6 +494,3 @@ impl Drop for LogWriter {
         }
     }
 }
-
-#[cfg(test)]
-mod budget_tests;
