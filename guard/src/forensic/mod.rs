@@ -60,7 +60,8 @@ pub(crate) mod writer;
 pub use layout::{FileError, LayoutError, LogFile};
 pub use reader::{Entry, Filter, Follower, LogReader, ReaderError};
 pub use record::{
-    Checkpoint, GENESIS, Gap, Lost, Record, Repair, Rotate, StartInfo, Throttle, kinds,
+    BudgetExhausted, BudgetSummary, Checkpoint, Dropped, GENESIS, Gap, Lost, Record, Repair,
+    Rotate, StartInfo, Throttle, kinds,
 };
 /// Payloads and `StartInfo::limits` are JSON values: re-exported so callers need no extra dependency.
 pub use serde_json;
@@ -68,12 +69,13 @@ pub use stats::{Stats, stats};
 pub use summary::{SummaryRecord, events_of, summarized};
 pub use verified::{ReadVerifiedError, read_verified};
 pub use verify::{
-    ChainCheck, Defect, Problem, RepairOutcome, Session, TornTail, VerifyError, VerifyReport,
-    repair, verify, verify_opened, verify_with_chain,
+    ChainCheck, Defect, DroppedSpan, Problem, RepairOutcome, Session, TornTail, VerifyError,
+    VerifyReport, repair, verify, verify_opened, verify_with_chain,
 };
 pub use writer::{
-    FsyncPolicy, Head, LogIncomplete, LogOptions, LogWriter, RETRY_EVERY, Unwritten, WriterError,
-    WriterStats,
+    Backing, ByteBudget, FILES_PER_BUDGET, FsyncPolicy, Head, KEPT_KINDS, LogIncomplete,
+    LogOptions, LogWriter, MIN_BUDGET_BYTES, RETRY_EVERY, Unwritten, WriterError, WriterStats,
+    default_budget, ram_reserve, resolve_budget,
 };
 
 #[cfg(test)]

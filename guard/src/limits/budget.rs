@@ -6,7 +6,9 @@
 //! carry. The kernel reserve is measured, not guessed: `cargo xtask limits` bisects, per guest
 //! kernel and memory size, the largest budget at which the memcg OOM killer always wins over
 //! the global one under a fork+alloc bomb (docs/LIMITS.md); [`KERNEL_RESERVE_FLOOR`] and
-//! [`KERNEL_RESERVE_PERCENT`] sit a margin above the worst of those.
+//! [`KERNEL_RESERVE_PERCENT`] sit a margin above the worst of those. Where the agent's forensic
+//! log lives in RAM (a tmpfs or ramfs, as a guest's initramfs root), its byte budget is a third
+//! reserve: evidence can then never be what pushes the guest to the global OOM killer.
 use serde::Serialize;
 
 use super::{DEFAULT_PIDS_MAX, LimitsError, MemInfo, PAGE_SIZE, PIDS_CEILING};
@@ -36,6 +38,9 @@ pub struct BudgetRequest {
     pub pids: Option<u64>,
     /// The kernel reserve in bytes; None: [`kernel_reserve`] of the guest.
     pub kernel_reserve: Option<u64>,
+    /// The byte budget of the agent's forensic log where it lives in RAM (tmpfs, ramfs): memory
+    /// the containers must leave free. None (or 0): the log is on disk, or there is none.
+    pub log_reserve: Option<u64>,
 }
 
 /// The budget for a guest, and how it was derived.
@@ -54,6 +59,8 @@ pub struct GuestBudget {
     pub kernel_reserve: u64,
     /// The agent reserve subtracted, in bytes.
     pub agent_reserve: u64,
+    /// The RAM-backed log's budget subtracted, in bytes (0: none).
+    pub log_reserve: u64,
 }
 
 /// The kernel reserve of a guest with `MemTotal` `total`: the larger of the floor and a share.
@@ -94,7 +101,10 @@ pub fn guest_budget(
     let kernel_reserve = request
         .kernel_reserve
         .unwrap_or_else(|| kernel_reserve(meminfo.total));
-    let reserves = kernel_reserve.saturating_add(agent_reserve);
+    let log_reserve = request.log_reserve.unwrap_or(0);
+    let reserves = kernel_reserve
+        .saturating_add(agent_reserve)
+        .saturating_add(log_reserve);
     let room = meminfo.available.saturating_sub(reserves);
     let room = room - room % PAGE_SIZE;
     let memory_max = match request.memory {
@@ -136,6 +146,7 @@ pub fn guest_budget(
         available: meminfo.available,
         kernel_reserve,
         agent_reserve,
+        log_reserve,
     })
 }
 
@@ -208,6 +219,7 @@ mod tests {
             memory: Some(50 << 20),
             pids: Some(1000),
             kernel_reserve: None,
+            log_reserve: None,
         };
         let budget = guest_budget(&meminfo, 0, &request).unwrap();
         assert_eq!((budget.memory_max, budget.pids_max), (50 << 20, 1000));
@@ -233,6 +245,39 @@ mod tests {
             let error = guest_budget(&meminfo, 0, &request).unwrap_err().to_string();
             assert!(error.contains(expected), "{error}");
         }
+    }
+
+    /// The 128 MiB guest of issue 30 (MemTotal 88,952 kB, ~51 MB available) with its log on
+    /// the initramfs root: the log's default budget (1/32 of MemTotal) comes out of the
+    /// containers' room, byte for byte, so that the containers at their budget plus a full log
+    /// still leave the kernel its reserve.
+    #[test]
+    fn a_log_in_ram_comes_out_of_what_containers_may_use() {
+        use crate::forensic::{Backing, default_budget};
+        let meminfo = guest(88_952, 51_000);
+        let log = default_budget(Backing::Ram, meminfo.total, None);
+        assert_eq!(log, 88_952 * 1024 / 32);
+        let without = guest_budget(&meminfo, 8 << 20, &BudgetRequest::default()).unwrap();
+        let request = BudgetRequest {
+            log_reserve: Some(log),
+            ..BudgetRequest::default()
+        };
+        let with = guest_budget(&meminfo, 8 << 20, &request).unwrap();
+        assert_eq!(with.log_reserve, log);
+        assert!(without.memory_max - with.memory_max >= log - PAGE_SIZE);
+        assert!(without.memory_max - with.memory_max <= log + PAGE_SIZE);
+        // Containers at the budget, the agent at its reserve and the log full leave the kernel
+        // its reserve of what was available.
+        assert!(
+            with.memory_max + with.agent_reserve + with.log_reserve + with.kernel_reserve
+                <= meminfo.available
+        );
+        // A log too big for the guest leaves no budget: refused, not overcommitted.
+        let huge = BudgetRequest {
+            log_reserve: Some(40 << 20),
+            ..BudgetRequest::default()
+        };
+        assert!(guest_budget(&meminfo, 8 << 20, &huge).is_err());
     }
 
     #[test]

@@ -139,6 +139,7 @@ fn budget(memory_max: u64, pids_max: u64) -> GuestBudget {
         available: 100_000 * 1024,
         kernel_reserve: KERNEL_RESERVE_FLOOR,
         agent_reserve: 0,
+        log_reserve: 0,
     }
 }
 

@@ -25,6 +25,9 @@ pub struct JsonLinesOptions {
     /// When a container's repetitive events become summary lines ([`SummaryPolicy::off`]:
     /// one line per event).
     pub summaries: SummaryPolicy,
+    /// The file's byte budget (None: none; standard output has none): the file never grows
+    /// past it ([`BudgetedLines`](super::events_budget::BudgetedLines)).
+    pub budget: Option<u64>,
 }
 
 /// Events a JSON-lines file may fall behind by before it loses some (counted by the guard).
@@ -80,7 +83,12 @@ impl JsonLines {
         path: &Path,
         options: JsonLinesOptions,
     ) -> Result<Self, JsonLinesError> {
-        let out = open(path)?;
+        let out = match (open(path)?, options.budget) {
+            (out, Some(budget)) if path.as_os_str() != "-" => {
+                Box::new(super::events_budget::BudgetedLines::new(out, budget))
+            }
+            (out, _) => out,
+        };
         let (stop, stopped) = oneshot::channel();
         let events = guard.subscribe(QUEUE_EVENTS);
         let task = tokio::spawn(write_with(
@@ -95,6 +103,17 @@ impl JsonLines {
             task,
             path: path.to_path_buf(),
         })
+    }
+
+    /// [`JsonLines::start`] within a byte budget (None: none; standard output has none).
+    pub fn start_within(
+        guard: &Guard,
+        path: &Path,
+        budget: Option<u64>,
+    ) -> Result<Self, JsonLinesError> {
+        let mut options = JsonLinesOptions::default();
+        options.budget = budget;
+        Self::start_with(guard, path, options)
     }
 
     /// Writes what is queued and ends (call after `Guard::drain` to include every event).

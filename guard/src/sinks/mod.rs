@@ -3,5 +3,6 @@
 //! and each folds storms into interval summaries ([`summary`]) so that neither grows without
 //! bound.
 pub mod event_log;
+pub mod events_budget;
 pub mod json_lines;
 pub mod summary;

@@ -27,6 +27,7 @@ fn main() -> anyhow::Result<()> {
         boot_id: None,
         repair_torn_tail: false,
         test_split_writes: None,
+        ..LogOptions::default()
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value"));

@@ -23,4 +23,5 @@ mod tamper;
 mod tenants;
 mod tier0;
 mod vm;
+mod volume;
 mod waves;

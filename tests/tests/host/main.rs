@@ -10,6 +10,7 @@ mod bad_input;
 mod forensic_log;
 mod fork;
 mod fork_denied;
+mod log_budget;
 mod log_outage;
 mod loss;
 mod metrics;

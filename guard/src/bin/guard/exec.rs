@@ -144,11 +144,14 @@ async fn run_in_cgroup(
         serde_json::to_value(limits)?,
         metrics,
     )?;
-    let writer = args
-        .events
-        .as_deref()
-        .map(|path| JsonLines::start_with(guard, path, args.log.summaries.events_file()))
-        .transpose()?;
+    let writer = match args.events.as_deref() {
+        Some(path) => {
+            let mut options = args.log.summaries.events_file();
+            options.budget = args.log.budget.for_events(path)?;
+            Some(JsonLines::start_with(guard, path, options)?)
+        }
+        None => None,
+    };
 
     let started = Instant::now();
     let mut command = Command::new(&args.command[0]);

@@ -267,6 +267,16 @@ fn print_report(dir: &std::path::Path, report: &VerifyReport) -> ExitCode {
         outln!("{summary} verified; head {head}");
         return code;
     }
+    if let Some(dropped) = &report.dropped {
+        outln!(
+            "note: {}..={} (records seq {}..={}) were removed under the log's byte budget, as \
+             its dropped records say",
+            dropped.first_file,
+            dropped.last_file,
+            dropped.first_seq,
+            dropped.last_seq
+        );
+    }
     if report.abrupt_earlier_sessions > 0 {
         outln!(
             "note: {} earlier session(s) ended without a stop record (the guard died and a \
@@ -335,6 +345,12 @@ fn print_json_report(report: &VerifyReport) -> ExitCode {
         "ended_abruptly": report.ended_abruptly().map(|session| abrupt_end(&session)),
         "torn_tail": report.torn_tail.as_ref().map(ToString::to_string),
         "problem": report.problem.as_ref().map(ToString::to_string),
+        "dropped": report.dropped.as_ref().map(|dropped| serde_json::json!({
+            "first_file": dropped.first_file,
+            "last_file": dropped.last_file,
+            "first_seq": dropped.first_seq,
+            "last_seq": dropped.last_seq,
+        })),
     });
     outln!("{json}");
     code

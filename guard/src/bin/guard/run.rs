@@ -288,7 +288,15 @@ async fn run_logged(
         },
         allow_unprivileged_bpf: args.allow_unprivileged_bpf,
         no_pivot: args.no_pivot,
-        budget: (!args.no_budget).then(BudgetRequest::default),
+        budget: match (args.no_budget, &args.log.dir) {
+            (true, _) => None,
+            // A log in RAM takes its budget of what the containers may use.
+            (false, Some(dir)) => Some(BudgetRequest {
+                log_reserve: Some(guard::forensic::ram_reserve(args.log.budget.budget(), dir)?),
+                ..BudgetRequest::default()
+            }),
+            (false, None) => Some(BudgetRequest::default()),
+        },
         exec_helper: Some(crate::exec_helper()?),
         ..RuntimeOptions::default()
     })?;

@@ -75,6 +75,8 @@ pub struct SelftestArgs {
     #[command(flatten)]
     summaries: crate::evidence::SummaryFlags,
     #[command(flatten)]
+    log_budget: crate::evidence::BudgetFlag,
+    #[command(flatten)]
     stream: crate::evidence::StreamFlags,
     #[command(flatten)]
     metrics: crate::evidence::MetricsFlags,
@@ -240,6 +242,10 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<bool> {
     let runtime = Runtime::new(RuntimeOptions {
         budget: budgeted.then_some(BudgetRequest {
             kernel_reserve: args.kernel_reserve,
+            log_reserve: Some(guard::forensic::ram_reserve(
+                args.log_budget.budget(),
+                &args.out.join("log"),
+            )?),
             ..BudgetRequest::default()
         }),
         spec: SpecOptions {
@@ -260,6 +266,8 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<bool> {
         dir: Some(out.join("log")),
         options: LogOptions {
             fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
+            budget: args.log_budget.budget(),
+            acked: args.stream.acked(),
             ..LogOptions::default()
         },
         summaries: args.summaries.policy(),

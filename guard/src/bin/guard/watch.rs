@@ -71,11 +71,14 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let mut evidence = Evidence::start(&guard, args.log.plan()?, serde_json::Value::Null, metrics)?;
-    let writer = args
-        .events
-        .as_deref()
-        .map(|path| JsonLines::start_with(&guard, path, args.log.summaries.events_file()))
-        .transpose()?;
+    let writer = match args.events.as_deref() {
+        Some(path) => {
+            let mut options = args.log.summaries.events_file();
+            options.budget = args.log.budget.for_events(path)?;
+            Some(JsonLines::start_with(&guard, path, options)?)
+        }
+        None => None,
+    };
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing a SIGTERM handler")?;

@@ -7,6 +7,8 @@ use thiserror::Error;
 
 mod gap;
 pub use gap::Gap;
+mod budget;
+pub use budget::{BudgetExhausted, BudgetSummary, Dropped};
 
 /// SHA-256 output.
 pub type Digest = [u8; 32];
@@ -52,8 +54,26 @@ pub mod kinds {
     /// ([`SummaryRecord`](crate::forensic::SummaryRecord)).
     pub const SUMMARY: &str = "summary";
 
+    /// Files removed to stay within the byte budget ([`Dropped`](super::Dropped)).
+    pub const DROPPED: &str = "dropped";
+    /// Individual events stop: the budget is exhausted
+    /// ([`BudgetExhausted`](super::BudgetExhausted)).
+    pub const BUDGET_EXHAUSTED: &str = "budget_exhausted";
+    /// What the budget cost, before `stop` ([`BudgetSummary`](super::BudgetSummary)).
+    pub const LOG_BUDGET: &str = "log_budget";
+
     /// Kinds only the writer itself may emit.
-    pub const RESERVED: &[&str] = &[START, ROTATE, CHECKPOINT, STOP, REPAIR, GAP];
+    pub const RESERVED: &[&str] = &[
+        START,
+        ROTATE,
+        CHECKPOINT,
+        STOP,
+        REPAIR,
+        GAP,
+        DROPPED,
+        BUDGET_EXHAUSTED,
+        LOG_BUDGET,
+    ];
 }
 
 /// A record that cannot be written; nothing was written.

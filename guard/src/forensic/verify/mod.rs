@@ -1,5 +1,6 @@
 //! Streaming verification of a whole log (every file, in order, constant memory) and the one
 //! repair it allows: truncating a torn final line.
+mod dropped;
 mod gap;
 mod repair;
 mod report;
@@ -11,12 +12,13 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use thiserror::Error;
 
+pub use dropped::DroppedSpan;
 pub use repair::{RepairOutcome, repair};
 pub use report::{Defect, Problem, Session, TornTail, VerifyReport};
 
 use super::layout::{self, FileError, LayoutError, LogFile};
 use super::lines::{Line, LineScanner};
-use super::record::{self, Checkpoint, Digest, GENESIS_DIGEST, Rotate, Seal, kinds};
+use super::record::{self, Checkpoint, Digest, Dropped, GENESIS_DIGEST, Rotate, Seal, kinds};
 use super::time;
 
 /// The log could not be read (or, for [`repair`], changed). A defect in its content is not an
@@ -75,6 +77,8 @@ pub struct ChainCheck {
     finished_file: Option<(String, u64, u64)>,
     /// The seqs the last `gap` checked names.
     last_gap_count: u64,
+    /// File ends and the one gap `dropped` records may account for.
+    drops: dropped::Drops,
 }
 
 /// Verifies the log in `dir` end to end. I/O errors are errors; everything about the content
@@ -115,17 +119,22 @@ pub fn verify_opened(
         return Ok((report, ChainCheck::new()));
     }
     let mut chain = ChainCheck::new();
+    let mut expected = 0;
     for (position, file) in files.iter().enumerate() {
-        if file.index != position as u64 {
+        // Files after the head may be missing, removed under the byte budget: the `dropped`
+        // records must then account for them (checked at the end).
+        // (The files are sorted, without duplicates: an index is never below `expected`.)
+        if file.index > expected
+            && let Err(defect) = chain.drops.skip(expected, file.index - 1)
+        {
             report.problem = Some(Problem {
-                path: dir.join(layout::file_name(position as u64)),
+                path: dir.join(layout::file_name(expected)),
                 line: 0,
-                defect: Defect::MissingFile {
-                    name: layout::file_name(position as u64),
-                },
+                defect,
             });
             return Ok((report, chain));
         }
+        expected = file.index + 1;
         report.files += 1;
         let is_newest = position + 1 == files.len();
         let handle = open(file).map_err(FileError::open(&file.path))?;
@@ -136,6 +145,10 @@ pub fn verify_opened(
         if let Some((_, records, bytes)) = chain.last_file() {
             file_done(file, records, bytes, chain.next_seq());
         }
+    }
+    match chain.drops.finish(dir) {
+        Ok(dropped) => report.dropped = dropped,
+        Err(problem) => report.problem = Some(problem),
     }
     Ok((report, chain))
 }
@@ -243,6 +256,7 @@ impl ChainCheck {
             boot_mono: None,
             finished_file: None,
             last_gap_count: 0,
+            drops: dropped::Drops::default(),
         }
     }
 
@@ -266,6 +280,9 @@ impl ChainCheck {
     /// The file the lines so far belong to is complete, with `records` lines in `bytes`: the
     /// next file's first line, a `rotate`, must say exactly that.
     pub fn end_file(&mut self, name: String, records: u64, bytes: u64) {
+        if records > 0 {
+            self.drops.end_file(&name, self.next_seq - 1, self.prev);
+        }
         self.finished_file = Some((name, records, bytes));
     }
 
@@ -315,7 +332,20 @@ fn check_line(
         Seal::Mismatch => return Err(Defect::SealMismatch),
         Seal::Missing => return Err(Defect::Unsealed),
     }
-    if line_no == 1 {
+    if line_no == 1 && chain.drops.is_pending() {
+        let rotate = payload_of::<Rotate>(line).ok();
+        let continues = rotate.as_ref().map(|rotate| rotate.prev_file.as_str());
+        let bridge = chain.drops.bridge(
+            chain.next_seq,
+            &fields.kind,
+            fields.seq,
+            &fields.prev,
+            continues,
+        )?;
+        if let Some((seq, head)) = bridge {
+            (chain.next_seq, chain.prev) = (seq, head);
+        }
+    } else if line_no == 1 {
         check_file_start(line, &fields, chain)?;
     } else if fields.kind == kinds::ROTATE {
         return Err(Defect::RotateInsideFile);
@@ -327,6 +357,10 @@ fn check_line(
         return Err(Defect::PrevMismatch {
             previous: chain.prev_line.clone(),
         });
+    }
+    if fields.kind == kinds::DROPPED {
+        let current = layout::parse_file_name(file_name).unwrap_or(u64::MAX);
+        chain.drops.claim(&payload_of::<Dropped>(line)?, current)?;
     }
     if fields.kind == kinds::CHECKPOINT || fields.kind == kinds::STOP {
         let checkpoint = payload_of::<Checkpoint>(line)?;

@@ -94,6 +94,17 @@ pub enum Defect {
         /// What it names and what is missing.
         detail: String,
     },
+    /// A `dropped` record that does not match the log: its files, seqs or head disagree with
+    /// the files present (or with where the missing ones must have ended).
+    DroppedMismatch {
+        /// What disagrees.
+        detail: String,
+    },
+    /// Files are missing after the head and no `dropped` record names them.
+    UnrecordedGap {
+        /// Which files and records.
+        detail: String,
+    },
 }
 
 impl fmt::Display for Defect {
@@ -167,6 +178,10 @@ impl fmt::Display for Defect {
             Self::GapMismatch { detail } => {
                 write!(f, "gap record does not name the missing seqs: {detail}")
             }
+            Self::DroppedMismatch { detail } => {
+                write!(f, "dropped record disagrees with the log: {detail}")
+            }
+            Self::UnrecordedGap { detail } => write!(f, "{detail}"),
         }
     }
 }
@@ -257,6 +272,9 @@ pub struct VerifyReport {
     pub torn_tail: Option<TornTail>,
     /// The first defect; verification stops there.
     pub problem: Option<Problem>,
+    /// Files removed under the byte budget, as the `dropped` records name them (a gap they do
+    /// not account for is the [`problem`](Self::problem)).
+    pub dropped: Option<super::DroppedSpan>,
 }
 
 impl VerifyReport {

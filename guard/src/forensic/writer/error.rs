@@ -125,6 +125,52 @@ pub enum WriterError {
     /// A clock could not be read for the record's time stamps.
     #[error(transparent)]
     Clock(#[from] TimeError),
+    /// A byte budget that does not parse, or is below
+    /// [`MIN_BUDGET_BYTES`](crate::forensic::MIN_BUDGET_BYTES)
+    /// ([`ByteBudget`](crate::forensic::ByteBudget)'s `FromStr`).
+    #[error(
+        "invalid log budget {input:?}: expected auto, none, or bytes (e.g. 4194304, 4096K, 4M) \
+         of at least 64K"
+    )]
+    BadBudget {
+        /// The text given.
+        input: String,
+    },
+    /// The record does not fit the log's byte budget; nothing was written and the writer goes
+    /// on. An event is refused once the budget less its reserve is used (counted in
+    /// [`WriterStats::records_over_budget`](super::WriterStats::records_over_budget)); a
+    /// report or verdict only when even the reserve is used up.
+    #[error("the forensic log's byte budget ({budget} bytes) has no room for a {kind} record")]
+    OverBudget {
+        /// The record's kind.
+        kind: String,
+        /// The budget, in bytes.
+        budget: u64,
+    },
+    /// statfs(2) of the log directory failed (for its default budget).
+    #[error("cannot statfs {path} (for the log's default budget): {source}")]
+    Statfs {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// MemTotal could not be read (for a RAM-backed log's default budget).
+    #[error("cannot read MemTotal from {path} (for the log's default budget): {source}")]
+    MemTotal {
+        /// The file read (`/proc/meminfo`).
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file could not be removed under the byte budget.
+    #[error("cannot remove {path} (to stay within the log's byte budget): {source}")]
+    Remove {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// An fsync policy that does not parse ([`FsyncPolicy`](super::FsyncPolicy)'s `FromStr`).
     #[error("invalid fsync policy {input:?}: expected always, never or interval=<ms>")]
     BadFsyncPolicy {

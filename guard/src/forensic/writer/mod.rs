@@ -3,6 +3,8 @@
 //!
 //! `output` is the buffered file output that knows which records reached the file, `resume`
 //! finds where an existing log continues, `options` is how a writer is configured.
+mod budget;
+mod budget_setting;
 mod error;
 mod options;
 mod outage;
@@ -15,6 +17,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use budget::{FILES_PER_BUDGET, KEPT_KINDS};
+pub use budget_setting::{
+    Backing, ByteBudget, MIN_BUDGET_BYTES, default_budget, ram_reserve, resolve as resolve_budget,
+};
 pub use error::WriterError;
 pub use options::{FsyncPolicy, LogOptions};
 pub use outage::{LogIncomplete, RETRY_EVERY};
@@ -39,6 +45,9 @@ pub struct WriterStats {
     /// Records accepted (or being written) that never reached the file, plus every record
     /// refused during an outage (their seqs are the gaps' ranges).
     pub records_not_written: u64,
+    /// Events not written because the log's byte budget was exhausted (not write errors: the
+    /// writer goes on).
+    pub records_over_budget: u64,
 }
 
 /// Where the next record goes, as of the last record written.
@@ -50,6 +59,9 @@ pub struct Head {
     pub prev: String,
     /// The file the next record goes to (unless it rotates).
     pub file: PathBuf,
+    /// Records removed under the byte budget, and events not written because it was
+    /// exhausted ([`LogWriter::budget_counts`]).
+    pub budget_counts: (u64, u64),
 }
 
 /// The single writer of a log directory. Not thread-safe by design: the pipeline funnels
@@ -80,6 +92,7 @@ pub struct LogWriter {
     /// Since the first failure: the log is not whole.
     incomplete: Option<LogIncomplete>,
     stats: WriterStats,
+    budget: Option<budget::Budget>,
     closed: bool,
 }
 
@@ -124,6 +137,9 @@ impl LogWriter {
             records: resume.file_records,
         };
         let out = Output::new(file, options.test_split_writes, complete);
+        let budget = budget_setting::resolve(options.budget, &dir)?
+            .map(|bytes| budget::Budget::open(bytes, &files, &resume.file, options.acked.clone()))
+            .transpose()?;
         let mut boot_id_json = Vec::new();
         record::push_json_str(&mut boot_id_json, &boot_id);
         let mut writer = Self {
@@ -144,6 +160,7 @@ impl LogWriter {
             outage: None,
             incomplete: None,
             stats: WriterStats::default(),
+            budget,
             closed: false,
             options,
         };
@@ -261,6 +278,7 @@ impl LogWriter {
         if self.outage.is_some() {
             self.try_resume()?;
         }
+        self.write_budget_summary()?;
         self.write_checkpoint(kinds::STOP)?;
         self.sync_unless_never()?;
         self.closed = true;
@@ -274,6 +292,7 @@ impl LogWriter {
             next_seq: self.next_seq,
             prev: record::to_hex(&self.head),
             file: self.file.path.clone(),
+            budget_counts: self.budget_counts(),
         }
     }
 
@@ -321,8 +340,7 @@ impl LogWriter {
         self.file_records > 0
             && self.file_bytes >= layout::ROTATE_MIN_FILE_BYTES
             && self
-                .options
-                .rotate_bytes
+                .rotate_limit()
                 .is_some_and(|limit| self.file_bytes + line_len as u64 > limit)
     }
 
@@ -355,6 +373,9 @@ impl LogWriter {
             // A rotation that fails begins an outage: this record is its first missing one.
             self.rotate()
                 .map_err(|e| self.missed_by_rotation(e, kind))?;
+            digest = self.encode(line, kind, container, payload)?;
+        }
+        if self.admit(kind, line.len())? {
             digest = self.encode(line, kind, container, payload)?;
         }
         let seq = self.next_seq;
@@ -407,6 +428,7 @@ impl LogWriter {
             prev_records: self.file_records,
             prev_bytes: self.file_bytes,
         };
+        let old = (self.file.index, self.file_bytes);
         // The old output was flushed and synced above: dropping it only closes the descriptor.
         let complete = Complete {
             next_seq: self.next_seq,
@@ -421,7 +443,7 @@ impl LogWriter {
         self.file_records = 0;
         self.sync_dir_unless_never()?;
         self.write_record(kinds::ROTATE, None, &rotate, false)?;
-        Ok(())
+        self.drop_for_budget(old.0, old.1)
     }
 
     fn sync_unless_never(&mut self) -> Result<(), WriterError> {

@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::WriterError;
+use super::budget_setting::ByteBudget;
 
 /// When appended records are forced to stable storage. Parses from `always`, `never` or
 /// `interval=<ms>`, and displays the same way.
@@ -59,8 +60,9 @@ impl fmt::Display for FsyncPolicy {
 }
 
 /// How a [`LogWriter`](super::LogWriter) writes. The defaults: `interval=100` (an fdatasync at
-/// most every 100 ms), rotation at 64 MiB, a checkpoint every 10 000 records, the kernel's boot
-/// id, and refusal of a torn tail.
+/// most every 100 ms), rotation at 64 MiB (within an eighth of the budget), a byte budget
+/// derived from where the log lives, a checkpoint every 10 000 records, the kernel's boot id,
+/// and refusal of a torn tail.
 #[derive(Debug, Clone)]
 pub struct LogOptions {
     /// When records reach stable storage (default: `interval=100`).
@@ -69,6 +71,13 @@ pub struct LogOptions {
     /// (default 64 MiB; None: never rotate). A file always holds at least one record, and at
     /// least [`ROTATE_MIN_FILE_BYTES`](crate::forensic::layout::ROTATE_MIN_FILE_BYTES).
     pub rotate_bytes: Option<u64>,
+    /// How large the log's files may grow together (default: [`ByteBudget::Auto`], derived
+    /// from where the log lives; docs/LOG-FORMAT.md, "The byte budget").
+    pub budget: ByteBudget,
+    /// The stream's acknowledgement, if the log is shipped: the host holds a durable copy of
+    /// every record below this seq. Files removed under the budget say whether the host holds
+    /// them (`dropped`'s `acked`).
+    pub acked: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// Write a `checkpoint` after this many records (0: never).
     pub checkpoint_every: u64,
     /// None: read from /proc/sys/kernel/random/boot_id.
@@ -86,6 +95,8 @@ impl Default for LogOptions {
         Self {
             fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
             rotate_bytes: Some(64 << 20),
+            budget: ByteBudget::Auto,
+            acked: None,
             checkpoint_every: 10_000,
             boot_id: None,
             repair_torn_tail: false,

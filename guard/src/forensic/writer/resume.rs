@@ -117,6 +117,15 @@ pub(super) fn resume_point(
     })
 }
 
+/// The seq after the last complete record of the file at `path` (0 when it holds none).
+pub(super) fn next_seq_of(path: &Path) -> Result<u64, WriterError> {
+    let scan = scan_file(path)?;
+    if scan.records == 0 {
+        return Ok(0);
+    }
+    last_record(path, &scan).map(|(next_seq, _)| next_seq)
+}
+
 /// Scan of one file: complete lines, the last of them, and any torn tail.
 pub(super) struct FileScan {
     pub complete_bytes: u64,

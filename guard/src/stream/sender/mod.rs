@@ -60,6 +60,10 @@ pub struct SenderOptions {
     pub max_refused_backoff: Duration,
     /// A write that waits longer than this ends the connection (then: reconnect, resume).
     pub write_timeout: Duration,
+    /// Where the host's acknowledgement is published as it comes (the next seq the host holds
+    /// durably), for the log's byte budget: the writer removes only files the host holds
+    /// ([`LogOptions::acked`](crate::forensic::LogOptions::acked)).
+    pub acked: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl SenderOptions {
@@ -74,6 +78,7 @@ impl SenderOptions {
             max_backoff: Duration::from_secs(2),
             max_refused_backoff: Duration::from_secs(30),
             write_timeout: Duration::from_secs(5),
+            acked: None,
         }
     }
 

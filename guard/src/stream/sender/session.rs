@@ -171,6 +171,7 @@ impl Worker {
             if matched {
                 stats.failure = None;
                 stats.acked_next_seq = resume.next_seq;
+                publish(&self.options.acked, resume.next_seq);
             }
         }
         let from_host = Arc::new(Mutex::new(FromHost::default()));
@@ -288,6 +289,7 @@ impl Worker {
         matched: bool,
     ) -> Result<JoinHandle<()>, String> {
         let stats: Arc<Mutex<SenderStats>> = self.stats.clone();
+        let published = self.options.acked.clone();
         let _ = reader.get_ref().set_read_timeout(None);
         std::thread::Builder::new()
             .name("guard-stream-acks".into())
@@ -301,6 +303,7 @@ impl Worker {
                             if matched {
                                 let mut stats = lock(&stats);
                                 stats.acked_next_seq = stats.acked_next_seq.max(ack.next_seq);
+                                publish(&published, stats.acked_next_seq);
                             }
                         }
                         Ok(Control::Ended(verdict)) => lock(&from_host).ended = Some(verdict),
@@ -309,5 +312,12 @@ impl Worker {
                 }
             })
             .map_err(|error| format!("starting the acknowledgement reader: {error}"))
+    }
+}
+
+/// Publishes the host's acknowledgement for the log's byte budget.
+fn publish(acked: &Option<Arc<std::sync::atomic::AtomicU64>>, next_seq: u64) {
+    if let Some(acked) = acked {
+        acked.fetch_max(next_seq, std::sync::atomic::Ordering::Relaxed);
     }
 }

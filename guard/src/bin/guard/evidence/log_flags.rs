@@ -1,10 +1,11 @@
 //! The `--log DIR` / `--fsync` / `--stream ADDR` flags of the commands that write a forensic
 //! log (exec, watch, run; selftest has `--stream` alone: its log's place is fixed).
 use std::path::PathBuf;
+use std::sync::{Arc, atomic::AtomicU64};
 
 use anyhow::Context;
 use guard::{
-    forensic::{FsyncPolicy, LogOptions},
+    forensic::{ByteBudget, FsyncPolicy, LogOptions},
     sinks::{json_lines::JsonLinesOptions, summary::SummaryPolicy},
     stream::{Address, Sender, SenderOptions, StreamKey},
 };
@@ -23,6 +24,8 @@ pub struct LogFlags {
     pub fsync: Option<FsyncPolicy>,
     #[command(flatten)]
     pub summaries: SummaryFlags,
+    #[command(flatten)]
+    pub budget: BudgetFlag,
     #[command(flatten)]
     pub stream: StreamFlags,
 }
@@ -51,6 +54,37 @@ impl SummaryFlags {
         let mut options = JsonLinesOptions::default();
         options.summaries = self.policy();
         options
+    }
+}
+
+/// `--log-budget BYTES`: how large the forensic log's files may grow together.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BudgetFlag {
+    /// The forensic log's byte budget: bytes (4194304, 4096K, 4M, 1G), `auto` or `none`.
+    /// Default: auto: on a RAM-backed filesystem (tmpfs, ramfs) MemTotal/32 within 1–64 MiB,
+    /// elsewhere a quarter of the free space up to 4 GiB, never more than a quarter of the
+    /// filesystem's free space. At the budget the oldest files after the first are removed
+    /// and recorded in-band (docs/LOG-FORMAT.md); reports and verdicts are always kept.
+    #[arg(long = "log-budget", value_name = "BYTES")]
+    pub log_budget: Option<ByteBudget>,
+}
+
+impl BudgetFlag {
+    /// The budget asked for (the default: auto).
+    pub fn budget(&self) -> ByteBudget {
+        self.log_budget.unwrap_or_default()
+    }
+
+    /// The `--events` file's budget: the same setting, resolved where that file lives.
+    pub fn for_events(&self, path: &std::path::Path) -> anyhow::Result<Option<u64>> {
+        if path.as_os_str() == "-" {
+            return Ok(None);
+        }
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => std::path::Path::new("."),
+        };
+        Ok(guard::forensic::resolve_budget(self.budget(), dir)?)
     }
 }
 
@@ -88,8 +122,13 @@ fn parse_guest_name(name: &str) -> Result<String, String> {
 }
 
 impl StreamFlags {
-    /// Starts shipping the log in `dir`, if asked to.
-    pub fn start(&self, dir: &std::path::Path) -> anyhow::Result<Option<Sender>> {
+    /// Starts shipping the log in `dir`, if asked to, publishing the host's acknowledgement
+    /// to `acked` (the log's budget removes only what the host holds).
+    pub fn start(
+        &self,
+        dir: &std::path::Path,
+        acked: Option<Arc<AtomicU64>>,
+    ) -> anyhow::Result<Option<Sender>> {
         let Some(address) = &self.stream else {
             return Ok(None);
         };
@@ -103,9 +142,18 @@ impl StreamFlags {
         if let Some(path) = &self.stream_key {
             options = options.with_key(StreamKey::read(path)?);
         }
+        options.acked = acked;
         Sender::start(dir, options)
             .map(Some)
             .context("starting the log stream")
+    }
+}
+
+impl StreamFlags {
+    /// Where the stream publishes the host's acknowledgement for the log's budget (None:
+    /// no stream).
+    pub fn acked(&self) -> Option<Arc<AtomicU64>> {
+        self.stream.as_ref().map(|_| Arc::new(AtomicU64::new(0)))
     }
 }
 
@@ -122,6 +170,8 @@ impl LogFlags {
             dir: self.dir.clone(),
             options: LogOptions {
                 fsync: self.fsync.unwrap_or(LogOptions::default().fsync),
+                budget: self.budget.budget(),
+                acked: self.stream.acked(),
                 ..LogOptions::default()
             },
             summaries: self.summaries.policy(),

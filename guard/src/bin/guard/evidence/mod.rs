@@ -18,7 +18,7 @@ use guard::{
 mod log_flags;
 mod metrics_flags;
 
-pub use log_flags::{LogFlags, StreamFlags, SummaryFlags};
+pub use log_flags::{BudgetFlag, LogFlags, StreamFlags, SummaryFlags};
 pub use metrics_flags::MetricsFlags;
 
 /// How long a finishing stream waits for the host to acknowledge the log's last records.
@@ -57,6 +57,7 @@ impl Evidence {
         limits: serde_json::Value,
         metrics: Option<MetricsListener>,
     ) -> anyhow::Result<Self> {
+        let acked = plan.options.acked.clone();
         let mut options = EventLogOptions::from(plan.options);
         options.summaries = plan.summaries;
         let log = match &plan.dir {
@@ -67,7 +68,7 @@ impl Evidence {
             None => None,
         };
         let stream = match &plan.dir {
-            Some(dir) => plan.stream.start(dir)?,
+            Some(dir) => plan.stream.start(dir, acked)?,
             None => None,
         };
         let served = metrics_flags::serve_guard(metrics, guard, log.as_ref().map(EventLog::gauge));
@@ -151,6 +152,12 @@ impl Closed {
                 head.next_seq,
                 head.prev
             );
+            if let (dropped, refused @ 1..) | (dropped @ 1.., refused) = head.budget_counts {
+                eprintln!(
+                    "guard: forensic log: its byte budget removed {dropped} record(s) and kept \
+                     {refused} event(s) out (recorded in the log: dropped, log_budget)"
+                );
+            }
         }
         self.end_stream()
     }
