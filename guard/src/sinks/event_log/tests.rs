@@ -1,9 +1,11 @@
 use super::*;
-use crate::events::RingPosition;
+use crate::events::{EventDetail, RingPosition};
 use crate::events::{
     Fork, ForkDenied, KernelFile, OomRss, OomVictim, ReaderFault, Reclaim,
     Throttle as ThrottleDetail,
 };
+use crate::forensic::record::Payload;
+use crate::sinks::summary::EventPayload;
 
 /// Every event kind, with and without a ring position and at the integers' limits: the
 /// logged payload is byte for byte serde_json's for `EventPayload`.
