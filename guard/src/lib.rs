@@ -119,6 +119,7 @@ pub mod cgroup;
 pub mod events;
 internal_mod!(kmsg);
 mod signals;
+mod sources;
 mod tracefs;
 
 // From the kernel to the subscribers and sinks.
@@ -156,7 +157,7 @@ pub use capability::{CapabilityReport, CgroupReport, Privilege, TracepointPresen
 pub use container_id::{ContainerId, ContainerIdError, MAX_ID_LEN};
 pub use counters::{
     BpfCounters, ContainerCounters, Delivered, GlobalCounters, HealthState, LossReport,
-    ReaderHealth, ReaderLoss,
+    ReaderHealth, ReaderLoss, SourceCounters,
 };
 pub use events::{EventDetail, GuardEvent};
 pub use guard::{Guard, GuardError, GuardOptions};

@@ -32,9 +32,16 @@ pub(super) fn verdict(evidence: &Evidence<'_>, flags: &mut Vec<String>) -> Limit
             } else {
                 Verdict::NotExercised
             },
-            evidence: format!(
-                "pids.events max = {kernel_denied} at pids.max {limit} (kernel counter only)"
-            ),
+            evidence: match evidence.sources {
+                Some(sources) => format!(
+                    "pids.events max = {kernel_denied} at pids.max {limit} (kernel counter); \
+                     perf: forks = {}, exits = {}",
+                    sources.forks, sources.exits
+                ),
+                None => format!(
+                    "pids.events max = {kernel_denied} at pids.max {limit} (kernel counter only)"
+                ),
+            },
         };
     };
     // Where the kretprobe ran, its count is exactly pids.max denials; otherwise EAGAIN

@@ -56,8 +56,9 @@ pub struct ExecArgs {
         value_parser = clap::value_parser!(i32).range(-1000..=1000)
     )]
     oom_score_adj: i32,
-    /// Run at most at this tier (0 = cgroup event files only, 1 = tracepoints, 2 = + kprobes).
-    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2), default_value_t = 2)]
+    /// Run at most at this tier (0 = cgroup event files only, 1 = kernel sources: perf and the
+    /// kernel log, 2 = tracepoints, 3 = + kprobes).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=3), default_value_t = 3)]
     max_tier: u8,
     /// Individual events per container per CPU per second (0 = unbounded; counters stay exact).
     #[arg(long, default_value_t = RingOptions::default().max_events_per_sec)]

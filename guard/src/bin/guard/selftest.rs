@@ -344,6 +344,7 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<bool> {
         "no_budget": !budgeted,
         "kernel": guard.capabilities().kernel_release,
         "tier": guard.tier(),
+        "sources": guard.sources(),
         "budget": runtime.budget(),
         "clamped": resolved.clamped,
         "limits_applied": single.as_ref().map(|finished| &finished.created),

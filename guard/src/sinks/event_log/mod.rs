@@ -19,7 +19,7 @@ use tracing::error;
 
 use crate::{
     Guard,
-    events::{EventDetail, GuardEvent, RingPosition},
+    events::{EventDetail, EventSource, GuardEvent, RingPosition},
     forensic::{Head, LogOptions, LogWriter, Lost, StartInfo, WriterError, record::Payload},
 };
 
@@ -133,6 +133,10 @@ impl EventLog {
             "capabilities".to_string(),
             serde_json::to_value(guard.capabilities()).unwrap_or(Value::Null),
         );
+        // The live sources this guard runs: where its records come from.
+        start
+            .extra
+            .insert("sources".to_string(), serde_json::json!(guard.sources()));
         let writer = LogWriter::create(dir, options, &start)?;
         let (events, dropped) = guard.subscribe_counted(QUEUE_EVENTS);
         let (commands, receiver) = mpsc::channel(64);
@@ -335,6 +339,7 @@ struct EventPayload<'a> {
     ring: Option<RingPosition>,
     ktime_ns: u64,
     cgroup_id: u64,
+    source: EventSource,
     #[serde(flatten)]
     detail: &'a EventDetail,
 }
@@ -345,6 +350,7 @@ impl<'a> EventPayload<'a> {
             ring: event.ring,
             ktime_ns: event.ktime_ns,
             cgroup_id: event.cgroup_id,
+            source: event.source,
             detail: &event.detail,
         }
     }
@@ -362,6 +368,7 @@ impl Payload for LoggedPayload<'_> {
             ring,
             ktime_ns,
             cgroup_id,
+            source,
             detail,
         } = &self.0;
         // The kind's own fields after the common head, each key with its comma.
@@ -388,6 +395,10 @@ impl Payload for LoggedPayload<'_> {
         }
         push_field(out, b"\"ktime_ns\":", *ktime_ns);
         push_field(out, b",\"cgroup_id\":", *cgroup_id);
+        // Source names are plain ASCII identifiers: no escaping needed.
+        out.extend_from_slice(b",\"source\":\"");
+        out.extend_from_slice(source.name().as_bytes());
+        out.push(b'"');
         for (key, value) in fields {
             push_field(out, key, *value);
         }

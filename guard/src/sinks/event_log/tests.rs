@@ -49,6 +49,7 @@ fn logged_payloads_are_serde_jsons() {
                 shmem_rss_kb: 4,
             }),
             oom_score_adj: -1000,
+            scope: None,
         }),
         EventDetail::Throttle(ThrottleDetail {
             suppressed: 5,
@@ -61,6 +62,12 @@ fn logged_payloads_are_serde_jsons() {
         EventDetail::Lost(crate::events::Lost {
             event_kind: "fork",
             count: 2,
+        }),
+        EventDetail::Exit(crate::events::Exit { pid: 5, tid: 6 }),
+        EventDetail::Exec(crate::events::Exec {
+            pid: 5,
+            tid: 5,
+            comm: "sh \"x\"".into(),
         }),
         EventDetail::ReaderFault(ReaderFault {
             error: "poll: \"x\"".into(),
@@ -78,11 +85,16 @@ fn logged_payloads_are_serde_jsons() {
     ];
     for detail in &details {
         for ring in rings {
-            for (ktime_ns, cgroup_id) in [(0, 0), (1000, 4242), (u64::MAX, u64::MAX)] {
+            for (ktime_ns, cgroup_id, source) in [
+                (0, 0, EventSource::Bpf),
+                (1000, 4242, EventSource::Perf),
+                (u64::MAX, u64::MAX, EventSource::CgroupFiles),
+            ] {
                 let payload = EventPayload {
                     ring,
                     ktime_ns,
                     cgroup_id,
+                    source,
                     detail,
                 };
                 let expected = serde_json::to_string(&payload).unwrap();
