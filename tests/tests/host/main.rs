@@ -18,6 +18,7 @@ mod stream;
 mod subscription;
 mod teardown;
 mod throttle;
+mod tier1;
 mod timeline;
 
 /// The stress workload the BPF tests run in their cgroups (built by cargo for these tests:
