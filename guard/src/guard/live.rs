@@ -23,9 +23,10 @@ pub(super) fn live_sources(tier: Tier, kernel_log: bool) -> Vec<&'static str> {
 }
 
 /// What tier 1 does with each kill the kernel log reports: the perf rings are drained first
-/// (the victim's fork record may still be in one), then the victim's container is looked up
-/// in the task map, else in `/proc/<pid>/cgroup`, and the `oom_victim` event goes through the
-/// hub. Locks are taken one at a time: the perf source, then the hub.
+/// (the victim's fork record may still be in one), then the victim's container is read from
+/// `/proc/<pid>/cgroup` while the dying process is there, else from the task map, and the
+/// `oom_victim` event goes through the hub. Locks are taken one at a time: the perf source,
+/// then the hub.
 pub(super) fn victims_of_the_log(
     perf: Arc<Mutex<PerfSource>>,
     hub: Arc<Mutex<Hub>>,
@@ -41,10 +42,12 @@ pub(super) fn victims_of_the_log(
         if !pending.is_empty() {
             hub.absorb(pending.into_iter().map(Ok).collect());
         }
-        let container = known.or_else(|| {
-            let mount = &hierarchy.as_ref()?.mount;
-            oom::container_from_proc(kill.pid, mount, |id| hub.container_of(id).is_some())
+        let now = hierarchy.as_ref().and_then(|hierarchy| {
+            oom::container_from_proc(kill.pid, &hierarchy.mount, |id| {
+                hub.container_of(id).is_some()
+            })
         });
+        let container = now.unwrap_or(known);
         hub.absorb(vec![Ok(oom::victim_event(kill, container))]);
     })
 }

@@ -134,7 +134,7 @@ impl Hub {
                 .detail
                 .tally(self.delivered.entry(event.cgroup_id).or_default());
             if event.source != EventSource::Bpf {
-                tally_source(
+                crate::sources::tally(
                     self.sources.entry(event.cgroup_id).or_default(),
                     &event.detail,
                 );
@@ -240,24 +240,6 @@ impl Hub {
 
     fn publish(&mut self, event: GuardEvent) {
         self.loss.subscriber_drops += self.subscribers.publish(&event);
-    }
-}
-
-/// Counts one event of a live source without tracing in its container's row.
-fn tally_source(counters: &mut SourceCounters, detail: &EventDetail) {
-    match detail {
-        EventDetail::Fork(_) => counters.forks += 1,
-        EventDetail::Exit(_) => counters.exits += 1,
-        EventDetail::Exec(_) => counters.execs += 1,
-        EventDetail::ForkDenied(_) => counters.fork_denied += 1,
-        EventDetail::OomVictim(victim) => {
-            counters.oom_kills += 1;
-            if victim.scope == Some("global") {
-                counters.oom_kills_global += 1;
-            }
-        }
-        EventDetail::Lost(lost) => counters.lost += lost.count,
-        _ => {}
     }
 }
 

@@ -7,7 +7,7 @@
 //! attributed through that map. Every event they make says its source
 //! ([`EventSource`](crate::events::EventSource)) and goes through the same hub as the BPF
 //! tiers' records.
-use crate::Tier;
+use crate::{Tier, counters::SourceCounters, events::EventDetail};
 
 pub(crate) mod oom;
 pub(crate) mod perf;
@@ -22,6 +22,24 @@ pub fn live_at(tier: Tier) -> &'static [&'static str] {
         Tier::CgroupFilesOnly => &["cgroup_files"],
         Tier::KernelSources => &["perf", "kmsg", "cgroup_files"],
         Tier::Tracepoints | Tier::TracepointsAndKprobes => &["bpf", "kmsg", "cgroup_files"],
+    }
+}
+
+/// Counts one event of a live source without tracing in its container's row.
+pub(crate) fn tally(counters: &mut SourceCounters, detail: &EventDetail) {
+    match detail {
+        EventDetail::Fork(_) => counters.forks += 1,
+        EventDetail::Exit(_) => counters.exits += 1,
+        EventDetail::Exec(_) => counters.execs += 1,
+        EventDetail::ForkDenied(_) => counters.fork_denied += 1,
+        EventDetail::OomVictim(victim) => {
+            counters.oom_kills += 1;
+            if victim.scope == Some("global") {
+                counters.oom_kills_global += 1;
+            }
+        }
+        EventDetail::Lost(lost) => counters.lost += lost.count,
+        _ => {}
     }
 }
 

@@ -1,8 +1,8 @@
 //! The kernel log's OOM kills as `oom_victim` events (tier 1): the log names the victim by pid
-//! and comm, with the killer's scope; the task map (`tasks.rs`) names its container. A process
-//! the map does not know (moved into a container through `cgroup.procs` after the watch, which
-//! perf reports no record for) is looked up in `/proc/<pid>/cgroup` while the dying process
-//! is still there.
+//! and comm, with the killer's scope. Its container is where `/proc/<pid>/cgroup` says the
+//! dying process is (read the moment the line is: right for a process moved in or out through
+//! `cgroup.procs`, which perf has no record of), else, once the process is gone, what the task
+//! map (`tasks.rs`) last knew of it.
 use std::path::Path;
 
 use crate::{
@@ -36,12 +36,13 @@ pub(crate) fn victim_event(kill: &LoggedKill, container: Option<u64>) -> GuardEv
 
 /// The watched container process `pid` is in, from `/proc/<pid>/cgroup` (cgroup v2's `0::`
 /// line) under the hierarchy at `mount`: the nearest ancestor cgroup whose id `is_container`
-/// accepts. None when the process is gone or in no watched container.
+/// accepts. None when the process (or its cgroup) is gone: unknown; `Some(None)` when it is
+/// in no watched container.
 pub(crate) fn container_from_proc(
     pid: u32,
     mount: &Path,
     is_container: impl Fn(u64) -> bool,
-) -> Option<u64> {
+) -> Option<Option<u64>> {
     use std::os::unix::fs::MetadataExt as _;
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
@@ -49,10 +50,10 @@ pub(crate) fn container_from_proc(
     loop {
         let id = std::fs::metadata(&dir).ok()?.ino();
         if is_container(id) {
-            return Some(id);
+            return Some(Some(id));
         }
         if dir == mount || !dir.pop() {
-            return None;
+            return Some(None);
         }
     }
 }
@@ -93,9 +94,9 @@ mod tests {
             return; // No cgroup v2 here: nothing to look up.
         };
         let me = std::process::id();
-        assert_eq!(container_from_proc(me, &hierarchy.mount, |_| false), None);
+        assert_eq!(container_from_proc(me, &hierarchy.mount, |_| false), Some(None));
         let found = container_from_proc(me, &hierarchy.mount, |_| true);
-        assert!(found.is_some());
+        assert!(found.is_some_and(|id| id.is_some()));
         assert_eq!(container_from_proc(u32::MAX, &hierarchy.mount, |_| true), None);
     }
 }

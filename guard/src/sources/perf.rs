@@ -166,15 +166,19 @@ impl PerfSource {
 }
 
 /// One record as an event of `container` (None: a record that is not one), keeping the task
-/// map: a new process is the container's, an exited one is remembered a while.
+/// map: a new process is the container's, and so is every process a record shows running in
+/// it (a fork's parent, an exec's caller: a process moved in through `cgroup.procs` has no
+/// fork record of its own); an exited one is remembered a while.
 fn to_event(record: Record, container: u64, tasks: &mut TaskMap) -> Option<GuardEvent> {
     let (time, detail) = match record {
         Record::Fork {
             pid,
             tid,
+            ppid,
             ptid,
             time,
         } => {
+            tasks.insert(ppid, container);
             if pid == tid {
                 tasks.insert(pid, container);
             }
@@ -195,7 +199,10 @@ fn to_event(record: Record, container: u64, tasks: &mut TaskMap) -> Option<Guard
             tid,
             comm,
             time,
-        } => (time, EventDetail::Exec(Exec { pid, tid, comm })),
+        } => {
+            tasks.insert(pid, container);
+            (time, EventDetail::Exec(Exec { pid, tid, comm }))
+        }
         Record::Lost { lost, time } => (
             time,
             EventDetail::Lost(Lost {
@@ -299,6 +306,8 @@ mod tests {
             })
         );
         assert_eq!(tasks.container_of(20), Some(7));
+        // The parent was moved in (no fork record of its own): its fork shows it there.
+        assert_eq!(tasks.container_of(10), Some(7));
         // A thread's creation is a fork record too, but maps no process.
         let thread = records::decode(&task(bindings::PERF_RECORD_FORK, 20, 20, 21, 20, 6)).unwrap();
         to_event(thread, 7, &mut tasks).unwrap();

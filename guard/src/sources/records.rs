@@ -11,7 +11,8 @@ pub(super) enum Record {
         /// The new task's process and thread ids.
         pid: u32,
         tid: u32,
-        /// The creating task's thread id.
+        /// The creating task's process and thread ids.
+        ppid: u32,
         ptid: u32,
         time: u64,
     },
@@ -70,6 +71,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Record, Malformed> {
     let record = match kind {
         bindings::PERF_RECORD_FORK => Record::Fork {
             pid: u32_at(body, 0).ok_or_else(malformed)?,
+            ppid: u32_at(body, 4).ok_or_else(malformed)?,
             tid: u32_at(body, 8).ok_or_else(malformed)?,
             ptid: u32_at(body, 12).ok_or_else(malformed)?,
             time: u64_at(body, 16).ok_or_else(malformed)?,
@@ -132,6 +134,7 @@ pub(super) mod tests {
             Ok(Record::Fork {
                 pid: 20,
                 tid: 21,
+                ppid: 10,
                 ptid: 11,
                 time: 5
             })

@@ -22,5 +22,6 @@ mod stream;
 mod tamper;
 mod tenants;
 mod tier0;
+mod tier1;
 mod vm;
 mod waves;

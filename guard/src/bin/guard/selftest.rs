@@ -404,6 +404,7 @@ async fn run_wave(
         "agent_oom_score_adj": oom_score::own_oom_score_adj()?,
         "agent_rss_kib": own_rss_kib(),
         "bpf": delta(&after["counters"]["bpf"], &before["counters"]["bpf"]),
+        "sources": delta(&after["counters"]["sources"], &before["counters"]["sources"]),
         "kernel": delta(&after["kernel_since_watch"], &before["kernel_since_watch"]),
         "delivered": delta(&after["counters"]["delivered"], &before["counters"]["delivered"]),
         "verdict_after": {"pids": after["pids"]["verdict"], "memory": after["memory"]["verdict"]},
