@@ -122,10 +122,7 @@ const _: () = {
             "per_kernel!: a kernel's test name must be `linux_` and its name with `_` for `.` \
              and `-`"
         );
-        assert!(
-            KERNEL_FACTS[i].tier <= 3,
-            "per_kernel!: tiers are 0 to 3"
-        );
+        assert!(KERNEL_FACTS[i].tier <= 3, "per_kernel!: tiers are 0 to 3");
         i += 1;
     }
 };

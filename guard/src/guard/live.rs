@@ -51,4 +51,3 @@ pub(super) fn victims_of_the_log(
         hub.absorb(vec![Ok(oom::victim_event(kill, container))]);
     })
 }
-

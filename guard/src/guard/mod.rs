@@ -43,8 +43,8 @@ mod subtree;
 mod teardown;
 
 pub use error::GuardError;
-pub use options::GuardOptions;
 use live::{live_sources, victims_of_the_log};
+pub use options::GuardOptions;
 use options::allowed_tier;
 use registry::{Registry, Watched};
 
@@ -305,7 +305,9 @@ impl Guard {
             let mut source = perf::lock(perf);
             match source.watch(identity.id, cgroup) {
                 // The rings' memory: every watched container's, every CPU's.
-                Ok(seeded) => info!(container = %id, seeded, cpus = source.cpus(), rings_bytes = source.mapped_bytes(), "perf rings open, task map seeded"),
+                Ok(seeded) => {
+                    info!(container = %id, seeded, cpus = source.cpus(), rings_bytes = source.mapped_bytes(), "perf rings open, task map seeded")
+                }
                 Err(error) => {
                     lock(&self.hub).forget(identity.id);
                     registry.free_slots.insert(slot);

@@ -147,8 +147,7 @@ impl Guard {
         };
         let bpf = self.bpf_counters(slot)?;
         let hub = lock(&self.hub);
-        let sources =
-            (self.tier == Tier::KernelSources).then(|| hub.source_counters(cgroup_id));
+        let sources = (self.tier == Tier::KernelSources).then(|| hub.source_counters(cgroup_id));
         Ok(ContainerCounters {
             container: id.to_string(),
             cgroup_id,

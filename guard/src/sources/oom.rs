@@ -75,7 +75,10 @@ mod tests {
             panic!("{event:?}")
         };
         assert_eq!((victim.victim_pid, victim.comm.as_str()), (42, "bomb"));
-        assert_eq!((victim.scope, victim.outside_containers), (Some("memcg"), false));
+        assert_eq!(
+            (victim.scope, victim.outside_containers),
+            (Some("memcg"), false)
+        );
         let global = LoggedKill {
             scope: OomScope::Global,
             ..kill
@@ -94,9 +97,15 @@ mod tests {
             return; // No cgroup v2 here: nothing to look up.
         };
         let me = std::process::id();
-        assert_eq!(container_from_proc(me, &hierarchy.mount, |_| false), Some(None));
+        assert_eq!(
+            container_from_proc(me, &hierarchy.mount, |_| false),
+            Some(None)
+        );
         let found = container_from_proc(me, &hierarchy.mount, |_| true);
         assert!(found.is_some_and(|id| id.is_some()));
-        assert_eq!(container_from_proc(u32::MAX, &hierarchy.mount, |_| true), None);
+        assert_eq!(
+            container_from_proc(u32::MAX, &hierarchy.mount, |_| true),
+            None
+        );
     }
 }

@@ -49,8 +49,9 @@ impl PerfSource {
         let path = "/sys/devices/system/cpu/online";
         let cpus = std::fs::read_to_string(path)
             .and_then(|text| {
-                parse_cpu_list(&text)
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, text.trim().to_string()))
+                parse_cpu_list(&text).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, text.trim().to_string())
+                })
             })
             .map_err(|source| SourceError::Cpus {
                 path: path.to_string(),
@@ -85,14 +86,23 @@ impl PerfSource {
         })?;
         let mut rings = Vec::with_capacity(self.cpus.len());
         for &cpu in &self.cpus {
-            let ring = Ring::open(dir.as_raw_fd(), cpu, self.pages).map_err(|(source, mapping)| {
-                let cgroup = name.clone();
-                if mapping {
-                    SourceError::PerfMap { cgroup, cpu, source }
-                } else {
-                    SourceError::PerfOpen { cgroup, cpu, source }
-                }
-            })?;
+            let ring =
+                Ring::open(dir.as_raw_fd(), cpu, self.pages).map_err(|(source, mapping)| {
+                    let cgroup = name.clone();
+                    if mapping {
+                        SourceError::PerfMap {
+                            cgroup,
+                            cpu,
+                            source,
+                        }
+                    } else {
+                        SourceError::PerfOpen {
+                            cgroup,
+                            cpu,
+                            source,
+                        }
+                    }
+                })?;
             let mut event = libc::epoll_event {
                 events: libc::EPOLLIN as u32,
                 u64: container,
@@ -274,7 +284,9 @@ fn consume_wakeups(epoll: RawFd) {
 /// The source's lock, taken even if a panic poisoned it (its state stays consistent: every
 /// method leaves it whole).
 pub(crate) fn lock(source: &Mutex<PerfSource>) -> std::sync::MutexGuard<'_, PerfSource> {
-    source.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    source
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -297,7 +309,10 @@ mod tests {
         let mut tasks = TaskMap::default();
         let fork = records::decode(&task(bindings::PERF_RECORD_FORK, 20, 10, 20, 10, 5)).unwrap();
         let event = to_event(fork, 7, &mut tasks).unwrap();
-        assert_eq!((event.source, event.cgroup_id, event.ktime_ns), (EventSource::Perf, 7, 5));
+        assert_eq!(
+            (event.source, event.cgroup_id, event.ktime_ns),
+            (EventSource::Perf, 7, 5)
+        );
         assert_eq!(
             event.detail,
             EventDetail::Fork(Fork {

@@ -84,7 +84,9 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Record, Malformed> {
         bindings::PERF_RECORD_COMM
             if u32::from(misc) & bindings::PERF_RECORD_MISC_COMM_EXEC != 0 =>
         {
-            let name = body.get(8..body.len().saturating_sub(8)).ok_or_else(malformed)?;
+            let name = body
+                .get(8..body.len().saturating_sub(8))
+                .ok_or_else(malformed)?;
             let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
             Record::Exec {
                 pid: u32_at(body, 0).ok_or_else(malformed)?,

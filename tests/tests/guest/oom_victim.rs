@@ -127,7 +127,10 @@ fn oom_kill_outside_containers_is_global(kernel: &'static str) {
         assert!(kills[0]["container"].is_null(), "{}", kills[0]);
         assert_eq!(kills[0]["detail"]["outside_containers"], true);
         assert_eq!(kills[0]["detail"]["scope"], "global");
-        assert_eq!(kills[0]["detail"]["victim_pid"], outside.output["command_pid"]);
+        assert_eq!(
+            kills[0]["detail"]["victim_pid"],
+            outside.output["command_pid"]
+        );
         return;
     }
     // Not the container's: it left for the root cgroup before allocating.

@@ -104,7 +104,11 @@ fn a_fork_storm_gives_exactly_its_fork_records(kernel: &'static str) {
     assert!(sources(&storm, "execs") >= 1, "{report}");
     let forks = storm.events_of("fork");
     assert_eq!(forks.len() as u64, FORKS);
-    assert!(forks.iter().all(|e| e["container"] == "storm" && e["source"] == "perf"));
+    assert!(
+        forks
+            .iter()
+            .all(|e| e["container"] == "storm" && e["source"] == "perf")
+    );
     let log = log_of(done, "storm", kernel);
     assert_eq!(records_of(&log, "fork", "storm").len() as u64, FORKS);
     assert!(
@@ -114,17 +118,29 @@ fn a_fork_storm_gives_exactly_its_fork_records(kernel: &'static str) {
     );
     let start = log.lines().next().unwrap();
     assert!(start.contains(r#""tier":1"#), "{start}");
-    assert!(start.contains(r#""sources":["perf","kmsg","cgroup_files"]"#), "{start}");
+    assert!(
+        start.contains(r#""sources":["perf","kmsg","cgroup_files"]"#),
+        "{start}"
+    );
 
     // Five storms at once: every fork, the shell's five included, and nothing lost.
     let parallel = scenario(done, "storm-parallel");
-    assert_eq!(sources(&parallel, "forks"), 5 * 100 + 5, "{}", parallel.report());
+    assert_eq!(
+        sources(&parallel, "forks"),
+        5 * 100 + 5,
+        "{}",
+        parallel.report()
+    );
     assert_eq!(sources(&parallel, "lost"), 0, "{}", parallel.report());
 
     // Two-sided: at tier 0 the same storm leaves no record and no row.
     let off = scenario(done, "storm-tier0");
     assert_eq!(off.report()["tier"], 0);
-    assert!(off.report()["counters"]["sources"].is_null(), "{}", off.report());
+    assert!(
+        off.report()["counters"]["sources"].is_null(),
+        "{}",
+        off.report()
+    );
     assert!(off.events_of("fork").is_empty());
     // On a kernel with tracepoints, tier 3's BPF counters count the same storm alike.
     let tier3 = scenario(done, "storm-tier3");

@@ -48,7 +48,11 @@ async fn perf_counts_exactly_the_forks_of_each_container() {
     assert_eq!(sources.exits, FORKS + 1, "{busy_counters:?}");
     assert_eq!(sources.lost, 0, "{busy_counters:?}");
     let nested_counters = guard.counters("nested").await.unwrap();
-    assert_eq!(nested_counters.sources.unwrap().forks, 150, "{nested_counters:?}");
+    assert_eq!(
+        nested_counters.sources.unwrap().forks,
+        150,
+        "{nested_counters:?}"
+    );
     let idle_counters = guard.counters("idle").await.unwrap();
     assert_eq!(idle_counters.sources.unwrap().forks, 0, "{idle_counters:?}");
 
@@ -85,6 +89,10 @@ async fn tier_0_has_no_source_records() {
     guard.watch("off", &cgroup.path).unwrap();
     run_stress(STRESS, Some(&cgroup.path), &["fork", "500"]);
     let counters = guard.counters("off").await.unwrap();
-    assert_eq!((counters.bpf, counters.sources), (None, None), "{counters:?}");
+    assert_eq!(
+        (counters.bpf, counters.sources),
+        (None, None),
+        "{counters:?}"
+    );
     assert_eq!(counters.delivered.forks, 0, "{counters:?}");
 }
