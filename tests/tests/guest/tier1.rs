@@ -135,6 +135,12 @@ fn a_fork_storm_gives_exactly_its_fork_records(kernel: &'static str) {
 
     // Two-sided: at tier 0 the same storm leaves no record and no row.
     let off = scenario(done, "storm-tier0");
+    let tier3 = scenario(done, "storm-tier3");
+    eprintln!(
+        "{kernel}: {FORKS} forks took {} ms at tier 1, {} ms at tier 0, {} ms at tier {}",
+        storm.output["elapsed_ms"], off.output["elapsed_ms"], tier3.output["elapsed_ms"],
+        tier3.report()["tier"]
+    );
     assert_eq!(off.report()["tier"], 0);
     assert!(
         off.report()["counters"]["sources"].is_null(),
@@ -143,7 +149,6 @@ fn a_fork_storm_gives_exactly_its_fork_records(kernel: &'static str) {
     );
     assert!(off.events_of("fork").is_empty());
     // On a kernel with tracepoints, tier 3's BPF counters count the same storm alike.
-    let tier3 = scenario(done, "storm-tier3");
     if kernel == "6.12" {
         assert_eq!(tier3.report()["tier"], 3, "{}", tier3.report());
         assert_eq!(tier3.bpf("forks"), FORKS);
