@@ -118,6 +118,7 @@ mod capability;
 pub mod cgroup;
 pub mod events;
 internal_mod!(kmsg);
+internal_mod!(sources);
 mod signals;
 mod tracefs;
 
