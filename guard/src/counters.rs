@@ -106,8 +106,9 @@ pub struct SourceCounters {
     pub oom_kills: u64,
     /// Of those, the global OOM killer's (the log's scope).
     pub oom_kills_global: u64,
-    /// Denied fork attempts (audit).
-    pub fork_denied: u64,
+    /// Denied fork attempts, one per audit record (None: audit not read, the count is
+    /// `pids.events max` alone).
+    pub fork_denied: Option<u64>,
     /// Records the sources said they lost (perf's PERF_RECORD_LOST, summed).
     pub lost: u64,
 }

@@ -118,8 +118,8 @@ mod capability;
 pub mod cgroup;
 pub mod events;
 internal_mod!(kmsg);
+internal_mod!(sources);
 mod signals;
-mod sources;
 mod tracefs;
 
 // From the kernel to the subscribers and sinks.

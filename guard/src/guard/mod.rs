@@ -43,7 +43,7 @@ mod subtree;
 mod teardown;
 
 pub use error::GuardError;
-use live::{live_sources, victims_of_the_log};
+use live::{AuditReader, live_sources, start_audit, victims_of_the_log};
 pub use options::GuardOptions;
 use options::allowed_tier;
 use registry::{Registry, Watched};
@@ -70,6 +70,8 @@ pub struct Guard {
     kernel_log: Option<KmsgWatch>,
     /// Tier 1's perf rings per watched container and the task map they keep.
     perf: Option<Arc<Mutex<PerfSource>>>,
+    /// Tier 1's audit records of denied forks, where asked for.
+    audit: Option<AuditReader>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     injected_panics: Arc<InjectedPanics>,
@@ -197,7 +199,17 @@ impl Guard {
             }
             _ => None,
         };
-        let sources = live_sources(tier, kernel_log.is_some());
+        let audit = match &perf {
+            Some(perf) if options.audit_fork_denials => start_audit(
+                perf,
+                &hub,
+                hierarchy.clone(),
+                options.poll_interval,
+                &mut tasks,
+            ),
+            _ => None,
+        };
+        let sources = live_sources(tier, kernel_log.is_some(), audit.is_some());
         // The object's hash says which programs run (a prebuilt one's, or the source build's).
         info!(%tier, sources = %sources.join(" "), kernel = %capabilities.kernel_release, notes = %capabilities.notes.join("; "), kernel_log = kernel_log.is_some(), ebpf_object = EBPF_OBJECT_SHA256, ebpf_origin = %EBPF_OBJECT_ORIGIN, "guard started");
         if probes.is_some() {
@@ -214,6 +226,7 @@ impl Guard {
             file_watcher,
             kernel_log,
             perf,
+            audit,
             tasks,
             injected_panics,
         })
@@ -222,7 +235,7 @@ impl Guard {
     /// The live sources this guard runs (`bpf` or `perf`, `kmsg` where the kernel log is read,
     /// `cgroup_files`), by the names its events carry.
     pub fn sources(&self) -> Vec<&'static str> {
-        live_sources(self.tier, self.kernel_log.is_some())
+        live_sources(self.tier, self.kernel_log.is_some(), self.audit.is_some())
     }
 
     /// The tier the guard runs at: what the kernel allows, capped by

@@ -115,6 +115,12 @@ impl Guard {
             if let Some(log) = &self.kernel_log {
                 log.catch_up();
             }
+            if let Some(audit) = &self.audit {
+                let events = audit.drain();
+                if !events.is_empty() {
+                    lock(&self.hub).absorb(events.into_iter().map(Ok).collect());
+                }
+            }
         }
         let Some(requests) = &self.drain_requests else {
             return Ok(()); // Tiers 0 and 1: no ring buffer.
@@ -147,7 +153,13 @@ impl Guard {
         };
         let bpf = self.bpf_counters(slot)?;
         let hub = lock(&self.hub);
-        let sources = (self.tier == Tier::KernelSources).then(|| hub.source_counters(cgroup_id));
+        let audited = self.audit.is_some();
+        let sources = (self.tier == Tier::KernelSources).then(|| {
+            let mut sources = hub.source_counters(cgroup_id);
+            // Denials are observed only where audit is read; then none is a count of 0.
+            sources.fork_denied = audited.then(|| sources.fork_denied.unwrap_or(0));
+            sources
+        });
         Ok(ContainerCounters {
             container: id.to_string(),
             cgroup_id,

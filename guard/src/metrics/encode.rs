@@ -255,7 +255,6 @@ pub fn render(snapshot: &Snapshot) -> Result<String, MetricsError> {
                 ("perf", "lost", sources.lost),
                 ("kmsg", "oom_kill", sources.oom_kills),
                 ("kmsg", "oom_kill_global", sources.oom_kills_global),
-                ("audit", "fork_denied", sources.fork_denied),
             ] {
                 set(
                     &source_records,
@@ -263,6 +262,11 @@ pub fn render(snapshot: &Snapshot) -> Result<String, MetricsError> {
                     Some(count),
                 );
             }
+            set(
+                &source_records,
+                one(&[("source", "audit"), ("kind", "fork_denied")]),
+                sources.fork_denied,
+            );
         }
         if let Some(tallies) = counters.and_then(|counters| counters.delivered) {
             for (kind, count) in tallies.by_name() {

@@ -6,14 +6,19 @@
 //! `cgroup.procs` at watch; `oom.rs`: the kernel log's kill lines made `oom_victim` events,
 //! attributed through that map. Every event they make says its source
 //! ([`EventSource`](crate::events::EventSource)) and goes through the same hub as the BPF
-//! tiers' records.
+//! tiers' records. `audit.rs`: guard as the audit daemon, each fork, clone, clone3 or vfork
+//! that failed with EAGAIN a record (`denials.rs` makes them `fork_denied` events);
+//! `taskstats.rs`: every task's exit statistics, its direct-reclaim and thrashing delays.
 use crate::{Tier, counters::SourceCounters, events::EventDetail};
 
+pub mod audit;
+pub(crate) mod denials;
 pub(crate) mod oom;
 pub(crate) mod perf;
 mod records;
 mod ring;
 pub(crate) mod tasks;
+pub mod taskstats;
 
 /// The live sources a guard runs at `tier`, by the names events carry
 /// ([`EventSource::name`](crate::events::EventSource::name)).
@@ -31,7 +36,7 @@ pub(crate) fn tally(counters: &mut SourceCounters, detail: &EventDetail) {
         EventDetail::Fork(_) => counters.forks += 1,
         EventDetail::Exit(_) => counters.exits += 1,
         EventDetail::Exec(_) => counters.execs += 1,
-        EventDetail::ForkDenied(_) => counters.fork_denied += 1,
+        EventDetail::ForkDenied(_) => *counters.fork_denied.get_or_insert(0) += 1,
         EventDetail::OomVictim(victim) => {
             counters.oom_kills += 1;
             if victim.scope == Some("global") {

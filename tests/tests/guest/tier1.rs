@@ -44,6 +44,8 @@ t 1 storm-parallel -- sh -c 'for i in 1 2 3 4 5; do guard-stress fork 100 > /dev
 t 1 oom --memory-max 16777216 -- guard-stress alloc 100
 t 1 waves --memory-max 16777216 -- sh -c 'for i in 1 2 3; do guard-stress alloc 100; done; exit 0'
 t 1 nested --memory-max 100663296 -- sh -c 'd=/sys/fs/cgroup/nested; mkdir $d/init && echo $$ > $d/init/cgroup.procs && echo "+memory" > $d/cgroup.subtree_control && mkdir $d/small && echo 16777216 > $d/small/memory.max || exit 1; guard-stress --cgroup $d/small alloc 100; echo $$ > /sys/fs/cgroup/cgroup.procs; rmdir $d/small $d/init; exit 0'
+t 1 pids --pids-max 64 --audit -- guard-stress hold 200
+t 1 pids-noaudit --pids-max 64 -- guard-stress hold 200
 t 0 storm-tier0 -- guard-stress fork 500
 t 0 oom-tier0 --memory-max 16777216 -- guard-stress alloc 100
 t 3 storm-tier3 -- guard-stress fork 500
@@ -214,3 +216,28 @@ fn every_oom_kill_is_attributed_with_pid_and_comm(kernel: &'static str) {
 }
 
 tier1_kernels!(every_oom_kill_is_attributed_with_pid_and_comm);
+
+/// With audit on, each denied fork is a `fork_denied` record of the container and their number
+/// is `pids.events max`; two-sided: without audit the same bomb has the count alone.
+fn each_denied_fork_is_a_record_where_audit_is_on(kernel: &'static str) {
+    let Some(done) = results(kernel) else { return };
+    let bomb = scenario(done, "pids");
+    let denied = bomb.tally("eagain");
+    assert!(denied > 0, "{:?}", bomb.tally);
+    let report = bomb.report();
+    assert_eq!(bomb.kernel("pids_events", "max"), denied, "{report}");
+    assert_eq!(sources(&bomb, "fork_denied"), denied, "{report}");
+    let events = bomb.events_of("fork_denied");
+    assert_eq!(events.len() as u64, denied, "{:?}", bomb.events);
+    assert!(events.iter().all(|e| e["container"] == "pids" && e["source"] == "audit"));
+    assert_eq!(bomb.verdict("pids"), "enforced", "{report}");
+    let start = log_of(done, "pids", kernel);
+    assert!(start.lines().next().unwrap().contains(r#""sources":["perf","kmsg","audit","cgroup_files"]"#));
+    // Two-sided: without audit, no record and no count but the kernel's.
+    let plain = scenario(done, "pids-noaudit");
+    assert!(plain.events_of("fork_denied").is_empty());
+    assert!(plain.report()["counters"]["sources"]["fork_denied"].is_null());
+    assert_eq!(plain.verdict("pids"), "enforced");
+}
+
+tier1_kernels!(each_denied_fork_is_a_record_where_audit_is_on);

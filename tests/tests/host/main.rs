@@ -14,6 +14,7 @@ mod loss;
 mod metrics;
 mod privilege;
 mod reader_fault;
+mod sources;
 mod stream;
 mod subscription;
 mod teardown;

@@ -63,6 +63,10 @@ pub struct ExecArgs {
     /// Individual events per container per CPU per second (0 = unbounded; counters stay exact).
     #[arg(long, default_value_t = RingOptions::default().max_events_per_sec)]
     max_events_per_sec: u32,
+    /// At tier 1, record each denied fork through audit (guard becomes the audit daemon; every
+    /// task's syscalls cost more while it is on).
+    #[arg(long)]
+    audit: bool,
     /// Write each event as a JSON line to this file as it arrives.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
@@ -107,6 +111,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let mut options = GuardOptions::default();
     options.max_tier = Tier::try_from(i64::from(args.max_tier))?;
     options.ring.max_events_per_sec = args.max_events_per_sec;
+    options.audit_fork_denials = args.audit;
     let metrics = args.metrics.bind().await?;
     let guard = Arc::new(Guard::start(options).await?);
     cgroup::create(&args.cgroup)?;
