@@ -102,7 +102,7 @@ macro_rules! internal_mod {
         $(#[$attr])*
         pub mod $name;
         #[cfg(not(feature = "internals"))]
-        #[allow(dead_code, reason = "parts serve only guard's binary, tests and fuzzers")]
+        #[allow(dead_code, unused_imports, reason = "parts serve only guard's binary, tests and fuzzers")]
         $(#[$attr])*
         pub(crate) mod $name;
     };

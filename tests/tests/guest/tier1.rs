@@ -140,7 +140,9 @@ fn a_fork_storm_gives_exactly_its_fork_records(kernel: &'static str) {
     let tier3 = scenario(done, "storm-tier3");
     eprintln!(
         "{kernel}: {FORKS} forks took {} ms at tier 1, {} ms at tier 0, {} ms at tier {}",
-        storm.output["elapsed_ms"], off.output["elapsed_ms"], tier3.output["elapsed_ms"],
+        storm.output["elapsed_ms"],
+        off.output["elapsed_ms"],
+        tier3.output["elapsed_ms"],
         tier3.report()["tier"]
     );
     assert_eq!(off.report()["tier"], 0);
@@ -229,10 +231,20 @@ fn each_denied_fork_is_a_record_where_audit_is_on(kernel: &'static str) {
     assert_eq!(sources(&bomb, "fork_denied"), denied, "{report}");
     let events = bomb.events_of("fork_denied");
     assert_eq!(events.len() as u64, denied, "{:?}", bomb.events);
-    assert!(events.iter().all(|e| e["container"] == "pids" && e["source"] == "audit"));
+    assert!(
+        events
+            .iter()
+            .all(|e| e["container"] == "pids" && e["source"] == "audit")
+    );
     assert_eq!(bomb.verdict("pids"), "enforced", "{report}");
     let start = log_of(done, "pids", kernel);
-    assert!(start.lines().next().unwrap().contains(r#""sources":["perf","kmsg","audit","cgroup_files"]"#));
+    assert!(
+        start
+            .lines()
+            .next()
+            .unwrap()
+            .contains(r#""sources":["perf","kmsg","audit","cgroup_files"]"#)
+    );
     // Two-sided: without audit, no record and no count but the kernel's.
     let plain = scenario(done, "pids-noaudit");
     assert!(plain.events_of("fork_denied").is_empty());
