@@ -72,7 +72,7 @@ fn results(kernel: &'static str) -> Option<&'static Completed> {
 
 /// The log's records of `kind` for `container`, by their payloads: the one place the tests
 /// here count records (other records, such as interval summaries, may come between them).
-fn records_of<'a>(log: &'a str, kind: &str, container: &str) -> Vec<Value> {
+fn records_of(log: &str, kind: &str, container: &str) -> Vec<Value> {
     log.lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|record| record["kind"] == kind && record["container"] == container)
