@@ -10,7 +10,7 @@
 //! cgroup_root = "/guard"  # parent of the container cgroups, below the cgroup2 mount
 //! log_dir = "/var/lib/guard/log"
 //! fsync = "interval=100"  # always, never or interval=<ms>
-//! max_tier = 2            # 0, 1 or 2
+//! max_tier = 3            # 0, 1, 2 or 3
 //! ```
 use std::{
     fmt,
@@ -99,7 +99,7 @@ pub struct Config {
     /// `fsync`: the log's fsync policy (`always`, `never` or `interval=<ms>`).
     #[serde(default, deserialize_with = "parsed")]
     pub fsync: Option<FsyncPolicy>,
-    /// `max_tier`: the highest tier to run at (0, 1 or 2).
+    /// `max_tier`: the highest tier to run at (0 to 3).
     #[serde(default, deserialize_with = "tier")]
     pub max_tier: Option<Tier>,
 }
@@ -229,7 +229,7 @@ mod tests {
                 cgroup_root: Some("/agent".to_string()),
                 log_dir: Some(PathBuf::from("/var/log/g")),
                 fsync: Some(FsyncPolicy::Always),
-                max_tier: Some(Tier::Tracepoints),
+                max_tier: Some(Tier::KernelSources),
             }
         );
         let empty = Config::parse(Path::new("a.toml"), "# nothing\n").unwrap();

@@ -87,6 +87,32 @@ impl Delivered {
     }
 }
 
+/// What the live sources without tracing delivered for one container (tier 1): perf's task
+/// records, the kernel log's OOM kills, audit's denials. Counted as each record is read, so
+/// unlike [`BpfCounters`] they are not the kernel's: a record the source lost is in `lost`
+/// instead (perf's PERF_RECORD_LOST), never silently missing. Read back from JSON, a missing
+/// field is 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct SourceCounters {
+    /// Forks and thread creations (perf's PERF_RECORD_FORK).
+    pub forks: u64,
+    /// Tasks that exited, threads included (PERF_RECORD_EXIT).
+    pub exits: u64,
+    /// Execs (PERF_RECORD_COMM with the exec flag).
+    pub execs: u64,
+    /// OOM kills of the container's tasks the kernel log reported, by either killer.
+    pub oom_kills: u64,
+    /// Of those, the global OOM killer's (the log's scope).
+    pub oom_kills_global: u64,
+    /// Denied fork attempts, one per audit record (None: audit not read, the count is
+    /// `pids.events max` alone).
+    pub fork_denied: Option<u64>,
+    /// Records the sources said they lost (perf's PERF_RECORD_LOST, summed).
+    pub lost: u64,
+}
+
 /// One container's counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -95,8 +121,11 @@ pub struct ContainerCounters {
     pub container: String,
     /// The id (inode number) of the container's cgroup.
     pub cgroup_id: u64,
-    /// None at tier 0, where no BPF program runs: the guard never pretends to detail it lacks.
+    /// None below tier 2, where no BPF program runs: the guard never pretends to detail it
+    /// lacks.
     pub bpf: Option<BpfCounters>,
+    /// What the live sources without tracing delivered: Some at tier 1 only.
+    pub sources: Option<SourceCounters>,
     /// Events the reader received for this container.
     pub delivered: Delivered,
 }

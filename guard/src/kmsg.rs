@@ -178,6 +178,8 @@ impl OomTally {
 struct Reader {
     file: File,
     tally: OomTally,
+    /// Called with each kill as it is read (tier 1 makes it an event), before it is tallied.
+    on_kill: Option<OnKill>,
     /// A read error other than an overrun: the tally stops there.
     failed: bool,
 }
@@ -193,6 +195,9 @@ impl Reader {
                 Ok(length) => {
                     let record = String::from_utf8_lossy(&buffer[..length]);
                     if let Some(kill) = parse_kill(record.lines().next().unwrap_or("")) {
+                        if let Some(on_kill) = &mut self.on_kill {
+                            on_kill(&kill);
+                        }
                         self.tally.add(kill);
                     }
                 }
@@ -210,6 +215,9 @@ impl Reader {
     }
 }
 
+/// What a watch does with each kill besides tallying it.
+pub type OnKill = Box<dyn FnMut(&LoggedKill) + Send>;
+
 /// Tallies the kernel log's OOM kills from now on, in a thread of its own.
 pub struct KmsgWatch {
     reader: Arc<Mutex<Reader>>,
@@ -220,6 +228,13 @@ pub struct KmsgWatch {
 impl KmsgWatch {
     /// Starts reading `/dev/kmsg` at its end: only what the kernel logs from now on counts.
     pub fn start() -> Result<Self, KmsgError> {
+        Self::start_with(None)
+    }
+
+    /// Like [`KmsgWatch::start`], calling `on_kill` with each kill as it is read, on the
+    /// reading thread or on the caller's of [`KmsgWatch::tally`] and
+    /// [`KmsgWatch::catch_up`] (hold no lock it takes while calling those).
+    pub fn start_with(on_kill: Option<OnKill>) -> Result<Self, KmsgError> {
         let path = PathBuf::from(KMSG_PATH);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -240,6 +255,7 @@ impl KmsgWatch {
         let reader = Arc::new(Mutex::new(Reader {
             file,
             tally: OomTally::default(),
+            on_kill,
             failed: false,
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -267,6 +283,13 @@ impl KmsgWatch {
                 reader.tally.clone()
             })
             .unwrap_or_default()
+    }
+
+    /// Reads every record the kernel has logged so far (each kill handed to `on_kill`).
+    pub fn catch_up(&self) {
+        if let Ok(mut reader) = self.reader.lock() {
+            reader.read_available();
+        }
     }
 
     /// How many of `victims` the log reports killed by the global OOM killer, and how often

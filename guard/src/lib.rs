@@ -102,7 +102,7 @@ macro_rules! internal_mod {
         $(#[$attr])*
         pub mod $name;
         #[cfg(not(feature = "internals"))]
-        #[allow(dead_code, reason = "parts serve only guard's binary, tests and fuzzers")]
+        #[allow(dead_code, unused_imports, reason = "parts serve only guard's binary, tests and fuzzers")]
         $(#[$attr])*
         pub(crate) mod $name;
     };
@@ -118,6 +118,7 @@ mod capability;
 pub mod cgroup;
 pub mod events;
 internal_mod!(kmsg);
+internal_mod!(sources);
 mod signals;
 mod tracefs;
 
@@ -156,7 +157,7 @@ pub use capability::{CapabilityReport, CgroupReport, Privilege, TracepointPresen
 pub use container_id::{ContainerId, ContainerIdError, MAX_ID_LEN};
 pub use counters::{
     BpfCounters, ContainerCounters, Delivered, GlobalCounters, HealthState, LossReport,
-    ReaderHealth, ReaderLoss,
+    ReaderHealth, ReaderLoss, SourceCounters,
 };
 pub use events::{EventDetail, GuardEvent};
 pub use guard::{Guard, GuardError, GuardOptions};

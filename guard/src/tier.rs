@@ -9,17 +9,20 @@ use serde::Serialize;
 pub enum Tier {
     /// Evidence from cgroup event files alone.
     CgroupFilesOnly = 0,
+    /// Live sources the kernel has without tracing (`sources/`): perf's fork, exec and exit
+    /// records per cgroup, the kernel log's OOM kills; no BPF program.
+    KernelSources = 1,
     /// Tracepoint programs.
-    Tracepoints = 1,
+    Tracepoints = 2,
     /// Tracepoints plus kprobes (exact fork-denial cause).
-    TracepointsAndKprobes = 2,
+    TracepointsAndKprobes = 3,
 }
 
 /// A number that is not a tier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{value} is not a tier: give 0 (cgroup files only), 1 (tracepoints) or 2 (tracepoints and \
-     kprobes)"
+    "{value} is not a tier: give 0 (cgroup files only), 1 (kernel sources: perf and the kernel \
+     log), 2 (tracepoints) or 3 (tracepoints and kprobes)"
 )]
 pub struct TierError {
     /// The number given.
@@ -27,9 +30,15 @@ pub struct TierError {
 }
 
 impl Tier {
+    /// Whether guard's BPF programs run at this tier (tier 2 and up).
+    pub fn has_bpf(self) -> bool {
+        self >= Tier::Tracepoints
+    }
+
     /// Every tier, lowest first.
-    pub const ALL: [Tier; 3] = [
+    pub const ALL: [Tier; 4] = [
         Tier::CgroupFilesOnly,
+        Tier::KernelSources,
         Tier::Tracepoints,
         Tier::TracepointsAndKprobes,
     ];
@@ -56,8 +65,9 @@ impl fmt::Display for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = match self {
             Tier::CgroupFilesOnly => "0 (cgroup event files only)",
-            Tier::Tracepoints => "1 (tracepoints)",
-            Tier::TracepointsAndKprobes => "2 (tracepoints + kprobes)",
+            Tier::KernelSources => "1 (kernel sources: perf, kernel log)",
+            Tier::Tracepoints => "2 (tracepoints)",
+            Tier::TracepointsAndKprobes => "3 (tracepoints + kprobes)",
         };
         f.write_str(text)
     }
@@ -72,7 +82,7 @@ mod tests {
         for tier in Tier::ALL {
             assert_eq!(Tier::try_from(i64::from(u8::from(tier))), Ok(tier));
         }
-        assert_eq!(Tier::try_from(3), Err(TierError { value: 3 }));
+        assert_eq!(Tier::try_from(4), Err(TierError { value: 4 }));
         assert!(Tier::CgroupFilesOnly < Tier::TracepointsAndKprobes);
     }
 }

@@ -574,13 +574,13 @@ async fn a_required_tier_above_what_guard_can_reach_is_refused() {
     options.min_tier = Tier::Tracepoints;
     let result = Guard::start(options).await;
     let Err(error) = result else {
-        panic!("a guard capped at tier 0 started although tier 1 was required");
+        panic!("a guard capped at tier 0 started although tier 2 was required");
     };
     let message = error.to_string();
     let want = if kernel.tier > Tier::CgroupFilesOnly {
         format!(
             "guard would run at tier 0 (cgroup event files only) (max_tier caps it; the kernel \
-             allows {}), below the required tier 1 (tracepoints): raise max_tier or lower \
+             allows {}), below the required tier 2 (tracepoints): raise max_tier or lower \
              min_tier",
             kernel.tier
         )
@@ -592,7 +592,7 @@ async fn a_required_tier_above_what_guard_can_reach_is_refused() {
         };
         format!(
             "guard would run at tier 0 (cgroup event files only) ({why}), below the required \
-             tier 1 (tracepoints): {}",
+             tier 2 (tracepoints): {}",
             kernel.blockers(Tier::Tracepoints).join("; ")
         )
     };
@@ -953,8 +953,8 @@ fn config_files() {
             "config file agent.toml, line 1, column 8: invalid type: boolean `true`, expected a string or an integer".to_string(),
         ),
         (
-            "max_tier = 3\n",
-            "config file agent.toml, line 1, column 12: max_tier 3 is not a tier: give 0 (cgroup files only), 1 (tracepoints) or 2 (tracepoints and kprobes)".to_string(),
+            "max_tier = 4\n",
+            "config file agent.toml, line 1, column 12: max_tier 4 is not a tier: give 0 (cgroup files only), 1 (kernel sources: perf and the kernel log), 2 (tracepoints) or 3 (tracepoints and kprobes)".to_string(),
         ),
         (
             "fsync = \"sometimes\"\n",

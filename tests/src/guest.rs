@@ -27,10 +27,10 @@ macro_rules! per_kernel {
     // The guest kernels: `test name = kernel name (release series, guard's tier)`.
     (@with $arm:ident $($args:tt)*) => {
         $crate::per_kernel! { @$arm [$($args)*]
-            linux_6_1 = "6.1" ("6.1", 2),
-            linux_6_12 = "6.12" ("6.12", 2),
-            linux_lean = "lean" ("6.12", 0),
-            linux_lean_guard = "lean-guard" ("6.12", 2),
+            linux_6_1 = "6.1" ("6.1", 3),
+            linux_6_12 = "6.12" ("6.12", 3),
+            linux_lean = "lean" ("6.12", 1),
+            linux_lean_guard = "lean-guard" ("6.12", 3),
         }
     };
     (@tests [$function:ident] $($test:ident = $kernel:literal $facts:tt,)+) => {
@@ -87,8 +87,16 @@ pub struct KernelFacts {
     pub name: &'static str,
     /// Its release series: `uname -r` starts with this and a dot.
     pub release: &'static str,
-    /// The tier guard reaches on it: 0 cgroup files only, 1 tracepoints, 2 + kprobes.
+    /// The tier guard reaches on it: 0 cgroup files only, 1 kernel sources (perf, kernel
+    /// log), 2 tracepoints, 3 + kprobes.
     pub tier: u8,
+}
+
+impl KernelFacts {
+    /// guard's BPF programs run there (tier 2 and up).
+    pub fn bpf(&self) -> bool {
+        self.tier >= 2
+    }
 }
 
 /// Every guest kernel and what is expected of it, from [`per_kernel!`]'s list.
@@ -114,10 +122,7 @@ const _: () = {
             "per_kernel!: a kernel's test name must be `linux_` and its name with `_` for `.` \
              and `-`"
         );
-        assert!(
-            KERNEL_FACTS[i].tier <= 2,
-            "per_kernel!: tiers are 0, 1 or 2"
-        );
+        assert!(KERNEL_FACTS[i].tier <= 3, "per_kernel!: tiers are 0 to 3");
         i += 1;
     }
 };

@@ -315,7 +315,31 @@ fn print_tenants(summary: &Value) {
 
 fn print_waves(summary: &Value) {
     let number = |value: &Value| value.as_u64().unwrap_or(0);
-    println!("\nPer wave (BPF counters and the kernel's own files, counted during the wave):\n");
+    let sources: Vec<&str> = summary["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    println!(
+        "\nguard ran at tier {} with live sources: {}",
+        summary["tier"],
+        sources.join(", ")
+    );
+    // Tier 1 has no BPF counters: its per-process evidence is the sources' records.
+    let live = if summary["tier"].as_u64() == Some(1) {
+        "sources"
+    } else {
+        "bpf"
+    };
+    println!(
+        "\nPer wave ({} and the kernel's own files, counted during the wave):\n",
+        if live == "bpf" {
+            "BPF counters"
+        } else {
+            "perf's fork records, the kernel log's OOM kills"
+        }
+    );
     println!(
         "{:<16} {:>6} {:>7} {:>10} {:>9} {:>9} {:>9} {:>8} {:>9} {:>6}",
         "wave",
@@ -333,13 +357,13 @@ fn print_waves(summary: &Value) {
         println!(
             "{:<16} {:>6} {:>7} {:>10} {:>9} {:>9} {:>9} {:>8} {:>9} {:>6}",
             wave["wave"].as_str().unwrap_or("?"),
-            number(&wave["bpf"]["forks"]),
-            number(&wave["bpf"]["fork_denied"]),
+            number(&wave[live]["forks"]),
+            number(&wave[live]["fork_denied"]),
             number(&wave["kernel"]["pids_events"]["max"]),
-            number(&wave["bpf"]["oom_kills"]),
+            number(&wave[live]["oom_kills"]),
             number(&wave["kernel"]["memory_events"]["oom_kill"]),
             number(&wave["kernel"]["memory_events_local"]["oom"]),
-            number(&wave["bpf"]["reclaim_runs"]),
+            number(&wave[live]["reclaim_runs"]),
             if wave["fresh_exec_ok"] == true {
                 "ok"
             } else {

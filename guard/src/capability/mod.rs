@@ -1,5 +1,7 @@
 //! What the running kernel offers the guard, and the tier that follows (docs/ARCHITECTURE.md):
-//! tier 2 = tracepoints + kprobes, tier 1 = tracepoints only, tier 0 = cgroup event files alone.
+//! tier 3 = tracepoints + kprobes, tier 2 = tracepoints only, tier 1 = the kernel's own live
+//! sources without tracing (perf's task records per cgroup, the kernel log), tier 0 = cgroup
+//! event files alone.
 //! The tracepoints and kprobe symbols it looks for are the signals' own (`signals::ALL`).
 use std::{collections::BTreeSet, fs, path::Path};
 
@@ -87,10 +89,18 @@ pub struct CapabilityReport {
     pub psi_built_in: Option<bool>,
     /// The cgroup v2 hierarchy and its controllers.
     pub cgroup_v2: CgroupReport,
-    /// The highest tier this kernel allows: 2 with every tracepoint, BPF tracepoint programs,
-    /// ring buffers, tracefs, kprobes and the kretprobe targets; 1 without the kprobe part;
-    /// else 0.
+    /// The kernel has perf events (CONFIG_PERF_EVENTS: `/proc/sys/kernel/perf_event_paranoid`).
+    pub perf_events: bool,
+    /// perf events can be filtered by cgroup (CONFIG_CGROUP_PERF: `perf_event` in
+    /// `/proc/cgroups`).
+    pub cgroup_perf: bool,
+    /// The highest tier this kernel allows: 3 with every tracepoint, BPF tracepoint programs,
+    /// ring buffers, tracefs, kprobes and the kretprobe targets; 2 without the kprobe part; 1
+    /// with perf events filtered by cgroup (and the privilege to open them); else 0.
     pub tier: Tier,
+    /// The live sources that tier runs (`bpf`, `perf`, `kmsg`, `cgroup_files`): what a guard
+    /// started here feeds its events from.
+    pub sources: Vec<String>,
     /// The kernel options that would lift the tier, in the order to turn them on.
     pub options_to_lift_tier: Vec<String>,
     /// Plain statements about what is missing, named by the kernel option, and what follows.
@@ -123,6 +133,10 @@ impl CapabilityReport {
     /// The tier, the options that would lift it and the notes, from the findings.
     fn derive_conclusions(&mut self) {
         self.tier = self.derive_tier();
+        self.sources = crate::sources::live_at(self.tier)
+            .iter()
+            .map(|source| source.to_string())
+            .collect();
         self.options_to_lift_tier = self.derive_options_to_lift_tier();
         self.notes = self.derive_notes();
     }
@@ -208,7 +222,10 @@ impl CapabilityReport {
             psi,
             psi_built_in,
             cgroup_v2,
+            perf_events: Path::new("/proc/sys/kernel/perf_event_paranoid").exists(),
+            cgroup_perf: controller_built_in("perf_event"),
             tier: Tier::CgroupFilesOnly,
+            sources: Vec::new(),
             options_to_lift_tier: Vec::new(),
             notes: Vec::new(),
         };
@@ -227,10 +244,17 @@ impl CapabilityReport {
             && self.tracefs.is_some()
             && self.baseline_tracepoints_present();
         match (tracing, self.kprobes && self.pids_can_fork_symbol) {
+            (false, _) if self.kernel_sources() => Tier::KernelSources,
             (false, _) => Tier::CgroupFilesOnly,
             (true, false) => Tier::Tracepoints,
             (true, true) => Tier::TracepointsAndKprobes,
         }
+    }
+
+    /// Tier 1: perf events per cgroup, opened system-wide per CPU, which takes the privilege
+    /// the BPF loader needs too (CAP_PERFMON or CAP_SYS_ADMIN, root in practice).
+    fn kernel_sources(&self) -> bool {
+        self.perf_events && self.cgroup_perf && self.privilege.permits_bpf()
     }
 
     /// Human-readable report for a terminal.
@@ -240,6 +264,7 @@ impl CapabilityReport {
         let mut line = |key: &str, value: &str| out.push_str(&format!("{key:<28} {value}\n"));
         line("kernel", &self.kernel_release);
         line("tier", &self.tier.to_string());
+        line("live sources", &self.sources.join(" "));
         line(
             "BPF permitted",
             if self.privilege.permits_bpf() {
@@ -268,6 +293,8 @@ impl CapabilityReport {
         line("kprobes", yes_no(self.kprobes));
         line("pids_can_fork symbol", yes_no(self.pids_can_fork_symbol));
         line("BPF JIT", yes_no(self.bpf_jit));
+        line("perf events", yes_no(self.perf_events));
+        line("  cgroup filter", yes_no(self.cgroup_perf));
         line("PSI", yes_no(self.psi));
         line(
             "cgroup v2",
@@ -315,6 +342,15 @@ fn tracefs_access(supported: bool) -> TracefsAccess {
         Some(_) => TracefsAccess::Refused,
         None => TracefsAccess::NotMounted,
     }
+}
+
+/// Whether the kernel has a cgroup controller built in (`/proc/cgroups` lists every one, on
+/// cgroup v2 too, where `perf_event` is implicit and never in `cgroup.controllers`).
+fn controller_built_in(name: &str) -> bool {
+    fs::read_to_string("/proc/cgroups").is_ok_and(|text| {
+        text.lines()
+            .any(|line| line.split_whitespace().next() == Some(name))
+    })
 }
 
 /// Whether the kernel knows a filesystem type (`/proc/filesystems`).

@@ -26,6 +26,14 @@ impl CapabilityReport {
     pub(super) fn derive_options_to_lift_tier(&self) -> Vec<String> {
         let mut options = Vec::new();
         let seen = self.privilege.permits_bpf();
+        if self.tier < Tier::KernelSources {
+            if !self.perf_events {
+                options.push("CONFIG_PERF_EVENTS");
+            }
+            if !self.cgroup_perf {
+                options.push("CONFIG_CGROUP_PERF");
+            }
+        }
         if self.tier < Tier::Tracepoints {
             if !self.tracefs_supported {
                 options.push("CONFIG_FTRACE");
@@ -59,7 +67,26 @@ impl CapabilityReport {
     /// kernel lacks for each tier up to `tier`. Empty when nothing does (or for tier 0).
     pub fn blockers(&self, tier: Tier) -> Vec<String> {
         let mut notes = Vec::new();
+        if tier < Tier::KernelSources {
+            return notes;
+        }
+        if !self.perf_events {
+            notes.push(
+                "CONFIG_PERF_EVENTS is off: no perf task records, so no live fork, exec and exit \
+                 records without tracing (tier 1)"
+                    .to_string(),
+            );
+        } else if !self.cgroup_perf {
+            notes.push(
+                "CONFIG_CGROUP_PERF is off: perf events cannot be filtered by cgroup, so no live \
+                 per-container records without tracing (tier 1)"
+                    .to_string(),
+            );
+        }
         if tier < Tier::Tracepoints {
+            if !self.kernel_sources() {
+                notes.extend(self.privilege.note());
+            }
             return notes;
         }
         notes.extend(self.privilege.note());
@@ -67,8 +94,8 @@ impl CapabilityReport {
         if !self.tracefs_supported {
             notes.push(
                 "CONFIG_FTRACE is off (no tracefs in /proc/filesystems): the kernel has no \
-                 tracepoints, so no BPF event programs and no live events; the evidence is the \
-                 kernel's cgroup event files alone"
+                 tracepoints, so no BPF event programs; live events come from the kernel's own \
+                 sources (tier 1) where it has them, else from its cgroup event files alone"
                     .to_string(),
             );
         } else if let Some(error) = &self.tracefs_error {
@@ -193,6 +220,9 @@ mod tests {
             bpf_jit: true,
             psi: true,
             psi_built_in: Some(true),
+            perf_events: true,
+            cgroup_perf: true,
+            sources: Vec::new(),
             cgroup_v2: CgroupReport {
                 mount: Some("/sys/fs/cgroup".into()),
                 controllers: vec!["memory".into(), "pids".into()],
@@ -227,7 +257,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_kernel_is_tier_2_with_nothing_to_say() {
+    fn a_full_kernel_is_tier_3_with_nothing_to_say() {
         let report = finish(full_kernel());
         assert_eq!(report.tier, Tier::TracepointsAndKprobes);
         assert!(report.options_to_lift_tier.is_empty());
@@ -237,7 +267,8 @@ mod tests {
     #[test]
     fn a_lean_kernel_names_the_options_not_the_symptoms() {
         let report = lean_kernel();
-        assert_eq!(report.tier, Tier::CgroupFilesOnly);
+        assert_eq!(report.tier, Tier::KernelSources);
+        assert_eq!(report.sources, ["perf", "kmsg", "cgroup_files"]);
         assert_eq!(
             report.options_to_lift_tier,
             [
@@ -263,6 +294,14 @@ mod tests {
         );
         // The interpreter is only worth a word where programs run.
         assert!(!notes.contains("BPF_JIT"), "{notes}");
+        // Without perf's cgroup filter, tier 0, and the option is named first.
+        let mut no_perf = lean_kernel();
+        no_perf.cgroup_perf = false;
+        let report = finish(no_perf);
+        assert_eq!(report.tier, Tier::CgroupFilesOnly);
+        assert_eq!(report.sources, ["cgroup_files"]);
+        assert_eq!(report.options_to_lift_tier[0], "CONFIG_CGROUP_PERF");
+        assert!(report.notes[0].starts_with("CONFIG_CGROUP_PERF is off"));
     }
 
     #[test]
@@ -272,7 +311,7 @@ mod tests {
             tracepoint.present = !tracepoint.name.starts_with("syscalls:");
         }
         let report = finish(no_syscalls);
-        assert_eq!(report.tier, Tier::CgroupFilesOnly);
+        assert_eq!(report.tier, Tier::KernelSources);
         assert_eq!(report.options_to_lift_tier, ["CONFIG_FTRACE_SYSCALLS"]);
         assert!(
             report.notes[0].starts_with("CONFIG_FTRACE_SYSCALLS is off"),

@@ -9,7 +9,7 @@ use super::{Guard, GuardOptions};
 use crate::{CapabilityReport, ContainerId};
 use crate::{
     Tier, bpf::BpfError, cgroup::CgroupError, container_id::ContainerIdError,
-    pipeline::inotify::FileWatchError,
+    pipeline::inotify::FileWatchError, sources::SourceError,
 };
 
 /// What a [`Guard`] call can fail with.
@@ -22,6 +22,10 @@ pub enum GuardError {
     /// reading counters). The message names the map or program.
     #[error(transparent)]
     Bpf(#[from] BpfError),
+    /// A live source of tier 1 could not follow a container ([`Guard::watch`]): perf refused
+    /// an event or a ring for its cgroup on a CPU. The message names the cgroup and the CPU.
+    #[error(transparent)]
+    Source(#[from] SourceError),
     /// A cgroup could not be used or read. From [`Guard::watch`]: no cgroup v2 hierarchy is
     /// mounted, or the path is not a cgroup directory under it (missing, outside the mount,
     /// too deep, a file, another filesystem), or its event files do not parse. From

@@ -30,10 +30,12 @@ use crate::{
         ring::{self, DrainRequest},
         task,
     },
+    sources::perf::{self, PerfSource},
     verdict::report::Report,
 };
 
 mod error;
+mod live;
 mod options;
 mod query;
 mod registry;
@@ -41,6 +43,7 @@ mod subtree;
 mod teardown;
 
 pub use error::GuardError;
+use live::{AuditReader, live_sources, start_audit, victims_of_the_log};
 pub use options::GuardOptions;
 use options::allowed_tier;
 use registry::{Registry, Watched};
@@ -62,9 +65,13 @@ pub struct Guard {
     hub: Arc<Mutex<Hub>>,
     drain_requests: Option<mpsc::Sender<DrainRequest>>,
     file_watcher: FileWatcher,
-    /// The kernel log's OOM kills by scope (None: not asked for, unreadable, or no probes to
-    /// name the victims).
+    /// The kernel log's OOM kills by scope (None: not asked for, unreadable, or tier 0: nothing
+    /// names the victims).
     kernel_log: Option<KmsgWatch>,
+    /// Tier 1's perf rings per watched container and the task map they keep.
+    perf: Option<Arc<Mutex<PerfSource>>>,
+    /// Tier 1's audit records of denied forks, where asked for.
+    audit: Option<AuditReader>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     injected_panics: Arc<InjectedPanics>,
@@ -140,6 +147,32 @@ impl Guard {
         } else {
             None
         };
+        let perf = if tier == Tier::KernelSources {
+            match PerfSource::new(perf::RING_PAGES) {
+                Ok(source) => {
+                    let source = Arc::new(Mutex::new(source));
+                    let deliver = {
+                        let hub = Arc::clone(&hub);
+                        move |events: Vec<GuardEvent>| {
+                            lock(&hub).absorb(events.into_iter().map(Ok).collect());
+                        }
+                    };
+                    tasks.push(task::spawn(
+                        "the perf reader",
+                        Arc::clone(&hub),
+                        perf::run(Arc::clone(&source), deliver, options.poll_interval),
+                    ));
+                    Some(source)
+                }
+                Err(error) => {
+                    warn!(%error, "perf's task records cannot be read: guard runs at tier 0");
+                    tier = Tier::CgroupFilesOnly;
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let (file_watcher, file_task, created_cgroups) = FileWatcher::start(Arc::clone(&hub))?;
         tasks.push(file_task);
         if let (Some(probes), Some(hierarchy)) = (&probes, &hierarchy) {
@@ -155,16 +188,32 @@ impl Guard {
                 ),
             ));
         }
-        let kernel_log = match (options.read_kernel_log, &probes) {
-            (true, Some(_)) => KmsgWatch::start()
-                .inspect_err(
-                    |error| warn!(%error, "OOM kills are split by scope on memory.events alone"),
-                )
-                .ok(),
+        let kernel_log = match (options.read_kernel_log, tier) {
+            (true, tier) if tier >= Tier::KernelSources => {
+                let on_kill = perf.as_ref().map(|perf| {
+                    victims_of_the_log(Arc::clone(perf), Arc::clone(&hub), hierarchy.clone())
+                });
+                KmsgWatch::start_with(on_kill)
+                    .inspect_err(
+                        |error| warn!(%error, "OOM kills are split by scope on memory.events alone"),
+                    )
+                    .ok()
+            }
             _ => None,
         };
+        let audit = match &perf {
+            Some(perf) if options.audit_fork_denials => start_audit(
+                perf,
+                &hub,
+                hierarchy.clone(),
+                options.poll_interval,
+                &mut tasks,
+            ),
+            _ => None,
+        };
+        let sources = live_sources(tier, kernel_log.is_some(), audit.is_some());
         // The object's hash says which programs run (a prebuilt one's, or the source build's).
-        info!(%tier, kernel = %capabilities.kernel_release, notes = %capabilities.notes.join("; "), kernel_log = kernel_log.is_some(), ebpf_object = EBPF_OBJECT_SHA256, ebpf_origin = %EBPF_OBJECT_ORIGIN, "guard started");
+        info!(%tier, sources = %sources.join(" "), kernel = %capabilities.kernel_release, notes = %capabilities.notes.join("; "), kernel_log = kernel_log.is_some(), ebpf_object = EBPF_OBJECT_SHA256, ebpf_origin = %EBPF_OBJECT_ORIGIN, "guard started");
         if probes.is_some() {
             LOADED_GUARDS.fetch_add(1, Ordering::Relaxed);
         }
@@ -178,10 +227,18 @@ impl Guard {
             drain_requests,
             file_watcher,
             kernel_log,
+            perf,
+            audit,
             tasks,
             injected_panics,
             log_incomplete: Arc::default(),
         })
+    }
+
+    /// The live sources this guard runs (`bpf` or `perf`, `kmsg` where the kernel log is read,
+    /// `cgroup_files`), by the names its events carry.
+    pub fn sources(&self) -> Vec<&'static str> {
+        live_sources(self.tier, self.kernel_log.is_some(), self.audit.is_some())
     }
 
     /// The tier the guard runs at: what the kernel allows, capped by
@@ -260,6 +317,20 @@ impl Guard {
             }
         }
         lock(&self.hub).name(identity.id, id.to_string());
+        if let Some(perf) = &self.perf {
+            let mut source = perf::lock(perf);
+            match source.watch(identity.id, cgroup) {
+                // The rings' memory: every watched container's, every CPU's.
+                Ok(seeded) => {
+                    info!(container = %id, seeded, cpus = source.cpus(), rings_bytes = source.mapped_bytes(), "perf rings open, task map seeded")
+                }
+                Err(error) => {
+                    lock(&self.hub).forget(identity.id);
+                    registry.free_slots.insert(slot);
+                    return Err(error.into());
+                }
+            }
+        }
         registry.by_id.insert(
             id.clone(),
             Watched {
@@ -329,6 +400,9 @@ impl Guard {
             subtree::forget(&mut probes, watched.identity.id);
             let levels = probes.set_watched_levels(registry.watched_levels());
             result = result.and(levels.map_err(GuardError::from));
+        }
+        if let Some(perf) = &self.perf {
+            perf::lock(perf).unwatch(watched.identity.id);
         }
         registry.free_slots.insert(watched.slot);
         self.file_watcher.remove(watched.identity.id);

@@ -26,6 +26,12 @@ pub struct GuardOptions {
     /// the container's own limit was hit too. Where the log cannot be opened, the split rests
     /// on `memory.events` alone (logged at start). Default: true; ignored at tier 0.
     pub read_kernel_log: bool,
+    /// At tier 1, become the audit daemon with one rule that records each fork, clone, clone3
+    /// or vfork failing with EAGAIN: a `fork_denied` event per attempt, reconciled with
+    /// `pids.events max`. Auditing costs every task forked afterwards on every syscall
+    /// (docs/KERNELS.md); refused where an audit daemon runs (logged at start). Default: false
+    /// (the count alone, from `pids.events`).
+    pub audit_fork_denials: bool,
 }
 
 impl Default for GuardOptions {
@@ -36,6 +42,7 @@ impl Default for GuardOptions {
             max_tier: Tier::TracepointsAndKprobes,
             min_tier: Tier::CgroupFilesOnly,
             read_kernel_log: true,
+            audit_fork_denials: false,
         }
     }
 }

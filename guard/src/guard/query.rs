@@ -53,8 +53,9 @@ impl Guard {
                 .saturating_sub(ancestor_baseline)
         });
         let kernel_log = self.kernel_log.as_ref().map(|log| {
-            let (global, overruns) =
-                log.global_kills_among(lock(&self.hub).oom_victims(counters.cgroup_id));
+            // Copied out first: at tier 1 reading the log takes the hub's lock for each kill.
+            let victims = lock(&self.hub).oom_victims(counters.cgroup_id).to_vec();
+            let (global, overruns) = log.global_kills_among(&victims);
             LoggedKills { global, overruns }
         });
         let applied = HeldLimits::read(&cgroup)?;
@@ -66,7 +67,9 @@ impl Guard {
             applied: &applied,
             kernel: &kernel_since_watch,
             bpf: counters.bpf.as_ref(),
-            events_lost: loss.kernel_reserve_failures.values().sum(),
+            sources: counters.sources.as_ref(),
+            events_lost: loss.kernel_reserve_failures.values().sum::<u64>()
+                + counters.sources.map_or(0, |sources| sources.lost),
             ancestor_ooms,
             cgroup_gone,
             kernel_log,
@@ -103,8 +106,24 @@ impl Guard {
 
     /// Waits until the reader has consumed every record the kernel produced so far.
     pub async fn drain(&self) -> Result<(), GuardError> {
+        if let Some(perf) = &self.perf {
+            // Tier 1: the rings, then the kernel log (whose kills the task map attributes).
+            let events = crate::sources::perf::lock(perf).drain();
+            if !events.is_empty() {
+                lock(&self.hub).absorb(events.into_iter().map(Ok).collect());
+            }
+            if let Some(log) = &self.kernel_log {
+                log.catch_up();
+            }
+            if let Some(audit) = &self.audit {
+                let events = audit.drain();
+                if !events.is_empty() {
+                    lock(&self.hub).absorb(events.into_iter().map(Ok).collect());
+                }
+            }
+        }
         let Some(requests) = &self.drain_requests else {
-            return Ok(()); // Tier 0: nothing streams.
+            return Ok(()); // Tiers 0 and 1: no ring buffer.
         };
         let (reply, done) = oneshot::channel();
         requests
@@ -133,12 +152,20 @@ impl Guard {
             (watched.identity.id, watched.slot)
         };
         let bpf = self.bpf_counters(slot)?;
-        let delivered = lock(&self.hub).delivered(cgroup_id);
+        let hub = lock(&self.hub);
+        let audited = self.audit.is_some();
+        let sources = (self.tier == Tier::KernelSources).then(|| {
+            let mut sources = hub.source_counters(cgroup_id);
+            // Denials are observed only where audit is read; then none is a count of 0.
+            sources.fork_denied = audited.then(|| sources.fork_denied.unwrap_or(0));
+            sources
+        });
         Ok(ContainerCounters {
             container: id.to_string(),
             cgroup_id,
             bpf,
-            delivered,
+            sources,
+            delivered: hub.delivered(cgroup_id),
         })
     }
 

@@ -132,7 +132,7 @@ pub fn render(snapshot: &Snapshot) -> Result<String, MetricsError> {
     let mut b = Builder {
         registry: Registry::default(),
     };
-    // Per container, from the BPF counters (tier 1 and 2).
+    // Per container, from the BPF counters (tiers 2 and 3).
     let forks = b.counters(
         "guard_forks",
         "Forks in the container, counted by the BPF programs.",
@@ -144,7 +144,7 @@ pub fn render(snapshot: &Snapshot) -> Result<String, MetricsError> {
     let denied = b.counters(
         "guard_fork_denied",
         "Forks that failed with EAGAIN in the container, by cause: pids_max (seen at \
-         pids_can_fork, tier 2), other (RLIMIT_NPROC, threads-max), unknown (tier 1).",
+         pids_can_fork, tier 3), other (RLIMIT_NPROC, threads-max), unknown (tier 2).",
     );
     let bpf_kills = b.counters(
         "guard_bpf_oom_kills",
@@ -169,6 +169,12 @@ pub fn render(snapshot: &Snapshot) -> Result<String, MetricsError> {
     let task_map_full = b.counters(
         "guard_task_map_full",
         "Tasks of the container the BPF task map had no room for.",
+    );
+    let source_records = b.counters(
+        "guard_source_records",
+        "Records the live sources without tracing delivered for the container (tier 1), by \
+         source (perf, kmsg, audit) and kind (fork, exit, exec, lost, oom_kill, \
+         oom_kill_global, fork_denied).",
     );
     let delivered = b.counters(
         "guard_events_delivered",
@@ -242,6 +248,27 @@ pub fn render(snapshot: &Snapshot) -> Result<String, MetricsError> {
             set(&reclaimed, one(&[]), Some(bpf.reclaim_pages));
             set(&throttled, one(&[]), Some(bpf.events_throttled));
             set(&task_map_full, one(&[]), Some(bpf.task_map_full));
+        }
+        if let Some(sources) = counters.and_then(|counters| counters.sources) {
+            for (source, kind, count) in [
+                ("perf", "fork", sources.forks),
+                ("perf", "exit", sources.exits),
+                ("perf", "exec", sources.execs),
+                ("perf", "lost", sources.lost),
+                ("kmsg", "oom_kill", sources.oom_kills),
+                ("kmsg", "oom_kill_global", sources.oom_kills_global),
+            ] {
+                set(
+                    &source_records,
+                    one(&[("source", source), ("kind", kind)]),
+                    Some(count),
+                );
+            }
+            set(
+                &source_records,
+                one(&[("source", "audit"), ("kind", "fork_denied")]),
+                sources.fork_denied,
+            );
         }
         if let Some(tallies) = counters.and_then(|counters| counters.delivered) {
             for (kind, count) in tallies.by_name() {
@@ -350,8 +377,8 @@ pub fn render(snapshot: &Snapshot) -> Result<String, MetricsError> {
     if let Some(tier) = snapshot.tier {
         let gauge = b.gauges(
             "guard_tier",
-            "The guard's capability tier: 2 tracepoints and kprobes, 1 tracepoints, 0 the \
-             kernel's cgroup files only.",
+            "The guard's capability tier: 3 tracepoints and kprobes, 2 tracepoints, 1 the \
+             kernel's own live sources (perf, kernel log), 0 the kernel's cgroup files only.",
             None,
         );
         set_gauge(&gauge, labels(&[]), Some(u64::from(tier)));

@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::{
     Verdict,
     cgroup::{EventFiles, HeldLimits},
-    counters::{BpfCounters, Delivered, LossReport},
+    counters::{BpfCounters, Delivered, LossReport, SourceCounters},
     verdict::OomSummary,
 };
 
@@ -38,9 +38,12 @@ pub(super) struct ScrapedReport {
 /// A report's counters (`ContainerCounters` without its identity).
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct ScrapedCounters {
-    /// None at tier 0.
+    /// None below tier 2.
     #[serde(default, deserialize_with = "part")]
     pub bpf: Option<BpfCounters>,
+    /// Tier 1's sources' row (None elsewhere).
+    #[serde(default, deserialize_with = "part")]
+    pub sources: Option<SourceCounters>,
     #[serde(default, deserialize_with = "part")]
     pub delivered: Option<Delivered>,
 }
@@ -114,6 +117,7 @@ mod tests {
             applied: &applied,
             kernel: &kernel,
             bpf: Some(&bpf),
+            sources: None,
             events_lost: 0,
             ancestor_ooms: 0,
             cgroup_gone: false,
@@ -130,6 +134,7 @@ mod tests {
                 container: "web".into(),
                 cgroup_id: 42,
                 bpf: Some(bpf),
+                sources: None,
                 delivered: Delivered {
                     forks: 1,
                     fork_denied: 2,

@@ -94,7 +94,7 @@ mod tests {
     use crate::events::{Fork, Lost};
 
     fn event(cgroup_id: u64, detail: EventDetail) -> GuardEvent {
-        GuardEvent::synthetic(None, cgroup_id, detail)
+        GuardEvent::synthetic(None, cgroup_id, crate::events::EventSource::Bpf, detail)
     }
 
     fn fork(cgroup_id: u64) -> GuardEvent {

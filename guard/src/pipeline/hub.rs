@@ -11,8 +11,8 @@ use tracing::warn;
 
 use super::fanout::Subscribers;
 use crate::{
-    counters::{Delivered, HealthState, ReaderHealth, ReaderLoss},
-    events::{DecodeError, EventDetail, GuardEvent, Lost, ReaderFault},
+    counters::{Delivered, HealthState, ReaderHealth, ReaderLoss, SourceCounters},
+    events::{DecodeError, EventDetail, EventSource, GuardEvent, Lost, ReaderFault},
 };
 
 /// Per container: an OOM storm under emulation marks a few hundred victims.
@@ -28,6 +28,8 @@ pub(crate) struct Hub {
     sub_cgroups: HashMap<u64, (u64, String)>,
     /// Events received, by cgroup id (0: events that belong to no container).
     delivered: HashMap<u64, Delivered>,
+    /// What the live sources without tracing delivered (tier 1), by cgroup id.
+    sources: HashMap<u64, SourceCounters>,
     /// The pids the probes saw chosen as OOM victims, by container cgroup id (up to
     /// [`MAX_VICTIM_PIDS`] each): the kernel log says which OOM killer chose them.
     oom_victims: HashMap<u64, Vec<u32>>,
@@ -76,6 +78,7 @@ impl Hub {
         self.subscribers.end_container(cgroup_id);
         self.names.remove(&cgroup_id);
         self.delivered.remove(&cgroup_id);
+        self.sources.remove(&cgroup_id);
         self.oom_victims.remove(&cgroup_id);
         self.sub_cgroups
             .retain(|_, (container, _)| *container != cgroup_id);
@@ -83,6 +86,11 @@ impl Hub {
 
     pub fn delivered(&self, cgroup_id: u64) -> Delivered {
         self.delivered.get(&cgroup_id).copied().unwrap_or_default()
+    }
+
+    /// What the live sources delivered for the container of `cgroup_id` (tier 1).
+    pub fn source_counters(&self, cgroup_id: u64) -> SourceCounters {
+        self.sources.get(&cgroup_id).copied().unwrap_or_default()
     }
 
     /// The pids chosen as OOM victims in the container of `cgroup_id` (repeats included).
@@ -125,6 +133,12 @@ impl Hub {
             event
                 .detail
                 .tally(self.delivered.entry(event.cgroup_id).or_default());
+            if event.source != EventSource::Bpf {
+                crate::sources::tally(
+                    self.sources.entry(event.cgroup_id).or_default(),
+                    &event.detail,
+                );
+            }
             if let EventDetail::OomVictim(victim) = &event.detail {
                 self.remember_victim(event.cgroup_id, victim.victim_pid);
             }
@@ -176,6 +190,7 @@ impl Hub {
             self.kernel_lost[index] = totals[index];
             self.publish_synthetic(
                 0,
+                EventSource::Bpf,
                 EventDetail::Lost(Lost {
                     event_kind: kind.name(),
                     count: grown,
@@ -196,6 +211,7 @@ impl Hub {
         }
         self.publish_synthetic(
             0,
+            EventSource::Guard,
             EventDetail::ReaderFault(ReaderFault {
                 error: reason.to_string(),
                 faults: self.health.faults,
@@ -205,10 +221,10 @@ impl Hub {
     }
 
     /// Publishes an event guard made itself (a kernel file snapshot, a loss, a fault).
-    pub fn publish_synthetic(&mut self, cgroup_id: u64, detail: EventDetail) {
+    pub fn publish_synthetic(&mut self, cgroup_id: u64, source: EventSource, detail: EventDetail) {
         self.drop_closed_subscribers();
         let container = self.attribute(cgroup_id);
-        self.publish(GuardEvent::synthetic(container, cgroup_id, detail));
+        self.publish(GuardEvent::synthetic(container, cgroup_id, source, detail));
     }
 
     fn attribute(&self, cgroup_id: u64) -> Option<String> {
@@ -241,6 +257,7 @@ mod tests {
             ring: Some(RingPosition { cpu, seq }),
             ktime_ns: seq,
             cgroup_id,
+            source: EventSource::Bpf,
             detail,
         }
     }
@@ -287,6 +304,7 @@ mod tests {
                 trigger_sub_cgroup: None,
                 rss: None,
                 oom_score_adj: 0,
+                scope: None,
             }),
         ))
     }

@@ -221,7 +221,7 @@ async fn run(
         };
         let mut hub = lock(&hub);
         for (cgroup_id, detail) in snapshots {
-            hub.publish_synthetic(cgroup_id, detail);
+            hub.publish_synthetic(cgroup_id, crate::events::EventSource::CgroupFiles, detail);
         }
     }
 }

@@ -52,6 +52,10 @@ pub struct OomVictim {
     pub rss: Option<OomRss>,
     /// The victim's `oom_score_adj` (-1000 to 1000); 0 where the tracepoint lacks it.
     pub oom_score_adj: i16,
+    /// Which killer, where the kernel log said (`memcg` or `global`: tier 1's kmsg source);
+    /// None from the tracepoint, whose verdict splits the scope by the log instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<&'static str>,
 }
 
 /// The victim's memory at the time of the kill, in kB.
@@ -90,6 +94,7 @@ impl Streamed for OomVictim {
                 shmem_rss_kb: oom.shmem_rss_kb,
             }),
             oom_score_adj: oom.oom_score_adj,
+            scope: None,
         })
     }
 

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
 
 use serde::{Serialize, ser::SerializeMap};
 
-use crate::events::{EventDetail, GuardEvent, RingPosition};
+use crate::events::{EventDetail, EventSource, GuardEvent, RingPosition};
 
 /// How many of the events a summary folds it keeps whole (the first ones), besides the last.
 pub const EXAMPLES: usize = 4;
@@ -130,6 +130,7 @@ pub(crate) struct EventPayload<'a> {
     pub ring: Option<RingPosition>,
     pub ktime_ns: u64,
     pub cgroup_id: u64,
+    pub source: EventSource,
     #[serde(flatten)]
     pub detail: &'a EventDetail,
 }
@@ -140,6 +141,7 @@ impl<'a> EventPayload<'a> {
             ring: event.ring,
             ktime_ns: event.ktime_ns,
             cgroup_id: event.cgroup_id,
+            source: event.source,
             detail: &event.detail,
         }
     }
@@ -209,6 +211,8 @@ pub enum Step {
 fn group(detail: &EventDetail) -> Option<(&'static str, Option<&'static str>)> {
     match detail {
         EventDetail::Fork(_)
+        | EventDetail::Exit(_)
+        | EventDetail::Exec(_)
         | EventDetail::ForkDenied(_)
         | EventDetail::OomVictim(_)
         | EventDetail::Reclaim(_) => Some((detail.kind_name(), None)),

@@ -16,6 +16,9 @@ pub(super) fn verdict(
     let kernel_kills = events.get("oom_kill");
     let memcg_ooms = events.get("oom");
     let bpf_kills = evidence.bpf.map(|bpf| bpf.oom_kills);
+    let source_kills = evidence.sources.map(|sources| sources.oom_kills);
+    // Whichever live evidence names the victims: the probes' (tiers 2, 3) or the log's (1).
+    let attributed = bpf_kills.or(source_kills);
     // A kill with no OOM of the container's own is an ancestor's (the guest budget's) when
     // one of those rose, else the global OOM killer's. The kernel log, where read, names the
     // global ones even when a limit's OOM rose beside them.
@@ -40,6 +43,7 @@ pub(super) fn verdict(
         .map_or(memcg_ooms, |local| local.get("oom"));
     let oom = OomSummary {
         bpf_kills,
+        source_kills,
         kernel_kills,
         memcg_kills,
         ancestor_kills,
@@ -57,7 +61,7 @@ pub(super) fn verdict(
              missing from it, and the split by scope rests on memory.events alone there"
         ));
     }
-    if let Some(bpf) = bpf_kills.filter(|&bpf| bpf > kernel_kills) {
+    if let Some(bpf) = attributed.filter(|&bpf| bpf > kernel_kills) {
         flags.push(format!(
             "{} OOM victim(s) were marked without a kill of their own: the OOM killer marks a \
              task that is already dying (a process sharing a killed process's memory) as its \
@@ -146,6 +150,12 @@ pub(super) fn verdict(
             bpf.reclaim_ns / 1000
         ));
     }
+    if let Some(sources) = evidence.sources {
+        numbers.push_str(&format!(
+            "; kernel log: OOM kills attributed = {} ({} global)",
+            sources.oom_kills, sources.oom_kills_global
+        ));
+    }
     if oom.ancestor_kills > 0 {
         numbers.push_str(&format!(
             "; {} kill(s) by the guest budget above it",
@@ -154,8 +164,8 @@ pub(super) fn verdict(
     }
     let verdict = if hits == 0 && memcg_ooms == 0 && kernel_kills == 0 {
         Verdict::NotExercised
-    } else if bpf_kills.is_some_and(|bpf| bpf < kernel_kills) {
-        // The probes missed kills the kernel counted.
+    } else if attributed.is_some_and(|seen| seen < kernel_kills) {
+        // The probes (or the log) missed kills the kernel counted.
         Verdict::Incomplete
     } else if oom.global_kills > 0 {
         // The limit did not keep the container from the global OOM killer.

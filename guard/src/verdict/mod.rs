@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Tier,
     cgroup::{EventFiles, HeldLimits, LimitValue},
-    counters::BpfCounters,
+    counters::{BpfCounters, SourceCounters},
 };
 
 mod memory;
@@ -90,8 +90,11 @@ pub struct LimitVerdict {
 #[serde(default)]
 #[non_exhaustive]
 pub struct OomSummary {
-    /// Kills the probes attributed to this container (None at tier 0).
+    /// Kills the probes attributed to this container (None below tier 2).
     pub bpf_kills: Option<u64>,
+    /// Kills the kernel log reported of this container's tasks, attributed through the task
+    /// map (tier 1 only; None elsewhere).
+    pub source_kills: Option<u64>,
     /// `memory.events` oom_kill since the container was watched.
     pub kernel_kills: u64,
     /// Kills by the container's own memory.max (its `oom` count rose).
@@ -135,8 +138,10 @@ pub(crate) struct Evidence<'a> {
     pub applied: &'a HeldLimits,
     /// Kernel event counters since the container was watched.
     pub kernel: &'a EventFiles,
-    /// The probes' counters for the container (None at tier 0).
+    /// The probes' counters for the container (None below tier 2).
     pub bpf: Option<&'a BpfCounters>,
+    /// What the live sources without tracing delivered for it (tier 1 only).
+    pub sources: Option<&'a SourceCounters>,
     /// Events of any container lost in the ring buffer since the guard started.
     pub events_lost: u64,
     /// `oom` events of the container's ancestors (the guest budget) since it was watched.
@@ -203,6 +208,13 @@ pub(crate) fn reconcile(evidence: &Evidence<'_>) -> Reconciliation {
         flags.push(
             "tier 0: no BPF tracing, the evidence is the kernel's event files alone (no \
              per-event detail, no attribution of OOM victims)"
+                .to_string(),
+        );
+    } else if evidence.tier == Tier::KernelSources {
+        flags.push(
+            "tier 1: no BPF tracing; forks, execs and exits from perf's task records, OOM \
+             victims from the kernel log, counted as delivered (not by the kernel), no reclaim \
+             detail"
                 .to_string(),
         );
     }
@@ -293,6 +305,7 @@ pub(super) mod fixtures {
             applied,
             kernel,
             bpf,
+            sources: None,
             events_lost: 0,
             ancestor_ooms: 0,
             cgroup_gone: false,

@@ -25,6 +25,25 @@ pub(super) fn verdict(evidence: &Evidence<'_>, flags: &mut Vec<String>) -> Limit
         };
     };
     let kernel_denied = events.get("max");
+    if let Some((sources, audited)) = evidence
+        .sources
+        .and_then(|sources| Some((sources, sources.fork_denied?)))
+    {
+        // Tier 1 with audit: one record per denied attempt (EAGAIN, cause inferred, as at
+        // tier 2), reconciled with the kernel's count.
+        return LimitVerdict {
+            verdict: match (kernel_denied, audited) {
+                (0, 0) => Verdict::NotExercised,
+                (kernel, records) if kernel == records => Verdict::Enforced,
+                _ => Verdict::Incomplete,
+            },
+            evidence: format!(
+                "pids.events max = {kernel_denied}, audit fork denials = {audited} (EAGAIN at \
+                 fork exit, cause inferred), forks = {} (perf), pids.max = {limit}",
+                sources.forks
+            ),
+        };
+    }
     let Some(bpf) = evidence.bpf else {
         return LimitVerdict {
             verdict: if kernel_denied > 0 {
@@ -32,9 +51,16 @@ pub(super) fn verdict(evidence: &Evidence<'_>, flags: &mut Vec<String>) -> Limit
             } else {
                 Verdict::NotExercised
             },
-            evidence: format!(
-                "pids.events max = {kernel_denied} at pids.max {limit} (kernel counter only)"
-            ),
+            evidence: match evidence.sources {
+                Some(sources) => format!(
+                    "pids.events max = {kernel_denied} at pids.max {limit} (kernel counter); \
+                     perf: forks = {}, exits = {}",
+                    sources.forks, sources.exits
+                ),
+                None => format!(
+                    "pids.events max = {kernel_denied} at pids.max {limit} (kernel counter only)"
+                ),
+            },
         };
     };
     // Where the kretprobe ran, its count is exactly pids.max denials; otherwise EAGAIN

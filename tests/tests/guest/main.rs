@@ -22,6 +22,7 @@ mod stream;
 mod tamper;
 mod tenants;
 mod tier0;
+mod tier1;
 mod vm;
 mod volume;
 mod waves;

@@ -40,6 +40,27 @@ fn memory_bomb_is_killed_in_its_container(kernel: &'static str) {
         seen_only_in_the_kernel_file(&scenario(done, "memory-unprobed"));
         return;
     }
+    if facts(kernel).tier == 1 {
+        // No tracing (tier 1): the kernel log names the victim and its scope, the task map
+        // its container; no BPF figure, no reclaim detail.
+        assert_eq!(bomb.output["signal"], 9, "{}", bomb.output);
+        assert!(bomb.report()["counters"]["bpf"].is_null());
+        let kills = bomb.events_of("oom_victim");
+        assert_eq!(kills.len(), 1, "{:?}", bomb.events);
+        let victim = &kills[0];
+        assert_eq!(victim["container"], "memory");
+        assert_eq!(victim["source"], "kmsg");
+        assert_eq!(victim["detail"]["victim_pid"], bomb.output["command_pid"]);
+        assert_eq!(victim["detail"]["comm"], "guard-stress");
+        assert_eq!(victim["detail"]["scope"], "memcg");
+        assert_eq!(bomb.report()["counters"]["sources"]["oom_kills"], 1);
+        assert_eq!(bomb.kernel("memory_events", "oom_kill"), 1);
+        assert_eq!(bomb.report()["oom"]["memcg_kills"], 1);
+        assert_eq!(bomb.verdict("memory"), "enforced");
+        // Two-sided: at tier 0 (by flag) the same kill is the kernel file's alone.
+        seen_only_in_the_kernel_file(&scenario(done, "memory-unprobed"));
+        return;
+    }
     assert_eq!(
         bomb.output["signal"], 9,
         "the hog must be OOM-killed: {}",
@@ -95,6 +116,21 @@ fn oom_kill_outside_containers_is_global(kernel: &'static str) {
             outside.output
         );
         assert!(outside.events_of("oom_victim").is_empty());
+        return;
+    }
+    if facts(kernel).tier == 1 {
+        // The kernel log's global kill, of a process that left the container (its cgroup read
+        // as it died): in no container.
+        assert_eq!(outside.kernel("memory_events", "oom_kill"), 0);
+        let kills = outside.events_of("oom_victim");
+        assert_eq!(kills.len(), 1, "{:?}", outside.events);
+        assert!(kills[0]["container"].is_null(), "{}", kills[0]);
+        assert_eq!(kills[0]["detail"]["outside_containers"], true);
+        assert_eq!(kills[0]["detail"]["scope"], "global");
+        assert_eq!(
+            kills[0]["detail"]["victim_pid"],
+            outside.output["command_pid"]
+        );
         return;
     }
     // Not the container's: it left for the root cgroup before allocating.
@@ -206,6 +242,16 @@ fn grandchild_events_belong_to_the_container(kernel: &'static str) {
     if facts(kernel).tier == 0 {
         assert!(report["counters"]["bpf"].is_null(), "{report}");
         assert!(nested.events_of("oom_victim").is_empty());
+        return;
+    }
+    if facts(kernel).tier == 1 {
+        // The grandchild's kill, named by the kernel log, is the container's.
+        assert!(report["counters"]["bpf"].is_null(), "{report}");
+        let kills = nested.events_of("oom_victim");
+        assert_eq!(kills.len(), 1, "{:?}", nested.events);
+        assert_eq!(kills[0]["container"], "nested");
+        assert_eq!(kills[0]["detail"]["outside_containers"], false);
+        assert_eq!(report["counters"]["sources"]["oom_kills"], 1, "{report}");
         return;
     }
     let eagain = nested.tally("eagain");

@@ -70,11 +70,15 @@ pub(crate) fn held(summary: &Value, tier: u8) -> Result<(), String> {
         // The probes see every kill; they may see more victims marked than kills counted
         // (a process sharing a killed one's memory is marked again as it dies: the pids bomb's
         // CLONE_VM siblings), never fewer.
-        if tier > 0 && number(&memory["bpf_kills"]) < number(&memory["kernel_kills"]) {
+        if tier >= 2 && number(&memory["bpf_kills"]) < number(&memory["kernel_kills"]) {
             return fail(format!("{id}: BPF kills below the kernel's: {memory}"));
         }
-        if tier == 0 && !report["counters"]["bpf"].is_null() {
-            return fail(format!("{id}: tier 0 yet BPF counters"));
+        // Tier 1: the kernel log names each kill once, the container's.
+        if tier == 1 && number(&memory["source_kills"]) != number(&memory["kernel_kills"]) {
+            return fail(format!("{id}: logged kills != the kernel's: {memory}"));
+        }
+        if tier < 2 && !report["counters"]["bpf"].is_null() {
+            return fail(format!("{id}: tier {tier} yet BPF counters"));
         }
     }
     // Each bomb is stopped by a limit, its evidence reconciled: its own (pids.max for the pids
@@ -97,7 +101,7 @@ pub(crate) fn held(summary: &Value, tier: u8) -> Result<(), String> {
         }
     }
     let pids = &containers["tenant-pids"]["report"];
-    if tier > 0
+    if tier >= 2
         && pids["counters"]["bpf"]["fork_denied"]
             != pids["kernel_since_watch"]["pids_events"]["max"]
     {
@@ -123,7 +127,7 @@ pub(crate) fn held(summary: &Value, tier: u8) -> Result<(), String> {
             && guard_kills == kernel_kills
             && by_budget == kernel_kills
             && number(&report["oom"]["memcg_kills"]) == 0
-            && (tier == 0 || bpf_kills == Some(kernel_kills));
+            && (tier < 2 || bpf_kills == Some(kernel_kills));
         if !counted {
             return fail(format!(
                 "the steady tenant was stopped without the budget's kill on record: {steady}"

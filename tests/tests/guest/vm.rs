@@ -93,8 +93,8 @@ fn boots_with_cgroups_and_tracefs(k: &str) {
     assert!(out.contains("subtree: memory pids"), "{out}");
     assert!(out.contains("oom_score_adj: -1000"), "{out}");
     assert!(out.contains("root: tmpfs"), "{out}");
-    // Tracing is what lifts guard above tier 0: the lean kernel has none, by design.
-    if facts.tier > 0 {
+    // Tracing is what lifts guard to tier 2: the lean kernel has none, by design.
+    if facts.bpf() {
         assert!(out.contains("tracefs: ok"), "{out}");
     } else {
         assert!(out.contains("tracefs: not in this kernel"), "{out}");
@@ -280,16 +280,28 @@ fn workspace_binaries_run_and_probe_the_tier(k: &str) {
     let notes = probe["notes"].to_string();
     // What is off is said, by option: the JIT where programs run (the interpreter is slower,
     // as exact) and PSI everywhere. Nothing needs BTF: lean-guard runs its tier without it.
-    if facts.tier > 0 && probe["bpf_jit"] == false {
+    if facts.bpf() && probe["bpf_jit"] == false {
         assert!(notes.contains("CONFIG_BPF_JIT is off"), "{notes}");
     }
     if probe["psi"] == false {
         assert!(notes.contains("PSI"), "{notes}");
     }
+    let sources: Vec<&str> = probe["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|source| source.as_str())
+        .collect();
     match facts.tier {
-        2 => assert!(options.is_empty(), "{probe:#}"),
-        1 => assert!(options.contains(&"CONFIG_KPROBE_EVENTS"), "{probe:#}"),
+        3 => assert!(options.is_empty(), "{probe:#}"),
+        2 => assert!(options.contains(&"CONFIG_KPROBE_EVENTS"), "{probe:#}"),
         _ => {
+            // Tier 1 without tracing: perf's records and the kernel log are the live sources.
+            assert_eq!(sources, ["perf", "kmsg", "cgroup_files"], "{probe:#}");
+            assert_eq!(
+                (&probe["perf_events"], &probe["cgroup_perf"]),
+                (&true.into(), &true.into())
+            );
             // libkrunfw's config: no tracing at all. Named by option, not by symptom.
             for option in ["CONFIG_FTRACE", "CONFIG_BPF_EVENTS"] {
                 assert!(options.contains(&option), "{probe:#}");

@@ -91,8 +91,26 @@ fn enforced(summary: &Value, tier: u8) -> Result<(), String> {
             ),
         )?;
     }
-    if tier == 0 {
-        return enforced_by_the_kernel_files(summary, waves);
+    if tier < 2 {
+        enforced_by_the_kernel_files(summary, waves)?;
+        if tier == 1 {
+            // Tier 1: the kernel log named every kill of the waves, each its container's.
+            for wave in waves {
+                let (seen, killed) = (
+                    number(&wave["sources"]["oom_kills"]),
+                    number(&wave["kernel"]["memory_events"]["oom_kill"]),
+                );
+                check(
+                    seen == killed,
+                    format!(
+                        "{}: the kernel log named {seen} OOM kill(s), memory.events says \
+                         {killed}",
+                        wave["wave"]
+                    ),
+                )?;
+            }
+        }
+        return Ok(());
     }
     let (pids, memory, mixed) = (&waves[0], &waves[1], &waves[2]);
 
@@ -108,7 +126,7 @@ fn enforced(summary: &Value, tier: u8) -> Result<(), String> {
         format!("pids bomb: BPF denials {denied} != pids.events max {kernel_denied}"),
     )?;
     check(
-        tier < 2 || number(&pids["bpf"]["fork_denied_pids_max"]) == denied,
+        tier < 3 || number(&pids["bpf"]["fork_denied_pids_max"]) == denied,
         format!(
             "pids bomb: the kretprobe saw {} pids.max denials",
             pids["bpf"]["fork_denied_pids_max"]
@@ -188,7 +206,7 @@ fn enforced(summary: &Value, tier: u8) -> Result<(), String> {
     Ok(())
 }
 
-/// Tier 0: each wave stopped by the kernel, as its own files say, and no BPF figure anywhere
+/// Tiers 0 and 1: each wave stopped by the kernel, as its own files say, and no BPF figure anywhere
 /// (a report that showed one would claim evidence guard cannot have).
 fn enforced_by_the_kernel_files(summary: &Value, waves: &[Value]) -> Result<(), String> {
     let (pids, memory, mixed) = (&waves[0], &waves[1], &waves[2]);
@@ -201,7 +219,7 @@ fn enforced_by_the_kernel_files(summary: &Value, waves: &[Value]) -> Result<(), 
     ] {
         check(
             value.is_null(),
-            format!("tier 0, yet the {what} shows BPF counters: {value}"),
+            format!("no BPF at this tier, yet the {what} shows BPF counters: {value}"),
         )?;
     }
     let denied = number(&pids["kernel"]["pids_events"]["max"]);

@@ -16,11 +16,13 @@ mod loss;
 mod metrics;
 mod privilege;
 mod reader_fault;
+mod sources;
 mod stream;
 mod subscription;
 mod summaries;
 mod teardown;
 mod throttle;
+mod tier1;
 mod timeline;
 
 /// The stress workload the BPF tests run in their cgroups (built by cargo for these tests:

@@ -1,6 +1,6 @@
 //! A start without the privilege to use BPF: diagnosed as such, with what to grant, and never
 //! as a kernel that lacks BPF. `guard-start` runs as uid 65534 under `setpriv` with chosen
-//! capabilities; with the set the diagnosis names, the same start reaches tier 1 (the set is
+//! capabilities; with the set the diagnosis names, the same start reaches tier 2 (the set is
 //! enough, and the diagnosis is not a stub).
 use std::process::{Command, Output};
 
@@ -51,26 +51,26 @@ fn a_required_tier_without_privilege_names_what_to_grant() {
     if !root_or_skip(test) || !tracefs_mounted(test) {
         return;
     }
-    let refused = start_as_nobody("", 1);
+    let refused = start_as_nobody("", 2);
     assert!(!refused.status.success());
     assert_eq!(
         text(&refused.stdout).trim(),
         format!(
             "error: guard would run at tier 0 (cgroup event files only) (this process may not \
-             use BPF), below the required tier 1 (tracepoints): {NOTHING_GRANTED}"
+             use BPF), below the required tier 2 (tracepoints): {NOTHING_GRANTED}"
         )
     );
     // Granted the BPF capabilities, tracefs is what it still lacks, and only that is named.
-    let half = start_as_nobody("+bpf,+perfmon", 1);
+    let half = start_as_nobody("+bpf,+perfmon", 2);
     assert_eq!(
         text(&half.stdout).trim(),
         "error: guard would run at tier 0 (cgroup event files only) (this process may not use \
-         BPF), below the required tier 1 (tracepoints): not permitted to use BPF: this process \
+         BPF), below the required tier 2 (tracepoints): not permitted to use BPF: this process \
          (euid 65534) lacks CAP_DAC_READ_SEARCH; run the agent as root, or grant it CAP_BPF + \
          CAP_PERFMON + CAP_DAC_READ_SEARCH"
     );
     // Granted what it names, the same start loads the programs.
-    let granted = start_as_nobody("+bpf,+perfmon,+dac_read_search", 1);
+    let granted = start_as_nobody("+bpf,+perfmon,+dac_read_search", 2);
     let stdout = text(&granted.stdout);
     assert!(
         granted.status.success(),
@@ -78,7 +78,7 @@ fn a_required_tier_without_privilege_names_what_to_grant() {
         text(&granted.stderr)
     );
     assert!(
-        stdout.starts_with("tier 1") || stdout.starts_with("tier 2"),
+        stdout.starts_with("tier 2") || stdout.starts_with("tier 3"),
         "{stdout}"
     );
     assert!(stdout.contains(r#""missing":[]"#), "{stdout}");

@@ -22,6 +22,7 @@ mod collector;
 mod guest;
 mod interval;
 mod readings;
+mod sources;
 mod storm;
 
 use readings::*;
@@ -60,11 +61,31 @@ pub struct BenchArgs {
     /// left alone.
     #[arg(long, conflicts_with_all = ["guest_only", "no_guest"])]
     pub collector_only: bool,
+    /// Rounds of the kernels-without-tracepoints section (the new tier's sources and audit on
+    /// `lean`, guard's interpreted BPF on `lean-guard` against the JIT on `6.12`: three guest
+    /// boots, about 15 minutes under TCG); 0 skips it.
+    #[arg(long, default_value_t = 5)]
+    pub sources_rounds: usize,
+    /// Only that section: it is replaced in the output file, the rest left alone.
+    #[arg(long, conflicts_with_all = ["guest_only", "no_guest", "collector_only"])]
+    pub sources_only: bool,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.rounds == 0 || args.forks == 0 || args.starts == 0 {
         bail!("--rounds, --forks and --starts must be at least 1");
+    }
+    if args.sources_only {
+        let bin = cmd::prepare_guest_binaries(&["lean".to_string(), "lean-guard".to_string()])?;
+        let section = sources::measure(&bin, args.sources_rounds.max(1))?;
+        let doc = cmd::write_between_markers(
+            &args.output.to_string_lossy(),
+            sources::BEGIN,
+            sources::END,
+            &section,
+        )?;
+        println!("{section}\nwritten to {}", doc.display());
+        return Ok(());
     }
     if args.collector_only {
         let bin = cmd::prepare_guest_binaries(&[])?;
@@ -121,6 +142,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.collector_rounds > 0 {
         let section = collector::measure(&bin, args.collector_rounds)?;
         write!(table, "{}\n{section}{}\n", collector::BEGIN, collector::END)?;
+    }
+    if args.sources_rounds > 0 {
+        let section = sources::measure(&bin, args.sources_rounds)?;
+        write!(table, "{}\n{section}{}\n", sources::BEGIN, sources::END)?;
     }
     std::fs::write(&output, &table).with_context(|| format!("writing {}", output.display()))?;
     println!("\n{table}\nwritten to {}", output.display());

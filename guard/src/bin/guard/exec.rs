@@ -56,12 +56,17 @@ pub struct ExecArgs {
         value_parser = clap::value_parser!(i32).range(-1000..=1000)
     )]
     oom_score_adj: i32,
-    /// Run at most at this tier (0 = cgroup event files only, 1 = tracepoints, 2 = + kprobes).
-    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2), default_value_t = 2)]
+    /// Run at most at this tier (0 = cgroup event files only, 1 = kernel sources: perf and the
+    /// kernel log, 2 = tracepoints, 3 = + kprobes).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=3), default_value_t = 3)]
     max_tier: u8,
     /// Individual events per container per CPU per second (0 = unbounded; counters stay exact).
     #[arg(long, default_value_t = RingOptions::default().max_events_per_sec)]
     max_events_per_sec: u32,
+    /// At tier 1, record each denied fork through audit (guard becomes the audit daemon; every
+    /// task's syscalls cost more while it is on).
+    #[arg(long)]
+    audit: bool,
     /// Write each event as a JSON line to this file as it arrives.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
@@ -106,6 +111,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let mut options = GuardOptions::default();
     options.max_tier = Tier::try_from(i64::from(args.max_tier))?;
     options.ring.max_events_per_sec = args.max_events_per_sec;
+    options.audit_fork_denials = args.audit;
     let metrics = args.metrics.bind().await?;
     let guard = Arc::new(Guard::start(options).await?);
     cgroup::create(&args.cgroup)?;

@@ -42,8 +42,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Report what this kernel offers (BPF, tracepoints, kprobes, cgroup v2 controllers, PSI)
-    /// and the tier guard can run at: 2 = tracepoints + kprobes, 1 = tracepoints only,
-    /// 0 = cgroup event files only.
+    /// and the tier guard can run at: 3 = tracepoints + kprobes, 2 = tracepoints only,
+    /// 1 = the kernel's own live sources (perf, kernel log), 0 = cgroup event files only.
     Probe {
         /// Print the report as JSON.
         #[arg(long)]

@@ -67,8 +67,9 @@ pub struct RunArgs {
     /// Extra environment for the command (KEY=VALUE), with --rootfs.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
-    /// Never run the guard above this tier (0, 1, 2).
-    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+    /// Never run the guard above this tier (0 cgroup files, 1 kernel sources, 2 tracepoints,
+    /// 3 + kprobes).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=3))]
     max_tier: Option<u8>,
     /// Print the report as JSON.
     #[arg(long)]

@@ -65,9 +65,10 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
             .watch(id, path)
             .with_context(|| format!("watching {id} at {}", path.display()))?;
         eprintln!(
-            "guard: watching {id} ({}), tier {}",
+            "guard: watching {id} ({}), tier {}, sources {}",
             path.display(),
-            guard.tier()
+            guard.tier(),
+            guard.sources().join(" ")
         );
     }
     let mut evidence = Evidence::start(&guard, args.log.plan()?, serde_json::Value::Null, metrics)?;

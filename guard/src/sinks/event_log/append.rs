@@ -19,6 +19,7 @@ impl Payload for LoggedPayload<'_> {
             ring,
             ktime_ns,
             cgroup_id,
+            source,
             detail,
         } = &self.0;
         // The kind's own fields after the common head, each key with its comma.
@@ -45,6 +46,10 @@ impl Payload for LoggedPayload<'_> {
         }
         push_field(out, b"\"ktime_ns\":", *ktime_ns);
         push_field(out, b",\"cgroup_id\":", *cgroup_id);
+        // Source names are plain ASCII identifiers: no escaping needed.
+        out.extend_from_slice(b",\"source\":\"");
+        out.extend_from_slice(source.name().as_bytes());
+        out.push(b'"');
         for (key, value) in fields {
             push_field(out, key, *value);
         }

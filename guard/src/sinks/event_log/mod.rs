@@ -168,6 +168,10 @@ impl EventLog {
             "capabilities".to_string(),
             serde_json::to_value(guard.capabilities()).unwrap_or(Value::Null),
         );
+        // The live sources this guard runs: where its records come from.
+        start
+            .extra
+            .insert("sources".to_string(), serde_json::json!(guard.sources()));
         let writer = LogWriter::create(dir, options, &start)?;
         let (events, dropped) = guard.subscribe_counted(QUEUE_EVENTS);
         let (commands, receiver) = mpsc::channel(64);

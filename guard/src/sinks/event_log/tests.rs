@@ -1,5 +1,5 @@
 use super::*;
-use crate::events::{EventDetail, RingPosition};
+use crate::events::{EventDetail, EventSource, RingPosition};
 use crate::events::{
     Fork, ForkDenied, KernelFile, OomRss, OomVictim, ReaderFault, Reclaim,
     Throttle as ThrottleDetail,
@@ -52,6 +52,7 @@ fn logged_payloads_are_serde_jsons() {
                 shmem_rss_kb: 4,
             }),
             oom_score_adj: -1000,
+            scope: None,
         }),
         EventDetail::Throttle(ThrottleDetail {
             suppressed: 5,
@@ -64,6 +65,12 @@ fn logged_payloads_are_serde_jsons() {
         EventDetail::Lost(crate::events::Lost {
             event_kind: "fork",
             count: 2,
+        }),
+        EventDetail::Exit(crate::events::Exit { pid: 5, tid: 6 }),
+        EventDetail::Exec(crate::events::Exec {
+            pid: 5,
+            tid: 5,
+            comm: "sh \"x\"".into(),
         }),
         EventDetail::ReaderFault(ReaderFault {
             error: "poll: \"x\"".into(),
@@ -81,11 +88,16 @@ fn logged_payloads_are_serde_jsons() {
     ];
     for detail in &details {
         for ring in rings {
-            for (ktime_ns, cgroup_id) in [(0, 0), (1000, 4242), (u64::MAX, u64::MAX)] {
+            for (ktime_ns, cgroup_id, source) in [
+                (0, 0, EventSource::Bpf),
+                (1000, 4242, EventSource::Perf),
+                (u64::MAX, u64::MAX, EventSource::CgroupFiles),
+            ] {
                 let payload = EventPayload {
                     ring,
                     ktime_ns,
                     cgroup_id,
+                    source,
                     detail,
                 };
                 let expected = serde_json::to_string(&payload).unwrap();
@@ -183,6 +195,7 @@ fn the_documented_worst_case_holds() {
                 shmem_rss_kb: big,
             }),
             oom_score_adj: -1000,
+            scope: Some("global"),
         }),
         EventDetail::Reclaim(Reclaim {
             tid: 4_194_304,
@@ -200,6 +213,8 @@ fn the_documented_worst_case_holds() {
             ring: Some(RingPosition { cpu: 63, seq: big }),
             ktime_ns: big,
             cgroup_id: big,
+            // The longest source name.
+            source: EventSource::CgroupFiles,
             detail,
         };
         let record = line_bytes(event.detail.kind_name(), &|out| {

@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::events::{Fork, ForkDenied, KernelFile, Lost, OomVictim, Reclaim, Throttle};
+use crate::events::{
+    EventSource, Fork, ForkDenied, KernelFile, Lost, OomVictim, Reclaim, Throttle,
+};
 
 const MS: u64 = 1_000_000;
 
@@ -11,6 +13,7 @@ fn event(container: Option<&str>, ktime_ns: u64, detail: EventDetail) -> GuardEv
         ring: Some(RingPosition { cpu: 0, seq: 1 }),
         ktime_ns,
         cgroup_id: 7,
+        source: EventSource::Bpf,
         detail,
     }
 }
@@ -345,6 +348,7 @@ fn every_event_is_counted_exactly_once() {
                         trigger_sub_cgroup: None,
                         rss: None,
                         oom_score_adj: 0,
+                        scope: None,
                     }),
                 ),
             ),

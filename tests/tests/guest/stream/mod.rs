@@ -140,7 +140,7 @@ fn guest_death(kernel: &str, death: Death) {
         .unwrap_or(0);
     assert!(denied > 0, "the pids bomb's denials: {}", pids.payload);
     assert!(killed > 0, "the memory bomb's OOM kill: {}", memory.payload);
-    if facts(kernel).tier > 0 {
+    if facts(kernel).bpf() {
         assert_eq!(
             pids.payload["bpf"]["fork_denied"].as_u64(),
             Some(denied),
@@ -363,7 +363,7 @@ fn stalled_link_resumes(kernel: &str) {
         memory["kernel"]["memory_events"]["oom_kill"].as_u64() > Some(0),
         "the memory bomb was OOM-killed during the stall: {memory}"
     );
-    if facts(kernel).tier > 0 {
+    if facts(kernel).bpf() {
         for wave in summary["waves"].as_array().unwrap() {
             assert_eq!(
                 wave["bpf"]["fork_denied"], wave["kernel"]["pids_events"]["max"],

@@ -85,15 +85,23 @@ impl Printer {
                 };
                 let _ = writeln!(
                     out,
-                    "[guard] {container}: OOM kill of pid {} ({}) {scope}",
-                    victim.victim_pid, victim.comm
+                    "[guard] {container}: OOM kill of pid {} ({}) {scope}{} [{}]",
+                    victim.victim_pid,
+                    victim.comm,
+                    victim
+                        .scope
+                        .map(|scope| format!(", {scope} killer"))
+                        .unwrap_or_default(),
+                    event.source().name()
                 );
             }
             EventDetail::Lost(lost) => {
                 let _ = writeln!(
                     out,
-                    "[guard] LOST {} {} events",
-                    lost.count, lost.event_kind
+                    "[guard] LOST {} {} events [{}]",
+                    lost.count,
+                    lost.event_kind,
+                    event.source().lost_at()
                 );
             }
             // Forks, kernel file snapshots, reader faults, and kinds added later.

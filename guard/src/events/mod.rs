@@ -14,6 +14,9 @@ pub use crate::signals::{
     reclaim::Reclaim,
     throttle::Throttle,
 };
+mod task;
+pub use task::{Exec, Exit};
+
 use crate::{
     cgroup::KeyedCounts,
     counters::Delivered,
@@ -100,6 +103,11 @@ event_details! {
         Throttle,
     }
     synthetic {
+        /// A task of the container exited (tier 1's perf source; the BPF tiers count exits
+        /// without streaming them).
+        Exit = "exit",
+        /// A task of the container called exec (tier 1's perf source).
+        Exec = "exec",
         /// A kernel event file of the container changed (inotify): its new counts.
         KernelFile = "kernel_file",
         /// Records of one kind the programs could not deliver (ring buffer full), from the
@@ -152,14 +160,23 @@ pub struct ReaderFault {
     pub restarting: bool,
 }
 
-/// Where an event came from. Not yet in the events' JSON or the log: every live event so far
-/// is the BPF programs', and a record's kind says the rest.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Where an event came from: every event and every log record names it (`"source"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EventSource {
-    /// guard's BPF programs: a ring-buffer record, or their loss counters.
+    /// guard's BPF programs (tiers 2 and 3): a ring-buffer record, or their loss counters.
     #[default]
     Bpf,
+    /// perf's task records per CPU and cgroup (tier 1): fork, exec, exit, and the ring's
+    /// PERF_RECORD_LOST.
+    Perf,
+    /// The audit subsystem's syscall records (tier 1): denied forks.
+    Audit,
+    /// Taskstats' per-task delay accounting at exit (tier 1).
+    Taskstats,
+    /// The kernel log (`/dev/kmsg`): OOM kills with their scope.
+    Kmsg,
     /// The kernel's cgroup event files, read when inotify said they changed.
     CgroupFiles,
     /// guard itself: its event reader's faults.
@@ -167,12 +184,25 @@ pub enum EventSource {
 }
 
 impl EventSource {
+    /// Its name, as events and log records carry it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventSource::Bpf => "bpf",
+            EventSource::Perf => "perf",
+            EventSource::Audit => "audit",
+            EventSource::Taskstats => "taskstats",
+            EventSource::Kmsg => "kmsg",
+            EventSource::CgroupFiles => "cgroup_files",
+            EventSource::Guard => "guard",
+        }
+    }
+
     /// Where events of this source are lost, as a `lost` record's `source` names it.
     pub fn lost_at(self) -> &'static str {
         match self {
             EventSource::Bpf => "bpf_ringbuf",
-            EventSource::CgroupFiles => "cgroup_files",
-            EventSource::Guard => "guard",
+            EventSource::Perf => "perf_ring",
+            other => other.name(),
         }
     }
 }
@@ -201,6 +231,8 @@ pub struct GuardEvent {
     /// The cgroup id the event was attributed to (0: no container, or a guard-wide synthetic
     /// event such as `lost` or `reader_fault`).
     pub cgroup_id: u64,
+    /// Which source delivered it.
+    pub source: EventSource,
     /// What happened, with its `kind`.
     pub detail: EventDetail,
 }
@@ -217,30 +249,40 @@ impl GuardEvent {
         Self { container, ..event }
     }
 
-    /// An event guard made itself, now.
+    /// An event guard made itself, now, from what `source` said (a kernel file's change, a
+    /// loss count, a fault).
     pub(crate) fn synthetic(
         container: Option<String>,
         cgroup_id: u64,
+        source: EventSource,
         detail: EventDetail,
     ) -> Self {
         Self {
             container,
+            ..Self::from_source(source, monotonic_ns(), cgroup_id, detail)
+        }
+    }
+
+    /// A live source's event (no ring position), not yet attributed to a container name.
+    pub(crate) fn from_source(
+        source: EventSource,
+        ktime_ns: u64,
+        cgroup_id: u64,
+        detail: EventDetail,
+    ) -> Self {
+        Self {
+            container: None,
             ring: None,
-            ktime_ns: monotonic_ns(),
+            ktime_ns,
             cgroup_id,
+            source,
             detail,
         }
     }
 
-    /// Where it came from. Every event has one source today, which its kind says, so it is
-    /// not stored: a second live source for the same kinds makes it a field (8 bytes more an
-    /// event, in every queue the footprint bounds).
+    /// Where it came from.
     pub fn source(&self) -> EventSource {
-        match self.detail {
-            EventDetail::KernelFile(_) => EventSource::CgroupFiles,
-            EventDetail::ReaderFault(_) => EventSource::Guard,
-            _ => EventSource::Bpf,
-        }
+        self.source
     }
 }
 
@@ -256,6 +298,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<GuardEvent, DecodeError> {
         }),
         ktime_ns: header.ktime_ns,
         cgroup_id: header.cgroup_id,
+        source: EventSource::Bpf,
         detail: EventDetail::decode(header.kind, bytes)?,
     })
 }
@@ -339,6 +382,7 @@ mod tests {
         let lost = GuardEvent::synthetic(
             None,
             0,
+            EventSource::Bpf,
             EventDetail::Lost(Lost {
                 event_kind: "fork",
                 count: 3,
