@@ -38,7 +38,7 @@ macro_rules! tier1_kernels {
 }
 
 const SCENARIOS: &str = r#"
-t() { tier=$1; name=$2; shift 2; guard exec --cgroup /sys/fs/cgroup/$name --max-tier $tier --json --events /results/$name.events --log /results/$name-log "$@" > /results/$name.out 2> /results/$name.err; }
+t() { tier=$1; name=$2; shift 2; guard exec --cgroup /sys/fs/cgroup/$name --max-tier $tier ${SUMMARIES:---summaries off} --json --events /results/$name.events --log /results/$name-log "$@" > /results/$name.out 2> /results/$name.err; }
 t 1 storm -- guard-stress fork 500
 t 1 storm-parallel -- sh -c 'for i in 1 2 3 4 5; do guard-stress fork 100 > /dev/null & done; wait'
 t 1 oom --memory-max 16777216 -- guard-stress alloc 100
@@ -49,6 +49,8 @@ t 1 pids-noaudit --pids-max 64 -- guard-stress hold 200
 t 0 storm-tier0 -- guard-stress fork 500
 t 0 oom-tier0 --memory-max 16777216 -- guard-stress alloc 100
 t 3 storm-tier3 -- guard-stress fork 500
+# Last: whether the assignment outlives the call differs between shells.
+SUMMARIES=" " t 1 storm-summarized -- guard-stress fork 500
 echo scenarios: done
 "#;
 
@@ -123,6 +125,22 @@ fn a_fork_storm_gives_exactly_its_fork_records(kernel: &'static str) {
     assert!(
         start.contains(r#""sources":["perf","kmsg","cgroup_files"]"#),
         "{start}"
+    );
+
+    // With the log's default summaries the same storm is a few records, and still every
+    // fork counted: its individual records plus the summaries' counts.
+    let summarized = scenario(done, "storm-summarized");
+    assert_eq!(sources(&summarized, "forks"), FORKS, "{}", summarized.report());
+    let records = guard_tests::log_records(&unpack_log(done, "storm-summarized-log", kernel));
+    assert_eq!(
+        guard_tests::logged_count(&records, "fork", Some("storm-summarized")),
+        FORKS
+    );
+    assert!(records.len() < (FORKS / 2) as usize, "{} records", records.len());
+    let events = summarized.events.iter();
+    assert_eq!(
+        guard_tests::logged_count(events, "fork", Some("storm-summarized")),
+        FORKS
     );
 
     // Five storms at once: every fork, the shell's five included, and nothing lost.
