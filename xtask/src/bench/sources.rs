@@ -57,6 +57,8 @@ fn boot(kernel: &str, bin: &Path, script: &str, files: &[&str]) -> anyhow::Resul
             let text = done
                 .file_str(name)
                 .with_context(|| format!("the {kernel} guest sent no {name}"))?;
+            // Printed as it comes: a later guest's failure loses no reading.
+            println!("{kernel} {name}: {}", text.trim());
             serde_json::from_str(text.trim())
                 .with_context(|| format!("the {kernel} guest's {name}: {text:?}"))
         })
