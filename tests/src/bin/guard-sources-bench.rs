@@ -333,6 +333,8 @@ fn bpf(rounds: u64, forks: u64, cgroup: &str, guard: &str) -> Value {
         let mut child = Command::new(guard)
             .args(["watch", "--cgroup"])
             .arg(format!("bench={cgroup}"))
+            // Its report at the end goes to stdout, which is this mode's JSON line.
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting guard watch");

@@ -130,13 +130,22 @@ fn a_fork_storm_gives_exactly_its_fork_records(kernel: &'static str) {
     // With the log's default summaries the same storm is a few records, and still every
     // fork counted: its individual records plus the summaries' counts.
     let summarized = scenario(done, "storm-summarized");
-    assert_eq!(sources(&summarized, "forks"), FORKS, "{}", summarized.report());
+    assert_eq!(
+        sources(&summarized, "forks"),
+        FORKS,
+        "{}",
+        summarized.report()
+    );
     let records = guard_tests::log_records(&unpack_log(done, "storm-summarized-log", kernel));
     assert_eq!(
         guard_tests::logged_count(&records, "fork", Some("storm-summarized")),
         FORKS
     );
-    assert!(records.len() < (FORKS / 2) as usize, "{} records", records.len());
+    assert!(
+        records.len() < (FORKS / 2) as usize,
+        "{} records",
+        records.len()
+    );
     let events = summarized.events.iter();
     assert_eq!(
         guard_tests::logged_count(events, "fork", Some("storm-summarized")),

@@ -69,6 +69,10 @@ pub struct BenchArgs {
     /// Only that section: it is replaced in the output file, the rest left alone.
     #[arg(long, conflicts_with_all = ["guest_only", "no_guest", "collector_only"])]
     pub sources_only: bool,
+    /// With --sources-only: use the binaries already in target/release (guard,
+    /// guard-sources-bench) instead of running setup and the release build first.
+    #[arg(long, requires = "sources_only")]
+    pub no_build: bool,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -76,7 +80,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--rounds, --forks and --starts must be at least 1");
     }
     if args.sources_only {
-        let bin = cmd::prepare_guest_binaries(&["lean".to_string(), "lean-guard".to_string()])?;
+        let bin = if args.no_build {
+            xtask::paths::target_dir().join("release")
+        } else {
+            cmd::prepare_guest_binaries(&["lean".to_string(), "lean-guard".to_string()])?
+        };
         let section = sources::measure(&bin, args.sources_rounds.max(1))?;
         let doc = cmd::write_between_markers(
             &args.output.to_string_lossy(),

@@ -23,7 +23,8 @@ use super::interval;
 pub(super) const BEGIN: &str = "<!-- sources bench: begin -->";
 pub(super) const END: &str = "<!-- sources bench: end -->";
 
-const GETPIDS: u32 = 200_000;
+/// Enough for about a second under TCG: the guest's clock ticks in milliseconds.
+const GETPIDS: u32 = 1_000_000;
 const FORKS: u32 = 1_000;
 const CGROUP: &str = "/sys/fs/cgroup/bench";
 
@@ -56,6 +57,8 @@ fn boot(kernel: &str, bin: &Path, script: &str, files: &[&str]) -> anyhow::Resul
             let text = done
                 .file_str(name)
                 .with_context(|| format!("the {kernel} guest sent no {name}"))?;
+            // Printed as it comes: a later guest's failure loses no reading.
+            println!("{kernel} {name}: {}", text.trim());
             serde_json::from_str(text.trim())
                 .with_context(|| format!("the {kernel} guest's {name}: {text:?}"))
         })
