@@ -34,10 +34,10 @@ pub struct LogFlags {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct SummaryFlags {
     /// How a storm is written, in the log and the --events file: `BURST/INTERVAL` keeps the
-    /// first BURST events of a container's burst of one kind (fork, exit, exec, fork_denied, oom_victim,
-    /// reclaim, kernel_file) as records of their own, then writes one `summary` record per
-    /// INTERVAL (`ms` or `s`) with their count, first and last time, totals and first few
-    /// events; a quiet INTERVAL ends the burst. `off`: one record per event. Counters and
+    /// first BURST events of a container's burst of one kind (fork, exit, exec, fork_denied,
+    /// oom_victim, reclaim, kernel_file) as records of their own, then writes one `summary`
+    /// record per INTERVAL (`ms` or `s`) with their count, first and last time, totals and
+    /// first few events; a quiet INTERVAL ends the burst. `off`: one record per event. Counters and
     /// reports are exact either way. Default: 8/1s (docs/LOG-FORMAT.md, "Summaries").
     #[arg(long = "summaries", value_name = "POLICY")]
     pub policy: Option<SummaryPolicy>,
