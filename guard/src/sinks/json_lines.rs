@@ -111,8 +111,10 @@ impl JsonLines {
         path: &Path,
         budget: Option<u64>,
     ) -> Result<Self, JsonLinesError> {
-        let mut options = JsonLinesOptions::default();
-        options.budget = budget;
+        let options = JsonLinesOptions {
+            budget,
+            ..JsonLinesOptions::default()
+        };
         Self::start_with(guard, path, options)
     }
 
