@@ -85,7 +85,17 @@ fn records_of(log: &str, kind: &str, container: &str) -> Vec<Value> {
 fn log_of(done: &Completed, name: &str, kernel: &str) -> String {
     let dir = unpack_log(done, &format!("{name}-log"), kernel);
     assert_log_verifies(&dir);
-    std::fs::read_to_string(dir.join("guard-000000.jsonl")).unwrap()
+    // Every file, in order: the log's byte budget rotates a RAM-backed log at an eighth of it.
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "jsonl"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|path| std::fs::read_to_string(path).unwrap())
+        .collect()
 }
 
 fn sources(run: &Scenario, key: &str) -> u64 {
