@@ -290,6 +290,7 @@ fn exited_tasks_bring_their_reclaim_delays(kernel: &'static str) {
     let Some(done) = results(kernel) else { return };
     let waves = scenario(done, "waves");
     let report = waves.report();
+    eprintln!("{kernel}: waves: {}", report["counters"]["sources"]);
     assert!(waves.kernel("memory_events", "oom_kill") >= 3, "{report}");
     assert!(sources(&waves, "tasks_accounted") >= 4, "{report}");
     assert!(sources(&waves, "reclaim_delays") > 0, "{report}");
