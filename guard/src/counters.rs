@@ -111,6 +111,16 @@ pub struct SourceCounters {
     pub fork_denied: Option<u64>,
     /// Records the sources said they lost (perf's PERF_RECORD_LOST, summed).
     pub lost: u64,
+    /// Tasks (threads included) whose exit statistics taskstats delivered and the task map
+    /// attributed to the container: the delays below are theirs, summed. 0 where taskstats
+    /// does not run (the guard's sources say whether it does).
+    pub tasks_accounted: u64,
+    /// Direct-reclaim waits of those tasks (delay accounting's `freepages_count`), summed.
+    pub reclaim_delays: u64,
+    /// Nanoseconds those tasks spent in direct reclaim (`freepages_delay_total`), summed.
+    pub reclaim_delay_ns: u64,
+    /// Nanoseconds those tasks waited on thrashing pages (`thrashing_delay_total`), summed.
+    pub thrashing_delay_ns: u64,
 }
 
 /// One container's counters.

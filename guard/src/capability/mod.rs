@@ -94,6 +94,10 @@ pub struct CapabilityReport {
     /// perf events can be filtered by cgroup (CONFIG_CGROUP_PERF: `perf_event` in
     /// `/proc/cgroups`).
     pub cgroup_perf: bool,
+    /// The kernel has taskstats with delay accounting (CONFIG_TASKSTATS +
+    /// CONFIG_TASK_DELAY_ACCT: `/proc/sys/kernel/task_delayacct`): tier 1 then sums each
+    /// exited task's direct-reclaim and thrashing delays per container (`taskstats`).
+    pub delay_accounting: bool,
     /// The highest tier this kernel allows: 3 with every tracepoint, BPF tracepoint programs,
     /// ring buffers, tracefs, kprobes and the kretprobe targets; 2 without the kprobe part; 1
     /// with perf events filtered by cgroup (and the privilege to open them); else 0.
@@ -137,6 +141,11 @@ impl CapabilityReport {
             .iter()
             .map(|source| source.to_string())
             .collect();
+        if self.tier == Tier::KernelSources && self.delay_accounting {
+            // Where taskstats opens (a guard's start says if it did not).
+            self.sources
+                .insert(self.sources.len() - 1, "taskstats".into());
+        }
         self.options_to_lift_tier = self.derive_options_to_lift_tier();
         self.notes = self.derive_notes();
     }
@@ -224,6 +233,7 @@ impl CapabilityReport {
             cgroup_v2,
             perf_events: Path::new("/proc/sys/kernel/perf_event_paranoid").exists(),
             cgroup_perf: controller_built_in("perf_event"),
+            delay_accounting: Path::new(crate::sources::taskstats::DELAYACCT_SYSCTL).exists(),
             tier: Tier::CgroupFilesOnly,
             sources: Vec::new(),
             options_to_lift_tier: Vec::new(),
@@ -295,6 +305,7 @@ impl CapabilityReport {
         line("BPF JIT", yes_no(self.bpf_jit));
         line("perf events", yes_no(self.perf_events));
         line("  cgroup filter", yes_no(self.cgroup_perf));
+        line("delay accounting", yes_no(self.delay_accounting));
         line("PSI", yes_no(self.psi));
         line(
             "cgroup v2",

@@ -222,6 +222,7 @@ mod tests {
             psi_built_in: Some(true),
             perf_events: true,
             cgroup_perf: true,
+            delay_accounting: true,
             sources: Vec::new(),
             cgroup_v2: CgroupReport {
                 mount: Some("/sys/fs/cgroup".into()),
@@ -268,7 +269,14 @@ mod tests {
     fn a_lean_kernel_names_the_options_not_the_symptoms() {
         let report = lean_kernel();
         assert_eq!(report.tier, Tier::KernelSources);
-        assert_eq!(report.sources, ["perf", "kmsg", "cgroup_files"]);
+        assert_eq!(
+            report.sources,
+            ["perf", "kmsg", "taskstats", "cgroup_files"]
+        );
+        let mut no_delays = lean_kernel();
+        no_delays.delay_accounting = false;
+        let report_without = finish(no_delays);
+        assert_eq!(report_without.sources, ["perf", "kmsg", "cgroup_files"]);
         assert_eq!(
             report.options_to_lift_tier,
             [

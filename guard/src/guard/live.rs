@@ -14,15 +14,22 @@ use crate::{
     pipeline::{hub::Hub, lock, task},
     sources::{
         audit::AuditSource,
+        delays::{self, Delays},
         denials::{self, Denials},
         oom,
         perf::{self, PerfSource},
+        taskstats::{TaskExit, TaskstatsSource},
     },
 };
 
 /// The sources a guard at `tier` runs, `kmsg` only where the kernel log is read, `audit`
-/// where its records are.
-pub(super) fn live_sources(tier: Tier, kernel_log: bool, audit: bool) -> Vec<&'static str> {
+/// where its records are, `taskstats` where delay accounting is read.
+pub(super) fn live_sources(
+    tier: Tier,
+    kernel_log: bool,
+    audit: bool,
+    taskstats: bool,
+) -> Vec<&'static str> {
     let mut sources: Vec<&'static str> = crate::sources::live_at(tier)
         .iter()
         .copied()
@@ -31,7 +38,71 @@ pub(super) fn live_sources(tier: Tier, kernel_log: bool, audit: bool) -> Vec<&'s
     if audit {
         sources.insert(sources.len() - 1, "audit");
     }
+    if taskstats {
+        sources.insert(sources.len() - 1, "taskstats");
+    }
     sources
+}
+
+/// Opens taskstats and starts its reader (None, with a warning, where the kernel has no
+/// taskstats or no delay accounting: the tier runs without per-container delays).
+pub(super) fn start_taskstats(
+    perf: &Arc<Mutex<PerfSource>>,
+    hub: &Arc<Mutex<Hub>>,
+    interval: Duration,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Option<Arc<Mutex<Delays>>> {
+    let source = TaskstatsSource::open()
+        .inspect_err(|error| {
+            warn!(%error, "memory pressure per container is memory.events alone (no taskstats delays)")
+        })
+        .ok()?;
+    let delays = Arc::new(Mutex::new(Delays::new(source)));
+    let deliver = {
+        let (perf, hub) = (Arc::clone(perf), Arc::clone(hub));
+        move |exits: Vec<TaskExit>, lost: Option<GuardEvent>| {
+            account_exits(&perf, &hub, &exits, lost)
+        }
+    };
+    tasks.push(task::spawn(
+        "the taskstats reader",
+        Arc::clone(hub),
+        delays::run(Arc::clone(&delays), deliver, interval),
+    ));
+    Some(delays)
+}
+
+/// Sums exited tasks' delays in their containers' rows: the perf rings are drained first (a
+/// task's fork record may still be in one), then each task's container is read from the task
+/// map, which keeps exited processes a while (perf's exit record may come before or after).
+/// Locks are taken one at a time: the perf source, then the hub.
+pub(super) fn account_exits(
+    perf: &Mutex<PerfSource>,
+    hub: &Mutex<Hub>,
+    exits: &[TaskExit],
+    lost: Option<GuardEvent>,
+) {
+    let (pending, containers) = {
+        let mut source = perf::lock(perf);
+        let pending = source.drain();
+        let containers: Vec<Option<u64>> = exits
+            .iter()
+            .map(|exit| delays::container_of(&source.tasks, exit))
+            .collect();
+        (pending, containers)
+    };
+    let mut hub = lock(hub);
+    if !pending.is_empty() {
+        hub.absorb(pending.into_iter().map(Ok).collect());
+    }
+    for (exit, container) in exits.iter().zip(containers) {
+        if let Some(container) = container {
+            hub.account_exit(container, exit);
+        }
+    }
+    if let Some(lost) = lost {
+        hub.absorb(vec![Ok(lost)]);
+    }
 }
 
 /// Tier 1's audit reader: its records and where their tasks are.

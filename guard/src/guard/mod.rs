@@ -43,7 +43,7 @@ mod subtree;
 mod teardown;
 
 pub use error::GuardError;
-use live::{AuditReader, live_sources, start_audit, victims_of_the_log};
+use live::{AuditReader, live_sources, start_audit, start_taskstats, victims_of_the_log};
 pub use options::GuardOptions;
 use options::allowed_tier;
 use registry::{Registry, Watched};
@@ -72,6 +72,8 @@ pub struct Guard {
     perf: Option<Arc<Mutex<PerfSource>>>,
     /// Tier 1's audit records of denied forks, where asked for.
     audit: Option<AuditReader>,
+    /// Tier 1's taskstats exits (delay accounting), where the kernel has them.
+    taskstats: Option<Arc<Mutex<crate::sources::delays::Delays>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     injected_panics: Arc<InjectedPanics>,
@@ -211,7 +213,15 @@ impl Guard {
             ),
             _ => None,
         };
-        let sources = live_sources(tier, kernel_log.is_some(), audit.is_some());
+        let taskstats = perf
+            .as_ref()
+            .and_then(|perf| start_taskstats(perf, &hub, options.poll_interval, &mut tasks));
+        let sources = live_sources(
+            tier,
+            kernel_log.is_some(),
+            audit.is_some(),
+            taskstats.is_some(),
+        );
         // The object's hash says which programs run (a prebuilt one's, or the source build's).
         info!(%tier, sources = %sources.join(" "), kernel = %capabilities.kernel_release, notes = %capabilities.notes.join("; "), kernel_log = kernel_log.is_some(), ebpf_object = EBPF_OBJECT_SHA256, ebpf_origin = %EBPF_OBJECT_ORIGIN, "guard started");
         if probes.is_some() {
@@ -229,6 +239,7 @@ impl Guard {
             kernel_log,
             perf,
             audit,
+            taskstats,
             tasks,
             injected_panics,
             log_incomplete: Arc::default(),
@@ -238,7 +249,12 @@ impl Guard {
     /// The live sources this guard runs (`bpf` or `perf`, `kmsg` where the kernel log is read,
     /// `cgroup_files`), by the names its events carry.
     pub fn sources(&self) -> Vec<&'static str> {
-        live_sources(self.tier, self.kernel_log.is_some(), self.audit.is_some())
+        live_sources(
+            self.tier,
+            self.kernel_log.is_some(),
+            self.audit.is_some(),
+            self.taskstats.is_some(),
+        )
     }
 
     /// The tier the guard runs at: what the kernel allows, capped by

@@ -121,6 +121,10 @@ impl Guard {
                     lock(&self.hub).absorb(events.into_iter().map(Ok).collect());
                 }
             }
+            if let Some(taskstats) = &self.taskstats {
+                let (exits, lost) = crate::sources::delays::lock(taskstats).drain();
+                super::live::account_exits(perf, &self.hub, &exits, lost);
+            }
         }
         let Some(requests) = &self.drain_requests else {
             return Ok(()); // Tiers 0 and 1: no ring buffer.

@@ -173,8 +173,18 @@ pub fn render(snapshot: &Snapshot) -> Result<String, MetricsError> {
     let source_records = b.counters(
         "guard_source_records",
         "Records the live sources without tracing delivered for the container (tier 1), by \
-         source (perf, kmsg, audit) and kind (fork, exit, exec, lost, oom_kill, \
-         oom_kill_global, fork_denied).",
+         source (perf, kmsg, audit, taskstats) and kind (fork, exit, exec, lost, oom_kill, \
+         oom_kill_global, fork_denied, task_exit, reclaim_delay).",
+    );
+    let reclaim_delay = b.seconds(
+        "guard_taskstats_reclaim_delay",
+        "Time the container's exited tasks spent in direct reclaim, summed at each exit (tier 1, \
+         delay accounting).",
+    );
+    let thrashing_delay = b.seconds(
+        "guard_taskstats_thrashing_delay",
+        "Time the container's exited tasks waited on thrashing pages, summed at each exit (tier \
+         1, delay accounting).",
     );
     let delivered = b.counters(
         "guard_events_delivered",
@@ -257,6 +267,8 @@ pub fn render(snapshot: &Snapshot) -> Result<String, MetricsError> {
                 ("perf", "lost", sources.lost),
                 ("kmsg", "oom_kill", sources.oom_kills),
                 ("kmsg", "oom_kill_global", sources.oom_kills_global),
+                ("taskstats", "task_exit", sources.tasks_accounted),
+                ("taskstats", "reclaim_delay", sources.reclaim_delays),
             ] {
                 set(
                     &source_records,
@@ -269,6 +281,12 @@ pub fn render(snapshot: &Snapshot) -> Result<String, MetricsError> {
                 one(&[("source", "audit"), ("kind", "fork_denied")]),
                 sources.fork_denied,
             );
+            reclaim_delay
+                .get_or_create(&one(&[]))
+                .inc_by(sources.reclaim_delay_ns as f64 / 1e9);
+            thrashing_delay
+                .get_or_create(&one(&[]))
+                .inc_by(sources.thrashing_delay_ns as f64 / 1e9);
         }
         if let Some(tallies) = counters.and_then(|counters| counters.delivered) {
             for (kind, count) in tallies.by_name() {

@@ -93,6 +93,13 @@ impl Hub {
         self.sources.get(&cgroup_id).copied().unwrap_or_default()
     }
 
+    /// One exited task's delays, in the row of the container of `cgroup_id` (if registered).
+    pub fn account_exit(&mut self, cgroup_id: u64, exit: &crate::sources::taskstats::TaskExit) {
+        if self.names.contains_key(&cgroup_id) {
+            crate::sources::delays::account(self.sources.entry(cgroup_id).or_default(), exit);
+        }
+    }
+
     /// The pids chosen as OOM victims in the container of `cgroup_id` (repeats included).
     pub fn oom_victims(&self, cgroup_id: u64) -> &[u32] {
         self.oom_victims.get(&cgroup_id).map_or(&[], Vec::as_slice)

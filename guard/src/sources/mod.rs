@@ -8,10 +8,12 @@
 //! ([`EventSource`](crate::events::EventSource)) and goes through the same hub as the BPF
 //! tiers' records. `audit.rs`: guard as the audit daemon, each fork, clone, clone3 or vfork
 //! that failed with EAGAIN a record (`denials.rs` makes them `fork_denied` events);
-//! `taskstats.rs`: every task's exit statistics, its direct-reclaim and thrashing delays.
+//! `taskstats.rs`: every task's exit statistics, its direct-reclaim and thrashing delays;
+//! `delays.rs` sums them per container through the task map.
 use crate::{Tier, counters::SourceCounters, events::EventDetail};
 
 pub mod audit;
+pub(crate) mod delays;
 pub(crate) mod denials;
 pub(crate) mod oom;
 pub(crate) mod perf;

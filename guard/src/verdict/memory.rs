@@ -155,6 +155,17 @@ pub(super) fn verdict(
             "; kernel log: OOM kills attributed = {} ({} global)",
             sources.oom_kills, sources.oom_kills_global
         ));
+        if sources.tasks_accounted > 0 {
+            // Delay accounting, summed over the tasks that exited (none while they run).
+            numbers.push_str(&format!(
+                "; taskstats: {} exited tasks waited in direct reclaim {} times ({} µs), on \
+                 thrashing {} µs",
+                sources.tasks_accounted,
+                sources.reclaim_delays,
+                sources.reclaim_delay_ns / 1000,
+                sources.thrashing_delay_ns / 1000
+            ));
+        }
     }
     if oom.ancestor_kills > 0 {
         numbers.push_str(&format!(

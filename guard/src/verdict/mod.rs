@@ -213,8 +213,8 @@ pub(crate) fn reconcile(evidence: &Evidence<'_>) -> Reconciliation {
     } else if evidence.tier == Tier::KernelSources {
         flags.push(
             "tier 1: no BPF tracing; forks, execs and exits from perf's task records, OOM \
-             victims from the kernel log, counted as delivered (not by the kernel), no reclaim \
-             detail"
+             victims from the kernel log, counted as delivered (not by the kernel); reclaim \
+             only as delays summed per task at its exit (taskstats), no reclaim runs or pages"
                 .to_string(),
         );
     }

@@ -116,6 +116,8 @@ fn a_fork_storm_gives_exactly_its_fork_records(kernel: &'static str) {
     // Every child exited, and guard-stress was exec'd in the container.
     assert!(sources(&storm, "exits") >= FORKS, "{report}");
     assert!(sources(&storm, "execs") >= 1, "{report}");
+    // Every child's exit statistics reached its container's row through the task map.
+    assert!(sources(&storm, "tasks_accounted") >= FORKS, "{report}");
     let forks = storm.events_of("fork");
     assert_eq!(forks.len() as u64, FORKS);
     assert!(
@@ -133,7 +135,7 @@ fn a_fork_storm_gives_exactly_its_fork_records(kernel: &'static str) {
     let start = log.lines().next().unwrap();
     assert!(start.contains(r#""tier":1"#), "{start}");
     assert!(
-        start.contains(r#""sources":["perf","kmsg","cgroup_files"]"#),
+        start.contains(r#""sources":["perf","kmsg","taskstats","cgroup_files"]"#),
         "{start}"
     );
 
@@ -280,7 +282,7 @@ fn each_denied_fork_is_a_record_where_audit_is_on(kernel: &'static str) {
             .lines()
             .next()
             .unwrap()
-            .contains(r#""sources":["perf","kmsg","audit","cgroup_files"]"#)
+            .contains(r#""sources":["perf","kmsg","audit","taskstats","cgroup_files"]"#)
     );
     // Two-sided: without audit, no record and no count but the kernel's.
     let plain = scenario(done, "pids-noaudit");
@@ -290,3 +292,26 @@ fn each_denied_fork_is_a_record_where_audit_is_on(kernel: &'static str) {
 }
 
 tier1_kernels!(each_denied_fork_is_a_record_where_audit_is_on);
+
+/// Memory pressure from delay accounting: the OOM waves' tasks (the shell and its three
+/// `guard-stress alloc`, each reclaiming at memory.max until killed) exit with their
+/// direct-reclaim delays, summed in the container's row. Two-sided: at tier 0 there is no row.
+fn exited_tasks_bring_their_reclaim_delays(kernel: &'static str) {
+    let Some(done) = results(kernel) else { return };
+    let waves = scenario(done, "waves");
+    let report = waves.report();
+    eprintln!("{kernel}: waves: {}", report["counters"]["sources"]);
+    assert!(waves.kernel("memory_events", "oom_kill") >= 3, "{report}");
+    assert!(sources(&waves, "tasks_accounted") >= 4, "{report}");
+    assert!(sources(&waves, "reclaim_delays") > 0, "{report}");
+    assert!(sources(&waves, "reclaim_delay_ns") > 0, "{report}");
+    let start = log_of(done, "waves", kernel);
+    assert!(
+        start.lines().next().unwrap().contains(r#""taskstats""#),
+        "{start}"
+    );
+    let plain = scenario(done, "oom-tier0");
+    assert!(plain.report()["counters"]["sources"].is_null());
+}
+
+tier1_kernels!(exited_tasks_bring_their_reclaim_delays);

@@ -297,7 +297,13 @@ fn workspace_binaries_run_and_probe_the_tier(k: &str) {
         2 => assert!(options.contains(&"CONFIG_KPROBE_EVENTS"), "{probe:#}"),
         _ => {
             // Tier 1 without tracing: perf's records and the kernel log are the live sources.
-            assert_eq!(sources, ["perf", "kmsg", "cgroup_files"], "{probe:#}");
+            // lean has TASKSTATS and TASK_DELAY_ACCT (every default guest config does).
+            assert_eq!(
+                sources,
+                ["perf", "kmsg", "taskstats", "cgroup_files"],
+                "{probe:#}"
+            );
+            assert_eq!(probe["delay_accounting"], true, "{probe:#}");
             assert_eq!(
                 (&probe["perf_events"], &probe["cgroup_perf"]),
                 (&true.into(), &true.into())

@@ -13,7 +13,11 @@ async fn tier_1() -> Guard {
     options.max_tier = Tier::KernelSources;
     let guard = Guard::start(options).await.unwrap();
     assert_eq!(guard.tier(), Tier::KernelSources);
-    assert_eq!(guard.sources(), ["perf", "kmsg", "cgroup_files"]);
+    // The host kernel has delay accounting (/proc/sys/kernel/task_delayacct).
+    assert_eq!(
+        guard.sources(),
+        ["perf", "kmsg", "taskstats", "cgroup_files"]
+    );
     guard
 }
 
@@ -47,14 +51,19 @@ async fn perf_counts_exactly_the_forks_of_each_container() {
     // Every child and guard-stress itself.
     assert_eq!(sources.exits, FORKS + 1, "{busy_counters:?}");
     assert_eq!(sources.lost, 0, "{busy_counters:?}");
+    // taskstats: each of those exits' statistics, attributed through the task map.
+    assert_eq!(sources.tasks_accounted, FORKS + 1, "{busy_counters:?}");
     let nested_counters = guard.counters("nested").await.unwrap();
-    assert_eq!(
-        nested_counters.sources.unwrap().forks,
-        150,
-        "{nested_counters:?}"
-    );
+    let nested_sources = nested_counters.sources.unwrap();
+    assert_eq!(nested_sources.forks, 150, "{nested_counters:?}");
+    assert_eq!(nested_sources.tasks_accounted, 151, "{nested_counters:?}");
     let idle_counters = guard.counters("idle").await.unwrap();
-    assert_eq!(idle_counters.sources.unwrap().forks, 0, "{idle_counters:?}");
+    let idle_sources = idle_counters.sources.unwrap();
+    assert_eq!(
+        (idle_sources.forks, idle_sources.tasks_accounted),
+        (0, 0),
+        "{idle_counters:?}"
+    );
 
     let mut forks = 0;
     while let Ok(event) = events.try_recv() {
