@@ -79,7 +79,11 @@ impl Report {
                 );
             }
             None => {
-                let _ = writeln!(out, "  BPF         unavailable (tier 0)");
+                let _ = writeln!(
+                    out,
+                    "  BPF         unavailable (tier {})",
+                    u8::from(self.tier)
+                );
             }
         }
         let _ = writeln!(

@@ -35,7 +35,7 @@ pub(super) const LEAN_KERNELS: &[LeanKernel] = &[
     LeanKernel {
         name: "lean",
         fragments: &["harness.config"],
-        purpose: "libkrunfw's config: no tracing, guard at tier 0",
+        purpose: "libkrunfw's config: no tracing, guard at tier 1 (kernel sources)",
     },
     LeanKernel {
         name: "lean-guard",

@@ -300,7 +300,13 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<bool> {
             let record = run_wave(&guard, &running, wave).await?;
             // run_wave's report drained the guard's pending events: print the wave's own.
             live.flush().await;
-            let count = |key: &str| record["bpf"][key].as_u64().unwrap_or(0);
+            // Tier 1 has no BPF counters: its row is the live sources' (no reclaim runs).
+            let row = if record["bpf"].is_object() {
+                "bpf"
+            } else {
+                "sources"
+            };
+            let count = |key: &str| record[row][key].as_u64().unwrap_or(0);
             writeln!(
                 console,
                 "[guard] wave {} done in {:.1} s: forks {}, denied {}, OOM kills {}, memcg reclaims {}; fresh exec {}",
@@ -309,7 +315,11 @@ async fn selftest(args: &SelftestArgs) -> anyhow::Result<bool> {
                 count("forks"),
                 count("fork_denied"),
                 count("oom_kills"),
-                count("reclaim_runs"),
+                count(if row == "bpf" {
+                    "reclaim_runs"
+                } else {
+                    "reclaim_delays"
+                }),
                 if record["fresh_exec_ok"] == true {
                     "ok"
                 } else {
